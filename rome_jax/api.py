@@ -1,0 +1,147 @@
+"""The user-facing model object: `load_pretrained`, `exit_logits`, `save_pretrained`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rome_jax import hf_io
+from rome_jax.config import ModelConfig
+from rome_jax.errors import CheckpointError
+from rome_jax.model import MultiExitEncoder, init_exit_params
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _exit_logits(config: ModelConfig, params: Any, batch: dict) -> jax.Array:
+    return MultiExitEncoder(config).apply({"params": params}, **batch)["logits"]
+
+
+@dataclasses.dataclass
+class MultiExitModel:
+    """A multi-exit encoder: its config, parameters and (optional) tokenizer."""
+
+    config: ModelConfig
+    params: Any
+    tokenizer: Any = None
+    label_names: list[str] | None = None
+
+    @property
+    def module(self) -> MultiExitEncoder:
+        return MultiExitEncoder(self.config)
+
+    def exit_logits(self, batch: dict) -> jax.Array:
+        """Logits of every exit, deterministic (no dropout).
+
+        batch: dict of int arrays `input_ids`, `attention_mask`, `token_type_ids`,
+        each [B, T] (other keys are ignored). Returns [num_exits, B, num_labels]
+        float32; row -1 is the final classifier.
+        """
+        inputs = {k: jnp.asarray(batch[k], jnp.int32) for k in INPUT_KEYS if k in batch}
+        return _exit_logits(self.config, self.params, inputs)
+
+    def tokenize(self, text_a: Sequence[str], text_b: Sequence[str] | None = None,
+                 max_length: int = 128) -> dict[str, np.ndarray]:
+        """Tokenizes sentences (or pairs), truncated and padded to `max_length`.
+
+        Returns int32 arrays `input_ids`, `attention_mask`, `token_type_ids` [B, max_length].
+        """
+        if self.tokenizer is None:
+            raise CheckpointError("this model has no tokenizer (its directory had no tokenizer files)")
+        return tokenize(self.tokenizer, text_a, text_b, max_length)
+
+    def save_pretrained(self, path: str) -> None:
+        """Writes an HF directory that `transformers` loads as
+        `BertForSequenceClassification` (or RoBERTa) reproducing the final exit,
+        plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`."""
+        from safetensors.numpy import save_file
+
+        os.makedirs(path, exist_ok=True)
+        state, exits_state = hf_io.state_dict_from_params(jax.device_get(self.params), self.config)
+        tmp = lambda name: os.path.join(path, f".{name}.tmp")
+        save_file(state, tmp("model.safetensors"), metadata={"format": "pt"})
+        save_file(exits_state, tmp(hf_io.EXITS_FILE), metadata={"format": "pt"})
+        with open(tmp("config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_io.hf_config_dict(self.config, self.label_names), f, indent=2)
+        for name in ("model.safetensors", hf_io.EXITS_FILE, "config.json"):
+            os.replace(tmp(name), os.path.join(path, name))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+
+
+def tokenize(tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None,
+             max_length: int) -> dict[str, np.ndarray]:
+    """HF fast tokenizer on sentences or pairs -> int32 [B, max_length] arrays."""
+    enc = tokenizer(list(text_a), list(text_b) if text_b is not None else None,
+                    truncation=True, max_length=max_length, padding="max_length",
+                    return_token_type_ids=True, return_attention_mask=True)
+    return {k: np.asarray(enc[k], dtype=np.int32) for k in INPUT_KEYS}
+
+
+def resolve_model_dir(name_or_path: str) -> str:
+    """A local HF directory, or a hub name downloaded when online."""
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        return path
+    if os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") > 1:
+        raise CheckpointError(f"{name_or_path}: no such model directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name_or_path, allow_patterns=[
+            "*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model.bin"])
+    except Exception as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{name_or_path}: not a local directory, and the Hugging Face hub could not provide it "
+            f"({reason}); pass the path of a local HF model directory (config.json + "
+            "model.safetensors) instead") from None
+
+
+def load_tokenizer(directory: str) -> Any:
+    """The HF fast tokenizer of a directory, or None when it has no tokenizer files."""
+    names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
+    if not any(os.path.isfile(os.path.join(directory, n)) for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def load_pretrained(name_or_path: str, num_labels: int | None = None, *, dtype: str = "float32",
+                    seed: int = 0, with_tokenizer: bool = True, **config_overrides: Any
+                    ) -> MultiExitModel:
+    """Loads a multi-exit model from an HF checkpoint (local directory or hub name).
+
+    A `*ForSequenceClassification` checkpoint keeps its pooler and classifier as
+    the final exit. Intermediate exits get a copy of the pretrained pooler and a
+    classifier initialised from `seed`, unless the directory holds
+    `rome_jax_exits.safetensors` (written by `save_pretrained`), which restores
+    every exit. `num_labels=None` takes the checkpoint's own (2 if it has none).
+    """
+    directory = resolve_model_dir(name_or_path)
+    config_path = os.path.join(directory, "config.json")
+    with_labels = {} if num_labels is None else {"num_labels": num_labels}
+    config = ModelConfig.from_json_file(config_path, dtype=dtype, **with_labels, **config_overrides)
+    weights = hf_io.find_weight_file(directory)
+    state = hf_io.normalize_keys(hf_io.read_state_dict(weights), config.family)
+    exits_path = os.path.join(directory, hf_io.EXITS_FILE)
+    exits_state = hf_io.read_state_dict(exits_path) if os.path.isfile(exits_path) else None
+    fresh = init_exit_params(config, seed=seed)
+    params, _ = hf_io.params_from_state_dict(state, config, jax.device_get(fresh), weights, exits_state)
+    params = jax.tree.map(jnp.asarray, params)
+    with open(config_path, encoding="utf-8") as f:
+        id2label = json.load(f).get("id2label")
+    label_names = None
+    if id2label and len(id2label) == config.num_labels:
+        label_names = [id2label[str(i)] for i in range(config.num_labels)]
+    tokenizer = load_tokenizer(directory) if with_tokenizer else None
+    return MultiExitModel(config, params, tokenizer, label_names)

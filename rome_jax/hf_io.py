@@ -1,0 +1,277 @@
+"""Reading and writing HuggingFace checkpoints (PyTorch layout) as our parameter tree.
+
+HF stores dense weights as [out, in]; Flax kernels are [in, out]. Layer `l`'s
+tensors `encoder.layer.{l}.*` become slice `l` of our stacked `params['layers']`.
+Exit weights beyond the final classifier live beside the HF files in
+`rome_jax_exits.safetensors`, so that a directory written by `save_hf` is both a
+plain `*ForSequenceClassification` checkpoint and a complete multi-exit model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from rome_jax.config import ModelConfig
+from rome_jax.errors import CheckpointError
+
+EXITS_FILE = "rome_jax_exits.safetensors"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+# (our path inside a layer, HF name inside `encoder.layer.{l}.`, is a dense kernel)
+_LAYER_MAP = [
+    (("attention", "query"), "attention.self.query"),
+    (("attention", "key"), "attention.self.key"),
+    (("attention", "value"), "attention.self.value"),
+    (("attention", "output", "dense"), "attention.output.dense"),
+    (("attention", "output", "LayerNorm"), "attention.output.LayerNorm"),
+    (("intermediate",), "intermediate.dense"),
+    (("output", "dense"), "output.dense"),
+    (("output", "LayerNorm"), "output.LayerNorm"),
+]
+_EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+
+
+def find_weight_file(directory: str) -> str:
+    """The weights file of an HF directory, or a CheckpointError naming what is there."""
+    for name in WEIGHT_FILES:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    present = ", ".join(sorted(os.listdir(directory))) or "nothing"
+    raise CheckpointError(
+        f"{directory}: no model weights (expected model.safetensors or pytorch_model.bin; found {present})")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(path, framework="flax") as f:
+        for key in f.keys():
+            out[key] = np.asarray(f.get_tensor(key))
+    return out
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading pytorch_model.bin needs PyTorch (pip install torch), "
+            "or convert the checkpoint to model.safetensors") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """All tensors of a weights file (sharded checkpoints through their index)."""
+    read: Callable[[str], dict] = _read_safetensors if ".safetensors" in path else _read_torch
+    if path.endswith(".index.json"):
+        with open(path, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state: dict[str, np.ndarray] = {}
+        for shard in shards:
+            state.update(read(os.path.join(os.path.dirname(path), shard)))
+        return state
+    try:
+        return read(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a truncated or foreign file
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+
+
+def normalize_keys(state: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
+    """Strips the `bert.`/`roberta.` prefix and renames old LayerNorm gamma/beta."""
+    out = {}
+    for key, value in state.items():
+        for prefix in (f"{family}.", "bert.", "roberta."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        if "LayerNorm" in key:
+            key = key.replace(".gamma", ".weight").replace(".beta", ".bias")
+        out[key] = value
+    return out
+
+
+class _Reader:
+    """Takes tensors by HF name, checking presence and shape against the config."""
+
+    def __init__(self, state: dict[str, np.ndarray], source: str):
+        self.state = state
+        self.source = source
+
+    def has(self, key: str) -> bool:
+        return key in self.state
+
+    def take(self, key: str, shape: tuple[int, ...], transpose: bool = False) -> np.ndarray:
+        if key not in self.state:
+            raise CheckpointError(f"{self.source}: missing parameter {key}")
+        value = np.asarray(self.state[key], dtype=np.float32)
+        if transpose:
+            value = value.T
+        if value.shape != tuple(shape):
+            got = value.T.shape if transpose else value.shape
+            want = tuple(reversed(shape)) if transpose else tuple(shape)
+            raise CheckpointError(
+                f"{self.source}: parameter {key} has shape {got} in the checkpoint but the config needs {want}")
+        return value
+
+    def dense(self, name: str, n_in: int, n_out: int) -> dict:
+        return {"kernel": self.take(f"{name}.weight", (n_in, n_out), transpose=True),
+                "bias": self.take(f"{name}.bias", (n_out,))}
+
+    def layer_norm(self, name: str, n: int) -> dict:
+        return {"scale": self.take(f"{name}.weight", (n,)), "bias": self.take(f"{name}.bias", (n,))}
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def _layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    return {"attention.self.query": (H, H), "attention.self.key": (H, H),
+            "attention.self.value": (H, H), "attention.output.dense": (H, H),
+            "intermediate.dense": (H, I), "output.dense": (I, H)}
+
+
+def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh_exits: dict,
+                           source: str, exits_state: dict[str, np.ndarray] | None = None
+                           ) -> tuple[dict, dict]:
+    """Our parameter tree from a normalised HF state dict.
+
+    `fresh_exits` holds freshly initialised stacked exit parameters ({'pooler',
+    'classifier'}, leaves [L, ...]) used where the checkpoint has nothing.
+    Returns (params, report) where report says where each exit came from.
+    """
+    r = _Reader(state, source)
+    H, L, C = cfg.hidden_size, cfg.num_layers, cfg.num_labels
+    params: dict = {"embeddings": {}}
+    sizes = {"word_embeddings": cfg.vocab_size, "position_embeddings": cfg.max_position_embeddings,
+             "token_type_embeddings": cfg.type_vocab_size}
+    for name in _EMBEDDINGS:
+        params["embeddings"][name] = {"embedding": r.take(f"embeddings.{name}.weight", (sizes[name], H))}
+    params["embeddings"]["LayerNorm"] = r.layer_norm("embeddings.LayerNorm", H)
+
+    shapes = _layer_shapes(cfg)
+    layer: dict = {}
+    for ours, theirs in _LAYER_MAP:
+        per_layer = []
+        for l in range(L):
+            name = f"encoder.layer.{l}.{theirs}"
+            if theirs.endswith("LayerNorm"):
+                per_layer.append(r.layer_norm(name, H))
+            else:
+                per_layer.append(r.dense(name, *shapes[theirs]))
+        _set(layer, ours, {k: np.stack([p[k] for p in per_layer]) for k in per_layer[0]})
+    if r.has(f"encoder.layer.{L}.attention.self.query.weight"):
+        raise CheckpointError(f"{source}: the checkpoint has more than the config's {L} layers")
+
+    exits = {k: {kk: np.array(vv, dtype=np.float32) for kk, vv in v.items()}
+             for k, v in fresh_exits.items()}
+    report = {"final": "fresh", "intermediate": "fresh"}
+    # The pretrained pooler (BERT) or classification head dense (RoBERTa).
+    pooler = None
+    if r.has("pooler.dense.weight"):
+        pooler = r.dense("pooler.dense", H, H)
+    if cfg.family == "roberta" and r.has("classifier.dense.weight"):
+        pooler = r.dense("classifier.dense", H, H)
+    classifier = None
+    if r.has("classifier.weight"):
+        classifier = r.dense("classifier", H, C)
+    elif r.has("classifier.out_proj.weight"):
+        classifier = r.dense("classifier.out_proj", H, C)
+    if pooler is not None:
+        for k in ("kernel", "bias"):
+            exits["pooler"][k][:] = pooler[k]
+        report["intermediate"] = "pooler copied, classifier fresh"
+        report["final"] = "pretrained pooler, fresh classifier"
+    if classifier is not None:
+        for k in ("kernel", "bias"):
+            exits["classifier"][k][L - 1] = classifier[k]
+        report["final"] = "checkpoint classifier"
+    if exits_state is not None:
+        er = _Reader(exits_state, os.path.join(os.path.dirname(source), EXITS_FILE))
+        for l in range(L):
+            p = er.dense(f"exit.{l}.pooler", H, H)
+            c = er.dense(f"exit.{l}.classifier", H, C)
+            for k in ("kernel", "bias"):
+                exits["pooler"][k][l] = p[k]
+                exits["classifier"][k][l] = c[k]
+        report = {"final": "checkpoint classifier", "intermediate": f"restored from {EXITS_FILE}"}
+    params["layers"] = {"layer": layer, "exit": exits}
+    return params, report
+
+
+def state_dict_from_params(params: dict, cfg: ModelConfig) -> tuple[dict, dict]:
+    """HF `*ForSequenceClassification` tensors for the final exit, and the exits' tensors.
+
+    Returns (model_state, exits_state), numpy float32, HF [out, in] layout.
+    """
+    p = cfg.family
+    host = lambda x: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    state: dict[str, np.ndarray] = {}
+    emb = params["embeddings"]
+    for name in _EMBEDDINGS:
+        state[f"{p}.embeddings.{name}.weight"] = host(emb[name]["embedding"])
+    state[f"{p}.embeddings.LayerNorm.weight"] = host(emb["LayerNorm"]["scale"])
+    state[f"{p}.embeddings.LayerNorm.bias"] = host(emb["LayerNorm"]["bias"])
+
+    def get(tree, path):
+        for k in path:
+            tree = tree[k]
+        return tree
+
+    layer = params["layers"]["layer"]
+    for ours, theirs in _LAYER_MAP:
+        node = get(layer, ours)
+        for l in range(cfg.num_layers):
+            name = f"{p}.encoder.layer.{l}.{theirs}"
+            if theirs.endswith("LayerNorm"):
+                state[f"{name}.weight"] = host(node["scale"][l])
+                state[f"{name}.bias"] = host(node["bias"][l])
+            else:
+                state[f"{name}.weight"] = host(node["kernel"][l].T)
+                state[f"{name}.bias"] = host(node["bias"][l])
+    exits = params["layers"]["exit"]
+    last = cfg.num_layers - 1
+    if cfg.family == "roberta":
+        names = ("classifier.dense", "classifier.out_proj")
+    else:
+        names = (f"{p}.pooler.dense", "classifier")
+    for name, part in zip(names, ("pooler", "classifier")):
+        state[f"{name}.weight"] = host(exits[part]["kernel"][last].T)
+        state[f"{name}.bias"] = host(exits[part]["bias"][last])
+    exits_state = {}
+    for l in range(cfg.num_layers):
+        for part in ("pooler", "classifier"):
+            exits_state[f"exit.{l}.{part}.weight"] = host(exits[part]["kernel"][l].T)
+            exits_state[f"exit.{l}.{part}.bias"] = host(exits[part]["bias"][l])
+    return state, exits_state
+
+
+def hf_config_dict(cfg: ModelConfig, label_names: list[str] | None = None) -> dict:
+    """config.json for `*ForSequenceClassification` with the same encoder."""
+    d = cfg.to_hf_dict()
+    arch = "RobertaForSequenceClassification" if cfg.family == "roberta" else "BertForSequenceClassification"
+    d["architectures"] = [arch]
+    names = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
+    d["id2label"] = {str(i): n for i, n in enumerate(names)}
+    d["label2id"] = {n: i for i, n in enumerate(names)}
+    d["num_labels"] = cfg.num_labels
+    if cfg.num_labels == 1:
+        d["problem_type"] = "regression"
+    if cfg.family == "roberta":
+        d.setdefault("bos_token_id", 0)
+        d.setdefault("eos_token_id", 2)
+    d["rome_jax"] = {"num_exits": cfg.num_exits, "exits_file": EXITS_FILE}
+    return d

@@ -1,0 +1,235 @@
+"""A multi-exit BERT/RoBERTa encoder in Flax Linen.
+
+One exit after every encoder layer (GUIDE section 1): the pooler (dense + tanh) on
+that layer's first token, dropout, and a linear classifier. The last exit is the
+model's final classifier.
+
+The layers and their exits are one `nn.scan` over a `LayerWithExit` body, so every
+parameter under `params['layers']` has a leading layer axis of size L:
+
+    params = {
+      'embeddings': {'word_embeddings', 'position_embeddings',
+                     'token_type_embeddings', 'LayerNorm'},
+      'layers': {'layer': {...}, 'exit': {'pooler', 'classifier'}},   # leaves [L, ...]
+    }
+
+Compile time does not grow with depth, and inference can take layer `i` with a
+dynamic index inside a compiled loop (`apply_embeddings`, `apply_layer_with_exit`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rome_jax.config import ModelConfig
+
+Array = jax.Array
+Params = Any
+
+_init = nn.initializers.normal(stddev=0.02)
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return lambda x: nn.gelu(x, approximate=False)  # HF "gelu" is the erf one
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: nn.gelu(x, approximate=True)
+    return {"relu": nn.relu, "tanh": jnp.tanh}[name]
+
+
+def _dtype(config: ModelConfig):
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+class Embeddings(nn.Module):
+    """Word + position + token type embeddings, LayerNorm, dropout.
+
+    input_ids, token_type_ids, attention_mask: [B, T] -> [B, T, H] (compute dtype).
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
+                 deterministic: bool = True) -> Array:
+        cfg = self.config
+        if cfg.family == "roberta":
+            # HF create_position_ids_from_input_ids: padding keeps position pad_token_id.
+            not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+            position_ids = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
+        else:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        embed = lambda n, size: nn.Embed(size, cfg.hidden_size, embedding_init=_init, name=n)
+        x = (embed("word_embeddings", cfg.vocab_size)(input_ids)
+             + embed("position_embeddings", cfg.max_position_embeddings)(position_ids)
+             + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids))
+        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(x)
+        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        return x.astype(_dtype(cfg))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with the output projection and residual LayerNorm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        dtype = _dtype(cfg)
+        B, T, _ = x.shape
+        dense = lambda n, size=cfg.hidden_size: nn.Dense(size, dtype=dtype, kernel_init=_init, name=n)
+        split = lambda y: y.reshape(B, T, cfg.num_heads, cfg.head_dim)
+        q, k, v = (split(dense(n)(x)) for n in ("query", "key", "value"))
+        mask = attention_mask[:, None, None, :].astype(bool)  # [B, 1, 1, T]
+        if cfg.fused_attention and (deterministic or cfg.attention_dropout == 0.0):
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        else:
+            # Dropout on the attention probabilities needs the unfused form.
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(cfg.head_dim)
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1)
+            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+            context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
+        context = context.reshape(B, T, cfg.hidden_size)
+        with_output = OutputBlock(cfg, name="output")
+        return with_output(context, x, deterministic)
+
+
+class OutputBlock(nn.Module):
+    """dense -> dropout -> LayerNorm(. + residual), as HF's BertSelfOutput/BertOutput."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        y = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg), kernel_init=_init, name="dense")(x)
+        y = nn.Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
+        y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(
+            y.astype(jnp.float32) + residual.astype(jnp.float32))
+        return y.astype(_dtype(cfg))
+
+
+class TransformerLayer(nn.Module):
+    """One encoder layer: [B, T, H] -> [B, T, H]."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        x = SelfAttention(cfg, name="attention")(x, attention_mask, deterministic)
+        h = nn.Dense(cfg.intermediate_size, dtype=_dtype(cfg), kernel_init=_init,
+                     name="intermediate")(x)
+        h = _activation(cfg.hidden_act)(h)
+        return OutputBlock(cfg, name="output")(h, x, deterministic)
+
+
+class ExitHead(nn.Module):
+    """An exit: pooler (dense + tanh) on the first token, dropout, classifier.
+
+    RoBERTa's classification head also applies dropout before the dense layer.
+    hidden [B, T, H] -> (logits [B, C] float32, pooled [B, H]).
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, deterministic: bool) -> tuple[Array, Array]:
+        cfg = self.config
+        dtype = _dtype(cfg)
+        x = hidden[:, 0]
+        if cfg.family == "roberta":
+            x = nn.Dropout(cfg.exit_dropout)(x, deterministic=deterministic)
+        pooled = jnp.tanh(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=_init, name="pooler")(x))
+        x = nn.Dropout(cfg.exit_dropout)(pooled, deterministic=deterministic)
+        logits = nn.Dense(cfg.num_labels, dtype=dtype, kernel_init=_init, name="classifier")(x)
+        return logits.astype(jnp.float32), pooled
+
+
+class LayerWithExit(nn.Module):
+    """The scan body: layer `i` followed by exit `i`.
+
+    carry hidden [B, T, H] -> (next hidden [B, T, H], (logits [B, C], pooled [B, H])).
+    """
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, hidden: Array, attention_mask: Array) -> tuple[Array, tuple[Array, Array]]:
+        hidden = TransformerLayer(self.config, name="layer")(hidden, attention_mask, self.deterministic)
+        logits, pooled = ExitHead(self.config, name="exit")(hidden, self.deterministic)
+        return hidden, (logits, pooled)
+
+
+class MultiExitEncoder(nn.Module):
+    """Embeddings and L layers, each followed by an exit.
+
+    Returns a dict: `logits` [L, B, C] (float32; row -1 is the final classifier),
+    `pooled` [L, B, H], `last_hidden` [B, T, H].
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+                 token_type_ids: Array | None = None, deterministic: bool = True) -> dict:
+        cfg = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        hidden = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, attention_mask,
+                                                    deterministic)
+        Stack = nn.scan(LayerWithExit, variable_axes={"params": 0},
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=nn.broadcast, length=cfg.num_layers)
+        hidden, (logits, pooled) = Stack(cfg, deterministic, name="layers")(hidden, attention_mask)
+        return {"logits": logits, "pooled": pooled, "last_hidden": hidden}
+
+
+# ---- pieces for executors that step through the layers one at a time ----------------
+
+def apply_embeddings(config: ModelConfig, params: Params, batch: dict) -> Array:
+    """Embeddings of a batch (inference): dict of [B, T] int arrays -> [B, T, H]."""
+    input_ids = batch["input_ids"]
+    mask = batch.get("attention_mask", jnp.ones_like(input_ids))
+    types = batch.get("token_type_ids", jnp.zeros_like(input_ids))
+    return Embeddings(config).apply({"params": params["embeddings"]}, input_ids, types, mask)
+
+
+def layer_params(params: Params, index: Array | int) -> Params:
+    """The parameters of layer `index` and its exit (works with a traced index)."""
+    return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False),
+                        params["layers"])
+
+
+def apply_layer_with_exit(config: ModelConfig, params_i: Params, hidden: Array,
+                          attention_mask: Array) -> tuple[Array, Array]:
+    """Layer i and exit i (inference): hidden [B, T, H] -> (hidden, logits [B, C])."""
+    hidden, (logits, _) = LayerWithExit(config).apply({"params": params_i}, hidden, attention_mask)
+    return hidden, logits
+
+
+def init_params(config: ModelConfig, seed: int = 0, seq_len: int = 8) -> Params:
+    """Random parameters (HF's normal(0.02) initialisation) for a config."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return MultiExitEncoder(config).init(jax.random.PRNGKey(seed), ids)["params"]
+
+
+def init_exit_params(config: ModelConfig, seed: int = 0) -> Params:
+    """Fresh stacked exit parameters: kernels normal(0.02), biases zero (HF's init).
+
+    Returns {'pooler': {'kernel' [L, H, H], 'bias' [L, H]},
+             'classifier': {'kernel' [L, H, C], 'bias' [L, C]}}.
+    """
+    L, H, C = config.num_layers, config.hidden_size, config.num_labels
+    k_pool, k_cls = jax.random.split(jax.random.PRNGKey(seed))
+    return {"pooler": {"kernel": _init(k_pool, (L, H, H)), "bias": jnp.zeros((L, H))},
+            "classifier": {"kernel": _init(k_cls, (L, H, C)), "bias": jnp.zeros((L, C))}}

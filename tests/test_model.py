@@ -1,0 +1,225 @@
+"""The multi-exit encoder against HF PyTorch, loading, export and errors."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rome_jax
+from rome_jax import hf_io
+from rome_jax.config import ModelConfig
+from rome_jax.errors import CheckpointError
+from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
+
+import tiny_hf
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bert")
+    model = tiny_hf.make_bert(path)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("roberta")
+    model = tiny_hf.make_roberta(path)
+    return path, model
+
+
+def test_bert_final_exit_matches_hf(bert_dir):
+    path, hf_model = bert_dir
+    batch = tiny_hf.random_batch()
+    model = rome_jax.load_pretrained(str(path))
+    logits = np.asarray(model.exit_logits(batch))
+    assert logits.shape == (3, 4, 3)  # [num_exits, B, num_labels]
+    np.testing.assert_allclose(logits[-1], tiny_hf.torch_logits(hf_model, batch), atol=1e-5, rtol=0)
+
+
+def test_bert_bfloat16_close_to_hf(bert_dir):
+    path, hf_model = bert_dir
+    batch = tiny_hf.random_batch()
+    model = rome_jax.load_pretrained(str(path), dtype="bfloat16")
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(model.params))  # params stay f32
+    logits = np.asarray(model.exit_logits(batch))
+    # bfloat16 keeps 8 bits of mantissa: about 2-3 significant digits after 3 layers.
+    np.testing.assert_allclose(logits[-1], tiny_hf.torch_logits(hf_model, batch), atol=2e-2, rtol=0)
+
+
+def test_roberta_final_exit_matches_hf(roberta_dir):
+    path, hf_model = roberta_dir
+    batch = tiny_hf.random_batch(pad_id=1, two_segments=False)
+    model = rome_jax.load_pretrained(str(path))
+    assert model.config.family == "roberta" and model.config.position_offset == 2
+    logits = np.asarray(model.exit_logits(batch))
+    np.testing.assert_allclose(logits[-1], tiny_hf.torch_logits(hf_model, batch, token_types=False),
+                               atol=1e-5, rtol=0)
+
+
+def test_intermediate_exits_copy_pooler_and_seeded_classifier(bert_dir):
+    path, hf_model = bert_dir
+    a = rome_jax.load_pretrained(str(path), seed=1)
+    b = rome_jax.load_pretrained(str(path), seed=1)
+    c = rome_jax.load_pretrained(str(path), seed=2)
+    pooler = hf_model.bert.pooler.dense.weight.detach().numpy().T
+    exits = a.params["layers"]["exit"]
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(exits["pooler"]["kernel"][i]), pooler)
+    cls = lambda m: np.asarray(m.params["layers"]["exit"]["classifier"]["kernel"])
+    np.testing.assert_array_equal(cls(a), cls(b))
+    assert not np.allclose(cls(a)[:2], cls(c)[:2])
+    np.testing.assert_array_equal(cls(a)[2], hf_model.classifier.weight.detach().numpy().T)
+    assert 0.01 < cls(a)[0].std() < 0.03  # normal(0.02), HF's initializer range
+
+
+def test_minilm_hidden_states_and_pooler_match_hf(minilm_path, glue_dir):
+    from transformers import AutoTokenizer, BertModel
+
+    import csv
+
+    with open(os.path.join(glue_dir, "RTE", "dev.tsv"), encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:9]
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    enc = tok([r[1] for r in rows], [r[2] for r in rows], truncation=True, max_length=128,
+              padding="max_length", return_tensors="np")
+    batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    hf = BertModel.from_pretrained(minilm_path).eval()
+    with torch.no_grad():
+        out = hf(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
+    model = rome_jax.load_pretrained(minilm_path, num_labels=2)
+    ours = model.module.apply({"params": model.params}, **batch)
+    mask = batch["attention_mask"][..., None].astype(bool)
+    np.testing.assert_allclose(np.where(mask, np.asarray(ours["last_hidden"]), 0),
+                               np.where(mask, out.last_hidden_state.numpy(), 0), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(ours["pooled"][-1]), out.pooler_output.numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_round_trip_through_transformers(bert_dir, tmp_path):
+    from transformers import BertForSequenceClassification
+
+    path, _ = bert_dir
+    model = rome_jax.load_pretrained(str(path), seed=3)
+    # Make the exits differ from their initial values, as after training.
+    model.params = jax.tree.map(lambda x: x + 0.01 * jnp.sin(jnp.arange(x.size).reshape(x.shape)),
+                                model.params)
+    model.label_names = ["a", "b", "c"]
+    model.save_pretrained(str(tmp_path / "out"))
+    batch = tiny_hf.random_batch(seed=1)
+    ours = np.asarray(model.exit_logits(batch))
+    hf = BertForSequenceClassification.from_pretrained(str(tmp_path / "out")).eval()
+    np.testing.assert_allclose(tiny_hf.torch_logits(hf, batch), ours[-1], atol=1e-5, rtol=0)
+    assert hf.config.id2label[1] == "b"
+    again = rome_jax.load_pretrained(str(tmp_path / "out"))
+    np.testing.assert_allclose(np.asarray(again.exit_logits(batch)), ours, atol=1e-6, rtol=0)
+    assert again.label_names == ["a", "b", "c"]
+
+
+def test_roberta_export_round_trip(roberta_dir, tmp_path):
+    from transformers import RobertaForSequenceClassification
+
+    path, _ = roberta_dir
+    model = rome_jax.load_pretrained(str(path))
+    model.save_pretrained(str(tmp_path))
+    batch = tiny_hf.random_batch(pad_id=1, two_segments=False)
+    hf = RobertaForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+    np.testing.assert_allclose(tiny_hf.torch_logits(hf, batch, token_types=False),
+                               np.asarray(model.exit_logits(batch))[-1], atol=1e-5, rtol=0)
+
+
+def test_keys_without_prefix_old_layernorm_names_and_torch_bin(bert_dir, tmp_path):
+    path, hf_model = bert_dir
+    state = {k.replace("bert.", "", 1): v for k, v in hf_model.state_dict().items()}
+    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in state.items()}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    shutil.copy(path / "config.json", tmp_path / "config.json")
+    batch = tiny_hf.random_batch()
+    model = rome_jax.load_pretrained(str(tmp_path))
+    np.testing.assert_allclose(np.asarray(model.exit_logits(batch))[-1],
+                               tiny_hf.torch_logits(hf_model, batch), atol=1e-5, rtol=0)
+
+
+def test_shape_mismatch_names_parameter_and_both_shapes(bert_dir, tmp_path):
+    path, _ = bert_dir
+    shutil.copytree(path, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["intermediate_size"] = 40
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as e:
+        rome_jax.load_pretrained(str(tmp_path / "m"))
+    msg = str(e.value)
+    assert "encoder.layer.0.intermediate.dense.weight" in msg
+    assert "(37, 32)" in msg and "(40, 32)" in msg and "\n" not in msg
+
+
+def test_num_labels_that_do_not_fit_the_classifier(bert_dir):
+    path, _ = bert_dir
+    with pytest.raises(CheckpointError, match=r"classifier.weight.*\(3, 32\).*\(2, 32\)"):
+        rome_jax.load_pretrained(str(path), num_labels=2)
+
+
+def test_missing_files_are_named(bert_dir, tmp_path):
+    path, _ = bert_dir
+    with pytest.raises(CheckpointError, match="config.json"):
+        rome_jax.load_pretrained(str(tmp_path))
+    shutil.copy(path / "config.json", tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match="no model weights.*model.safetensors.*found config.json"):
+        rome_jax.load_pretrained(str(tmp_path))
+    with pytest.raises(CheckpointError, match="no such model directory"):
+        rome_jax.load_pretrained(str(tmp_path / "nope"))
+
+
+def test_hub_name_offline_says_what_to_pass(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="pass the path of a local HF model directory"):
+        rome_jax.load_pretrained("not-a-real-org/not-a-real-model")
+
+
+def test_stacked_layers_keep_the_program_size_constant():
+    """Compile time must not grow with depth: the jaxpr of 2 and 8 layers is the same size."""
+    def size(num_layers):
+        cfg = ModelConfig(vocab_size=50, hidden_size=16, num_layers=num_layers, num_heads=2,
+                          intermediate_size=32, max_position_embeddings=32)
+        params = jax.eval_shape(lambda: init_params(cfg))
+        ids = jnp.zeros((2, 8), jnp.int32)
+        jaxpr = jax.make_jaxpr(lambda p: MultiExitEncoder(cfg).apply({"params": p}, ids)["logits"])(params)
+        return len(str(jaxpr))
+
+    assert size(2) == size(8)
+
+
+def test_layer_by_layer_pieces_equal_the_scanned_model(bert_dir):
+    path, _ = bert_dir
+    model = rome_jax.load_pretrained(str(path))
+    batch = {k: jnp.asarray(v) for k, v in tiny_hf.random_batch().items()}
+    full = np.asarray(model.exit_logits(batch))
+    hidden = apply_embeddings(model.config, model.params, batch)
+    for i in range(model.config.num_layers):
+        hidden, logits = apply_layer_with_exit(model.config, layer_params(model.params, jnp.int32(i)),
+                                               hidden, batch["attention_mask"])
+        np.testing.assert_allclose(np.asarray(logits), full[i], atol=1e-6, rtol=0)
+
+
+def test_dropout_is_active_in_training_mode(bert_dir):
+    path, _ = bert_dir
+    model = rome_jax.load_pretrained(str(path))
+    batch = {k: jnp.asarray(v) for k, v in tiny_hf.random_batch().items()}
+    run = lambda seed: model.module.apply({"params": model.params}, **batch, deterministic=False,
+                                          rngs={"dropout": jax.random.PRNGKey(seed)})["logits"]
+    assert not np.allclose(run(0), run(1))
+    np.testing.assert_array_equal(run(0), run(0))
+
+
+def test_tokenizer_pairs_and_truncation(minilm_path):
+    model = rome_jax.load_pretrained(minilm_path, num_labels=2)
+    batch = model.tokenize(["a short one", "word " * 100], ["and its pair", "other"], max_length=16)
+    assert batch["input_ids"].shape == (2, 16) and batch["input_ids"].dtype == np.int32
+    assert batch["attention_mask"][1].all() and batch["attention_mask"][0].sum() < 16
+    assert set(np.unique(batch["token_type_ids"][0])) == {0, 1}

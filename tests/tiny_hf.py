@@ -1,0 +1,54 @@
+"""Tiny random HF PyTorch models saved with `save_pretrained`, for parity tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64)
+
+
+def make_bert(path, num_labels=3, seed=0, **overrides):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(**{**TINY, **overrides}, num_labels=num_labels))
+    model.eval().save_pretrained(str(path))
+    return model
+
+
+def make_roberta(path, num_labels=3, seed=0, **overrides):
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(**{**TINY, "max_position_embeddings": 70, **overrides}, num_labels=num_labels,
+                        type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    model = RobertaForSequenceClassification(cfg)
+    model.eval().save_pretrained(str(path))
+    return model
+
+
+def random_batch(batch=4, length=16, vocab=99, seed=0, pad_id=0, two_segments=True):
+    """Token ids with padding (rows 1 and 3 padded) and, optionally, a second segment."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, vocab, (batch, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 10:] = 0
+    mask[3, 5:] = 0
+    ids[mask == 0] = pad_id
+    types = np.zeros_like(ids)
+    if two_segments:
+        types[:, length // 2:] = 1
+        types[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def torch_logits(model, batch, token_types=True):
+    import torch
+
+    with torch.no_grad():
+        kwargs = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()
+                  if token_types or k != "token_type_ids"}
+        return model(**kwargs).logits.numpy()
