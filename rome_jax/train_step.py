@@ -1,0 +1,286 @@
+"""The training step of every mode, jit-compiled over a device mesh.
+
+Modes (GUIDE section 1, `train.mode`):
+  romebert    self-distillation + gradient regularization, one stage (default)
+  sd          self-distillation only
+  gr          gradient regularization on plain per-exit cross-entropy
+  joint       sum of every exit's cross-entropy
+  pabee       PABEE's weighted average (weights proportional to the exit index)
+  deebert     two stages: final exit, then the intermediate exits (sum of CE)
+  deebert_sd  two stages, self-distillation in stage 2
+
+Data parallelism is `jax.jit` over a `Mesh` of all devices: parameters and
+optimizer state replicated, the batch split on the `data` axis, the state donated.
+This is the modern form of a pmapped step (`jax.pmap` is in maintenance mode). The
+losses are means over the global batch, so the gradients are averaged over all
+devices before the projection, as GUIDE requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rome_jax import losses, projection
+from rome_jax.config import ModelConfig
+from rome_jax.model import MultiExitEncoder
+
+Params = Any
+
+MODES = ("romebert", "sd", "gr", "joint", "pabee", "deebert", "deebert_sd")
+TWO_STAGE_MODES = ("deebert", "deebert_sd")
+GR_MODES = ("romebert", "gr")
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """What one training step computes (static: changing it recompiles).
+
+    `stage` is 1 or 2 for the two-stage modes. `anchor`: "A" keeps the final
+    exit's gradient and projects the exits' ("B" the other way round).
+    `stage2_clip`: "reference" clips stage 2's gradient with the frozen
+    backbone's gradient counted in the global norm, as DeeBERT's code does
+    (freezing = leaving parameters out of the optimizer); "trainable" stops the
+    gradient at the backbone so only the exits' gradient is clipped (and the
+    backward pass through the backbone is skipped).
+    """
+
+    mode: str = "romebert"
+    stage: int = 1
+    gamma: float = 0.9
+    temperature: float = 3.0
+    kl_reduction: str = "reference"
+    anchor: str = "B"
+    gr_scope: str = "reference"
+    gr_granularity: str = "global"
+    gr_symmetric: bool = False
+    regression: bool = False
+    grad_accum_steps: int = 1
+    stage2_clip: str = "reference"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown train.mode {self.mode!r}; known: {', '.join(MODES)}")
+        if self.stage not in (1, 2) or (self.stage == 2 and self.mode not in TWO_STAGE_MODES):
+            raise ValueError(f"stage {self.stage} is not a stage of mode {self.mode!r}")
+
+    @property
+    def uses_projection(self) -> bool:
+        return self.mode in GR_MODES
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes. `rng` is the base dropout key."""
+
+    step: jax.Array
+    params: Params
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def create_train_state(params: Params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.PRNGKey(seed))
+
+
+def trainable_mask(params: Params, settings: StepSettings) -> Params | None:
+    """Which parameters a stage updates (None: all of them)."""
+    from rome_jax.optim import exit_mask
+
+    if settings.mode not in TWO_STAGE_MODES:
+        return None
+    if settings.stage == 1:
+        return exit_mask(params, intermediate=False, backbone=True, final_exit=True)
+    return exit_mask(params, intermediate=True, backbone=False, final_exit=False)
+
+
+def selection_for(params: Params, config: ModelConfig, settings: StepSettings) -> Params:
+    if settings.gr_scope == "reference":
+        return projection.reference_selection(params, config.num_layers)
+    if settings.gr_scope == "all":
+        return projection.all_selection(params)
+    raise ValueError(f"unknown gr_scope {settings.gr_scope!r}; known: reference, all")
+
+
+def _forward(config: ModelConfig, params: Params, batch: dict, rng: jax.Array,
+             stop_backbone: bool = False) -> jax.Array:
+    """Exit logits [E, B, C] with dropout on (training)."""
+    if stop_backbone:
+        # Stage 2 with "trainable" clipping: no gradient flows into the backbone.
+        params = {**params, "embeddings": jax.lax.stop_gradient(params["embeddings"]),
+                  "layers": {**params["layers"],
+                             "layer": jax.lax.stop_gradient(params["layers"]["layer"])}}
+    inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
+    return MultiExitEncoder(config).apply({"params": params}, **inputs, deterministic=False,
+                                          rngs={"dropout": rng})["logits"]
+
+
+def loss_groups(settings: StepSettings, logits: jax.Array, labels: jax.Array
+                ) -> tuple[jax.Array, jax.Array, dict]:
+    """(loss_A, loss_B, aux) for every mode; the step's loss is loss_A + loss_B.
+
+    For modes without projection the split is only reported, never used to
+    project: loss_B is then 0 and loss_A the whole loss where no split exists.
+    """
+    s = settings
+    kw = dict(regression=s.regression)
+    sd = dict(gamma=s.gamma, temperature=s.temperature, reduction=s.kl_reduction)
+    if s.mode in ("romebert", "sd"):
+        return losses.romebert_groups(logits, labels, **sd, **kw)
+    if s.mode == "gr":
+        return losses.plain_groups(logits, labels, **kw)
+    exit_loss = losses.exit_losses(logits, labels, **kw)
+    aux = {"exit_loss": exit_loss}
+    zero = jnp.zeros((), jnp.float32)
+    if s.mode == "joint":
+        return exit_loss[-1], jnp.sum(exit_loss[:-1]), aux
+    if s.mode == "pabee":
+        return losses.pabee_loss(logits, labels, **kw), zero, aux
+    if s.stage == 1:  # deebert, deebert_sd: the final exit alone
+        return exit_loss[-1], zero, aux
+    if s.mode == "deebert":
+        return zero, losses.deebert_stage2_loss(logits, labels, **kw), aux
+    distill = losses.distillation_losses(logits, temperature=s.temperature,
+                                         reduction=s.kl_reduction, regression=s.regression)
+    aux["distill_loss"] = distill
+    return zero, losses.deebert_sd_stage2_loss(logits, labels, **sd, **kw), aux
+
+
+def _microbatch_grads(config: ModelConfig, settings: StepSettings, params: Params, batch: dict,
+                      rng: jax.Array):
+    """Gradients of one micro-batch: (g_A, g_B) for GR modes, else (g, None)."""
+    stop = settings.stage == 2 and settings.stage2_clip == "trainable"
+
+    def groups(p):
+        logits = _forward(config, p, batch, rng, stop_backbone=stop)
+        loss_a, loss_b, aux = loss_groups(settings, logits, batch["labels"])
+        return (loss_a, loss_b), aux
+
+    if settings.uses_projection:
+        # One forward pass, pulled back with two cotangents (1, 0) and (0, 1).
+        (loss_a, loss_b), pullback, aux = jax.vjp(groups, params, has_aux=True)
+        one = jnp.ones((), loss_a.dtype)
+        cotangents = (jnp.stack([one, 0 * one]), jnp.stack([0 * one, one]))
+        (stacked,) = jax.vmap(pullback)(cotangents)
+        g_a = jax.tree.map(lambda g: g[0], stacked)
+        g_b = jax.tree.map(lambda g: g[1], stacked)
+        return (g_a, g_b), (loss_a, loss_b, aux)
+
+    def total(p):
+        (loss_a, loss_b), aux = groups(p)
+        return loss_a + loss_b, (loss_a, loss_b, aux)
+
+    grads, (loss_a, loss_b, aux) = jax.grad(total, has_aux=True)(params)
+    return (grads, None), (loss_a, loss_b, aux)
+
+
+def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings: StepSettings,
+               tx: optax.GradientTransformation, selection: Params,
+               trainable: Params | None) -> tuple[TrainState, dict]:
+    """One optimizer step on a global batch (dict of [B, ...] arrays with `labels`).
+
+    With `grad_accum_steps = k` the batch is split into k micro-batches whose
+    gradients are averaged before the projection. A non-finite loss leaves the
+    state unchanged (the caller stops on `metrics['finite'] == 0`).
+    """
+    k = settings.grad_accum_steps
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    if k == 1:
+        grads, (loss_a, loss_b, aux) = _microbatch_grads(config, settings, state.params, batch, step_rng)
+    else:
+        micro = jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+
+        def body(acc, xs):
+            mb, i = xs
+            g, out = _microbatch_grads(config, settings, state.params, mb, jax.random.fold_in(step_rng, i))
+            acc = jax.tree.map(lambda a, b: a + b / k, acc, g)
+            return acc, out
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (zeros, zeros if settings.uses_projection else None)
+        grads, outs = jax.lax.scan(body, init, (micro, jnp.arange(k)))
+        loss_a, loss_b, aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), outs)
+
+    metrics: dict[str, jax.Array] = {}
+    if settings.uses_projection:
+        g_a, g_b = grads
+        grads, gr_stats = projection.project_gradients(
+            g_a, g_b, selection, anchor=settings.anchor, granularity=settings.gr_granularity,
+            symmetric=settings.gr_symmetric)
+        metrics.update({f"gr/{k_}": v for k_, v in gr_stats.items()})
+    else:
+        grads = grads[0]
+    if trainable is not None and not (settings.stage == 2 and settings.stage2_clip == "reference"):
+        grads = jax.tree.map(lambda g, m: g * m, grads, trainable)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if trainable is not None:
+        updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, trainable)
+    loss = loss_a + loss_b
+    finite = jnp.isfinite(loss)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
+                              opt_state=keep(opt_state, state.opt_state))
+    metrics.update({
+        "loss": loss, "loss_A": loss_a, "loss_B": loss_b, "finite": finite.astype(jnp.float32),
+        "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
+        "param_norm": optax.global_norm(new_state.params),
+    })
+    for name, values in aux.items():
+        for i in range(values.shape[0]):
+            metrics[f"{name}/{i + 1}"] = values[i]
+    return new_state, metrics
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A one-axis mesh `data` over the given devices (default: all, every host)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def compile_train_step(config: ModelConfig, settings: StepSettings, tx: optax.GradientTransformation,
+                       mesh: Mesh, params: Params):
+    """`train_step` jitted over `mesh`: (state, batch) -> (state, metrics), state donated."""
+    selection = selection_for(params, config, settings) if settings.uses_projection else None
+    trainable = trainable_mask(params, settings)
+    step = functools.partial(train_step, config=config, settings=settings, tx=tx,
+                             selection=selection, trainable=trainable)
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
+                   donate_argnums=0)
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Puts a host batch of numpy arrays on the mesh, split on the leading axis.
+
+    With several hosts each passes its own shard (`process_count` rows fewer)
+    and the global array is assembled from the hosts' pieces.
+    """
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """A replicated copy on the mesh (a copy: the step donates its state)."""
+    return jax.device_put(tree, replicated(mesh), may_alias=False)

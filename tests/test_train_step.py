@@ -1,0 +1,201 @@
+"""The training step: modes, two gradients from one forward, freezing, accumulation, devices."""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rome_jax import losses, projection
+from rome_jax import train_step as ts
+from rome_jax.config import ModelConfig
+from rome_jax.model import MultiExitEncoder, init_params
+from rome_jax.optim import make_optimizer, weight_decay_mask
+
+CFG = ModelConfig(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32,
+                  max_position_embeddings=32)
+NO_DROPOUT = CFG.replace(hidden_dropout=0.0, attention_dropout=0.0)
+
+
+def make_batch(n=8, t=12, seed=0, regression=False):
+    rng = np.random.RandomState(seed)
+    mask = np.ones((n, t), np.int32)
+    mask[1, 6:] = 0
+    labels = rng.rand(n).astype(np.float32) * 5 if regression else rng.randint(0, 2, n).astype(np.int32)
+    return dict(input_ids=rng.randint(1, 50, (n, t)).astype(np.int32), attention_mask=mask,
+                token_type_ids=np.zeros((n, t), np.int32), labels=labels)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(settings, config, lr, num_devices):
+    """One compiled step per (settings, config, lr, devices): compiling dominates these tests."""
+    params = init_params(config, 0)
+    tx = make_optimizer(lr, 100, params=params)
+    mesh = ts.make_mesh(jax.devices()[:num_devices])
+    return ts.compile_train_step(config, settings, tx, mesh, params), tx, mesh
+
+
+def run_steps(settings, config=CFG, steps=2, seed=0, lr=1e-3, batch=None, num_devices=1):
+    """Returns (initial params, final state, last metrics, every step's loss)."""
+    params = init_params(config, 0)
+    step, tx, mesh = compiled(settings, config, lr, num_devices)
+    state = ts.replicate(ts.create_train_state(params, tx, seed), mesh)
+    batch = batch or make_batch()
+    step_losses = []
+    for _ in range(steps):
+        state, metrics = step(state, ts.shard_batch(batch, mesh))
+        step_losses.append(float(metrics["loss"]))
+    return params, jax.device_get(state), jax.device_get(metrics), step_losses
+
+
+def test_two_gradients_from_one_forward_equal_separate_gradients():
+    params = init_params(CFG, 0)
+    batch = make_batch()
+    settings = ts.StepSettings(mode="romebert")
+    rng = jax.random.PRNGKey(3)
+    (g_a, g_b), _ = ts._microbatch_grads(CFG, settings, params, batch, rng)
+
+    def group(p, which):
+        logits = MultiExitEncoder(CFG).apply({"params": p}, batch["input_ids"], batch["attention_mask"],
+                                             batch["token_type_ids"], deterministic=False,
+                                             rngs={"dropout": rng})["logits"]
+        return losses.romebert_groups(logits, batch["labels"])[which]
+
+    ref_a, ref_b = jax.grad(group)(params, 0), jax.grad(group)(params, 1)
+    for got, ref in ((g_a, ref_a), (g_b, ref_b)):
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5)
+    # the final exit's classifier only learns from group A (the teacher is stopped in B)
+    assert np.abs(np.asarray(g_b["layers"]["exit"]["classifier"]["kernel"][-1])).max() == 0
+
+
+def test_gr_step_with_nothing_selected_equals_the_joint_step():
+    params = init_params(CFG, 0)
+    tx = make_optimizer(1e-3, 100, params=params)
+    batch = make_batch()
+    nothing = jax.tree.map(lambda x: jnp.zeros((1,) * x.ndim), params)
+    state = ts.create_train_state(params, tx, 0)
+    gr, _ = ts.train_step(state, batch, config=CFG, settings=ts.StepSettings(mode="gr"), tx=tx,
+                          selection=nothing, trainable=None)
+    joint, _ = ts.train_step(state, batch, config=CFG, settings=ts.StepSettings(mode="joint"), tx=tx,
+                             selection=None, trainable=None)
+    for x, y in zip(jax.tree.leaves(gr.params), jax.tree.leaves(joint.params)):
+        np.testing.assert_allclose(x, y, atol=1e-7, rtol=1e-6)
+
+
+def test_romebert_step_projects_and_logs_the_statistics():
+    _, _, m, _ = run_steps(ts.StepSettings(mode="romebert"), steps=1)
+    for key in ("gr/cosine", "gr/projected", "gr/norm_A", "gr/norm_B", "loss", "grad_norm",
+                "exit_loss/1", "exit_loss/3", "distill_loss/2"):
+        assert key in m and np.isfinite(m[key]), key
+    assert -1 <= m["gr/cosine"] <= 1 and m["gr/projected"] in (0.0, 1.0)
+    np.testing.assert_allclose(m["loss"], m["loss_A"] + m["loss_B"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ts.MODES)
+def test_every_mode_trains_and_lowers_its_loss(mode):
+    settings = ts.StepSettings(mode=mode, stage=2 if mode in ts.TWO_STAGE_MODES else 1)
+    step_losses = run_steps(settings, config=NO_DROPOUT, steps=15, lr=3e-3)[3]
+    assert np.isfinite(step_losses[-1]) and step_losses[-1] < step_losses[0]
+
+
+def test_regression_step_uses_mse():
+    cfg = NO_DROPOUT.replace(num_labels=1)
+    _, _, m, _ = run_steps(ts.StepSettings(mode="romebert", regression=True), config=cfg, steps=1,
+                        batch=make_batch(regression=True))
+    assert np.isfinite(m["loss"]) and m["exit_loss/3"] > 1.0  # squared error of scores in 0..5
+
+
+def changed(before, after):
+    return jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), before, after)
+
+
+def test_deebert_stage_1_leaves_intermediate_exits_and_stage_2_only_trains_them():
+    before, state, _, _ = run_steps(ts.StepSettings(mode="deebert", stage=1), steps=2)
+    c = changed(before, state.params)
+    exits = state.params["layers"]["exit"]["classifier"]["kernel"]
+    np.testing.assert_array_equal(exits[:-1], before["layers"]["exit"]["classifier"]["kernel"][:-1])
+    assert not np.array_equal(exits[-1], before["layers"]["exit"]["classifier"]["kernel"][-1])
+    assert c["layers"]["layer"]["attention"]["query"]["kernel"] and c["embeddings"]["LayerNorm"]["scale"]
+
+    for clip in ("reference", "trainable"):
+        before, state, _, _ = run_steps(ts.StepSettings(mode="deebert", stage=2, stage2_clip=clip), steps=2)
+        c = changed(before, state.params)
+        assert not any(jax.tree.leaves(c["embeddings"])) and not any(jax.tree.leaves(c["layers"]["layer"]))
+        exits = state.params["layers"]["exit"]["pooler"]["kernel"]
+        np.testing.assert_array_equal(exits[-1], before["layers"]["exit"]["pooler"]["kernel"][-1])
+        assert not np.array_equal(exits[:-1], before["layers"]["exit"]["pooler"]["kernel"][:-1])
+
+
+def test_reference_stage2_clipping_counts_the_backbone_gradient():
+    """DeeBERT's code clips with the frozen backbone's gradient in the norm."""
+    m_ref = run_steps(ts.StepSettings(mode="deebert", stage=2, stage2_clip="reference"), steps=1)[2]
+    m_own = run_steps(ts.StepSettings(mode="deebert", stage=2, stage2_clip="trainable"), steps=1)[2]
+    assert m_ref["grad_norm"] > m_own["grad_norm"] > 0
+
+
+def test_gradient_accumulation_equals_the_full_batch_without_dropout():
+    one = run_steps(ts.StepSettings(mode="romebert"), config=NO_DROPOUT, steps=2)[1]
+    two = run_steps(ts.StepSettings(mode="romebert", grad_accum_steps=2), config=NO_DROPOUT, steps=2)[1]
+    for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+        np.testing.assert_allclose(x, y, atol=2e-6, rtol=1e-5)
+
+
+def test_same_seed_same_parameters_and_other_seed_other_dropout():
+    a = run_steps(ts.StepSettings(mode="romebert"), seed=5)[1]
+    b = run_steps(ts.StepSettings(mode="romebert"), seed=5)[1]
+    c = run_steps(ts.StepSettings(mode="romebert"), seed=6)[1]
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+
+
+def test_non_finite_loss_leaves_the_state_unchanged():
+    params = init_params(CFG, 0)
+    params = jax.tree.map(lambda x: x, params)
+    params["layers"]["exit"]["classifier"]["bias"] = params["layers"]["exit"]["classifier"]["bias"].at[-1, 0].set(jnp.nan)
+    tx = make_optimizer(1e-3, 100, params=params)
+    state = ts.create_train_state(params, tx, 0)
+    new, m = ts.train_step(state, make_batch(), config=CFG, settings=ts.StepSettings(mode="joint"), tx=tx,
+                           selection=None, trainable=None)
+    assert m["finite"] == 0
+    for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_no_weight_decay_on_layernorm_or_biases():
+    mask = weight_decay_mask(init_params(CFG, 0))
+    assert mask["layers"]["layer"]["attention"]["query"]["kernel"] is True
+    assert mask["layers"]["layer"]["attention"]["query"]["bias"] is False
+    assert mask["layers"]["layer"]["output"]["LayerNorm"]["scale"] is False
+    assert mask["embeddings"]["LayerNorm"]["scale"] is False
+
+
+def test_eight_fake_devices_equal_one_device():
+    """The step over a mesh of 8 CPU devices equals the step on one (fresh process)."""
+    script = textwrap.dedent("""
+        import jax, numpy as np, sys
+        sys.path.insert(0, "tests")
+        from test_train_step import run_steps, make_batch
+        from rome_jax import train_step as ts
+        assert len(jax.devices()) == 8
+        for mode in ("romebert", "joint"):
+            batch = make_batch(n=16)
+            one = run_steps(ts.StepSettings(mode=mode), steps=3, batch=batch, num_devices=1)[1]
+            eight = run_steps(ts.StepSettings(mode=mode), steps=3, batch=batch, num_devices=8)[1]
+            diff = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                       for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)))
+            print(mode, diff)
+            assert diff < 1e-5, (mode, diff)
+    """)
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env={**env, "PYTHONPATH": root},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
