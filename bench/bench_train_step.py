@@ -1,0 +1,93 @@
+"""Step time of each training mode relative to `joint`, measured in one run.
+
+    python bench/bench_train_step.py                      # MiniLM dims, batch 32, length 128
+    python bench/bench_train_step.py --modes joint,romebert,sd,gr --repeats 10
+
+Prints a table and writes JSON (`--out`). Times are medians over `--repeats`
+steps after a warm-up (compilation excluded); the ratios are what to compare, as
+the machine may be shared. Parameters are random (timing does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+
+from rome_jax import train_step as ts
+from rome_jax.config import ModelConfig
+from rome_jax.model import init_params
+from rome_jax.optim import make_optimizer
+
+PRESETS = {
+    "minilm": dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
+    "bert-base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+}
+
+
+def time_mode(config: ModelConfig, mode: str, batch: dict, repeats: int) -> float:
+    params = init_params(config, 0)
+    tx = make_optimizer(2e-5, 1000, params=params)
+    mesh = ts.make_mesh()
+    step = ts.compile_train_step(config, ts.StepSettings(mode=mode, stage=2 if mode in ts.TWO_STAGE_MODES else 1),
+                                 tx, mesh, params)
+    state = ts.replicate(ts.create_train_state(params, tx, 0), mesh)
+    device_batch = ts.shard_batch(batch, mesh)
+    for _ in range(2):  # compile + warm-up
+        state, metrics = step(state, device_batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = step(state, device_batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="minilm", choices=sorted(PRESETS))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--modes", default="joint,romebert")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--out", default="bench/results/train_step_cpu.json")
+    args = parser.parse_args()
+
+    config = ModelConfig(**PRESETS[args.preset], dtype=args.dtype)
+    rng = np.random.RandomState(0)
+    batch = {"input_ids": rng.randint(1000, 30000, (args.batch, args.length)).astype(np.int32),
+             "attention_mask": np.ones((args.batch, args.length), np.int32),
+             "token_type_ids": np.zeros((args.batch, args.length), np.int32),
+             "labels": rng.randint(0, 2, args.batch).astype(np.int32)}
+    modes = args.modes.split(",")
+    results = {mode: time_mode(config, mode, batch, args.repeats) for mode in modes}
+    base = results.get("joint", next(iter(results.values())))
+    print(f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on "
+          f"{jax.devices()[0].platform} x{len(jax.devices())}")
+    print(f"{'mode':<12}{'step s':>10}{'/ joint':>10}")
+    for mode, seconds in results.items():
+        print(f"{mode:<12}{seconds:>10.3f}{seconds / base:>10.2f}")
+    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+              "backend": jax.devices()[0].platform, "devices": len(jax.devices()),
+              "jax": jax.__version__, "preset": args.preset, "batch": args.batch,
+              "length": args.length, "dtype": args.dtype, "step_seconds": results,
+              "ratio_to_joint": {m: s / base for m, s in results.items()},
+              "command": " ".join(["python"] + sys.argv)}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
