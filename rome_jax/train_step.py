@@ -8,6 +8,8 @@ Modes (GUIDE section 1, `train.mode`):
   pabee       PABEE's weighted average (weights proportional to the exit index)
   deebert     two stages: final exit, then the intermediate exits (sum of CE)
   deebert_sd  two stages, self-distillation in stage 2
+  fastbert    two stages: final exit, then the exits ("students") by KL divergence
+              to the final exit ("teacher") alone; stage 2 needs no labels
 
 Data parallelism is `jax.jit` over a `Mesh` of all devices: parameters and
 optimizer state replicated, the batch split on the `data` axis, the state donated.
@@ -35,8 +37,8 @@ from rome_jax.model import MultiExitEncoder
 
 Params = Any
 
-MODES = ("romebert", "sd", "gr", "joint", "pabee", "deebert", "deebert_sd")
-TWO_STAGE_MODES = ("deebert", "deebert_sd")
+MODES = ("romebert", "sd", "gr", "joint", "pabee", "deebert", "deebert_sd", "fastbert")
+TWO_STAGE_MODES = ("deebert", "deebert_sd", "fastbert")
 GR_MODES = ("romebert", "gr")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -125,7 +127,7 @@ def _forward(config: ModelConfig, params: Params, batch: dict, rng: jax.Array,
                                           rngs={"dropout": rng})["logits"]
 
 
-def loss_groups(settings: StepSettings, logits: jax.Array, labels: jax.Array
+def loss_groups(settings: StepSettings, logits: jax.Array, labels: jax.Array | None
                 ) -> tuple[jax.Array, jax.Array, dict]:
     """(loss_A, loss_B, aux) for every mode; the step's loss is loss_A + loss_B.
 
@@ -135,6 +137,10 @@ def loss_groups(settings: StepSettings, logits: jax.Array, labels: jax.Array
     s = settings
     kw = dict(regression=s.regression)
     sd = dict(gamma=s.gamma, temperature=s.temperature, reduction=s.kl_reduction)
+    if s.mode == "fastbert" and s.stage == 2:  # self-distillation without labels
+        distill = losses.distillation_losses(logits, temperature=s.temperature,
+                                             reduction=s.kl_reduction, regression=s.regression)
+        return jnp.zeros((), jnp.float32), jnp.sum(distill), {"distill_loss": distill}
     if s.mode in ("romebert", "sd"):
         return losses.romebert_groups(logits, labels, **sd, **kw)
     if s.mode == "gr":
@@ -146,7 +152,7 @@ def loss_groups(settings: StepSettings, logits: jax.Array, labels: jax.Array
         return exit_loss[-1], jnp.sum(exit_loss[:-1]), aux
     if s.mode == "pabee":
         return losses.pabee_loss(logits, labels, **kw), zero, aux
-    if s.stage == 1:  # deebert, deebert_sd: the final exit alone
+    if s.stage == 1:  # deebert, deebert_sd, fastbert: the final exit alone
         return exit_loss[-1], zero, aux
     if s.mode == "deebert":
         return zero, losses.deebert_stage2_loss(logits, labels, **kw), aux
@@ -163,7 +169,7 @@ def _microbatch_grads(config: ModelConfig, settings: StepSettings, params: Param
 
     def groups(p):
         logits = _forward(config, p, batch, rng, stop_backbone=stop)
-        loss_a, loss_b, aux = loss_groups(settings, logits, batch["labels"])
+        loss_a, loss_b, aux = loss_groups(settings, logits, batch.get("labels"))
         return (loss_a, loss_b), aux
 
     if settings.uses_projection:

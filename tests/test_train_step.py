@@ -199,3 +199,16 @@ def test_eight_fake_devices_equal_one_device():
     out = subprocess.run([sys.executable, "-c", script], cwd=root, env={**env, "PYTHONPATH": root},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_fastbert_stage_2_needs_no_labels_and_only_trains_exits():
+    batch = make_batch()
+    del batch["labels"]
+    before, state, m, step_losses = run_steps(ts.StepSettings(mode="fastbert", stage=2, temperature=1.0,
+                                                              kl_reduction="batchmean"),
+                                              config=NO_DROPOUT, steps=8, lr=3e-3, batch=batch)
+    c = changed(before, state.params)
+    assert not any(jax.tree.leaves(c["embeddings"])) and not any(jax.tree.leaves(c["layers"]["layer"]))
+    final = state.params["layers"]["exit"]["classifier"]["kernel"][-1]
+    np.testing.assert_array_equal(final, before["layers"]["exit"]["classifier"]["kernel"][-1])
+    assert "exit_loss/1" not in m and step_losses[-1] < step_losses[0]
