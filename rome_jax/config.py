@@ -9,7 +9,7 @@ from typing import Any
 
 from rome_jax.errors import CheckpointError
 
-FAMILIES = ("bert", "roberta")
+FAMILIES = ("bert", "roberta", "albert")
 
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "tanh")
 
@@ -40,6 +40,7 @@ class ModelConfig:
     num_labels: int = 2
     dtype: str = "float32"
     fused_attention: bool = True
+    embedding_size: int | None = None  # ALBERT's factorised embeddings; None: hidden_size
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -58,6 +59,11 @@ class ModelConfig:
             raise CheckpointError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
         if self.num_labels < 1:
             raise CheckpointError(f"num_labels must be at least 1, not {self.num_labels}")
+
+    @property
+    def shares_layers(self) -> bool:
+        """ALBERT: one set of layer weights used by every layer."""
+        return self.family == "albert"
 
     @property
     def head_dim(self) -> int:
@@ -86,6 +92,9 @@ class ModelConfig:
         family = hf.get("model_type", "bert")
         if family == "xlm-roberta":
             family = "roberta"
+        if family == "albert" and (hf.get("num_hidden_groups", 1) != 1 or hf.get("inner_group_num", 1) != 1):
+            raise CheckpointError("ALBERT with num_hidden_groups or inner_group_num other than 1 "
+                                  "is not supported")
         num_labels = hf.get("num_labels")
         if num_labels is None and "id2label" in hf:
             num_labels = len(hf["id2label"])
@@ -101,11 +110,13 @@ class ModelConfig:
             hidden_act=hf.get("hidden_act", "gelu"),
             hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-            classifier_dropout=hf.get("classifier_dropout"),
+            classifier_dropout=hf.get("classifier_dropout", hf.get("classifier_dropout_prob")),
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
             pad_token_id=hf.get("pad_token_id", 1 if family == "roberta" else 0) or 0,
             num_labels=num_labels or 2,
         )
+        if family == "albert":
+            kwargs["embedding_size"] = hf.get("embedding_size", 128)
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise CheckpointError(
                 f"position_embedding_type {hf['position_embedding_type']!r} is not supported (only 'absolute')"
@@ -146,4 +157,7 @@ class ModelConfig:
             "layer_norm_eps": self.layer_norm_eps,
             "pad_token_id": self.pad_token_id,
             "position_embedding_type": "absolute",
+            **({"embedding_size": self.embedding_size or self.hidden_size, "num_hidden_groups": 1,
+                "inner_group_num": 1, "classifier_dropout_prob": self.exit_dropout}
+               if self.family == "albert" else {}),
         }

@@ -33,6 +33,18 @@ _LAYER_MAP = [
     (("output", "dense"), "output.dense"),
     (("output", "LayerNorm"), "output.LayerNorm"),
 ]
+# ALBERT's one shared layer: (our path, HF name inside `encoder.albert_layer_groups.0.albert_layers.0.`)
+_ALBERT_LAYER = "encoder.albert_layer_groups.0.albert_layers.0"
+_ALBERT_MAP = [
+    (("attention", "query"), "attention.query"),
+    (("attention", "key"), "attention.key"),
+    (("attention", "value"), "attention.value"),
+    (("attention", "output", "dense"), "attention.dense"),
+    (("attention", "output", "LayerNorm"), "attention.LayerNorm"),
+    (("intermediate",), "ffn"),
+    (("output", "dense"), "ffn_output"),
+    (("output", "LayerNorm"), "full_layer_layer_norm"),
+]
 _EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
 
 
@@ -90,7 +102,7 @@ def normalize_keys(state: dict[str, np.ndarray], family: str) -> dict[str, np.nd
     """Strips the `bert.`/`roberta.` prefix and renames old LayerNorm gamma/beta."""
     out = {}
     for key, value in state.items():
-        for prefix in (f"{family}.", "bert.", "roberta."):
+        for prefix in (f"{family}.", "bert.", "roberta.", "albert."):
             if key.startswith(prefix):
                 key = key[len(prefix):]
                 break
@@ -137,11 +149,17 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+def _dense_shape(cfg: ModelConfig, ours: tuple[str, ...]) -> tuple[int, int]:
+    """(in, out) of a dense layer of an encoder layer, by our path."""
     H, I = cfg.hidden_size, cfg.intermediate_size
-    return {"attention.self.query": (H, H), "attention.self.key": (H, H),
-            "attention.self.value": (H, H), "attention.output.dense": (H, H),
-            "intermediate.dense": (H, I), "output.dense": (I, H)}
+    return {("intermediate",): (H, I), ("output", "dense"): (I, H)}.get(ours, (H, H))
+
+
+def _layer_names(cfg: ModelConfig) -> tuple[list, list[str]]:
+    """The layer map of the family and the HF prefixes of its stored layers."""
+    if cfg.shares_layers:
+        return _ALBERT_MAP, [_ALBERT_LAYER]
+    return _LAYER_MAP, [f"encoder.layer.{l}" for l in range(cfg.num_layers)]
 
 
 def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh_exits: dict,
@@ -155,24 +173,31 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
     """
     r = _Reader(state, source)
     H, L, C = cfg.hidden_size, cfg.num_layers, cfg.num_labels
+    E = cfg.embedding_size or H
     params: dict = {"embeddings": {}}
     sizes = {"word_embeddings": cfg.vocab_size, "position_embeddings": cfg.max_position_embeddings,
              "token_type_embeddings": cfg.type_vocab_size}
     for name in _EMBEDDINGS:
-        params["embeddings"][name] = {"embedding": r.take(f"embeddings.{name}.weight", (sizes[name], H))}
-    params["embeddings"]["LayerNorm"] = r.layer_norm("embeddings.LayerNorm", H)
+        params["embeddings"][name] = {"embedding": r.take(f"embeddings.{name}.weight", (sizes[name], E))}
+    params["embeddings"]["LayerNorm"] = r.layer_norm("embeddings.LayerNorm", E)
+    if cfg.family == "albert":
+        params["embeddings"]["embedding_hidden_mapping_in"] = r.dense(
+            "encoder.embedding_hidden_mapping_in", E, H)
 
-    shapes = _layer_shapes(cfg)
+    layer_map, prefixes = _layer_names(cfg)
     layer: dict = {}
-    for ours, theirs in _LAYER_MAP:
+    for ours, theirs in layer_map:
         per_layer = []
-        for l in range(L):
-            name = f"encoder.layer.{l}.{theirs}"
-            if theirs.endswith("LayerNorm"):
+        for prefix in prefixes:
+            name = f"{prefix}.{theirs}"
+            if theirs.endswith(("LayerNorm", "layer_norm")):
                 per_layer.append(r.layer_norm(name, H))
             else:
-                per_layer.append(r.dense(name, *shapes[theirs]))
-        _set(layer, ours, {k: np.stack([p[k] for p in per_layer]) for k in per_layer[0]})
+                per_layer.append(r.dense(name, *_dense_shape(cfg, ours)))
+        if cfg.shares_layers:
+            _set(layer, ours, per_layer[0])
+        else:
+            _set(layer, ours, {k: np.stack([p[k] for p in per_layer]) for k in per_layer[0]})
     if r.has(f"encoder.layer.{L}.attention.self.query.weight"):
         raise CheckpointError(f"{source}: the checkpoint has more than the config's {L} layers")
 
@@ -183,6 +208,8 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
     pooler = None
     if r.has("pooler.dense.weight"):
         pooler = r.dense("pooler.dense", H, H)
+    if cfg.family == "albert" and r.has("pooler.weight"):
+        pooler = r.dense("pooler", H, H)
     if cfg.family == "roberta" and r.has("classifier.dense.weight"):
         pooler = r.dense("classifier.dense", H, H)
     classifier = None
@@ -208,7 +235,11 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
                 exits["pooler"][k][l] = p[k]
                 exits["classifier"][k][l] = c[k]
         report = {"final": "checkpoint classifier", "intermediate": f"restored from {EXITS_FILE}"}
-    params["layers"] = {"layer": layer, "exit": exits}
+    if cfg.shares_layers:
+        params["shared_layer"] = layer
+        params["layers"] = {"exit": exits}
+    else:
+        params["layers"] = {"layer": layer, "exit": exits}
     return params, report
 
 
@@ -225,27 +256,35 @@ def state_dict_from_params(params: dict, cfg: ModelConfig) -> tuple[dict, dict]:
         state[f"{p}.embeddings.{name}.weight"] = host(emb[name]["embedding"])
     state[f"{p}.embeddings.LayerNorm.weight"] = host(emb["LayerNorm"]["scale"])
     state[f"{p}.embeddings.LayerNorm.bias"] = host(emb["LayerNorm"]["bias"])
+    if cfg.family == "albert":
+        mapping = emb["embedding_hidden_mapping_in"]
+        state[f"{p}.encoder.embedding_hidden_mapping_in.weight"] = host(mapping["kernel"].T)
+        state[f"{p}.encoder.embedding_hidden_mapping_in.bias"] = host(mapping["bias"])
 
     def get(tree, path):
         for k in path:
             tree = tree[k]
         return tree
 
-    layer = params["layers"]["layer"]
-    for ours, theirs in _LAYER_MAP:
+    layer_map, prefixes = _layer_names(cfg)
+    layer = params["shared_layer"] if cfg.shares_layers else params["layers"]["layer"]
+    for ours, theirs in layer_map:
         node = get(layer, ours)
-        for l in range(cfg.num_layers):
-            name = f"{p}.encoder.layer.{l}.{theirs}"
-            if theirs.endswith("LayerNorm"):
-                state[f"{name}.weight"] = host(node["scale"][l])
-                state[f"{name}.bias"] = host(node["bias"][l])
+        for l, prefix in enumerate(prefixes):
+            name = f"{p}.{prefix}.{theirs}"
+            take = (lambda x: x) if cfg.shares_layers else (lambda x: x[l])
+            if theirs.endswith(("LayerNorm", "layer_norm")):
+                state[f"{name}.weight"] = host(take(node["scale"]))
+                state[f"{name}.bias"] = host(take(node["bias"]))
             else:
-                state[f"{name}.weight"] = host(node["kernel"][l].T)
-                state[f"{name}.bias"] = host(node["bias"][l])
+                state[f"{name}.weight"] = host(take(node["kernel"]).T)
+                state[f"{name}.bias"] = host(take(node["bias"]))
     exits = params["layers"]["exit"]
     last = cfg.num_layers - 1
     if cfg.family == "roberta":
         names = ("classifier.dense", "classifier.out_proj")
+    elif cfg.family == "albert":
+        names = (f"{p}.pooler", "classifier")
     else:
         names = (f"{p}.pooler.dense", "classifier")
     for name, part in zip(names, ("pooler", "classifier")):
@@ -262,7 +301,8 @@ def state_dict_from_params(params: dict, cfg: ModelConfig) -> tuple[dict, dict]:
 def hf_config_dict(cfg: ModelConfig, label_names: list[str] | None = None) -> dict:
     """config.json for `*ForSequenceClassification` with the same encoder."""
     d = cfg.to_hf_dict()
-    arch = "RobertaForSequenceClassification" if cfg.family == "roberta" else "BertForSequenceClassification"
+    arch = {"roberta": "RobertaForSequenceClassification", "albert": "AlbertForSequenceClassification"
+            }.get(cfg.family, "BertForSequenceClassification")
     d["architectures"] = [arch]
     names = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
     d["id2label"] = {str(i): n for i, n in enumerate(names)}

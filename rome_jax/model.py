@@ -14,7 +14,13 @@ parameter under `params['layers']` has a leading layer axis of size L:
     }
 
 Compile time does not grow with depth, and inference can take layer `i` with a
-dynamic index inside a compiled loop (`apply_embeddings`, `apply_layer_with_exit`).
+dynamic index inside a compiled loop (`apply_embeddings`, `layer_params`,
+`apply_layer_with_exit`).
+
+ALBERT shares one layer's weights across all layers: they are
+`params['shared_layer']` (no layer axis), passed to every step of the scan, and
+`params['layers']` holds only the exits. Its factorised embeddings (size E) are
+mapped to the hidden size by `embeddings/embedding_hidden_mapping_in`.
 """
 
 from __future__ import annotations
@@ -63,12 +69,16 @@ class Embeddings(nn.Module):
             position_ids = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
         else:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        embed = lambda n, size: nn.Embed(size, cfg.hidden_size, embedding_init=_init, name=n)
+        width = cfg.embedding_size or cfg.hidden_size
+        embed = lambda n, size: nn.Embed(size, width, embedding_init=_init, name=n)
         x = (embed("word_embeddings", cfg.vocab_size)(input_ids)
              + embed("position_embeddings", cfg.max_position_embeddings)(position_ids)
              + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids))
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(x)
         x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        if cfg.family == "albert":
+            x = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg), kernel_init=_init,
+                         name="embedding_hidden_mapping_in")(x)
         return x.astype(_dtype(cfg))
 
 
@@ -104,12 +114,14 @@ class OutputBlock(nn.Module):
     """dense -> dropout -> LayerNorm(. + residual), as HF's BertSelfOutput/BertOutput."""
 
     config: ModelConfig
+    dropout: bool = True  # ALBERT's feed-forward output has none
 
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
         cfg = self.config
         y = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg), kernel_init=_init, name="dense")(x)
-        y = nn.Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
+        if self.dropout:
+            y = nn.Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
         y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(
             y.astype(jnp.float32) + residual.astype(jnp.float32))
         return y.astype(_dtype(cfg))
@@ -127,7 +139,7 @@ class TransformerLayer(nn.Module):
         h = nn.Dense(cfg.intermediate_size, dtype=_dtype(cfg), kernel_init=_init,
                      name="intermediate")(x)
         h = _activation(cfg.hidden_act)(h)
-        return OutputBlock(cfg, name="output")(h, x, deterministic)
+        return OutputBlock(cfg, dropout=cfg.family != "albert", name="output")(h, x, deterministic)
 
 
 class ExitHead(nn.Module):
@@ -162,8 +174,14 @@ class LayerWithExit(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, hidden: Array, attention_mask: Array) -> tuple[Array, tuple[Array, Array]]:
-        hidden = TransformerLayer(self.config, name="layer")(hidden, attention_mask, self.deterministic)
+    def __call__(self, hidden: Array, attention_mask: Array, shared_layer: Params = None
+                 ) -> tuple[Array, tuple[Array, Array]]:
+        if shared_layer is None:
+            hidden = TransformerLayer(self.config, name="layer")(hidden, attention_mask, self.deterministic)
+        else:  # ALBERT: the same weights at every layer
+            rngs = None if self.deterministic else {"dropout": self.make_rng("dropout")}
+            hidden = TransformerLayer(self.config).apply({"params": shared_layer}, hidden, attention_mask,
+                                                         self.deterministic, rngs=rngs)
         logits, pooled = ExitHead(self.config, name="exit")(hidden, self.deterministic)
         return hidden, (logits, pooled)
 
@@ -187,10 +205,14 @@ class MultiExitEncoder(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         hidden = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, attention_mask,
                                                     deterministic)
+        shared = None
+        if cfg.shares_layers:
+            shared = self.param("shared_layer", lambda rng: TransformerLayer(cfg).init(
+                rng, hidden, attention_mask, True)["params"])
         Stack = nn.scan(LayerWithExit, variable_axes={"params": 0},
                         split_rngs={"params": True, "dropout": True},
-                        in_axes=nn.broadcast, length=cfg.num_layers)
-        hidden, (logits, pooled) = Stack(cfg, deterministic, name="layers")(hidden, attention_mask)
+                        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers)
+        hidden, (logits, pooled) = Stack(cfg, deterministic, name="layers")(hidden, attention_mask, shared)
         return {"logits": logits, "pooled": pooled, "last_hidden": hidden}
 
 
@@ -206,14 +228,19 @@ def apply_embeddings(config: ModelConfig, params: Params, batch: dict) -> Array:
 
 def layer_params(params: Params, index: Array | int) -> Params:
     """The parameters of layer `index` and its exit (works with a traced index)."""
-    return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False),
-                        params["layers"])
+    taken = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False),
+                         params["layers"])
+    if "shared_layer" in params:
+        taken["shared_layer"] = params["shared_layer"]
+    return taken
 
 
 def apply_layer_with_exit(config: ModelConfig, params_i: Params, hidden: Array,
                           attention_mask: Array) -> tuple[Array, Array]:
     """Layer i and exit i (inference): hidden [B, T, H] -> (hidden, logits [B, C])."""
-    hidden, (logits, _) = LayerWithExit(config).apply({"params": params_i}, hidden, attention_mask)
+    own = {k: v for k, v in params_i.items() if k != "shared_layer"}
+    hidden, (logits, _) = LayerWithExit(config).apply({"params": own}, hidden, attention_mask,
+                                                      params_i.get("shared_layer"))
     return hidden, logits
 
 

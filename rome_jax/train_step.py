@@ -107,6 +107,16 @@ def trainable_mask(params: Params, settings: StepSettings) -> Params | None:
 
 
 def selection_for(params: Params, config: ModelConfig, settings: StepSettings) -> Params:
+    """The parameters the projection's dot products run over (GUIDE: GR scope)."""
+    if settings.gr_scope == "reference" and config.shares_layers:
+        # ALBERT: every layer is the shared layer, so its weight matrices are the
+        # reference's "weight matrices of layers 1..L-1" (they also serve layer L).
+        def kernels_of_shared_layer(path, leaf):
+            names = [getattr(p, "key", p) for p in path]
+            chosen = names[0] == "shared_layer" and names[-1] == "kernel"
+            return jnp.full((1,) * leaf.ndim, float(chosen), jnp.float32)
+
+        return jax.tree_util.tree_map_with_path(kernels_of_shared_layer, params)
     if settings.gr_scope == "reference":
         return projection.reference_selection(params, config.num_layers)
     if settings.gr_scope == "all":

@@ -63,6 +63,29 @@ def test_roberta_final_exit_matches_hf(roberta_dir):
                                atol=1e-5, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def albert_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("albert")
+    model = tiny_hf.make_albert(path)
+    return path, model
+
+
+def test_albert_final_exit_matches_hf_and_exports_back(albert_dir, tmp_path):
+    from transformers import AlbertForSequenceClassification
+
+    path, hf_model = albert_dir
+    batch = tiny_hf.random_batch()
+    model = rome_jax.load_pretrained(str(path))
+    assert model.config.shares_layers and model.config.embedding_size == 16
+    assert "layer" not in model.params["layers"]  # one shared layer, no per-layer copies
+    np.testing.assert_allclose(np.asarray(model.exit_logits(batch))[-1],
+                               tiny_hf.torch_logits(hf_model, batch), atol=1e-5, rtol=0)
+    model.save_pretrained(str(tmp_path))
+    again = AlbertForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+    np.testing.assert_allclose(tiny_hf.torch_logits(again, batch), np.asarray(model.exit_logits(batch))[-1],
+                               atol=1e-5, rtol=0)
+
+
 def test_intermediate_exits_copy_pooler_and_seeded_classifier(bert_dir):
     path, hf_model = bert_dir
     a = rome_jax.load_pretrained(str(path), seed=1)
@@ -195,8 +218,9 @@ def test_stacked_layers_keep_the_program_size_constant():
     assert size(2) == size(8)
 
 
-def test_layer_by_layer_pieces_equal_the_scanned_model(bert_dir):
-    path, _ = bert_dir
+@pytest.mark.parametrize("family", ["bert", "albert"])
+def test_layer_by_layer_pieces_equal_the_scanned_model(bert_dir, albert_dir, family):
+    path, _ = bert_dir if family == "bert" else albert_dir
     model = rome_jax.load_pretrained(str(path))
     batch = {k: jnp.asarray(v) for k, v in tiny_hf.random_batch().items()}
     full = np.asarray(model.exit_logits(batch))

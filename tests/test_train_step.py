@@ -212,3 +212,11 @@ def test_fastbert_stage_2_needs_no_labels_and_only_trains_exits():
     final = state.params["layers"]["exit"]["classifier"]["kernel"][-1]
     np.testing.assert_array_equal(final, before["layers"]["exit"]["classifier"]["kernel"][-1])
     assert "exit_loss/1" not in m and step_losses[-1] < step_losses[0]
+
+
+def test_albert_gradient_regularization_projects_the_shared_layer():
+    cfg = CFG.replace(family="albert", embedding_size=8)
+    before, state, m, _ = run_steps(ts.StepSettings(mode="romebert"), config=cfg, steps=2)
+    assert m["gr/norm_A"] > 0 and m["gr/norm_B"] > 0  # the selection is not empty
+    assert "layer" not in state.params["layers"]
+    assert any(jax.tree.leaves(changed(before["shared_layer"], state.params["shared_layer"])))

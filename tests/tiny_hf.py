@@ -52,3 +52,15 @@ def torch_logits(model, batch, token_types=True):
         kwargs = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()
                   if token_types or k != "token_type_ids"}
         return model(**kwargs).logits.numpy()
+
+
+def make_albert(path, num_labels=3, seed=0, **overrides):
+    import torch
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = AlbertConfig(**{**TINY, **overrides}, embedding_size=16, num_labels=num_labels,
+                       hidden_act="gelu_new", hidden_dropout_prob=0.1, classifier_dropout_prob=0.1)
+    model = AlbertForSequenceClassification(cfg)
+    model.eval().save_pretrained(str(path))
+    return model
