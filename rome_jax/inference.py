@@ -1,0 +1,414 @@
+"""Three early-exit executors that make the same decisions (`rome_jax.exits.step`).
+
+- `simulated_exit`: every exit computed (`all_exits`), the exit replayed afterwards
+  (`rome_jax.exits.simulate`). No saving; the reference, and what threshold sweeps use.
+- `while_loop_exit`: one compiled `lax.while_loop` over the stacked layers that stops
+  when every example of the batch has exited. At batch 1 it runs exactly the layers
+  the example needs; in a batch, the slowest example sets the depth.
+- `BatchedEarlyExit` / `per_example_exit`: examples leave the batch as they exit.
+  The rows still running are kept in a bucket of fixed size (by default the batch
+  size, and the powers of two and 1.5 x powers of two below it). The same compiled loop runs the bucket down
+  the layers until so few rows still run that they fit the next smaller bucket;
+  the host then gathers them into it and continues. Each bucket size compiles one
+  program, with layer indices and the criterion traced, so shapes, not layers or
+  criteria, drive compilation; a batch costs one launch per bucket it passes
+  through, not one per layer. `run_dataset` streams batches and can park a batch's
+  few slow examples until the next batch reaches their layer (`regroup=True`), so
+  small tails ride along with full batches.
+
+All three drive `_exit_loop` (or, for the reference, `simulate`) with the same
+criterion step.
+
+Padding rows (`example_mask` 0 in a batch) are forced to exit at exit 0 in every
+executor: they never keep a loop running and never change other rows' decisions.
+
+Batches are dicts of [B, T] int arrays `input_ids`, `attention_mask`,
+`token_type_ids` (optional) and `example_mask` (optional); other keys are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from rome_jax.config import ModelConfig
+from rome_jax.exits import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
+from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, layer_params
+
+Array = jax.Array
+Params = Any
+
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+BATCH_KEYS = MODEL_KEYS + ("example_mask",)
+
+
+def _batch_arrays(batch: dict, keys: tuple[str, ...] = BATCH_KEYS) -> dict:
+    """The keys the executors read, unconverted: jit converts them on dispatch, which
+    costs less than eager conversions (it matters at batch 1)."""
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def _model_inputs(batch: dict) -> dict[str, Array]:
+    """Inside jit: int32 `input_ids`, `attention_mask`, `token_type_ids` [B, T], defaults filled."""
+    ids = jnp.asarray(batch["input_ids"], jnp.int32)
+    mask = jnp.asarray(batch["attention_mask"], jnp.int32) if "attention_mask" in batch else jnp.ones_like(ids)
+    types = jnp.asarray(batch["token_type_ids"], jnp.int32) if "token_type_ids" in batch else jnp.zeros_like(ids)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _padding_rows(batch: dict) -> Array:
+    """Inside jit: [B] bool, True where `example_mask` marks a padding row."""
+    if "example_mask" not in batch:
+        return jnp.zeros((jnp.shape(batch["input_ids"])[0],), bool)
+    return ~jnp.asarray(batch["example_mask"]).astype(bool)
+
+
+# ---------------------------------------------------------------- all exits, simulated
+
+@functools.partial(jax.jit, static_argnums=0)
+def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
+    return MultiExitEncoder(config).apply({"params": params}, **_model_inputs(batch))["logits"]
+
+
+def all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
+    """Logits of every exit (full depth, jitted): [E, B, C] float32."""
+    return _all_exits(config, params, _batch_arrays(batch, MODEL_KEYS))
+
+
+def simulated_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion) -> dict:
+    """`all_exits` then `simulate`: dict(exit_index [B] int32, logits [B, C],
+    layers_run = L, all_logits [E, B, C])."""
+    all_logits = all_exits(config, params, batch)
+    exit_index, logits = simulate(criterion, all_logits, batch.get("example_mask"))
+    return {"exit_index": exit_index, "logits": logits,
+            "layers_run": jnp.int32(config.num_layers), "all_logits": all_logits}
+
+
+# ---------------------------------------------------------------- the early-exit loop
+
+class _Segment(NamedTuple):
+    """What `_exit_loop` returns for a batch (or bucket) of b rows.
+
+    next_layer: the layer it stopped before (int32 scalar).
+    hidden [b, T, H], state: to continue from `next_layer`.
+    running [b] bool: rows that have not exited.
+    exit_index [b] int32: the exit where a row exited in this segment, else -1.
+    logits [b, C] float32: the answers of the rows that exited in this segment.
+    """
+
+    next_layer: Array
+    hidden: Array
+    state: ExitState
+    running: Array
+    exit_index: Array
+    logits: Array
+
+
+def _exit_loop(config: ModelConfig, params: Params, rule: Rule, hidden: Array, attention_mask: Array,
+               state: ExitState, padding: Array, running: Array, start: Array, stop_layer: Array,
+               stop_running: Array) -> _Segment:
+    """A `lax.while_loop` over layers `start, start+1, ...` (indices traced), each
+    followed by its exit and the criterion's step. Stops before `stop_layer`, or once
+    at most `stop_running` rows still run (0: when every row has exited).
+
+    Exited rows stay in the arrays (their results are frozen); padding rows exit at
+    the first layer they run; everyone exits at the last layer.
+    """
+    num_layers = config.num_layers
+
+    def cond(seg: _Segment):
+        return ((seg.next_layer < stop_layer) & (seg.next_layer < num_layers)
+                & (jnp.sum(seg.running) > stop_running))
+
+    def body(seg: _Segment) -> _Segment:
+        index = seg.next_layer
+        hidden, logits = apply_layer_with_exit(config, layer_params(params, index), seg.hidden,
+                                               attention_mask)
+        state, exit_now = step_rule(rule, seg.state, logits, index)
+        newly = seg.running & (exit_now | padding | (index == num_layers - 1))
+        return _Segment(index + 1, hidden, state, seg.running & ~newly,
+                        jnp.where(newly, index, seg.exit_index),
+                        jnp.where(newly[:, None], logits, seg.logits))
+
+    rows = hidden.shape[0]
+    first = _Segment(jnp.asarray(start, jnp.int32), hidden, state, running,
+                     jnp.full((rows,), -1, jnp.int32), jnp.zeros((rows, config.num_labels), jnp.float32))
+    return lax.while_loop(cond, body, first)
+
+
+# ---------------------------------------------------------------- one while loop per batch
+
+@functools.partial(jax.jit, static_argnums=0)
+def _while_loop_exit(config: ModelConfig, params: Params, batch: dict, rule: Rule) -> dict:
+    inputs = _model_inputs(batch)
+    hidden = apply_embeddings(config, params, inputs)
+    rows = hidden.shape[0]
+    seg = _exit_loop(config, params, rule, hidden, inputs["attention_mask"],
+                     init_state(rule, rows, config.num_labels), _padding_rows(batch),
+                     jnp.ones((rows,), bool), 0, config.num_layers, 0)
+    return {"exit_index": seg.exit_index, "logits": seg.logits, "layers_run": seg.next_layer}
+
+
+def while_loop_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion) -> dict:
+    """Early exit in one jitted `lax.while_loop` over the stacked layers.
+
+    Stops when every (non-padding) example has exited. Returns dict(exit_index [B]
+    int32 0-based, logits [B, C] float32, layers_run int32 scalar: layers executed,
+    carried in the loop).
+    """
+    check_criterion(criterion, config.num_labels)
+    return _while_loop_exit(config, params, _batch_arrays(batch), criterion.rule)
+
+
+# ---------------------------------------------------------------- per example inside batches
+
+@functools.partial(jax.jit, static_argnums=0)
+def _embed(config: ModelConfig, params: Params, batch: dict) -> tuple[Array, Array, Array]:
+    """-> (hidden [B, T, H], attention_mask [B, T], padding [B])."""
+    inputs = _model_inputs(batch)
+    return apply_embeddings(config, params, inputs), inputs["attention_mask"], _padding_rows(batch)
+
+
+_segment = jax.jit(_exit_loop, static_argnums=0)
+
+
+@jax.jit
+def _gather(tree: Any, rows: Array) -> Any:
+    return jax.tree.map(lambda x: x[rows], tree)
+
+
+def _concat(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *trees)
+
+
+def default_buckets(batch_size: int) -> tuple[int, ...]:
+    """`batch_size` and the powers of two and 1.5 x powers of two below it, largest
+    first: 64 -> (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1).
+
+    The finer the ladder, the fewer filler rows a bucket computes (at most a third
+    of it here, against half with powers of two alone), at one compilation per size.
+    """
+    sizes = {batch_size}
+    for k in range(batch_size.bit_length()):
+        sizes |= {size for size in (1 << k, 3 << k >> 1) if 0 < size < batch_size}
+    return tuple(sorted(sizes, reverse=True))
+
+
+@dataclasses.dataclass
+class _Group:
+    """Rows that run the same layer next: device arrays and host bookkeeping.
+
+    slots [b] int64: the example id of each row; -1 marks a row whose example has
+    exited (or a filler keeping a bucket's shape): it is computed, then ignored.
+    """
+
+    hidden: Array          # [b, T, H]
+    attention_mask: Array  # [b, T]
+    state: ExitState       # counter [b], previous [b, C]
+    padding: Array         # [b] bool
+    slots: np.ndarray
+    next_layer: int
+
+    @property
+    def live(self) -> np.ndarray:
+        return np.flatnonzero(self.slots >= 0)
+
+    def arrays(self) -> tuple:
+        return self.hidden, self.attention_mask, self.state, self.padding
+
+    def gather(self, rows: np.ndarray, slots: np.ndarray) -> "_Group":
+        arrays = _gather(self.arrays(), jnp.asarray(rows, jnp.int32))
+        return _Group(*arrays, slots=slots, next_layer=self.next_layer)
+
+    def only_live(self) -> "_Group":
+        live = self.live
+        return self if len(live) == len(self.slots) else self.gather(live, self.slots[live])
+
+
+class _Results:
+    """Per-example answers, grown batch by batch, and the work counters.
+
+    example_layers: layers run summed over real examples (= sum(exit_index + 1)).
+    row_layers: layers run summed over bucket rows, exited and filler rows included
+      (what was computed).
+    layer_steps: (layer, bucket) steps run.
+    launches: compiled programs launched (one runs several layer steps).
+    """
+
+    def __init__(self, num_layers: int, num_labels: int):
+        self.num_layers = num_layers
+        self.size = 0
+        self.exit_index = np.zeros(0, np.int32)
+        self.logits = np.zeros((0, num_labels), np.float32)
+        self.example_layers = self.row_layers = self.layer_steps = self.launches = 0
+
+    def grow(self, rows: int) -> int:
+        """Room for `rows` more examples (capacity doubles); returns the first new id."""
+        first, self.size = self.size, self.size + rows
+        if self.size > len(self.exit_index):
+            extra = max(self.size, 2 * len(self.exit_index)) - len(self.exit_index)
+            self.exit_index = np.concatenate([self.exit_index, np.zeros(extra, np.int32)])
+            self.logits = np.concatenate([self.logits, np.zeros((extra, self.logits.shape[1]), np.float32)])
+        self.exit_index[first:self.size] = self.num_layers - 1
+        return first
+
+    def as_dict(self) -> dict:
+        return {"exit_index": self.exit_index[:self.size].copy(), "logits": self.logits[:self.size].copy(),
+                "example_layers": self.example_layers, "row_layers": self.row_layers,
+                "layer_steps": self.layer_steps, "launches": self.launches}
+
+
+class BatchedEarlyExit:
+    """Per-example early exit inside batches: exited examples leave the batch.
+
+    config, params: the model. criterion: the exit criterion.
+    buckets: the row counts the compiled loop may run with (default:
+      `default_buckets(batch size)`; batch sizes met are always added). Each size
+      compiles one program, used for every layer and criterion.
+    """
+
+    def __init__(self, config: ModelConfig, params: Params, criterion: Criterion,
+                 buckets: Sequence[int] | None = None):
+        self.config = config
+        self.params = params
+        self.criterion = check_criterion(criterion, config.num_labels)
+        self._rule = criterion.rule
+        self.buckets = None if buckets is None else tuple(sorted(set(buckets), reverse=True))
+        self._batch_sizes: set[int] = set()
+
+    def _buckets(self, capacity: int) -> set[int]:
+        return set(self.buckets or default_buckets(capacity)) | self._batch_sizes
+
+    def _bucket(self, rows: int, capacity: int) -> int:
+        fitting = [b for b in self._buckets(capacity) if b >= rows]
+        if not fitting:
+            raise ValueError(f"no bucket holds {rows} rows (buckets {sorted(self._buckets(capacity))})")
+        return min(fitting)
+
+    def _start(self, batch: dict, results: _Results) -> _Group:
+        hidden, attention_mask, padding = _embed(self.config, self.params, _batch_arrays(batch))
+        size = hidden.shape[0]
+        self._batch_sizes.add(size)
+        first = results.grow(size)
+        return _Group(hidden, attention_mask, init_state(self.criterion, size, self.config.num_labels),
+                      padding, np.arange(first, first + size), 0)
+
+    def _run_segment(self, group: _Group, results: _Results, parked: dict[int, list[_Group]],
+                     capacity: int, park_limit: int) -> _Group:
+        """Runs the group's bucket down the layers in one launch, until compacting into
+        the next smaller bucket pays (or parking, or parked rows wait at the next
+        layer), and records the examples that exit."""
+        size, start = len(group.slots), group.next_layer
+        smaller = max([b for b in self._buckets(capacity) if b < size], default=0)
+        stop_layer = min([layer for layer in parked if layer > start], default=self.config.num_layers)
+        running = group.slots >= 0
+        seg = _segment(self.config, self.params, self._rule, group.hidden, group.attention_mask,
+                       group.state, group.padding, running, np.int32(start), np.int32(stop_layer),
+                       np.int32(max(smaller, park_limit)))
+        next_layer, exit_index, logits = jax.device_get((seg.next_layer, seg.exit_index, seg.logits))
+        layers = int(next_layer) - start
+        results.launches += 1
+        results.layer_steps += layers
+        results.row_layers += size * layers
+        leaving = running & (exit_index >= 0)
+        results.example_layers += int(np.where(leaving, exit_index - start + 1, layers)[running].sum())
+        if leaving.any():
+            ids = group.slots[leaving]
+            results.exit_index[ids] = exit_index[leaving]
+            results.logits[ids] = logits[leaving]
+        slots = np.where(leaving, -1, group.slots)
+        return _Group(seg.hidden, group.attention_mask, seg.state, group.padding, slots, int(next_layer))
+
+    def _fit(self, group: _Group, capacity: int) -> _Group:
+        """The group's live rows in the smallest bucket that holds them (filler rows
+        repeat a live row); unchanged when it already has that size."""
+        live = group.live
+        size = self._bucket(len(live), capacity)
+        if size == len(group.slots):
+            return group
+        filler = size - len(live)
+        rows = np.concatenate([live, np.full(filler, live[0])])
+        return group.gather(rows, np.concatenate([group.slots[live], np.full(filler, -1)]))
+
+    def _join(self, group: _Group, parked: dict[int, list[_Group]], capacity: int) -> _Group:
+        """Adds to `group` the parked rows waiting at its layer, as many as fit."""
+        waiting = parked.pop(group.next_layer, [])
+        room = capacity - len(group.live)
+        taken, left = [], []
+        for other in waiting:
+            if len(other.slots) <= room:
+                taken.append(other)
+                room -= len(other.slots)
+            else:
+                left.append(other)
+        if left:
+            parked[group.next_layer] = left
+        if not taken:
+            return group
+        merged = [group.only_live(), *taken]
+        return _Group(*_concat([g.arrays() for g in merged]),
+                      slots=np.concatenate([g.slots for g in merged]), next_layer=group.next_layer)
+
+    def _descend(self, group: _Group, results: _Results, parked: dict[int, list[_Group]],
+                 capacity: int, park_below: float | None) -> None:
+        """Runs a group down the layers until its examples have exited or it is parked."""
+        # Parking when fewer than park_below * capacity rows run: at most park_limit.
+        park_limit = 0 if park_below is None else max(math.ceil(park_below * capacity) - 1, 0)
+        while True:
+            group = self._fit(self._join(group, parked, capacity), capacity)
+            group = self._run_segment(group, results, parked, capacity, park_limit)
+            live = len(group.live)
+            if not live or group.next_layer >= self.config.num_layers:
+                return
+            if live <= park_limit:
+                parked.setdefault(group.next_layer, []).append(group.only_live())
+                return
+
+    def __call__(self, batch: dict) -> dict:
+        """One batch: dict(exit_index [B] int32, logits [B, C] float32,
+        example_layers, row_layers, layer_steps, launches)."""
+        return self.run_dataset([batch], regroup=False)
+
+    def run_dataset(self, batches: Iterable[dict], regroup: bool = True,
+                    park_below: float = 0.25) -> dict:
+        """Streams batches (all of one sequence length); results in input order.
+
+        regroup: when fewer than `park_below` x batch size examples of a batch are
+          still running, they are parked at their layer and join a later batch when it
+          reaches that layer, so their layers run in a full cohort. At the end, parked
+          cohorts run shallowest first, picking up deeper ones on the way.
+        Returns dict(exit_index [N] int32, logits [N, C] float32, example_layers,
+        row_layers, layer_steps, launches) (see `_Results`).
+        """
+        results = _Results(self.config.num_layers, self.config.num_labels)
+        parked: dict[int, list[_Group]] = {}
+        capacity = 1
+        for batch in batches:
+            group = self._start(batch, results)
+            capacity = max(capacity, len(group.slots))
+            self._descend(group, results, parked, capacity, park_below if regroup else None)
+        while parked:
+            layer = min(parked)
+            first, *rest = parked.pop(layer)
+            if rest:
+                parked[layer] = rest
+            self._descend(first, results, parked, capacity, None)
+        return results.as_dict()
+
+
+def per_example_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion,
+                     buckets: Sequence[int] | None = None) -> dict:
+    """Per-example early exit of one batch (see `BatchedEarlyExit`).
+
+    Returns dict(exit_index [B] int32, logits [B, C] float32, example_layers,
+    row_layers, layer_steps, launches).
+    """
+    return BatchedEarlyExit(config, params, criterion, buckets)(batch)

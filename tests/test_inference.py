@@ -1,0 +1,242 @@
+"""The three early-exit executors make the same decisions, and run only what they need."""
+
+import csv
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rome_jax import inference
+from rome_jax.config import ModelConfig
+from rome_jax.exits import Criterion, entropy, max_prob, simulate
+from rome_jax.inference import BatchedEarlyExit, per_example_exit, simulated_exit, while_loop_exit
+from rome_jax.model import init_params
+
+TINY = ModelConfig(vocab_size=99, hidden_size=32, num_layers=6, num_heads=4, intermediate_size=37,
+                   max_position_embeddings=64, num_labels=3)
+
+
+def random_params(config, seed=0):
+    return jax.jit(init_params, static_argnums=(0, 1))(config, seed)  # jitted: eager init is slow
+
+
+def spread_exits(config, params, batch, logit_std=2.0):
+    """Exit classifiers that give varied confidences: each exit's logits centred on
+    this batch and scaled to a spread of `logit_std` (the kernels keep their random
+    directions).
+
+    (Untrained exits of a pretrained encoder see nearly the same [CLS] vector for
+    every sentence, so their raw logits barely differ between examples.)
+    """
+    logits = np.asarray(inference.all_exits(config, params, batch), np.float64)  # [L, B, C]
+    scale = logit_std / logits.std(1).mean(-1)                                   # [L]
+    classifier = params["layers"]["exit"]["classifier"]
+    classifier = {"kernel": classifier["kernel"] * jnp.asarray(scale[:, None, None], jnp.float32),
+                  "bias": jnp.asarray((classifier["bias"] - logits.mean(1)) * scale[:, None], jnp.float32)}
+    layers = {**params["layers"], "exit": {**params["layers"]["exit"], "classifier": classifier}}
+    return {**params, "layers": layers}
+
+
+def thresholds_between(values, quantiles, margin=1e-4):
+    """Thresholds near the given quantiles of `values`, each in a gap wider than
+    2*margin, so that float noise between executors cannot flip a decision."""
+    v = np.unique(np.asarray(values, np.float64).ravel())
+    out = []
+    for q in quantiles:
+        k = int(q * (len(v) - 1))
+        for j in sorted(range(len(v) - 1), key=lambda j: abs(j - k)):
+            if v[j + 1] - v[j] > 2 * margin:
+                out.append(float((v[j] + v[j + 1]) / 2))
+                break
+    return out
+
+
+def criteria_for(all_logits):
+    """Entropy and max-prob thresholds spreading the exits; patience 1..3; fixed."""
+    z = jnp.asarray(all_logits)
+    quantiles = (0.1, 0.3, 0.5, 0.7)
+    return ([Criterion("entropy", s) for s in thresholds_between(entropy(z), quantiles)]
+            + [Criterion("max_prob", p) for p in thresholds_between(max_prob(z), quantiles)]
+            + [Criterion("patience", t) for t in (1, 2, 3)]
+            + [Criterion("fixed", 3)])
+
+
+def assert_agree(config, params, batch, criterion, atol=2e-5, buckets=None, all_logits=None):
+    if all_logits is None:
+        reference = simulated_exit(config, params, batch, criterion)
+    else:  # the same as simulated_exit, without recomputing every exit
+        index, logits = simulate(criterion, all_logits, batch.get("example_mask"))
+        reference = {"exit_index": index, "logits": logits}
+    looped = while_loop_exit(config, params, batch, criterion)
+    batched = per_example_exit(config, params, batch, criterion, buckets=buckets)
+    expected = np.asarray(reference["exit_index"])
+    np.testing.assert_array_equal(np.asarray(looped["exit_index"]), expected, err_msg=str(criterion))
+    np.testing.assert_array_equal(batched["exit_index"], expected, err_msg=str(criterion))
+    for got in (looped["logits"], batched["logits"]):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(reference["logits"]), atol=atol, rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(got).argmax(-1), np.asarray(reference["logits"]).argmax(-1))
+    live = np.asarray(batch.get("example_mask", np.ones(len(expected)))).astype(bool)
+    assert int(looped["layers_run"]) == expected[live].max() + 1
+    assert batched["example_layers"] == int((expected + 1).sum())
+    assert batched["layer_steps"] == expected.max() + 1
+    return expected
+
+
+def tiny_batch(batch_size=8, length=16, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, TINY.vocab_size, (batch_size, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    for row in range(batch_size):
+        mask[row, rng.randint(4, length + 1):] = 0
+    types = np.zeros_like(ids)
+    types[:, length // 2:] = 1
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types * mask}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    batch = tiny_batch()
+    params = spread_exits(TINY, random_params(TINY), batch)
+    return params, batch
+
+
+def test_tiny_executors_agree(tiny):
+    params, batch = tiny
+    all_logits = inference.all_exits(TINY, params, batch)
+    assert all_logits.shape == (6, 8, 3)
+    seen = set()
+    for k, criterion in enumerate(criteria_for(all_logits)):
+        # simulated_exit itself for some, the simulation on shared logits for the rest
+        shared = None if k % 4 == 0 else all_logits
+        seen.update(assert_agree(TINY, params, batch, criterion, all_logits=shared).tolist())
+    assert len(seen) >= 5  # the thresholds really spread the exits over the layers
+
+
+def test_while_loop_runs_only_the_layers_it_needs(tiny):
+    params, batch = tiny
+    criterion = Criterion("entropy", thresholds_between(entropy(inference.all_exits(TINY, params, batch)),
+                                                        [0.3])[0])
+    expected = np.asarray(simulated_exit(TINY, params, batch, criterion)["exit_index"])
+    assert len(set(expected.tolist())) >= 3
+    for row in range(len(expected)):
+        one = {k: v[row:row + 1] for k, v in batch.items()}
+        out = while_loop_exit(TINY, params, one, criterion)
+        assert int(out["exit_index"][0]) == expected[row]
+        assert int(out["layers_run"]) == expected[row] + 1  # the counter carried in the loop
+
+
+def test_padding_rows_do_not_change_decisions_or_keep_loops_running(tiny):
+    params, batch = tiny
+    all_logits = inference.all_exits(TINY, params, batch)
+    criterion = Criterion("entropy", thresholds_between(entropy(all_logits), [0.5])[0])
+    plain = np.asarray(simulated_exit(TINY, params, batch, criterion)["exit_index"])
+    deepest = int(plain.argmax())
+    example_mask = np.ones(8, np.int32)
+    example_mask[deepest] = 0
+    padded = {**batch, "example_mask": example_mask}
+    got = assert_agree(TINY, params, padded, criterion)
+    assert got[deepest] == 0
+    np.testing.assert_array_equal(np.delete(got, deepest), np.delete(plain, deepest))
+    out = while_loop_exit(TINY, params, padded, criterion)
+    assert int(out["layers_run"]) == np.delete(plain, deepest).max() + 1
+
+
+def test_batched_exit_compacts_into_buckets(tiny):
+    params, batch = tiny
+    all_logits = inference.all_exits(TINY, params, batch)
+    criterion = Criterion("max_prob", thresholds_between(max_prob(all_logits), [0.4])[0])
+    expected = np.asarray(simulated_exit(TINY, params, batch, criterion)["exit_index"])
+    for buckets in (None, (8, 2, 1), (8,)):
+        out = per_example_exit(TINY, params, batch, criterion, buckets=buckets)
+        np.testing.assert_array_equal(out["exit_index"], expected)
+        assert out["example_layers"] == int((expected + 1).sum())
+        running = [(expected >= layer).sum() for layer in range(expected.max() + 1)]
+        if buckets == (8,):  # no compaction: one launch runs the whole batch down
+            assert out["row_layers"] == 8 * len(running) and out["launches"] == 1
+        else:
+            sizes = sorted(buckets or inference.default_buckets(8))
+            used = [min(b for b in sizes if b >= n) for n in running]
+            assert out["row_layers"] == sum(used)
+            assert out["launches"] == len(set(used))  # one launch per bucket, not per layer
+
+
+def test_run_dataset_regroups_and_keeps_decisions(tiny):
+    params, _ = tiny
+    batches = [tiny_batch(8, seed=s) for s in range(5)]
+    joined = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    all_logits = inference.all_exits(TINY, params, joined)
+    criterion = Criterion("entropy", thresholds_between(entropy(all_logits), [0.5])[0])
+    expected = np.asarray(simulated_exit(TINY, params, joined, criterion)["exit_index"])
+    reference_logits = np.asarray(simulated_exit(TINY, params, joined, criterion)["logits"])
+    runner = BatchedEarlyExit(TINY, params, criterion)
+    for regroup in (False, True):
+        out = runner.run_dataset(iter(batches), regroup=regroup, park_below=0.5)
+        np.testing.assert_array_equal(out["exit_index"], expected)
+        np.testing.assert_allclose(out["logits"], reference_logits, atol=2e-5, rtol=1e-5)
+        assert out["example_layers"] == int((expected + 1).sum())
+        assert out["row_layers"] >= out["example_layers"]
+
+
+def test_regression_patience_executors_agree():
+    config = TINY.replace(num_labels=1)
+    batch = tiny_batch(seed=3)
+    params = spread_exits(config, random_params(config, seed=1), batch, logit_std=0.3)
+    seen = set()
+    for tolerance in (0.05, 0.2, 0.5):
+        for t in (1, 2):
+            criterion = Criterion("patience", t, regression=True, tolerance=tolerance)
+            all_logits = inference.all_exits(config, params, batch)
+            diffs = np.abs(np.diff(np.asarray(all_logits)[..., 0], axis=0))
+            if np.any(np.abs(diffs - tolerance) < 1e-4):
+                continue  # too close to call under float noise
+            index = assert_agree(config, params, batch, criterion, buckets=(8, 1), all_logits=all_logits)
+            seen.update(index.tolist())
+    assert len(seen) >= 3
+
+
+def test_criterion_checked_against_the_model(tiny):
+    params, batch = tiny
+    with pytest.raises(ValueError, match="regression"):
+        while_loop_exit(TINY, params, batch, Criterion("patience", 1, regression=True))
+    with pytest.raises(ValueError):
+        BatchedEarlyExit(TINY.replace(num_labels=1), params, Criterion("entropy", 0.1))
+
+
+def test_default_buckets():
+    assert inference.default_buckets(64) == (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1)
+    assert inference.default_buckets(40) == (40, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1)
+    assert inference.default_buckets(8) == (8, 6, 4, 3, 2, 1)
+    assert inference.default_buckets(1) == (1,)
+
+
+# ---- the real pretrained MiniLM on RTE dev sentences ---------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm_rte(minilm_path, glue_dir):
+    import rome_jax
+    from rome_jax.api import tokenize
+
+    path = os.path.join(glue_dir, "RTE", "dev.tsv")
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:17]
+    model = rome_jax.load_pretrained(minilm_path, num_labels=2)
+    batch = tokenize(model.tokenizer, [r[1] for r in rows], [r[2] for r in rows], max_length=64)
+    params = spread_exits(model.config, model.params, batch)
+    return model.config, params, batch
+
+
+def test_minilm_executors_agree_on_rte(minilm_rte):
+    config, params, batch = minilm_rte
+    all_logits = inference.all_exits(config, params, batch)
+    z = jnp.asarray(all_logits)
+    criteria = ([Criterion("entropy", s) for s in thresholds_between(entropy(z), (0.2, 0.6))]
+                + [Criterion("max_prob", p) for p in thresholds_between(max_prob(z), (0.4,))]
+                + [Criterion("patience", t) for t in (1, 2, 3)])
+    seen = set()
+    for criterion in criteria:
+        # 6 layers of width 384 in float32, at different batch shapes: ~3e-4 apart.
+        seen.update(assert_agree(config, params, batch, criterion, atol=2e-3, buckets=(16, 4, 1),
+                                 all_logits=all_logits).tolist())
+    assert len(seen) >= 4
