@@ -1,0 +1,294 @@
+"""Evaluation of every exit and of early-exit sweeps, timed on the clock.
+
+One forward pass computes every exit on the split (`inference.all_exits`); every
+threshold of every criterion is then simulated exactly from those logits
+(`exits.simulate`). Speed is reported three ways: in layers (`L / mean layers`), in
+FLOPs (attention and exit heads counted, `flops.flops_speedup`) and in wall-clock
+seconds per example, at batch 1 (`inference.while_loop_exit`, one compiled
+`lax.while_loop`) and batched (`inference.BatchedEarlyExit`, examples leaving the
+batch as they exit), each against the full-depth model timed the same way. The
+timed executors' decisions are checked against the simulation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from rome_jax import exits, flops, inference
+from rome_jax.config import ModelConfig
+from rome_jax.data import BatchIterator, Features
+from rome_jax.metrics import compute_metrics, primary_metric
+
+Params = Any
+
+DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
+    "entropy": (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+    "max_prob": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+    "patience": (1, 2, 3, 4, 5, 6),
+}
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def parse_sweeps(spec: str) -> dict[str, tuple[float, ...]]:
+    """'entropy:0,0.1;patience:1,2' -> {'entropy': (0.0, 0.1), 'patience': (1.0, 2.0)}.
+
+    A criterion named without thresholds takes its default sweep.
+    """
+    sweeps: dict[str, tuple[float, ...]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        name, _, values = part.partition(":")
+        name = name.strip()
+        if name not in exits.CRITERIA:
+            raise ValueError(f"unknown criterion {name!r} in --sweeps; known: {', '.join(exits.CRITERIA)}")
+        if values.strip():
+            sweeps[name] = tuple(float(v) for v in values.split(","))
+        elif name in DEFAULT_SWEEPS:
+            sweeps[name] = DEFAULT_SWEEPS[name]
+        else:
+            raise ValueError(f"criterion {name!r} has no default sweep: give thresholds, e.g. {name}:0.1,0.2")
+    return sweeps
+
+
+def exit_logits_of(config: ModelConfig, params: Params, features: Features, batch_size: int
+                   ) -> np.ndarray:
+    """Every exit's logits on every example: [E, N, C] float32 (padding rows dropped)."""
+    iterator = BatchIterator(features, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
+    chunks = []
+    for batch in iterator:
+        logits = np.asarray(inference.all_exits(config, params, {k: batch[k] for k in INPUT_KEYS}))
+        chunks.append(logits[:, batch["example_mask"].astype(bool)])
+    return np.concatenate(chunks, axis=1)
+
+
+def _subset(features: Features, n: int) -> dict[str, np.ndarray]:
+    n = len(features) if n <= 0 else min(n, len(features))
+    return {k: getattr(features, k)[:n] for k in INPUT_KEYS}
+
+
+def _batches(inputs: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Fixed-shape batches; the last one padded with masked copies of its first row."""
+    n = len(inputs["input_ids"])
+    out = []
+    for start in range(0, n, batch_size):
+        rows = {k: v[start:start + batch_size] for k, v in inputs.items()}
+        real = len(rows["input_ids"])
+        if real < batch_size:
+            rows = {k: np.concatenate([v, np.repeat(v[:1], batch_size - real, axis=0)]) for k, v in rows.items()}
+        rows["example_mask"] = np.arange(batch_size) < real
+        out.append(rows)
+    return out
+
+
+def _clock(fn) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+class Timer:
+    """Wall-clock seconds per example of the executors on a fixed set of examples.
+
+    Every figure is the best of `rounds` passes over the examples (after a
+    compiling warm-up), so a burst of load on a shared machine spoils one pass,
+    not the figure.
+    """
+
+    def __init__(self, config: ModelConfig, params: Params, features: Features, *,
+                 batch1_examples: int, batched_examples: int, batch_size: int, rounds: int = 2):
+        self.config, self.params, self.rounds = config, params, rounds
+        single = _subset(features, batch1_examples)
+        self.singles = [{k: v[i:i + 1] for k, v in single.items()} for i in range(len(single["input_ids"]))]
+        self.batched = _batches(_subset(features, batched_examples), batch_size)
+        self.num_batched = int(sum(b["example_mask"].sum() for b in self.batched))
+
+    def full_depth(self) -> tuple[float, float]:
+        """(batch-1, batched) seconds per example of the full-depth model."""
+        run = lambda b: inference.all_exits(self.config, self.params, b)
+        strip = lambda b: {k: b[k] for k in INPUT_KEYS}
+        run(self.singles[0]), run(strip(self.batched[0]))  # compile
+        batch1 = min(sum(_clock(lambda b=b: run(b)) for b in self.singles)
+                     for _ in range(self.rounds)) / len(self.singles)
+        batched = min(sum(_clock(lambda b=b: run(strip(b))) for b in self.batched)
+                      for _ in range(self.rounds)) / self.num_batched
+        return batch1, batched
+
+    def early_exit(self, criterion: exits.Criterion) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """(batch-1 s/example, batched s/example, batch-1 exits, batched exits)."""
+        loop = lambda b: inference.while_loop_exit(self.config, self.params, b, criterion)
+        loop(self.singles[0])  # compile (once for every criterion)
+        batch1_seconds = float("inf")
+        for _ in range(self.rounds):
+            batch1_exits, seconds = [], 0.0
+            for b in self.singles:
+                start = time.perf_counter()
+                out = jax.block_until_ready(loop(b))
+                seconds += time.perf_counter() - start
+                batch1_exits.append(int(np.asarray(out["exit_index"])[0]))
+            batch1_seconds = min(batch1_seconds, seconds)
+        executor = inference.BatchedEarlyExit(self.config, self.params, criterion)
+        executor.run_dataset(self.batched[:1])  # compile the buckets
+        batched_seconds = float("inf")
+        for _ in range(self.rounds):
+            start = time.perf_counter()
+            out = executor.run_dataset(self.batched)
+            batched_seconds = min(batched_seconds, time.perf_counter() - start)
+        return (batch1_seconds / len(self.singles), batched_seconds / self.num_batched,
+                np.asarray(batch1_exits), np.asarray(out["exit_index"]))
+
+
+def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, features: Features,
+                   *, sweeps: dict[str, Sequence[float]] | None = None, batch_size: int = 64,
+                   batch1_examples: int = 64, batched_examples: int = 0, timing: bool = True,
+                   log=print) -> dict:
+    """Per-exit metrics and the early-exit sweeps of one labelled split (see module doc).
+
+    Returns the `results.json` dict: task, split, metric, num_examples, num_exits,
+    max_length, per_exit [{exit, <metrics>}], sweep [{criterion, threshold,
+    <metrics>, mean_layers, layer_speedup, flops_speedup, wall_s_batch1,
+    wall_s_batched, wall_speedup_batch1, wall_speedup_batched}], full_depth
+    {wall_s_batch1, wall_s_batched}, timing {...}, executors_agree.
+    """
+    sweeps = DEFAULT_SWEEPS if sweeps is None else sweeps
+    regression = config.num_labels == 1
+    L, T = config.num_layers, features.max_length
+    labels = np.asarray(features.labels)
+    log(f"{task.name}/{split}: every exit on {len(features)} examples")
+    logits = exit_logits_of(config, params, features, batch_size)
+    per_exit = [{"exit": i + 1, **compute_metrics(task.name, logits[i], labels)} for i in range(L)]
+
+    timer = Timer(config, params, features, batch1_examples=batch1_examples,
+                  batched_examples=batched_examples, batch_size=batch_size) if timing else None
+    full1, fullb = timer.full_depth() if timer else (None, None)
+    sweep, agree = [], True
+    for name, thresholds in sweeps.items():
+        if regression and name in ("entropy", "max_prob", "normalized_entropy"):
+            continue
+        for threshold in thresholds:
+            criterion = exits.Criterion(name, float(threshold), regression=regression)
+            exit_index, chosen = (np.asarray(x) for x in exits.simulate(criterion, logits))
+            row = {"criterion": name, "threshold": float(threshold),
+                   **compute_metrics(task.name, chosen, labels)}
+            mean_layers = float(np.mean(exit_index + 1))
+            row.update(mean_layers=mean_layers, layer_speedup=L / mean_layers,
+                       flops_speedup=float(flops.flops_speedup(config, T, exit_index)))
+            if timer:
+                w1, wb, exits1, exitsb = timer.early_exit(criterion)
+                agree &= bool(np.array_equal(exits1, exit_index[:len(exits1)]))
+                agree &= bool(np.array_equal(exitsb, exit_index[:len(exitsb)]))
+                row.update(wall_s_batch1=w1, wall_s_batched=wb, wall_speedup_batch1=full1 / w1,
+                           wall_speedup_batched=fullb / wb)
+            sweep.append(row)
+    return {
+        "task": task.name, "split": split, "metric": primary_metric(task.name),
+        "num_examples": int(len(features)), "num_exits": L, "max_length": int(T),
+        "per_exit": per_exit, "sweep": sweep,
+        "full_depth": {"wall_s_batch1": full1, "wall_s_batched": fullb,
+                       "flops_per_example": int(flops.full_flops(config, T))},
+        "timing": ({"batch1_examples": len(timer.singles), "batched_examples": timer.num_batched,
+                    "batch_size": batch_size, "backend": jax.devices()[0].platform,
+                    "unit": "wall seconds per example"} if timer else None),
+        "executors_agree": agree if timer else None,
+    }
+
+
+# ------------------------------------------------------------------------- outputs
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-2 and value else f"{value:.4f}"
+    return str(value)
+
+
+def format_table(results: dict) -> str:
+    """The terminal report: every exit, then every sweep point."""
+    metric = results["metric"]
+    lines = [f"{results['task']} / {results['split']}: {results['num_examples']} examples, "
+             f"metric {metric}", "", "exit  " + metric]
+    lines += [f"{r['exit']:>4}  {r[metric]:.4f}" for r in results["per_exit"]]
+    head = f"{'criterion':<10}{'threshold':>10}{metric:>12}{'layers':>8}{'layer x':>9}{'flops x':>9}"
+    timed = results.get("timing") is not None
+    if timed:
+        head += f"{'clock x b1':>12}{'clock x bat':>12}"
+    lines += ["", head]
+    for r in results["sweep"]:
+        line = (f"{r['criterion']:<10}{r['threshold']:>10g}{r[metric]:>12.4f}{r['mean_layers']:>8.2f}"
+                f"{r['layer_speedup']:>9.2f}{r['flops_speedup']:>9.2f}")
+        if timed:
+            line += f"{r['wall_speedup_batch1']:>12.2f}{r['wall_speedup_batched']:>12.2f}"
+        lines.append(line)
+    if timed:
+        fd, t = results["full_depth"], results["timing"]
+        lines += ["", f"full depth: {fd['wall_s_batch1'] * 1e3:.2f} ms/example at batch 1 "
+                      f"({t['batch1_examples']} examples), {fd['wall_s_batched'] * 1e3:.2f} ms/example "
+                      f"batched ({t['batched_examples']} examples, batch {t['batch_size']}) on {t['backend']}; "
+                      f"executors agree with the simulation: {results['executors_agree']}"]
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict, out_dir: str) -> list[str]:
+    """results.json, results.csv (the sweep), per_exit.csv, per_exit.png, tradeoff.png."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+
+    def target(name: str) -> str:
+        paths.append(os.path.join(out_dir, name))
+        return paths[-1]
+
+    def atomic_json(path: str, value: Any) -> None:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+    atomic_json(target("results.json"), results)
+    for name, rows in (("results.csv", results["sweep"]), ("per_exit.csv", results["per_exit"])):
+        with open(target(name), "w", newline="", encoding="utf-8") as f:
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    _plot(results, target("per_exit.png"), target("tradeoff.png"))
+    return paths
+
+
+def _plot(results: dict, per_exit_path: str, tradeoff_path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = results["metric"]
+    title = f"{results['task']} {results['split']} ({results['num_examples']} examples)"
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    xs = [r["exit"] for r in results["per_exit"]]
+    ax.plot(xs, [r[metric] for r in results["per_exit"]], marker="o")
+    ax.set(xlabel="exit (layer)", ylabel=metric, title=f"Every exit: {title}", xticks=xs)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(per_exit_path)
+    plt.close(fig)
+
+    timed = results.get("timing") is not None
+    panels = [("layer_speedup", "speed-up in layers (L / mean layers)")]
+    if timed:
+        panels.append(("wall_speedup_batched", "wall-clock speed-up, batched"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), dpi=120, squeeze=False)
+    final = results["per_exit"][-1][metric]
+    for ax, (key, label) in zip(axes[0], panels):
+        for name in dict.fromkeys(r["criterion"] for r in results["sweep"]):
+            rows = sorted((r for r in results["sweep"] if r["criterion"] == name), key=lambda r: r[key])
+            ax.plot([r[key] for r in rows], [r[metric] for r in rows], marker="o", label=name)
+        ax.axhline(final, color="gray", linestyle="--", linewidth=1, label="final exit")
+        ax.set(xlabel=label, ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Metric against speed-up: {title}")
+    fig.tight_layout()
+    fig.savefig(tradeoff_path)
+    plt.close(fig)
