@@ -1,0 +1,211 @@
+"""The GLUE benchmark in one command: train, evaluate and predict every task present.
+
+Per task, in `<workdir>/<task>/`: `train.py` with `configs/glue.py:TASK[,MODE]`
+(resuming if interrupted), then the best checkpoint is evaluated on the dev
+split(s) at the final exit and with the chosen early-exit criterion, and the test
+split(s) are predicted with that criterion into leaderboard files
+(`<workdir>/submission/*.tsv`; AX with the MNLI model). Each finished task leaves
+`benchmark.json`; a re-run skips finished tasks. Tasks whose files are absent are
+listed as skipped. `summary.json` and `summary.md` hold the per-task figures and
+the GLUE averages at the final exit and at the early-exit setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from rome_jax import exits, flops, inference, leaderboard
+from rome_jax.data import BatchIterator, Features, load_examples, tokenize_examples
+from rome_jax.errors import DataError, RomeError
+from rome_jax.glue import Task, get_task
+
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """The early-exit setting used for the summary and the submission files."""
+
+    criterion: str = "entropy"
+    threshold: float = 0.1
+    regression_criterion: str = "patience"  # STS-B cannot exit by entropy
+    regression_threshold: float = 6.0
+
+    def for_task(self, task: Task) -> exits.Criterion:
+        if task.is_regression:
+            return exits.Criterion(self.regression_criterion, self.regression_threshold, regression=True)
+        return exits.Criterion(self.criterion, self.threshold)
+
+
+def missing_data(task: Task, data_dir: str, source: str) -> str | None:
+    """None when the task's training file can be read, else why not (one line)."""
+    try:
+        load_examples(task.name, task.train_splits[0], source=source, data_dir=data_dir or None,
+                      max_examples=1)
+    except RomeError as e:
+        return str(e)
+    return None
+
+
+def predict(config: Any, params: Any, features: Features, criterion: exits.Criterion,
+            batch_size: int = 64) -> dict:
+    """Early-exit predictions of a split with the per-example batched executor.
+
+    Returns {"logits" [N, C], "predictions" [N] (ids, or scores for regression),
+    "exit_index" [N], "mean_layers", "layer_speedup", "flops_speedup"}.
+    """
+    iterator = BatchIterator(features, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
+    batches = [{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids", "example_mask")}
+               for b in iterator]
+    out = inference.BatchedEarlyExit(config, params, criterion).run_dataset(batches)
+    keep = np.concatenate([b["example_mask"] for b in batches]).astype(bool)
+    logits, exit_index = out["logits"][keep], out["exit_index"][keep]
+    predictions = logits[:, 0] if config.num_labels == 1 else logits.argmax(-1)
+    mean_layers = float(np.mean(exit_index + 1))
+    return {"logits": logits, "predictions": predictions, "exit_index": exit_index,
+            "mean_layers": mean_layers, "layer_speedup": config.num_layers / mean_layers,
+            "flops_speedup": float(flops.flops_speedup(config, features.max_length, exit_index))}
+
+
+def train_command(task: str, workdir: Path, config: str, mode: str | None,
+                  overrides: Sequence[str]) -> list[str]:
+    spec = f"{config}:{task}" + (f",{mode}" if mode else "")
+    return [sys.executable, str(REPO / "train.py"), f"--config={spec}", f"--workdir={workdir}",
+            *[f"--config.{o}" for o in overrides]]
+
+
+def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: Path,
+                  ax_too: bool) -> dict:
+    """Dev metrics (final exit and early exit) and test predictions of a trained task."""
+    from rome_jax import configs, evaluation
+    from rome_jax.api import load_tokenizer
+    from rome_jax.checkpoints import load_params
+    from rome_jax.config import ModelConfig
+    from rome_jax.metrics import compute_metrics
+
+    config = configs.read_workdir_config(workdir)
+    model_config = ModelConfig.from_json_file(str(workdir / "model" / "config.json"),
+                                              num_labels=task.num_labels, dtype=config.model.dtype)
+    step, params = load_params(workdir, "best")
+    tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+    criterion = setting.for_task(task)
+    data = dict(source=config.data.source, data_dir=config.data.dir or None)
+    record: dict = {"task": task.name, "step": step, "criterion": criterion.name,
+                    "threshold": criterion.threshold, "dev": {}, "test": {}}
+    for split in task.dev_splits:
+        features = tokenize_examples(load_examples(task.name, split, **data), tokenizer, config.data.max_length)
+        logits = evaluation.exit_logits_of(model_config, params, features, 64)
+        early = predict(model_config, params, features, criterion)
+        labels = np.asarray(features.labels)
+        record["dev"][split] = {
+            "final": compute_metrics(task.name, logits[-1], labels),
+            "early": compute_metrics(task.name, early["logits"], labels),
+            **{k: early[k] for k in ("mean_layers", "layer_speedup", "flops_speedup")}}
+    tests = [(task, s) for s in task.test_splits]
+    if ax_too:
+        tests.append((get_task("ax"), "test"))
+    for test_task, split in tests:
+        try:
+            examples = load_examples(test_task.name, split, **data)
+        except DataError as e:
+            record["test"][f"{test_task.name}/{split}"] = {"skipped": str(e)}
+            continue
+        features = tokenize_examples(examples, tokenizer, config.data.max_length)
+        out = predict(model_config, params, features, criterion)
+        path = leaderboard.write_submission(test_task.name, split, features.index, out["predictions"],
+                                            str(submission_dir))
+        record["test"][f"{test_task.name}/{split}"] = {
+            "file": os.path.relpath(path, workdir.parent), "rows": len(features),
+            **{k: out[k] for k in ("mean_layers", "layer_speedup", "flops_speedup")}}
+    return record
+
+
+def summarize(records: dict[str, dict], skipped: dict[str, str]) -> dict:
+    """summary.json: per-task dev figures and GLUE averages at the final and early exit."""
+    final = {t: {s: r["dev"][s]["final"] for s in r["dev"]} for t, r in records.items()}
+    early = {t: {s: r["dev"][s]["early"] for s in r["dev"]} for t, r in records.items()}
+    avg_final, avg_early = leaderboard.glue_average(final), leaderboard.glue_average(early)
+    tasks = {}
+    for t, r in records.items():
+        speedups = [r["dev"][s]["layer_speedup"] for s in r["dev"]]
+        tasks[t] = {"final_score": avg_final["scores"][t], "early_score": avg_early["scores"][t],
+                    "layer_speedup": float(np.mean(speedups)), "criterion": r["criterion"],
+                    "threshold": r["threshold"], "dev": r["dev"], "test": r["test"]}
+    return {"tasks": tasks, "skipped": skipped, "glue_average_final": avg_final["average"],
+            "glue_average_early": avg_early["average"], "complete": avg_final["complete"]}
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = ["# GLUE summary (dev)", "",
+             "Scores are GLUE's per-task numbers (x100): MRPC/QQP mean of F1 and accuracy, "
+             "STS-B mean of Pearson and Spearman, MNLI mean of matched and mismatched.", "",
+             "| task | final exit | early exit | criterion | layer speed-up |",
+             "|---|---|---|---|---|"]
+    for t, r in summary["tasks"].items():
+        lines.append(f"| {t} | {100 * r['final_score']:.1f} | {100 * r['early_score']:.1f} | "
+                     f"{r['criterion']} {r['threshold']:g} | {r['layer_speedup']:.2f}x |")
+    lines.append(f"| **average** | **{100 * summary['glue_average_final']:.1f}** | "
+                 f"**{100 * summary['glue_average_early']:.1f}** | | |")
+    if not summary["complete"]:
+        lines += ["", "Not all nine tasks are present: the average is over those shown."]
+    if summary["skipped"]:
+        lines += ["", "Skipped (data absent):", ""]
+        lines += [f"- {t}: {why}" for t, why in summary["skipped"].items()]
+    tests = [(k, v) for r in summary["tasks"].values() for k, v in r["test"].items() if "file" in v]
+    if tests:
+        lines += ["", "Test predictions (leaderboard files):", "",
+                  "| test set | file | rows | mean layers |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['file']} | {v['rows']} | {v['mean_layers']:.2f} |" for k, v in tests]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def run(workdir: str, *, tasks: Sequence[str] = GLUE_TASKS, config: str = "configs/glue.py",
+        mode: str | None = None, overrides: Sequence[str] = (), setting: Setting = Setting(),
+        data_dir: str | None = None, source: str = "dir", log: Callable[[str], None] = print) -> dict:
+    """Trains and evaluates every task present; writes summary.json and summary.md."""
+    root = Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir if data_dir is not None else os.environ.get("GLUE_DIR", "")
+    overrides = [f"data.dir={data_dir}", f"data.source={source}", *overrides]
+    records, skipped = {}, {}
+    for name in tasks:
+        task = get_task(name)
+        why = missing_data(task, data_dir, source)
+        if why:
+            skipped[task.name] = why
+            log(f"{task.name}: skipped ({why})")
+            continue
+        task_dir = root / task.name
+        done = task_dir / "benchmark.json"
+        if done.is_file():
+            log(f"{task.name}: finished earlier, reusing {done}")
+            records[task.name] = json.loads(done.read_text())
+            continue
+        log(f"{task.name}: training in {task_dir}")
+        proc = subprocess.run(train_command(task.name, task_dir, config, mode, overrides), cwd=REPO)
+        if proc.returncode != 0:
+            raise RomeError(f"{task.name}: train.py exited with status {proc.returncode}; "
+                            f"re-run to resume (see {task_dir})")
+        log(f"{task.name}: evaluating and predicting the test set")
+        record = evaluate_task(task, task_dir, setting, root / "submission", ax_too=task.name == "mnli")
+        _atomic_json(done, record)
+        records[task.name] = record
+    summary = summarize(records, skipped)
+    _atomic_json(root / "summary.json", summary)
+    (root / "summary.md").write_text(summary_markdown(summary))
+    return summary
