@@ -1,0 +1,31 @@
+r"""A GLUE task with the reference hyper-parameters: `configs/glue.py:TASK[,MODE]`.
+
+    python train.py --config=configs/glue.py:rte --workdir=runs/rte
+    python train.py --config=configs/glue.py:sst2,deebert --workdir=runs/sst2-deebert \
+        --config.model.name_or_path=/models/bert-base-uncased
+
+TASK is a GLUE task name in any spelling (rte, SST-2, mnli, ...); MODE one of
+`rome_jax.train_step.MODES` (default romebert). The model defaults to
+bert-base-uncased from the hub; point model.name_or_path at a local HF
+directory to work offline.
+"""
+
+import ml_collections
+
+from configs import default
+from rome_jax.errors import ConfigError
+from rome_jax.glue import get_task
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    if not arg:
+        raise ConfigError("configs/glue.py needs a task: --config=configs/glue.py:rte "
+                          "(or configs/glue.py:rte,deebert)")
+    parts = [p.strip() for p in arg.split(",")]
+    if len(parts) > 2:
+        raise ConfigError(f"configs/glue.py takes TASK[,MODE], got {arg!r}")
+    config = default.get_config()
+    config.data.task = get_task(parts[0]).name
+    if len(parts) == 2:
+        config.train.mode = parts[1]
+    return config

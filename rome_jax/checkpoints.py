@@ -1,0 +1,227 @@
+"""Checkpoints: orbax behind one small module.
+
+A checkpoint is a directory `<dir>/<step>/` holding two items:
+  state: a pytree of arrays (the train state: params, opt_state, step, rng),
+  meta:  a JSON object (the data iterator's position, the stage, the metrics-log
+         length, the best evaluation so far, ...).
+
+Saving is synchronous. Orbax writes a step into a temporary directory
+(`<step>.orbax-checkpoint-tmp-*`) and renames it when complete, so a process killed
+during a save leaves the previous checkpoints as they were and the partial one
+invisible; `restore_latest` also falls back to the previous step if the latest
+cannot be read. Retention is ours, not orbax's: after each save, the latest
+`keep` steps and the steps in `preserve` (the best one) stay, the rest go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+
+from rome_jax.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+PyTree = Any
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # heavy: imported on first use
+
+    return ocp
+
+
+def abstract_like(tree: PyTree) -> PyTree:
+    """Shapes, dtypes and shardings of a pytree of arrays (a restore target)."""
+    def leaf(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree.map(leaf, tree)
+
+
+class Checkpoints:
+    """The checkpoints of one run, in `directory` (created on the first save)."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2, read_only: bool = False):
+        ocp = _ocp()
+        self.directory = Path(directory).absolute()
+        self.keep = max(int(keep), 1)
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"no checkpoints in {self.directory} (no such directory)")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
+            save_interval_steps=1)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("state", "meta"))
+
+    def steps(self) -> list[int]:
+        """The complete checkpoints' steps, oldest first."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: PyTree, meta: dict, *, preserve: Iterable[int] = ()) -> None:
+        """Writes checkpoint `step` (replacing one of the same step), then prunes."""
+        ocp = _ocp()
+        if step in self.steps():
+            self._manager.delete(step)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if not self._manager.save(step, args=args, force=True):
+            raise CheckpointError(f"orbax declined to save step {step} in {self.directory}")
+        self._manager.wait_until_finished()
+        self.prune(preserve)
+
+    def prune(self, preserve: Iterable[int] = ()) -> None:
+        steps = self.steps()
+        keep = set(steps[-self.keep:]) | {int(s) for s in preserve if s is not None}
+        for step in steps:
+            if step not in keep:
+                self._manager.delete(step)
+
+    def restore_meta(self, step: int) -> dict:
+        ocp = _ocp()
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # a missing or unreadable item
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be read "
+                                  f"({_first_line(e)})") from None
+        return dict(restored["meta"])
+
+    def restore(self, step: int, target: PyTree | None) -> tuple[PyTree, dict]:
+        """(state, meta) of checkpoint `step`.
+
+        `target`: the abstract state (`abstract_like`) the arrays are restored into,
+        with its structure, shapes, dtypes and shardings; None restores the tree as
+        saved (dicts and lists of arrays).
+        """
+        ocp = _ocp()
+        path = self.directory / str(step)
+        meta = self.restore_meta(step)
+        if target is not None:
+            mismatch = self._mismatch(step, target)
+            if mismatch:
+                raise CheckpointError(f"checkpoint {path} does not fit this model: {mismatch}")
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {path} cannot be restored into this model "
+                                  f"({_first_line(e)})") from None
+        return restored["state"], meta
+
+    def _mismatch(self, step: int, target: PyTree) -> str | None:
+        """A description of the first difference of structure or shape, or None."""
+        try:
+            metadata = self._manager.item_metadata(step)["state"]
+        except Exception:  # old or partial metadata: let the restore itself report
+            return None
+        tree = getattr(metadata, "tree", metadata)
+        if tree is None:
+            return None
+        params_first = lambda item: (not item[0].startswith("params"), item[0])
+        saved = dict(sorted(_leaves_by_path(tree), key=params_first))
+        wanted = dict(sorted(_leaves_by_path(target), key=params_first))
+        for name in wanted:
+            if name not in saved:
+                return f"it has no {name}"
+        for name in saved:
+            if name not in wanted:
+                return f"it holds {name}, which this model does not have"
+        for name, leaf in wanted.items():
+            got = tuple(getattr(saved[name], "shape", ()) or ())
+            if tuple(leaf.shape) != got:
+                return f"{name} has shape {got}, this model needs {tuple(leaf.shape)}"
+        return None
+
+    def restore_latest(self, target: PyTree | None) -> tuple[int, PyTree, dict] | None:
+        """(step, state, meta) of the latest readable checkpoint, or None if there is none.
+
+        A checkpoint that cannot be read (files missing, e.g. a step directory
+        damaged by hand) is skipped with a warning; one that does not fit the
+        model is an error.
+        """
+        steps = self.steps()
+        for step in reversed(steps):
+            try:
+                state, meta = self.restore(step, target)
+            except CheckpointError as e:
+                if "does not fit" in str(e) or step == steps[0]:
+                    raise
+                logger.warning("skipping unreadable checkpoint: %s", e)
+                continue
+            return step, state, meta
+        return None
+
+    def delete_all(self) -> None:
+        self.close()
+        if self.directory.exists():
+            shutil.rmtree(self.directory)
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _leaves_by_path(tree: PyTree) -> list[tuple[str, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, (dict, list, tuple)))
+    return [(_path_name(path), leaf) for path, leaf in flat]
+
+
+def _path_name(path: tuple) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line[:300]
+
+
+def load_params(directory: str | os.PathLike, step: int | str = "best") -> tuple[int, PyTree]:
+    """(step, params) of a run's checkpoint, as numpy arrays, for evaluation.
+
+    `directory` is a workdir (its `checkpoints/` is used) or a checkpoints
+    directory; `step` is a number, "latest", or "best" (the checkpoint with the
+    best final-exit dev metric; the latest if the run never evaluated).
+    """
+    directory = Path(directory)
+    if (directory / "checkpoints").is_dir():
+        directory = directory / "checkpoints"
+    checkpoints = Checkpoints(directory, read_only=True)
+    try:
+        steps = checkpoints.steps()
+        if not steps:
+            raise CheckpointError(f"no complete checkpoint in {directory}")
+        if step in ("best", "latest"):
+            chosen = steps[-1]
+            if step == "best":
+                best = (checkpoints.restore_meta(chosen).get("best") or {}).get("step")
+                chosen = best if best in steps else chosen
+        else:
+            chosen = int(step)
+            if chosen not in steps:
+                raise CheckpointError(f"no checkpoint of step {chosen} in {directory} "
+                                      f"(steps: {', '.join(map(str, steps))})")
+        state, _ = checkpoints.restore(chosen, None)
+    finally:
+        checkpoints.close()
+    return chosen, jax.tree.map(np.asarray, state["params"])

@@ -1,0 +1,314 @@
+"""Training configs: checking, resolving, comparing and loading `ml_collections` configs.
+
+The configs themselves are code (`configs/*.py`, each with `get_config()`); this
+module knows every key they may hold (`KEYS`) and what values make sense, so a
+config is rejected at start with one `ConfigError` line naming the key rather
+than failing later inside the training loop.
+
+    config = configs.load("configs/glue.py:rte", {"train.learning_rate": 3e-5})
+    config = configs.resolve(config)             # "auto" values made explicit
+    configs.validate(config, num_devices=8)      # ConfigError naming the key
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import ml_collections
+
+from rome_jax.errors import ConfigError, DataError
+
+Check = Callable[[Any], "str | None"]
+
+
+# ---------------------------------------------------------------------------- rules
+
+
+def _typed(kind: type, extra: Check | None = None) -> Check:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            return f"must be {kind.__name__}, got {value!r}"
+        if kind is float and not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        return extra(value) if extra else None
+    return check
+
+
+def _at_least(low: float, kind: type = int) -> Check:
+    return _typed(kind, lambda v: None if v >= low else f"must be >= {low}, got {v!r}")
+
+
+def _positive(kind: type = int) -> Check:
+    return _typed(kind, lambda v: None if v > 0 else f"must be > 0, got {v!r}")
+
+
+def _between(low: float, high: float, *, high_open: bool = False) -> Check:
+    def check(v: float) -> str | None:
+        if low <= v and (v < high if high_open else v <= high):
+            return None
+        return f"must be in [{low}, {high}{')' if high_open else ']'}, got {v!r}"
+    return _typed(float, check)
+
+
+def _one_of(*choices: str) -> Check:
+    return _typed(str, lambda v: None if v in choices else
+                  f"must be one of {', '.join(choices)}; got {v!r}")
+
+
+def _model_name(v: str) -> str | None:
+    return None if v.strip() else "must not be empty (a local HF directory or a hub name)"
+
+
+def _task(v: str) -> str | None:
+    from rome_jax.glue import get_task
+
+    try:
+        task = get_task(v)
+    except DataError as e:
+        return str(e)
+    if not task.train_splits:
+        return f"task {task.name} has no training split"
+    return None
+
+
+def _mode(v: str) -> str | None:
+    from rome_jax.train_step import MODES
+
+    return None if v in MODES else f"must be one of {', '.join(MODES)}; got {v!r}"
+
+
+KEYS: dict[str, Check] = {
+    "model.name_or_path": _typed(str, _model_name),
+    "model.dtype": _one_of("float32", "bfloat16"),
+    "data.task": _typed(str, _task),
+    "data.dir": _typed(str),
+    "data.source": _one_of("dir", "hf", "tfds"),
+    "data.max_length": _at_least(3),
+    "data.train_max_examples": _at_least(0),
+    "data.eval_max_examples": _at_least(0),
+    "data.cache_dir": _typed(str),
+    "train.mode": _typed(str, _mode),
+    "train.batch_size": _positive(),
+    "train.eval_batch_size": _positive(),
+    "train.learning_rate": _positive(float),
+    "train.warmup_ratio": _between(0.0, 1.0, high_open=True),
+    "train.weight_decay": _at_least(0.0, float),
+    "train.adam_eps": _positive(float),
+    "train.clip_norm": _at_least(0.0, float),
+    "train.num_epochs": _positive(),
+    "train.stage2_epochs": _at_least(0),
+    "train.max_steps": _at_least(0),
+    "train.grad_accum_steps": _positive(),
+    "train.seed": _typed(int),
+    "train.gamma": _between(0.0, 1.0),
+    "train.temperature": _positive(float),
+    "train.kl_reduction": _one_of("reference", "batchmean"),
+    "train.anchor": _one_of("auto", "A", "B"),
+    "train.gr_scope": _one_of("reference", "all"),
+    "train.gr_granularity": _one_of("global", "per_tensor"),
+    "train.gr_symmetric": _typed(bool),
+    "train.stage2_clip": _one_of("reference", "trainable"),
+    "train.log_every": _positive(),
+    "train.eval_every": _at_least(0),
+    "train.checkpoint_every": _at_least(0),
+    "train.keep_checkpoints": _positive(),
+    "train.multihost": _typed(bool),
+    "train.debug_nan_at_step": _at_least(0),
+}
+"""Every config key and its check (a function returning a problem or None)."""
+
+RUN_ONLY_KEYS = frozenset({
+    "data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.multihost",
+    "train.debug_nan_at_step",
+})
+"""Keys that do not change what a run computes: a workdir may be resumed with other values."""
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def flatten(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train.learning_rate": 2e-05, ...}: the leaves under dotted names."""
+    items = config.items() if isinstance(config, (Mapping, ml_collections.ConfigDict)) else ()
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def suggest(key: str, known: Iterable[str] = KEYS) -> str:
+    """' (did you mean train.learning_rate?)' or ''."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    if not close:
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in known}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)]
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(values))
+
+
+# ------------------------------------------------------------------------ checking
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
+             process_count: int = 1) -> None:
+    """Raises ConfigError (one line naming the key) for unknown, missing or impossible values.
+
+    With `num_devices`, also checks that the global batch splits into
+    `grad_accum_steps` micro-batches, each divisible by the device count.
+    """
+    flat = flatten(config)
+    for key in flat:
+        if key not in KEYS:
+            raise ConfigError(f"unknown config key {key}{suggest(key)}")
+    for key, check in KEYS.items():
+        if key not in flat:
+            raise ConfigError(f"config key {key} is missing (start from configs/default.py)")
+        problem = check(flat[key])
+        if problem:
+            raise ConfigError(f"config {key} {problem}")
+    train = config.train
+    if train.batch_size % train.grad_accum_steps:
+        raise ConfigError(f"config train.batch_size {train.batch_size} is not divisible by "
+                          f"train.grad_accum_steps {train.grad_accum_steps}")
+    if process_count > 1 and train.batch_size % process_count:
+        raise ConfigError(f"config train.batch_size {train.batch_size} is not divisible by the "
+                          f"{process_count} processes")
+    if num_devices:
+        micro = train.batch_size // train.grad_accum_steps
+        if micro % num_devices:
+            raise ConfigError(
+                f"config train.batch_size {train.batch_size} must be a multiple of the device "
+                f"count ({num_devices}) x train.grad_accum_steps ({train.grad_accum_steps})")
+        if train.eval_batch_size % num_devices:
+            raise ConfigError(f"config train.eval_batch_size {train.eval_batch_size} is not "
+                              f"divisible by the device count ({num_devices})")
+    if config.data.source == "dir" and config.data.dir and not os.path.isdir(config.data.dir):
+        raise DataError(f"GLUE data directory {config.data.dir} does not exist "
+                        "(config data.dir; an empty string reads the Hugging Face hub)")
+
+
+def check_model_fit(config: ml_collections.ConfigDict, model_config: Any) -> None:
+    """Values that depend on the model: the sequence length fits its position table."""
+    positions = model_config.max_position_embeddings - model_config.position_offset
+    if config.data.max_length > positions:
+        raise ConfigError(f"config data.max_length {config.data.max_length} exceeds the model's "
+                          f"{positions} positions ({config.model.name_or_path})")
+
+
+def reference_anchor(task: str) -> str:
+    """The reference code's anchor: "A" (final exit kept) for MNLI and QQP, else "B"."""
+    from rome_jax.glue import get_task
+
+    return "A" if get_task(task).name in ("mnli", "qqp") else "B"
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with the "auto"/0 conventions made explicit (what config.json records).
+
+    train.anchor "auto" -> "A"/"B" per task; train.stage2_epochs 0 -> num_epochs;
+    data.source "dir" with an empty data.dir -> "hf" (the hub); data.task in its
+    canonical spelling ("SST-2" -> "sst2").
+    """
+    from rome_jax.glue import get_task
+
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    try:
+        resolved.data.task = get_task(resolved.data.task).name
+    except (DataError, AttributeError, TypeError):
+        return resolved  # validate() names the problem
+    if resolved.train.get("anchor") == "auto":
+        resolved.train.anchor = reference_anchor(resolved.data.task)
+    if resolved.train.get("stage2_epochs") == 0:
+        resolved.train.stage2_epochs = resolved.train.num_epochs
+    if resolved.data.get("source") == "dir" and resolved.data.get("dir") == "":
+        resolved.data.source = "hf"
+    resolved.lock()
+    return resolved
+
+
+def differences(stored: Mapping[str, Any], current: Mapping[str, Any],
+                ignore: Iterable[str] = RUN_ONLY_KEYS) -> list[str]:
+    """'key: old -> new' for each differing key (both flattened or nested)."""
+    a, b = flatten(stored), flatten(current)
+    ignore = set(ignore)
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if key in ignore or a.get(key, "<absent>") == b.get(key, "<absent>"):
+            continue
+        changed.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return changed
+
+
+# ------------------------------------------------------------------------- loading
+
+
+def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """A config from `path[:arg]` (as `--config=` takes it) with dotted overrides.
+
+    For programs and tests; train.py uses `ml_collections.config_flags` instead.
+    The config file may import its siblings (`from configs import default`).
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist")
+    root = str(Path(path).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module_spec = importlib.util.spec_from_file_location(f"_rome_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    config.lock()
+    for key, value in (overrides or {}).items():
+        set_value(config, key, value)
+    return config
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """config[key] = value for a dotted key; ConfigError for an unknown key or a bad type."""
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(leaf)
+        node[leaf] = value
+    except (KeyError, AttributeError):
+        raise ConfigError(f"unknown config key {key}{suggest(key)}") from None
+    except TypeError as e:
+        raise ConfigError(f"config {key}: {str(e).splitlines()[0]}") from None
+
+
+def read_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The resolved config a training run wrote to `workdir/config.json`."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist (not a train.py workdir?)")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    return from_dict(values)

@@ -1,0 +1,637 @@
+"""The training loop: one generic function, `train_and_evaluate(config, workdir)`.
+
+Every mode goes through the same loop; two-stage modes (DeeBERT) run it over two
+stages, stage 2 with a fresh optimizer and schedule, their steps counted in one
+global step number (stage 2's first step is stage 1's last + 1).
+
+The workdir (everything a run writes; eval.py reads it):
+
+    config.json            the resolved config (train.anchor, stage2_epochs, data.source
+                           made explicit); a re-run with a different config is refused
+    metrics.jsonl          one JSON object per line: training records
+                           {"step", "stage", "split": "train", "epoch", "loss", "loss_A",
+                           "loss_B", "exit_loss/i", "gr/*", "grad_norm", "update_norm",
+                           "param_norm", "learning_rate"} (means over the steps since the
+                           previous record) and evaluation records {"step", "stage",
+                           "split": "dev", "num_examples", "exit_i/<metric>", "exit_i/loss"}
+                           for every exit i (1-based; the last is the final classifier).
+                           No timing fields: the file is a deterministic function of the
+                           config, so a resumed run writes exactly the same bytes.
+    tensorboard/           the same scalars (train/*, dev/*) plus perf/steps_per_sec
+    checkpoints/<step>/    orbax: state (params, opt_state, step, rng) and meta (stage,
+                           data iterator position, metrics.jsonl length, the partial
+                           logging window, the best evaluation so far); the latest
+                           train.keep_checkpoints steps and the best one are kept
+    tokenizer/             the tokenizer's files (written once, at the start)
+    model/                 the final model: an HF directory with every exit
+                           (`MultiExitModel.save_pretrained`), written at the end
+
+Never losing work: checkpoints are written after every evaluation, every
+`train.checkpoint_every` steps, at the end of each stage and on SIGTERM/SIGINT.
+Re-running the same command resumes from the latest complete checkpoint: the train
+state, the data iterator's position and the logging window are restored,
+metrics.jsonl is truncated to its length at that checkpoint, and dropout keys are
+`fold_in(PRNGKey(seed), step)`, so a run killed at any moment (even `kill -9`) and
+re-run ends with exactly the parameters and metrics.jsonl of an uninterrupted one.
+
+Host round-trips: the step's metrics stay on the device and are summed there; they
+are fetched every `train.log_every` steps (and before an evaluation or a save).
+The finiteness check rides on the same fetch: a non-finite loss is detected at
+the next log step (or evaluation, or save) at the latest, and the state was not
+updated by it (the step returns the old state when its loss is not finite).
+Nothing is saved after a non-finite step: the last checkpoint stays the last good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rome_jax import checkpoints as checkpoints_lib
+from rome_jax import configs
+from rome_jax.errors import ConfigError, TrainingError
+
+logger = logging.getLogger(__name__)
+
+PREEMPTED_EXIT_CODE = 75
+"""train.py's exit status after SIGTERM/SIGINT: a checkpoint was saved, re-run to resume
+(EX_TEMPFAIL: "try again")."""
+
+WORKDIR_ENTRIES = ("config.json", "metrics.jsonl", "tensorboard", "checkpoints", "tokenizer", "model")
+"""What a run writes in its workdir (and `overwrite=True` deletes)."""
+
+_META_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a run: steps `first_step + 1 ... last_step` (global numbers)."""
+
+    number: int
+    settings: Any  # train_step.StepSettings
+    first_step: int
+    num_steps: int
+    steps_per_epoch: int
+    last_of_run: bool
+
+    @property
+    def last_step(self) -> int:
+        return self.first_step + self.num_steps
+
+
+@dataclasses.dataclass
+class Result:
+    """What `train_and_evaluate` returns."""
+
+    step: int  # global steps done
+    preempted: bool = False  # stopped by a signal after saving a checkpoint
+    final_eval: dict | None = None  # the last evaluation's records, by split
+    best: dict | None = None  # {"step", "score", "metric"} of the best checkpoint
+
+
+# ------------------------------------------------------------------- pure pieces
+
+
+def step_settings(config: ml_collections.ConfigDict, stage: int, regression: bool):
+    from rome_jax.train_step import StepSettings
+
+    t = config.train
+    return StepSettings(
+        mode=t.mode, stage=stage, gamma=t.gamma, temperature=t.temperature,
+        kl_reduction=t.kl_reduction, anchor=t.anchor, gr_scope=t.gr_scope,
+        gr_granularity=t.gr_granularity, gr_symmetric=t.gr_symmetric, regression=regression,
+        grad_accum_steps=t.grad_accum_steps, stage2_clip=t.stage2_clip)
+
+
+def plan_stages(config: ml_collections.ConfigDict, steps_per_epoch: int, regression: bool
+                ) -> list[Stage]:
+    """The run's stages: steps per stage = epochs x batches per epoch, capped by max_steps."""
+    from rome_jax.train_step import TWO_STAGE_MODES
+
+    t = config.train
+    epochs = [t.num_epochs] + ([t.stage2_epochs or t.num_epochs] if t.mode in TWO_STAGE_MODES else [])
+    stages, first = [], 0
+    for number, n_epochs in enumerate(epochs, start=1):
+        steps = n_epochs * steps_per_epoch
+        if t.max_steps:
+            steps = min(steps, t.max_steps)
+        stages.append(Stage(number, step_settings(config, number, regression), first, steps,
+                            steps_per_epoch, number == len(epochs)))
+        first += steps
+    return stages
+
+
+def make_stage_optimizer(config: ml_collections.ConfigDict, stage: Stage, params: Any):
+    from rome_jax.optim import learning_rate_schedule, make_optimizer
+
+    t = config.train
+    warmup = int(t.warmup_ratio * stage.num_steps)
+    tx = make_optimizer(t.learning_rate, stage.num_steps, warmup_steps=warmup,
+                        weight_decay=t.weight_decay, eps=t.adam_eps, clip_norm=t.clip_norm,
+                        params=params)
+    return tx, learning_rate_schedule(t.learning_rate, stage.num_steps, warmup)
+
+
+def is_eval_step(config: ml_collections.ConfigDict, stage: Stage, step: int) -> bool:
+    if step == stage.last_step:
+        return True
+    if config.train.eval_every:
+        return step % config.train.eval_every == 0
+    return (step - stage.first_step) % stage.steps_per_epoch == 0
+
+
+def exit_metrics(task: Any, logits: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
+    """{"exit_i/<metric>": value, "exit_i/loss": value} for every exit (logits [E, N, C])."""
+    from rome_jax.metrics import compute_metrics
+
+    record: dict[str, float] = {}
+    keep = np.asarray(mask, bool)
+    for i, exit_logits in enumerate(np.asarray(logits, np.float64), start=1):
+        for name, value in compute_metrics(task, exit_logits, labels, mask=keep).items():
+            record[f"exit_{i}/{name}"] = float(value)
+        record[f"exit_{i}/loss"] = _loss(exit_logits[keep], np.asarray(labels)[keep], task.is_regression)
+    return record
+
+
+def _loss(logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
+    if regression:
+        return float(np.mean((logits[:, 0] - labels) ** 2))
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-np.mean(log_probs[np.arange(len(labels)), labels.astype(np.int64)]))
+
+
+def _eval_logits(model_config: Any, params: Any, batch: dict):
+    from rome_jax.model import MultiExitEncoder
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    logits = MultiExitEncoder(model_config).apply({"params": params}, **inputs)["logits"]
+    return logits.astype(jnp.float32), batch["labels"], batch["example_mask"]
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _accumulate(window: dict, metrics: dict, step: jax.Array) -> dict:
+    """Adds one step's metrics to the logging window; remembers the first non-finite step."""
+    bad = (metrics["finite"] == 0) & (window["first_nonfinite"] < 0)
+    return {"sum": jax.tree.map(jnp.add, window["sum"], metrics),
+            "first_nonfinite": jnp.where(bad, step, window["first_nonfinite"])}
+
+
+@jax.jit
+def _new_window(metrics: dict) -> dict:
+    return {"sum": jax.tree.map(jnp.zeros_like, metrics),
+            "first_nonfinite": jnp.asarray(-1, jnp.int32)}
+
+
+def _empty_window(metrics: dict, sums: dict | None = None) -> dict:
+    """A logging window on the metrics' devices: zeros, or the sums saved in a checkpoint."""
+    window = _new_window(metrics)
+    if sums is not None:
+        window["sum"] = {k: jax.device_put(np.float32(sums[k]), v.sharding)
+                         for k, v in metrics.items()}
+    return window
+
+
+# ------------------------------------------------------------------- the edges
+
+
+class MetricsLog:
+    """metrics.jsonl and TensorBoard (process 0 writes; the others only count)."""
+
+    def __init__(self, workdir: Path, *, resume_bytes: int | None, resume_step: int, enabled: bool):
+        self.path = workdir / "metrics.jsonl"
+        self.enabled = enabled
+        self.size = 0
+        self.lines = 0
+        self._file = None
+        self._board = None
+        if not enabled:
+            return
+        tensorboard = workdir / "tensorboard"
+        if resume_bytes is None:  # a fresh start: what is there came from a run never saved
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(tensorboard, ignore_errors=True)
+        self._file = open(self.path, "a+b")
+        if resume_bytes is not None:
+            self._file.seek(0, os.SEEK_END)
+            if self._file.tell() < resume_bytes:
+                logger.warning("%s is shorter than at the checkpoint (%d < %d bytes)",
+                               self.path, self._file.tell(), resume_bytes)
+            self._file.truncate(resume_bytes)
+        self._file.seek(0, os.SEEK_END)
+        self.size = self._file.tell()
+        self._file.seek(0)
+        self.lines = self._file.read().count(b"\n")
+        self._file.seek(0, os.SEEK_END)
+        from tensorboardX import SummaryWriter
+
+        self._board = SummaryWriter(str(tensorboard), purge_step=resume_step + 1 if resume_step else None,
+                                    flush_secs=30)
+
+    def write(self, record: dict, *, board_prefix: str, extra_scalars: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        line = (json.dumps(record, allow_nan=True) + "\n").encode()
+        self._file.write(line)
+        self._file.flush()
+        self.size += len(line)
+        self.lines += 1
+        step = int(record["step"])
+        for key, value in record.items():
+            if key not in ("step", "split") and isinstance(value, (int, float)):
+                self._board.add_scalar(f"{board_prefix}/{key}", value, step)
+        for key, value in (extra_scalars or {}).items():
+            self._board.add_scalar(key, value, step)
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._file.flush()
+            self._board.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._board.close()
+
+
+class _Signals:
+    """SIGTERM / SIGINT set a flag; the loop saves and stops at the next step boundary.
+
+    A second SIGINT interrupts at once (KeyboardInterrupt). With several processes
+    the handlers are left to JAX's preemption service (on by default with
+    `jax.distributed.initialize()`), and every host asks it each step whether all
+    hosts reached the step at which to save (`reached_preemption_sync_point`).
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        logger.warning("received %s: saving a checkpoint at the next step",
+                       signal.Signals(signum).name)
+
+    def __enter__(self):
+        if jax.process_count() == 1:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except RuntimeError:  # the preemption service is off: no coordinated stop
+                return False
+        return self.received is not None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool,
+                    is_writer: bool = True) -> None:
+    """Creates the workdir and its config.json, or checks that it holds this config.
+
+    `overwrite` deletes what a previous run wrote there (`WORKDIR_ENTRIES`, nothing
+    else) and starts afresh.
+    """
+    stored_path = workdir / "config.json"
+    if overwrite and is_writer:
+        for name in WORKDIR_ENTRIES:
+            path = workdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    if stored_path.is_file():
+        try:
+            stored = json.loads(stored_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{stored_path} is not valid JSON ({e}); pass --overwrite to "
+                              "start afresh") from None
+        changed = configs.differences(stored, config.to_dict())
+        if changed:
+            shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
+            raise ConfigError(f"workdir {workdir} holds a run with a different config ({shown}); "
+                              "use another --workdir, or --overwrite to delete that run")
+    elif (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
+        raise ConfigError(f"workdir {workdir} has checkpoints but no config.json; pass --overwrite "
+                          "to delete them")
+    if is_writer:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(stored_path, configs.to_json(config))
+
+
+def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    if tokenizer is None or directory.is_dir():
+        return
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tokenizer."))
+    tokenizer.save_pretrained(str(tmp))
+    os.replace(tmp, directory)
+
+
+def _load_data(config: ml_collections.ConfigDict, task: Any, tokenizer: Any):
+    from rome_jax.data import load_examples, tokenize_examples
+
+    d = config.data
+    source_args = dict(source=d.source, data_dir=d.dir or None)
+    cache = d.cache_dir or None
+    train = load_examples(task, "train", max_examples=d.train_max_examples, **source_args)
+    train_features = tokenize_examples(train, tokenizer, d.max_length, cache_dir=cache)
+    dev = {}
+    for split in task.dev_splits:
+        examples = load_examples(task, split, max_examples=d.eval_max_examples, **source_args)
+        if not examples.has_labels:
+            raise ConfigError(f"dev split {split} of task {task.name} has no labels")
+        dev[split] = tokenize_examples(examples, tokenizer, d.max_length, cache_dir=cache)
+    return train_features, dev
+
+
+def _state_tree(state) -> dict:
+    return {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+
+
+def _state_from_tree(tree: dict):
+    from rome_jax.train_step import TrainState
+
+    return TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
+                      rng=tree["rng"])
+
+
+def _fetch(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def _format_eval(split: str, record: dict, num_exits: int, metric: str) -> str:
+    values = [record.get(f"exit_{i}/{metric}") for i in range(1, num_exits + 1)]
+    shown = " ".join(f"{v:.4f}" for v in values if v is not None)
+    return f"step {record['step']} {split} {metric} by exit: {shown}"
+
+
+# --------------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       overwrite: bool = False, progress: bool = True) -> Result:
+    """Trains (or resumes) the run described by `config` in `workdir`; see the module doc.
+
+    Raises ConfigError / DataError / CheckpointError for what the user can fix and
+    TrainingError for a non-finite loss. Returns a `Result`; `preempted` is True
+    when a signal stopped the run after saving a checkpoint.
+    """
+    from rome_jax import train_step as ts
+    from rome_jax.api import MultiExitModel, load_pretrained, resolve_model_dir
+    from rome_jax.config import ModelConfig
+    from rome_jax.data import BatchIterator
+    from rome_jax.glue import get_task
+    from rome_jax.metrics import primary_metric
+
+    config = configs.resolve(config)
+    configs.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    workdir = Path(workdir).absolute()
+    is_writer = jax.process_index() == 0
+    prepare_workdir(workdir, config, overwrite=overwrite, is_writer=is_writer)
+
+    task = get_task(config.data.task)
+    model_dir = resolve_model_dir(config.model.name_or_path)
+    configs.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
+    model = load_pretrained(model_dir, task.num_labels, dtype=config.model.dtype, seed=config.train.seed)
+    if model.tokenizer is None:
+        raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files "
+                          "(tokenizer.json or vocab.txt)")
+    if is_writer:
+        _save_tokenizer(model.tokenizer, workdir / "tokenizer")
+    label_names = list(task.label_names) if task.label_names else None
+    train_features, dev_features = _load_data(config, task, model.tokenizer)
+
+    t = config.train
+    mesh = ts.make_mesh()
+    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    new_iterator = lambda: BatchIterator(train_features, t.batch_size, shuffle=True, seed=t.seed,
+                                         drop_remainder=True, **process)
+    stages = plan_stages(config, new_iterator().steps_per_epoch, task.is_regression)
+    total_steps = stages[-1].last_step
+    metric = primary_metric(task)
+    num_exits = model.config.num_exits
+    best_split = task.dev_splits[0]
+
+    # The restore target: the state's structure, shapes and shardings (nothing allocated).
+    tx, schedule = make_stage_optimizer(config, stages[0], model.params)
+    shapes = jax.eval_shape(lambda p: _state_tree(ts.create_train_state(p, tx, t.seed)), model.params)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ts.replicated(mesh)),
+                          shapes)
+    store = checkpoints_lib.Checkpoints(workdir / "checkpoints", keep=t.keep_checkpoints)
+    restored = store.restore_latest(target)
+    state, params = None, model.params
+    model = dataclasses.replace(model, params=None)  # the run's parameters live in `state`
+    meta: dict = {}
+    if restored is None:
+        start_step = 0
+        logger.info("workdir %s: starting (%d steps)", workdir, total_steps)
+    else:
+        start_step, tree, meta = restored
+        if meta.get("version") != _META_VERSION or meta.get("step") != start_step:
+            raise checkpoints_lib.CheckpointError(
+                f"checkpoint {store.directory / str(start_step)} was not written by this trainer")
+        state = _state_from_tree(tree)
+        params = state.params
+        logger.info("workdir %s: resuming from the checkpoint of step %d (of %d)",
+                    workdir, start_step, total_steps)
+    log = MetricsLog(workdir, resume_bytes=meta.get("metrics_bytes") if restored else None,
+                     resume_step=start_step, enabled=is_writer)
+    best: dict | None = meta.get("best")
+    last_eval: dict | None = meta.get("last_eval")
+
+    eval_fn = jax.jit(functools.partial(_eval_logits, model.config),
+                      in_shardings=(ts.replicated(mesh), ts.batch_sharding(mesh)),
+                      out_shardings=ts.replicated(mesh))
+
+    def evaluate(params: Any, step: int, stage: Stage) -> dict:
+        records = {}
+        for split, features in dev_features.items():
+            logits, labels, masks = [], [], []
+            for batch in BatchIterator(features, t.eval_batch_size, shuffle=False,
+                                       drop_remainder=False, **process):
+                batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids",
+                                               "labels", "example_mask")}
+                out = _fetch(eval_fn(params, ts.shard_batch(batch, mesh)))
+                logits.append(out[0])
+                labels.append(out[1])
+                masks.append(out[2])
+            mask = np.concatenate(masks)
+            record = {"step": step, "stage": stage.number, "split": split,
+                      "num_examples": int(mask.sum())}
+            record.update(exit_metrics(task, np.concatenate(logits, axis=1), np.concatenate(labels),
+                                       mask))
+            log.write(record, board_prefix=split)
+            logger.info(_format_eval(split, record, num_exits, metric))
+            records[split] = record
+        return records
+
+    result = Result(step=start_step, best=best, final_eval=last_eval)
+    bar = None
+    try:
+        with _Signals() as signals:
+            if progress and is_writer:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                           mininterval=0.5 if _is_tty() else 15.0, desc="train")
+            for stage in stages:
+                if start_step >= stage.last_step:
+                    continue
+                resuming_stage = restored is not None and start_step > stage.first_step
+                tx, schedule = make_stage_optimizer(config, stage, params)
+                iterator = new_iterator()
+                if resuming_stage:
+                    iterator.set_state(meta["data"])
+                else:
+                    fresh = ts.create_train_state(params, tx, t.seed)
+                    fresh = fresh.replace(step=jnp.asarray(stage.first_step, jnp.int32))
+                    state, params = ts.replicate(fresh, mesh), None
+                    del fresh
+                    if stage.number > 1:
+                        logger.info("stage %d: %d steps, fresh optimizer", stage.number, stage.num_steps)
+                train_step = ts.compile_train_step(model.config, stage.settings, tx, mesh, state.params)
+
+                window, window_steps, saved_sums = None, 0, None
+                if resuming_stage and meta.get("window"):
+                    window_steps = int(meta["window"]["count"])
+                    saved_sums = meta["window"]["sum"]
+                step = max(start_step, stage.first_step)
+                last_log_time, last_log_step = time.time(), step
+
+                def check_finite() -> None:
+                    if window is None:
+                        return
+                    first_bad = int(jax.device_get(window["first_nonfinite"]))
+                    if first_bad >= 0:
+                        latest = store.latest_step()
+                        kept = (f"the last good checkpoint is step {latest} in {store.directory}"
+                                if latest is not None else "no checkpoint was saved before it")
+                        raise TrainingError(
+                            f"the loss is not finite (NaN or infinity) at step {first_bad}: training "
+                            f"stopped; {kept}; try a lower train.learning_rate")
+
+                def save(step: int) -> None:
+                    check_finite()
+                    log.flush()
+                    window_meta = None
+                    if window is not None and window_steps:
+                        window_meta = {"count": window_steps,
+                                       "sum": {k: float(v) for k, v in _fetch(window["sum"]).items()}}
+                    store.save(step, _state_tree(state), {
+                        "version": _META_VERSION, "step": step, "stage": stage.number,
+                        "data": iterator.get_state(), "metrics_bytes": log.size,
+                        "metrics_lines": log.lines, "window": window_meta, "best": best,
+                        "last_eval": last_eval, "total_steps": total_steps,
+                    }, preserve=[best["step"]] if best else [])
+
+                while step < stage.last_step:
+                    if t.debug_nan_at_step and step + 1 == t.debug_nan_at_step:
+                        state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+                    batch = next(iterator)
+                    batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+                    state, metrics = train_step(state, ts.shard_batch(batch, mesh))
+                    step += 1
+                    if window is None:
+                        window = _empty_window(metrics, saved_sums if window_steps else None)
+                    window = _accumulate(window, metrics, np.int32(step))
+                    window_steps += 1
+                    if bar is not None:
+                        bar.update(1)
+
+                    if step % t.log_every == 0 or step == stage.last_step:
+                        check_finite()
+                        sums = _fetch(window["sum"])
+                        record = {"step": step, "stage": stage.number, "split": "train",
+                                  "epoch": round((step - stage.first_step) / stage.steps_per_epoch, 4)}
+                        record.update({k: float(v) / window_steps for k, v in sums.items()
+                                       if k != "finite"})
+                        record["learning_rate"] = float(schedule(step - stage.first_step - 1))
+                        now = time.time()
+                        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                        last_log_time, last_log_step = now, step
+                        log.write(record, board_prefix="train",
+                                  extra_scalars={"perf/steps_per_sec": rate})
+                        window, window_steps = None, 0
+                        if bar is not None:
+                            bar.set_postfix(stage=stage.number, loss=f"{record['loss']:.4f}", refresh=False)
+
+                    saved = False
+                    if is_eval_step(config, stage, step):
+                        check_finite()
+                        last_eval = evaluate(state.params, step, stage)
+                        score = last_eval[best_split].get(f"exit_{num_exits}/{metric}")
+                        # Two-stage modes: stage 1 leaves the intermediate exits untrained,
+                        # so only stage 2 evaluations compete for "best".
+                        if score is not None and (stage.last_of_run or len(stages) == 1) and (
+                                best is None or score >= best["score"]):
+                            best = {"step": step, "score": score, "metric": f"exit_{num_exits}/{metric}",
+                                    "split": best_split}
+                        save(step)
+                        saved = True
+                    elif t.checkpoint_every and step % t.checkpoint_every == 0:
+                        save(step)
+                        saved = True
+                    if signals.should_stop(step):
+                        if not saved:
+                            save(step)
+                        logger.warning("stopped at step %d after saving a checkpoint; run the same "
+                                       "command again to resume", step)
+                        result.step, result.preempted = step, True
+                        result.best, result.final_eval = best, last_eval
+                        return result
+                start_step, params, restored = step, state.params, None
+
+        result.step, result.best, result.final_eval = total_steps, best, last_eval
+        if bar is not None:
+            bar.close()
+            bar = None
+        if is_writer:
+            export_params = jax.device_get(state.params)
+            MultiExitModel(model.config, export_params, model.tokenizer, label_names).save_pretrained(
+                str(workdir / "model"))
+            logger.info("wrote the final model to %s", workdir / "model")
+        return result
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+        store.close()
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

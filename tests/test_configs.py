@@ -1,0 +1,182 @@
+"""Config files, validation, resolution and workdir comparison."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from rome_jax import configs
+from rome_jax.config import ModelConfig
+from rome_jax.errors import ConfigError, DataError
+from rome_jax.train_step import MODES
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load(spec, **overrides):
+    return configs.load(str(REPO / spec), {k.replace("__", "."): v for k, v in overrides.items()})
+
+
+def valid(config):
+    """A default config made loadable here: a model name and an existing data dir."""
+    config.model.name_or_path = "some/model"
+    config.data.dir = str(REPO)
+    return config
+
+
+def test_default_config_has_every_key_and_the_reference_values():
+    config = load("configs/default.py")
+    assert set(configs.flatten(config)) == set(configs.KEYS)
+    t = config.train
+    assert (config.data.max_length, t.batch_size, t.learning_rate, t.num_epochs, t.seed) == (
+        128, 8, 2e-5, 3, 42)
+    assert (t.warmup_ratio, t.weight_decay, t.adam_eps, t.clip_norm) == (0.0, 0.0, 1e-8, 1.0)
+    assert (t.mode, t.gamma, t.temperature, t.kl_reduction, t.anchor) == (
+        "romebert", 0.9, 3.0, "reference", "auto")
+    configs.validate(valid(config))
+
+
+@pytest.mark.parametrize("spec", ["configs/glue.py:rte", "configs/glue.py:SST-2,deebert",
+                                  "configs/tiny.py", "configs/tiny.py:rte"])
+def test_config_files_load_and_validate(spec):
+    config = load(spec)
+    assert set(configs.flatten(config)) == set(configs.KEYS)
+    configs.validate(valid(config))
+
+
+def test_glue_config_takes_task_and_mode():
+    config = load("configs/glue.py:SST-2,deebert")
+    assert (config.data.task, config.train.mode) == ("sst2", "deebert")
+    with pytest.raises(DataError, match="unknown GLUE task 'nosuch'"):
+        load("configs/glue.py:nosuch")
+    with pytest.raises(ConfigError, match="needs a task"):
+        load("configs/glue.py")
+
+
+def test_demo_config_uses_the_real_model(minilm_path, glue_dir):
+    config = load("configs/demo.py")
+    assert config.model.name_or_path == minilm_path
+    assert (config.data.task, config.train.mode) == ("sst2", "romebert")
+    configs.validate(config)
+
+
+def test_overrides_are_typed_and_unknown_keys_named():
+    config = load("configs/default.py", train__learning_rate=3e-5, train__mode="sd")
+    assert (config.train.learning_rate, config.train.mode) == (3e-5, "sd")
+    with pytest.raises(ConfigError, match=r"unknown config key train.lerning_rate \(did you mean "
+                                          r"train.learning_rate\?\)"):
+        load("configs/default.py", train__lerning_rate=3e-5)
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load("configs/default.py", train__batch_size="eight")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.learning_rate", -1.0, "config train.learning_rate must be > 0"),
+    ("train.mode", "fast", "config train.mode must be one of " + ", ".join(MODES)),
+    ("train.anchor", "C", "config train.anchor must be one of auto, A, B"),
+    ("data.task", "nosuch", "config data.task unknown GLUE task 'nosuch'"),
+    ("data.task", "ax", "config data.task task ax has no training split"),
+    ("train.batch_size", 0, "config train.batch_size must be > 0"),
+    ("train.warmup_ratio", 1.0, r"config train.warmup_ratio must be in \[0.0, 1.0\)"),
+    ("train.gamma", 1.5, "config train.gamma must be in"),
+    ("data.source", "web", "config data.source must be one of dir, hf, tfds"),
+    ("model.name_or_path", "", "config model.name_or_path must not be empty"),
+    ("train.kl_reduction", "sum", "config train.kl_reduction must be one of reference, batchmean"),
+    ("data.max_length", 2, "config data.max_length must be >= 3"),
+])
+def test_impossible_values_name_the_key(key, value, message):
+    config = valid(load("configs/default.py"))
+    section, name = key.split(".")
+    with config.unlocked():
+        config[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        configs.validate(config)
+
+
+def test_batch_must_split_over_devices_and_micro_batches():
+    config = valid(load("configs/default.py", train__batch_size=12, train__grad_accum_steps=2))
+    configs.validate(config, num_devices=2)
+    config.train.eval_batch_size = 60
+    configs.validate(config, num_devices=6)
+    with pytest.raises(ConfigError, match=r"train.batch_size 12 must be a multiple of the device "
+                                          r"count \(4\) x train.grad_accum_steps \(2\)"):
+        configs.validate(config, num_devices=4)
+    with pytest.raises(ConfigError, match=r"train.eval_batch_size 60 is not divisible by the device "
+                                          r"count \(8\)"):
+        configs.validate(load("configs/default.py", train__eval_batch_size=60,
+                              model__name_or_path="m", data__dir=str(REPO)), num_devices=8)
+    config.train.grad_accum_steps = 5
+    with pytest.raises(ConfigError, match="not divisible by train.grad_accum_steps 5"):
+        configs.validate(config)
+
+
+def test_unknown_key_in_a_config_file_is_named():
+    config = valid(load("configs/default.py"))
+    with config.unlocked():
+        config.train.lr = 1.0
+    with pytest.raises(ConfigError, match="unknown config key train.lr"):
+        configs.validate(config)
+
+
+def test_missing_data_dir_is_named(tmp_path):
+    config = valid(load("configs/default.py"))
+    config.data.dir = str(tmp_path / "nope")
+    with pytest.raises(DataError, match=f"GLUE data directory {tmp_path / 'nope'} does not exist"):
+        configs.validate(config)
+
+
+def test_max_length_must_fit_the_model():
+    config = valid(load("configs/default.py", data__max_length=600))
+    with pytest.raises(ConfigError, match="data.max_length 600 exceeds the model's 512 positions"):
+        configs.check_model_fit(config, ModelConfig())
+    roberta = ModelConfig(family="roberta", max_position_embeddings=514, pad_token_id=1)
+    config.data.max_length = 512
+    configs.check_model_fit(config, roberta)
+    config.data.max_length = 513
+    with pytest.raises(ConfigError, match="512 positions"):
+        configs.check_model_fit(config, roberta)
+
+
+def test_resolve_makes_auto_values_explicit():
+    config = valid(load("configs/glue.py:rte"))
+    resolved = configs.resolve(config)
+    assert (resolved.train.anchor, resolved.train.stage2_epochs) == ("B", 3)
+    assert config.train.anchor == "auto"  # a copy
+    for task in ("mnli", "QQP"):
+        assert configs.resolve(load(f"configs/glue.py:{task}")).train.anchor == "A"
+    config.train.anchor = "A"
+    config.data.task = "SST-2"
+    config.train.stage2_epochs = 1
+    resolved = configs.resolve(config)
+    assert (resolved.train.anchor, resolved.train.stage2_epochs, resolved.data.task) == ("A", 1, "sst2")
+    config.data.dir = ""
+    assert configs.resolve(config).data.source == "hf"  # an empty directory means the hub
+
+
+def test_differences_ignore_run_only_keys_and_survive_json():
+    config = configs.resolve(valid(load("configs/default.py")))
+    stored = json.loads(configs.to_json(config))
+    other = configs.from_dict(stored)
+    assert configs.differences(stored, other.to_dict()) == []
+    with other.unlocked():
+        other.train.checkpoint_every = 7
+        other.train.debug_nan_at_step = 3
+        other.train.learning_rate = 3e-5
+    assert configs.differences(stored, other.to_dict()) == ["train.learning_rate: 2e-05 -> 3e-05"]
+
+
+def test_read_workdir_config(tmp_path):
+    with pytest.raises(ConfigError, match="config.json does not exist"):
+        configs.read_workdir_config(tmp_path)
+    config = configs.resolve(valid(load("configs/default.py")))
+    (tmp_path / "config.json").write_text(configs.to_json(config))
+    assert configs.read_workdir_config(tmp_path).to_dict() == config.to_dict()
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        configs.read_workdir_config(tmp_path)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file .*nope.py does not exist"):
+        configs.load(os.path.join(str(REPO), "configs", "nope.py"))

@@ -1,0 +1,276 @@
+"""train.py end to end on a tiny random BERT: resume after kill -9 and SIGTERM, NaN, errors.
+
+Every run is a real `python train.py` subprocess. They share a persistent JAX
+compilation cache, so only the first run of each mode compiles.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rome_jax import checkpoints
+from rome_jax.train_step import MODES
+
+import tiny_hf
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TINY = "configs/tiny.py:wnli"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, glue_dir):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return {**os.environ, "GLUE_DIR": glue_dir, "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, minilm_path):
+    """A random 2-layer BERT (hidden 32) with the MiniLM tokenizer (vocab 30522)."""
+    pytest.importorskip("torch")
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tiny_hf.make_bert(path, num_labels=2, vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
+    return str(path)
+
+
+def command(workdir, *overrides, config=TINY, model=None, extra=()):
+    args = [sys.executable, str(REPO / "train.py"), f"--config={config}", f"--workdir={workdir}"]
+    if model:
+        args.append(f"--config.model.name_or_path={model}")
+    args += [f"--config.{o}" for o in overrides]
+    return args + list(extra)
+
+
+def train(env, workdir, *overrides, model=None, config=TINY, extra=(), expect=0):
+    proc = subprocess.run(command(workdir, *overrides, config=config, model=model, extra=extra),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    return proc
+
+
+def start(env, workdir, *overrides, model=None):
+    return subprocess.Popen(command(workdir, *overrides, model=model), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def metric_lines(workdir):
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for_lines(proc, workdir, count, timeout=300):
+    deadline = time.time() + timeout
+    while len(metric_lines(workdir)) < count:
+        assert proc.poll() is None, f"finished before {count} metrics lines: {proc.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "timed out waiting for metrics"
+        time.sleep(0.005)
+
+
+def final_params(workdir):
+    return checkpoints.load_params(workdir, "latest")
+
+
+def assert_same_run(workdir, reference):
+    step, params = final_params(workdir)
+    ref_step, ref_params = final_params(reference)
+    assert step == ref_step
+    leaves = lambda tree: [np.asarray(x) for x in __import__("jax").tree.leaves(tree)]
+    for got, want in zip(leaves(params), leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert metric_lines(workdir) == metric_lines(reference)
+    for name in ("model.safetensors", "rome_jax_exits.safetensors"):
+        assert (pathlib.Path(workdir) / "model" / name).read_bytes() == \
+            (pathlib.Path(reference) / "model" / name).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, env, tiny_model):
+    """The uninterrupted reference run: 12 steps, logs every 3, evaluations at 6 and 12,
+    checkpoints every 2 (so most hold a partly summed logging window)."""
+    workdir = tmp_path_factory.mktemp("straight") / "run"
+    train(env, workdir, model=tiny_model)
+    return workdir
+
+
+def test_workdir_layout_and_metrics(straight, tiny_model):
+    names = sorted(p.name for p in straight.iterdir())
+    assert names == ["checkpoints", "config.json", "metrics.jsonl", "model", "tensorboard", "tokenizer"]
+    config = json.loads((straight / "config.json").read_text())
+    assert config["train"]["anchor"] == "B" and config["model"]["name_or_path"] == tiny_model
+    records = [json.loads(line) for line in metric_lines(straight)]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == [3, 6, 9, 12]
+    for key in ("loss", "loss_A", "loss_B", "exit_loss/1", "exit_loss/2", "gr/cosine", "grad_norm",
+                "learning_rate", "param_norm"):
+        assert all(np.isfinite(r[key]) for r in train_records), key
+    assert train_records[0]["learning_rate"] == pytest.approx(1e-3 * (1 - 2 / 12))  # step 3's
+    evals = [r for r in records if r["split"] == "dev"]
+    assert [r["step"] for r in evals] == [6, 12]
+    assert all(r["num_examples"] == 20 and 0 <= r["exit_2/accuracy"] <= 1 and "exit_1/loss" in r
+               for r in evals)
+    store = checkpoints.Checkpoints(straight / "checkpoints")
+    best = store.restore_meta(12)["best"]
+    assert best["step"] in (6, 12) and best["metric"] == "exit_2/accuracy"
+    assert store.steps() == sorted({10, 12, best["step"]})  # the latest 2 and the best
+    store.close()
+    assert list((straight / "tensorboard").glob("events.out.tfevents.*"))
+    assert (straight / "tokenizer" / "tokenizer.json").is_file()
+    # The exported model is the final state, every exit included.
+    import rome_jax
+
+    model = rome_jax.load_pretrained(str(straight / "model"))
+    _, params = final_params(straight)
+    batch = tiny_hf.random_batch(vocab=30522)
+    np.testing.assert_allclose(
+        np.asarray(model.exit_logits(batch)),
+        np.asarray(rome_jax.MultiExitModel(model.config, params).exit_logits(batch)), rtol=0, atol=0)
+
+
+def test_rerunning_a_finished_run_changes_nothing(straight, env, tiny_model, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(straight, copy)
+    before = metric_lines(copy)
+    train(env, copy, model=tiny_model)
+    assert metric_lines(copy) == before
+    assert_same_run(copy, straight)
+
+
+def test_kill_9_at_any_moment_then_rerun_gives_the_same_run(straight, env, tiny_model, tmp_path):
+    workdir = tmp_path / "killed"
+    proc = start(env, workdir, model=tiny_model)
+    wait_for_lines(proc, workdir, 3)  # the evaluation of step 6 written
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (workdir / "model").exists()
+    train(env, workdir, model=tiny_model)
+    assert_same_run(workdir, straight)
+
+
+def test_sigterm_saves_and_exits_then_rerun_completes(straight, env, tiny_model, tmp_path):
+    workdir = tmp_path / "preempted"
+    proc = start(env, workdir, model=tiny_model)
+    wait_for_lines(proc, workdir, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "Traceback" not in stderr
+    stopped_at = checkpoints.Checkpoints(workdir / "checkpoints").latest_step()
+    assert 3 <= stopped_at < 12
+    train(env, workdir, model=tiny_model)
+    assert_same_run(workdir, straight)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+        straight, env, tiny_model, tmp_path):
+    workdir = tmp_path / "nan"
+    proc = train(env, workdir, "train.debug_nan_at_step=5", model=tiny_model, expect=3)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == (f"train.py: error: the loss is not finite (NaN or infinity) at step 5: "
+                         f"training stopped; the last good checkpoint is step 4 in "
+                         f"{workdir / 'checkpoints'}; try a lower train.learning_rate")
+    assert "Traceback" not in proc.stderr
+    assert checkpoints.Checkpoints(workdir / "checkpoints").latest_step() == 4
+    assert [json.loads(line)["step"] for line in metric_lines(workdir)] == [3]
+    # The hook is a run-only key: the same workdir resumes from step 4 without it.
+    train(env, workdir, model=tiny_model)
+    assert_same_run(workdir, straight)
+
+
+def test_deebert_two_stages_resume_across_the_boundary(env, tiny_model, tmp_path):
+    overrides = ("train.mode=deebert", "train.max_steps=6", "train.eval_every=0")
+    reference = tmp_path / "straight"
+    train(env, reference, *overrides, model=tiny_model)
+    records = [json.loads(line) for line in metric_lines(reference)]
+    assert [(r["step"], r["stage"]) for r in records if r["split"] == "train"] == [
+        (3, 1), (6, 1), (9, 2), (12, 2)]
+    assert [(r["step"], r["stage"]) for r in records if r["split"] == "dev"] == [(6, 1), (12, 2)]
+    stage2 = [r for r in records if r["split"] == "train" and r["stage"] == 2]
+    assert stage2[0]["learning_rate"] == pytest.approx(1e-3 * (1 - 2 / 6))  # a fresh schedule
+    workdir = tmp_path / "killed"
+    proc = start(env, workdir, *overrides, model=tiny_model)
+    wait_for_lines(proc, workdir, 4)  # stage 2 under way (step 9 logged)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    train(env, workdir, *overrides, model=tiny_model)
+    assert_same_run(workdir, reference)
+
+
+def error_of(env, workdir, *overrides, model=None, config=TINY, extra=()):
+    proc = train(env, workdir, *overrides, model=model, config=config, extra=extra, expect=2)
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("train.py: error: ")
+    return lines[0].removeprefix("train.py: error: ")
+
+
+def test_errors_are_one_line(env, tiny_model, tmp_path, straight):
+    run = lambda *o, **kw: error_of(env, tmp_path / "w", *o, model=tiny_model, **kw)
+    assert run("data.dir=/no/such/glue") == (
+        "GLUE data directory /no/such/glue does not exist (config data.dir; an empty string reads "
+        "the Hugging Face hub)")
+    assert run("data.task=nosuch").startswith("config data.task unknown GLUE task 'nosuch' (known: ")
+    assert run("train.lerning_rate=3e-5") == (
+        "unknown config key train.lerning_rate in --config.train.lerning_rate=3e-5 "
+        "(did you mean train.learning_rate?)")
+    assert run("train.learning_rate=-1") == "config train.learning_rate must be > 0, got -1.0"
+    assert run("train.batch_size=x") == (
+        "--config.train.batch_size=x: invalid literal for int() with base 10: 'x'")
+    assert run(config="configs/nope.py") == "--config=configs/nope.py: no such config file"
+    assert run(config="configs/glue.py:rte,fast") == (
+        f"config train.mode must be one of {', '.join(MODES)}; got 'fast'")
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(tiny_model, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    message = error_of(env, tmp_path / "w2", model=str(no_weights))
+    assert str(no_weights) in message and "model.safetensors" in message
+    # A workdir holding another run's config.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(straight / "config.json", other / "config.json")
+    message = error_of(env, other, "train.learning_rate=3e-5", model=tiny_model)
+    assert message == (f"workdir {other} holds a run with a different config (train.learning_rate: "
+                       "0.001 -> 3e-05); use another --workdir, or --overwrite to delete that run")
+
+
+def test_verbose_shows_the_traceback(env, tiny_model, tmp_path):
+    proc = train(env, tmp_path / "w", "data.dir=/no/such/glue", model=tiny_model,
+                 extra=["--verbose"], expect=2)
+    assert "Traceback" in proc.stderr and proc.stderr.strip().endswith("the Hugging Face hub)")
+
+
+def test_overwrite_starts_afresh(straight, env, tiny_model, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(straight, workdir)
+    (workdir / "notes.txt").write_text("mine")
+    train(env, workdir, "train.max_steps=4", "train.eval_every=2", "train.log_every=1",
+          model=tiny_model, extra=["--overwrite"])
+    assert [json.loads(line)["step"] for line in metric_lines(workdir)] == [1, 2, 2, 3, 4, 4]
+    assert (workdir / "notes.txt").read_text() == "mine"  # not ours: kept
+
+
+def test_demo_config_short_schedule(env, tmp_path, minilm_path, glue_dir):
+    """The real MiniLM on SST-2, shortened as CI runs it."""
+    workdir = tmp_path / "demo"
+    proc = train(env, workdir, "train.max_steps=12", "data.train_max_examples=512",
+                 "data.eval_max_examples=128", "train.log_every=4", config="configs/demo.py")
+    records = [json.loads(line) for line in metric_lines(workdir)]
+    assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12]
+    (final,) = [r for r in records if r["split"] == "dev"]
+    assert final["num_examples"] == 128
+    assert all(f"exit_{i}/accuracy" in final for i in range(1, 7))
+    assert "exit_6 accuracy=" in proc.stdout
+    assert (workdir / "model" / "rome_jax_exits.safetensors").is_file()
