@@ -139,8 +139,9 @@ class Timer:
             start = time.perf_counter()
             out = executor.run_dataset(self.batched)
             batched_seconds = min(batched_seconds, time.perf_counter() - start)
+        real = np.concatenate([b["example_mask"] for b in self.batched]).astype(bool)
         return (batch1_seconds / len(self.singles), batched_seconds / self.num_batched,
-                np.asarray(batch1_exits), np.asarray(out["exit_index"]))
+                np.asarray(batch1_exits), np.asarray(out["exit_index"])[real])
 
 
 def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, features: Features,

@@ -274,3 +274,49 @@ def test_demo_config_short_schedule(env, tmp_path, minilm_path, glue_dir):
     assert all(f"exit_{i}/accuracy" in final for i in range(1, 7))
     assert "exit_6 accuracy=" in proc.stdout
     assert (workdir / "model" / "rome_jax_exits.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------ eval.py
+
+
+def run_eval(env, *args, expect=0):
+    proc = subprocess.run([sys.executable, str(REPO / "eval.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    return proc
+
+
+def test_eval_reports_on_the_best_checkpoint_in_a_fresh_process(straight, env, tmp_path):
+    out = tmp_path / "eval"
+    proc = run_eval(env, f"--workdir={straight}", f"--output_dir={out}", "--batch1_examples=4",
+                    "--batched_examples=12", "--batch_size=8", "--sweeps=entropy:0.3,0.69;patience:1")
+    meta = checkpoints.Checkpoints(straight / "checkpoints", read_only=True)
+    best = meta.restore_meta(meta.steps()[-1])["best"]["step"]
+    meta.close()
+    assert f"step {best} on wnli" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "wnli" and results["split"] == "dev" and results["metric"] == "accuracy"
+    assert [r["exit"] for r in results["per_exit"]] == [1, 2]
+    assert results["num_examples"] == 71  # the whole dev set, not the training run's slice
+    keys = {"criterion", "threshold", "accuracy", "mean_layers", "layer_speedup", "flops_speedup",
+            "wall_s_batch1", "wall_s_batched"}
+    assert len(results["sweep"]) == 3 and all(keys <= set(r) for r in results["sweep"])
+    assert results["full_depth"]["wall_s_batch1"] > 0 and results["executors_agree"] is True
+    # the final exit of the best checkpoint, recomputed here, gives the reported accuracy
+    step, params = checkpoints.load_params(straight, "best")
+    assert step == best
+    for name in ("results.csv", "per_exit.csv", "per_exit.png", "tradeoff.png"):
+        assert (out / name).stat().st_size > 0
+    assert "exit  accuracy" in proc.stdout and "criterion" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    ((), "give either --workdir"),
+    (("--workdir=/nonexistent/run",), "/nonexistent/run/config.json does not exist"),
+    (("--model=/nonexistent/model", "--task=rte"), "no such model directory"),
+    (("--workdir=X", "--model=Y"), "give either --workdir"),
+])
+def test_eval_errors_are_one_line(env, args, message):
+    proc = run_eval(env, *args, expect=2)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
