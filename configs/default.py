@@ -34,6 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.train_max_examples = 0  # the first N training rows; 0: all of them
     config.data.eval_max_examples = 0  # the first N rows of each dev split; 0: all
     config.data.cache_dir = ""  # where tokenized features are cached; "": no cache
+    # FastBERT's stage 2 needs no labels: "" trains it on the training set (labels
+    # unused), a split name ("test", "dev") on that split of the task, a path on a
+    # text file with one example per line (a tab separates a sentence pair).
+    config.data.stage2_unlabeled = ""
 
     config.train = ml_collections.ConfigDict()
     config.train.mode = "romebert"  # one of rome_jax.train_step.MODES

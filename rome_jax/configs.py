@@ -97,6 +97,7 @@ KEYS: dict[str, Check] = {
     "data.train_max_examples": _at_least(0),
     "data.eval_max_examples": _at_least(0),
     "data.cache_dir": _typed(str),
+    "data.stage2_unlabeled": _typed(str),
     "train.mode": _typed(str, _mode),
     "train.batch_size": _positive(),
     "train.eval_batch_size": _positive(),
@@ -204,6 +205,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         if train.eval_batch_size % num_devices:
             raise ConfigError(f"config train.eval_batch_size {train.eval_batch_size} is not "
                               f"divisible by the device count ({num_devices})")
+    if config.data.stage2_unlabeled and train.mode != "fastbert":
+        raise ConfigError(f"config data.stage2_unlabeled is for train.mode fastbert (its stage 2 "
+                          f"needs no labels), not {train.mode!r}")
     if config.data.source == "dir" and config.data.dir and not os.path.isdir(config.data.dir):
         raise DataError(f"GLUE data directory {config.data.dir} does not exist "
                         "(config data.dir; an empty string reads the Hugging Face hub)")

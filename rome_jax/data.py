@@ -414,6 +414,31 @@ def read_tfds(task: Task | str, split: str, *, data_dir: str | None = None) -> E
     return _from_columns(task, split, columns, f"tensorflow-datasets {name}/{tfds_split}")
 
 
+def read_text_file(task: Task | str, path: str | os.PathLike) -> Examples:
+    """Unlabeled examples, one per line (a tab separates a sentence pair), e.g.
+    for FastBERT's self-distillation, which needs no labels."""
+    task = get_task(task)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such text file")
+    pairs = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) > len(task.text_columns):
+            raise DataError(f"{path}, line {number}: {len(fields)} tab-separated fields, but task "
+                            f"{task.name} takes {len(task.text_columns)}")
+        pairs.append(fields)
+    if not pairs:
+        raise DataError(f"{path}: no examples (one per line)")
+    lines = pairs
+    text_b = [f[1] if len(f) > 1 else "" for f in pairs] if task.is_pair else None
+    return Examples(text_a=[f[0] for f in pairs], text_b=text_b, labels=_unlabeled(task, len(lines)),
+                    index=np.arange(len(lines)), has_labels=False, source_files=(str(path),),
+                    task=task.name, split="unlabeled")
+
+
 def load_examples(task_name: Task | str, split: str, *, source: str = "dir",
                   data_dir: str | os.PathLike | None = None,
                   data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,

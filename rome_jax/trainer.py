@@ -55,7 +55,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -118,15 +118,21 @@ def step_settings(config: ml_collections.ConfigDict, stage: int, regression: boo
         grad_accum_steps=t.grad_accum_steps, stage2_clip=t.stage2_clip)
 
 
-def plan_stages(config: ml_collections.ConfigDict, steps_per_epoch: int, regression: bool
-                ) -> list[Stage]:
-    """The run's stages: steps per stage = epochs x batches per epoch, capped by max_steps."""
+def plan_stages(config: ml_collections.ConfigDict, steps_per_epoch: int | Sequence[int],
+                regression: bool) -> list[Stage]:
+    """The run's stages: steps per stage = epochs x batches per epoch, capped by max_steps.
+
+    `steps_per_epoch`: one number, or one per stage (FastBERT's stage 2 may read
+    other, unlabeled data).
+    """
     from rome_jax.train_step import TWO_STAGE_MODES
 
     t = config.train
     epochs = [t.num_epochs] + ([t.stage2_epochs or t.num_epochs] if t.mode in TWO_STAGE_MODES else [])
+    per_stage = [steps_per_epoch] * 2 if isinstance(steps_per_epoch, int) else list(steps_per_epoch)
     stages, first = [], 0
     for number, n_epochs in enumerate(epochs, start=1):
+        steps_per_epoch = per_stage[number - 1]
         steps = n_epochs * steps_per_epoch
         if t.max_steps:
             steps = min(steps, t.max_steps)
@@ -361,7 +367,7 @@ def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
 
 
 def _load_data(config: ml_collections.ConfigDict, task: Any, tokenizer: Any):
-    from rome_jax.data import load_examples, tokenize_examples
+    from rome_jax.data import load_examples, read_text_file, tokenize_examples
 
     d = config.data
     source_args = dict(source=d.source, data_dir=d.dir or None)
@@ -374,7 +380,15 @@ def _load_data(config: ml_collections.ConfigDict, task: Any, tokenizer: Any):
         if not examples.has_labels:
             raise ConfigError(f"dev split {split} of task {task.name} has no labels")
         dev[split] = tokenize_examples(examples, tokenizer, d.max_length, cache_dir=cache)
-    return train_features, dev
+    stage2 = None
+    if d.stage2_unlabeled:  # FastBERT: stage 2 learns from the final exit, not from labels
+        if d.stage2_unlabeled in task.splits:
+            unlabeled = load_examples(task, d.stage2_unlabeled, max_examples=d.train_max_examples,
+                                      **source_args)
+        else:
+            unlabeled = read_text_file(task, d.stage2_unlabeled)
+        stage2 = tokenize_examples(unlabeled, tokenizer, d.max_length, cache_dir=cache)
+    return train_features, dev, stage2
 
 
 def _state_tree(state) -> dict:
@@ -432,14 +446,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if is_writer:
         _save_tokenizer(model.tokenizer, workdir / "tokenizer")
     label_names = list(task.label_names) if task.label_names else None
-    train_features, dev_features = _load_data(config, task, model.tokenizer)
+    train_features, dev_features, stage2_features = _load_data(config, task, model.tokenizer)
 
     t = config.train
     mesh = ts.make_mesh()
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    new_iterator = lambda: BatchIterator(train_features, t.batch_size, shuffle=True, seed=t.seed,
-                                         drop_remainder=True, **process)
-    stages = plan_stages(config, new_iterator().steps_per_epoch, task.is_regression)
+    def new_iterator(stage_number: int = 1) -> BatchIterator:
+        features = stage2_features if stage_number == 2 and stage2_features is not None else train_features
+        return BatchIterator(features, t.batch_size, shuffle=True, seed=t.seed, drop_remainder=True,
+                             **process)
+
+    stages = plan_stages(config, [new_iterator(1).steps_per_epoch, new_iterator(2).steps_per_epoch],
+                         task.is_regression)
     total_steps = stages[-1].last_step
     metric = primary_metric(task)
     num_exits = model.config.num_exits
@@ -512,7 +530,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     continue
                 resuming_stage = restored is not None and start_step > stage.first_step
                 tx, schedule = make_stage_optimizer(config, stage, params)
-                iterator = new_iterator()
+                iterator = new_iterator(stage.number)
                 if resuming_stage:
                     iterator.set_state(meta["data"])
                 else:

@@ -320,3 +320,22 @@ def test_eval_errors_are_one_line(env, args, message):
     proc = run_eval(env, *args, expect=2)
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_fastbert_stage_2_trains_on_an_unlabeled_text_file(env, tiny_model, tmp_path):
+    text = tmp_path / "unlabeled.txt"
+    text.write_text("".join(f"Some sentence {i}.\tAnd its pair {i}.\n" for i in range(24)))
+    workdir = tmp_path / "fastbert"
+    train(env, workdir, "train.mode=fastbert", f"data.stage2_unlabeled={text}", "train.max_steps=4",
+          "train.eval_every=0", model=tiny_model)
+    records = [json.loads(line) for line in metric_lines(workdir)]
+    stage2 = [r for r in records if r.get("stage") == 2 and r["split"] == "train"]
+    assert stage2 and all("exit_loss/1" not in r and "distill_loss/1" in r for r in stage2)
+    assert max(r["step"] for r in records) == 8  # 4 steps per stage
+    bad = tmp_path / "bad.txt"
+    bad.write_text("one\ttwo\tthree\n")
+    proc = train(env, tmp_path / "bad", "train.mode=fastbert", f"data.stage2_unlabeled={bad}",
+                 model=tiny_model, expect=2)
+    assert f"{bad}, line 1: 3 tab-separated fields" in proc.stderr
+    proc = train(env, tmp_path / "wrong", f"data.stage2_unlabeled={bad}", model=tiny_model, expect=2)
+    assert "data.stage2_unlabeled is for train.mode fastbert" in proc.stderr
