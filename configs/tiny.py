@@ -5,7 +5,7 @@ r"""A tiny, fast run for tests and smoke checks: a few dozen rows, short sequenc
 
 `model.name_or_path` must name an HF BERT directory with a tokenizer (the tests
 build one: a random 2-layer BERT, hidden size 32, with the MiniLM tokenizer; see
-tests/test_train_cli.py). The argument is the task (default wnli).
+tests/test_train_cli.py). The argument is TASK[,MODE] (default wnli).
 """
 
 import ml_collections
@@ -16,7 +16,10 @@ from configs import default
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model.name_or_path = ""  # required: pass --config.model.name_or_path=DIR
-    config.data.task = arg or "wnli"
+    task, _, mode = (arg or "wnli").partition(",")
+    config.data.task = task
+    if mode:
+        config.train.mode = mode
     config.data.max_length = 32
     config.data.train_max_examples = 48
     config.data.eval_max_examples = 20

@@ -339,3 +339,22 @@ def test_fastbert_stage_2_trains_on_an_unlabeled_text_file(env, tiny_model, tmp_
     assert f"{bad}, line 1: 3 tab-separated fields" in proc.stderr
     proc = train(env, tmp_path / "wrong", f"data.stage2_unlabeled={bad}", model=tiny_model, expect=2)
     assert "data.stage2_unlabeled is for train.mode fastbert" in proc.stderr
+
+
+def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_model, tmp_path):
+    report = tmp_path / "docs" / "results.md"
+    args = [sys.executable, str(REPO / "scripts" / "ablation.py"), f"--workdir={tmp_path / 'runs'}",
+            "--config=configs/tiny.py", "--tasks=wnli", "--modes=joint,romebert", "--seeds=1,2",
+            f"--override=model.name_or_path={tiny_model}", "--override=train.max_steps=3",
+            f"--report={report}", "--grid_note=Tiny test grid."]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = report.read_text()
+    assert "Tiny test grid." in text and "| joint | 2 |" in text and "| romebert | 2 |" in text
+    assert "± " in text and (tmp_path / "docs" / "results_wnli.png").stat().st_size > 0
+    record = json.loads((tmp_path / "runs" / "wnli" / "romebert" / "seed2" / "ablation.json").read_text())
+    assert record["seed"] == "2" and record["steps"] == 3
+    started = time.time()  # a second call reuses every run
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and time.time() - started < 60
+    assert report.read_text() == text

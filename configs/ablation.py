@@ -1,0 +1,47 @@
+"""The gradient-regularizer ablation's per-run config: `configs/ablation.py:TASK,MODE`.
+
+    python train.py --config=configs/ablation.py:sst2,romebert --workdir=runs/ablation/sst2/romebert/seed42
+
+The real pretrained MiniLM (6 layers) with the CPU grid's settings:
+- SST-2: the first 20,000 training rows, max length 64, one epoch, batch 16, lr 5e-5;
+- MRPC (and other tasks): the full training set, max length 128, 3 epochs, batch 16, lr 5e-5;
+evaluated on the whole dev set. `scripts/ablation.py` runs the grid over modes and
+seeds and writes docs/results.md.
+"""
+
+import os
+from pathlib import Path
+
+import ml_collections
+
+from configs import default, demo
+from rome_jax.errors import ConfigError
+from rome_jax.glue import get_task
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    parts = [p.strip() for p in (arg or "sst2").split(",")]
+    if len(parts) > 2:
+        raise ConfigError(f"configs/ablation.py takes TASK[,MODE], got {arg!r}")
+    config = default.get_config()
+    config.model.name_or_path = demo._minilm_path()
+    config.data.task = get_task(parts[0]).name
+    if len(parts) == 2:
+        config.train.mode = parts[1]
+    repo = Path(__file__).resolve().parent.parent
+    config.data.dir = os.environ.get("GLUE_DIR", str(repo.parent / "shared" / "glue"))
+    config.train.batch_size = 16
+    config.train.eval_batch_size = 128
+    config.train.learning_rate = 5e-5
+    if config.data.task == "sst2":
+        config.data.train_max_examples = 20000
+        config.data.max_length = 64
+        config.train.num_epochs = 1
+    else:
+        config.data.max_length = 128
+        config.train.num_epochs = 3
+    config.train.log_every = 25
+    config.train.eval_every = 0  # at the end of every epoch
+    config.train.checkpoint_every = 200
+    config.train.keep_checkpoints = 1
+    return config
