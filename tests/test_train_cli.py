@@ -358,3 +358,25 @@ def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_mo
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and time.time() - started < 60
     assert report.read_text() == text
+
+
+def test_glue_benchmark_trains_present_tasks_skips_absent_ones_and_resumes(env, tiny_model, tmp_path, glue_dir):
+    workdir = tmp_path / "glue"
+    args = [sys.executable, str(REPO / "scripts" / "glue_benchmark.py"), f"--workdir={workdir}",
+            "--config=configs/tiny.py", "--tasks=wnli,qqp", f"--data_dir={glue_dir}",
+            f"--override=model.name_or_path={tiny_model}", "--override=train.max_steps=3",
+            "--threshold=0.5"]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert set(summary["tasks"]) == {"wnli"} and "qqp" in summary["skipped"]
+    wnli = summary["tasks"]["wnli"]
+    assert summary["glue_average_final"] == pytest.approx(wnli["final_score"])
+    assert wnli["dev"]["dev"]["final"]["accuracy"] == pytest.approx(wnli["final_score"])
+    test = wnli["test"]["wnli/test"]
+    assert test["rows"] == 146 and 1.0 <= test["mean_layers"] <= 2.0
+    lines = (workdir / "submission" / "WNLI.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 147
+    assert "| wnli |" in (workdir / "summary.md").read_text()
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "finished earlier" in proc.stdout
