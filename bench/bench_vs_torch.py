@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.bench_train_step import PRESETS
 from rome_jax import train_step as ts
-from rome_jax.api import _exit_logits
+from rome_jax.inference import all_exits
 from rome_jax.config import ModelConfig
 from rome_jax.model import init_params
 from rome_jax.optim import make_optimizer
@@ -70,7 +70,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(hf.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
 
     def jax_forward():
-        jax.block_until_ready(_exit_logits(config, params, inputs))
+        jax.block_until_ready(all_exits(config, params, inputs))
 
     def torch_forward():
         hf.eval()

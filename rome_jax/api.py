@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any, Sequence
@@ -18,11 +17,6 @@ from rome_jax.errors import CheckpointError
 from rome_jax.model import MultiExitEncoder, init_exit_params
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _exit_logits(config: ModelConfig, params: Any, batch: dict) -> jax.Array:
-    return MultiExitEncoder(config).apply({"params": params}, **batch)["logits"]
 
 
 @dataclasses.dataclass
@@ -45,8 +39,10 @@ class MultiExitModel:
         each [B, T] (other keys are ignored). Returns [num_exits, B, num_labels]
         float32; row -1 is the final classifier.
         """
+        from rome_jax.inference import all_exits
+
         inputs = {k: jnp.asarray(batch[k], jnp.int32) for k in INPUT_KEYS if k in batch}
-        return _exit_logits(self.config, self.params, inputs)
+        return all_exits(self.config, self.params, inputs)
 
     def tokenize(self, text_a: Sequence[str], text_b: Sequence[str] | None = None,
                  max_length: int = 128) -> dict[str, np.ndarray]:
@@ -80,10 +76,9 @@ class MultiExitModel:
 def tokenize(tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None,
              max_length: int) -> dict[str, np.ndarray]:
     """HF fast tokenizer on sentences or pairs -> int32 [B, max_length] arrays."""
-    enc = tokenizer(list(text_a), list(text_b) if text_b is not None else None,
-                    truncation=True, max_length=max_length, padding="max_length",
-                    return_token_type_ids=True, return_attention_mask=True)
-    return {k: np.asarray(enc[k], dtype=np.int32) for k in INPUT_KEYS}
+    from rome_jax.data import tokenize_texts
+
+    return tokenize_texts(tokenizer, text_a, text_b, max_length)
 
 
 def resolve_model_dir(name_or_path: str) -> str:

@@ -538,14 +538,24 @@ def _examples_digest(examples: Examples) -> str:
 
 
 def _tokenize(examples: Examples, tokenizer: Any, max_length: int) -> dict[str, np.ndarray]:
-    n = len(examples)
+    return tokenize_texts(tokenizer, examples.text_a, examples.text_b, max_length)
+
+
+def tokenize_texts(tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None,
+                   max_length: int) -> dict[str, np.ndarray]:
+    """HF fast tokenizer on sentences or pairs, truncated ("longest_first" for pairs)
+    and padded to `max_length`: int32 `input_ids`, `attention_mask`,
+    `token_type_ids` [N, max_length] (zeros where the tokenizer has no types)."""
+    text_a = list(text_a)
+    n = len(text_a)
     out = {k: np.zeros((n, max_length), np.int32)
            for k in ("input_ids", "attention_mask", "token_type_ids")}
-    pair = examples.text_b is not None
+    pair = text_b is not None
+    text_b = list(text_b) if pair else None
     for start in range(0, n, _TOKENIZE_CHUNK):
         stop = min(n, start + _TOKENIZE_CHUNK)
         encoded = tokenizer(
-            examples.text_a[start:stop], examples.text_b[start:stop] if pair else None,
+            text_a[start:stop], text_b[start:stop] if pair else None,
             max_length=max_length, truncation="longest_first" if pair else True,
             padding="max_length", return_attention_mask=True, return_tensors="np")
         for key in out:
