@@ -13,7 +13,6 @@ timed executors' decisions are checked against the simulation.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from typing import Any, Sequence
@@ -21,7 +20,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from rome_jax import exits, flops, inference
+from rome_jax import exits, files, flops, inference
 from rome_jax.config import ModelConfig
 from rome_jax.data import BatchIterator, Features
 from rome_jax.metrics import compute_metrics, primary_metric
@@ -242,12 +241,7 @@ def write_outputs(results: dict, out_dir: str) -> list[str]:
         paths.append(os.path.join(out_dir, name))
         return paths[-1]
 
-    def atomic_json(path: str, value: Any) -> None:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=2)
-        os.replace(path + ".tmp", path)
-
-    atomic_json(target("results.json"), results)
+    files.write_json(target("results.json"), results)
     for name, rows in (("results.csv", results["sweep"]), ("per_exit.csv", results["per_exit"])):
         with open(target(name), "w", newline="", encoding="utf-8") as f:
             if rows:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rome_jax import exits, flops, inference, leaderboard
+from rome_jax import exits, files, flops, inference, leaderboard
 from rome_jax.data import BatchIterator, Features, load_examples, tokenize_examples
 from rome_jax.errors import DataError, RomeError
 from rome_jax.glue import Task, get_task
@@ -168,12 +168,6 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=float))
-    os.replace(tmp, path)
-
-
 def run(workdir: str, *, tasks: Sequence[str] = GLUE_TASKS, config: str = "configs/glue.py",
         mode: str | None = None, overrides: Sequence[str] = (), setting: Setting = Setting(),
         data_dir: str | None = None, source: str = "dir", log: Callable[[str], None] = print) -> dict:
@@ -203,9 +197,9 @@ def run(workdir: str, *, tasks: Sequence[str] = GLUE_TASKS, config: str = "confi
                             f"re-run to resume (see {task_dir})")
         log(f"{task.name}: evaluating and predicting the test set")
         record = evaluate_task(task, task_dir, setting, root / "submission", ax_too=task.name == "mnli")
-        _atomic_json(done, record)
+        files.write_json(done, record)
         records[task.name] = record
     summary = summarize(records, skipped)
-    _atomic_json(root / "summary.json", summary)
+    files.write_json(root / "summary.json", summary)
     (root / "summary.md").write_text(summary_markdown(summary))
     return summary

@@ -63,7 +63,7 @@ import ml_collections
 import numpy as np
 
 from rome_jax import checkpoints as checkpoints_lib
-from rome_jax import configs
+from rome_jax import configs, files
 from rome_jax.errors import ConfigError, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -317,13 +317,6 @@ class _Signals:
         return self.received is not None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool,
                     is_writer: bool = True) -> None:
     """Creates the workdir and its config.json, or checks that it holds this config.
@@ -355,7 +348,7 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
                           "to delete them")
     if is_writer:
         workdir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(stored_path, configs.to_json(config))
+        files.write_text(stored_path, configs.to_json(config))
 
 
 def _save_tokenizer(tokenizer: Any, directory: Path) -> None:

@@ -12,7 +12,6 @@ over seeds), the metric against layer speed-up for the entropy criterion
 """
 
 import json
-import os
 import subprocess
 import sys
 import time

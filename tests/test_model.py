@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import rome_jax
-from rome_jax import hf_io
 from rome_jax.config import ModelConfig
 from rome_jax.errors import CheckpointError
 from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rome_jax import losses, projection
+from rome_jax import losses
 from rome_jax import train_step as ts
 from rome_jax.config import ModelConfig
 from rome_jax.model import MultiExitEncoder, init_params
