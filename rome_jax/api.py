@@ -14,9 +14,8 @@ import numpy as np
 from rome_jax import hf_io
 from rome_jax.config import ModelConfig
 from rome_jax.errors import CheckpointError
-from rome_jax.model import MultiExitEncoder, init_exit_params
+from rome_jax.model import INPUT_KEYS, MultiExitEncoder, init_exit_params
 
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
-from rome_jax.errors import CheckpointError
+from rome_jax.errors import CheckpointError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -191,9 +191,7 @@ def _path_name(path: tuple) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    return line[:300]
+    return first_line(e) or type(e).__name__
 
 
 def load_params(directory: str | os.PathLike, step: int | str = "best") -> tuple[int, PyTree]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rome_jax.errors import ConfigError, DataError
+from rome_jax.errors import ConfigError, DataError, first_line
 from rome_jax.glue import Task, check_split, get_task
 
 logger = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ def read_hf_datasets(task: Task | str, split: str, *,
             raise
         except Exception as e:  # pandas/arrow parse errors
             raise DataError(f"cannot read {', '.join(map(str, paths))}: "
-                            f"{type(e).__name__}: {_first_line(e)}") from None
+                            f"{type(e).__name__}: {first_line(e)}") from None
         origin, files = ", ".join(map(str, paths)), tuple(map(str, paths))
     else:
         import datasets
@@ -377,15 +377,10 @@ def read_hf_datasets(task: Task | str, split: str, *,
                                             cache_dir=cache_dir)
         except Exception as e:
             raise DataError(f"cannot load nyu-mll/glue {task.hf_config}/{hub_split} from the Hugging "
-                            f"Face hub ({type(e).__name__}: {_first_line(e)}); pass a local GLUE "
+                            f"Face hub ({type(e).__name__}: {first_line(e)}); pass a local GLUE "
                             "directory (data.source=dir) or data_files") from None
         origin, files = f"nyu-mll/glue {task.hf_config}/{hub_split}", ()
     return _from_columns(task, split, dataset.to_dict(), origin, files)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def read_tfds(task: Task | str, split: str, *, data_dir: str | None = None) -> Examples:
@@ -404,7 +399,7 @@ def read_tfds(task: Task | str, split: str, *, data_dir: str | None = None) -> E
         dataset = tfds.load(name, split=tfds_split, data_dir=data_dir)
     except Exception as e:
         raise DataError(f"cannot load tensorflow-datasets {name} split {tfds_split} "
-                        f"({type(e).__name__}: {_first_line(e)})") from None
+                        f"({type(e).__name__}: {first_line(e)})") from None
     columns: dict[str, list] = {}
     for row in tfds.as_numpy(dataset):
         for key, value in row.items():

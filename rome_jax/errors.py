@@ -8,6 +8,12 @@ a non-zero status.
 """
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (for one-line reports), or ""."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
 class RomeError(Exception):
     """Base class of the errors the command line reports as one line."""
 

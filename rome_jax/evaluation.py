@@ -24,6 +24,7 @@ from rome_jax import exits, files, flops, inference
 from rome_jax.config import ModelConfig
 from rome_jax.data import BatchIterator, Features
 from rome_jax.metrics import compute_metrics, primary_metric
+from rome_jax.model import INPUT_KEYS
 
 Params = Any
 
@@ -32,7 +33,6 @@ DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
     "max_prob": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
     "patience": (1, 2, 3, 4, 5, 6),
 }
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def parse_sweeps(spec: str) -> dict[str, tuple[float, ...]]:
@@ -199,12 +199,6 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
 
 
 # ------------------------------------------------------------------------- outputs
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-2 and value else f"{value:.4f}"
-    return str(value)
-
 
 def format_table(results: dict) -> str:
     """The terminal report: every exit, then every sweep point."""

@@ -41,13 +41,13 @@ from jax import lax
 
 from rome_jax.config import ModelConfig
 from rome_jax.exits import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
-from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, layer_params
+from rome_jax.model import (INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit,
+                            layer_params)
 
 Array = jax.Array
 Params = Any
 
-MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-BATCH_KEYS = MODEL_KEYS + ("example_mask",)
+BATCH_KEYS = INPUT_KEYS + ("example_mask",)
 
 
 def _batch_arrays(batch: dict, keys: tuple[str, ...] = BATCH_KEYS) -> dict:
@@ -80,7 +80,7 @@ def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
 
 def all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
     """Logits of every exit (full depth, jitted): [E, B, C] float32."""
-    return _all_exits(config, params, _batch_arrays(batch, MODEL_KEYS))
+    return _all_exits(config, params, _batch_arrays(batch, INPUT_KEYS))
 
 
 def simulated_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion) -> dict:

@@ -36,6 +36,9 @@ from rome_jax.config import ModelConfig
 Array = jax.Array
 Params = Any
 
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+"""The model's inputs in a batch dict, each [B, T] int."""
+
 _init = nn.initializers.normal(stddev=0.02)
 
 

@@ -33,14 +33,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rome_jax import losses, projection
 from rome_jax.config import ModelConfig
-from rome_jax.model import MultiExitEncoder
+from rome_jax.model import INPUT_KEYS, MultiExitEncoder
 
 Params = Any
 
 MODES = ("romebert", "sd", "gr", "joint", "pabee", "deebert", "deebert_sd", "fastbert")
 TWO_STAGE_MODES = ("deebert", "deebert_sd", "fastbert")
 GR_MODES = ("romebert", "gr")
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclasses.dataclass(frozen=True)
