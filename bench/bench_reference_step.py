@@ -1,0 +1,172 @@
+"""Training throughput and model FLOPs utilisation: our steps against the PyTorch reference step.
+
+    python bench/bench_reference_step.py                                   # CPU: MiniLM dims, float32
+    python bench/bench_reference_step.py --preset bert-base --batch 256 --dtype bfloat16 \
+        --torch fp32,bf16 --out bench/results/reference_step_gpu.json      # the H200 run (issue 7)
+
+In one run, for the same dimensions, batch and length:
+- our jitted `joint` and `romebert` (SD + GR) steps, at `--dtype`;
+- the PyTorch reference RomeBERT step (bench/torch_reference.py: one forward, two
+  backward passes, the projection on flattened gradients, clip, AdamW), in float32
+  as the reference runs (`fp32`) and/or under bfloat16 autocast (`bf16`).
+
+Each row: median step time, samples/s, and MFU = model FLOPs / time / peak, where
+model FLOPs per step = 3 x the analytic forward FLOPs of all exits
+(`rome_jax.flops.full_flops`, matmuls, attention and elementwise work) x batch —
+the same count for every row, so a step that does more work (a second backward
+pass) shows as lower MFU — and peak is a measured dense matmul rate at the
+compute dtype (`--peak_size`), not the datasheet's. Steps are timed alternately
+after warm-up, so load on a shared machine hits all rows alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.bench_train_step import PRESETS
+from rome_jax import flops
+from rome_jax import train_step as ts
+from rome_jax.config import ModelConfig
+from rome_jax.model import init_params
+from rome_jax.optim import make_optimizer
+
+
+def matmul_peak(dtype: str, size: int, repeats: int = 10) -> float:
+    """Measured FLOP/s of a [size, size] @ [size, size] product at `dtype` (best of `repeats`)."""
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(key_a, (size, size), jnp.dtype(dtype))
+    b = jax.random.normal(key_b, (size, size), jnp.dtype(dtype))
+    mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.dtype(dtype)))
+    jax.block_until_ready(mm(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(mm(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def jax_step_fn(config: ModelConfig, mode: str, batch: dict):
+    """A zero-argument callable running one of our steps (state kept inside)."""
+    params = init_params(config, 0)
+    tx = make_optimizer(2e-5, 1000, params=params)
+    mesh = ts.make_mesh()
+    step = ts.compile_train_step(config, ts.StepSettings(mode=mode), tx, mesh, params)
+    holder = {"state": ts.replicate(ts.create_train_state(params, tx, 0), mesh)}
+    device_batch = ts.shard_batch(batch, mesh)
+
+    def run():
+        holder["state"], metrics = step(holder["state"], device_batch)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def torch_step_fn(config: ModelConfig, batch: dict, precision: str):
+    """The PyTorch reference step at `precision` ("fp32" or "bf16" autocast), as a callable."""
+    import torch
+
+    from bench import torch_reference as ref
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    params = jax.device_get(init_params(config, 0))
+    model = ref.build_model(config, params).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
+    selection = ref.selected_names(model, config.num_layers)
+    tbatch = ref.torch_batch(batch, device)
+    autocast = torch.bfloat16 if precision == "bf16" else None
+
+    def run():
+        ref.reference_step(model, optimizer, tbatch, selection, autocast_dtype=autocast)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="minilm", choices=sorted(PRESETS))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--modes", default="joint,romebert", help="our training modes to time")
+    parser.add_argument("--torch", default="fp32", help="reference step precisions: fp32, bf16, both "
+                        "comma-separated, or none")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak_size", type=int, default=0, help="matmul size for the peak (0: 8192 on "
+                        "GPU/TPU, 2048 on CPU)")
+    parser.add_argument("--out", default="bench/results/reference_step_cpu.json")
+    args = parser.parse_args()
+
+    config = ModelConfig(**PRESETS[args.preset], dtype=args.dtype)
+    rng = np.random.RandomState(0)
+    batch = {"input_ids": rng.randint(1000, 30000, (args.batch, args.length)).astype(np.int32),
+             "attention_mask": np.ones((args.batch, args.length), np.int32),
+             "token_type_ids": np.zeros((args.batch, args.length), np.int32),
+             "labels": rng.randint(0, 2, args.batch).astype(np.int32)}
+    backend = jax.devices()[0].platform
+    peak = matmul_peak(args.dtype, args.peak_size or (2048 if backend == "cpu" else 8192))
+    step_flops = 3 * flops.full_flops(config, args.length) * args.batch
+
+    rows = {f"rome_jax {m}": jax_step_fn(config, m, batch) for m in args.modes.split(",") if m}
+    precisions = [] if args.torch == "none" else args.torch.split(",")
+    if precisions:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        for p in precisions:
+            rows[f"torch reference {p}"] = torch_step_fn(config, batch, p)
+    for fn in rows.values():  # compile / warm up
+        fn(), fn()
+    times = {name: [] for name in rows}
+    for _ in range(args.repeats):
+        for name, fn in rows.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+
+    results = {}
+    for name, seconds in medians.items():
+        results[name] = {"step_seconds": seconds, "samples_per_second": args.batch / seconds,
+                         "mfu": step_flops / seconds / peak}
+    joint = medians.get("rome_jax joint")
+    print(f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on {backend} "
+          f"({jax.devices()[0].device_kind}); measured matmul peak {peak / 1e12:.2f} TFLOP/s; "
+          f"model FLOPs/step {step_flops / 1e9:.1f} G")
+    print(f"{'':<24}{'step s':>10}{'samples/s':>11}{'MFU':>7}{'/ joint':>9}")
+    for name, r in results.items():
+        rel = f"{r['step_seconds'] / joint:>9.2f}" if joint else f"{'':>9}"
+        print(f"{name:<24}{r['step_seconds']:>10.4f}{r['samples_per_second']:>11.1f}{r['mfu']:>7.1%}{rel}")
+    romebert = medians.get("rome_jax romebert")
+    speedups = {name: medians[name] / romebert for name in medians if romebert and name.startswith("torch")}
+    for name, s in speedups.items():
+        print(f"rome_jax romebert samples/s over {name}: {s:.2f}x")
+    versions = {"jax": jax.__version__}
+    if precisions:
+        versions["torch"] = torch.__version__
+    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+              "backend": backend, "device_kind": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
+              **versions, "preset": args.preset, "batch": args.batch, "length": args.length,
+              "dtype": args.dtype, "matmul_peak_flops": peak, "model_flops_per_step": step_flops,
+              "results": results, "romebert_speedup_over_torch": speedups,
+              "command": " ".join(["python"] + sys.argv)}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
