@@ -8,7 +8,14 @@ if interrupted) followed by `eval.py` (every exit, the entropy sweep); a run who
 eval/results.json exists is reused, not redone. Then --report (default
 docs/results.md) gets, per task: every exit's dev metric per mode (mean and spread
 over seeds), the metric against layer speed-up for the entropy criterion
-(docs/results_<task>.png) and training time relative to `joint`.
+(docs/results_<task>.png), the entropy sweep's table, and each mode's training time
+relative to `joint` (whole runs: two-stage modes count both stages).
+
+    python scripts/ablation.py --workdir=runs/ablation --reuse_only   # report what is finished
+
+`--reuse_only` trains nothing: the report covers the finished runs and names the
+missing ones. A run resumed after an interruption records its time as partial
+(only the last attempt is timed); the report leaves such times out of the ratio.
 """
 
 import json
@@ -33,16 +40,23 @@ _SEEDS = flags.DEFINE_list("seeds", "42,43", "Seeds (train.seed).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "A config override KEY=VALUE for every run.")
 _REPORT = flags.DEFINE_string("report", "docs/results.md", "The Markdown report to write.")
 _GRID_NOTE = flags.DEFINE_string("grid_note", "", "What grid the report's numbers come from (a sentence).")
+_REUSE_ONLY = flags.DEFINE_bool("reuse_only", False, "Train nothing: report the finished runs, name the rest.")
 
 ENTROPY = "entropy:0,0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.65"
 
 
-def run_one(task: str, mode: str, seed: str, root: Path) -> dict:
-    """Trains and evaluates one run (reusing what is done); returns its record."""
+def run_one(task: str, mode: str, seed: str, root: Path, reuse_only: bool = False) -> dict | None:
+    """Trains and evaluates one run (reusing what is done); returns its record.
+
+    With `reuse_only`, returns None for a run that is not finished.
+    """
     workdir = root / task / mode / f"seed{seed}"
     record_path = workdir / "ablation.json"
     if record_path.is_file():
         return json.loads(record_path.read_text())
+    if reuse_only:
+        return None
+    resumed = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
     overrides = [f"--config.train.seed={seed}", *[f"--config.{o}" for o in _OVERRIDE.value]]
     start = time.time()
     train = [sys.executable, str(REPO / "train.py"), f"--config={_CONFIG.value}:{task},{mode}",
@@ -57,12 +71,20 @@ def run_one(task: str, mode: str, seed: str, root: Path) -> dict:
     results = json.loads((workdir / "eval" / "results.json").read_text())
     steps = max(json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines())
     record = {"task": task, "mode": mode, "seed": seed, "train_seconds": train_seconds,
-              "steps": steps, "results": results}
+              "train_seconds_partial": resumed, "steps": steps, "results": results}
     record_path.write_text(json.dumps(record, indent=2))
     return record
 
 
-def report(records: list[dict], out: Path, grid_note: str) -> str:
+def _cell(values) -> str:
+    """'mean ± std' over seeds (population std), or the one value."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+
+
+def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | None = None) -> str:
     import numpy as np
     import matplotlib
 
@@ -73,30 +95,40 @@ def report(records: list[dict], out: Path, grid_note: str) -> str:
     lines = ["# Results: the gradient-regularizer ablation", "",
              grid_note or "Grid: see the command below.", "",
              "Regenerate: `python scripts/ablation.py --workdir=runs/ablation` (finished runs are reused).", ""]
+    if missing:
+        lines += ["Runs of the grid not finished yet (not in the tables): "
+                  + ", ".join(f"`{m}`" for m in missing) + ".", ""]
     for task in dict.fromkeys(r["task"] for r in records):
         rows = [r for r in records if r["task"] == task]
         metric = rows[0]["results"]["metric"]
         modes = list(dict.fromkeys(r["mode"] for r in rows))
         exits = len(rows[0]["results"]["per_exit"])
-        lines += [f"## {task} (dev {metric}, x100; mean ± spread over seeds)", "",
+        lines += [f"## {task} (dev {metric} x100, {rows[0]['results']['num_examples']} examples; "
+                  "mean ± std over seeds)", "",
                   "| mode | seeds | " + " | ".join(f"exit {i}" for i in range(1, exits + 1))
-                  + " | train time / joint |", "|---" * (exits + 3) + "|"]
-        joint = [r["train_seconds"] / r["steps"] for r in rows if r["mode"] == "joint"]
+                  + " | mean of exits 1-" + f"{exits - 1}" + " | train time / joint | steps |",
+                  "|---" * (exits + 5) + "|"]
+        timed = lambda runs: [r["train_seconds"] for r in runs if not r.get("train_seconds_partial")]
+        joint = timed([r for r in rows if r["mode"] == "joint"])
         fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+        sweep_lines = []
         for mode in modes:
             runs = [r for r in rows if r["mode"] == mode]
             values = np.array([[e[metric] for e in r["results"]["per_exit"]] for r in runs]) * 100
-            cells = [f"{m:.1f} ± {s:.1f}" if len(runs) > 1 else f"{m:.1f}"
-                     for m, s in zip(values.mean(0), values.std(0))]
-            per_step = np.mean([r["train_seconds"] / r["steps"] for r in runs])
-            ratio = f"{per_step / np.mean(joint):.2f}" if joint else "n/a"
-            lines.append(f"| {mode} | {len(runs)} | " + " | ".join(cells) + f" | {ratio} |")
-            xs = np.mean([[p["layer_speedup"] for p in r["results"]["sweep"] if p["criterion"] == "entropy"]
-                          for r in runs], axis=0)
-            ys = np.mean([[p[metric] for p in r["results"]["sweep"] if p["criterion"] == "entropy"]
-                          for r in runs], axis=0) * 100
+            cells = [_cell(values[:, i]) for i in range(exits)]
+            seconds = timed(runs)
+            ratio = f"{np.mean(seconds) / np.mean(joint):.2f}" if joint and seconds else "n/a"
+            lines.append(f"| {mode} | {len(runs)} | " + " | ".join(cells)
+                         + f" | {_cell(values[:, :-1].mean(1))} | {ratio} | {runs[0]['steps']} |")
+            entropy = [[p for p in r["results"]["sweep"] if p["criterion"] == "entropy"] for r in runs]
+            xs = np.mean([[p["layer_speedup"] for p in e] for e in entropy], axis=0)
+            ys = np.mean([[p[metric] for p in e] for e in entropy], axis=0) * 100
             order = np.argsort(xs)
             ax.plot(xs[order], ys[order], marker="o", label=mode)
+            for j, point in enumerate(entropy[0]):
+                accs = [e[j][metric] * 100 for e in entropy]
+                speed = [e[j]["layer_speedup"] for e in entropy]
+                sweep_lines.append((point["threshold"], mode, _cell(accs), f"{np.mean(speed):.2f}"))
         ax.set(xlabel="speed-up in layers (entropy exit)", ylabel=f"dev {metric} (x100)",
                title=f"{task}: metric against speed-up")
         ax.grid(alpha=0.3)
@@ -105,9 +137,16 @@ def report(records: list[dict], out: Path, grid_note: str) -> str:
         png = out.parent / f"results_{task}.png"
         fig.savefig(png)
         plt.close(fig)
-        lines += ["", f"![{task}]({png.name})", "",
-                  "Training time is wall seconds per step relative to `joint` on the same machine "
-                  "(two-stage modes count both stages' steps).", ""]
+        lines += ["", "Train time: wall seconds of the whole run relative to `joint` on the same machine "
+                  "(two-stage modes count both stages; steps are the optimizer steps of all stages).", "",
+                  f"![{task}]({png.name})", "",
+                  f"Entropy exit (`{ENTROPY}`): dev {metric} x100 and speed-up in layers (L / mean layers), "
+                  "mean over seeds.", "",
+                  "| threshold | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+        for threshold in dict.fromkeys(t for t, *_ in sweep_lines):
+            cells = {m: f"{a} ({x}x)" for t, m, a, x in sweep_lines if t == threshold}
+            lines.append(f"| {threshold:g} | " + " | ".join(cells.get(m, "") for m in modes) + " |")
+        lines.append("")
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
@@ -119,9 +158,17 @@ def main(argv):
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required")
     root = Path(_WORKDIR.value)
-    records = [run_one(task, mode, seed, root)
-               for task in _TASKS.value for mode in _MODES.value for seed in _SEEDS.value]
-    print(report(records, Path(_REPORT.value), _GRID_NOTE.value))
+    grid = [(task, mode, seed) for task in _TASKS.value for mode in _MODES.value for seed in _SEEDS.value]
+    records, missing = [], []
+    for task, mode, seed in grid:
+        record = run_one(task, mode, seed, root, _REUSE_ONLY.value)
+        if record is None:
+            missing.append(f"{task}/{mode}/seed{seed}")
+        else:
+            records.append(record)
+    if not records:
+        raise ConfigError(f"{root}: no finished runs to report")
+    print(report(records, Path(_REPORT.value), _GRID_NOTE.value, missing))
     return 0
 
 

@@ -353,11 +353,18 @@ def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_mo
     assert "Tiny test grid." in text and "| joint | 2 |" in text and "| romebert | 2 |" in text
     assert "± " in text and (tmp_path / "docs" / "results_wnli.png").stat().st_size > 0
     record = json.loads((tmp_path / "runs" / "wnli" / "romebert" / "seed2" / "ablation.json").read_text())
-    assert record["seed"] == "2" and record["steps"] == 3
+    assert record["seed"] == "2" and record["steps"] == 3 and record["train_seconds_partial"] is False
+    assert "| entropy" not in text and "| 0.6 |" in text  # the entropy sweep's table
     started = time.time()  # a second call reuses every run
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and time.time() - started < 60
     assert report.read_text() == text
+    # --reuse_only trains nothing and names the runs still missing.
+    more = [a.replace("--seeds=1,2", "--seeds=1,2,3") for a in args] + ["--reuse_only"]
+    proc = subprocess.run(more, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "`wnli/joint/seed3`, `wnli/romebert/seed3`" in report.read_text()
+    assert not (tmp_path / "runs" / "wnli" / "joint" / "seed3").exists()
 
 
 def test_glue_benchmark_trains_present_tasks_skips_absent_ones_and_resumes(env, tiny_model, tmp_path, glue_dir):
