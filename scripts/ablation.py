@@ -40,6 +40,8 @@ _SEEDS = flags.DEFINE_list("seeds", "42,43", "Seeds (train.seed).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "A config override KEY=VALUE for every run.")
 _REPORT = flags.DEFINE_string("report", "docs/results.md", "The Markdown report to write.")
 _GRID_NOTE = flags.DEFINE_string("grid_note", "", "What grid the report's numbers come from (a sentence).")
+_FINDINGS = flags.DEFINE_string("findings", "docs/ablation_findings.md",
+                                "Hand-written Markdown placed after the grid note, if the file exists.")
 _REUSE_ONLY = flags.DEFINE_bool("reuse_only", False, "Train nothing: report the finished runs, name the rest.")
 
 ENTROPY = "entropy:0,0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.65"
@@ -84,7 +86,8 @@ def _cell(values) -> str:
     return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) > 1 else f"{values.mean():.1f}"
 
 
-def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | None = None) -> str:
+def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | None = None,
+           findings: str = "") -> str:
     import numpy as np
     import matplotlib
 
@@ -95,6 +98,8 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
     lines = ["# Results: the gradient-regularizer ablation", "",
              grid_note or "Grid: see the command below.", "",
              "Regenerate: `python scripts/ablation.py --workdir=runs/ablation` (finished runs are reused).", ""]
+    if findings:
+        lines += [findings.strip(), ""]
     if missing:
         lines += ["Runs of the grid not finished yet (not in the tables): "
                   + ", ".join(f"`{m}`" for m in missing) + ".", ""]
@@ -168,7 +173,9 @@ def main(argv):
             records.append(record)
     if not records:
         raise ConfigError(f"{root}: no finished runs to report")
-    print(report(records, Path(_REPORT.value), _GRID_NOTE.value, missing))
+    findings = Path(_FINDINGS.value)
+    findings = findings.read_text(encoding="utf-8") if _FINDINGS.value and findings.is_file() else ""
+    print(report(records, Path(_REPORT.value), _GRID_NOTE.value, missing, findings))
     return 0
 
 
