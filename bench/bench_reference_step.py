@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.bench_train_step import PRESETS
+from bench.bench_train_step import PRESETS, random_batch
 from rome_jax import flops
 from rome_jax import train_step as ts
 from rome_jax.config import ModelConfig
@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--modes", default="joint,romebert", help="our training modes to time")
-    parser.add_argument("--torch", default="fp32", help="reference step precisions: fp32, bf16, both "
-                        "comma-separated, or none")
+    parser.add_argument("--torch", default="fp32", help="reference step precisions: fp32, bf16, "
+                        "fp32,bf16 or none")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak_size", type=int, default=0, help="matmul size for the peak (0: 8192 on "
                         "GPU/TPU, 2048 on CPU)")
@@ -111,11 +111,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = ModelConfig(**PRESETS[args.preset], dtype=args.dtype)
-    rng = np.random.RandomState(0)
-    batch = {"input_ids": rng.randint(1000, 30000, (args.batch, args.length)).astype(np.int32),
-             "attention_mask": np.ones((args.batch, args.length), np.int32),
-             "token_type_ids": np.zeros((args.batch, args.length), np.int32),
-             "labels": rng.randint(0, 2, args.batch).astype(np.int32)}
+    batch = random_batch(args.batch, args.length)
     backend = jax.devices()[0].platform
     peak = matmul_peak(args.dtype, args.peak_size or (2048 if backend == "cpu" else 8192))
     step_flops = 3 * flops.full_flops(config, args.length) * args.batch

@@ -33,6 +33,15 @@ PRESETS = {
 }
 
 
+def random_batch(batch: int, length: int, seed: int = 0) -> dict:
+    """Random token ids [batch, length], no padding, two-class labels [batch] (timing only)."""
+    rng = np.random.RandomState(seed)
+    return {"input_ids": rng.randint(1000, 30000, (batch, length)).astype(np.int32),
+            "attention_mask": np.ones((batch, length), np.int32),
+            "token_type_ids": np.zeros((batch, length), np.int32),
+            "labels": rng.randint(0, 2, batch).astype(np.int32)}
+
+
 def time_mode(config: ModelConfig, mode: str, batch: dict, repeats: int) -> float:
     params = init_params(config, 0)
     tx = make_optimizer(2e-5, 1000, params=params)
@@ -65,11 +74,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = ModelConfig(**PRESETS[args.preset], dtype=args.dtype)
-    rng = np.random.RandomState(0)
-    batch = {"input_ids": rng.randint(1000, 30000, (args.batch, args.length)).astype(np.int32),
-             "attention_mask": np.ones((args.batch, args.length), np.int32),
-             "token_type_ids": np.zeros((args.batch, args.length), np.int32),
-             "labels": rng.randint(0, 2, args.batch).astype(np.int32)}
+    batch = random_batch(args.batch, args.length)
     modes = args.modes.split(",")
     results = {mode: time_mode(config, mode, batch, args.repeats) for mode in modes}
     base = results.get("joint", next(iter(results.values())))

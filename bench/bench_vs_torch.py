@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.bench_train_step import PRESETS
+from bench.bench_train_step import PRESETS, random_batch
 from rome_jax import train_step as ts
 from rome_jax.inference import all_exits
 from rome_jax.config import ModelConfig
@@ -53,11 +53,7 @@ def main() -> None:
         hidden_size=dims["hidden_size"], num_hidden_layers=dims["num_layers"],
         num_attention_heads=dims["num_heads"], intermediate_size=dims["intermediate_size"],
         num_labels=2, attn_implementation="sdpa"))
-    rng = np.random.RandomState(0)
-    batch = {"input_ids": rng.randint(1000, 30000, (args.batch, args.length)).astype(np.int32),
-             "attention_mask": np.ones((args.batch, args.length), np.int32),
-             "token_type_ids": np.zeros((args.batch, args.length), np.int32),
-             "labels": rng.randint(0, 2, args.batch).astype(np.int32)}
+    batch = random_batch(args.batch, args.length)
     torch_batch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
     params = init_params(config, 0)
