@@ -22,7 +22,6 @@ after warm-up, so load on a shared machine hits all rows alike.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,12 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.bench_train_step import PRESETS, random_batch
+from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
 from rome_jax import flops
-from rome_jax import train_step as ts
 from rome_jax.config import ModelConfig
 from rome_jax.model import init_params
-from rome_jax.optim import make_optimizer
 
 
 def matmul_peak(dtype: str, size: int, repeats: int = 10) -> float:
@@ -55,22 +52,6 @@ def matmul_peak(dtype: str, size: int, repeats: int = 10) -> float:
         jax.block_until_ready(mm(a, b))
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best
-
-
-def jax_step_fn(config: ModelConfig, mode: str, batch: dict):
-    """A zero-argument callable running one of our steps (state kept inside)."""
-    params = init_params(config, 0)
-    tx = make_optimizer(2e-5, 1000, params=params)
-    mesh = ts.make_mesh()
-    step = ts.compile_train_step(config, ts.StepSettings(mode=mode), tx, mesh, params)
-    holder = {"state": ts.replicate(ts.create_train_state(params, tx, 0), mesh)}
-    device_batch = ts.shard_batch(batch, mesh)
-
-    def run():
-        holder["state"], metrics = step(holder["state"], device_batch)
-        jax.block_until_ready(metrics)
-
-    return run
 
 
 def torch_step_fn(config: ModelConfig, batch: dict, precision: str):
@@ -116,7 +97,7 @@ def main() -> None:
     peak = matmul_peak(args.dtype, args.peak_size or (2048 if backend == "cpu" else 8192))
     step_flops = 3 * flops.full_flops(config, args.length) * args.batch
 
-    rows = {f"rome_jax {m}": jax_step_fn(config, m, batch) for m in args.modes.split(",") if m}
+    rows = {f"rome_jax {m}": step_runner(config, m, batch) for m in args.modes.split(",") if m}
     precisions = [] if args.torch == "none" else args.torch.split(",")
     if precisions:
         import torch
@@ -157,11 +138,8 @@ def main() -> None:
               "backend": backend, "device_kind": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
               **versions, "preset": args.preset, "batch": args.batch, "length": args.length,
               "dtype": args.dtype, "matmul_peak_flops": peak, "model_flops_per_step": step_flops,
-              "results": results, "romebert_speedup_over_torch": speedups,
-              "command": " ".join(["python"] + sys.argv)}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
+              "results": results, "romebert_speedup_over_torch": speedups}
+    write_record(args.out, record)
 
 
 if __name__ == "__main__":

@@ -42,24 +42,44 @@ def random_batch(batch: int, length: int, seed: int = 0) -> dict:
             "labels": rng.randint(0, 2, batch).astype(np.int32)}
 
 
-def time_mode(config: ModelConfig, mode: str, batch: dict, repeats: int) -> float:
+def step_runner(config: ModelConfig, mode: str, batch: dict):
+    """A zero-argument callable running one compiled step of `mode` (state kept inside).
+
+    Random parameters; a two-stage mode runs its stage 2.
+    """
     params = init_params(config, 0)
     tx = make_optimizer(2e-5, 1000, params=params)
     mesh = ts.make_mesh()
-    step = ts.compile_train_step(config, ts.StepSettings(mode=mode, stage=2 if mode in ts.TWO_STAGE_MODES else 1),
-                                 tx, mesh, params)
-    state = ts.replicate(ts.create_train_state(params, tx, 0), mesh)
+    stage = 2 if mode in ts.TWO_STAGE_MODES else 1
+    step = ts.compile_train_step(config, ts.StepSettings(mode=mode, stage=stage), tx, mesh, params)
+    holder = {"state": ts.replicate(ts.create_train_state(params, tx, 0), mesh)}
     device_batch = ts.shard_batch(batch, mesh)
-    for _ in range(2):  # compile + warm-up
-        state, metrics = step(state, device_batch)
-    jax.block_until_ready(metrics)
+
+    def run() -> None:
+        holder["state"], metrics = step(holder["state"], device_batch)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def time_mode(config: ModelConfig, mode: str, batch: dict, repeats: int) -> float:
+    """Median seconds of one step of `mode` over `repeats`, after compile and warm-up."""
+    run = step_runner(config, mode, batch)
+    run(), run()  # compile + warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        state, metrics = step(state, device_batch)
-        jax.block_until_ready(metrics)
+        run()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def write_record(path: str, record: dict) -> None:
+    """Writes a benchmark's JSON record with the command line that produced it."""
+    record = {**record, "command": " ".join(["python"] + sys.argv)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
 
 
 def main() -> None:
@@ -87,11 +107,8 @@ def main() -> None:
               "backend": jax.devices()[0].platform, "devices": len(jax.devices()),
               "jax": jax.__version__, "preset": args.preset, "batch": args.batch,
               "length": args.length, "dtype": args.dtype, "step_seconds": results,
-              "ratio_to_joint": {m: s / base for m, s in results.items()},
-              "command": " ".join(["python"] + sys.argv)}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
+              "ratio_to_joint": {m: s / base for m, s in results.items()}}
+    write_record(args.out, record)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ hits both alike; medians are reported and the ratio (ours / theirs) is the figur
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,12 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.bench_train_step import PRESETS, random_batch
-from rome_jax import train_step as ts
+from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
 from rome_jax.inference import all_exits
 from rome_jax.config import ModelConfig
 from rome_jax.model import init_params
-from rome_jax.optim import make_optimizer
 
 
 def main() -> None:
@@ -58,11 +55,7 @@ def main() -> None:
 
     params = init_params(config, 0)
     inputs = {k: jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    tx = make_optimizer(2e-5, 1000, params=params)
-    mesh = ts.make_mesh()
-    step = ts.compile_train_step(config, ts.StepSettings(mode="joint"), tx, mesh, params)
-    state = ts.replicate(ts.create_train_state(params, tx, 0), mesh)
-    device_batch = ts.shard_batch(batch, mesh)
+    jax_step = step_runner(config, "joint", batch)
     optimizer = torch.optim.AdamW(hf.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
 
     def jax_forward():
@@ -72,11 +65,6 @@ def main() -> None:
         hf.eval()
         with torch.no_grad():
             hf(**{k: v for k, v in torch_batch.items() if k != "labels"})
-
-    def jax_step():
-        nonlocal state
-        state, metrics = step(state, device_batch)
-        jax.block_until_ready(metrics)
 
     def torch_step():
         hf.train()
@@ -107,11 +95,8 @@ def main() -> None:
     record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
               "jax": jax.__version__, "torch": torch.__version__, "preset": args.preset,
               "batch": args.batch, "length": args.length, "results": results,
-              "command": " ".join(["python"] + sys.argv)}
-    out = args.out or f"bench/results/vs_torch_{args.preset}_cpu.json"
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(record, f, indent=2)
+              }
+    write_record(args.out or f"bench/results/vs_torch_{args.preset}_cpu.json", record)
 
 
 if __name__ == "__main__":
