@@ -12,7 +12,8 @@ import pytest
 import rome_jax
 from rome_jax.config import ModelConfig
 from rome_jax.errors import CheckpointError
-from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
+from rome_jax.model import (Dropout, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, dropout_bits,
+                            init_params, layer_params)
 
 import tiny_hf
 
@@ -238,6 +239,40 @@ def test_dropout_is_active_in_training_mode(bert_dir):
                                           rngs={"dropout": jax.random.PRNGKey(seed)})["logits"]
     assert not np.allclose(run(0), run(1))
     np.testing.assert_array_equal(run(0), run(0))
+
+
+def test_dropout_drops_at_the_rate_and_scales_the_rest():
+    x = jnp.ones((1000, 1000), jnp.float32)
+    apply = lambda rate, key=jax.random.PRNGKey(3), det=False: np.asarray(
+        Dropout(rate).apply({}, x, det, rngs={"dropout": key}))
+    out = apply(0.1)
+    dropped = (out == 0).mean()
+    rate = 6554 / 65536  # 0.1 met to 2**-17
+    assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / x.size), dropped
+    np.testing.assert_array_equal(np.unique(out), np.float32([0.0, np.float32(1) / np.float32(0.9)]))
+    np.testing.assert_array_equal(apply(0.1, det=True), x)
+    np.testing.assert_array_equal(apply(0.0), x)
+    np.testing.assert_array_equal(apply(1.0), np.zeros_like(x))
+    assert abs((apply(0.5) == 0).mean() - 0.5) < 5 * 0.5 / 1000
+    assert (apply(0.1, jax.random.PRNGKey(4)) != out).any()
+    # a typed key gives the same mask as its raw form
+    np.testing.assert_array_equal(apply(0.1, jax.random.wrap_key_data(jax.random.PRNGKey(3))), out)
+
+
+def test_dropout_bits_are_uniform_and_fill_odd_shapes():
+    bits = np.asarray(dropout_bits(jax.random.PRNGKey(0), (1 << 20,)))
+    assert bits.dtype == np.uint16
+    for byte in (bits & 0xFF, bits >> 8):  # both bytes uniform: chi-square over 256 cells
+        counts = np.bincount(byte, minlength=256)
+        chi2 = ((counts - bits.size / 256) ** 2 / (bits.size / 256)).sum()
+        assert chi2 < 255 + 6 * np.sqrt(2 * 255), chi2
+    # neighbours are uncorrelated (the two halves of one word, and adjacent words)
+    centred = bits.astype(np.float64) - 32767.5
+    assert abs(np.corrcoef(centred[:-1], centred[1:])[0, 1]) < 0.01
+    odd = np.asarray(dropout_bits(jax.random.PRNGKey(1), (3, 5, 7)))
+    assert odd.shape == (3, 5, 7) and len(np.unique(odd)) > 90
+    rbg = jax.random.key(0, impl="rbg")  # another PRNG: through jax.random.bits
+    assert dropout_bits(rbg, (4, 3)).shape == (4, 3)
 
 
 def test_tokenizer_pairs_and_truncation(minilm_path):
