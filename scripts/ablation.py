@@ -78,12 +78,29 @@ def run_one(task: str, mode: str, seed: str, root: Path, reuse_only: bool = Fals
     return record
 
 
-def _cell(values) -> str:
+def gr_stats(workdir: Path) -> dict | None:
+    """How often GR projected, from a run's metrics.jsonl: None for a mode without GR.
+
+    Each logged row holds the means over its logging window, so the mean of
+    `gr/projected` over rows is the fraction of steps whose gradients conflicted.
+    """
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if '"gr/projected"' in line]
+    if not rows:
+        return None
+    mean = lambda key: sum(r[key] for r in rows) / len(rows)
+    return {"projected_fraction": mean("gr/projected"), "cosine": mean("gr/cosine")}
+
+
+def _cell(values, digits: int = 1) -> str:
     """'mean ± std' over seeds (population std), or the one value."""
     import numpy as np
 
     values = np.asarray(values, dtype=float)
-    return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+    mean, std = f"{values.mean():.{digits}f}", f"{values.std():.{digits}f}"
+    return f"{mean} ± {std}" if len(values) > 1 else mean
 
 
 def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | None = None,
@@ -151,6 +168,16 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
         for threshold in dict.fromkeys(t for t, *_ in sweep_lines):
             cells = {m: f"{a} ({x}x)" for t, m, a, x in sweep_lines if t == threshold}
             lines.append(f"| {threshold:g} | " + " | ".join(cells.get(m, "") for m in modes) + " |")
+        gr_rows = [(m, [r["gr"] for r in rows if r["mode"] == m and r.get("gr")]) for m in modes]
+        if any(stats for _, stats in gr_rows):
+            lines += ["", "Gradient regularization: the share of training steps whose two gradients "
+                      "conflicted (cosine < 0, so the projection ran) and the mean cosine between them, "
+                      "from each run's `metrics.jsonl`, mean ± std over seeds.", "",
+                      "| mode | steps projected (%) | mean cosine |", "|---|---|---|"]
+            for mode, stats in gr_rows:
+                if stats:
+                    lines.append(f"| {mode} | {_cell([100 * g['projected_fraction'] for g in stats])} | "
+                                 f"{_cell([g['cosine'] for g in stats], 2)} |")
         lines.append("")
     text = "\n".join(lines) + "\n"
     out.write_text(text)
@@ -170,7 +197,7 @@ def main(argv):
         if record is None:
             missing.append(f"{task}/{mode}/seed{seed}")
         else:
-            records.append(record)
+            records.append({**record, "gr": gr_stats(root / task / mode / f"seed{seed}")})
     if not records:
         raise ConfigError(f"{root}: no finished runs to report")
     findings = Path(_FINDINGS.value)

@@ -355,6 +355,16 @@ def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_mo
     record = json.loads((tmp_path / "runs" / "wnli" / "romebert" / "seed2" / "ablation.json").read_text())
     assert record["seed"] == "2" and record["steps"] == 3 and record["train_seconds_partial"] is False
     assert "| entropy" not in text and "| 0.6 |" in text  # the entropy sweep's table
+    # GR's table: romebert only (joint has no projection), the share of projected steps
+    # as the mean over seeds of each run's logged windows.
+    gr_table = text.split("| mode | steps projected (%) | mean cosine |")[1].split("\n\n")[0]
+    assert "| joint |" not in gr_table
+    shares = []
+    for seed in (1, 2):
+        lines = (tmp_path / "runs" / "wnli" / "romebert" / f"seed{seed}" / "metrics.jsonl").read_text()
+        logged = [json.loads(l)["gr/projected"] for l in lines.splitlines() if "gr/projected" in l]
+        shares.append(100 * np.mean(logged))
+    assert f"| romebert | {np.mean(shares):.1f} ± {np.std(shares):.1f} |" in gr_table
     started = time.time()  # a second call reuses every run
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and time.time() - started < 60
