@@ -14,8 +14,8 @@ parameter under `params['layers']` has a leading layer axis of size L:
     }
 
 The jaxpr does not grow with depth (`ModelConfig.unroll_layers` unrolls the loop
-when compiling: faster to run, slower to compile), and inference can take layer `i` with a
-dynamic index inside a compiled loop (`apply_embeddings`, `layer_params`,
+when compiling: faster to run, slower to compile), and inference can take layer `i`
+with a dynamic index inside a compiled loop (`apply_embeddings`, `layer_params`,
 `apply_layer_with_exit`).
 
 ALBERT shares one layer's weights across all layers: they are
