@@ -28,7 +28,7 @@ import numpy as np
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
 from rome_jax.inference import all_exits
 from rome_jax.config import ModelConfig
-from rome_jax.model import init_params
+from rome_jax.model import INPUT_KEYS, init_params
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     torch_batch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
     params = init_params(config, 0)
-    inputs = {k: jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = {k: jnp.asarray(batch[k]) for k in INPUT_KEYS}
     jax_step = step_runner(config, "joint", batch)
     optimizer = torch.optim.AdamW(hf.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
 
@@ -94,8 +94,7 @@ def main() -> None:
         print(f"{name:<12}{r['rome_jax']:>12.3f}{r['torch']:>12.3f}{r['ratio']:>8.2f}")
     record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
               "jax": jax.__version__, "torch": torch.__version__, "preset": args.preset,
-              "batch": args.batch, "length": args.length, "results": results,
-              }
+              "batch": args.batch, "length": args.length, "results": results}
     write_record(args.out or f"bench/results/vs_torch_{args.preset}_cpu.json", record)
 
 
