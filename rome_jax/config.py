@@ -40,7 +40,7 @@ class ModelConfig:
     num_labels: int = 2
     dtype: str = "float32"
     fused_attention: bool = True
-    unroll_layers: bool = True  # unroll the layer scan when compiling: ~6% faster training step on CPU
+    unroll_layers: bool = True  # unroll the layer scan in training: ~6% faster step on CPU (inference stays rolled)
     embedding_size: int | None = None  # ALBERT's factorised embeddings; None: hidden_size
 
     def __post_init__(self) -> None:

@@ -14,7 +14,8 @@ parameter under `params['layers']` has a leading layer axis of size L:
     }
 
 The jaxpr does not grow with depth (`ModelConfig.unroll_layers` unrolls the loop
-when compiling: faster to run, slower to compile), and inference can take layer `i`
+when compiling the training forward: faster to run, slower to compile; at
+inference the rolled loop is faster), and inference can take layer `i`
 with a dynamic index inside a compiled loop (`apply_embeddings`, `layer_params`,
 `apply_layer_with_exit`).
 
@@ -265,7 +266,7 @@ class MultiExitEncoder(nn.Module):
         Stack = nn.scan(LayerWithExit, variable_axes={"params": 0},
                         split_rngs={"params": True, "dropout": True},
                         in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                        unroll=cfg.num_layers if cfg.unroll_layers else 1)
+                        unroll=cfg.num_layers if cfg.unroll_layers and not deterministic else 1)
         hidden, (logits, pooled) = Stack(cfg, deterministic, name="layers")(hidden, attention_mask, shared)
         return {"logits": logits, "pooled": pooled, "last_hidden": hidden}
 
