@@ -160,7 +160,21 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
         fig.savefig(png)
         plt.close(fig)
         lines += ["", "Train time: wall seconds of the whole run relative to `joint` on the same machine "
-                  "(two-stage modes count both stages; steps are the optimizer steps of all stages).", "",
+                  "(two-stage modes count both stages; steps are the optimizer steps of all stages).", ""]
+        # The metrics reported with the primary one (MRPC: accuracy and F1, whose mean it is).
+        parts = [k for k in rows[0]["results"]["per_exit"][0] if k not in ("exit", metric)]
+        if parts:
+            lines += [f"The metrics reported with `{metric}`, per exit (x100, mean ± std over seeds):", "",
+                      "| mode | metric | " + " | ".join(f"exit {i}" for i in range(1, exits + 1)) + " |",
+                      "|---" * (exits + 2) + "|"]
+            for mode in modes:
+                runs = [r for r in rows if r["mode"] == mode]
+                for part in parts:
+                    values = np.array([[e[part] for e in r["results"]["per_exit"]] for r in runs]) * 100
+                    lines.append(f"| {mode} | {part} | "
+                                 + " | ".join(_cell(values[:, i]) for i in range(exits)) + " |")
+            lines.append("")
+        lines += [
                   f"![{task}]({png.name})", "",
                   f"Entropy exit (`{ENTROPY}`): dev {metric} x100 and speed-up in layers (L / mean layers), "
                   "mean over seeds.", "",

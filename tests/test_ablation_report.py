@@ -1,0 +1,71 @@
+"""scripts/ablation.py's report on hand-made records: the figures it prints are the
+means and spreads computed by hand below (no training)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation_script", REPO / "scripts" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(mode: str, seed: str, accuracy: list[float], f1: list[float], seconds: float,
+            partial: bool = False) -> dict:
+    per_exit = [{"exit": i + 1, "accuracy": a, "f1": f, "accuracy_and_f1": (a + f) / 2}
+                for i, (a, f) in enumerate(zip(accuracy, f1))]
+    sweep = [{"criterion": "entropy", "threshold": t, "accuracy": accuracy[-1], "f1": f1[-1],
+              "accuracy_and_f1": (accuracy[-1] + f1[-1]) / 2, "mean_layers": 3.0 / s,
+              "layer_speedup": s, "flops_speedup": s} for t, s in ((0.0, 1.0), (0.5, 1.5))]
+    results = {"metric": "accuracy_and_f1", "num_examples": 408, "per_exit": per_exit, "sweep": sweep}
+    return {"task": "mrpc", "mode": mode, "seed": seed, "train_seconds": seconds,
+            "train_seconds_partial": partial, "steps": 687, "results": results, "gr": None}
+
+
+def test_report_gives_a_composite_metric_and_each_of_its_parts(ablation, tmp_path):
+    records = [
+        _record("joint", "1", [0.5, 0.7, 0.8], [0.6, 0.8, 0.9], 100.0),
+        _record("joint", "2", [0.6, 0.7, 0.9], [0.6, 0.8, 0.7], 120.0),
+        _record("romebert", "1", [0.7, 0.7, 0.8], [0.8, 0.8, 0.8], 150.0),
+        _record("romebert", "2", [0.7, 0.7, 0.8], [0.8, 0.8, 0.8], 180.0),
+        # A resumed run's time covers only its last attempt: left out of the ratio.
+        _record("romebert", "3", [0.7, 0.7, 0.8], [0.8, 0.8, 0.8], 10.0, partial=True),
+    ]
+    records[2]["gr"] = {"projected_fraction": 0.10, "cosine": 0.5}
+    records[3]["gr"] = {"projected_fraction": 0.20, "cosine": 0.3}
+    records[4]["gr"] = {"projected_fraction": 0.30, "cosine": 0.1}
+    out = tmp_path / "docs" / "results.md"
+    text = ablation.report(records, out, "Hand-made grid.", missing=["mrpc/sd/seed1"])
+    assert out.read_text() == text and (tmp_path / "docs" / "results_mrpc.png").stat().st_size > 0
+    assert "Hand-made grid." in text and "`mrpc/sd/seed1`" in text
+    # Primary metric (the mean of accuracy and F1) per exit; joint exit 3: 85 and 80.
+    # Exit 1: 55 and 60; mean of exits 1-2 per seed: 65 and 67.5. Time: 165/110.
+    assert "| joint | 2 | 57.5 ± 2.5 | 75.0 ± 0.0 | 82.5 ± 2.5 | 66.2 ± 1.2 | 1.00 | 687 |" in text
+    assert "| romebert | 3 | 75.0 ± 0.0 | 75.0 ± 0.0 | 80.0 ± 0.0 | 75.0 ± 0.0 | 1.50 | 687 |" in text
+    # Each part per exit.
+    assert "| joint | accuracy | 55.0 ± 5.0 | 70.0 ± 0.0 | 85.0 ± 5.0 |" in text
+    assert "| joint | f1 | 60.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 10.0 |" in text
+    assert "| romebert | f1 | 80.0 | 80.0 | 80.0 |" not in text  # three seeds: a spread
+    assert "| romebert | f1 | 80.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 |" in text
+    # GR: mean ± std of the three runs' shares (20 ± 8.2) and cosines (0.30 ± 0.16).
+    assert "| romebert | 20.0 ± 8.2 | 0.30 ± 0.16 |" in text
+    # The entropy sweep's table: threshold 0.5 at 1.5x for both modes.
+    assert "| 0.5 | 82.5 ± 2.5 (1.50x) | 80.0 ± 0.0 (1.50x) |" in text
+
+
+def test_report_of_a_single_metric_task_has_no_parts_table(ablation, tmp_path):
+    record = _record("joint", "1", [0.5, 0.9], [0.5, 0.9], 60.0)
+    record["task"] = "sst2"
+    record["results"]["metric"] = "accuracy"
+    for entry in record["results"]["per_exit"] + record["results"]["sweep"]:
+        del entry["f1"], entry["accuracy_and_f1"]
+    text = ablation.report([record], tmp_path / "results.md", "")
+    assert "| joint | 1 | 50.0 | 90.0 | 50.0 | 1.00 | 687 |" in text
+    assert "The metrics reported with" not in text and "| mode | metric |" not in text
