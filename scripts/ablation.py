@@ -7,9 +7,10 @@ Each run is `train.py --config=CONFIG:TASK,MODE` in WORKDIR/TASK/MODE/seedS (res
 if interrupted) followed by `eval.py` (every exit, the entropy sweep); a run whose
 eval/results.json exists is reused, not redone. Then --report (default
 docs/results.md) gets, per task: every exit's dev metric per mode (mean and spread
-over seeds), the metric against layer speed-up for the entropy criterion
-(docs/results_<task>.png), the entropy sweep's table, and each mode's training time
-relative to `joint` (whole runs: two-stage modes count both stages).
+over seeds; for a composite metric such as MRPC's, each of its parts too), the
+metric against layer speed-up for the entropy criterion (docs/results_<task>.png),
+the entropy sweep's table, and each mode's training time relative to `joint` (whole
+runs: two-stage modes count both stages).
 
     python scripts/ablation.py --workdir=runs/ablation --reuse_only   # report what is finished
 
