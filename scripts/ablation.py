@@ -104,6 +104,13 @@ def _cell(values, digits: int = 1) -> str:
     return f"{mean} ± {std}" if len(values) > 1 else mean
 
 
+def _per_exit(runs: list[dict], key: str):
+    """[seeds, exits] array of one metric x100 from the runs' eval results."""
+    import numpy as np
+
+    return np.array([[e[key] for e in r["results"]["per_exit"]] for r in runs]) * 100
+
+
 def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | None = None,
            findings: str = "") -> str:
     import numpy as np
@@ -137,7 +144,7 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
         sweep_lines = []
         for mode in modes:
             runs = [r for r in rows if r["mode"] == mode]
-            values = np.array([[e[metric] for e in r["results"]["per_exit"]] for r in runs]) * 100
+            values = _per_exit(runs, metric)
             cells = [_cell(values[:, i]) for i in range(exits)]
             seconds = timed(runs)
             ratio = f"{np.mean(seconds) / np.mean(joint):.2f}" if joint and seconds else "n/a"
@@ -171,7 +178,7 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
             for mode in modes:
                 runs = [r for r in rows if r["mode"] == mode]
                 for part in parts:
-                    values = np.array([[e[part] for e in r["results"]["per_exit"]] for r in runs]) * 100
+                    values = _per_exit(runs, part)
                     lines.append(f"| {mode} | {part} | "
                                  + " | ".join(_cell(values[:, i]) for i in range(exits)) + " |")
             lines.append("")
