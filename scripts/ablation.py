@@ -4,13 +4,20 @@
     python scripts/ablation.py --workdir=runs/ablation --tasks=sst2 --modes=deebert,romebert --seeds=42,43
 
 Each run is `train.py --config=CONFIG:TASK,MODE` in WORKDIR/TASK/MODE/seedS (resumed
-if interrupted) followed by `eval.py` (every exit, the entropy sweep); a run whose
-eval/results.json exists is reused, not redone. Then --report (default
-docs/results.md) gets, per task: every exit's dev metric per mode (mean and spread
-over seeds; for a composite metric such as MRPC's, each of its parts too), the
-metric against layer speed-up for the entropy criterion (docs/results_<task>.png),
-the entropy sweep's table, and each mode's training time relative to `joint` (whole
-runs: two-stage modes count both stages).
+if interrupted) followed by `eval.py` (every exit, the entropy sweep). What a
+finished run measured is kept as one JSON record in --records (default
+docs/ablation_runs/TASK/MODE/seedS.json, committed with the repository): a run with
+a record is reused, not redone, so on a fresh clone the command above rebuilds the
+report from the committed records without training anything. A record holds the
+run's eval results, training time, steps, how often GR projected, the resolved
+config and where it ran (commit, rome_jax tree, jax version, CPU); a record made
+with another config file or other overrides is refused rather than reused.
+
+Then --report (default docs/results.md) gets, per task: every exit's dev metric per
+mode (mean and spread over seeds; for a composite metric such as MRPC's, each of its
+parts too), the metric against layer speed-up for the entropy criterion
+(docs/results_<task>.png), the entropy sweep's table, and each mode's training time
+relative to `joint` (whole runs: two-stage modes count both stages).
 
     python scripts/ablation.py --workdir=runs/ablation --reuse_only   # report what is finished
 
@@ -20,6 +27,8 @@ missing ones. A run resumed after an interruption records its time as partial
 """
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -30,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from absl import flags  # noqa: E402
 
-from rome_jax import cli  # noqa: E402
+from rome_jax import cli, files  # noqa: E402
 from rome_jax.errors import ConfigError, RomeError  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go.")
@@ -43,52 +52,112 @@ _REPORT = flags.DEFINE_string("report", "docs/results.md", "The Markdown report 
 _GRID_NOTE = flags.DEFINE_string("grid_note", "", "What grid the report's numbers come from (a sentence).")
 _FINDINGS = flags.DEFINE_string("findings", "docs/ablation_findings.md",
                                 "Hand-written Markdown placed after the grid note, if the file exists.")
+_RECORDS = flags.DEFINE_string("records", "docs/ablation_runs",
+                                "Where each finished run's record is kept (TASK/MODE/seedS.json).")
 _REUSE_ONLY = flags.DEFINE_bool("reuse_only", False, "Train nothing: report the finished runs, name the rest.")
 
 ENTROPY = "entropy:0,0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.65"
 
 
-def run_one(task: str, mode: str, seed: str, root: Path, reuse_only: bool = False) -> dict | None:
+def run_spec(task: str, mode: str, seed: str) -> dict:
+    """What makes a run: its config file and argument, and every override."""
+    return {"config": f"{_CONFIG.value}:{task},{mode}",
+            "overrides": [f"train.seed={seed}", *_OVERRIDE.value]}
+
+
+def provenance() -> dict:
+    """Where a run ran: the commit, the git tree of rome_jax/ and configs/ (equal trees
+    train equal models whatever else the commit changed), versions and the machine.
+    (Only jax's version is read: initialising a backend here would take a GPU's memory
+    from the train.py that runs next.)"""
+    from importlib.metadata import version
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:  # no git
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+
+    dirty = git("status", "--porcelain", "--", "rome_jax", "configs", "train.py", "eval.py")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "rome_jax_tree": git("rev-parse", "--short", "HEAD:rome_jax"),
+            "configs_tree": git("rev-parse", "--short", "HEAD:configs"),
+            "code_modified": bool(dirty) if dirty is not None else None,
+            "jax": version("jax"), "python": platform.python_version(),
+            "machine": f"{cpu}, {os.cpu_count()} CPUs",
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def make_record(task: str, mode: str, seed: str, workdir: Path, train_seconds: float,
+                partial: bool, where: dict) -> dict:
+    """One finished run as a record: what it measured, what it was, where it ran."""
+    results = json.loads((workdir / "eval" / "results.json").read_text())
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {"task": task, "mode": mode, "seed": seed, **run_spec(task, mode, seed),
+            "train_seconds": train_seconds, "train_seconds_partial": partial,
+            "steps": max(r["step"] for r in rows), "gr": gr_stats(rows), "results": results,
+            "resolved_config": json.loads((workdir / "config.json").read_text()), "provenance": where}
+
+
+def run_one(task: str, mode: str, seed: str, root: Path, records: Path,
+            reuse_only: bool = False) -> dict | None:
     """Trains and evaluates one run (reusing what is done); returns its record.
 
-    With `reuse_only`, returns None for a run that is not finished.
+    The record is read from `records`/TASK/MODE/seedS.json when there, else made from
+    the workdir's `ablation.json` (left by an earlier runner) or by training. With
+    `reuse_only`, returns None for a run that is not finished.
     """
-    workdir = root / task / mode / f"seed{seed}"
-    record_path = workdir / "ablation.json"
+    record_path = records / task / mode / f"seed{seed}.json"
     if record_path.is_file():
-        return json.loads(record_path.read_text())
-    if reuse_only:
+        record = json.loads(record_path.read_text())
+        spec = run_spec(task, mode, seed)
+        if {k: record.get(k) for k in spec} != spec:
+            raise ConfigError(f"{record_path}: made by {record.get('config')} with overrides "
+                              f"{record.get('overrides')}, not {spec['config']} with {spec['overrides']}; "
+                              "use another --records directory")
+        return record
+    workdir = root / task / mode / f"seed{seed}"
+    earlier = workdir / "ablation.json"
+    if earlier.is_file():  # finished by a runner that kept its record in the workdir
+        old = json.loads(earlier.read_text())
+        record = make_record(task, mode, seed, workdir, old["train_seconds"], old["train_seconds_partial"],
+                             {**provenance(), "imported_from": str(earlier)})
+    elif reuse_only:
         return None
-    resumed = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
-    overrides = [f"--config.train.seed={seed}", *[f"--config.{o}" for o in _OVERRIDE.value]]
-    start = time.time()
-    train = [sys.executable, str(REPO / "train.py"), f"--config={_CONFIG.value}:{task},{mode}",
-             f"--workdir={workdir}", *overrides]
-    if subprocess.run(train, cwd=REPO).returncode != 0:
-        raise RomeError(f"{workdir}: train.py failed; re-run to resume")
-    train_seconds = time.time() - start
-    evaluate = [sys.executable, str(REPO / "eval.py"), f"--workdir={workdir}", f"--sweeps={ENTROPY}",
-                "--no_timing"]
-    if subprocess.run(evaluate, cwd=REPO, stdout=subprocess.DEVNULL).returncode != 0:
-        raise RomeError(f"{workdir}: eval.py failed")
-    results = json.loads((workdir / "eval" / "results.json").read_text())
-    steps = max(json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines())
-    record = {"task": task, "mode": mode, "seed": seed, "train_seconds": train_seconds,
-              "train_seconds_partial": resumed, "steps": steps, "results": results}
-    record_path.write_text(json.dumps(record, indent=2))
+    else:
+        resumed = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
+        overrides = [f"--config.{o}" for o in run_spec(task, mode, seed)["overrides"]]
+        where = provenance()
+        start = time.time()
+        train = [sys.executable, str(REPO / "train.py"), f"--config={_CONFIG.value}:{task},{mode}",
+                 f"--workdir={workdir}", *overrides]
+        if subprocess.run(train, cwd=REPO).returncode != 0:
+            raise RomeError(f"{workdir}: train.py failed; re-run to resume")
+        train_seconds = time.time() - start
+        evaluate = [sys.executable, str(REPO / "eval.py"), f"--workdir={workdir}", f"--sweeps={ENTROPY}",
+                    "--no_timing"]
+        if subprocess.run(evaluate, cwd=REPO, stdout=subprocess.DEVNULL).returncode != 0:
+            raise RomeError(f"{workdir}: eval.py failed")
+        record = make_record(task, mode, seed, workdir, train_seconds, resumed, where)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_json(record_path, record)
     return record
 
 
-def gr_stats(workdir: Path) -> dict | None:
-    """How often GR projected, from a run's metrics.jsonl: None for a mode without GR.
+def gr_stats(rows: list[dict]) -> dict | None:
+    """How often GR projected, from a run's metrics.jsonl rows: None for a mode without GR.
 
     Each logged row holds the means over its logging window, so the mean of
     `gr/projected` over rows is the fraction of steps whose gradients conflicted.
     """
-    path = workdir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if '"gr/projected"' in line]
+    rows = [r for r in rows if "gr/projected" in r]
     if not rows:
         return None
     mean = lambda key: sum(r[key] for r in rows) / len(rows)
@@ -111,8 +180,24 @@ def _per_exit(runs: list[dict], key: str):
     return np.array([[e[key] for e in r["results"]["per_exit"]] for r in runs]) * 100
 
 
+def provenance_note(records: list[dict]) -> str:
+    """One sentence on where the records' runs ran (commits, code trees, machines, dates)."""
+    where = [r.get("provenance") or {} for r in records]
+
+    def listed(key: str) -> str:
+        counts: dict = {}
+        for w in where:
+            counts[w.get(key) or "unknown"] = counts.get(w.get(key) or "unknown", 0) + 1
+        return ", ".join(f"{k} ({n})" if len(counts) > 1 else str(k) for k, n in counts.items())
+
+    modified = sum(bool(w.get("code_modified")) for w in where)
+    return (f"{len(records)} runs; rome_jax tree {listed('rome_jax_tree')} (commit {listed('commit')}); "
+            f"jax {listed('jax')}; {listed('machine')}; {listed('date')}"
+            + (f"; {modified} with uncommitted code changes" if modified else "") + ".")
+
+
 def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | None = None,
-           findings: str = "") -> str:
+           findings: str = "", records_dir: str = "docs/ablation_runs") -> str:
     import numpy as np
     import matplotlib
 
@@ -122,7 +207,11 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Results: the gradient-regularizer ablation", "",
              grid_note or "Grid: see the command below.", "",
-             "Regenerate: `python scripts/ablation.py --workdir=runs/ablation` (finished runs are reused).", ""]
+             "Regenerate: `python scripts/ablation.py --workdir=runs/ablation`: every run with a record in "
+             f"`{records_dir}/` is reused, not redone (one JSON file a run: its eval results, training time, "
+             "GR statistics, resolved config and provenance), so on a fresh clone this only rebuilds "
+             "this page and its plots.", "",
+             f"Runs: {provenance_note(records)}", ""]
     if findings:
         lines += [findings.strip(), ""]
     if missing:
@@ -215,16 +304,16 @@ def main(argv):
     grid = [(task, mode, seed) for task in _TASKS.value for mode in _MODES.value for seed in _SEEDS.value]
     records, missing = [], []
     for task, mode, seed in grid:
-        record = run_one(task, mode, seed, root, _REUSE_ONLY.value)
+        record = run_one(task, mode, seed, root, Path(_RECORDS.value), _REUSE_ONLY.value)
         if record is None:
             missing.append(f"{task}/{mode}/seed{seed}")
         else:
-            records.append({**record, "gr": gr_stats(root / task / mode / f"seed{seed}")})
+            records.append(record)
     if not records:
-        raise ConfigError(f"{root}: no finished runs to report")
+        raise ConfigError(f"{root}, {_RECORDS.value}: no finished runs to report")
     findings = Path(_FINDINGS.value)
     findings = findings.read_text(encoding="utf-8") if _FINDINGS.value and findings.is_file() else ""
-    print(report(records, Path(_REPORT.value), _GRID_NOTE.value, missing, findings))
+    print(report(records, Path(_REPORT.value), _GRID_NOTE.value, missing, findings, _RECORDS.value))
     return 0
 
 

@@ -2,7 +2,9 @@
 means and spreads computed by hand below (no training)."""
 
 import importlib.util
+import json
 import pathlib
+import shutil
 
 import pytest
 
@@ -69,3 +71,32 @@ def test_report_of_a_single_metric_task_has_no_parts_table(ablation, tmp_path):
     text = ablation.report([record], tmp_path / "results.md", "")
     assert "| joint | 1 | 50.0 | 90.0 | 50.0 | 1.00 | 687 |" in text
     assert "The metrics reported with" not in text and "| mode | metric |" not in text
+
+
+def test_a_run_finished_by_an_earlier_runner_becomes_a_record_and_is_then_reused(ablation, tmp_path):
+    """A workdir whose record an earlier runner kept there (`ablation.json`) is imported
+    into the records directory with its GR statistics and config, then read back from
+    there alone; an unfinished run is None under --reuse_only."""
+    if not ablation.flags.FLAGS.is_parsed():
+        ablation.flags.FLAGS.mark_as_parsed()
+    workdir = tmp_path / "runs" / "sst2" / "sd" / "seed7"
+    (workdir / "eval").mkdir(parents=True)
+    made = _record("sd", "7", [0.5, 0.8], [0.5, 0.8], 321.0, partial=True)
+    (workdir / "eval" / "results.json").write_text(json.dumps(made["results"]))
+    (workdir / "config.json").write_text(json.dumps({"train": {"seed": 7, "mode": "sd"}}))
+    rows = [{"step": 25, "split": "train", "gr/projected": 0.0, "gr/cosine": 0.5},
+            {"step": 50, "split": "train", "gr/projected": 0.5, "gr/cosine": -0.1},
+            {"step": 50, "split": "dev", "exit_1/accuracy": 0.5}]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (workdir / "ablation.json").write_text(json.dumps({"train_seconds": 321.0, "train_seconds_partial": True}))
+    records = tmp_path / "records"
+    record = ablation.run_one("sst2", "sd", "7", tmp_path / "runs", records, reuse_only=True)
+    assert record["train_seconds"] == 321.0 and record["train_seconds_partial"] is True
+    assert record["steps"] == 50 and record["results"] == made["results"]
+    assert record["gr"] == pytest.approx({"projected_fraction": 0.25, "cosine": 0.2})
+    assert record["resolved_config"]["train"]["seed"] == 7
+    assert record["config"] == "configs/ablation.py:sst2,sd" and record["overrides"] == ["train.seed=7"]
+    assert record["provenance"]["imported_from"] == str(workdir / "ablation.json")
+    shutil.rmtree(tmp_path / "runs")
+    assert ablation.run_one("sst2", "sd", "7", tmp_path / "runs", records, reuse_only=True) == record
+    assert ablation.run_one("sst2", "sd", "8", tmp_path / "runs", records, reuse_only=True) is None

@@ -343,18 +343,26 @@ def test_fastbert_stage_2_trains_on_an_unlabeled_text_file(env, tiny_model, tmp_
 
 def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_model, tmp_path):
     report = tmp_path / "docs" / "results.md"
+    records = tmp_path / "records"
     args = [sys.executable, str(REPO / "scripts" / "ablation.py"), f"--workdir={tmp_path / 'runs'}",
             "--config=configs/tiny.py", "--tasks=wnli", "--modes=joint,romebert", "--seeds=1,2",
             f"--override=model.name_or_path={tiny_model}", "--override=train.max_steps=3",
-            f"--report={report}", "--grid_note=Tiny test grid."]
+            f"--report={report}", "--grid_note=Tiny test grid.", f"--records={records}"]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text()
     assert "Tiny test grid." in text and "| joint | 2 |" in text and "| romebert | 2 |" in text
     assert "± " in text and (tmp_path / "docs" / "results_wnli.png").stat().st_size > 0
-    record = json.loads((tmp_path / "runs" / "wnli" / "romebert" / "seed2" / "ablation.json").read_text())
+    record = json.loads((records / "wnli" / "romebert" / "seed2.json").read_text())
     assert record["seed"] == "2" and record["steps"] == 3 and record["train_seconds_partial"] is False
+    assert record["config"] == "configs/tiny.py:wnli,romebert"
+    assert record["overrides"] == ["train.seed=2", f"model.name_or_path={tiny_model}", "train.max_steps=3"]
+    assert record["resolved_config"]["train"]["seed"] == 2 and record["resolved_config"]["train"]["mode"] == "romebert"
+    assert record["provenance"]["jax"] and "CPUs" in record["provenance"]["machine"]
+    evaluated = json.loads((tmp_path / "runs" / "wnli" / "romebert" / "seed2" / "eval" / "results.json").read_text())
+    assert record["results"] == evaluated
     assert "| entropy" not in text and "| 0.6 |" in text  # the entropy sweep's table
+    assert "Runs: 4 runs; rome_jax tree " in text
     # GR's table: romebert only (joint has no projection), the share of projected steps
     # as the mean over seeds of each run's logged windows.
     gr_table = text.split("| mode | steps projected (%) | mean cosine |")[1].split("\n\n")[0]
@@ -365,16 +373,24 @@ def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_mo
         logged = [json.loads(l)["gr/projected"] for l in lines.splitlines() if "gr/projected" in l]
         shares.append(100 * np.mean(logged))
     assert f"| romebert | {np.mean(shares):.1f} ± {np.std(shares):.1f} |" in gr_table
-    started = time.time()  # a second call reuses every run
+    # The records alone (a fresh clone: no workdir) rebuild the same report, training nothing.
+    shutil.rmtree(tmp_path / "runs")
+    started = time.time()
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0 and time.time() - started < 60
-    assert report.read_text() == text
+    assert proc.returncode == 0 and time.time() - started < 60, proc.stderr[-3000:]
+    assert report.read_text() == text and not (tmp_path / "runs").exists()
     # --reuse_only trains nothing and names the runs still missing.
     more = [a.replace("--seeds=1,2", "--seeds=1,2,3") for a in args] + ["--reuse_only"]
     proc = subprocess.run(more, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "`wnli/joint/seed3`, `wnli/romebert/seed3`" in report.read_text()
     assert not (tmp_path / "runs" / "wnli" / "joint" / "seed3").exists()
+    # A record made with other overrides is refused, not reused: one line naming it.
+    other = [a.replace("train.max_steps=3", "train.max_steps=4") for a in args]
+    proc = subprocess.run(other, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2 and not (tmp_path / "runs").exists()
+    assert proc.stderr.count("\n") == 1 and str(records / "wnli" / "joint" / "seed1.json") in proc.stderr
+    assert "train.max_steps=3" in proc.stderr and "use another --records directory" in proc.stderr
 
 
 def test_glue_benchmark_trains_present_tasks_skips_absent_ones_and_resumes(env, tiny_model, tmp_path, glue_dir):
