@@ -209,8 +209,10 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
              grid_note or "Grid: see the command below.", "",
              "Regenerate: `python scripts/ablation.py --workdir=runs/ablation`: every run with a record in "
              f"`{records_dir}/` is reused, not redone (one JSON file a run: its eval results, training time, "
-             "GR statistics, resolved config and provenance), so on a fresh clone this only rebuilds "
-             "this page and its plots.", "",
+             "GR statistics, resolved config and provenance), so on a fresh clone it "
+             + ("trains only the runs named below as not finished (none with `--reuse_only`) and "
+                if missing else "only ")
+             + "rebuilds this page and its plots.", "",
              f"Runs: {provenance_note(records)}", ""]
     if findings:
         lines += [findings.strip(), ""]

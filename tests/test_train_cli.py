@@ -379,11 +379,13 @@ def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_mo
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and time.time() - started < 60, proc.stderr[-3000:]
     assert report.read_text() == text and not (tmp_path / "runs").exists()
+    assert "so on a fresh clone it only rebuilds this page" in text
     # --reuse_only trains nothing and names the runs still missing.
     more = [a.replace("--seeds=1,2", "--seeds=1,2,3") for a in args] + ["--reuse_only"]
     proc = subprocess.run(more, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "`wnli/joint/seed3`, `wnli/romebert/seed3`" in report.read_text()
+    assert "trains only the runs named below as not finished" in report.read_text()
     assert not (tmp_path / "runs" / "wnli" / "joint" / "seed3").exists()
     # A record made with other overrides is refused, not reused: one line naming it.
     other = [a.replace("train.max_steps=3", "train.max_steps=4") for a in args]
