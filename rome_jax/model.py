@@ -84,6 +84,58 @@ def dropout_bits(key: Array, shape: tuple[int, ...]) -> Array:
     return bits.reshape(*lead, -1)[..., :last]
 
 
+@jax.custom_vjp
+def dense_matmul(x: Array, kernel: Array) -> Array:
+    """x [..., I] @ kernel [I, O] -> [..., O], with a backward pass laid out for CPU libraries.
+
+    Forward and input gradient are the usual products. The kernel gradient
+    x^T g contracts over all N = prod(...) rows; left to itself XLA:CPU lays one
+    operand out transposed and hands the product to a slow generic kernel. Here the
+    narrower of x [N, I] and g [N, O] is transposed once (kept materialised by an
+    optimisation barrier), so the product is a plain row-major matmul
+    ([I, N] @ [N, O], or ([O, N] @ [N, I])^T), which XLA sends to its fast one.
+    Same sums as autodiff (float32 reassociation only).
+    """
+    return _matmul(x, kernel)
+
+
+def _matmul(x: Array, kernel: Array) -> Array:
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _dense_matmul_fwd(x: Array, kernel: Array):
+    return _matmul(x, kernel), (x, kernel)
+
+
+def _dense_matmul_bwd(residuals, g: Array):
+    x, kernel = residuals
+    dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+    x2 = x.reshape(-1, x.shape[-1])
+    g2 = g.reshape(-1, g.shape[-1])
+    if x2.shape[1] <= g2.shape[1]:
+        d_kernel = jax.lax.optimization_barrier(x2.T) @ g2
+    else:
+        d_kernel = jax.lax.optimization_barrier(jax.lax.optimization_barrier(g2.T) @ x2).T
+    return dx.astype(x.dtype), d_kernel.astype(kernel.dtype)
+
+
+dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+
+
+def _dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                       preferred_element_type=None) -> Array:
+    """`nn.Dense`'s dot_general (contract lhs's last axis with rhs's first) via `dense_matmul`."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    assert tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb
+    return dense_matmul(lhs, rhs)
+
+
+def Dense(features: int, dtype, name: str) -> nn.Dense:
+    """`nn.Dense` with HF's normal(0.02) init and the CPU-friendly backward of `dense_matmul`."""
+    return nn.Dense(features, dtype=dtype, kernel_init=_init, name=name,
+                    dot_general=_dense_dot_general)
+
+
 class Dropout(nn.Module):
     """Inverted dropout with 16-bit masks: drops where bits < round(rate * 2**16).
 
@@ -146,7 +198,7 @@ class SelfAttention(nn.Module):
         cfg = self.config
         dtype = _dtype(cfg)
         B, T, _ = x.shape
-        dense = lambda n, size=cfg.hidden_size: nn.Dense(size, dtype=dtype, kernel_init=_init, name=n)
+        dense = lambda n, size=cfg.hidden_size: Dense(size, dtype, n)
         split = lambda y: y.reshape(B, T, cfg.num_heads, cfg.head_dim)
         q, k, v = (split(dense(n)(x)) for n in ("query", "key", "value"))
         mask = attention_mask[:, None, None, :].astype(bool)  # [B, 1, 1, T]
@@ -173,7 +225,7 @@ class OutputBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
         cfg = self.config
-        y = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg), kernel_init=_init, name="dense")(x)
+        y = Dense(cfg.hidden_size, _dtype(cfg), "dense")(x)
         if self.dropout:
             y = Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
         y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(
@@ -190,8 +242,7 @@ class TransformerLayer(nn.Module):
     def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
         cfg = self.config
         x = SelfAttention(cfg, name="attention")(x, attention_mask, deterministic)
-        h = nn.Dense(cfg.intermediate_size, dtype=_dtype(cfg), kernel_init=_init,
-                     name="intermediate")(x)
+        h = Dense(cfg.intermediate_size, _dtype(cfg), "intermediate")(x)
         h = _activation(cfg.hidden_act)(h)
         return OutputBlock(cfg, dropout=cfg.family != "albert", name="output")(h, x, deterministic)
 
