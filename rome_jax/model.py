@@ -136,6 +136,26 @@ def Dense(features: int, dtype, name: str) -> nn.Dense:
                     dot_general=_dense_dot_general)
 
 
+@jax.custom_jvp
+def softmax(x: Array) -> Array:
+    """Softmax over the last axis whose derivative is y * (dx - sum(y * dx)).
+
+    `jax.nn.softmax` (while `jax_softmax_custom_jvp` is off, the default) differentiates
+    through the exp / sum / divide, a longer backward pass of several reductions over
+    [B, heads, T, T]; this is the same function with the short form (what that flag
+    would select), kept local so the library does not change a global setting.
+    """
+    unnormalized = jnp.exp(x - jax.lax.stop_gradient(x.max(-1, keepdims=True)))
+    return unnormalized / unnormalized.sum(-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    y = softmax(x)
+    return y, y * (x_dot - (y * x_dot).sum(-1, keepdims=True))
+
+
 class Dropout(nn.Module):
     """Inverted dropout with 16-bit masks: drops where bits < round(rate * 2**16).
 
@@ -208,7 +228,7 @@ class SelfAttention(nn.Module):
             # Dropout on the attention probabilities needs the unfused form.
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(cfg.head_dim)
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1)
+            probs = softmax(scores)
             probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
             context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
         context = context.reshape(B, T, cfg.hidden_size)

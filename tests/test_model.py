@@ -13,7 +13,7 @@ import rome_jax
 from rome_jax.config import ModelConfig
 from rome_jax.errors import CheckpointError
 from rome_jax.model import (Dropout, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, dense_matmul,
-                            dropout_bits, init_params, layer_params)
+                            dropout_bits, init_params, layer_params, softmax)
 
 import tiny_hf
 
@@ -303,3 +303,20 @@ def test_dense_matmul_gradients_equal_autodiff_of_the_plain_product(in_out):
     bf = jax.vjp(dense_matmul, x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))[1](gs[0].astype(jnp.bfloat16))
     assert [a.dtype for a in bf] == [jnp.bfloat16, jnp.bfloat16]
     np.testing.assert_allclose(np.asarray(bf[1], np.float32), dw, rtol=0.05, atol=0.1)
+
+
+def test_softmax_and_its_gradient_equal_the_textbook_ones():
+    """The attention softmax (custom JVP) against numpy and jax.nn.softmax's own autodiff,
+    with a masked key at float32's minimum as the model masks it."""
+    rng = np.random.RandomState(1)
+    x = rng.randn(2, 3, 5).astype(np.float32) * 3
+    x[..., -1] = np.finfo(np.float32).min
+    g = rng.randn(2, 3, 5).astype(np.float32)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    y = e / e.sum(-1, keepdims=True)
+    np.testing.assert_allclose(softmax(jnp.asarray(x)), y, rtol=1e-6, atol=1e-7)
+    ours = jax.vjp(softmax, jnp.asarray(x))[1](jnp.asarray(g))[0]
+    np.testing.assert_allclose(ours, y * (g - (g * y).sum(-1, keepdims=True)), rtol=1e-5, atol=1e-6)
+    theirs = jax.vjp(lambda a: jax.nn.softmax(a, axis=-1), jnp.asarray(x))[1](jnp.asarray(g))[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert float(np.abs(np.asarray(ours)[..., -1]).max()) == 0.0  # no gradient into a masked key
