@@ -94,13 +94,19 @@ def dense_matmul(x: Array, kernel: Array) -> Array:
     narrower of x [N, I] and g [N, O] is transposed once (kept materialised by an
     optimisation barrier), so the product is a plain row-major matmul
     ([I, N] @ [N, O], or ([O, N] @ [N, I])^T), which XLA sends to its fast one.
-    Same sums as autodiff (float32 reassociation only).
+    Same sums as autodiff (float32 reassociation only). On other backends (GPU, TPU:
+    their matmuls take transposed operands natively) there is no barrier, and XLA
+    folds the transposes back into plain autodiff's products.
     """
     return _matmul(x, kernel)
 
 
 def _matmul(x: Array, kernel: Array) -> Array:
     return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _lay_out_for_cpu() -> bool:
+    return jax.default_backend() == "cpu"
 
 
 def _dense_matmul_fwd(x: Array, kernel: Array):
@@ -112,10 +118,11 @@ def _dense_matmul_bwd(residuals, g: Array):
     dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
     x2 = x.reshape(-1, x.shape[-1])
     g2 = g.reshape(-1, g.shape[-1])
+    keep = jax.lax.optimization_barrier if _lay_out_for_cpu() else (lambda a: a)
     if x2.shape[1] <= g2.shape[1]:
-        d_kernel = jax.lax.optimization_barrier(x2.T) @ g2
+        d_kernel = keep(x2.T) @ g2
     else:
-        d_kernel = jax.lax.optimization_barrier(jax.lax.optimization_barrier(g2.T) @ x2).T
+        d_kernel = keep(keep(g2.T) @ x2).T
     return dx.astype(x.dtype), d_kernel.astype(kernel.dtype)
 
 
@@ -126,7 +133,9 @@ def _dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None
                        preferred_element_type=None) -> Array:
     """`nn.Dense`'s dot_general (contract lhs's last axis with rhs's first) via `dense_matmul`."""
     (lc, rc), (lb, rb) = dimension_numbers
-    assert tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not lb and not rb
+    if (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) != ((lhs.ndim - 1,), (0,), (), ()) \
+            or precision is not None or preferred_element_type is not None:
+        raise NotImplementedError("dense_matmul is x[..., I] @ kernel[I, O] at default precision only")
     return dense_matmul(lhs, rhs)
 
 

@@ -283,10 +283,12 @@ def test_tokenizer_pairs_and_truncation(minilm_path):
     assert set(np.unique(batch["token_type_ids"][0])) == {0, 1}
 
 
+@pytest.mark.parametrize("cpu_layout", [True, False])  # with the barriers (CPU), and as on GPU/TPU
 @pytest.mark.parametrize("in_out", [(6, 10), (10, 6)])  # both branches: transpose x, or transpose g
-def test_dense_matmul_gradients_equal_autodiff_of_the_plain_product(in_out):
+def test_dense_matmul_gradients_equal_autodiff_of_the_plain_product(in_out, cpu_layout, monkeypatch):
     """The hand-laid-out backward of the encoder's Dense layers against jax's own VJP of x @ W,
     for one cotangent and for two under vmap (as the GR step pulls back two losses)."""
+    monkeypatch.setattr(rome_jax.model, "_lay_out_for_cpu", lambda: cpu_layout)
     n_in, n_out = in_out
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.randn(3, 5, n_in), jnp.float32)
