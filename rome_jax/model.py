@@ -227,9 +227,8 @@ class SelfAttention(nn.Module):
         cfg = self.config
         dtype = _dtype(cfg)
         B, T, _ = x.shape
-        dense = lambda n, size=cfg.hidden_size: Dense(size, dtype, n)
         split = lambda y: y.reshape(B, T, cfg.num_heads, cfg.head_dim)
-        q, k, v = (split(dense(n)(x)) for n in ("query", "key", "value"))
+        q, k, v = (split(Dense(cfg.hidden_size, dtype, n)(x)) for n in ("query", "key", "value"))
         mask = attention_mask[:, None, None, :].astype(bool)  # [B, 1, 1, T]
         if cfg.fused_attention and (deterministic or cfg.attention_dropout == 0.0):
             context = jax.nn.dot_product_attention(q, k, v, mask=mask)
