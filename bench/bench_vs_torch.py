@@ -9,9 +9,19 @@ against PyTorch's forward + cross-entropy + backward + clip + AdamW on the singl
 classifier. Both therefore do slightly more work on our side (the exit heads).
 The two frameworks' steps are timed alternately, so load on a shared machine
 hits both alike; medians are reported and the ratio (ours / theirs) is the figure,
-with the ratio of the fastest calls beside it (a call can be slowed by the other
-framework's last one: in one process, our first bert-base step right after PyTorch
-steps took 1.85x our usual time).
+with the ratio of the fastest calls beside it. Each timed call starts after a pause
+(`--settle`, default 0.3 s): PyTorch's OpenMP threads keep spinning for a while after
+a call returns, and without the pause they ran during our next call on the shared
+cores (our bert-base step right after PyTorch's took up to 1.85x its usual time; our
+`gemms` row 7% longer).
+
+A third row, `gemms`, times the six dense products of one encoder layer (query, key,
+value, attention output, FFN in, FFN out: [B*T, H] @ [H, H] four times, then
+[B*T, H] @ [H, I] and [B*T, I] @ [I, H]) chained, as one jitted function against
+`torch.mm`. It is the floor under the other two ratios: about two thirds of either
+step is these products, so a step cannot beat PyTorch's by much more than its
+matrix library allows (on the 2-core Xeon of docs/benchmarks.md, XLA:CPU's YNNPACK
+runs these shapes about 1.15x slower than PyTorch's MKL).
 """
 
 from __future__ import annotations
@@ -24,6 +34,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if __name__ == "__main__":  # before JAX starts: see rome_jax/host_memory.py
+    from rome_jax.host_memory import reexec_with_malloc_tunables
+
+    reexec_with_malloc_tunables()
+
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,12 +50,46 @@ from rome_jax.config import ModelConfig
 from rome_jax.model import INPUT_KEYS, init_params
 
 
+def layer_gemms(dims: dict, rows: int):
+    """One encoder layer's six dense products, chained, in JAX (jitted) and PyTorch.
+
+    Weights are scaled by 1/sqrt(fan_in) so the chain's values stay near unit size.
+    Returns two zero-argument callables that block until their result is ready.
+    """
+    import torch
+
+    h, i = dims["hidden_size"], dims["intermediate_size"]
+    rng = np.random.default_rng(0)
+    shapes = [(h, h)] * 4 + [(h, i), (i, h)]
+    weights = [(rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for s in shapes]
+    x = rng.standard_normal((rows, h)).astype(np.float32)
+
+    @jax.jit
+    def chain(x, weights):
+        for w in weights:
+            x = x @ w
+        return x
+
+    jx, jw = jnp.asarray(x), [jnp.asarray(w) for w in weights]
+    tx, tw = torch.from_numpy(x), [torch.from_numpy(w) for w in weights]
+
+    def torch_chain():
+        y = tx
+        for w in tw:
+            y = torch.mm(y, w)
+        return y
+
+    return (lambda: jax.block_until_ready(chain(jx, jw))), torch_chain
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="minilm", choices=sorted(PRESETS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="seconds to wait before each timed call (lets the other side's threads go idle)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -77,13 +127,16 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
 
-    pairs = {"forward": (jax_forward, torch_forward), "train_step": (jax_step, torch_step)}
+    jax_gemms, torch_gemms = layer_gemms(dims, args.batch * args.length)
+    pairs = {"forward": (jax_forward, torch_forward), "train_step": (jax_step, torch_step),
+             "gemms": (jax_gemms, torch_gemms)}
     results = {}
     for name, (ours, theirs) in pairs.items():
         ours(); ours(); theirs(); theirs()  # compile / warm up
         times = {"rome_jax": [], "torch": []}
         for _ in range(args.repeats):
             for label, fn in (("rome_jax", ours), ("torch", theirs)):
+                time.sleep(args.settle)
                 start = time.perf_counter()
                 fn()
                 times[label].append(time.perf_counter() - start)
@@ -99,7 +152,7 @@ def main() -> None:
         print(f"{name:<12}{r['rome_jax']:>12.3f}{r['torch']:>12.3f}{r['ratio']:>8.2f}{r['ratio_of_min']:>14.2f}")
     record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
               "jax": jax.__version__, "torch": torch.__version__, "preset": args.preset,
-              "batch": args.batch, "length": args.length, "results": results}
+              "batch": args.batch, "length": args.length, "settle_s": args.settle, "results": results}
     write_record(args.out or f"bench/results/vs_torch_{args.preset}_cpu.json", record)
 
 
