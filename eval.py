@@ -10,6 +10,12 @@ split), and prints the table. Default sweeps: entropy as GUIDE lists, max_prob
 0.5..0.99, patience 1..6 (`--sweeps='entropy:0.1,0.2;normalized_entropy:0.1'`).
 """
 
+if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory.py
+    from rome_jax.host_memory import reexec_with_malloc_tunables
+
+    reexec_with_malloc_tunables()
+
+
 import os
 
 from absl import flags

@@ -10,6 +10,12 @@ statuses (0 done, 2 a user error, 3 a non-finite loss, 75 stopped by a signal
 after saving: run again to resume).
 """
 
+if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory.py
+    from rome_jax.host_memory import reexec_with_malloc_tunables
+
+    reexec_with_malloc_tunables()
+
+
 from absl import flags
 from ml_collections import config_flags
 

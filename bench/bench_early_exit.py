@@ -36,11 +36,16 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+if __name__ == "__main__":  # before JAX starts: see rome_jax/host_memory.py
+    from rome_jax.host_memory import reexec_with_malloc_tunables
+
+    reexec_with_malloc_tunables()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from rome_jax import flops  # noqa: E402
 from rome_jax.config import ModelConfig  # noqa: E402
@@ -278,6 +283,7 @@ def main(argv=None) -> dict:
                     "repeats": args.batched_repeats, "rows": rows_b},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
                     "devices": [str(d) for d in jax.devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+                    "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
     }
     print_report(report)

@@ -19,6 +19,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if __name__ == "__main__":  # before JAX starts: see rome_jax/host_memory.py
+    from rome_jax.host_memory import reexec_with_malloc_tunables
+
+    reexec_with_malloc_tunables()
+
+
 import jax
 import numpy as np
 
@@ -76,7 +82,8 @@ def time_mode(config: ModelConfig, mode: str, batch: dict, repeats: int) -> floa
 
 def write_record(path: str, record: dict) -> None:
     """Writes a benchmark's JSON record with the command line that produced it."""
-    record = {**record, "command": " ".join(["python"] + sys.argv)}
+    record = {**record, "command": " ".join(["python"] + sys.argv),
+              "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}  # see rome_jax/host_memory.py
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=2)

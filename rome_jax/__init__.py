@@ -1,11 +1,31 @@
-"""rome_jax: multi-exit BERT in JAX/Flax (RomeBERT, DeeBERT, PABEE, FastBERT)."""
+"""rome_jax: multi-exit BERT in JAX/Flax (RomeBERT, DeeBERT, PABEE, FastBERT).
 
-from rome_jax.api import MultiExitModel, load_pretrained
-from rome_jax.config import ModelConfig
-from rome_jax.errors import CheckpointError, ConfigError, DataError, RomeError, TrainingError
+The names below load on first use, so `import rome_jax.host_memory` (which the
+command-line scripts run before JAX starts) stays cheap.
+"""
 
-__all__ = [
-    "MultiExitModel", "load_pretrained", "ModelConfig",
-    "RomeError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MultiExitModel": "rome_jax.api", "load_pretrained": "rome_jax.api",
+    "ModelConfig": "rome_jax.config",
+    "RomeError": "rome_jax.errors", "ConfigError": "rome_jax.errors", "DataError": "rome_jax.errors",
+    "CheckpointError": "rome_jax.errors", "TrainingError": "rome_jax.errors",
+}
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rome_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
