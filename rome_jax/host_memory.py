@@ -6,7 +6,8 @@ malloc serves blocks that large with `mmap` and returns them with `munmap`, so e
 step faults its temporaries in afresh; on the 2-core machine of docs/benchmarks.md
 that was 438k minor page faults and 0.7 s of kernel time per 2 s step. With one
 malloc arena, no `mmap` and no trimming, freed memory is reused instead: 0 faults,
-the step 10-20% faster (docs/benchmarks.md, "glibc malloc").
+kernel time 0.02 s, the step 4-15% faster in alternating runs (docs/benchmarks.md,
+"glibc malloc"). Small steps (the demo's batch 16, length 48) gain nothing.
 
 glibc reads these settings (`GLIBC_TUNABLES`) only when a process starts, so
 `train.py`, `eval.py` and the benchmarks call `reexec_with_malloc_tunables()` first
