@@ -16,7 +16,9 @@ model FLOPs per step = 3 x the analytic forward FLOPs of all exits
 the same count for every row, so a step that does more work (a second backward
 pass) shows as lower MFU — and peak is a measured dense matmul rate at the
 compute dtype (`--peak_size`), not the datasheet's. Steps are timed alternately
-after warm-up, so load on a shared machine hits all rows alike.
+after warm-up, so load on a shared machine hits all rows alike, each after a pause
+(`--settle`, 0.3 s) so that PyTorch's spinning OpenMP threads are idle when the next
+row starts (see bench_vs_torch.py).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak_size", type=int, default=0, help="matmul size for the peak (0: 8192 on "
                         "GPU/TPU, 2048 on CPU)")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="seconds to wait before each timed step (lets the other rows' threads go idle)")
     parser.add_argument("--out", default="bench/results/reference_step_cpu.json")
     args = parser.parse_args()
 
@@ -116,6 +120,7 @@ def main() -> None:
     times = {name: [] for name in rows}
     for _ in range(args.repeats):
         for name, fn in rows.items():
+            time.sleep(args.settle)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -143,7 +148,7 @@ def main() -> None:
     record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
               "backend": backend, "device_kind": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
               **versions, "preset": args.preset, "batch": args.batch, "length": args.length,
-              "dtype": args.dtype, "matmul_peak_flops": peak, "model_flops_per_step": step_flops,
+              "dtype": args.dtype, "settle_s": args.settle, "matmul_peak_flops": peak, "model_flops_per_step": step_flops,
               "results": results, "romebert_speedup_over_torch": speedups}
     write_record(args.out, record)
 
