@@ -27,7 +27,7 @@ mapped to the hidden size by `embeddings/embedding_hidden_mapping_in`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -145,24 +145,35 @@ def Dense(features: int, dtype, name: str) -> nn.Dense:
                     dot_general=_dense_dot_general)
 
 
-@jax.custom_jvp
-def softmax(x: Array) -> Array:
-    """Softmax over the last axis whose derivative is y * (dx - sum(y * dx)).
+def attention(q: Array, k: Array, v: Array, mask: Array,
+              drop: Callable[[Array], Array] | None = None) -> Array:
+    """Scaled dot-product attention over the keys where `mask` is True.
 
-    `jax.nn.softmax` (while `jax_softmax_custom_jvp` is off, the default) differentiates
-    through the exp / sum / divide, a longer backward pass of several reductions over
-    [B, heads, T, T]; this is the same function with the short form (what that flag
-    would select), kept local so the library does not change a global setting.
+    q, k, v [B, T, N, D] (compute dtype); mask [B, 1, 1, T] bool -> context [B, T, N, D].
+
+    Heads first ([B, N, T, D]), so both products are plain batched matrix products,
+    and the softmax's division after the value product, on [B, N, T, D] instead of
+    the [B, N, T, T] probabilities (as flash attention does):
+    softmax(s) V = (exp(s - max s) V) / sum exp(s - max s). The backward pass then has
+    no reduction over [B, N, T, T] either. `drop` (dropout on the attention
+    probabilities, HF's `attention_probs_dropout_prob`) is elementwise, so it commutes
+    with the per-row division: applied to the unnormalised probabilities it gives the
+    same result from the same mask bits. Scores and the softmax are float32.
+    On the CPU this ran 8-13% faster for the whole forward than `jax.nn.dot_product_attention`
+    (docs/speed_notes.md).
     """
-    unnormalized = jnp.exp(x - jax.lax.stop_gradient(x.max(-1, keepdims=True)))
-    return unnormalized / unnormalized.sum(-1, keepdims=True)
-
-
-@softmax.defjvp
-def _softmax_jvp(primals, tangents):
-    (x,), (x_dot,) = primals, tangents
-    y = softmax(x)
-    return y, y * (x_dot - (y * x_dot).sum(-1, keepdims=True))
+    dtype = q.dtype
+    qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, N, T, D]
+    scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    # exact for any shift; the max only keeps exp in range, so it needs no gradient
+    unnormalized = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
+    total = unnormalized.sum(-1, keepdims=True)  # [B, N, T, 1]
+    if drop is not None:
+        unnormalized = drop(unnormalized)
+    context = jnp.einsum("bhqk,bhkd->bhqd", unnormalized.astype(dtype), vh)
+    context = (context.astype(jnp.float32) / total).astype(dtype)
+    return jnp.swapaxes(context, 1, 2)
 
 
 class Dropout(nn.Module):
@@ -230,15 +241,10 @@ class SelfAttention(nn.Module):
         split = lambda y: y.reshape(B, T, cfg.num_heads, cfg.head_dim)
         q, k, v = (split(Dense(cfg.hidden_size, dtype, n)(x)) for n in ("query", "key", "value"))
         mask = attention_mask[:, None, None, :].astype(bool)  # [B, 1, 1, T]
-        if cfg.fused_attention and (deterministic or cfg.attention_dropout == 0.0):
-            context = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        else:
-            # Dropout on the attention probabilities needs the unfused form.
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(cfg.head_dim)
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-            probs = softmax(scores)
-            probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-            context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
+        drop = None
+        if not deterministic and cfg.attention_dropout > 0.0:
+            drop = lambda p: Dropout(cfg.attention_dropout)(p, deterministic=False)
+        context = attention(q, k, v, mask, drop)
         context = context.reshape(B, T, cfg.hidden_size)
         with_output = OutputBlock(cfg, name="output")
         return with_output(context, x, deterministic)
