@@ -37,6 +37,10 @@ _SWEEPS = flags.DEFINE_string("sweeps", "", "criterion:t1,t2;... (default: entro
 _BATCH1 = flags.DEFINE_integer("batch1_examples", 64, "Examples timed at batch 1.")
 _BATCHED = flags.DEFINE_integer("batched_examples", 256, "Examples timed batched; 0: all.")
 _NO_TIMING = flags.DEFINE_bool("no_timing", False, "Skip the wall-clock measurements.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                           "Compute dtype (default: the run's, or float32).")
+_ATTENTION = flags.DEFINE_enum("attention", None, ["xla", "cudnn"],
+                               "Attention kernel; cudnn: CUDA GPUs, bfloat16 (default: the run's, or xla).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or MODEL/eval.")
 
 
@@ -51,7 +55,9 @@ def _model_from_workdir(workdir: str):
     model_json = os.path.join(workdir, "model", "config.json")
     if not os.path.isfile(model_json):
         model_json = os.path.join(resolve_model_dir(config.model.name_or_path), "config.json")
-    model_config = ModelConfig.from_json_file(model_json, num_labels=task.num_labels, dtype=config.model.dtype)
+    model_config = ModelConfig.from_json_file(
+        model_json, num_labels=task.num_labels, dtype=_DTYPE.value or config.model.dtype,
+        attention_kernel=_ATTENTION.value or config.model.get("attention", "xla"))
     step, params = checkpoints.load_params(workdir, _CHECKPOINT.value)
     tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
     if tokenizer is None:
@@ -77,7 +83,8 @@ def main(argv):
         if not _TASK.value:
             raise ConfigError("--model needs --task")
         task = get_task(_TASK.value)
-        model = load_pretrained(_MODEL.value, task.num_labels)
+        model = load_pretrained(_MODEL.value, task.num_labels, dtype=_DTYPE.value or "float32",
+                                attention_kernel=_ATTENTION.value or "xla")
         data = {"dir": os.environ.get("GLUE_DIR", ""), "source": "dir", "max_length": 128}
         origin = _MODEL.value
         out_dir = _OUTPUT_DIR.value or os.path.join(_MODEL.value, "eval")

@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per example at batch 1")
     p.add_argument("--batched-repeats", type=int, default=3, help="timed passes per setting, batched")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--attention", default="xla", choices=["xla", "cudnn"],
+                   help="attention kernel (cudnn: CUDA GPUs with --dtype bfloat16)")
     return p.parse_args(argv)
 
 
@@ -258,6 +261,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     load_start = os.getloadavg()
     config, params, tokenizer, note, spread = load_model(args)
+    config = config.replace(dtype=args.dtype, attention_kernel=args.attention)
     dev = read_sst2(args.glue_dir, "dev")
     if spread:
         calibration = encode(tokenizer, read_sst2(args.glue_dir, "train")[:256], args.max_length, args.seed)
@@ -276,6 +280,7 @@ def main(argv=None) -> dict:
     report = {
         "model": note, "config": config.to_hf_dict(), "num_layers": config.num_layers,
         "criterion": "entropy", "thresholds": thresholds, "max_length": args.max_length,
+        "dtype": args.dtype, "attention": args.attention,
         "dev_mean_exit_layers": [float(x) for x in
                                  np.asarray(simulate_sweep("entropy", thresholds, all_logits)[0]).mean(1) + 1],
         "batch1": {"examples": args.single_examples, "repeats": args.repeats, "rows": rows1},
@@ -296,7 +301,8 @@ def main(argv=None) -> dict:
 
 def print_report(report: dict) -> None:
     L = report["num_layers"]
-    print(f"{report['model']}; {L} layers; entropy criterion; max_length {report['max_length']}")
+    print(f"{report['model']}; {L} layers; entropy criterion; max_length {report['max_length']}; "
+          f"{report.get('dtype', 'float32')}, {report.get('attention', 'xla')} attention")
     print(f"\nbatch 1, while_loop_exit vs full-depth forward ({report['batch1']['examples']} SST-2 dev "
           f"sentences, median of {report['batch1']['repeats']} runs each)")
     print(f"{'threshold':>9} {'layers':>6} {'layer x':>7} {'FLOPs x':>7} {'full ms':>8} {'exit ms':>8} "

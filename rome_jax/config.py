@@ -12,6 +12,7 @@ from rome_jax.errors import CheckpointError
 FAMILIES = ("bert", "roberta", "albert")
 
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "tanh")
+ATTENTION_KERNELS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,10 @@ class ModelConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     dtype: str = "float32"
-    fused_attention: bool = True
+    # "xla": `model.attention` (any backend); "cudnn": cuDNN's fused flash attention through
+    # jax.nn.dot_product_attention where no attention dropout applies (inference, or
+    # attention_dropout 0); CUDA GPUs and bfloat16 only. Not measured yet (no GPU lent).
+    attention_kernel: str = "xla"
     unroll_layers: bool = True  # unroll the layer scan in training: ~6% faster step on CPU (inference stays rolled)
     embedding_size: int | None = None  # ALBERT's factorised embeddings; None: hidden_size
 
@@ -58,6 +62,12 @@ class ModelConfig:
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise CheckpointError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise CheckpointError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
+                                  f"not {self.attention_kernel!r}")
+        if self.attention_kernel == "cudnn" and self.dtype != "bfloat16":
+            raise CheckpointError("attention_kernel 'cudnn' needs dtype bfloat16 (cuDNN's flash "
+                                  f"attention has no float32 form); got dtype {self.dtype!r}")
         if self.num_labels < 1:
             raise CheckpointError(f"num_labels must be at least 1, not {self.num_labels}")
 

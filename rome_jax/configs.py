@@ -90,6 +90,7 @@ def _mode(v: str) -> str | None:
 KEYS: dict[str, Check] = {
     "model.name_or_path": _typed(str, _model_name),
     "model.dtype": _one_of("float32", "bfloat16"),
+    "model.attention": _one_of("xla", "cudnn"),
     "data.task": _typed(str, _task),
     "data.dir": _typed(str),
     "data.source": _one_of("dir", "hf", "tfds"),
@@ -189,6 +190,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         problem = check(flat[key])
         if problem:
             raise ConfigError(f"config {key} {problem}")
+    if config.model.attention == "cudnn" and config.model.dtype != "bfloat16":
+        raise ConfigError("config model.attention 'cudnn' needs model.dtype bfloat16 "
+                          f"(cuDNN's flash attention has no float32 form); got {config.model.dtype!r}")
     train = config.train
     if train.batch_size % train.grad_accum_steps:
         raise ConfigError(f"config train.batch_size {train.batch_size} is not divisible by "

@@ -94,7 +94,8 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
 
     config = configs.read_workdir_config(workdir)
     model_config = ModelConfig.from_json_file(str(workdir / "model" / "config.json"),
-                                              num_labels=task.num_labels, dtype=config.model.dtype)
+                                              num_labels=task.num_labels, dtype=config.model.dtype,
+                                              attention_kernel=config.model.get("attention", "xla"))
     step, params = load_params(workdir, "best")
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
     criterion = setting.for_task(task)

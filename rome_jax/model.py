@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rome_jax.config import ModelConfig
+from rome_jax.errors import CheckpointError, first_line
 
 Array = jax.Array
 Params = Any
@@ -176,6 +177,18 @@ def attention(q: Array, k: Array, v: Array, mask: Array,
     return jnp.swapaxes(context, 1, 2)
 
 
+def cudnn_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """`attention` without dropout through cuDNN's fused flash attention
+    (`jax.nn.dot_product_attention(implementation="cudnn")`; its default, None, is the
+    XLA form on every backend). q, k, v [B, T, N, D] bfloat16; mask [B, 1, 1, T] bool.
+    Raises `CheckpointError` where JAX finds no cuDNN (not a CUDA GPU)."""
+    try:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    except RuntimeError as e:
+        raise CheckpointError(f"attention_kernel 'cudnn' is unavailable on {jax.default_backend()}: "
+                              f"{first_line(e).rstrip('.')}; use attention_kernel 'xla'") from None
+
+
 class Dropout(nn.Module):
     """Inverted dropout with 16-bit masks: drops where bits < round(rate * 2**16).
 
@@ -241,10 +254,13 @@ class SelfAttention(nn.Module):
         split = lambda y: y.reshape(B, T, cfg.num_heads, cfg.head_dim)
         q, k, v = (split(Dense(cfg.hidden_size, dtype, n)(x)) for n in ("query", "key", "value"))
         mask = attention_mask[:, None, None, :].astype(bool)  # [B, 1, 1, T]
-        drop = None
         if not deterministic and cfg.attention_dropout > 0.0:
             drop = lambda p: Dropout(cfg.attention_dropout)(p, deterministic=False)
-        context = attention(q, k, v, mask, drop)
+            context = attention(q, k, v, mask, drop)
+        elif cfg.attention_kernel == "cudnn":
+            context = cudnn_attention(q, k, v, mask)
+        else:
+            context = attention(q, k, v, mask)
         context = context.reshape(B, T, cfg.hidden_size)
         with_output = OutputBlock(cfg, name="output")
         return with_output(context, x, deterministic)

@@ -432,7 +432,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     task = get_task(config.data.task)
     model_dir = resolve_model_dir(config.model.name_or_path)
     configs.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
-    model = load_pretrained(model_dir, task.num_labels, dtype=config.model.dtype, seed=config.train.seed)
+    model = load_pretrained(model_dir, task.num_labels, dtype=config.model.dtype, seed=config.train.seed,
+                            attention_kernel=config.model.attention)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files "
                           "(tokenizer.json or vocab.txt)")

@@ -84,6 +84,8 @@ def test_overrides_are_typed_and_unknown_keys_named():
     ("model.name_or_path", "", "config model.name_or_path must not be empty"),
     ("train.kl_reduction", "sum", "config train.kl_reduction must be one of reference, batchmean"),
     ("data.max_length", 2, "config data.max_length must be >= 3"),
+    ("model.attention", "flash", "config model.attention must be one of xla, cudnn"),
+    ("model.attention", "cudnn", "config model.attention 'cudnn' needs model.dtype bfloat16"),
 ])
 def test_impossible_values_name_the_key(key, value, message):
     config = valid(load("configs/default.py"))

@@ -352,3 +352,33 @@ def test_attention_equals_the_textbook_one_with_and_without_dropout():
     bf = attention(*(jnp.asarray(t, jnp.bfloat16) for t in (q, k, v)), m4)
     assert bf.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(bf, np.float32), _np_attention(q, k, v, mask), rtol=0.05, atol=0.05)
+
+
+def test_the_cudnn_attention_kernel_is_refused_where_it_cannot_run():
+    """attention_kernel 'cudnn' needs bfloat16 (config check) and a CUDA GPU (one line at
+    trace time, naming the backend); 'xla' is the default."""
+    dims = dict(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    assert ModelConfig(**dims).attention_kernel == "xla"
+    with pytest.raises(CheckpointError, match="attention_kernel 'cudnn' needs dtype bfloat16"):
+        ModelConfig(**dims, attention_kernel="cudnn")
+    with pytest.raises(CheckpointError, match="attention_kernel must be one of xla, cudnn"):
+        ModelConfig(**dims, attention_kernel="flash")
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU may have cuDNN")
+    config = ModelConfig(**dims, dtype="bfloat16", attention_kernel="cudnn")
+    backend = jax.default_backend()
+    with pytest.raises(CheckpointError, match=f"attention_kernel 'cudnn' is unavailable on {backend}"):
+        init_params(config)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs a CUDA GPU")
+def test_cudnn_attention_matches_the_xla_form_on_a_gpu():
+    """On a GPU: the cuDNN kernel's exits agree with the XLA form's (bfloat16)."""
+    dims = dict(vocab_size=50, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                dtype="bfloat16")
+    params = init_params(ModelConfig(**dims), seq_len=16)
+    ids = jnp.asarray(np.random.RandomState(0).randint(1, 50, (4, 16)))
+    mask = jnp.ones_like(ids).at[1, 10:].set(0)
+    logits = {kernel: MultiExitEncoder(ModelConfig(**dims, attention_kernel=kernel)).apply(
+        {"params": params}, ids, mask)["logits"] for kernel in ("xla", "cudnn")}
+    np.testing.assert_allclose(logits["cudnn"], logits["xla"], rtol=0.05, atol=0.02)
