@@ -22,8 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.name_or_path = "bert-base-uncased"
     # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
     config.model.dtype = "float32"
-    # Attention kernel: "xla" (any backend) or "cudnn" (cuDNN flash attention where no
-    # attention dropout applies, i.e. evaluation; CUDA GPUs and bfloat16 only).
+    # Attention kernel for evaluation: "xla" (any backend) or "cudnn" (cuDNN flash
+    # attention; CUDA GPUs and bfloat16 only). Training uses the XLA form either way.
     config.model.attention = "xla"
 
     config.data = ml_collections.ConfigDict()

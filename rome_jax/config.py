@@ -40,9 +40,10 @@ class ModelConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     dtype: str = "float32"
-    # "xla": `model.attention` (any backend); "cudnn": cuDNN's fused flash attention through
-    # jax.nn.dot_product_attention where no attention dropout applies (inference, or
-    # attention_dropout 0); CUDA GPUs and bfloat16 only. Not measured yet (no GPU lent).
+    # Attention at inference (deterministic): "xla", `model.attention` (any backend);
+    # "cudnn", cuDNN's fused flash attention through jax.nn.dot_product_attention (CUDA GPUs,
+    # bfloat16 only; not measured yet: no GPU lent). Training always uses
+    # `model.training_attention`.
     attention_kernel: str = "xla"
     unroll_layers: bool = True  # unroll the layer scan in training: ~6% faster step on CPU (inference stays rolled)
     embedding_size: int | None = None  # ALBERT's factorised embeddings; None: hidden_size

@@ -146,22 +146,19 @@ def Dense(features: int, dtype, name: str) -> nn.Dense:
                     dot_general=_dense_dot_general)
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array,
-              drop: Callable[[Array], Array] | None = None) -> Array:
-    """Scaled dot-product attention over the keys where `mask` is True.
+def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Scaled dot-product attention over the keys where `mask` is True (inference).
 
     q, k, v [B, T, N, D] (compute dtype); mask [B, 1, 1, T] bool -> context [B, T, N, D].
 
     Heads first ([B, N, T, D]), so both products are plain batched matrix products,
     and the softmax's division after the value product, on [B, N, T, D] instead of
     the [B, N, T, T] probabilities (as flash attention does):
-    softmax(s) V = (exp(s - max s) V) / sum exp(s - max s). The backward pass then has
-    no reduction over [B, N, T, T] either. `drop` (dropout on the attention
-    probabilities, HF's `attention_probs_dropout_prob`) is elementwise, so it commutes
-    with the per-row division: applied to the unnormalised probabilities it gives the
-    same result from the same mask bits. Scores and the softmax are float32.
-    On the CPU this ran 8-13% faster for the whole forward than `jax.nn.dot_product_attention`
-    (docs/speed_notes.md).
+    softmax(s) V = (exp(s - max s) V) / sum exp(s - max s). Scores and the softmax are
+    float32. On the CPU the whole forward ran 8-13% faster than with
+    `jax.nn.dot_product_attention` (docs/speed_notes.md). Differentiable, but training
+    uses `training_attention`: under GR's two cotangents (`vmap` over the backward
+    pass) each extra cotangent cost this form's backward about 1.5x what it costs that one.
     """
     dtype = q.dtype
     qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, N, T, D]
@@ -170,11 +167,47 @@ def attention(q: Array, k: Array, v: Array, mask: Array,
     # exact for any shift; the max only keeps exp in range, so it needs no gradient
     unnormalized = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
     total = unnormalized.sum(-1, keepdims=True)  # [B, N, T, 1]
-    if drop is not None:
-        unnormalized = drop(unnormalized)
     context = jnp.einsum("bhqk,bhkd->bhqd", unnormalized.astype(dtype), vh)
     context = (context.astype(jnp.float32) / total).astype(dtype)
     return jnp.swapaxes(context, 1, 2)
+
+
+def training_attention(q: Array, k: Array, v: Array, mask: Array,
+                       drop: Callable[[Array], Array] | None = None) -> Array:
+    """Attention as HF computes it in training: softmax probabilities, `drop`
+    (dropout on them, `attention_probs_dropout_prob`), then the value product.
+
+    q, k, v [B, T, N, D] (compute dtype); mask [B, 1, 1, T] bool -> context [B, T, N, D].
+    The softmax is `softmax` (the short derivative), whose backward pass stays cheap
+    for each added cotangent (GR pulls two back through one forward).
+    """
+    dtype = q.dtype
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = softmax(scores)
+    if drop is not None:
+        probs = drop(probs)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
+
+
+@jax.custom_jvp
+def softmax(x: Array) -> Array:
+    """Softmax over the last axis whose derivative is y * (dx - sum(y * dx)).
+
+    `jax.nn.softmax` (while `jax_softmax_custom_jvp` is off, the default) differentiates
+    through the exp / sum / divide, a longer backward pass of several reductions over
+    [B, heads, T, T]; this is the same function with the short form (what that flag
+    would select), kept local so the library does not change a global setting.
+    """
+    unnormalized = jnp.exp(x - jax.lax.stop_gradient(x.max(-1, keepdims=True)))
+    return unnormalized / unnormalized.sum(-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    y = softmax(x)
+    return y, y * (x_dot - (y * x_dot).sum(-1, keepdims=True))
 
 
 def cudnn_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
@@ -254,9 +287,11 @@ class SelfAttention(nn.Module):
         split = lambda y: y.reshape(B, T, cfg.num_heads, cfg.head_dim)
         q, k, v = (split(Dense(cfg.hidden_size, dtype, n)(x)) for n in ("query", "key", "value"))
         mask = attention_mask[:, None, None, :].astype(bool)  # [B, 1, 1, T]
-        if not deterministic and cfg.attention_dropout > 0.0:
-            drop = lambda p: Dropout(cfg.attention_dropout)(p, deterministic=False)
-            context = attention(q, k, v, mask, drop)
+        if not deterministic:
+            drop = None
+            if cfg.attention_dropout > 0.0:
+                drop = lambda p: Dropout(cfg.attention_dropout)(p, deterministic=False)
+            context = training_attention(q, k, v, mask, drop)
         elif cfg.attention_kernel == "cudnn":
             context = cudnn_attention(q, k, v, mask)
         else:

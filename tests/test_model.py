@@ -13,7 +13,8 @@ import rome_jax
 from rome_jax.config import ModelConfig
 from rome_jax.errors import CheckpointError
 from rome_jax.model import (Dropout, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, attention,
-                            dense_matmul, dropout_bits, init_params, layer_params)
+                            dense_matmul, dropout_bits, init_params, layer_params, softmax,
+                            training_attention)
 
 import tiny_hf
 
@@ -319,39 +320,58 @@ def _np_attention(q, k, v, mask, keep=None, rate=0.0):
     return np.einsum("bhqk,bkhd->bqhd", p, v)
 
 
-def test_attention_equals_the_textbook_one_with_and_without_dropout():
-    """`attention` (heads first, the softmax's division after the value product, dropout
-    on the unnormalised probabilities) against numpy's textbook form, and its gradient
-    against autodiff of `jax.nn.dot_product_attention` and of a plain jnp form."""
+def test_attention_forms_equal_the_textbook_one():
+    """`attention` (heads first, the softmax's division after the value product) and
+    `training_attention` (with dropout on the probabilities) against numpy's textbook
+    form, and their gradients against autodiff of `jax.nn.dot_product_attention` and of
+    a plain jnp form."""
     rng = np.random.RandomState(1)
     B, T, N, D = 2, 5, 3, 4
     q, k, v, g = (rng.randn(B, T, N, D).astype(np.float32) * 2 for _ in range(4))
     mask = np.ones((B, T), bool)
     mask[1, 3:] = False  # padding
     m4 = jnp.asarray(mask[:, None, None, :])
-    np.testing.assert_allclose(attention(q, k, v, m4), _np_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
-    ours = jax.vjp(lambda *a: attention(*a, m4), q, k, v)[1](g)
     theirs = jax.vjp(lambda *a: jax.nn.dot_product_attention(*a, mask=m4, implementation="xla"), q, k, v)[1](g)
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    assert float(np.abs(np.asarray(ours[1])[1, 3:]).max()) == 0.0  # no gradient into padded keys
+    for form in (attention, training_attention):
+        np.testing.assert_allclose(form(q, k, v, m4), _np_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
+        ours = jax.vjp(lambda *a: form(*a, m4), q, k, v)[1](g)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert float(np.abs(np.asarray(ours[1])[1, 3:]).max()) == 0.0  # no gradient into padded keys
+        bf = form(*(jnp.asarray(t, jnp.bfloat16) for t in (q, k, v)), m4)
+        assert bf.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(bf, np.float32), _np_attention(q, k, v, mask), rtol=0.05, atol=0.05)
 
     rate = 0.3
     keep = rng.rand(B, N, T, T) >= rate
     drop = lambda p: jnp.where(keep, p / (1 - rate), 0.0)
-    np.testing.assert_allclose(attention(q, k, v, m4, drop), _np_attention(q, k, v, mask, keep, rate),
+    np.testing.assert_allclose(training_attention(q, k, v, m4, drop), _np_attention(q, k, v, mask, keep, rate),
                                rtol=1e-5, atol=1e-6)
 
-    def plain(q, k, v):  # dropout on the normalised probabilities, as HF does
+    def plain(q, k, v):  # jax.nn.softmax's own autodiff
         s = jnp.where(m4, jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D), -1e30)
         return jnp.einsum("bhqk,bkhd->bqhd", drop(jax.nn.softmax(s, axis=-1)), v)
 
-    ours = jax.vjp(lambda *a: attention(*a, m4, drop), q, k, v)[1](g)
+    ours = jax.vjp(lambda *a: training_attention(*a, m4, drop), q, k, v)[1](g)
     for a, b in zip(ours, jax.vjp(plain, q, k, v)[1](g)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    bf = attention(*(jnp.asarray(t, jnp.bfloat16) for t in (q, k, v)), m4)
-    assert bf.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(bf, np.float32), _np_attention(q, k, v, mask), rtol=0.05, atol=0.05)
+
+
+def test_softmax_and_its_gradient_equal_the_textbook_ones():
+    """The attention softmax (custom JVP) against numpy and jax.nn.softmax's own autodiff,
+    with a masked key at float32's minimum as the model masks it."""
+    rng = np.random.RandomState(1)
+    x = rng.randn(2, 3, 5).astype(np.float32) * 3
+    x[..., -1] = np.finfo(np.float32).min
+    g = rng.randn(2, 3, 5).astype(np.float32)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    y = e / e.sum(-1, keepdims=True)
+    np.testing.assert_allclose(softmax(jnp.asarray(x)), y, rtol=1e-6, atol=1e-7)
+    ours = jax.vjp(softmax, jnp.asarray(x))[1](jnp.asarray(g))[0]
+    np.testing.assert_allclose(ours, y * (g - (g * y).sum(-1, keepdims=True)), rtol=1e-5, atol=1e-6)
+    theirs = jax.vjp(lambda a: jax.nn.softmax(a, axis=-1), jnp.asarray(x))[1](jnp.asarray(g))[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert float(np.abs(np.asarray(ours)[..., -1]).max()) == 0.0  # no gradient into a masked key
 
 
 def test_the_cudnn_attention_kernel_is_refused_where_it_cannot_run():
