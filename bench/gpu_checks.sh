@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Issue 7's GPU checks in one command, for a session that is lent a GPU (H200):
+#
+#   bash bench/gpu_checks.sh            # writes logs and JSON to $OUT (or bench/results/gpu)
+#
+# 1. training at bert-base dims, length 128, bfloat16: `joint` and `romebert` against
+#    the PyTorch reference step (fp32 and bf16 autocast), samples/s and MFU, batch 256;
+# 2. inference: batch-1 latency and batched throughput (batch 64), full depth and early
+#    exit at several thresholds, bfloat16, with the XLA attention and with cuDNN's;
+# 3. the cuDNN attention test (tests/test_model.py, skipped on CPUs);
+# 4. our two steps at batch 512 (does a larger batch fill the chip better?), and
+#    early exit at batch 256.
+#
+# Each part has its own time limit and a failure does not stop the rest; expected
+# about 5 minutes, at most 12.5 if every part runs to its limit (run it with the
+# device's 10-minute limit: the files of the parts done come back). Needs JAX with CUDA, torch and
+# transformers (the lent machine's image has them), and SST-2's TSV files under
+# $GLUE_DIR (default ../shared/glue). On the lent machine, where ../shared does not
+# travel: `mkdir -p .gpu_data && cp -r ../shared/glue/SST-2 .gpu_data/` here (ignored by
+# git), then run `GLUE_DIR=.gpu_data bash bench/gpu_checks.sh` with `.gpu_data` carried.
+# Without the pretrained MiniLM installed there, the early-exit runs use a random
+# model of its shape (see bench_early_exit.py). Files written: log.txt, machine.txt
+# and five JSON records. GPU_CHECKS_SMOKE=1 runs every part at toy sizes (on a CPU
+# too) to check the script itself.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-bench/results/gpu}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+glue="${GLUE_DIR:-../shared/glue}"
+py=python3
+
+if [ "${GPU_CHECKS_SMOKE:-0}" = 1 ]; then
+    platform=cpu; preset=minilm; b1=4; b2=8; reps=1; peak=512; ee="--single-examples 2 --batched-examples 16 --batch-size 8 --repeats 1 --batched-repeats 1"; ee_big="$ee"
+else
+    platform=cuda; preset=bert-base; b1=256; b2=512; reps=5; peak=0; ee=""; ee_big="--batch-size 256 --batched-examples 872 --single-examples 4 --repeats 1"
+fi
+
+part() {  # part NAME SECONDS COMMAND...: run with a limit, append to $out/log.txt, never stop the script
+    local name=$1 limit=$2; shift 2
+    local log; log=$(mktemp)
+    echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" | tee -a "$out/log.txt"
+    timeout "$limit" "$@" > "$log" 2>&1
+    local rc=$?
+    cat "$log" >> "$out/log.txt"
+    tail -n 25 "$log"
+    echo "== $name: exit $rc" | tee -a "$out/log.txt"
+    rm -f "$log"
+}
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+    $py -c "import jax, torch, transformers; print('jax', jax.__version__, jax.devices()); print('torch', torch.__version__, torch.cuda.is_available(), 'transformers', transformers.__version__)" 2>&1
+} | tee "$out/machine.txt"
+
+# Most wanted first: a run stopped at its limit still leaves the earlier parts' files.
+part reference_step 300 $py bench/bench_reference_step.py --preset "$preset" --batch "$b1" --length 128 \
+    --dtype bfloat16 --torch fp32,bf16 --repeats "$reps" --peak_size "$peak" --out "$out/reference_step_gpu.json"
+part early_exit_xla 90 $py bench/bench_early_exit.py --glue-dir "$glue" --dtype bfloat16 --attention xla \
+    $ee --out "$out/early_exit_gpu_xla.json"
+part early_exit_cudnn 90 $py bench/bench_early_exit.py --glue-dir "$glue" --dtype bfloat16 --attention cudnn \
+    $ee --out "$out/early_exit_gpu_cudnn.json"
+# tests/conftest.py defaults JAX_PLATFORMS to cpu; ask for the GPU
+part cudnn_test 60 env JAX_PLATFORMS="$platform" $py -m pytest -q -p no:cacheprovider tests/test_model.py \
+    -k "cudnn or attention"
+part train_step_big 120 $py bench/bench_train_step.py --preset "$preset" --batch "$b2" --length 128 \
+    --dtype bfloat16 --modes joint,romebert --repeats "$reps" --out "$out/train_step_gpu_big.json"
+part early_exit_batch256 90 $py bench/bench_early_exit.py --glue-dir "$glue" --dtype bfloat16 --attention xla \
+    $ee_big --out "$out/early_exit_gpu_batch256.json"
+date -u
