@@ -21,6 +21,7 @@ import os
 from absl import flags
 
 from rome_jax import cli
+from rome_jax.config import ATTENTION_KERNELS
 from rome_jax.errors import CheckpointError, ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (its config and checkpoints).")
@@ -39,7 +40,7 @@ _BATCHED = flags.DEFINE_integer("batched_examples", 256, "Examples timed batched
 _NO_TIMING = flags.DEFINE_bool("no_timing", False, "Skip the wall-clock measurements.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "Compute dtype (default: the run's, or float32).")
-_ATTENTION = flags.DEFINE_enum("attention", None, ["xla", "cudnn"],
+_ATTENTION = flags.DEFINE_enum("attention", None, list(ATTENTION_KERNELS),
                                "Attention kernel; cudnn: CUDA GPUs, bfloat16 (default: the run's, or xla).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or MODEL/eval.")
 

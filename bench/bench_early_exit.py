@@ -48,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rome_jax import flops  # noqa: E402
-from rome_jax.config import ModelConfig  # noqa: E402
+from rome_jax.config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
 from rome_jax.exits import Criterion, simulate_sweep  # noqa: E402
 from rome_jax.inference import BatchedEarlyExit, all_exits, while_loop_exit  # noqa: E402
 
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batched-repeats", type=int, default=3, help="timed passes per setting, batched")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
-    p.add_argument("--attention", default="xla", choices=["xla", "cudnn"],
+    p.add_argument("--attention", default="xla", choices=ATTENTION_KERNELS,
                    help="attention kernel (cudnn: CUDA GPUs with --dtype bfloat16)")
     return p.parse_args(argv)
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
+from rome_jax.config import ATTENTION_KERNELS
 from rome_jax.errors import ConfigError, DataError
 
 Check = Callable[[Any], "str | None"]
@@ -90,7 +91,7 @@ def _mode(v: str) -> str | None:
 KEYS: dict[str, Check] = {
     "model.name_or_path": _typed(str, _model_name),
     "model.dtype": _one_of("float32", "bfloat16"),
-    "model.attention": _one_of("xla", "cudnn"),
+    "model.attention": _one_of(*ATTENTION_KERNELS),
     "data.task": _typed(str, _task),
     "data.dir": _typed(str),
     "data.source": _one_of("dir", "hf", "tfds"),
