@@ -18,10 +18,24 @@ cores (our bert-base step right after PyTorch's took up to 1.85x its usual time;
 A third row, `gemms`, times the six dense products of one encoder layer (query, key,
 value, attention output, FFN in, FFN out: [B*T, H] @ [H, H] four times, then
 [B*T, H] @ [H, I] and [B*T, I] @ [I, H]) chained, as one jitted function against
-`torch.mm`. It is the floor under the other two ratios: about two thirds of either
-step is these products, so a step cannot beat PyTorch's by much more than its
-matrix library allows (on the 2-core Xeon of docs/benchmarks.md, XLA:CPU's YNNPACK
-runs these shapes about 1.15x slower than PyTorch's MKL).
+`torch.mm`: the matrix library alone, about two thirds of either step's work (on the
+2-core Xeon of docs/benchmarks.md XLA:CPU's YNNPACK runs these shapes 1.15-1.25x
+slower than PyTorch's `torch.mm`; HF's `nn.Linear`, an `addmm` with the bias, is itself
+5-10% slower than `torch.mm`, so this row overstates the gap inside the model).
+
+A fourth row, `attention`, times one layer's attention core: our inference form
+(`rome_jax.model.attention`, mask applied) against the `scaled_dot_product_attention`
+call of HF's BERT on an unpadded batch (no mask: HF passes none when nothing is
+padded; PyTorch's CPU flash kernel serves it), both from [B, T, heads, head_dim] to
+[B, T, hidden]. PyTorch's kernel never writes the [B, heads, T, T] scores to memory;
+XLA writes them, and runs the batched products on one thread (docs/speed_notes.md).
+
+`--cpu-devices N` splits the CPU into N JAX devices (`jax_num_cpu_devices`) and runs
+our forward and step data-parallel over them, as `train.py` does over any devices
+it finds (the `gemms` and `attention` rows stay on one). On the 2-core machine two
+devices made MiniLM's forward at batch 32 x 128 17-20% faster, but the step slower
+at small batches and at bert-base dimensions (each device repeats the optimizer's
+work on every parameter): docs/benchmarks.md, "two CPU devices".
 """
 
 from __future__ import annotations
@@ -45,9 +59,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
+from rome_jax import train_step as ts
 from rome_jax.inference import all_exits
 from rome_jax.config import ModelConfig
-from rome_jax.model import INPUT_KEYS, init_params
+from rome_jax.model import INPUT_KEYS, attention, init_params
 
 
 def layer_gemms(dims: dict, rows: int):
@@ -82,6 +97,37 @@ def layer_gemms(dims: dict, rows: int):
     return (lambda: jax.block_until_ready(chain(jx, jw))), torch_chain
 
 
+def layer_attention(dims: dict, batch: int, length: int):
+    """One layer's attention core, [B, T, N, D] in and [B, T, N * D] out, in JAX and PyTorch.
+
+    Ours: `rome_jax.model.attention` (the inference form, mask applied) then the
+    reshape. PyTorch: what `BertSdpaSelfAttention` runs on an unpadded batch,
+    `scaled_dot_product_attention` on the heads-first views with no mask (HF passes
+    none when nothing is padded), then the transpose and reshape back.
+    """
+    import torch
+
+    heads = dims["num_heads"]
+    head_dim = dims["hidden_size"] // heads
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((batch, length, heads, head_dim)).astype(np.float32) for _ in range(3))
+    mask = np.ones((batch, 1, 1, length), bool)
+
+    @jax.jit
+    def ours(q, k, v, mask):
+        return attention(q, k, v, mask).reshape(batch, length, heads * head_dim)
+
+    jq, jk, jv, jm = (jnp.asarray(a) for a in (q, k, v, mask))
+    tq, tk, tv = (torch.from_numpy(a).transpose(1, 2) for a in (q, k, v))
+
+    def theirs():
+        with torch.no_grad():
+            out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+            return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+    return (lambda: jax.block_until_ready(ours(jq, jk, jv, jm))), theirs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="minilm", choices=sorted(PRESETS))
@@ -90,8 +136,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--settle", type=float, default=0.3,
                         help="seconds to wait before each timed call (lets the other side's threads go idle)")
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="JAX CPU devices (default: JAX's, 1); ours runs data-parallel over them")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1 or args.batch % args.cpu_devices:
+            parser.error(f"--cpu-devices {args.cpu_devices} must be at least 1 and divide --batch {args.batch}")
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any JAX operation
 
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -106,8 +158,9 @@ def main() -> None:
     batch = random_batch(args.batch, args.length)
     torch_batch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
-    params = init_params(config, 0)
-    inputs = {k: jnp.asarray(batch[k]) for k in INPUT_KEYS}
+    mesh = ts.make_mesh()  # the step's mesh: all devices, the batch split on them
+    params = ts.replicate(init_params(config, 0), mesh)
+    inputs = ts.shard_batch({k: batch[k] for k in INPUT_KEYS}, mesh)
     jax_step = step_runner(config, "joint", batch)
     optimizer = torch.optim.AdamW(hf.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
 
@@ -129,7 +182,8 @@ def main() -> None:
 
     jax_gemms, torch_gemms = layer_gemms(dims, args.batch * args.length)
     pairs = {"forward": (jax_forward, torch_forward), "train_step": (jax_step, torch_step),
-             "gemms": (jax_gemms, torch_gemms)}
+             "gemms": (jax_gemms, torch_gemms),
+             "attention": layer_attention(dims, args.batch, args.length)}
     results = {}
     for name, (ours, theirs) in pairs.items():
         ours(); ours(); theirs(); theirs()  # compile / warm up
@@ -145,14 +199,16 @@ def main() -> None:
         results[name] = {**med, "ratio": med["rome_jax"] / med["torch"],
                          "min": best, "ratio_of_min": best["rome_jax"] / best["torch"], "all": times}
 
-    print(f"{args.preset} batch {args.batch} length {args.length} float32, "
-          f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}")
-    print(f"{'':<12}{'rome_jax s':>12}{'torch s':>12}{'ratio':>8}{'ratio of min':>14}")
+    print(f"{args.preset} batch {args.batch} length {args.length} float32, jax {jax.__version__} "
+          f"({jax.devices()[0].platform} x{mesh.size}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"{'':<12}{'rome_jax ms':>12}{'torch ms':>12}{'ratio':>8}{'ratio of min':>14}")
     for name, r in results.items():
-        print(f"{name:<12}{r['rome_jax']:>12.3f}{r['torch']:>12.3f}{r['ratio']:>8.2f}{r['ratio_of_min']:>14.2f}")
+        print(f"{name:<12}{r['rome_jax'] * 1e3:>12.1f}{r['torch'] * 1e3:>12.1f}{r['ratio']:>8.2f}"
+              f"{r['ratio_of_min']:>14.2f}")
     record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
               "jax": jax.__version__, "torch": torch.__version__, "preset": args.preset,
-              "batch": args.batch, "length": args.length, "settle_s": args.settle, "results": results}
+              "batch": args.batch, "length": args.length, "settle_s": args.settle,
+              "jax_devices": mesh.size, "torch_threads": torch.get_num_threads(), "results": results}
     write_record(args.out or f"bench/results/vs_torch_{args.preset}_cpu.json", record)
 
 
