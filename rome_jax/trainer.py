@@ -444,6 +444,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     t = config.train
     mesh = ts.make_mesh()
+    logger.info("data-parallel over %d %s device(s) in %d process(es)", mesh.size,
+                jax.devices()[0].platform, jax.process_count())
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
     def new_iterator(stage_number: int = 1) -> BatchIterator:
         features = stage2_features if stage_number == 2 and stage2_features is not None else train_features
