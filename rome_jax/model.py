@@ -27,7 +27,6 @@ mapped to the hidden size by `embeddings/embedding_hidden_mapping_in`.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -147,36 +146,14 @@ def Dense(features: int, dtype, name: str) -> nn.Dense:
                     dot_general=_dense_dot_general)
 
 
-ATTENTION_CHUNK_BYTES = 2 * 2**20
-"""On the CPU, attention is computed in chunks whose float32 scores take at most this
-many bytes (`chunked`; 2 MiB ran best of 0.25-8 MiB, docs/speed_notes.md)."""
-
-INFERENCE_WHOLE_BYTES = 32 * 2**20
-"""On the CPU, `attention` (inference) is chunked only when the whole batch's float32
-scores exceed this (a last-level cache): below it, chunks ran no faster in the model."""
-
-
 def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     """Scaled dot-product attention over the keys where `mask` is True (inference).
 
-    q [B, T, N, D], k, v [B, S, N, D] (compute dtype); mask [B, 1, 1, S] bool
-    -> context [B, T, N, D].
-
-    `full_attention` on every backend; on the CPU in chunks (`chunked`) when the
-    scores exceed INFERENCE_WHOLE_BYTES, which made MiniLM's forward at 4 x 512 26%
-    faster on a 2-core EPYC (docs/speed_notes.md). `lax.platform_dependent` picks the
-    form when the function is lowered, so one traced model serves every backend.
-    """
-    cpu = partial(chunked, full_attention, whole_bytes=INFERENCE_WHOLE_BYTES)
-    return jax.lax.platform_dependent(q, k, v, mask, cpu=cpu, default=full_attention)
-
-
-def full_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """`attention` in one piece. Shapes as there.
+    q, k, v [B, T, N, D] (compute dtype); mask [B, 1, 1, T] bool -> context [B, T, N, D].
 
     Heads first ([B, N, T, D]), so both products are plain batched matrix products,
     and the softmax's division after the value product, on [B, N, T, D] instead of
-    the [B, N, T, S] probabilities (as flash attention does):
+    the [B, N, T, T] probabilities (as flash attention does):
     softmax(s) V = (exp(s - max s) V) / sum exp(s - max s). Scores and the softmax are
     float32. On the CPU the whole forward ran 8-13% faster than with
     `jax.nn.dot_product_attention` (docs/speed_notes.md). Differentiable, but training
@@ -196,84 +173,21 @@ def full_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 def training_attention(q: Array, k: Array, v: Array, mask: Array,
-                       keep: Array | None = None, rate: float = 0.0) -> Array:
-    """Attention as HF computes it in training: softmax probabilities, dropout on them
-    (`attention_probs_dropout_prob`: zero where `keep` is False, the rest scaled by
-    1 / (1 - rate)), then the value product.
+                       drop: Callable[[Array], Array] | None = None) -> Array:
+    """Attention as HF computes it in training: softmax probabilities, `drop`
+    (dropout on them, `attention_probs_dropout_prob`), then the value product.
 
-    q [B, T, N, D], k, v [B, S, N, D] (compute dtype); mask [B, 1, 1, S] bool;
-    keep None (no dropout) or [B, N, T, S] bool -> context [B, T, N, D].
+    q, k, v [B, T, N, D] (compute dtype); mask [B, 1, 1, T] bool -> context [B, T, N, D].
     The softmax is `softmax` (the short derivative), whose backward pass stays cheap
     for each added cotangent (GR pulls two back through one forward).
-
-    `full_training_attention` on every backend but the CPU; there, `chunked`, each
-    chunk's scores recomputed in the backward pass instead of stored: MiniLM's `joint`
-    step at 32 x 128 ran about 10% faster, `romebert`'s about 6% (docs/speed_notes.md).
-    `keep` is drawn whole by the caller, so every backend drops the same entries.
     """
-    form = partial(full_training_attention, rate=rate)
-    args = (q, k, v, mask) if keep is None else (q, k, v, mask, keep)
-    return jax.lax.platform_dependent(*args, cpu=partial(chunked, form), default=form)
-
-
-def full_training_attention(q: Array, k: Array, v: Array, mask: Array,
-                            keep: Array | None = None, rate: float = 0.0) -> Array:
-    """`training_attention` in one piece. Shapes as there."""
     dtype = q.dtype
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = softmax(scores)
-    if keep is not None:  # as `Dropout`, to the bit
-        kept = probs / np.float32(1.0 - rate) if rate < 1.0 else jnp.zeros_like(probs)
-        probs = jnp.where(keep, kept, jnp.zeros((), probs.dtype))
+    if drop is not None:
+        probs = drop(probs)
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
-
-
-def _largest_divisor(n: int, at_most: int) -> int:
-    """The largest divisor of n that is at most max(1, at_most)."""
-    c = max(1, min(n, at_most))
-    while n % c:
-        c -= 1
-    return c
-
-
-def chunked(form: Callable[..., Array], q: Array, k: Array, v: Array, mask: Array,
-            keep: Array | None = None, chunk_bytes: int | None = None,
-            whole_bytes: int = 0) -> Array:
-    """`form(q, k, v, mask[, keep])` computed in a `lax.map` over chunks of at most
-    `chunk_bytes` (default ATTENTION_CHUNK_BYTES, read when traced) of float32 scores
-    each (in one piece if all the scores take at most `whole_bytes`); equal to `form` on the whole batch, to the bit. Shapes as in
-    `training_attention`; `form` is `full_attention` or `full_training_attention`.
-
-    Chunks are whole examples (the largest divisor of B whose [c, N, T, S] scores fit)
-    when one example's scores fit, otherwise single heads of the [B * N] rows. XLA:CPU
-    runs each batched product on one thread and writes the scores to memory; small
-    chunks keep them in cache (docs/speed_notes.md). Sequential by construction: for the
-    CPU only.
-    """
-    B, T, N, D = q.shape
-    S = k.shape[1]
-    per_head = T * S * 4
-    chunk_bytes = ATTENTION_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    extra = () if keep is None else (keep,)
-    if B * N * per_head <= whole_bytes:
-        return form(q, k, v, mask, *extra)
-    body = jax.checkpoint(lambda a: form(*a))  # the backward pass recomputes a chunk's scores
-    if N * per_head <= chunk_bytes:
-        c = _largest_divisor(B, chunk_bytes // (N * per_head))
-        if c == B:
-            return form(q, k, v, mask, *extra)
-        split = lambda t: t.reshape(B // c, c, *t.shape[1:])
-        context = jax.lax.map(body, tuple(map(split, (q, k, v, mask) + extra)))
-        return context.reshape(q.shape)
-    # one example's scores do not fit: chunks of heads, [B * N, T, 1, D] rows
-    rows = B * N
-    c = _largest_divisor(rows, chunk_bytes // per_head)
-    flat = lambda t: jnp.swapaxes(t, 1, 2).reshape(rows // c, c, t.shape[1], 1, D)
-    rows_mask = jnp.broadcast_to(mask, (B, N, 1, S)).reshape(rows // c, c, 1, 1, S)
-    extra = tuple(t.reshape(rows // c, c, 1, T, S) for t in extra)
-    context = jax.lax.map(body, (flat(q), flat(k), flat(v), rows_mask) + extra)
-    return jnp.swapaxes(context.reshape(B, N, T, D), 1, 2)
 
 
 @jax.custom_jvp
@@ -324,14 +238,9 @@ class Dropout(nn.Module):
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
-        return jnp.where(self.keep(x.shape), x / np.asarray(1.0 - self.rate, x.dtype),
-                         jnp.zeros((), x.dtype))
-
-    def keep(self, shape: tuple[int, ...]) -> Array:
-        """The entries `__call__` keeps for an input of `shape` (bool), from the same
-        'dropout' RNG draw: for dropout applied elsewhere (`training_attention`)."""
         threshold = np.uint16(min(round(self.rate * 65536), 65535))
-        return dropout_bits(self.make_rng("dropout"), shape) >= threshold
+        keep = dropout_bits(self.make_rng("dropout"), x.shape) >= threshold
+        return jnp.where(keep, x / np.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
 
 
 class Embeddings(nn.Module):
@@ -379,10 +288,10 @@ class SelfAttention(nn.Module):
         q, k, v = (split(Dense(cfg.hidden_size, dtype, n)(x)) for n in ("query", "key", "value"))
         mask = attention_mask[:, None, None, :].astype(bool)  # [B, 1, 1, T]
         if not deterministic:
-            keep = None
+            drop = None
             if cfg.attention_dropout > 0.0:
-                keep = Dropout(cfg.attention_dropout).keep((B, cfg.num_heads, T, T))
-            context = training_attention(q, k, v, mask, keep, cfg.attention_dropout)
+                drop = lambda p: Dropout(cfg.attention_dropout)(p, deterministic=False)
+            context = training_attention(q, k, v, mask, drop)
         elif cfg.attention_kernel == "cudnn":
             context = cudnn_attention(q, k, v, mask)
         else:

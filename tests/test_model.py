@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +12,8 @@ import pytest
 import rome_jax
 from rome_jax.config import ModelConfig
 from rome_jax.errors import CheckpointError
-from rome_jax.model import (ATTENTION_CHUNK_BYTES, INFERENCE_WHOLE_BYTES, Dropout, MultiExitEncoder, apply_embeddings,
-                            apply_layer_with_exit, attention, chunked, dense_matmul, dropout_bits,
-                            full_attention, full_training_attention, init_params, layer_params, softmax,
+from rome_jax.model import (Dropout, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, attention,
+                            dense_matmul, dropout_bits, init_params, layer_params, softmax,
                             training_attention)
 
 import tiny_hf
@@ -347,66 +345,16 @@ def test_attention_forms_equal_the_textbook_one():
     rate = 0.3
     keep = rng.rand(B, N, T, T) >= rate
     drop = lambda p: jnp.where(keep, p / (1 - rate), 0.0)
-    np.testing.assert_allclose(training_attention(q, k, v, m4, keep, rate), _np_attention(q, k, v, mask, keep, rate),
+    np.testing.assert_allclose(training_attention(q, k, v, m4, drop), _np_attention(q, k, v, mask, keep, rate),
                                rtol=1e-5, atol=1e-6)
 
     def plain(q, k, v):  # jax.nn.softmax's own autodiff
         s = jnp.where(m4, jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D), -1e30)
         return jnp.einsum("bhqk,bkhd->bqhd", drop(jax.nn.softmax(s, axis=-1)), v)
 
-    ours = jax.vjp(lambda *a: training_attention(*a, m4, keep, rate), q, k, v)[1](g)
+    ours = jax.vjp(lambda *a: training_attention(*a, m4, drop), q, k, v)[1](g)
     for a, b in zip(ours, jax.vjp(plain, q, k, v)[1](g)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("B,T,N,chunk_bytes", [
-    (6, 7, 3, 2 * 3 * 7 * 7 * 4),  # two examples a chunk
-    (5, 7, 3, 4 * 3 * 7 * 7 * 4),  # B = 5 is prime: chunks of one example
-    (2, 7, 3, 2 * 7 * 7 * 4),      # one example does not fit: two heads a chunk
-    (2, 7, 3, 1),                  # nothing fits: one head a chunk
-    (4, 7, 3, 10 ** 9)])           # everything fits: one piece
-def test_chunked_attention_equals_the_whole_to_the_bit(B, T, N, chunk_bytes):
-    """`chunked` (the CPU form of both attentions) against the forms it splits, forward
-    and backward, with padding and dropout, to the bit: it only splits independent rows."""
-    rng = np.random.RandomState(2)
-    q, k, v, g = (jnp.asarray(rng.randn(B, T, N, 4).astype(np.float32)) for _ in range(4))
-    mask = jnp.asarray(rng.rand(B, 1, 1, T) < 0.7).at[..., 0].set(True)
-    keep = jnp.asarray(rng.rand(B, N, T, T) >= 0.3)
-    for form, extra in ((full_attention, ()), (partial(full_training_attention, rate=0.3), (keep,))):
-        whole, whole_vjp = jax.vjp(lambda *a: form(*a, mask, *extra), q, k, v)
-        parts, parts_vjp = jax.vjp(lambda *a: chunked(form, *a, mask, *extra, chunk_bytes=chunk_bytes), q, k, v)
-        np.testing.assert_array_equal(parts, whole)
-        for a, b in zip(parts_vjp(g), whole_vjp(g)):
-            np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("form,whole,shape,threshold", [
-    (training_attention, full_training_attention, (2, 256, 12), ATTENTION_CHUNK_BYTES),
-    (attention, full_attention, (1, 1024, 12), INFERENCE_WHOLE_BYTES)])
-def test_attention_is_chunked_on_the_cpu_only(form, whole, shape, threshold):
-    """On the CPU, a batch whose scores exceed the form's threshold compiles to a loop
-    over chunks (and equals the whole form); a small one stays in one piece."""
-    B, T, N = shape
-    assert B * N * T * T * 4 > threshold
-    rng = np.random.RandomState(3)
-    q, k, v = (jnp.asarray(rng.randn(B, T, N, 4).astype(np.float32)) for _ in range(3))
-    mask = jnp.ones((B, 1, 1, T), bool)
-    hlo = jax.jit(form).lower(q, k, v, mask).compile().as_text()
-    assert ("while" in hlo) == (jax.default_backend() == "cpu")
-    np.testing.assert_allclose(form(q, k, v, mask), whole(q, k, v, mask), rtol=1e-5, atol=1e-6)
-    small = jax.jit(form).lower(q[:, :8], k[:, :8], v[:, :8], mask[..., :8]).compile().as_text()
-    assert "while" not in small
-
-
-def test_dropout_keep_is_the_mask_the_layer_applies():
-    """`Dropout.keep` (drawn once for the attention probabilities) is the mask `Dropout`
-    itself applies with the same RNG, so chunking changes no dropped entry."""
-    x = jnp.ones((3, 4, 5, 5), jnp.float32)
-    rngs = {"dropout": jax.random.PRNGKey(5)}
-    applied = np.asarray(Dropout(0.2).apply({}, x, False, rngs=rngs)) != 0
-    keep = np.asarray(Dropout(0.2).apply({}, x.shape, rngs=rngs, method=Dropout.keep))
-    np.testing.assert_array_equal(keep, applied)
-    assert 0 < (~keep).sum() < keep.size
 
 
 def test_softmax_and_its_gradient_equal_the_textbook_ones():

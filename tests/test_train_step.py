@@ -220,31 +220,3 @@ def test_albert_gradient_regularization_projects_the_shared_layer():
     assert m["gr/norm_A"] > 0 and m["gr/norm_B"] > 0  # the selection is not empty
     assert "layer" not in state.params["layers"]
     assert any(jax.tree.leaves(changed(before["shared_layer"], state.params["shared_layer"])))
-
-
-@pytest.mark.parametrize("mode", ["romebert", "joint"])
-def test_attention_chunks_change_no_step(mode, monkeypatch):
-    """The CPU's chunked training attention (one head a chunk, recomputed in the backward
-    pass, under GR's two cotangents, with padding and attention dropout) takes the same
-    two steps as attention in one piece."""
-    import rome_jax.model as model_module
-
-    def two_steps(chunk_bytes):
-        monkeypatch.setattr(model_module, "ATTENTION_CHUNK_BYTES", chunk_bytes)
-        params = init_params(CFG, 0)
-        tx = make_optimizer(1e-3, 100, params=params)
-        mesh = ts.make_mesh(jax.devices()[:1])
-        step = ts.compile_train_step(CFG, ts.StepSettings(mode=mode), tx, mesh, params)
-        text = step.lower(ts.replicate(ts.create_train_state(params, tx, 3), mesh),
-                          ts.shard_batch(make_batch(), mesh)).as_text()
-        state = ts.replicate(ts.create_train_state(params, tx, 3), mesh)
-        for _ in range(2):
-            state, metrics = step(state, ts.shard_batch(make_batch(), mesh))
-        return jax.device_get(state.params), float(metrics["loss"]), text.count("stablehlo.while")
-
-    whole, whole_loss, whole_loops = two_steps(10 ** 9)
-    parts, parts_loss, parts_loops = two_steps(1)
-    assert parts_loops > whole_loops  # the chunks are really there
-    np.testing.assert_allclose(parts_loss, whole_loss, rtol=1e-6)
-    for x, y in zip(jax.tree.leaves(parts), jax.tree.leaves(whole)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
