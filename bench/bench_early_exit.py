@@ -47,6 +47,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.bench_train_step import cpu_model  # noqa: E402
 from rome_jax import flops  # noqa: E402
 from rome_jax.config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
 from rome_jax.exits import Criterion, simulate_sweep  # noqa: E402
@@ -286,7 +287,8 @@ def main(argv=None) -> dict:
         "batch1": {"examples": args.single_examples, "repeats": args.repeats, "rows": rows1},
         "batched": {"examples": args.batched_examples, "batch_size": args.batch_size,
                     "repeats": args.batched_repeats, "rows": rows_b},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
+        "machine": {"platform": platform.platform(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
+                    "jax": jax.__version__,
                     "devices": [str(d) for d in jax.devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
                     "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},

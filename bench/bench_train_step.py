@@ -80,9 +80,20 @@ def time_mode(config: ModelConfig, mode: str, batch: dict, repeats: int) -> floa
     return float(np.median(times))
 
 
+def cpu_model() -> str:
+    """The host CPU's model name from /proc/cpuinfo ('' where there is none): CPU
+    ratios against PyTorch differ by host (docs/benchmarks.md, "third session")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def write_record(path: str, record: dict) -> None:
-    """Writes a benchmark's JSON record with the command line that produced it."""
-    record = {**record, "command": " ".join(["python"] + sys.argv),
+    """Writes a benchmark's JSON record with the command line that produced it and the
+    host's CPU model."""
+    record = {**record, "command": " ".join(["python"] + sys.argv), "cpu_model": cpu_model(),
               "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}  # see rome_jax/host_memory.py
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
