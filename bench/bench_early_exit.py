@@ -51,7 +51,8 @@ from bench.bench_train_step import cpu_model  # noqa: E402
 from rome_jax import flops  # noqa: E402
 from rome_jax.config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
 from rome_jax.exits import Criterion, simulate_sweep  # noqa: E402
-from rome_jax.inference import BatchedEarlyExit, all_exits, while_loop_exit  # noqa: E402
+from rome_jax.inference import (BatchedEarlyExit, all_exits, default_buckets, fit_to_bucket,  # noqa: E402
+                                 while_loop_exit)
 
 MINILM = ModelConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
                      intermediate_size=1536, num_labels=2)
@@ -209,7 +210,10 @@ def bench_batched(config, params, features: dict, thresholds: list[float], batch
                   repeats: int) -> list[dict]:
     n, L = len(features["input_ids"]), config.num_layers
     batches = batches_of(features, batch_size)
-    plain = [{k: v for k, v in b.items() if k != "example_mask"} for b in batches]
+    # full depth and the batch-level while loop run a padded last batch cut to the
+    # bucket the per-example executor would use, so padding favours no one
+    fitted = [fit_to_bucket(b, default_buckets(batch_size)) for b in batches]
+    plain = [{k: v for k, v in b.items() if k != "example_mask"} for b in fitted]
     criteria = [Criterion("entropy", s) for s in thresholds]
     runners = [BatchedEarlyExit(config, params, c) for c in criteria]
     seq_len = features["input_ids"].shape[1]
@@ -218,7 +222,7 @@ def bench_batched(config, params, features: dict, thresholds: list[float], batch
         return [all_exits(config, params, b) for b in plain]
 
     def while_pass(c):
-        return [while_loop_exit(config, params, b, c) for b in batches]
+        return [while_loop_exit(config, params, b, c) for b in fitted]
 
     settings = {"full": full_pass}
     for k, (c, runner) in enumerate(zip(criteria, runners)):
@@ -239,7 +243,7 @@ def bench_batched(config, params, features: dict, thresholds: list[float], batch
                 outs = results[(mode, k)]
                 index = np.concatenate([np.asarray(o["exit_index"]) for o in outs])[:n]
                 example_layers = int((index + 1).sum())
-                computed = sum(int(o["layers_run"]) * batch_size for o in outs)
+                computed = sum(int(o["layers_run"]) * len(o["exit_index"]) for o in outs)
                 steps, launches = sum(int(o["layers_run"]) for o in outs), len(outs)
             else:
                 out = results[(mode, k)]

@@ -202,6 +202,26 @@ def default_buckets(batch_size: int) -> tuple[int, ...]:
     return tuple(sorted(sizes, reverse=True))
 
 
+def fit_to_bucket(batch: dict, buckets: Sequence[int]) -> dict:
+    """A padded batch cut to the smallest bucket that holds its real rows.
+
+    `batch`: [B, ...] arrays with an `example_mask` [B] (1 for real rows); returns
+    the real rows, in order, followed by masked copies of the first one up to the
+    bucket's size. A full-depth baseline run on these batches computes the filler
+    rows `BatchedEarlyExit` computes, not a whole padded batch: without it, a
+    partly padded last batch makes early exit look faster than it is.
+    """
+    real = np.flatnonzero(np.asarray(batch["example_mask"]).astype(bool))
+    fitting = [b for b in buckets if b >= max(len(real), 1)]
+    if not fitting:
+        raise ValueError(f"no bucket holds {len(real)} rows (buckets {sorted(buckets)})")
+    size = min(fitting)
+    rows = np.concatenate([real, np.full(size - len(real), real[0] if len(real) else 0)]).astype(int)
+    out = {k: np.asarray(v)[rows] for k, v in batch.items()}
+    out["example_mask"] = (np.arange(size) < len(real)).astype(np.asarray(batch["example_mask"]).dtype)
+    return out
+
+
 @dataclasses.dataclass
 class _Group:
     """Rows that run the same layer next: device arrays and host bookkeeping.

@@ -211,6 +211,43 @@ def test_default_buckets():
     assert inference.default_buckets(1) == (1,)
 
 
+def test_fit_to_bucket_keeps_the_real_rows_in_the_smallest_bucket():
+    ids = np.arange(8 * 3).reshape(8, 3)
+    batch = {"input_ids": ids, "example_mask": np.array([1, 0, 1, 1, 0, 1, 1, 0], np.int32)}
+    fitted = inference.fit_to_bucket(batch, inference.default_buckets(8))  # 5 real rows -> bucket 6
+    np.testing.assert_array_equal(fitted["input_ids"], ids[[0, 2, 3, 5, 6, 0]])
+    np.testing.assert_array_equal(fitted["example_mask"], [1, 1, 1, 1, 1, 0])
+    assert fitted["example_mask"].dtype == np.int32
+    full = {"input_ids": ids, "example_mask": np.ones(8, bool)}
+    np.testing.assert_array_equal(inference.fit_to_bucket(full, (8, 4))["input_ids"], ids)
+    with pytest.raises(ValueError, match="no bucket holds 5 rows"):
+        inference.fit_to_bucket(batch, (4, 2))
+
+
+def test_timer_baseline_computes_no_more_rows_than_early_exit(tiny):
+    """The full-depth baseline of a split that ends in a partial batch runs that
+    batch's real rows in the bucket the per-example executor uses, not a whole
+    padded batch (which would credit early exit with skipping the padding)."""
+    from rome_jax.data import Features
+    from rome_jax.evaluation import Timer
+
+    params, batch = tiny
+    n, T = 11, batch["input_ids"].shape[1]
+    ids = np.resize(np.asarray(batch["input_ids"]), (n, T))
+    features = Features(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids),
+                        labels=np.zeros(n, np.int32), index=np.arange(n))
+    timer = Timer(TINY, params, features, batch1_examples=1, batched_examples=n, batch_size=8, rounds=1)
+    assert [len(b["input_ids"]) for b in timer.batched] == [8, 8]
+    assert [len(b["input_ids"]) for b in timer.baseline] == [8, 3]
+    np.testing.assert_array_equal(np.concatenate([b["input_ids"] for b in timer.baseline]), ids)
+    # nothing exits early: the executor runs the padded batch's first layer whole
+    # (its padding rows exit there), then the 3 real rows in bucket 3; the baseline
+    # runs 3 rows throughout, so it is if anything the cheaper one
+    out = BatchedEarlyExit(TINY, params, Criterion("entropy", 0.0)).run_dataset(timer.batched)
+    baseline_row_layers = TINY.num_layers * sum(len(b["input_ids"]) for b in timer.baseline)
+    assert out["row_layers"] == baseline_row_layers + (8 - 3)
+
+
 # ---- the real pretrained MiniLM on RTE dev sentences ---------------------------------------
 
 @pytest.fixture(scope="module")
