@@ -297,5 +297,10 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """A replicated copy on the mesh (a copy: the step donates its state)."""
-    return jax.device_put(tree, replicated(mesh), may_alias=False)
+    """A replicated copy on the mesh (a copy: the step donates its state).
+
+    `device_put(may_alias=False)` alone is not enough: with several devices the
+    array already on the first one becomes that device's shard, and donating the
+    result would delete the caller's array.
+    """
+    return jax.device_put(jax.tree.map(lambda x: jnp.array(x, copy=True), tree), replicated(mesh))

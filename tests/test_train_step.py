@@ -177,7 +177,8 @@ def test_no_weight_decay_on_layernorm_or_biases():
 
 
 def test_eight_fake_devices_equal_one_device():
-    """The step over a mesh of 8 CPU devices equals the step on one (fresh process)."""
+    """The step over a mesh of 8 CPU devices equals the step on one (fresh process);
+    the replicated state is a copy of the caller's."""
     script = textwrap.dedent("""
         import jax, numpy as np, sys
         sys.path.insert(0, "tests")
@@ -192,6 +193,10 @@ def test_eight_fake_devices_equal_one_device():
                        for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)))
             print(mode, diff)
             assert diff < 1e-5, (mode, diff)
+        # replicate copies: donating its result leaves the caller's arrays alive
+        x = jax.numpy.ones(3)
+        donated = jax.jit(lambda s: {"a": s["a"] + 1}, donate_argnums=0)(ts.replicate({"a": x}, ts.make_mesh()))
+        assert not x.is_deleted() and float(donated["a"][0]) == 2.0
     """)
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
