@@ -8,6 +8,7 @@ The workdir (everything a run writes; eval.py reads it):
 
     config.json            the resolved config (train.anchor, stage2_epochs, data.source
                            made explicit); a re-run with a different config is refused
+                           once the run has saved a checkpoint or a metric
     metrics.jsonl          one JSON object per line: training records
                            {"step", "stage", "split": "train", "epoch", "loss", "loss_A",
                            "loss_B", "exit_loss/i", "gr/*", "grad_norm", "update_norm",
@@ -317,6 +318,22 @@ class _Signals:
         return self.received is not None
 
 
+def _delete_run(workdir: Path) -> None:
+    for name in WORKDIR_ENTRIES:
+        path = workdir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _holds_results(workdir: Path) -> bool:
+    """Whether a run in `workdir` saved anything: a checkpoint, a metric or a model."""
+    checkpoints, metrics = workdir / "checkpoints", workdir / "metrics.jsonl"
+    return ((checkpoints.is_dir() and any(checkpoints.iterdir()))
+            or (metrics.is_file() and metrics.stat().st_size > 0) or (workdir / "model").exists())
+
+
 def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool,
                     is_writer: bool = True) -> None:
     """Creates the workdir and its config.json, or checks that it holds this config.
@@ -326,12 +343,7 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
     """
     stored_path = workdir / "config.json"
     if overwrite and is_writer:
-        for name in WORKDIR_ENTRIES:
-            path = workdir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        _delete_run(workdir)
     if stored_path.is_file():
         try:
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
@@ -339,7 +351,13 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
             raise ConfigError(f"{stored_path} is not valid JSON ({e}); pass --overwrite to "
                               "start afresh") from None
         changed = configs.differences(stored, config.to_dict())
-        if changed:
+        if changed and not _holds_results(workdir):
+            # a start that failed before the first checkpoint (a wrong path, a bad
+            # file): nothing to lose, so the corrected config simply replaces it
+            logger.info("workdir %s: replacing the config of a run that saved nothing", workdir)
+            if is_writer:
+                _delete_run(workdir)
+        elif changed:
             shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
             raise ConfigError(f"workdir {workdir} holds a run with a different config ({shown}); "
                               "use another --workdir, or --overwrite to delete that run")
@@ -555,7 +573,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                 if latest is not None else "no checkpoint was saved before it")
                         raise TrainingError(
                             f"the loss is not finite (NaN or infinity) at step {first_bad}: training "
-                            f"stopped; {kept}; try a lower train.learning_rate")
+                            f"stopped; {kept}; try a lower train.learning_rate (in another --workdir, or with "
+                            "--overwrite)")
 
                 def save(step: int) -> None:
                     check_finite()

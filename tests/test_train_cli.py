@@ -180,7 +180,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     lines = proc.stderr.strip().splitlines()
     assert lines[-1] == (f"train.py: error: the loss is not finite (NaN or infinity) at step 5: "
                          f"training stopped; the last good checkpoint is step 4 in "
-                         f"{workdir / 'checkpoints'}; try a lower train.learning_rate")
+                         f"{workdir / 'checkpoints'}; try a lower train.learning_rate "
+                         f"(in another --workdir, or with --overwrite)")
     assert "Traceback" not in proc.stderr
     assert checkpoints.Checkpoints(workdir / "checkpoints").latest_step() == 4
     assert [json.loads(line)["step"] for line in metric_lines(workdir)] == [3]
@@ -237,13 +238,23 @@ def test_errors_are_one_line(env, tiny_model, tmp_path, straight):
     (no_weights / "model.safetensors").unlink()
     message = error_of(env, tmp_path / "w2", model=str(no_weights))
     assert str(no_weights) in message and "model.safetensors" in message
-    # A workdir holding another run's config.
+    # A workdir holding another run's config and its metrics.
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(straight / "config.json", other / "config.json")
+    shutil.copy(straight / "metrics.jsonl", other / "metrics.jsonl")
     message = error_of(env, other, "train.learning_rate=3e-5", model=tiny_model)
     assert message == (f"workdir {other} holds a run with a different config (train.learning_rate: "
                        "0.001 -> 3e-05); use another --workdir, or --overwrite to delete that run")
+    assert (other / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+    # A start that failed before saving anything does not block the corrected run.
+    failed = tmp_path / "failed"
+    assert "/no/such/model" in error_of(env, failed, model="/no/such/model")
+    assert (failed / "config.json").is_file()
+    lines = train(env, failed, model="/no/such/other", expect=2).stderr.strip().splitlines()
+    assert lines[-2].endswith(f"workdir {failed}: replacing the config of a run that saved nothing")
+    assert lines[-1] == "train.py: error: /no/such/other: no such model directory"
+    assert json.loads((failed / "config.json").read_text())["model"]["name_or_path"] == "/no/such/other"
 
 
 def test_verbose_shows_the_traceback(env, tiny_model, tmp_path):
