@@ -6,8 +6,8 @@
 
 Writes to DIR/eval/ (or --output_dir), per dev split: results.json, results.csv
 (the sweep), per_exit.csv, per_exit.png, tradeoff.png (MNLI: one subdirectory per
-split), and prints the table. Default sweeps: entropy as GUIDE lists, max_prob
-0.5..0.99, patience 1..6 (`--sweeps='entropy:0.1,0.2;normalized_entropy:0.1'`).
+split), and prints the table. Default sweeps: entropy at DeeBERT's reference
+thresholds 0..0.7, max_prob 0.5..0.99, patience 1..6 (`--sweeps='entropy:0.1,0.2;normalized_entropy:0.1'`).
 """
 
 if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory.py
@@ -31,7 +31,8 @@ _TASK = flags.DEFINE_string("task", None, "With --model: the GLUE task.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "GLUE directory (default: the run's, or $GLUE_DIR).")
 _SOURCE = flags.DEFINE_string("source", None, "dir, hf or tfds (default: the run's, or dir).")
 _SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: the task's dev splits).")
-_MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Default: the run's, or 128.")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", None,
+                                   "Default: the run's, or 128 (at most the model's positions).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "Evaluate the first N examples; 0: all.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size of the batched runs.")
 _SWEEPS = flags.DEFINE_string("sweeps", "", "criterion:t1,t2;... (default: entropy, max_prob, patience).")
@@ -46,20 +47,27 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or 
 
 
 def _model_from_workdir(workdir: str):
+    import jax
+
     from rome_jax import checkpoints, configs
     from rome_jax.api import MultiExitModel, load_tokenizer, resolve_model_dir
     from rome_jax.config import ModelConfig
     from rome_jax.glue import get_task
+    from rome_jax.model import init_params
 
     config = configs.read_workdir_config(workdir)
     task = get_task(config.data.task)
+    step, params = checkpoints.load_params(workdir, _CHECKPOINT.value)
     model_json = os.path.join(workdir, "model", "config.json")
     if not os.path.isfile(model_json):
         model_json = os.path.join(resolve_model_dir(config.model.name_or_path), "config.json")
     model_config = ModelConfig.from_json_file(
         model_json, num_labels=task.num_labels, dtype=_DTYPE.value or config.model.dtype,
         attention_kernel=_ATTENTION.value or config.model.get("attention", "xla"))
-    step, params = checkpoints.load_params(workdir, _CHECKPOINT.value)
+    mismatch = checkpoints.tree_mismatch(params, jax.eval_shape(lambda: init_params(model_config, 0)))
+    if mismatch:
+        raise CheckpointError(f"checkpoint {os.path.join(workdir, 'checkpoints', str(step))} does not fit "
+                              f"the model of {model_json} ({task.num_labels} labels): {mismatch}")
     tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
     if tokenizer is None:
         raise CheckpointError(f"{workdir}/tokenizer: no tokenizer files")
@@ -93,7 +101,10 @@ def main(argv):
         raise CheckpointError(f"{origin}: no tokenizer")
     data_dir = _DATA_DIR.value if _DATA_DIR.value is not None else data["dir"]
     source = _SOURCE.value or data["source"]
-    max_length = _MAX_LENGTH.value or data["max_length"]
+    positions = model.config.max_position_embeddings - model.config.position_offset
+    max_length = _MAX_LENGTH.value or min(data["max_length"], positions)
+    if max_length > positions:
+        raise ConfigError(f"--max_length {max_length} exceeds the model's {positions} positions ({origin})")
     try:
         sweeps = evaluation.parse_sweeps(_SWEEPS.value) if _SWEEPS.value else None
     except ValueError as e:

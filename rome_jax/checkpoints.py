@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -59,8 +61,11 @@ class Checkpoints:
             max_to_keep=None, create=not read_only, read_only=read_only,
             enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
             save_interval_steps=1)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "meta"))
+        # handlers named up front, so a fresh manager can read a checkpoint's metadata
+        # (with bare item names it cannot until a first restore registers them)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
     def steps(self) -> list[int]:
         """The complete checkpoints' steps, oldest first."""
@@ -112,12 +117,13 @@ class Checkpoints:
             mismatch = self._mismatch(step, target)
             if mismatch:
                 raise CheckpointError(f"checkpoint {path} does not fit this model: {mismatch}")
+        _drop_orbax_leftovers()
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         except Exception as e:
-            raise CheckpointError(f"checkpoint {path} cannot be restored into this model "
-                                  f"({_first_line(e)})") from None
+            reason = _first_line(e).split(" See full TensorStore details")[0]
+            raise CheckpointError(f"checkpoint {path} cannot be restored into this model ({reason})") from None
         return restored["state"], meta
 
     def _mismatch(self, step: int, target: PyTree) -> str | None:
@@ -129,20 +135,7 @@ class Checkpoints:
         tree = getattr(metadata, "tree", metadata)
         if tree is None:
             return None
-        params_first = lambda item: (not item[0].startswith("params"), item[0])
-        saved = dict(sorted(_leaves_by_path(tree), key=params_first))
-        wanted = dict(sorted(_leaves_by_path(target), key=params_first))
-        for name in wanted:
-            if name not in saved:
-                return f"it has no {name}"
-        for name in saved:
-            if name not in wanted:
-                return f"it holds {name}, which this model does not have"
-        for name, leaf in wanted.items():
-            got = tuple(getattr(saved[name], "shape", ()) or ())
-            if tuple(leaf.shape) != got:
-                return f"{name} has shape {got}, this model needs {tuple(leaf.shape)}"
-        return None
+        return tree_mismatch(tree, target)
 
     def restore_latest(self, target: PyTree | None) -> tuple[int, PyTree, dict] | None:
         """(step, state, meta) of the latest readable checkpoint, or None if there is none.
@@ -172,6 +165,67 @@ class Checkpoints:
         self._manager.close()
 
 
+def _from_orbax(code: Any) -> bool:
+    return f"{os.sep}orbax{os.sep}" in getattr(code, "co_filename", "")
+
+
+class _OrbaxLeftovers(logging.Filter):
+    """asyncio's "Task/Future exception was never retrieved" for orbax's reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        unretrieved = message.startswith(("Task exception was never retrieved",
+                                          "Future exception was never retrieved"))
+        return not (unretrieved and (f"{os.sep}orbax{os.sep}" in message or "tensorstore" in message))
+
+
+def _drop_orbax_leftovers() -> None:
+    """Installed before the first restore: when a restore fails (a damaged checkpoint),
+    orbax's pending reads still finish afterwards, on a closed asyncio loop; each
+    prints a traceback ("Event loop is closed", "Exception ignored in <coroutine
+    ...>", "Task/Future exception was never retrieved"), thousands of lines burying the
+    one-line error. Those, and only those, are dropped; the failure itself is
+    reported by `Checkpoints.restore`."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_orbax_leftovers", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error, source = unraisable.exc_value, unraisable.object
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if not (closed_loop or _from_orbax(getattr(source, "cr_code", None))):
+            previous(unraisable)
+
+    def excepthook(kind: type, error: BaseException, trace: Any) -> None:  # from TensorStore's threads
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous_excepthook(kind, error, trace)
+
+    hook.drops_orbax_leftovers = True
+    previous_excepthook = sys.excepthook
+    sys.unraisablehook, sys.excepthook = hook, excepthook
+    logging.getLogger("asyncio").addFilter(_OrbaxLeftovers())
+    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning, r"(orbax|asyncio)\.")
+
+
+def tree_mismatch(saved: PyTree, wanted: PyTree) -> str | None:
+    """The first difference of structure or shape between a saved tree and the one a
+    model needs (leaves: anything with `.shape`), said for the user, or None."""
+    params_first = lambda item: (not item[0].startswith("params"), item[0])
+    saved = dict(sorted(_leaves_by_path(saved), key=params_first))
+    wanted = dict(sorted(_leaves_by_path(wanted), key=params_first))
+    for name in wanted:
+        if name not in saved:
+            return f"it has no {name}"
+    for name in saved:
+        if name not in wanted:
+            return f"it holds {name}, which this model does not have"
+    for name, leaf in wanted.items():
+        got = tuple(getattr(saved[name], "shape", ()) or ())
+        if tuple(leaf.shape) != got:
+            return f"{name} has shape {got}, this model needs {tuple(leaf.shape)}"
+    return None
+
+
 def _leaves_by_path(tree: PyTree) -> list[tuple[str, Any]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, (dict, list, tuple)))
@@ -199,11 +253,16 @@ def load_params(directory: str | os.PathLike, step: int | str = "best") -> tuple
 
     `directory` is a workdir (its `checkpoints/` is used) or a checkpoints
     directory; `step` is a number, "latest", or "best" (the checkpoint with the
-    best final-exit dev metric; the latest if the run never evaluated).
+    best final-exit dev metric; the latest if the run never evaluated). Check the
+    result against the model with `tree_mismatch`.
     """
+    if step not in ("best", "latest") and not str(step).isdigit():
+        raise CheckpointError(f"checkpoint {step!r}: give best, latest or a step number")
     directory = Path(directory)
     if (directory / "checkpoints").is_dir():
         directory = directory / "checkpoints"
+    elif (directory / "config.json").is_file():
+        raise CheckpointError(f"workdir {directory} holds no checkpoints (the run saved none)")
     checkpoints = Checkpoints(directory, read_only=True)
     try:
         steps = checkpoints.steps()

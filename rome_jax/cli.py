@@ -137,8 +137,11 @@ def print_help(full: bool = False) -> None:
         return
     print(FLAGS.main_module_help())
     print(FLAGS.module_help(sys.modules[__name__]))
-    print("\nConfig values: --config.<section>.<key>=<value> (see configs/default.py); "
-          "all flags: --helpfull")
+    if _config_flag_names():
+        print("\nConfig values: --config.<section>.<key>=<value> (see configs/default.py); "
+              "all flags: --helpfull")
+    else:
+        print("\nAll flags: --helpfull")
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:

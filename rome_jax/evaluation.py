@@ -47,7 +47,10 @@ def parse_sweeps(spec: str) -> dict[str, tuple[float, ...]]:
         if name not in exits.CRITERIA:
             raise ValueError(f"unknown criterion {name!r} in --sweeps; known: {', '.join(exits.CRITERIA)}")
         if values.strip():
-            sweeps[name] = tuple(float(v) for v in values.split(","))
+            try:
+                sweeps[name] = tuple(float(v) for v in values.split(","))
+            except ValueError:
+                raise ValueError(f"--sweeps {part!r}: thresholds must be numbers, e.g. {name}:0.1,0.2") from None
         elif name in DEFAULT_SWEEPS:
             sweeps[name] = DEFAULT_SWEEPS[name]
         else:

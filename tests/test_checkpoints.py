@@ -81,6 +81,47 @@ def test_incomplete_save_is_invisible_and_damaged_latest_falls_back(tmp_path, ca
     store.close()
 
 
+def test_a_truncated_checkpoint_is_one_warning_line_not_orbax_tracebacks(tmp_path):
+    """In a fresh process (pytest catches unraisable exceptions itself): every data
+    file of the latest checkpoint cut short; the previous one is restored, with one
+    warning and none of orbax's leftover tracebacks on stderr."""
+    script = textwrap.dedent("""
+        import gc, logging, sys, time
+        import numpy as np
+        sys.path.insert(0, "tests")
+        from test_checkpoints import make_state
+        from rome_jax import checkpoints
+        logging.basicConfig(format="%(levelname)s %(message)s")
+        directory = sys.argv[1]
+        store = checkpoints.Checkpoints(directory, keep=3)
+        store.save(2, make_state(width=64), {"step": 2})
+        store.save(4, make_state(seed=1, width=64), {"step": 4})
+        store.close()
+        for chunk in __import__("pathlib").Path(directory, "4", "state").rglob("d/*"):
+            chunk.write_bytes(chunk.read_bytes()[:20])
+        store = checkpoints.Checkpoints(directory, keep=3)
+        step, restored, _ = store.restore_latest(checkpoints.abstract_like(make_state(width=64)))
+        store.close()
+        time.sleep(0.5)
+        gc.collect()  # orbax's abandoned reads finish or are collected by now
+        np.testing.assert_array_equal(restored["params"]["layers"]["kernel"],
+                                      make_state(width=64)["params"]["layers"]["kernel"])
+        print(step)
+    """)
+    root = pathlib.Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ckpt")], cwd=root, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING:absl:")]
+    [warning] = [line for line in lines if "unreadable" in line]
+    assert warning.startswith(f"WARNING skipping unreadable checkpoint: checkpoint {tmp_path / 'ckpt' / '4'} "
+                              "cannot be restored into this model (") and "TensorStore details" not in warning
+    # Unfiltered, orbax's abandoned reads print hundreds of lines of tracebacks here. The
+    # filters catch them all in most runs; about one run in six, one or two tracebacks
+    # (7 lines each) still reach stderr by a path no hook sees, while orbax closes its loop.
+    assert len(lines) <= 15 and proc.stderr.count("Traceback") <= 2, proc.stderr[:3000]
+
+
 def test_kill_9_during_a_save_leaves_the_latest_complete_checkpoint(tmp_path):
     """A real crash: a process saving 16 MB checkpoints in a loop is killed mid-save."""
     script = textwrap.dedent("""
@@ -116,6 +157,12 @@ def test_a_checkpoint_that_does_not_fit_is_one_clear_error(tmp_path):
     store.save(1, make_state(width=4), {"step": 1})
     with pytest.raises(CheckpointError, match=r"does not fit this model: params/LayerNorm/scale has "
                                               r"shape \(4,\), this model needs \(5,\)"):
+        store.restore_latest(checkpoints.abstract_like(make_state(width=5)))
+    store.close()
+    # a fresh manager (as in a new process) reads the shapes before restoring too,
+    # instead of failing inside the restore and skipping the step as unreadable
+    store = checkpoints.Checkpoints(tmp_path)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*1 does not fit this model: params/LayerNorm"):
         store.restore_latest(checkpoints.abstract_like(make_state(width=5)))
     smaller = make_state()
     del smaller["params"]["LayerNorm"]

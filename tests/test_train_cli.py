@@ -333,6 +333,35 @@ def test_eval_errors_are_one_line(env, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_eval_refuses_what_does_not_fit_in_one_line(straight, env, tmp_path):
+    def error(*args):
+        proc = run_eval(env, *args, "--no_timing", expect=2)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        return proc.stderr.strip().removeprefix("eval.py: error: ")
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight, workdir)
+    assert error(f"--workdir={workdir}", "--checkpoint=foo") == (
+        "checkpoint 'foo': give best, latest or a step number")
+    assert error(f"--workdir={workdir}", "--sweeps=entropy:abc") == (
+        "--sweeps 'entropy:abc': thresholds must be numbers, e.g. entropy:0.1,0.2")
+    positions = json.loads((workdir / "model" / "config.json").read_text())["max_position_embeddings"]
+    assert error(f"--workdir={workdir}", f"--max_length={positions + 1}") == (
+        f"--max_length {positions + 1} exceeds the model's {positions} positions ({workdir} step 12)")
+    # the model's config no longer describes the checkpoint: one more layer
+    model_json = workdir / "model" / "config.json"
+    model_config = json.loads(model_json.read_text())
+    model_json.write_text(json.dumps({**model_config, "num_hidden_layers": model_config["num_hidden_layers"] + 1}))
+    message = error(f"--workdir={workdir}", "--checkpoint=latest")
+    assert message.startswith(f"checkpoint {workdir / 'checkpoints' / '12'} does not fit the model of "
+                              f"{model_json} (2 labels): ") and "has shape (2," in message, message
+    # a run that saved no checkpoint
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(straight / "config.json", empty / "config.json")
+    assert error(f"--workdir={empty}") == f"workdir {empty} holds no checkpoints (the run saved none)"
+
+
 def test_fastbert_stage_2_trains_on_an_unlabeled_text_file(env, tiny_model, tmp_path):
     text = tmp_path / "unlabeled.txt"
     text.write_text("".join(f"Some sentence {i}.\tAnd its pair {i}.\n" for i in range(24)))
