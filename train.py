@@ -28,7 +28,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the model go.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete what an earlier run wrote in --workdir (config.json, metrics.jsonl, "
-    "tensorboard/, checkpoints/, tokenizer/, model/) and start afresh.")
+    "tensorboard/, checkpoints/, tokenizer/, model/, and eval.py's eval/) and start afresh.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (also: config train.multihost).")
 

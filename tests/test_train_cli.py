@@ -267,10 +267,13 @@ def test_overwrite_starts_afresh(straight, env, tiny_model, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(straight, workdir)
     (workdir / "notes.txt").write_text("mine")
+    (workdir / "eval").mkdir()
+    (workdir / "eval" / "results.json").write_text("{}")  # eval.py's output for the old run
     train(env, workdir, "train.max_steps=4", "train.eval_every=2", "train.log_every=1",
           model=tiny_model, extra=["--overwrite"])
     assert [json.loads(line)["step"] for line in metric_lines(workdir)] == [1, 2, 2, 3, 4, 4]
     assert (workdir / "notes.txt").read_text() == "mine"  # not ours: kept
+    assert not (workdir / "eval").exists()
 
 
 def test_demo_config_short_schedule(env, tmp_path, minilm_path, glue_dir):
