@@ -184,8 +184,9 @@ def _drop_orbax_leftovers() -> None:
     orbax's pending reads still finish afterwards, on a closed asyncio loop; each
     prints a traceback ("Event loop is closed", "Exception ignored in <coroutine
     ...>", "Task/Future exception was never retrieved"), thousands of lines burying the
-    one-line error. Those, and only those, are dropped; the failure itself is
-    reported by `Checkpoints.restore`."""
+    one-line error. Those, and only those, are dropped (a few, printed while orbax
+    closes its loop, reach no hook); the failure itself is reported by
+    `Checkpoints.restore`."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_orbax_leftovers", False):
         return
@@ -196,13 +197,8 @@ def _drop_orbax_leftovers() -> None:
         if not (closed_loop or _from_orbax(getattr(source, "cr_code", None))):
             previous(unraisable)
 
-    def excepthook(kind: type, error: BaseException, trace: Any) -> None:  # from TensorStore's threads
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-            previous_excepthook(kind, error, trace)
-
     hook.drops_orbax_leftovers = True
-    previous_excepthook = sys.excepthook
-    sys.unraisablehook, sys.excepthook = hook, excepthook
+    sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_OrbaxLeftovers())
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning, r"(orbax|asyncio)\.")
 
