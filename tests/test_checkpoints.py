@@ -84,7 +84,7 @@ def test_incomplete_save_is_invisible_and_damaged_latest_falls_back(tmp_path, ca
 def test_a_truncated_checkpoint_is_one_warning_line_not_orbax_tracebacks(tmp_path):
     """In a fresh process (pytest catches unraisable exceptions itself): every data
     file of the latest checkpoint cut short; the previous one is restored, with one
-    warning and none of orbax's leftover tracebacks on stderr."""
+    warning instead of orbax's hundreds of lines of leftover tracebacks."""
     script = textwrap.dedent("""
         import gc, logging, sys, time
         import numpy as np
