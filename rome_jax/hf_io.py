@@ -4,12 +4,15 @@ HF stores dense weights as [out, in]; Flax kernels are [in, out]. Layer `l`'s
 tensors `encoder.layer.{l}.*` become slice `l` of our stacked `params['layers']`.
 Exit weights beyond the final classifier live beside the HF files in
 `rome_jax_exits.safetensors`, so that a directory written by `save_hf` is both a
-plain `*ForSequenceClassification` checkpoint and a complete multi-exit model.
+plain `*ForSequenceClassification` checkpoint and a complete multi-exit model. The
+final exit is read from the HF weights, which transformers may have rewritten since
+(the exits file keeps a copy; a difference is logged).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Callable
 
@@ -17,6 +20,8 @@ import numpy as np
 
 from rome_jax.config import ModelConfig
 from rome_jax.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 EXITS_FILE = "rome_jax_exits.safetensors"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -84,12 +89,21 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """All tensors of a weights file (sharded checkpoints through their index)."""
     read: Callable[[str], dict] = _read_safetensors if ".safetensors" in path else _read_torch
     if path.endswith(".index.json"):
-        with open(path, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(path, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{path}: cannot read the shard index ({type(e).__name__}: {e})") from None
         state: dict[str, np.ndarray] = {}
         for shard in shards:
-            state.update(read(os.path.join(os.path.dirname(path), shard)))
+            state.update(_read_one(read, os.path.join(os.path.dirname(path), shard)))
         return state
+    return _read_one(read, path)
+
+
+def _read_one(read: Callable[[str], dict], path: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such weights file")
     try:
         return read(path)
     except CheckpointError:
@@ -227,10 +241,20 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
             exits["classifier"][k][L - 1] = classifier[k]
         report["final"] = "checkpoint classifier"
     if exits_state is not None:
-        er = _Reader(exits_state, os.path.join(os.path.dirname(source), EXITS_FILE))
+        exits_path = os.path.join(os.path.dirname(source), EXITS_FILE)
+        er = _Reader(exits_state, exits_path)
         for l in range(L):
             p = er.dense(f"exit.{l}.pooler", H, H)
             c = er.dense(f"exit.{l}.classifier", H, C)
+            if l == L - 1 and pooler is not None and classifier is not None:
+                # The HF weights are the final exit: transformers reads and rewrites
+                # them (fine-tuning there leaves our file as it was), so they win.
+                if not all(np.array_equal(x[k], y[k]) for x, y in ((p, pooler), (c, classifier))
+                           for k in ("kernel", "bias")):
+                    logger.warning("%s: the final exit in %s differs from the one in %s (changed "
+                                   "by another tool?); using %s's", os.path.dirname(source) or ".",
+                                   EXITS_FILE, os.path.basename(source), os.path.basename(source))
+                continue
             for k in ("kernel", "bias"):
                 exits["pooler"][k][l] = p[k]
                 exits["classifier"][k][l] = c[k]

@@ -145,6 +145,53 @@ def test_export_round_trip_through_transformers(bert_dir, tmp_path):
     assert again.label_names == ["a", "b", "c"]
 
 
+def test_final_exit_fine_tuned_in_transformers_wins_over_the_exits_file(bert_dir, tmp_path, caplog):
+    """transformers rewrites model.safetensors and leaves our exits file as it was: the
+    final exit is read from the HF weights (with a warning), the other exits from ours."""
+    from transformers import BertForSequenceClassification
+
+    path, _ = bert_dir
+    model = rome_jax.load_pretrained(str(path), seed=3)
+    model.save_pretrained(str(tmp_path))
+    hf = BertForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        hf.classifier.weight.mul_(-3.0)
+    hf.save_pretrained(str(tmp_path))
+    batch = tiny_hf.random_batch(seed=2)
+    again = rome_jax.load_pretrained(str(tmp_path))
+    logits = np.asarray(again.exit_logits(batch))
+    np.testing.assert_allclose(logits[-1], tiny_hf.torch_logits(hf, batch), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(logits[:-1], np.asarray(model.exit_logits(batch))[:-1], atol=1e-6, rtol=0)
+    assert any("the final exit in rome_jax_exits.safetensors differs from the one in model.safetensors"
+               in r.getMessage() for r in caplog.records)
+
+
+def test_sharded_weights_errors_name_the_shard(bert_dir, tmp_path):
+    from safetensors.numpy import save_file
+
+    from rome_jax.hf_io import read_state_dict
+
+    path, hf_model = bert_dir
+    state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[:5], "model-00002-of-00002.safetensors": keys[5:]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(tmp_path / name))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {k: n for n, part in shards.items() for k in part}}))
+    assert sorted(read_state_dict(str(index))) == keys
+    second = tmp_path / "model-00002-of-00002.safetensors"
+    second.write_bytes(b"\x07" * 16)
+    with pytest.raises(CheckpointError, match=f"^{second}: cannot read weights"):
+        read_state_dict(str(index))
+    second.unlink()
+    with pytest.raises(CheckpointError, match=f"^{second}: no such weights file$"):
+        read_state_dict(str(index))
+    index.write_text("{")
+    with pytest.raises(CheckpointError, match=f"^{index}: cannot read the shard index"):
+        read_state_dict(str(index))
+
+
 def test_roberta_export_round_trip(roberta_dir, tmp_path):
     from transformers import RobertaForSequenceClassification
 
