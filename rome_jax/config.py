@@ -145,10 +145,18 @@ class ModelConfig:
                 hf = json.load(f)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(hf, dict):
+            raise CheckpointError(f"{path}: not a JSON object")
         missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers",
                                "num_attention_heads", "intermediate_size") if k not in hf]
         if missing:
             raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
+        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "max_position_embeddings", "type_vocab_size")
+        wrong = [f"{k}={hf[k]!r}" for k in sizes if k in hf
+                 and (isinstance(hf[k], bool) or not isinstance(hf[k], int) or hf[k] < 1)]
+        if wrong:
+            raise CheckpointError(f"{path}: {', '.join(wrong)}: sizes must be positive integers")
         return cls.from_hf_dict(hf, **overrides)
 
     def to_hf_dict(self) -> dict:

@@ -236,6 +236,20 @@ def test_num_labels_that_do_not_fit_the_classifier(bert_dir):
         rome_jax.load_pretrained(str(path), num_labels=2)
 
 
+def test_malformed_config_values_are_one_clear_error(bert_dir, tmp_path):
+    path, _ = bert_dir
+    shutil.copytree(path, tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "hidden_size": "32", "type_vocab_size": None}))
+    with pytest.raises(CheckpointError, match=f"^{config_path}: hidden_size='32', type_vocab_size=None: "
+                                              "sizes must be positive integers$"):
+        rome_jax.load_pretrained(str(tmp_path / "m"))
+    config_path.write_text("null")
+    with pytest.raises(CheckpointError, match=f"^{config_path}: not a JSON object$"):
+        rome_jax.load_pretrained(str(tmp_path / "m"))
+
+
 def test_missing_files_are_named(bert_dir, tmp_path):
     path, _ = bert_dir
     with pytest.raises(CheckpointError, match="config.json"):
