@@ -101,7 +101,7 @@ def main(argv):
         raise CheckpointError(f"{origin}: no tokenizer")
     data_dir = _DATA_DIR.value if _DATA_DIR.value is not None else data["dir"]
     source = _SOURCE.value or data["source"]
-    positions = model.config.max_position_embeddings - model.config.position_offset
+    positions = model.config.max_length
     max_length = _MAX_LENGTH.value or min(data["max_length"], positions)
     if max_length > positions:
         raise ConfigError(f"--max_length {max_length} exceeds the model's {positions} positions ({origin})")

@@ -165,8 +165,11 @@ class Checkpoints:
         self._manager.close()
 
 
+_ORBAX_PATH = f"{os.sep}orbax{os.sep}"
+
+
 def _from_orbax(code: Any) -> bool:
-    return f"{os.sep}orbax{os.sep}" in getattr(code, "co_filename", "")
+    return _ORBAX_PATH in getattr(code, "co_filename", "")
 
 
 class _OrbaxLeftovers(logging.Filter):
@@ -176,7 +179,7 @@ class _OrbaxLeftovers(logging.Filter):
         message = str(record.msg)
         unretrieved = message.startswith(("Task exception was never retrieved",
                                           "Future exception was never retrieved"))
-        return not (unretrieved and (f"{os.sep}orbax{os.sep}" in message or "tensorstore" in message))
+        return not (unretrieved and (_ORBAX_PATH in message or "tensorstore" in message))
 
 
 def _drop_orbax_leftovers() -> None:

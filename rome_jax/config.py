@@ -95,6 +95,11 @@ class ModelConfig:
         """RoBERTa numbers positions from `pad_token_id + 1`; BERT from 0."""
         return self.pad_token_id + 1 if self.family == "roberta" else 0
 
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the position table holds."""
+        return self.max_position_embeddings - self.position_offset
+
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 

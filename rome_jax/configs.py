@@ -220,7 +220,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
 
 def check_model_fit(config: ml_collections.ConfigDict, model_config: Any) -> None:
     """Values that depend on the model: the sequence length fits its position table."""
-    positions = model_config.max_position_embeddings - model_config.position_offset
+    positions = model_config.max_length
     if config.data.max_length > positions:
         raise ConfigError(f"config data.max_length {config.data.max_length} exceeds the model's "
                           f"{positions} positions ({config.model.name_or_path})")

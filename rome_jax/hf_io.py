@@ -241,8 +241,7 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
             exits["classifier"][k][L - 1] = classifier[k]
         report["final"] = "checkpoint classifier"
     if exits_state is not None:
-        exits_path = os.path.join(os.path.dirname(source), EXITS_FILE)
-        er = _Reader(exits_state, exits_path)
+        er = _Reader(exits_state, os.path.join(os.path.dirname(source), EXITS_FILE))
         for l in range(L):
             p = er.dense(f"exit.{l}.pooler", H, H)
             c = er.dense(f"exit.{l}.classifier", H, C)

@@ -202,6 +202,15 @@ def default_buckets(batch_size: int) -> tuple[int, ...]:
     return tuple(sorted(sizes, reverse=True))
 
 
+def smallest_bucket(rows: int, buckets: Iterable[int]) -> int:
+    """The smallest of `buckets` that holds `rows` rows (ValueError if none does)."""
+    buckets = sorted(buckets)
+    fitting = [b for b in buckets if b >= rows]
+    if not fitting:
+        raise ValueError(f"no bucket holds {rows} rows (buckets {buckets})")
+    return fitting[0]
+
+
 def fit_to_bucket(batch: dict, buckets: Sequence[int]) -> dict:
     """A padded batch cut to the smallest bucket that holds its real rows.
 
@@ -212,10 +221,7 @@ def fit_to_bucket(batch: dict, buckets: Sequence[int]) -> dict:
     partly padded last batch makes early exit look faster than it is.
     """
     real = np.flatnonzero(np.asarray(batch["example_mask"]).astype(bool))
-    fitting = [b for b in buckets if b >= max(len(real), 1)]
-    if not fitting:
-        raise ValueError(f"no bucket holds {len(real)} rows (buckets {sorted(buckets)})")
-    size = min(fitting)
+    size = smallest_bucket(max(len(real), 1), buckets)
     rows = np.concatenate([real, np.full(size - len(real), real[0] if len(real) else 0)]).astype(int)
     out = {k: np.asarray(v)[rows] for k, v in batch.items()}
     out["example_mask"] = (np.arange(size) < len(real)).astype(np.asarray(batch["example_mask"]).dtype)
@@ -308,10 +314,7 @@ class BatchedEarlyExit:
         return set(self.buckets or default_buckets(capacity)) | self._batch_sizes
 
     def _bucket(self, rows: int, capacity: int) -> int:
-        fitting = [b for b in self._buckets(capacity) if b >= rows]
-        if not fitting:
-            raise ValueError(f"no bucket holds {rows} rows (buckets {sorted(self._buckets(capacity))})")
-        return min(fitting)
+        return smallest_bucket(rows, self._buckets(capacity))
 
     def _start(self, batch: dict, results: _Results) -> _Group:
         hidden, attention_mask, padding = _embed(self.config, self.params, _batch_arrays(batch))
