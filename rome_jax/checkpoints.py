@@ -96,6 +96,7 @@ class Checkpoints:
 
     def restore_meta(self, step: int) -> dict:
         ocp = _ocp()
+        _drop_orbax_leftovers()
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:  # a missing or unreadable item
@@ -112,12 +113,11 @@ class Checkpoints:
         """
         ocp = _ocp()
         path = self.directory / str(step)
-        meta = self.restore_meta(step)
+        meta = self.restore_meta(step)  # (installs the leftover filters first)
         if target is not None:
             mismatch = self._mismatch(step, target)
             if mismatch:
                 raise CheckpointError(f"checkpoint {path} does not fit this model: {mismatch}")
-        _drop_orbax_leftovers()
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
@@ -183,13 +183,13 @@ class _OrbaxLeftovers(logging.Filter):
 
 
 def _drop_orbax_leftovers() -> None:
-    """Installed before the first restore: when a restore fails (a damaged checkpoint),
-    orbax's pending reads still finish afterwards, on a closed asyncio loop; each
-    prints a traceback ("Event loop is closed", "Exception ignored in <coroutine
-    ...>", "Task/Future exception was never retrieved"), thousands of lines burying the
-    one-line error. Those, and only those, are dropped (a few, printed while orbax
-    closes its loop, reach no hook); the failure itself is reported by
-    `Checkpoints.restore`."""
+    """Installed before the first read of a checkpoint (its meta): when a read fails
+    (a damaged checkpoint; the metadata read of `_mismatch` fails first), orbax's
+    pending reads still finish afterwards, on a closed asyncio loop; each prints a
+    traceback ("Event loop is closed" via TensorStore's unraisable callbacks,
+    "Exception ignored in <coroutine ...>", "Task/Future exception was never
+    retrieved"), up to thousands of lines burying the one-line error. Those, and only
+    those, are dropped; the failure itself is reported by `Checkpoints.restore`."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_orbax_leftovers", False):
         return

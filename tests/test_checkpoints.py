@@ -83,8 +83,9 @@ def test_incomplete_save_is_invisible_and_damaged_latest_falls_back(tmp_path, ca
 
 def test_a_truncated_checkpoint_is_one_warning_line_not_orbax_tracebacks(tmp_path):
     """In a fresh process (pytest catches unraisable exceptions itself): every data
-    file of the latest checkpoint cut short; the previous one is restored, with one
-    warning instead of orbax's hundreds of lines of leftover tracebacks."""
+    file of the three latest checkpoints cut short; the oldest one is restored, with
+    one warning per damaged checkpoint instead of orbax's leftover tracebacks
+    (three damaged ones, as whether the leftovers show depends on timing)."""
     script = textwrap.dedent("""
         import gc, logging, sys, time
         import numpy as np
@@ -93,13 +94,15 @@ def test_a_truncated_checkpoint_is_one_warning_line_not_orbax_tracebacks(tmp_pat
         from rome_jax import checkpoints
         logging.basicConfig(format="%(levelname)s %(message)s")
         directory = sys.argv[1]
-        store = checkpoints.Checkpoints(directory, keep=3)
+        store = checkpoints.Checkpoints(directory, keep=4)
         store.save(2, make_state(width=64), {"step": 2})
-        store.save(4, make_state(seed=1, width=64), {"step": 4})
+        for step in (4, 6, 8):
+            store.save(step, make_state(seed=step, width=64), {"step": step})
         store.close()
-        for chunk in __import__("pathlib").Path(directory, "4", "state").rglob("d/*"):
-            chunk.write_bytes(chunk.read_bytes()[:20])
-        store = checkpoints.Checkpoints(directory, keep=3)
+        for step in (4, 6, 8):
+            for chunk in __import__("pathlib").Path(directory, str(step), "state").rglob("d/*"):
+                chunk.write_bytes(chunk.read_bytes()[:20])
+        store = checkpoints.Checkpoints(directory, keep=4)
         step, restored, _ = store.restore_latest(checkpoints.abstract_like(make_state(width=64)))
         store.close()
         time.sleep(0.5)
@@ -112,14 +115,13 @@ def test_a_truncated_checkpoint_is_one_warning_line_not_orbax_tracebacks(tmp_pat
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ckpt")], cwd=root, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr[-3000:]
+    # Unfiltered, orbax's abandoned reads (of the checkpoint's metadata, then of its
+    # arrays) print up to hundreds of lines of tracebacks here, more on a loaded machine.
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING:absl:")]
-    [warning] = [line for line in lines if "unreadable" in line]
-    assert warning.startswith(f"WARNING skipping unreadable checkpoint: checkpoint {tmp_path / 'ckpt' / '4'} "
-                              "cannot be restored into this model (") and "TensorStore details" not in warning
-    # Unfiltered, orbax's abandoned reads print hundreds of lines of tracebacks here. The
-    # filters catch them all in most runs; about one run in six, one or two tracebacks
-    # (7 lines each) still reach stderr by a path no hook sees, while orbax closes its loop.
-    assert len(lines) <= 15 and proc.stderr.count("Traceback") <= 2, proc.stderr[:3000]
+    assert len(lines) == 3, proc.stderr[:3000]
+    for line, step in zip(lines, (8, 6, 4)):
+        assert line.startswith(f"WARNING skipping unreadable checkpoint: checkpoint {tmp_path / 'ckpt' / str(step)} "
+                               "cannot be restored into this model (") and "TensorStore details" not in line
 
 
 def test_kill_9_during_a_save_leaves_the_latest_complete_checkpoint(tmp_path):
