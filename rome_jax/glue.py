@@ -82,7 +82,16 @@ class Task:
         return self.train_splits + self.dev_splits + self.test_splits
 
     def leaderboard_name(self, split: str) -> str:
-        return self.leaderboard_names.get(split, self.glue_dir_name)
+        """The leaderboard's name of a dev or test split ("MNLI-m" for "test_matched").
+
+        Hub spellings are accepted ("validation_matched"); a split the leaderboard
+        does not know (train, or MNLI's ambiguous "test") is a DataError.
+        """
+        canonical = check_split(self, split)
+        if canonical not in self.leaderboard_names:
+            raise DataError(f"split {canonical!r} of task {self.name} has no leaderboard name "
+                            f"(splits that have one: {', '.join(self.leaderboard_names)})")
+        return self.leaderboard_names[canonical]
 
 
 def _task(name: str, glue_dir_name: str, text_columns: tuple[str, ...], label_column: str | None,

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rome_jax.glue import get_task
+from rome_jax.errors import DataError
+from rome_jax.glue import check_split, get_task
 from rome_jax.metrics import glue_score
 
 # Tasks that make up the GLUE average (AX is diagnostic only).
@@ -51,21 +52,41 @@ def format_predictions(task: str, predictions: np.ndarray) -> list[str]:
     """Leaderboard strings: label names where the task uses names (MNLI, RTE,
     QNLI, AX), the label id otherwise, STS-B scores clipped to 0..5.
 
-    predictions: [N] class ids, or [N] / [N, 1] scores for STS-B.
+    predictions: [N] class ids, or [N] / [N, 1] scores for STS-B. An id outside
+    0..num_labels-1 or a non-finite score is a DataError (the leaderboard would
+    score a wrapped-around label or reject the file).
     """
     t = get_task(task)
     predictions = np.asarray(predictions)
     if t.is_regression:
-        return [f"{v:.3f}" for v in np.clip(predictions.reshape(-1).astype(np.float64), 0.0, 5.0)]
+        scores = predictions.reshape(-1).astype(np.float64)
+        if not np.isfinite(scores).all():
+            row = int(np.flatnonzero(~np.isfinite(scores))[0])
+            raise DataError(f"{t.name}: prediction {scores[row]} of row {row} is not a finite score")
+        return [f"{v:.3f}" for v in np.clip(scores, 0.0, 5.0)]
+    ids = predictions.reshape(-1)
+    valid = np.isfinite(ids) & (ids == np.round(ids)) & (ids >= 0) & (ids < t.num_labels)
+    if not valid.all():
+        row = int(np.flatnonzero(~valid)[0])
+        raise DataError(f"{t.name}: prediction {ids[row].item()!r} of row {row} is not a class id in "
+                        f"0..{t.num_labels - 1}")
     names = t.label_names
     uses_names = not all(n.isdigit() for n in names)
-    return [names[int(i)] if uses_names else str(int(i)) for i in predictions.reshape(-1)]
+    return [names[int(i)] if uses_names else str(int(i)) for i in ids]
 
 
 def write_submission(task: str, split: str, index: Sequence[int], predictions: np.ndarray,
                      out_dir: str) -> str:
-    """Writes `<leaderboard name>.tsv` (`index`, `prediction`) and returns its path."""
+    """Writes `<leaderboard name>.tsv` (`index`, `prediction`) and returns its path.
+
+    split: one of the task's test splits ("test", MNLI's "test_matched" /
+      "test_mismatched"); the leaderboard scores nothing else.
+    """
     t = get_task(task)
+    split = check_split(t, split)
+    if split not in t.test_splits:
+        raise DataError(f"{t.name}/{split}: leaderboard files hold test predictions "
+                        f"(test splits: {', '.join(t.test_splits)})")
     rows = format_predictions(t.name, predictions)
     if len(rows) != len(index):
         raise ValueError(f"{t.name}/{split}: {len(index)} indices but {len(rows)} predictions")

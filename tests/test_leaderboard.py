@@ -70,3 +70,35 @@ def test_submission_files(tmp_path, task, split, name, n_labels):
         assert set(values) <= {"entailment", "not_entailment"}
     else:
         assert set(values) <= {"0", "1"}
+
+
+def test_submission_needs_a_test_split(tmp_path):
+    from rome_jax.errors import DataError
+    from rome_jax.glue import get_task
+
+    # MNLI has no "test": the leaderboard wants MNLI-m.tsv / MNLI-mm.tsv, never MNLI.tsv.
+    with pytest.raises(DataError, match="no split 'test' .*test_matched, test_mismatched"):
+        write_submission("mnli", "test", [0], np.array([0]), str(tmp_path))
+    # Dev predictions would overwrite the test file of the same name.
+    with pytest.raises(DataError, match=r"rte/dev: leaderboard files hold test predictions "
+                                        r"\(test splits: test\)"):
+        write_submission("rte", "validation", [0], np.array([0]), str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    path = write_submission("mnli", "test-mismatched", [0], np.array([1]), str(tmp_path))
+    assert path.endswith("MNLI-mm.tsv")
+    assert get_task("mnli").leaderboard_name("validation_matched") == "MNLI-m"
+    with pytest.raises(DataError, match="split 'train' of task sst2 has no leaderboard name"):
+        get_task("sst2").leaderboard_name("train")
+
+
+def test_predictions_that_are_not_labels_are_refused():
+    from rome_jax.errors import DataError
+
+    with pytest.raises(DataError, match=r"rte: prediction -1 of row 1 is not a class id in 0..1"):
+        format_predictions("rte", np.array([0, -1]))  # was written as "not_entailment"
+    with pytest.raises(DataError, match=r"mnli: prediction 3 of row 0 is not a class id in 0..2"):
+        format_predictions("mnli", np.array([3]))
+    with pytest.raises(DataError, match="not a class id"):
+        format_predictions("sst2", np.array([0.5]))
+    with pytest.raises(DataError, match="stsb: prediction nan of row 1 is not a finite score"):
+        format_predictions("stsb", np.array([1.0, np.nan]))
