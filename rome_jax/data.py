@@ -347,6 +347,17 @@ def _load_local(paths: list[Path], task: Task, cache_dir: str | None):
         keep_default_na=False, na_filter=False, lineterminator="\n", encoding="utf-8", **options)
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of `error`'s `raise ... from` chain (itself if none)."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
 def read_hf_datasets(task: Task | str, split: str, *,
                      data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                      cache_dir: str | None = None) -> Examples:
@@ -365,8 +376,9 @@ def read_hf_datasets(task: Task | str, split: str, *,
         except DataError:
             raise
         except Exception as e:  # pandas/arrow parse errors
+            cause = _root_cause(e)  # datasets wraps them in "An error occurred while generating"
             raise DataError(f"cannot read {', '.join(map(str, paths))}: "
-                            f"{type(e).__name__}: {first_line(e)}") from None
+                            f"{type(cause).__name__}: {first_line(cause)}") from None
         origin, files = ", ".join(map(str, paths)), tuple(map(str, paths))
     else:
         import datasets
@@ -648,7 +660,8 @@ class BatchIterator:
     Training (drop_remainder=True) drops the last partial batch of each epoch.
     Evaluation (drop_remainder=False) pads the last batch with copies of the first
     example, masked out by `example_mask`, so every example appears exactly once.
-    With shuffle, epoch e visits rows in `np.random.default_rng([seed, e]).permutation(N)`.
+    With shuffle, epoch e visits rows in `np.random.default_rng([seed, e]).permutation(N)`
+    (a negative seed taken modulo 2**64, as `jax.random.PRNGKey` takes it modulo 2**32).
 
     num_epochs=None means forever when drop_remainder is True and one pass when
     it is False (the evaluation default); pass a number to override.
@@ -706,7 +719,7 @@ class BatchIterator:
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
             if self.shuffle:
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+                order = np.random.default_rng([self.seed % 2**64, epoch]).permutation(self.num_examples)
             else:
                 order = np.arange(self.num_examples)
             self._order = (epoch, order)

@@ -118,6 +118,8 @@ def compute_metrics(metric_name_or_task: str | Task, predictions: np.ndarray, la
                          "must both be [N]")
     if mask is not None:
         mask = np.asarray(mask, bool)
+        if mask.shape != labels.shape:
+            raise ValueError(f"mask {mask.shape} must be [N] like labels {labels.shape}")
         predictions, labels = predictions[mask], labels[mask]
     if len(labels) == 0:
         raise ValueError("no examples to score")

@@ -405,6 +405,17 @@ def test_hf_tsv_and_csv_files(tmp_path):
         read_hf_datasets("sst2", "train", data_files=tmp_path / "nope.tsv")
 
 
+def test_hf_tsv_parse_error_names_the_line(tmp_path):
+    path = write(tmp_path / "dev.tsv", ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+                                        tsv("0", "1", "2", "a?", "b?", "0"),
+                                        tsv("1", "3", "4", "c?", "d?", "1", "extra")])
+    with pytest.raises(DataError) as e:
+        read_hf_datasets("qqp", "dev", data_files=path, cache_dir=str(tmp_path / "c"))
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message
+    assert "Expected 6 fields in line 3, saw 7" in message  # not datasets' "An error occurred"
+
+
 def test_hf_hub_failure_is_one_line(monkeypatch):
     import datasets
 
@@ -557,6 +568,19 @@ def test_shuffle_is_determined_by_seed_and_epoch():
     unshuffled = np.concatenate([b["input_ids"][:, 0] for b in take(BatchIterator(
         synthetic(), 5, shuffle=False, seed=3, drop_remainder=True), 2)])
     assert unshuffled.tolist() == list(range(10))
+
+
+def test_negative_seed_shuffles_deterministically():
+    # train.seed may be any int (jax.random.PRNGKey(-1) is fine); numpy's SeedSequence
+    # refuses negative entries, so the iterator takes the seed modulo 2**64.
+    def rows(seed, epochs=2):
+        return np.concatenate([b["index"] for b in take(BatchIterator(
+            synthetic(), 5, shuffle=True, seed=seed, drop_remainder=True), 2 * epochs)])
+
+    first = rows(-1)
+    assert (first == rows(-1)).all() and sorted(first[:10].tolist()) == list(range(100, 110))
+    np.testing.assert_array_equal(first[:10] - 100, np.random.default_rng([2**64 - 1, 0]).permutation(10))
+    assert not (first == rows(-2)).all()
 
 
 def test_drop_remainder_for_training():

@@ -91,3 +91,8 @@ def test_metrics_do_not_import_sklearn_or_scipy():
     code = ("import sys, rome_jax.metrics as m, numpy as np; m.compute_metrics('stsb', np.arange(3.), "
             "np.arange(3.)); bad = {'sklearn', 'scipy'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mask_of_another_length_is_refused():
+    with pytest.raises(ValueError, match=r"mask \(2,\) must be \[N\] like labels \(3,\)"):
+        compute_metrics("sst2", np.array([1, 0, 1]), np.array([1, 0, 1]), mask=np.array([True, True]))
