@@ -47,12 +47,13 @@ class Setting:
 
 
 def missing_data(task: Task, data_dir: str, source: str) -> str | None:
-    """None when the task's training file can be read, else why not (one line)."""
-    try:
-        load_examples(task.name, task.train_splits[0], source=source, data_dir=data_dir or None,
-                      max_examples=1)
-    except RomeError as e:
-        return str(e)
+    """None when the task's training and (first) dev files can be read, else why
+    not (one line): training selects its best checkpoint on dev."""
+    for split in (task.train_splits[0], task.dev_splits[0]):
+        try:
+            load_examples(task.name, split, source=source, data_dir=data_dir or None, max_examples=1)
+        except RomeError as e:
+            return str(e)
     return None
 
 

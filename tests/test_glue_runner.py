@@ -1,6 +1,8 @@
 """Leaderboard files predicted by a tiny model on fixture test files, and the summary."""
 
 import csv
+import os
+import shutil
 import json
 
 import numpy as np
@@ -103,5 +105,9 @@ def test_summary_of_made_up_records_and_skipped_tasks():
     assert "| mrpc | 85.0 | 75.0 | entropy 0.1 | 1.50x |" in text and "qqp" in text
 
 
-def test_absent_task_data_is_reported_not_raised(tmp_path):
+def test_absent_task_data_is_reported_not_raised(tmp_path, glue_dir):
     assert "QQP" in glue_runner.missing_data(get_task("qqp"), str(tmp_path), "dir")
+    (tmp_path / "RTE").mkdir()
+    shutil.copy(os.path.join(glue_dir, "RTE", "train.tsv"), tmp_path / "RTE" / "train.tsv")
+    assert "RTE/dev.tsv" in glue_runner.missing_data(get_task("rte"), str(tmp_path), "dir")
+    assert glue_runner.missing_data(get_task("rte"), glue_dir, "dir") is None
