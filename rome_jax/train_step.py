@@ -127,10 +127,12 @@ def _forward(config: ModelConfig, params: Params, batch: dict, rng: jax.Array,
              stop_backbone: bool = False) -> jax.Array:
     """Exit logits [E, B, C] with dropout on (training)."""
     if stop_backbone:
-        # Stage 2 with "trainable" clipping: no gradient flows into the backbone.
-        params = {**params, "embeddings": jax.lax.stop_gradient(params["embeddings"]),
-                  "layers": {**params["layers"],
-                             "layer": jax.lax.stop_gradient(params["layers"]["layer"])}}
+        # Stage 2 with "trainable" clipping: no gradient flows into the backbone, i.e.
+        # everything but the exit heads (ALBERT's backbone is `shared_layer`, not
+        # `layers/layer`).
+        params = {**{k: jax.lax.stop_gradient(v) for k, v in params.items() if k != "layers"},
+                  "layers": {k: v if k == "exit" else jax.lax.stop_gradient(v)
+                             for k, v in params["layers"].items()}}
     inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
     return MultiExitEncoder(config).apply({"params": params}, **inputs, deterministic=False,
                                           rngs={"dropout": rng})["logits"]
@@ -204,8 +206,8 @@ def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings:
                trainable: Params | None) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch (dict of [B, ...] arrays with `labels`).
 
-    With `grad_accum_steps = k` the batch is split into k micro-batches whose
-    gradients are averaged before the projection. A non-finite loss leaves the
+    With `grad_accum_steps = k` the batch is split into k micro-batches (rows
+    i, i+k, ...) whose gradients are averaged before the projection. A non-finite loss leaves the
     state unchanged (the caller stops on `metrics['finite'] == 0`).
     """
     k = settings.grad_accum_steps
@@ -213,7 +215,12 @@ def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings:
     if k == 1:
         grads, (loss_a, loss_b, aux) = _microbatch_grads(config, settings, state.params, batch, step_rng)
     else:
-        micro = jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+        # Micro-batch i is rows i, i+k, i+2k, ...: every device's contiguous slice of
+        # the batch splits into its k shares of the micro-batches without moving data.
+        # (Contiguous micro-batches would each live on 1/k of the devices: XLA then
+        # all-gathers the batch and every device computes k times its share.)
+        micro = jax.tree.map(
+            lambda x: x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1), batch)
 
         def body(acc, xs):
             mb, i = xs

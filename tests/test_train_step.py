@@ -139,6 +139,25 @@ def test_reference_stage2_clipping_counts_the_backbone_gradient():
     assert m_ref["grad_norm"] > m_own["grad_norm"] > 0
 
 
+@pytest.mark.parametrize("family", ["bert", "albert"])
+def test_trainable_stage2_clipping_stops_the_whole_backbone(family):
+    """stage2_clip=trainable: the exits get the same gradient as with `reference`,
+    every backbone parameter (ALBERT's shared layer included) none."""
+    cfg = CFG if family == "bert" else CFG.replace(family="albert", embedding_size=8)
+    params, batch, rng = init_params(cfg, 0), make_batch(), jax.random.PRNGKey(1)
+    grads = {clip: ts._microbatch_grads(cfg, ts.StepSettings(mode="deebert", stage=2, stage2_clip=clip),
+                                        params, batch, rng)[0][0]
+             for clip in ("reference", "trainable")}
+    for x, y in zip(jax.tree.leaves(grads["reference"]["layers"]["exit"]),
+                    jax.tree.leaves(grads["trainable"]["layers"]["exit"])):
+        np.testing.assert_allclose(x, y, atol=1e-7, rtol=1e-6)
+    backbone = {k: v for k, v in grads["trainable"].items() if k != "layers"}
+    backbone["stacked"] = {k: v for k, v in grads["trainable"]["layers"].items() if k != "exit"}
+    assert jax.tree.leaves(backbone) and all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(backbone))
+    reference_backbone = {k: v for k, v in grads["reference"].items() if k != "layers"}
+    assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(reference_backbone))
+
+
 def test_gradient_accumulation_equals_the_full_batch_without_dropout():
     one = run_steps(ts.StepSettings(mode="romebert"), config=NO_DROPOUT, steps=2)[1]
     two = run_steps(ts.StepSettings(mode="romebert", grad_accum_steps=2), config=NO_DROPOUT, steps=2)[1]
@@ -185,14 +204,23 @@ def test_eight_fake_devices_equal_one_device():
         from test_train_step import run_steps, make_batch
         from rome_jax import train_step as ts
         assert len(jax.devices()) == 8
-        for mode in ("romebert", "joint"):
+        for settings in (ts.StepSettings(mode="romebert"), ts.StepSettings(mode="joint"),
+                         ts.StepSettings(mode="romebert", grad_accum_steps=2)):
             batch = make_batch(n=16)
-            one = run_steps(ts.StepSettings(mode=mode), steps=3, batch=batch, num_devices=1)[1]
-            eight = run_steps(ts.StepSettings(mode=mode), steps=3, batch=batch, num_devices=8)[1]
+            one = run_steps(settings, steps=3, batch=batch, num_devices=1)[1]
+            eight = run_steps(settings, steps=3, batch=batch, num_devices=8)[1]
             diff = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
                        for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)))
-            print(mode, diff)
-            assert diff < 1e-5, (mode, diff)
+            print(settings, diff)
+            assert diff < 1e-5, (settings, diff)
+        # Micro-batches are split over all devices: the batch is never gathered
+        # (each device would compute grad_accum_steps times its share).
+        from test_train_step import compiled, CFG
+        from rome_jax.model import init_params
+        step, tx, mesh = compiled(ts.StepSettings(mode="romebert", grad_accum_steps=2), CFG, 1e-3, 8)
+        state = ts.replicate(ts.create_train_state(init_params(CFG, 0), tx, 0), mesh)
+        hlo = step.lower(state, ts.shard_batch(make_batch(n=16), mesh)).compile().as_text()
+        assert "all-gather" not in hlo, [l for l in hlo.splitlines() if "all-gather" in l][:2]
         # replicate copies: donating its result leaves the caller's arrays alive
         x = jax.numpy.ones(3)
         donated = jax.jit(lambda s: {"a": s["a"] + 1}, donate_argnums=0)(ts.replicate({"a": x}, ts.make_mesh()))
