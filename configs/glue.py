@@ -33,6 +33,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # summed over classes and averaged over the batch (our reading of its code).
         config.train.temperature = 1.0
         config.train.kl_reduction = "batchmean"
+        # Its stage 2 runs the backbone under torch.no_grad() (and clips nothing): no
+        # backbone gradient, so none in the clip norm either, unlike DeeBERT's.
+        config.train.stage2_clip = "trainable"
+        # Not copied: its script distils for 10 epochs at 10x the learning rate (with a
+        # schedule sized for stage 1 that reaches 0 after 3 of them); stage 2 here uses
+        # train.stage2_epochs (default num_epochs) and the same learning rate.
     if config.train.mode == "pabee":
         # PABEE's published setting for GLUE: batch 32, the reference lr; its
         # patience exit is swept at t = 1..6 by eval.py (`--sweeps=patience`).

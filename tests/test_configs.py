@@ -54,6 +54,17 @@ def test_glue_config_takes_task_and_mode():
         load("configs/glue.py")
 
 
+def test_glue_config_stage_2_clipping_follows_each_methods_code():
+    """DeeBERT's stage 2 backpropagates into the frozen backbone (its gradient counts in
+    the clip norm); FastBERT's runs the backbone under torch.no_grad()."""
+    assert load("configs/glue.py:rte,deebert").train.stage2_clip == "reference"
+    assert load("configs/glue.py:rte,deebert_sd").train.stage2_clip == "reference"
+    fastbert = load("configs/glue.py:rte,fastbert").train
+    assert (fastbert.stage2_clip, fastbert.temperature, fastbert.kl_reduction) == (
+        "trainable", 1.0, "batchmean")
+    configs.validate(valid(load("configs/glue.py:rte,fastbert")))
+
+
 def test_demo_config_uses_the_real_model(minilm_path, glue_dir):
     config = load("configs/demo.py")
     assert config.model.name_or_path == minilm_path
