@@ -22,7 +22,11 @@ The workdir (everything a run writes; eval.py reads it):
     checkpoints/<step>/    orbax: state (params, opt_state, step, rng) and meta (stage,
                            data iterator position, metrics.jsonl length, the partial
                            logging window, the best evaluation so far); the latest
-                           train.keep_checkpoints steps and the best one are kept
+                           train.keep_checkpoints steps and the best one are kept.
+                           "Best": the highest primary metric of the final exit on the
+                           task's first dev split (MNLI: dev_matched), ties going to the
+                           later step; in two-stage modes only stage 2's evaluations
+                           compete (its final exit is frozen, so the last one wins).
     tokenizer/             the tokenizer's files (written once, at the start)
     model/                 the final model: an HF directory with every exit
                            (`MultiExitModel.save_pretrained`), written at the end

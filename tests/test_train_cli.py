@@ -83,6 +83,11 @@ def final_params(workdir):
     return checkpoints.load_params(workdir, "latest")
 
 
+def assert_resumed(proc, step, total):
+    """The re-run started from checkpoint `step`, not from scratch (which would end the same)."""
+    assert f"resuming from the checkpoint of step {step} (of {total})" in proc.stderr, proc.stderr[-2000:]
+
+
 def assert_same_run(workdir, reference):
     step, params = final_params(workdir)
     ref_step, ref_params = final_params(reference)
@@ -155,7 +160,9 @@ def test_kill_9_at_any_moment_then_rerun_gives_the_same_run(straight, env, tiny_
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (workdir / "model").exists()
-    train(env, workdir, model=tiny_model)
+    killed_at = checkpoints.Checkpoints(workdir / "checkpoints").latest_step()
+    assert 4 <= killed_at < 12  # checkpoints every 2 steps; step 6 evaluated
+    assert_resumed(train(env, workdir, model=tiny_model), killed_at, 12)
     assert_same_run(workdir, straight)
 
 
@@ -169,7 +176,7 @@ def test_sigterm_saves_and_exits_then_rerun_completes(straight, env, tiny_model,
     assert "Traceback" not in stderr
     stopped_at = checkpoints.Checkpoints(workdir / "checkpoints").latest_step()
     assert 3 <= stopped_at < 12
-    train(env, workdir, model=tiny_model)
+    assert_resumed(train(env, workdir, model=tiny_model), stopped_at, 12)
     assert_same_run(workdir, straight)
 
 
@@ -186,7 +193,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     assert checkpoints.Checkpoints(workdir / "checkpoints").latest_step() == 4
     assert [json.loads(line)["step"] for line in metric_lines(workdir)] == [3]
     # The hook is a run-only key: the same workdir resumes from step 4 without it.
-    train(env, workdir, model=tiny_model)
+    assert_resumed(train(env, workdir, model=tiny_model), 4, 12)
     assert_same_run(workdir, straight)
 
 
@@ -204,8 +211,10 @@ def test_deebert_two_stages_resume_across_the_boundary(env, tiny_model, tmp_path
     proc = start(env, workdir, *overrides, model=tiny_model)
     wait_for_lines(proc, workdir, 4)  # stage 2 under way (step 9 logged)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    train(env, workdir, *overrides, model=tiny_model)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = checkpoints.Checkpoints(workdir / "checkpoints").latest_step()
+    assert 6 <= killed_at < 12  # stage 1 ended (and saved) at step 6
+    assert_resumed(train(env, workdir, *overrides, model=tiny_model), killed_at, 12)
     assert_same_run(workdir, reference)
 
 
