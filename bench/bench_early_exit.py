@@ -280,7 +280,6 @@ def main(argv=None) -> dict:
     single = {k: v[:args.single_examples] for k, v in features.items()}
     batched = {k: v[:args.batched_examples] for k, v in features.items()}
     rows1 = bench_batch1(config, params, single, thresholds, args.repeats)
-    rows_b = bench_batched(config, params, batched, thresholds, args.batch_size, args.batched_repeats)
 
     report = {
         "model": note, "config": config.to_hf_dict(), "num_layers": config.num_layers,
@@ -289,20 +288,27 @@ def main(argv=None) -> dict:
         "dev_mean_exit_layers": [float(x) for x in
                                  np.asarray(simulate_sweep("entropy", thresholds, all_logits)[0]).mean(1) + 1],
         "batch1": {"examples": args.single_examples, "repeats": args.repeats, "rows": rows1},
-        "batched": {"examples": args.batched_examples, "batch_size": args.batch_size,
-                    "repeats": args.batched_repeats, "rows": rows_b},
-        "machine": {"platform": platform.platform(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
-                    "jax": jax.__version__,
-                    "devices": [str(d) for d in jax.devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-                    "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
-                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        "batched": None,  # filled below; a run stopped at its time limit keeps batch 1's rows
     }
+    write_report(args.out, report, load_start)
+    rows_b = bench_batched(config, params, batched, thresholds, args.batch_size, args.batched_repeats)
+    report["batched"] = {"examples": args.batched_examples, "batch_size": args.batch_size,
+                         "repeats": args.batched_repeats, "rows": rows_b}
+    write_report(args.out, report, load_start)
     print_report(report)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
     print(f"\nwrote {args.out}")
     return report
+
+
+def write_report(path: str, report: dict, load_start) -> None:
+    report["machine"] = {"platform": platform.platform(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
+                         "jax": jax.__version__,
+                         "devices": [str(d) for d in jax.devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+                         "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
+                         "load_average_start": load_start, "load_average_end": os.getloadavg()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
 
 
 def print_report(report: dict) -> None:

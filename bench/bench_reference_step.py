@@ -11,19 +11,25 @@ In one run, for the same dimensions, batch and length:
   as the reference runs (`fp32`) and/or under bfloat16 autocast (`bf16`).
 
 Each row: median step time, samples/s, and MFU = model FLOPs / time / peak, where
-model FLOPs per step = 3 x the analytic forward FLOPs of all exits
-(`rome_jax.flops.full_flops`, matmuls, attention and elementwise work) x batch —
-the same count for every row, so a step that does more work (a second backward
-pass) shows as lower MFU — and peak is a measured dense matmul rate at the
-compute dtype (`--peak_size`), not the datasheet's. Steps are timed alternately
-after warm-up, so load on a shared machine hits all rows alike, each after a pause
-(`--settle`, 0.3 s) so that PyTorch's spinning OpenMP threads are idle when the next
-row starts (see bench_vs_torch.py).
+model FLOPs per step = `rome_jax.flops.training_flops` x batch: the matrix products
+of the forward and one backward pass (3 x forward: 6 x matmul weights x tokens, plus
+attention's 12 x L x T^2 x H, plus the exit heads), elementwise work not counted, as
+MFU is usually counted. It is the same count for every row, so a step that does more
+work (a second backward pass: `romebert` and the PyTorch reference, 5/3 of it) shows
+as lower MFU; for those rows read the step time against `joint`. Peak is a measured
+dense matmul rate at the compute dtype (`--peak_size`), not the datasheet's. Steps
+are timed alternately after warm-up, so load on a shared machine hits all rows alike;
+on a CPU each after a pause (`--settle`, 0.3 s there, none on an accelerator, whose
+clocks drop when idle) so that PyTorch's spinning OpenMP threads are idle when the
+next row starts (see bench_vs_torch.py). JAX does not preallocate GPU memory here
+(`XLA_PYTHON_CLIENT_PREALLOCATE=false` unless set): by default it would take 75% of
+it and leave PyTorch's float32 step at batch 256 too little.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -32,6 +38,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == "__main__":  # before JAX starts: see rome_jax/host_memory.py
+    # JAX and PyTorch share the GPU in this process: JAX must not take 75% of it up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     from rome_jax.host_memory import reexec_with_malloc_tunables
 
     reexec_with_malloc_tunables()
@@ -47,18 +55,31 @@ from rome_jax.config import ModelConfig
 from rome_jax.model import init_params
 
 
-def matmul_peak(dtype: str, size: int, repeats: int = 10) -> float:
-    """Measured FLOP/s of a [size, size] @ [size, size] product at `dtype` (best of `repeats`)."""
+def matmul_peak(dtype: str, size: int, repeats: int = 10, window_s: float = 0.02) -> float:
+    """Measured FLOP/s of a [size, size] @ [size, size] product of random `dtype` matrices.
+
+    After the compilation and three warm-up products, the best of `repeats` timed
+    windows, each of back-to-back products lasting about `window_s` (on a GPU one
+    product takes ~1.4 ms at 8192 in bfloat16: timing it alone would count the
+    dispatch of each call), ended by `block_until_ready` on the last product (one
+    stream: the earlier ones are done by then).
+    """
     key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(key_a, (size, size), jnp.dtype(dtype))
     b = jax.random.normal(key_b, (size, size), jnp.dtype(dtype))
     mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.dtype(dtype)))
+    for _ in range(4):
+        jax.block_until_ready(mm(a, b))
+    start = time.perf_counter()
     jax.block_until_ready(mm(a, b))
+    calls = max(1, min(200, math.ceil(window_s / (time.perf_counter() - start))))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(mm(a, b))
-        best = min(best, time.perf_counter() - start)
+        for _ in range(calls):
+            out = mm(a, b)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - start) / calls)
     return 2.0 * size**3 / best
 
 
@@ -96,16 +117,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak_size", type=int, default=0, help="matmul size for the peak (0: 8192 on "
                         "GPU/TPU, 2048 on CPU)")
-    parser.add_argument("--settle", type=float, default=0.3,
-                        help="seconds to wait before each timed step (lets the other rows' threads go idle)")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds to wait before each timed step (lets the other rows' threads go idle); "
+                        "default 0.3 on a CPU, 0 on an accelerator")
     parser.add_argument("--out", default="bench/results/reference_step_cpu.json")
     args = parser.parse_args()
 
     config = ModelConfig(**PRESETS[args.preset], dtype=args.dtype)
     batch = random_batch(args.batch, args.length)
     backend = jax.devices()[0].platform
+    if args.settle is None:
+        args.settle = 0.3 if backend == "cpu" else 0.0
     peak = matmul_peak(args.dtype, args.peak_size or (2048 if backend == "cpu" else 8192))
-    step_flops = 3 * flops.full_flops(config, args.length) * args.batch
+    step_flops = flops.training_flops(config, args.length) * args.batch
 
     rows = {f"rome_jax {m}": step_runner(config, m, batch) for m in args.modes.split(",") if m}
     precisions = [] if args.torch == "none" else args.torch.split(",")
@@ -113,6 +137,9 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
+        if backend != "cpu" and not torch.cuda.is_available():
+            raise SystemExit(f"JAX runs on {backend} but PyTorch sees no CUDA device: the reference "
+                             "rows would time the CPU (use --torch none to time ours alone)")
         for p in precisions:
             rows[f"torch reference {p}"] = torch_step_fn(config, batch, p)
     for fn in rows.values():  # compile / warm up
@@ -126,11 +153,12 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     medians = {name: float(np.median(t)) for name, t in times.items()}
 
+    joint = medians.get("rome_jax joint")
     results = {}
     for name, seconds in medians.items():
         results[name] = {"step_seconds": seconds, "samples_per_second": args.batch / seconds,
-                         "mfu": step_flops / seconds / peak}
-    joint = medians.get("rome_jax joint")
+                         "mfu": step_flops / seconds / peak,
+                         "ratio_to_joint": seconds / joint if joint else None}
     print(f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on {backend} "
           f"({jax.devices()[0].device_kind}); measured matmul peak {peak / 1e12:.2f} TFLOP/s; "
           f"model FLOPs/step {step_flops / 1e9:.1f} G")
@@ -145,10 +173,14 @@ def main() -> None:
     versions = {"jax": jax.__version__}
     if precisions:
         versions["torch"] = torch.__version__
+        versions["torch_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        versions["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()  # 'highest': no TF32
     record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
               "backend": backend, "device_kind": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
               **versions, "preset": args.preset, "batch": args.batch, "length": args.length,
               "dtype": args.dtype, "settle_s": args.settle, "matmul_peak_flops": peak, "model_flops_per_step": step_flops,
+              "mfu_counts": "flops.training_flops x batch (3 x forward matmul FLOPs) for every row; "
+                            "romebert and the torch reference do 5/3 of it (two backward passes)",
               "results": results, "romebert_speedup_over_torch": speedups}
     write_record(args.out, record)
 

@@ -28,6 +28,7 @@ if __name__ == "__main__":  # before JAX starts: see rome_jax/host_memory.py
 import jax
 import numpy as np
 
+from rome_jax import flops
 from rome_jax import train_step as ts
 from rome_jax.config import ModelConfig
 from rome_jax.model import init_params
@@ -114,19 +115,29 @@ def main() -> None:
     config = ModelConfig(**PRESETS[args.preset], dtype=args.dtype)
     batch = random_batch(args.batch, args.length)
     modes = args.modes.split(",")
-    results = {mode: time_mode(config, mode, batch, args.repeats) for mode in modes}
+    results = {}
+    for mode in modes:
+        results[mode] = time_mode(config, mode, batch, args.repeats)
+        # Written after each mode: a run stopped at its time limit keeps the modes done.
+        write_record(args.out, _record(args, config, results))
     base = results.get("joint", next(iter(results.values())))
     print(f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on "
           f"{jax.devices()[0].platform} x{len(jax.devices())}")
     print(f"{'mode':<12}{'step s':>10}{'/ joint':>10}")
     for mode, seconds in results.items():
         print(f"{mode:<12}{seconds:>10.3f}{seconds / base:>10.2f}")
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-              "backend": jax.devices()[0].platform, "devices": len(jax.devices()),
-              "jax": jax.__version__, "preset": args.preset, "batch": args.batch,
-              "length": args.length, "dtype": args.dtype, "step_seconds": results,
-              "ratio_to_joint": {m: s / base for m, s in results.items()}}
-    write_record(args.out, record)
+
+
+def _record(args, config: ModelConfig, results: dict) -> dict:
+    base = results.get("joint", next(iter(results.values())))
+    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+            "backend": jax.devices()[0].platform, "devices": len(jax.devices()),
+            "device_kind": jax.devices()[0].device_kind,
+            "jax": jax.__version__, "preset": args.preset, "batch": args.batch,
+            "length": args.length, "dtype": args.dtype, "step_seconds": results,
+            "ratio_to_joint": {m: s / base for m, s in results.items()},
+            # MFU = this / step_seconds / a measured peak (bench_reference_step.py measures one)
+            "model_flops_per_step": flops.training_flops(config, args.length) * args.batch}
 
 
 if __name__ == "__main__":

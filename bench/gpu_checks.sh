@@ -12,22 +12,31 @@
 #    early exit at batch 256.
 #
 # Each part has its own time limit and a failure does not stop the rest; expected
-# about 5 minutes, at most 12.5 if every part runs to its limit (run it with the
-# device's 10-minute limit: the files of the parts done come back). Needs JAX with CUDA, torch and
+# about 5-8 minutes (not yet measured on a GPU: compiling dominates; an early-exit run
+# compiles ~130 small programs, 37 s on a 2-core CPU), at most 13.5 if every part runs
+# to its limit (run it with the device's 10-minute limit: the files of the parts done
+# come back; the train-step and early-exit JSON are written as each mode / batch 1 ends). Needs JAX with CUDA, torch and
 # transformers (the lent machine's image has them), and SST-2's TSV files under
-# $GLUE_DIR (default ../shared/glue). On the lent machine, where ../shared does not
-# travel: `mkdir -p .gpu_data && cp -r ../shared/glue/SST-2 .gpu_data/` here (ignored by
-# git), then run `GLUE_DIR=.gpu_data bash bench/gpu_checks.sh` with `.gpu_data` carried.
+# $GLUE_DIR (default ../shared/glue, else .gpu_data). On the lent machine, where ../shared
+# does not travel: `mkdir -p .gpu_data && cp -r ../shared/glue/SST-2 .gpu_data/` here
+# (ignored by git), then run `bash bench/gpu_checks.sh` with `.gpu_data` carried.
 # Without the pretrained MiniLM installed there, the early-exit runs use a random
 # model of its shape (see bench_early_exit.py). Files written: log.txt, machine.txt
 # and five JSON records. GPU_CHECKS_SMOKE=1 runs every part at toy sizes (on a CPU
-# too) to check the script itself.
+# too) to check the script itself; there early_exit_cudnn fails by design (no cuDNN on
+# a CPU: "attention_kernel 'cudnn' is unavailable on cpu").
+# JAX_PLATFORMS is set (cuda; cpu for the smoke run) so that a JAX that cannot start its
+# GPU fails loudly instead of timing on the CPU, and the parts share a compilation cache
+# under /tmp (compiling is outside every timed region).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results/gpu}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 glue="${GLUE_DIR:-../shared/glue}"
+if [ -z "${GLUE_DIR:-}" ] && [ ! -f "$glue/SST-2/dev.tsv" ] && [ -f .gpu_data/SST-2/dev.tsv ]; then
+    glue=.gpu_data
+fi
 py=python3
 
 if [ "${GPU_CHECKS_SMOKE:-0}" = 1 ]; then
@@ -35,6 +44,9 @@ if [ "${GPU_CHECKS_SMOKE:-0}" = 1 ]; then
 else
     platform=cuda; preset=bert-base; b1=256; b2=512; reps=5; peak=0; ee=""; ee_big="--batch-size 256 --batched-examples 872 --single-examples 4 --repeats 1"
 fi
+export JAX_PLATFORMS="${JAX_PLATFORMS:-$platform}"
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/rome_jax_gpu_checks_cache}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}"
 
 part() {  # part NAME SECONDS COMMAND...: run with a limit, append to $out/log.txt, never stop the script
     local name=$1 limit=$2; shift 2
@@ -52,16 +64,17 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, append to $out/log.t
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
     $py -c "import jax, torch, transformers; print('jax', jax.__version__, jax.devices()); print('torch', torch.__version__, torch.cuda.is_available(), 'transformers', transformers.__version__)" 2>&1
+    [ -f "$glue/SST-2/dev.tsv" ] && echo "SST-2 from $glue" || echo "NO SST-2 under $glue: the early-exit parts will fail (set GLUE_DIR, carry .gpu_data)"
 } | tee "$out/machine.txt"
 
 # Most wanted first: a run stopped at its limit still leaves the earlier parts' files.
 part reference_step 300 $py bench/bench_reference_step.py --preset "$preset" --batch "$b1" --length 128 \
     --dtype bfloat16 --torch fp32,bf16 --repeats "$reps" --peak_size "$peak" --out "$out/reference_step_gpu.json"
-part early_exit_xla 90 $py bench/bench_early_exit.py --glue-dir "$glue" --dtype bfloat16 --attention xla \
+part early_exit_xla 120 $py bench/bench_early_exit.py --glue-dir "$glue" --dtype bfloat16 --attention xla \
     $ee --out "$out/early_exit_gpu_xla.json"
-part early_exit_cudnn 90 $py bench/bench_early_exit.py --glue-dir "$glue" --dtype bfloat16 --attention cudnn \
+part early_exit_cudnn 120 $py bench/bench_early_exit.py --glue-dir "$glue" --dtype bfloat16 --attention cudnn \
     $ee --out "$out/early_exit_gpu_cudnn.json"
-# tests/conftest.py defaults JAX_PLATFORMS to cpu; ask for the GPU
+# tests/conftest.py defaults JAX_PLATFORMS to cpu; the export above asks for the GPU
 part cudnn_test 60 env JAX_PLATFORMS="$platform" $py -m pytest -q -p no:cacheprovider tests/test_model.py \
     -k "cudnn or attention"
 part train_step_big 120 $py bench/bench_train_step.py --preset "$preset" --batch "$b2" --length 128 \

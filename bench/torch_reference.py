@@ -1,12 +1,18 @@
 """A PyTorch implementation of the reference RomeBERT training step, for comparison.
 
-Written from the method (GUIDE section 1) the way the reference code runs it, not
-from our JAX code: one forward pass of a multi-exit BERT, then **two backward
-passes** (`loss_A.backward(retain_graph=True)`, then `loss_B.backward()`), the
-two gradients copied out, the projected group's gradient projected off the anchor
-over one flattened vector of the selected weight matrices (encoder layers
-1..L-1, no biases, no LayerNorm), the sum written back, global-norm clipping,
-then the optimizer. It serves two ends:
+Written from the method (GUIDE section 1) the way the reference code runs it
+(romebert/RomeBERT, `examples/new_run_highway_glue.py`, `train()`, the `args.gp`
+branch), not from our JAX code: one forward pass of a multi-exit BERT, then **two
+backward passes** (`loss_A.backward(retain_graph=True)`, a copy of the selected
+gradients, then `loss_B.backward()`, which accumulates, so every gradient is then
+`g_A + g_B`), the projected group's gradient projected off the anchor over one
+flattened vector of the selected weight matrices (encoder layers 1..L-1, no biases,
+no LayerNorm), `g_K + g_P'` written back to the selected parameters only,
+global-norm clipping, then the optimizer. Unlike the reference, whose
+`torch.zeros([1]).cuda()` and loss `.item()` calls (after the projection, before the
+clip) make the host wait mid-step, nothing waits for the GPU inside the step here:
+`min(c, 0)` is taken on the device and the reported numbers are read after the
+optimizer step (a faster PyTorch baseline, not a slower one). It serves two ends:
 
 - `tests/test_torch_reference.py`: our jitted `romebert` step must produce the
   same update as this one from the same weights (an independent check of the
@@ -15,7 +21,11 @@ then the optimizer. It serves two ends:
   (float32 as the reference runs, or bfloat16 autocast).
 
 The model is `transformers.BertModel` (no pooler) plus one head per layer: pooler
-(dense + tanh) on that layer's `[CLS]`, dropout, classifier.
+(dense + tanh) on that layer's `[CLS]`, dropout, classifier. The last head is the
+final classifier (the reference's separate final classifier and never-trained 12th
+exit head are one head here, as in rome_jax). The optimizer is whatever the caller
+passes (the benchmark: `torch.optim.AdamW`, foreach on CUDA, faster than the
+reference's per-parameter `transformers.AdamW`).
 """
 
 from __future__ import annotations
@@ -131,7 +141,6 @@ def reference_step(model, optimizer, batch: dict, selection: list[str], *, ancho
     `autocast_dtype`: e.g. `torch.bfloat16` runs the forward under autocast.
     """
     torch = _torch()
-    params = [p for p in model.parameters() if p.requires_grad]
     named = dict(model.named_parameters())
     chosen = [named[n] for n in selection]
     device_type = next(model.parameters()).device.type
@@ -139,33 +148,33 @@ def reference_step(model, optimizer, batch: dict, selection: list[str], *, ancho
                         enabled=autocast_dtype is not None):
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         loss_a, loss_b = romebert_losses(logits, batch["labels"], gamma, temperature)
+
+    def flat_grads():
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in chosen])
+
     optimizer.zero_grad(set_to_none=True)
     loss_a.backward(retain_graph=True)
-    g_a = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-    optimizer.zero_grad(set_to_none=True)
-    loss_b.backward()
-    g_b = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat_a = flat_grads()  # a copy (torch.cat), as the reference's
+    loss_b.backward()      # accumulates: every .grad is now g_A + g_B
+    flat_b = flat_grads() - flat_a
 
-    index = {id(p): i for i, p in enumerate(params)}
-    flat_a = torch.cat([g_a[index[id(p)]].flatten() for p in chosen])
-    flat_b = torch.cat([g_b[index[id(p)]].flatten() for p in chosen])
     dot = torch.dot(flat_a, flat_b)
-    cosine = float(dot / (flat_a.norm() * flat_b.norm()).clamp_min(1e-30))
+    cosine = dot / (flat_a.norm() * flat_b.norm()).clamp_min(1e-30)
     keep, move = (flat_b, flat_a) if anchor == "B" else (flat_a, flat_b)
-    projected = bool(dot < 0) and float(keep.dot(keep)) > 1e-20
-    coef = dot / keep.dot(keep) if projected else dot.new_zeros(())
-    chosen_ids = {id(p) for p in chosen}
-    for p, a, b in zip(params, g_a, g_b):
-        if id(p) in chosen_ids and projected:
-            # g_P - c g_K, plus the anchor g_K
-            k, m = (b, a) if anchor == "B" else (a, b)
-            p.grad = k + (m - coef * k)
-        else:
-            p.grad = a + b
+    keep_sq = torch.dot(keep, keep)
+    # The reference: g_P <- g_P - min(c, 0) g_K, c = <g_P, g_K> / ||g_K||^2, on the
+    # device (no host sync); ||g_K||^2 <= 1e-20 counts as no projection (rome_jax's eps).
+    coef = torch.where(keep_sq > 1e-20, dot / keep_sq.clamp_min(1e-20), torch.zeros_like(dot)).clamp(max=0.0)
+    total = keep + (move - coef * keep)
+    offset = 0
+    for p in chosen:  # g_K + g_P' written back; every other .grad stays g_A + g_B
+        p.grad = total[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
     if clip_norm:
-        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
-    return StepOutput(loss_a.item(), loss_b.item(), cosine, projected)
+    # Read back after the step: no host sync inside it.
+    return StepOutput(loss_a.item(), loss_b.item(), float(cosine), bool(coef < 0))
 
 
 def torch_batch(batch: dict, device=None) -> dict:

@@ -24,6 +24,10 @@ since the cost analysis counts a loop body once): the compiled count is within
 
 Exit `i` (0-based) costs the embeddings, layers `0..i` and the heads of exits
 `0..i`: every exit's head is computed to decide whether to stop.
+
+`training_flops` is the other count, for training MFU: the matrix products alone
+(`matmul_flops`), forward and backward (3 x forward), elementwise work left out, as
+MFU is usually counted (`6 N T` plus attention's `12 L T^2 H`).
 """
 
 from __future__ import annotations
@@ -53,9 +57,11 @@ def _add_layer_norm(rows: int, width: int) -> int:
 
 
 def embedding_flops(config: ModelConfig, seq_len: int) -> int:
-    """Embeddings of one example: the three lookups are free, their sum and LayerNorm are not."""
-    T, H = seq_len, config.hidden_size
-    return T * H + _add_layer_norm(T, H)
+    """Embeddings of one example: the three lookups are free, their sum and LayerNorm are
+    not, nor ALBERT's mapping from the embedding width to the hidden size."""
+    T, E = seq_len, config.embedding_size or config.hidden_size
+    mapping = _dense(T, E, config.hidden_size) if config.family == "albert" else 0
+    return T * E + _add_layer_norm(T, E) + mapping
 
 
 def attention_flops(config: ModelConfig, seq_len: int) -> int:
@@ -106,3 +112,26 @@ def flops_speedup(config: ModelConfig, seq_len: int, exit_indices) -> float:
     """`full / mean(flops_to_exit)` over examples answering at `exit_indices` [N] (0-based)."""
     spent = np.asarray(flops_to_exit(config, seq_len, np.asarray(exit_indices)), dtype=np.float64)
     return float(full_flops(config, seq_len) / spent.mean())
+
+
+def matmul_flops(config: ModelConfig, seq_len: int) -> int:
+    """Matrix-product FLOPs of the full-depth forward of one example, nothing else:
+    `2 x T x` the weights of every layer's dense products, attention's `Q K^T` and
+    `A V` (`4 T^2 H` a layer), every exit head on `[CLS]` (`2 (H^2 + H C)`), and
+    ALBERT's embedding mapping. Embedding lookups and elementwise work are not counted."""
+    T, H, I, C = seq_len, config.hidden_size, config.intermediate_size, config.num_labels
+    layer = 2 * T * (4 * H * H + 2 * H * I) + 2 * (2 * T * T * H)
+    head = 2 * (H * H + H * C)
+    mapping = 2 * T * (config.embedding_size or H) * H if config.family == "albert" else 0
+    return mapping + config.num_layers * (layer + head)
+
+
+def training_flops(config: ModelConfig, seq_len: int) -> int:
+    """Model FLOPs of one training example (forward and one backward pass), for MFU.
+
+    `3 x matmul_flops`: the backward pass computes two products for each forward one
+    (input and weight gradients). For BERT this is `6 x matmul weights x T` plus
+    `12 x L x T^2 x H` plus the heads. A step with two backward passes (SD + GR) does
+    `5 x matmul_flops` of work; MFU counts the model's 3x for every mode.
+    """
+    return 3 * matmul_flops(config, seq_len)

@@ -12,6 +12,9 @@ from rome_jax.model import apply_embeddings, apply_layer_with_exit, init_params,
 MINILM = ModelConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
 SMALL = ModelConfig(vocab_size=99, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
                     max_position_embeddings=64, num_labels=5)
+# ALBERT: narrow factorised embeddings mapped to the hidden size (a matrix product every exit pays).
+ALBERT = ModelConfig(family="albert", vocab_size=99, hidden_size=64, num_layers=2, num_heads=4,
+                     intermediate_size=128, max_position_embeddings=64, num_labels=5, embedding_size=48)
 
 
 def _unrolled_forward(config):
@@ -32,8 +35,8 @@ def _xla_flops(cost) -> float:
     return float(cost["flops"])
 
 
-@pytest.mark.parametrize("config, seq_len, batch_size", [(MINILM, 128, 1), (SMALL, 32, 3)],
-                         ids=["minilm-T128", "small-T32-B3"])
+@pytest.mark.parametrize("config, seq_len, batch_size", [(MINILM, 128, 1), (SMALL, 32, 3), (ALBERT, 32, 3)],
+                         ids=["minilm-T128", "small-T32-B3", "albert-T32-B3"])
 def test_full_depth_flops_match_xla(config, seq_len, batch_size):
     params = jax.eval_shape(lambda: init_params(config))  # shapes suffice to compile
     ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
@@ -69,3 +72,20 @@ def test_flops_to_exit_and_speedup():
     assert 5.0 < everyone_first < L  # the embeddings are paid by every example
     mixed = flops.flops_speedup(MINILM, T, [0, L - 1])
     np.testing.assert_allclose(mixed, steps[-1] / ((steps[0] + steps[-1]) / 2))
+
+
+def test_training_flops_are_the_usual_mfu_count():
+    """bert-base, T=128, counted by hand: 6 x (matmul weights) x T + 12 L T^2 H + 6 x heads."""
+    bert_base = ModelConfig()
+    T, H, I, L, C = 128, 768, 3072, 12, 2
+    weights = L * (4 * H * H + 2 * H * I)  # Q, K, V, attention output, FFN in and out
+    heads = L * (H * H + H * C)            # each exit's pooler and classifier, on [CLS] alone
+    hand = 6 * weights * T + 12 * L * T * T * H + 6 * heads
+    assert hand == 67_084_333_056
+    assert flops.training_flops(bert_base, T) == hand
+    assert flops.training_flops(bert_base, T) == 3 * flops.matmul_flops(bert_base, T)
+    # The analytic forward count adds the elementwise work: about 1.6% more at bert-base.
+    assert 1.01 < 3 * flops.full_flops(bert_base, T) / hand < 1.02
+    # ALBERT's embedding mapping is a matrix product too.
+    assert (flops.matmul_flops(ALBERT, 32) - flops.matmul_flops(ALBERT.replace(family="bert"), 32)
+            == 2 * 32 * 48 * 64)

@@ -5,7 +5,9 @@ does: two backward passes, the projection over one flattened vector of the
 selected weight matrices, clipping, the optimizer. With dropout off and plain SGD
 (lr 1) after the clip, the parameter change of one step *is* the clipped,
 projected gradient, so comparing the two models after one step checks the
-losses, the two gradients, the projection and the clip together.
+losses, the two gradients, the projection and the clip together. The clip norm is
+set below some of the steps' gradient norms (about 0.2-0.4 on this model) so that
+both the clipped and the unclipped path run.
 """
 
 import jax
@@ -38,8 +40,11 @@ def _batch(seed: int, n: int = 6, t: int = 10) -> dict:
                 labels=rng.randint(0, 2, n).astype(np.int32))
 
 
+CLIP = 0.25
+
+
 def _our_step(params, batch, anchor):
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))
+    tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(1.0))
     mesh = ts.make_mesh(jax.devices()[:1])
     settings = ts.StepSettings(mode="romebert", anchor=anchor)
     step = ts.compile_train_step(CFG, settings, tx, mesh, params)
@@ -51,7 +56,7 @@ def _our_step(params, batch, anchor):
 @pytest.mark.parametrize("anchor", ["B", "A"])
 def test_romebert_step_matches_the_two_backward_pass_reference(anchor):
     torch.manual_seed(0)
-    projected_seen = set()
+    projected_seen, clipped_seen = set(), set()
     for seed in range(6):
         params = jax.device_get(init_params(CFG, seed))
         batch = _batch(seed)
@@ -60,7 +65,7 @@ def test_romebert_step_matches_the_two_backward_pass_reference(anchor):
         with torch.no_grad():
             before = {k: v.detach().clone() for k, v in model.named_parameters()}
         out = ref.reference_step(model, opt, ref.torch_batch(batch), ref.selected_names(model, CFG.num_layers),
-                                 anchor=anchor)
+                                 anchor=anchor, clip_norm=CLIP)
         new_params, metrics = _our_step(params, batch, anchor)
 
         assert out.loss_a == pytest.approx(float(metrics["loss_A"]), rel=1e-5)
@@ -68,6 +73,7 @@ def test_romebert_step_matches_the_two_backward_pass_reference(anchor):
         assert out.projected == bool(metrics["gr/projected"] > 0.5)
         assert out.cosine == pytest.approx(float(metrics["gr/cosine"]), abs=1e-4)
         projected_seen.add(out.projected)
+        clipped_seen.add(bool(metrics["grad_norm"] > CLIP))  # the norm before the clip
 
         model_state, exits_state = state_dict_from_params(new_params, CFG)
         ours = {k: v for k, v in model_state.items() if k.startswith("bert.") and ".pooler." not in k}
@@ -82,5 +88,6 @@ def test_romebert_step_matches_the_two_backward_pass_reference(anchor):
             delta_ours = value - before[name].numpy()
             scale = max(np.abs(delta_theirs).max(), 1e-6)
             np.testing.assert_allclose(delta_ours, delta_theirs, atol=2e-4 * scale + 1e-7, err_msg=name)
-    # Both branches of the projection ran (otherwise the comparison proves less).
+    # Both branches of the projection and of the clip ran (otherwise the comparison proves less).
     assert projected_seen == {True, False}, projected_seen
+    assert clipped_seen == {True, False}, clipped_seen
