@@ -119,13 +119,13 @@ def main() -> None:
     for mode in modes:
         results[mode] = time_mode(config, mode, batch, args.repeats)
         # Written after each mode: a run stopped at its time limit keeps the modes done.
-        write_record(args.out, _record(args, config, results))
-    base = results.get("joint", next(iter(results.values())))
+        record = _record(args, config, results)
+        write_record(args.out, record)
     print(f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on "
           f"{jax.devices()[0].platform} x{len(jax.devices())}")
     print(f"{'mode':<12}{'step s':>10}{'/ joint':>10}")
     for mode, seconds in results.items():
-        print(f"{mode:<12}{seconds:>10.3f}{seconds / base:>10.2f}")
+        print(f"{mode:<12}{seconds:>10.3f}{record['ratio_to_joint'][mode]:>10.2f}")
 
 
 def _record(args, config: ModelConfig, results: dict) -> dict:
