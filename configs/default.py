@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.warmup_ratio = 0.0  # fraction of a stage's steps warming up from 0
     config.train.weight_decay = 0.0  # AdamW; never on biases and LayerNorm
     config.train.adam_eps = 1e-8
+    config.train.adam_bias_correction = True  # False: FastBERT's AdamW(correct_bias=False)
     config.train.clip_norm = 1.0  # global gradient norm clip; 0: none
     config.train.num_epochs = 3  # the reference trains RoBERTa for 10
     config.train.stage2_epochs = 0  # DeeBERT's stage 2; 0: the same as num_epochs

@@ -33,14 +33,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # summed over classes and averaged over the batch (our reading of its code).
         config.train.temperature = 1.0
         config.train.kl_reduction = "batchmean"
-        # Its stage 2 runs the backbone under torch.no_grad() (and clips nothing): no
-        # backbone gradient, so none in the clip norm either, unlike DeeBERT's.
+        # Its optimizer (run_fastbert.py, uer/utils/optimizers.py): no gradient clipping
+        # in either stage, 10% warmup, AdamW(correct_bias=False) at uer's eps 1e-6. (Its
+        # weight decay 0.01 is set under a key that AdamW never reads: 0 in effect.)
+        config.train.clip_norm = 0.0
+        config.train.warmup_ratio = 0.1
+        config.train.adam_eps = 1e-6
+        config.train.adam_bias_correction = False
+        # Its stage 2 runs the backbone under torch.no_grad(): no backward pass through
+        # the backbone (with no clipping this changes nothing else).
         config.train.stage2_clip = "trainable"
         # Not copied: its script distils for 10 epochs at 10x the learning rate (with a
-        # schedule sized for stage 1 that reaches 0 after 3 of them); stage 2 here uses
-        # train.stage2_epochs (default num_epochs) and the same learning rate.
+        # schedule sized for stage 1 that reaches 0 after 3 of them) from the best
+        # stage-1 epoch on dev; stage 2 here uses train.stage2_epochs (default
+        # num_epochs), the same learning rate, and starts from stage 1's last step. Its
+        # batch size (32 in its README's commands, on non-GLUE data) is not copied
+        # either: the reference batch of 8 is kept.
     if config.train.mode == "pabee":
-        # PABEE's published setting for GLUE: batch 32, the reference lr; its
-        # patience exit is swept at t = 1..6 by eval.py (`--sweeps=patience`).
+        # PABEE's published setting for GLUE (finetune_bert.sh): batch 32, 5 epochs, the
+        # reference lr. Its patience exit is swept by eval.py (t = 1..8, those below
+        # L - 1; PABEE's patience_infer_bert.sh sweeps 3..8 on 12 layers).
         config.train.batch_size = 32
+        config.train.num_epochs = 5
     return config

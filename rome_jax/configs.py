@@ -107,6 +107,7 @@ KEYS: dict[str, Check] = {
     "train.warmup_ratio": _between(0.0, 1.0, high_open=True),
     "train.weight_decay": _at_least(0.0, float),
     "train.adam_eps": _positive(float),
+    "train.adam_bias_correction": _typed(bool),
     "train.clip_norm": _at_least(0.0, float),
     "train.num_epochs": _positive(),
     "train.stage2_epochs": _at_least(0),
@@ -257,10 +258,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return resolved
 
 
+ADDED_KEYS: dict[str, Any] = {"train.adam_bias_correction": True}
+"""Keys added after runs were written, with the value that computes what runs
+without the key computed: a stored config lacking one is read as having it."""
+
+
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any],
                 ignore: Iterable[str] = RUN_ONLY_KEYS) -> list[str]:
     """'key: old -> new' for each differing key (both flattened or nested)."""
-    a, b = flatten(stored), flatten(current)
+    a, b = {**ADDED_KEYS, **flatten(stored)}, flatten(current)
     ignore = set(ignore)
     changed = []
     for key in sorted(set(a) | set(b)):

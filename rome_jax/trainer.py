@@ -155,7 +155,7 @@ def make_stage_optimizer(config: ml_collections.ConfigDict, stage: Stage, params
     warmup = int(t.warmup_ratio * stage.num_steps)
     tx = make_optimizer(t.learning_rate, stage.num_steps, warmup_steps=warmup,
                         weight_decay=t.weight_decay, eps=t.adam_eps, clip_norm=t.clip_norm,
-                        params=params)
+                        bias_correction=t.adam_bias_correction, params=params)
     return tx, learning_rate_schedule(t.learning_rate, stage.num_steps, warmup)
 
 

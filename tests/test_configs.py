@@ -31,7 +31,8 @@ def test_default_config_has_every_key_and_the_reference_values():
     t = config.train
     assert (config.data.max_length, t.batch_size, t.learning_rate, t.num_epochs, t.seed) == (
         128, 8, 2e-5, 3, 42)
-    assert (t.warmup_ratio, t.weight_decay, t.adam_eps, t.clip_norm) == (0.0, 0.0, 1e-8, 1.0)
+    assert (t.warmup_ratio, t.weight_decay, t.adam_eps, t.clip_norm, t.adam_bias_correction) == (
+        0.0, 0.0, 1e-8, 1.0, True)
     assert (t.mode, t.gamma, t.temperature, t.kl_reduction, t.anchor) == (
         "romebert", 0.9, 3.0, "reference", "auto")
     configs.validate(valid(config))
@@ -54,15 +55,32 @@ def test_glue_config_takes_task_and_mode():
         load("configs/glue.py")
 
 
-def test_glue_config_stage_2_clipping_follows_each_methods_code():
+def test_glue_config_follows_each_methods_code():
     """DeeBERT's stage 2 backpropagates into the frozen backbone (its gradient counts in
-    the clip norm); FastBERT's runs the backbone under torch.no_grad()."""
+    the clip norm); FastBERT's runs the backbone under torch.no_grad(), clips nothing,
+    warms up 10% and uses AdamW(correct_bias=False, eps=1e-6) (run_fastbert.py,
+    uer/utils/optimizers.py); PABEE trains 5 epochs at batch 32 (finetune_bert.sh)."""
     assert load("configs/glue.py:rte,deebert").train.stage2_clip == "reference"
     assert load("configs/glue.py:rte,deebert_sd").train.stage2_clip == "reference"
     fastbert = load("configs/glue.py:rte,fastbert").train
     assert (fastbert.stage2_clip, fastbert.temperature, fastbert.kl_reduction) == (
         "trainable", 1.0, "batchmean")
+    assert (fastbert.clip_norm, fastbert.warmup_ratio, fastbert.adam_eps, fastbert.adam_bias_correction,
+            fastbert.batch_size, fastbert.num_epochs) == (0.0, 0.1, 1e-6, False, 8, 3)
     configs.validate(valid(load("configs/glue.py:rte,fastbert")))
+    pabee = load("configs/glue.py:rte,pabee").train
+    assert (pabee.batch_size, pabee.num_epochs, pabee.learning_rate, pabee.clip_norm) == (32, 5, 2e-5, 1.0)
+    configs.validate(valid(load("configs/glue.py:rte,pabee")))
+    romebert = load("configs/glue.py:rte").train
+    assert (romebert.batch_size, romebert.num_epochs, romebert.adam_bias_correction) == (8, 3, True)
+
+
+def test_a_stored_config_without_a_later_key_reads_as_its_old_behaviour():
+    current = configs.flatten(load("configs/default.py"))
+    stored = {k: v for k, v in current.items() if k != "train.adam_bias_correction"}
+    assert configs.differences(stored, current) == []
+    current["train.adam_bias_correction"] = False
+    assert configs.differences(stored, current) == ["train.adam_bias_correction: True -> False"]
 
 
 def test_demo_config_uses_the_real_model(minilm_path, glue_dir):
