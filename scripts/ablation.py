@@ -49,7 +49,8 @@ _MODES = flags.DEFINE_list("modes", "deebert,deebert_sd,joint,sd,gr,romebert", "
 _SEEDS = flags.DEFINE_list("seeds", "42,43", "Seeds (train.seed).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "A config override KEY=VALUE for every run.")
 _REPORT = flags.DEFINE_string("report", "docs/results.md", "The Markdown report to write.")
-_GRID_NOTE = flags.DEFINE_string("grid_note", "", "What grid the report's numbers come from (a sentence).")
+_GRID_NOTE = flags.DEFINE_string("grid_note", "", "What grid the report's numbers come from (a sentence; "
+                                  "default: the note of the report being rebuilt, if any).")
 _FINDINGS = flags.DEFINE_string("findings", "docs/ablation_findings.md",
                                 "Hand-written Markdown placed after the grid note, if the file exists.")
 _RECORDS = flags.DEFINE_string("records", "docs/ablation_runs",
@@ -315,8 +316,20 @@ def main(argv):
         raise ConfigError(f"{root}, {_RECORDS.value}: no finished runs to report")
     findings = Path(_FINDINGS.value)
     findings = findings.read_text(encoding="utf-8") if _FINDINGS.value and findings.is_file() else ""
-    print(report(records, Path(_REPORT.value), _GRID_NOTE.value, missing, findings, _RECORDS.value))
+    out = Path(_REPORT.value)
+    grid_note = _GRID_NOTE.value or previous_grid_note(out)
+    print(report(records, out, grid_note, missing, findings, _RECORDS.value))
     return 0
+
+
+def previous_grid_note(path: Path) -> str:
+    """The grid note of the report at `path` (its third line), so that rebuilding the
+    report without --grid_note keeps it; "" if there is none."""
+    if not path.is_file():
+        return ""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    note = lines[2] if len(lines) > 2 and lines[0].startswith("# Results") else ""
+    return "" if note.startswith("Grid: see the command") else note
 
 
 if __name__ == "__main__":

@@ -100,3 +100,14 @@ def test_a_run_finished_by_an_earlier_runner_becomes_a_record_and_is_then_reused
     shutil.rmtree(tmp_path / "runs")
     assert ablation.run_one("sst2", "sd", "7", tmp_path / "runs", records, reuse_only=True) == record
     assert ablation.run_one("sst2", "sd", "8", tmp_path / "runs", records, reuse_only=True) is None
+
+
+def test_rebuilding_the_report_keeps_its_grid_note(ablation, tmp_path):
+    out = tmp_path / "results.md"
+    assert ablation.previous_grid_note(out) == ""
+    out.write_text("# Results: the gradient-regularizer ablation\n\nThe CPU grid of a day.\n\nRegenerate: ...\n")
+    assert ablation.previous_grid_note(out) == "The CPU grid of a day."
+    out.write_text("# Results: the gradient-regularizer ablation\n\nGrid: see the command below.\n")
+    assert ablation.previous_grid_note(out) == ""
+    committed = (REPO / "docs" / "results.md").read_text(encoding="utf-8").splitlines()[2]
+    assert ablation.previous_grid_note(REPO / "docs" / "results.md") == committed != ""
