@@ -7,7 +7,13 @@
 Writes to DIR/eval/ (or --output_dir), per dev split: results.json, results.csv
 (the sweep), per_exit.csv, per_exit.png, tradeoff.png (MNLI: one subdirectory per
 split), and prints the table. Default sweeps: entropy at DeeBERT's reference
-thresholds 0..0.7, max_prob 0.5..0.99, patience 1..6 (`--sweeps='entropy:0.1,0.2;normalized_entropy:0.1'`).
+thresholds 0..0.7, max_prob 0.5..0.99, patience 1..8 (those below L - 1), and for
+FastBERT runs normalized_entropy 0.1..0.9 (`--sweeps='entropy:0.1,0.2;fixed:3'`).
+
+"best" is the checkpoint with the highest final-exit score on the first dev split,
+so the dev figures of a run that evaluated more than once are chosen on the set
+they are read on; RomeBERT's and DeeBERT's code report their last step
+(`--checkpoint=latest`).
 """
 
 if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory.py
@@ -25,7 +31,8 @@ from rome_jax.config import ATTENTION_KERNELS
 from rome_jax.errors import CheckpointError, ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (its config and checkpoints).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "With --workdir: best, latest, or a step.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best",
+                                  "With --workdir: best (highest final-exit dev score), latest, or a step.")
 _MODEL = flags.DEFINE_string("model", None, "Instead of --workdir: an HF model directory.")
 _TASK = flags.DEFINE_string("task", None, "With --model: the GLUE task.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "GLUE directory (default: the run's, or $GLUE_DIR).")
@@ -35,7 +42,8 @@ _MAX_LENGTH = flags.DEFINE_integer("max_length", None,
                                    "Default: the run's, or 128 (at most the model's positions).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "Evaluate the first N examples; 0: all.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size of the batched runs.")
-_SWEEPS = flags.DEFINE_string("sweeps", "", "criterion:t1,t2;... (default: entropy, max_prob, patience).")
+_SWEEPS = flags.DEFINE_string("sweeps", "", "criterion:t1,t2;... (default: entropy, max_prob, patience, "
+                              "and normalized_entropy for FastBERT runs).")
 _BATCH1 = flags.DEFINE_integer("batch1_examples", 64, "Examples timed at batch 1.")
 _BATCHED = flags.DEFINE_integer("batched_examples", 256, "Examples timed batched; 0: all.")
 _NO_TIMING = flags.DEFINE_bool("no_timing", False, "Skip the wall-clock measurements.")
@@ -71,7 +79,8 @@ def _model_from_workdir(workdir: str):
     tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
     if tokenizer is None:
         raise CheckpointError(f"{workdir}/tokenizer: no tokenizer files")
-    data = {"dir": config.data.dir, "source": config.data.source, "max_length": config.data.max_length}
+    data = {"dir": config.data.dir, "source": config.data.source, "max_length": config.data.max_length,
+            "mode": config.train.mode}
     return MultiExitModel(model_config, params, tokenizer), task, data, f"{workdir} step {step}"
 
 
@@ -94,7 +103,7 @@ def main(argv):
         task = get_task(_TASK.value)
         model = load_pretrained(_MODEL.value, task.num_labels, dtype=_DTYPE.value or "float32",
                                 attention_kernel=_ATTENTION.value or "xla")
-        data = {"dir": os.environ.get("GLUE_DIR", ""), "source": "dir", "max_length": 128}
+        data = {"dir": os.environ.get("GLUE_DIR", ""), "source": "dir", "max_length": 128, "mode": None}
         origin = _MODEL.value
         out_dir = _OUTPUT_DIR.value or os.path.join(_MODEL.value, "eval")
     if model.tokenizer is None:
@@ -106,7 +115,8 @@ def main(argv):
     if max_length > positions:
         raise ConfigError(f"--max_length {max_length} exceeds the model's {positions} positions ({origin})")
     try:
-        sweeps = evaluation.parse_sweeps(_SWEEPS.value) if _SWEEPS.value else None
+        sweeps = (evaluation.parse_sweeps(_SWEEPS.value, model.config.num_layers) if _SWEEPS.value
+                  else evaluation.default_sweeps(model.config.num_layers, data["mode"]))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     splits = _SPLITS.value or list(task.dev_splits)

@@ -28,17 +28,45 @@ from rome_jax.model import INPUT_KEYS
 
 Params = Any
 
-DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
+DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
+    # DeeBERT's reference thresholds
     "entropy": (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
     "max_prob": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
-    "patience": (1, 2, 3, 4, 5, 6),
+    # FastBERT's "speed" (its default 0.5)
+    "normalized_entropy": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    # PABEE sweeps 3..8 on 12 layers (patience_infer_bert.sh)
+    "patience": (1, 2, 3, 4, 5, 6, 7, 8),
 }
+"""The thresholds a criterion named without values is swept at."""
+
+DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
+    name: DEFAULT_THRESHOLDS[name] for name in ("entropy", "max_prob", "patience")}
+"""The criteria evaluated by default (before `useful_thresholds`)."""
+
+MODE_SWEEPS: dict[str, tuple[str, ...]] = {"fastbert": ("normalized_entropy",)}
+"""Criteria added to the defaults for runs of a mode: its method's own exit rule."""
 
 
-def parse_sweeps(spec: str) -> dict[str, tuple[float, ...]]:
+def useful_thresholds(name: str, thresholds: Sequence[float], num_layers: int) -> tuple[float, ...]:
+    """Drops patience values that cannot exit before the last layer: patience t
+    exits at exit t + 1 at the earliest, so t >= L - 1 is the full-depth model."""
+    if name != "patience":
+        return tuple(thresholds)
+    return tuple(t for t in thresholds if t < num_layers - 1)
+
+
+def default_sweeps(num_layers: int, mode: str | None = None) -> dict[str, tuple[float, ...]]:
+    """The default sweeps for a model of `num_layers` layers trained in `mode`:
+    entropy, max_prob and patience, plus the mode's own criterion (`MODE_SWEEPS`)."""
+    names = list(DEFAULT_SWEEPS) + [n for n in MODE_SWEEPS.get(mode or "", ()) if n not in DEFAULT_SWEEPS]
+    return {n: useful_thresholds(n, DEFAULT_THRESHOLDS[n], num_layers) for n in names}
+
+
+def parse_sweeps(spec: str, num_layers: int | None = None) -> dict[str, tuple[float, ...]]:
     """'entropy:0,0.1;patience:1,2' -> {'entropy': (0.0, 0.1), 'patience': (1.0, 2.0)}.
 
-    A criterion named without thresholds takes its default sweep.
+    A criterion named without thresholds takes `DEFAULT_THRESHOLDS` (those useful
+    for `num_layers` layers, when given); thresholds given are kept as they are.
     """
     sweeps: dict[str, tuple[float, ...]] = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
@@ -51,8 +79,9 @@ def parse_sweeps(spec: str) -> dict[str, tuple[float, ...]]:
                 sweeps[name] = tuple(float(v) for v in values.split(","))
             except ValueError:
                 raise ValueError(f"--sweeps {part!r}: thresholds must be numbers, e.g. {name}:0.1,0.2") from None
-        elif name in DEFAULT_SWEEPS:
-            sweeps[name] = DEFAULT_SWEEPS[name]
+        elif name in DEFAULT_THRESHOLDS:
+            defaults = DEFAULT_THRESHOLDS[name]
+            sweeps[name] = defaults if num_layers is None else useful_thresholds(name, defaults, num_layers)
         else:
             raise ValueError(f"criterion {name!r} has no default sweep: give thresholds, e.g. {name}:0.1,0.2")
     return sweeps
@@ -154,8 +183,11 @@ class Timer:
 def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, features: Features,
                    *, sweeps: dict[str, Sequence[float]] | None = None, batch_size: int = 64,
                    batch1_examples: int = 64, batched_examples: int = 0, timing: bool = True,
-                   log=print) -> dict:
+                   mode: str | None = None, log=print) -> dict:
     """Per-exit metrics and the early-exit sweeps of one labelled split (see module doc).
+
+    sweeps: {criterion: thresholds}; default `default_sweeps(num_layers, mode)`
+    (`mode`: the run's `train.mode`, which adds its method's criterion).
 
     Returns the `results.json` dict: task, split, metric, num_examples, num_exits,
     max_length, per_exit [{exit, <metrics>}], sweep [{criterion, threshold,
@@ -163,7 +195,7 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
     wall_s_batched, wall_speedup_batch1, wall_speedup_batched}], full_depth
     {wall_s_batch1, wall_s_batched}, timing {...}, executors_agree.
     """
-    sweeps = DEFAULT_SWEEPS if sweeps is None else sweeps
+    sweeps = default_sweeps(config.num_layers, mode) if sweeps is None else sweeps
     regression = config.num_labels == 1
     L, T = config.num_layers, features.max_length
     labels = np.asarray(features.labels)

@@ -277,3 +277,39 @@ def test_minilm_executors_agree_on_rte(minilm_rte):
         seen.update(assert_agree(config, params, batch, criterion, atol=2e-3, buckets=(16, 4, 1),
                                  all_logits=all_logits).tolist())
     assert len(seen) >= 4
+
+
+# ---- the default sweeps ----------------------------------------------------------------------
+
+def test_default_sweeps_follow_the_depth_and_the_method(tiny):
+    from rome_jax.data import Features
+    from rome_jax.evaluation import default_sweeps, evaluate_split, parse_sweeps
+    from rome_jax.glue import get_task
+
+    assert default_sweeps(12)["patience"] == (1, 2, 3, 4, 5, 6, 7, 8)  # PABEE's 3..8 included
+    assert default_sweeps(6)["patience"] == (1, 2, 3, 4)
+    assert set(default_sweeps(6, "romebert")) == {"entropy", "max_prob", "patience"}
+    assert default_sweeps(6, "fastbert")["normalized_entropy"] == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    assert parse_sweeps("patience", 6) == {"patience": (1, 2, 3, 4)}
+    assert parse_sweeps("patience:5;normalized_entropy", 6) == {
+        "patience": (5.0,), "normalized_entropy": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
+
+    params, batch = tiny
+    all_logits = inference.all_exits(TINY, params, batch)
+    for t in (5, 6, 8):  # the values left out on 6 layers: the full-depth model
+        index, _ = simulate(Criterion("patience", t), all_logits)
+        np.testing.assert_array_equal(index, TINY.num_layers - 1)
+    index, _ = simulate(Criterion("patience", 1), all_logits)
+    assert int(np.asarray(index).min()) == 1  # exit 2 at the earliest
+
+    ids = np.asarray(batch["input_ids"])
+    features = Features(input_ids=ids, attention_mask=np.asarray(batch["attention_mask"]),
+                        token_type_ids=np.asarray(batch["token_type_ids"]),
+                        labels=np.arange(len(ids), dtype=np.int32) % 3, index=np.arange(len(ids)))
+    results = evaluate_split(TINY, params, get_task("mnli"), "validation_matched", features, timing=False,
+                             mode="fastbert", log=lambda _: None)
+    rows = {}
+    for row in results["sweep"]:
+        rows.setdefault(row["criterion"], []).append(row["threshold"])
+    assert rows["patience"] == [1, 2, 3, 4] and len(rows["normalized_entropy"]) == 9
+    assert set(rows) == {"entropy", "max_prob", "patience", "normalized_entropy"}
