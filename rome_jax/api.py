@@ -14,7 +14,7 @@ import numpy as np
 from rome_jax import hf_io
 from rome_jax.config import ModelConfig
 from rome_jax.errors import CheckpointError
-from rome_jax.model import INPUT_KEYS, MultiExitEncoder, init_exit_params
+from rome_jax.model import MultiExitEncoder, init_exit_params
 
 
 
@@ -35,22 +35,26 @@ class MultiExitModel:
         """Logits of every exit, deterministic (no dropout).
 
         batch: dict of int arrays `input_ids`, `attention_mask`, `token_type_ids`,
-        each [B, T] (other keys are ignored). Returns [num_exits, B, num_labels]
+        each [B, T] (other keys are ignored; a batch the model cannot read is a
+        ValueError, see `inference.check_batch`). Returns [num_exits, B, num_labels]
         float32; row -1 is the final classifier.
         """
         from rome_jax.inference import all_exits
 
-        inputs = {k: jnp.asarray(batch[k], jnp.int32) for k in INPUT_KEYS if k in batch}
-        return all_exits(self.config, self.params, inputs)
+        return all_exits(self.config, self.params, batch)
 
     def tokenize(self, text_a: Sequence[str], text_b: Sequence[str] | None = None,
                  max_length: int = 128) -> dict[str, np.ndarray]:
         """Tokenizes sentences (or pairs), truncated and padded to `max_length`.
 
-        Returns int32 arrays `input_ids`, `attention_mask`, `token_type_ids` [B, max_length].
+        text_a, text_b: lists of strings (the same length for pairs). Returns int32
+        arrays `input_ids`, `attention_mask`, `token_type_ids` [B, max_length];
+        `max_length` at most the model's positions (`config.max_length`).
         """
         if self.tokenizer is None:
             raise CheckpointError("this model has no tokenizer (its directory had no tokenizer files)")
+        if max_length > self.config.max_length:
+            raise ValueError(f"max_length {max_length} exceeds the model's {self.config.max_length} positions")
         return tokenize(self.tokenizer, text_a, text_b, max_length)
 
     def save_pretrained(self, path: str) -> None:
@@ -59,6 +63,13 @@ class MultiExitModel:
         plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`."""
         from safetensors.numpy import save_file
 
+        from rome_jax.checkpoints import tree_mismatch
+        from rome_jax.model import init_params
+
+        mismatch = tree_mismatch(self.params, jax.eval_shape(lambda: init_params(self.config, 0)))
+        if mismatch:
+            raise CheckpointError(f"the parameters do not fit the model's config ({self.config.num_layers} "
+                                  f"layers, {self.config.num_labels} labels): {mismatch}; nothing written")
         os.makedirs(path, exist_ok=True)
         state, exits_state = hf_io.state_dict_from_params(jax.device_get(self.params), self.config)
         tmp = lambda name: os.path.join(path, f".{name}.tmp")

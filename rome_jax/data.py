@@ -553,8 +553,13 @@ def tokenize_texts(tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] 
     """HF fast tokenizer on sentences or pairs, truncated ("longest_first" for pairs)
     and padded to `max_length`: int32 `input_ids`, `attention_mask`,
     `token_type_ids` [N, max_length] (zeros where the tokenizer has no types)."""
+    if isinstance(text_a, str) or isinstance(text_b, str):
+        raise ValueError("give lists of sentences (one string would be read one character a sentence): "
+                         f"[{(text_a if isinstance(text_a, str) else text_b)[:40]!r}]")
     text_a = list(text_a)
     n = len(text_a)
+    if text_b is not None and len(text_b := list(text_b)) != n:
+        raise ValueError(f"pairs need as many second sentences as first ones: {len(text_b)} against {n}")
     out = {k: np.zeros((n, max_length), np.int32)
            for k in ("input_ids", "attention_mask", "token_type_ids")}
     pair = text_b is not None

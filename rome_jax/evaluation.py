@@ -195,6 +195,12 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
     wall_s_batched, wall_speedup_batch1, wall_speedup_batched}], full_depth
     {wall_s_batch1, wall_s_batched}, timing {...}, executors_agree.
     """
+    if isinstance(task, str):
+        from rome_jax.glue import get_task
+
+        task = get_task(task)
+    if task.num_labels != config.num_labels:
+        raise ValueError(f"task {task.name} has {task.num_labels} labels, the model {config.num_labels} outputs")
     sweeps = default_sweeps(config.num_layers, mode) if sweeps is None else sweeps
     regression = config.num_labels == 1
     L, T = config.num_layers, features.max_length

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -70,6 +71,12 @@ class Criterion:
     def __post_init__(self) -> None:
         if self.name not in CRITERIA:
             raise ValueError(f"unknown exit criterion {self.name!r}; known: {', '.join(CRITERIA)}")
+        if (isinstance(self.threshold, (bool, np.bool_)) or not isinstance(self.threshold, numbers.Real)
+                or not math.isfinite(self.threshold)):
+            raise ValueError(f"{self.name} threshold must be a finite number, not {self.threshold!r}")
+        if self.name in ("entropy", "normalized_entropy") and self.threshold < 0:
+            raise ValueError(f"{self.name} threshold must be >= 0 (an entropy is never below 0, so "
+                             f"nothing would exit early), not {self.threshold}")
         if self.regression and self.name in _CLASSIFICATION_ONLY:
             raise ValueError(f"the {self.name!r} criterion needs class probabilities; "
                              "a regression model can exit by 'patience' or 'fixed'")
@@ -89,13 +96,19 @@ class Criterion:
                     regression=np.bool_(self.regression), tolerance=np.float32(self.tolerance))
 
 
-def check_criterion(criterion: Criterion, num_labels: int) -> Criterion:
-    """Raises ValueError when the criterion does not fit a model with `num_labels` outputs.
+def check_criterion(criterion: Criterion, num_labels: int, num_exits: int | None = None) -> Criterion:
+    """Raises ValueError when the criterion does not fit a model with `num_labels`
+    outputs (and `num_exits` exits, when given).
 
     One output unit is a regression: entropy and probabilities of it are meaningless
     (an entropy threshold would silently exit every example at exit 1), and its
     patience compares outputs within `tolerance`, so needs `regression=True`.
+    "fixed" beyond the last exit would silently answer at the last one.
     """
+    if not isinstance(criterion, Criterion):
+        raise TypeError(f"expected an exits.Criterion, e.g. Criterion('entropy', 0.1), not {criterion!r}")
+    if criterion.name == "fixed" and num_exits is not None and criterion.threshold > num_exits:
+        raise ValueError(f"fixed exit {int(criterion.threshold)} is beyond the model's {num_exits} exits")
     if num_labels == 1 and criterion.name in _CLASSIFICATION_ONLY:
         raise ValueError(f"the {criterion.name!r} criterion needs class probabilities, but the model "
                          "has a single (regression) output; use Criterion('patience', t, regression=True)")
@@ -229,7 +242,8 @@ def simulate(criterion: Criterion, all_logits: Array, example_mask: Array | None
     all_logits [E, B, C] -> (exit_index [B] int32, 0-based; logits_at_exit [B, C]).
     Rows with `example_mask` 0 (padding) exit at exit 0.
     """
-    check_criterion(criterion, np.shape(all_logits)[-1])
+    _check_logits(all_logits, example_mask)
+    check_criterion(criterion, np.shape(all_logits)[-1], np.shape(all_logits)[0])
     return _simulate_jit(criterion.rule, jnp.asarray(all_logits), example_mask)
 
 
@@ -241,10 +255,21 @@ def simulate_sweep(name: str, thresholds, all_logits: Array, *, regression: bool
     thresholds [S]; all_logits [E, B, C] ->
     (exit_index [S, B] int32, logits_at_exit [S, B, C]).
     """
+    _check_logits(all_logits, example_mask)
     criteria = [Criterion(name, float(t), regression, tolerance) for t in thresholds]  # validates
-    rules = [check_criterion(c, np.shape(all_logits)[-1]).rule for c in criteria]
+    if not criteria:
+        raise ValueError("simulate_sweep needs at least one threshold")
+    rules = [check_criterion(c, np.shape(all_logits)[-1], np.shape(all_logits)[0]).rule for c in criteria]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *rules)
     return _sweep_jit(stacked, jnp.asarray(all_logits), example_mask)
+
+
+def _check_logits(all_logits: Array, example_mask: Array | None) -> None:
+    shape = np.shape(all_logits)
+    if len(shape) != 3:
+        raise ValueError(f"all_logits must be [exits, batch, classes], got shape {shape}")
+    if example_mask is not None and np.shape(example_mask) != shape[1:2]:
+        raise ValueError(f"example_mask must be [batch] = {shape[1:2]}, got shape {np.shape(example_mask)}")
 
 
 @jax.jit

@@ -23,7 +23,15 @@ Padding rows (`example_mask` 0 in a batch) are forced to exit at exit 0 in every
 executor: they never keep a loop running and never change other rows' decisions.
 
 Batches are dicts of [B, T] int arrays `input_ids`, `attention_mask`,
-`token_type_ids` (optional) and `example_mask` (optional); other keys are ignored.
+`token_type_ids` (optional) and `example_mask` ([B], optional); other keys are
+ignored. Every executor checks a batch first (`check_batch`: shapes, dtypes, ids in
+range; about 25 microseconds on the host).
+
+"The same decisions" holds in float32. In bfloat16 the per-example executor computes
+a row in batches of other sizes than the full forward does, which rounds differently,
+so an example whose criterion value lies within rounding of the threshold can exit
+one layer apart; `evaluation.evaluate_split` reports whether they agreed
+(`executors_agree`).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -54,6 +62,46 @@ def _batch_arrays(batch: dict, keys: tuple[str, ...] = BATCH_KEYS) -> dict:
     """The keys the executors read, unconverted: jit converts them on dispatch, which
     costs less than eager conversions (it matters at batch 1)."""
     return {k: batch[k] for k in keys if k in batch}
+
+
+def check_batch(config: ModelConfig, batch: Mapping[str, Any]) -> dict:
+    """Raises ValueError, naming the key, for a batch the model cannot read; returns
+    the batch with lists made numpy arrays.
+
+    Checks: `input_ids` [B, T] with T within the model's positions; the other keys
+    of `BATCH_KEYS` [B, T] (`example_mask` [B]); integer dtypes (bool for masks);
+    and, for numpy arrays, ids within the vocabulary and token types within
+    `type_vocab_size` (out-of-range ids would read NaN embeddings). Device arrays
+    are not copied to the host for the value checks.
+    """
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        raise ValueError("a batch is a dict with int arrays input_ids [B, T] (and attention_mask, "
+                         f"token_type_ids [B, T], example_mask [B]); got {type(batch).__name__}"
+                         + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""))
+    batch = {k: (np.asarray(v) if k in BATCH_KEYS and not hasattr(v, "shape") else v) for k, v in batch.items()}
+    shape = tuple(batch["input_ids"].shape)
+    if len(shape) != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {shape}")
+    if shape[1] > config.max_length:
+        raise ValueError(f"input_ids of length {shape[1]} exceed the model's {config.max_length} positions")
+    for key in BATCH_KEYS:
+        if key not in batch:
+            continue
+        value = batch[key]
+        expected = shape[:1] if key == "example_mask" else shape
+        if tuple(value.shape) != expected:
+            raise ValueError(f"{key} has shape {tuple(value.shape)}; input_ids {shape} make it {expected}")
+        dtype = np.dtype(value.dtype)
+        masks = key in ("attention_mask", "example_mask")
+        if not (np.issubdtype(dtype, np.integer) or (masks and dtype == np.bool_)):
+            raise ValueError(f"{key} must be integers{' or booleans' if masks else ''}, not {dtype}")
+    limits = {"input_ids": config.vocab_size, "token_type_ids": config.type_vocab_size}
+    for key, limit in limits.items():
+        value = batch.get(key)
+        if isinstance(value, np.ndarray) and value.size and (value.min() < 0 or value.max() >= limit):
+            bad = value.min() if value.min() < 0 else value.max()
+            raise ValueError(f"{key} holds {bad}, outside the model's 0..{limit - 1}")
+    return batch
 
 
 def _model_inputs(batch: dict) -> dict[str, Array]:
@@ -79,8 +127,9 @@ def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
 
 
 def all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
-    """Logits of every exit (full depth, jitted): [E, B, C] float32."""
-    return _all_exits(config, params, _batch_arrays(batch, INPUT_KEYS))
+    """Logits of every exit (full depth, jitted): [E, B, C] float32. The batch is
+    checked first (`check_batch`)."""
+    return _all_exits(config, params, _batch_arrays(check_batch(config, batch), INPUT_KEYS))
 
 
 def simulated_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion) -> dict:
@@ -164,8 +213,8 @@ def while_loop_exit(config: ModelConfig, params: Params, batch: dict, criterion:
     int32 0-based, logits [B, C] float32, layers_run int32 scalar: layers executed,
     carried in the loop).
     """
-    check_criterion(criterion, config.num_labels)
-    return _while_loop_exit(config, params, _batch_arrays(batch), criterion.rule)
+    check_criterion(criterion, config.num_labels, config.num_exits)
+    return _while_loop_exit(config, params, _batch_arrays(check_batch(config, batch)), criterion.rule)
 
 
 # ---------------------------------------------------------------- per example inside batches
@@ -262,7 +311,8 @@ class _Group:
 class _Results:
     """Per-example answers, grown batch by batch, and the work counters.
 
-    example_layers: layers run summed over real examples (= sum(exit_index + 1)).
+    example_layers: layers run summed over real examples (= sum(exit_index + 1) over
+      the rows that are not padding).
     row_layers: layers run summed over bucket rows, exited and filler rows included
       (what was computed).
     layer_steps: (layer, bucket) steps run.
@@ -274,22 +324,27 @@ class _Results:
         self.size = 0
         self.exit_index = np.zeros(0, np.int32)
         self.logits = np.zeros((0, num_labels), np.float32)
-        self.example_layers = self.row_layers = self.layer_steps = self.launches = 0
+        self.real = np.zeros(0, bool)
+        self.row_layers = self.layer_steps = self.launches = 0
 
-    def grow(self, rows: int) -> int:
-        """Room for `rows` more examples (capacity doubles); returns the first new id."""
-        first, self.size = self.size, self.size + rows
+    def grow(self, real: np.ndarray) -> int:
+        """Room for `len(real)` more examples (capacity doubles; `real` [b] bool: not
+        padding); returns the first new id."""
+        first, self.size = self.size, self.size + len(real)
         if self.size > len(self.exit_index):
             extra = max(self.size, 2 * len(self.exit_index)) - len(self.exit_index)
             self.exit_index = np.concatenate([self.exit_index, np.zeros(extra, np.int32)])
             self.logits = np.concatenate([self.logits, np.zeros((extra, self.logits.shape[1]), np.float32)])
+            self.real = np.concatenate([self.real, np.zeros(extra, bool)])
         self.exit_index[first:self.size] = self.num_layers - 1
+        self.real[first:self.size] = real
         return first
 
     def as_dict(self) -> dict:
-        return {"exit_index": self.exit_index[:self.size].copy(), "logits": self.logits[:self.size].copy(),
-                "example_layers": self.example_layers, "row_layers": self.row_layers,
-                "layer_steps": self.layer_steps, "launches": self.launches}
+        n = self.size
+        return {"exit_index": self.exit_index[:n].copy(), "logits": self.logits[:n].copy(),
+                "example_layers": int((self.exit_index[:n] + 1)[self.real[:n]].sum()),
+                "row_layers": self.row_layers, "layer_steps": self.layer_steps, "launches": self.launches}
 
 
 class BatchedEarlyExit:
@@ -305,7 +360,7 @@ class BatchedEarlyExit:
                  buckets: Sequence[int] | None = None):
         self.config = config
         self.params = params
-        self.criterion = check_criterion(criterion, config.num_labels)
+        self.criterion = check_criterion(criterion, config.num_labels, config.num_exits)
         self._rule = criterion.rule
         self.buckets = None if buckets is None else tuple(sorted(set(buckets), reverse=True))
         self._batch_sizes: set[int] = set()
@@ -320,7 +375,9 @@ class BatchedEarlyExit:
         hidden, attention_mask, padding = _embed(self.config, self.params, _batch_arrays(batch))
         size = hidden.shape[0]
         self._batch_sizes.add(size)
-        first = results.grow(size)
+        real = (np.ones(size, bool) if "example_mask" not in batch
+                else np.asarray(jax.device_get(batch["example_mask"])).astype(bool))
+        first = results.grow(real)
         return _Group(hidden, attention_mask, init_state(self.criterion, size, self.config.num_labels),
                       padding, np.arange(first, first + size), 0)
 
@@ -342,7 +399,6 @@ class BatchedEarlyExit:
         results.layer_steps += layers
         results.row_layers += size * layers
         leaving = running & (exit_index >= 0)
-        results.example_layers += int(np.where(leaving, exit_index - start + 1, layers)[running].sum())
         if leaving.any():
             ids = group.slots[leaving]
             results.exit_index[ids] = exit_index[leaving]
@@ -414,7 +470,14 @@ class BatchedEarlyExit:
         results = _Results(self.config.num_layers, self.config.num_labels)
         parked: dict[int, list[_Group]] = {}
         capacity = 1
-        for batch in batches:
+        length = None
+        for k, batch in enumerate(batches):
+            batch = check_batch(self.config, batch)
+            if length is None:
+                length = batch["input_ids"].shape[1]
+            elif batch["input_ids"].shape[1] != length:
+                raise ValueError(f"batch {k} has sequence length {batch['input_ids'].shape[1]}, the first "
+                                 f"{length}: run_dataset needs one length (pad every batch to it)")
             group = self._start(batch, results)
             capacity = max(capacity, len(group.slots))
             self._descend(group, results, parked, capacity, park_below if regroup else None)

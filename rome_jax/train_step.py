@@ -73,6 +73,18 @@ class StepSettings:
             raise ValueError(f"unknown train.mode {self.mode!r}; known: {', '.join(MODES)}")
         if self.stage not in (1, 2) or (self.stage == 2 and self.mode not in TWO_STAGE_MODES):
             raise ValueError(f"stage {self.stage} is not a stage of mode {self.mode!r}")
+        choices = {"kl_reduction": ("reference", "batchmean"), "anchor": ("A", "B"),
+                   "gr_scope": ("reference", "all"), "gr_granularity": ("global", "per_tensor"),
+                   "stage2_clip": ("reference", "trainable")}
+        for name, known in choices.items():
+            if getattr(self, name) not in known:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(known)}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], not {self.gamma}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, not {self.temperature}")
+        if not (isinstance(self.grad_accum_steps, int) and self.grad_accum_steps >= 1):
+            raise ValueError(f"grad_accum_steps must be an integer >= 1, not {self.grad_accum_steps!r}")
 
     @property
     def uses_projection(self) -> bool:
@@ -206,11 +218,23 @@ def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings:
                trainable: Params | None) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch (dict of [B, ...] arrays with `labels`).
 
+    `labels` [B]: class ids in 0..C-1 (float targets for regression); every row
+    trains (`example_mask` is not read: the trainer's batches have no padding).
+    Ids outside 0..C-1 get a zero one-hot target and add nothing to the loss; the
+    trainer's data loading refuses them, so check labels built by hand. FastBERT's
+    stage 2 needs no labels.
+
     With `grad_accum_steps = k` the batch is split into k micro-batches (rows
     i, i+k, ...) whose gradients are averaged before the projection. A non-finite loss leaves the
     state unchanged (the caller stops on `metrics['finite'] == 0`).
     """
     k = settings.grad_accum_steps
+    rows = batch["input_ids"].shape[0]
+    if rows % k:
+        raise ValueError(f"a batch of {rows} rows does not split into grad_accum_steps={k} micro-batches")
+    if "labels" not in batch and not (settings.mode == "fastbert" and settings.stage == 2):
+        raise ValueError(f"mode {settings.mode!r} (stage {settings.stage}) trains on labels: the batch has "
+                         f"no 'labels' (keys: {', '.join(sorted(batch))})")
     step_rng = jax.random.fold_in(state.rng, state.step)
     if k == 1:
         grads, (loss_a, loss_b, aux) = _microbatch_grads(config, settings, state.params, batch, step_rng)

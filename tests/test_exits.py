@@ -155,7 +155,9 @@ def test_regression_patience_uses_tolerance():
 def test_fixed_exit_and_last_exit_answers():
     all_logits = np.random.RandomState(0).randn(4, 3, 2).astype(np.float32)
     assert simulate(Criterion("fixed", 2), all_logits)[0].tolist() == [1, 1, 1]
-    assert simulate(Criterion("fixed", 9), all_logits)[0].tolist() == [3, 3, 3]
+    assert simulate(Criterion("fixed", 4), all_logits)[0].tolist() == [3, 3, 3]
+    with pytest.raises(ValueError, match="fixed exit 9 is beyond the model's 4 exits"):
+        simulate(Criterion("fixed", 9), all_logits)  # would silently answer at exit 4
     assert simulate(Criterion("entropy", 0.0), all_logits)[0].tolist() == [3, 3, 3]  # H < 0 never
     assert simulate(Criterion("max_prob", 0.0), all_logits)[0].tolist() == [0, 0, 0]
 
@@ -170,10 +172,30 @@ def test_fixed_exit_and_last_exit_answers():
     dict(name="fixed", threshold=0),
     dict(name="max_prob", threshold=1.5),
     dict(name="patience", threshold=2, tolerance=-1.0),
+    # thresholds under which nothing would ever exit early, or that are not numbers
+    dict(name="entropy", threshold=-0.5),
+    dict(name="normalized_entropy", threshold=-0.1),
+    dict(name="entropy", threshold=float("nan")),
+    dict(name="entropy", threshold=None),
+    dict(name="entropy", threshold="0.1"),
+    dict(name="max_prob", threshold=True),
+    dict(name="patience", threshold=float("inf")),
 ])
 def test_invalid_criteria_raise(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="threshold|unknown|tolerance|needs class probabilities"):
         Criterion(**kwargs)
+
+
+def test_simulate_names_what_does_not_fit():
+    all_logits = np.zeros((4, 3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"all_logits must be \[exits, batch, classes\], got shape \(3, 2\)"):
+        simulate(Criterion("entropy", 0.1), all_logits[0])
+    with pytest.raises(ValueError, match=r"example_mask must be \[batch\] = \(3,\), got shape \(5,\)"):
+        simulate(Criterion("entropy", 0.1), all_logits, np.ones(5))
+    with pytest.raises(ValueError, match="at least one threshold"):
+        simulate_sweep("entropy", [], all_logits)
+    with pytest.raises(TypeError, match="expected an exits.Criterion"):
+        simulate("entropy", all_logits)
 
 
 def test_criterion_must_fit_the_model_outputs():
@@ -200,7 +222,7 @@ _criteria = st.one_of(
     st.builds(Criterion, st.just("max_prob"), st.floats(0.3, 1.0)),
     st.builds(Criterion, st.just("normalized_entropy"), st.floats(0.0, 1.0)),
     st.builds(Criterion, st.just("patience"), st.integers(1, 4).map(float)),
-    st.builds(Criterion, st.just("fixed"), st.integers(1, 6).map(float)),
+    st.builds(Criterion, st.just("fixed"), st.integers(1, 5).map(float)),
 )
 
 

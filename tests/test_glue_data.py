@@ -653,3 +653,18 @@ def test_any_text_survives_a_tsv_row(tokenizer, a, b):
         assert examples.text_a == [a, b] and examples.text_b == [b, a]
         features = data.tokenize_examples(examples, tokenizer, 16)
         assert features.input_ids.shape == (2, 16) and features.attention_mask[:, 0].all()
+
+
+def test_tokenize_refuses_a_string_and_unpaired_pairs(minilm_path):
+    from rome_jax.api import MultiExitModel, load_tokenizer
+    from rome_jax.config import ModelConfig
+
+    config = ModelConfig.from_json_file(os.path.join(minilm_path, "config.json"))
+    model = MultiExitModel(config, None, load_tokenizer(minilm_path))
+    assert model.tokenize(["a sentence"], max_length=8)["input_ids"].shape == (1, 8)
+    with pytest.raises(ValueError, match="give lists of sentences"):
+        model.tokenize("a sentence", max_length=8)  # was 10 rows, one a character
+    with pytest.raises(ValueError, match="pairs need as many second sentences as first ones: 2 against 1"):
+        model.tokenize(["a"], ["c", "d"], max_length=8)
+    with pytest.raises(ValueError, match=f"max_length 600 exceeds the model's {config.max_length} positions"):
+        model.tokenize(["a sentence"], max_length=600)

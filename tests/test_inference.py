@@ -79,7 +79,7 @@ def assert_agree(config, params, batch, criterion, atol=2e-5, buckets=None, all_
         np.testing.assert_array_equal(np.asarray(got).argmax(-1), np.asarray(reference["logits"]).argmax(-1))
     live = np.asarray(batch.get("example_mask", np.ones(len(expected)))).astype(bool)
     assert int(looped["layers_run"]) == expected[live].max() + 1
-    assert batched["example_layers"] == int((expected + 1).sum())
+    assert batched["example_layers"] == int((expected + 1)[live].sum())  # padding rows not counted
     assert batched["layer_steps"] == expected.max() + 1
     return expected
 
@@ -313,3 +313,63 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
         rows.setdefault(row["criterion"], []).append(row["threshold"])
     assert rows["patience"] == [1, 2, 3, 4] and len(rows["normalized_entropy"]) == 9
     assert set(rows) == {"entropy", "max_prob", "patience", "normalized_entropy"}
+
+
+# ---- batches the model cannot read -----------------------------------------------------------
+
+def test_bad_batches_are_one_error_naming_the_key(tiny):
+    from rome_jax.api import MultiExitModel
+
+    params, batch = tiny
+    model = MultiExitModel(TINY, params)
+    ids = np.asarray(batch["input_ids"])
+    cases = [
+        ({**batch, "input_ids": ids + 0.9}, "input_ids must be integers, not float"),
+        ({**batch, "input_ids": np.where(ids == ids.max(), TINY.vocab_size, ids)},
+         f"input_ids holds {TINY.vocab_size}, outside the model's 0..{TINY.vocab_size - 1}"),
+        ({**batch, "input_ids": -ids}, "input_ids holds -"),
+        ({**batch, "token_type_ids": np.asarray(batch["token_type_ids"]) * 2}, "token_type_ids holds 2"),
+        ({**batch, "attention_mask": np.asarray(batch["attention_mask"])[:1]},
+         r"attention_mask has shape \(1, 16\); input_ids \(8, 16\) make it \(8, 16\)"),
+        ({**batch, "example_mask": np.ones((8, 16), np.int32)}, r"example_mask has shape \(8, 16\)"),
+        ({"input_ids": ids[0]}, r"input_ids must be \[batch, length\], got shape \(16,\)"),
+        ({"input_ids": np.ones((1, 65), np.int32)}, "input_ids of length 65 exceed the model's 64 positions"),
+        ({"ids": ids}, "a batch is a dict with int arrays input_ids"),
+    ]
+    criterion = Criterion("entropy", 0.3)
+    for bad, message in cases:
+        for run in (model.exit_logits, lambda b: while_loop_exit(TINY, params, b, criterion),
+                    lambda b: per_example_exit(TINY, params, b, criterion)):
+            with pytest.raises(ValueError, match=message):
+                run(bad)
+    # lists are arrays, and the checks cost no result: the same logits as before
+    np.testing.assert_array_equal(model.exit_logits({k: np.asarray(v).tolist() for k, v in batch.items()}),
+                                  model.exit_logits(batch))
+    with pytest.raises(ValueError, match="batch 1 has sequence length 8, the first 16"):
+        BatchedEarlyExit(TINY, params, criterion).run_dataset(
+            [batch, {k: np.asarray(v)[:, :8] for k, v in batch.items()}])
+    with pytest.raises(ValueError, match="fixed exit 7 is beyond the model's 6 exits"):
+        while_loop_exit(TINY, params, batch, Criterion("fixed", 7))
+
+
+def test_save_pretrained_refuses_parameters_that_do_not_fit(tiny, tmp_path):
+    from rome_jax.api import MultiExitModel
+    from rome_jax.errors import CheckpointError
+
+    params, _ = tiny
+    with pytest.raises(CheckpointError, match="do not fit the model's config .* nothing written"):
+        MultiExitModel(TINY.replace(num_labels=2), params).save_pretrained(str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_split_refuses_a_task_with_other_labels(tiny):
+    from rome_jax.data import Features
+    from rome_jax.evaluation import evaluate_split
+
+    params, batch = tiny
+    ids = np.asarray(batch["input_ids"])
+    features = Features(input_ids=ids, attention_mask=np.asarray(batch["attention_mask"]),
+                        token_type_ids=np.asarray(batch["token_type_ids"]),
+                        labels=np.zeros(len(ids), np.int32), index=np.arange(len(ids)))
+    with pytest.raises(ValueError, match="task sst2 has 2 labels, the model 3 outputs"):
+        evaluate_split(TINY, params, "sst2", "dev", features, timing=False, log=lambda _: None)

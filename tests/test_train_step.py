@@ -253,3 +253,24 @@ def test_albert_gradient_regularization_projects_the_shared_layer():
     assert m["gr/norm_A"] > 0 and m["gr/norm_B"] > 0  # the selection is not empty
     assert "layer" not in state.params["layers"]
     assert any(jax.tree.leaves(changed(before["shared_layer"], state.params["shared_layer"])))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stage2_clip="none"), "unknown stage2_clip 'none'"),
+    (dict(anchor="C"), "unknown anchor 'C'"),
+    (dict(kl_reduction="mean"), "unknown kl_reduction 'mean'"),
+    (dict(gamma=5.0), r"gamma must be in \[0, 1\], not 5.0"),
+    (dict(temperature=0.0), "temperature must be > 0, not 0.0"),
+    (dict(grad_accum_steps=0), "grad_accum_steps must be an integer >= 1, not 0"),
+])
+def test_step_settings_refuse_values_that_would_train_something_else(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ts.StepSettings(**kwargs)
+
+
+def test_step_names_a_batch_it_cannot_train_on():
+    with pytest.raises(ValueError, match="a batch of 8 rows does not split into grad_accum_steps=3"):
+        run_steps(ts.StepSettings(mode="joint", grad_accum_steps=3), steps=1)
+    unlabeled = {k: v for k, v in make_batch().items() if k != "labels"}
+    with pytest.raises(ValueError, match="mode 'joint' .* the batch has no 'labels'"):
+        run_steps(ts.StepSettings(mode="joint"), steps=1, batch=unlabeled)
