@@ -29,6 +29,8 @@ def task_score(task: str, metrics_by_split: Mapping[str, Mapping[str, float]]) -
     `dev_matched` and `dev_mismatched`, and its score is their mean.
     """
     t = get_task(task)
+    if not t.dev_splits:
+        raise ValueError(f"{t.name} has no dev split: it is scored on the leaderboard only")
     scores = [glue_score(t, metrics_by_split[split]) for split in t.dev_splits if split in metrics_by_split]
     if len(scores) != len(t.dev_splits):
         missing = [s for s in t.dev_splits if s not in metrics_by_split]
@@ -41,8 +43,9 @@ def glue_average(per_task: Mapping[str, Mapping[str, Mapping[str, float]]]) -> d
 
     per_task: task -> dev split -> metrics. Returns {"scores": {task: score},
     "average": mean over the averaged tasks present, "complete": all nine present}.
+    Tasks without a dev split (AX) are left out.
     """
-    scores = {get_task(t).name: task_score(t, m) for t, m in per_task.items()}
+    scores = {get_task(t).name: task_score(t, m) for t, m in per_task.items() if get_task(t).dev_splits}
     counted = [scores[t] for t in AVERAGED_TASKS if t in scores]
     return {"scores": scores, "average": float(np.mean(counted)) if counted else float("nan"),
             "complete": all(t in scores for t in AVERAGED_TASKS)}

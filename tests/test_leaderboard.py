@@ -1,6 +1,7 @@
 """GLUE averaging rules and leaderboard submission files."""
 
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -37,6 +38,11 @@ def test_glue_average_of_made_up_results():
     assert out["complete"] and out["scores"]["mnli"] == pytest.approx(0.84)
     partial = glue_average({"SST-2": per_task["sst2"], "RTE": per_task["rte"]})
     assert partial["average"] == pytest.approx(0.78) and not partial["complete"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # AX (no dev split) was a "Mean of empty slice" warning
+        assert glue_average({**per_task, "ax": {}}) == out
+    with pytest.raises(ValueError, match="ax has no dev split"):
+        task_score("ax", {})
 
 
 def test_prediction_strings():
