@@ -28,6 +28,9 @@
 # JAX_PLATFORMS is set (cuda; cpu for the smoke run) so that a JAX that cannot start its
 # GPU fails loudly instead of timing on the CPU, and the parts share a compilation cache
 # under /tmp (compiling is outside every timed region).
+# GPU_CHECKS_PARTS=name,name runs only those parts (names as below: reference_step,
+# early_exit_xla, early_exit_cudnn, cudnn_test, train_step_big, early_exit_batch256),
+# to split the checks over two calls when one call's limit would cut the last parts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results/gpu}"
@@ -50,6 +53,10 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_CO
 
 part() {  # part NAME SECONDS COMMAND...: run with a limit, append to $out/log.txt, never stop the script
     local name=$1 limit=$2; shift 2
+    if [ -n "${GPU_CHECKS_PARTS:-}" ] && [[ ",$GPU_CHECKS_PARTS," != *",$name,"* ]]; then
+        echo "== $name: not in GPU_CHECKS_PARTS, skipped" | tee -a "$out/log.txt"
+        return
+    fi
     local log; log=$(mktemp)
     echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" | tee -a "$out/log.txt"
     timeout "$limit" "$@" > "$log" 2>&1
