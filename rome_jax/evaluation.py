@@ -252,13 +252,14 @@ def format_table(results: dict) -> str:
     lines = [f"{results['task']} / {results['split']}: {results['num_examples']} examples, "
              f"metric {metric}", "", "exit  " + metric]
     lines += [f"{r['exit']:>4}  {r[metric]:.4f}" for r in results["per_exit"]]
-    head = f"{'criterion':<10}{'threshold':>10}{metric:>12}{'layers':>8}{'layer x':>9}{'flops x':>9}"
+    w = max([10] + [len(r["criterion"]) + 1 for r in results["sweep"]])
+    head = f"{'criterion':<{w}}{'threshold':>10}{metric:>12}{'layers':>8}{'layer x':>9}{'flops x':>9}"
     timed = results.get("timing") is not None
     if timed:
         head += f"{'clock x b1':>12}{'clock x bat':>12}"
     lines += ["", head]
     for r in results["sweep"]:
-        line = (f"{r['criterion']:<10}{r['threshold']:>10g}{r[metric]:>12.4f}{r['mean_layers']:>8.2f}"
+        line = (f"{r['criterion']:<{w}}{r['threshold']:>10g}{r[metric]:>12.4f}{r['mean_layers']:>8.2f}"
                 f"{r['layer_speedup']:>9.2f}{r['flops_speedup']:>9.2f}")
         if timed:
             line += f"{r['wall_speedup_batch1']:>12.2f}{r['wall_speedup_batched']:>12.2f}"

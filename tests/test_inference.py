@@ -313,6 +313,11 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
         rows.setdefault(row["criterion"], []).append(row["threshold"])
     assert rows["patience"] == [1, 2, 3, 4] and len(rows["normalized_entropy"]) == 9
     assert set(rows) == {"entropy", "max_prob", "patience", "normalized_entropy"}
+    from rome_jax.evaluation import format_table
+
+    table = format_table(results).splitlines()
+    head = table.index(next(line for line in table if line.startswith("criterion")))
+    assert len({len(line) for line in table[head:]}) == 1  # columns line up, normalized_entropy too
 
 
 # ---- batches the model cannot read -----------------------------------------------------------
