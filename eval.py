@@ -55,13 +55,10 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or 
 
 
 def _model_from_workdir(workdir: str):
-    import jax
-
     from rome_jax import checkpoints, configs
     from rome_jax.api import MultiExitModel, load_tokenizer, resolve_model_dir
     from rome_jax.config import ModelConfig
     from rome_jax.glue import get_task
-    from rome_jax.model import init_params
 
     config = configs.read_workdir_config(workdir)
     task = get_task(config.data.task)
@@ -72,7 +69,7 @@ def _model_from_workdir(workdir: str):
     model_config = ModelConfig.from_json_file(
         model_json, num_labels=task.num_labels, dtype=_DTYPE.value or config.model.dtype,
         attention_kernel=_ATTENTION.value or config.model.get("attention", "xla"))
-    mismatch = checkpoints.tree_mismatch(params, jax.eval_shape(lambda: init_params(model_config, 0)))
+    mismatch = checkpoints.params_mismatch(params, model_config)
     if mismatch:
         raise CheckpointError(f"checkpoint {os.path.join(workdir, 'checkpoints', str(step))} does not fit "
                               f"the model of {model_json} ({task.num_labels} labels): {mismatch}")

@@ -63,10 +63,9 @@ class MultiExitModel:
         plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`."""
         from safetensors.numpy import save_file
 
-        from rome_jax.checkpoints import tree_mismatch
-        from rome_jax.model import init_params
+        from rome_jax.checkpoints import params_mismatch
 
-        mismatch = tree_mismatch(self.params, jax.eval_shape(lambda: init_params(self.config, 0)))
+        mismatch = params_mismatch(self.params, self.config)
         if mismatch:
             raise CheckpointError(f"the parameters do not fit the model's config ({self.config.num_layers} "
                                   f"layers, {self.config.num_labels} labels): {mismatch}; nothing written")

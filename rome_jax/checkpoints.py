@@ -206,6 +206,14 @@ def _drop_orbax_leftovers() -> None:
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning, r"(orbax|asyncio)\.")
 
 
+def params_mismatch(params: PyTree, config: Any) -> str | None:
+    """`tree_mismatch` of `params` against the parameters a `ModelConfig` needs
+    (shapes only: nothing is initialised)."""
+    from rome_jax.model import init_params
+
+    return tree_mismatch(params, jax.eval_shape(lambda: init_params(config, 0)))
+
+
 def tree_mismatch(saved: PyTree, wanted: PyTree) -> str | None:
     """The first difference of structure or shape between a saved tree and the one a
     model needs (leaves: anything with `.shape`), said for the user, or None."""

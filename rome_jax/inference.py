@@ -98,9 +98,11 @@ def check_batch(config: ModelConfig, batch: Mapping[str, Any]) -> dict:
     limits = {"input_ids": config.vocab_size, "token_type_ids": config.type_vocab_size}
     for key, limit in limits.items():
         value = batch.get(key)
-        if isinstance(value, np.ndarray) and value.size and (value.min() < 0 or value.max() >= limit):
-            bad = value.min() if value.min() < 0 else value.max()
-            raise ValueError(f"{key} holds {bad}, outside the model's 0..{limit - 1}")
+        if not (isinstance(value, np.ndarray) and value.size):
+            continue
+        low, high = value.min(), value.max()
+        if low < 0 or high >= limit:
+            raise ValueError(f"{key} holds {low if low < 0 else high}, outside the model's 0..{limit - 1}")
     return batch
 
 
