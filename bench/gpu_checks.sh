@@ -40,7 +40,7 @@ glue="${GLUE_DIR:-../shared/glue}"
 if [ -z "${GLUE_DIR:-}" ] && [ ! -f "$glue/SST-2/dev.tsv" ] && [ -f .gpu_data/SST-2/dev.tsv ]; then
     glue=.gpu_data
 fi
-py=python3
+py="${PYTHON:-python3}"  # PYTHON=...: another interpreter
 
 if [ "${GPU_CHECKS_SMOKE:-0}" = 1 ]; then
     platform=cpu; preset=minilm; b1=4; b2=8; reps=1; peak=512; ee="--single-examples 2 --batched-examples 16 --batch-size 8 --repeats 1 --batched-repeats 1"; ee_big="$ee"

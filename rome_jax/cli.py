@@ -29,6 +29,9 @@ import traceback
 from typing import Any, Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # XLA's C++ INFO lines
+# transformers' import-time advice ("PyTorch was not found...") on a JAX-only install:
+# PyTorch is a test dependency only, and an error must stay one line.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from absl import flags  # noqa: E402
 
