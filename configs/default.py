@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.clip_norm = 1.0  # global gradient norm clip; 0: none
     config.train.num_epochs = 3  # the reference trains RoBERTa for 10
     config.train.stage2_epochs = 0  # DeeBERT's stage 2; 0: the same as num_epochs
+    config.train.stage2_lr_scale = 1.0  # stage 2's peak rate: learning_rate x this (FastBERT: 10)
+    # Stage 2 starts from stage 1's "last" step, or from its "best" evaluation (the
+    # final exit's dev score; the first of equal ones), as FastBERT does.
+    config.train.stage2_start = "last"
     config.train.max_steps = 0  # at most this many steps per stage; 0: no limit
     config.train.grad_accum_steps = 1  # micro-batches per step (batch_size / this each)
     config.train.seed = 42  # parameters of new exits, shuffling, dropout

@@ -43,12 +43,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Its stage 2 runs the backbone under torch.no_grad(): no backward pass through
         # the backbone (with no clipping this changes nothing else).
         config.train.stage2_clip = "trainable"
-        # Not copied: its script distils for 10 epochs at 10x the learning rate (with a
-        # schedule sized for stage 1 that reaches 0 after 3 of them) from the best
-        # stage-1 epoch on dev; stage 2 here uses train.stage2_epochs (default
-        # num_epochs), the same learning rate, and starts from stage 1's last step. Its
-        # batch size (32 in its README's commands, on non-GLUE data) is not copied
-        # either: the reference batch of 8 is kept.
+        # Its stage 2 (distillation) starts from the stage-1 epoch with the best dev
+        # accuracy (the first of equal ones) at 10x the learning rate. Its script runs 10
+        # distillation epochs under a schedule sized for stage 1, so the rate reaches 0
+        # after num_epochs of them and the rest change nothing: stage 2 here runs
+        # train.stage2_epochs (default num_epochs) under its own schedule, the same one.
+        config.train.stage2_start = "best"
+        config.train.stage2_lr_scale = 10.0
+        # Not copied: its batch size (32 in its README's commands, on non-GLUE data): the
+        # reference batch of 8 is kept.
     if config.train.mode == "pabee":
         # PABEE's published setting for GLUE (finetune_bert.sh): batch 32, 5 epochs, the
         # reference lr. Its patience exit is swept by eval.py (t = 1..8, those below

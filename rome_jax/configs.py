@@ -111,6 +111,8 @@ KEYS: dict[str, Check] = {
     "train.clip_norm": _at_least(0.0, float),
     "train.num_epochs": _positive(),
     "train.stage2_epochs": _at_least(0),
+    "train.stage2_lr_scale": _positive(float),
+    "train.stage2_start": _one_of("last", "best"),
     "train.max_steps": _at_least(0),
     "train.grad_accum_steps": _positive(),
     "train.seed": _typed(int),
@@ -211,6 +213,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         if train.eval_batch_size % num_devices:
             raise ConfigError(f"config train.eval_batch_size {train.eval_batch_size} is not "
                               f"divisible by the device count ({num_devices})")
+    from rome_jax.train_step import TWO_STAGE_MODES
+
+    if train.mode not in TWO_STAGE_MODES:
+        for key, default in (("stage2_lr_scale", 1.0), ("stage2_start", "last")):
+            if train[key] != default:
+                raise ConfigError(f"config train.{key} is for the two-stage modes "
+                                  f"({', '.join(TWO_STAGE_MODES)}), not {train.mode!r}")
     if config.data.stage2_unlabeled and train.mode != "fastbert":
         raise ConfigError(f"config data.stage2_unlabeled is for train.mode fastbert (its stage 2 "
                           f"needs no labels), not {train.mode!r}")
@@ -258,7 +267,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return resolved
 
 
-ADDED_KEYS: dict[str, Any] = {"train.adam_bias_correction": True}
+ADDED_KEYS: dict[str, Any] = {"train.adam_bias_correction": True, "train.stage2_lr_scale": 1.0,
+                               "train.stage2_start": "last"}
 """Keys added after runs were written, with the value that computes what runs
 without the key computed: a stored config lacking one is read as having it."""
 

@@ -1,8 +1,11 @@
 """The training loop: one generic function, `train_and_evaluate(config, workdir)`.
 
-Every mode goes through the same loop; two-stage modes (DeeBERT) run it over two
-stages, stage 2 with a fresh optimizer and schedule, their steps counted in one
-global step number (stage 2's first step is stage 1's last + 1).
+Every mode goes through the same loop; two-stage modes (DeeBERT, FastBERT) run it
+over two stages, stage 2 with a fresh optimizer and schedule (peak rate
+`learning_rate x train.stage2_lr_scale`), their steps counted in one global step
+number (stage 2's first step is stage 1's last + 1). Stage 2 starts from stage 1's
+last step, or with `train.stage2_start="best"` from its best evaluation (the first of
+equal final-exit scores, as FastBERT's script keeps it).
 
 The workdir (everything a run writes; eval.py reads it):
 
@@ -22,7 +25,8 @@ The workdir (everything a run writes; eval.py reads it):
     checkpoints/<step>/    orbax: state (params, opt_state, step, rng) and meta (stage,
                            data iterator position, metrics.jsonl length, the partial
                            logging window, the best evaluation so far); the latest
-                           train.keep_checkpoints steps and the best one are kept.
+                           train.keep_checkpoints steps and the best one are kept
+                           (and stage 1's best, with train.stage2_start="best").
                            "Best": the highest primary metric of the final exit on the
                            task's first dev split (MNLI: dev_matched), ties going to the
                            later step; in two-stage modes only stage 2's evaluations
@@ -153,10 +157,11 @@ def make_stage_optimizer(config: ml_collections.ConfigDict, stage: Stage, params
 
     t = config.train
     warmup = int(t.warmup_ratio * stage.num_steps)
-    tx = make_optimizer(t.learning_rate, stage.num_steps, warmup_steps=warmup,
+    peak = t.learning_rate * (t.stage2_lr_scale if stage.number == 2 else 1.0)
+    tx = make_optimizer(peak, stage.num_steps, warmup_steps=warmup,
                         weight_decay=t.weight_decay, eps=t.adam_eps, clip_norm=t.clip_norm,
                         bias_correction=t.adam_bias_correction, params=params)
-    return tx, learning_rate_schedule(t.learning_rate, stage.num_steps, warmup)
+    return tx, learning_rate_schedule(peak, stage.num_steps, warmup)
 
 
 def is_eval_step(config: ml_collections.ConfigDict, stage: Stage, step: int) -> bool:
@@ -507,6 +512,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     log = MetricsLog(workdir, resume_bytes=meta.get("metrics_bytes") if restored else None,
                      resume_step=start_step, enabled=is_writer)
     best: dict | None = meta.get("best")
+    # Stage 1's best evaluation in two-stage runs: where `train.stage2_start="best"` starts stage 2.
+    stage1_best: dict | None = meta.get("stage1_best")
     last_eval: dict | None = meta.get("last_eval")
 
     eval_fn = jax.jit(functools.partial(_eval_logits, model.config),
@@ -553,6 +560,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if resuming_stage:
                     iterator.set_state(meta["data"])
                 else:
+                    if stage.number == 2 and t.stage2_start == "best" and stage1_best is not None \
+                            and stage1_best["step"] != stage.first_step:
+                        tree, _ = store.restore(stage1_best["step"], target)
+                        params = _state_from_tree(tree).params
+                        logger.info("stage 2 starts from stage 1's best evaluation: step %d (%s %.4f)",
+                                    stage1_best["step"], stage1_best["metric"], stage1_best["score"])
                     fresh = ts.create_train_state(params, tx, t.seed)
                     fresh = fresh.replace(step=jnp.asarray(stage.first_step, jnp.int32))
                     state, params = ts.replicate(fresh, mesh), None
@@ -592,8 +605,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         "version": _META_VERSION, "step": step, "stage": stage.number,
                         "data": iterator.get_state(), "metrics_bytes": log.size,
                         "metrics_lines": log.lines, "window": window_meta, "best": best,
-                        "last_eval": last_eval, "total_steps": total_steps,
-                    }, preserve=[best["step"]] if best else [])
+                        "last_eval": last_eval, "total_steps": total_steps, "stage1_best": stage1_best,
+                    }, preserve=[b["step"] for b in (best, stage1_best if t.stage2_start == "best" else None) if b])
 
                 while step < stage.last_step:
                     if t.debug_nan_at_step and step + 1 == t.debug_nan_at_step:
@@ -637,6 +650,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                 best is None or score >= best["score"]):
                             best = {"step": step, "score": score, "metric": f"exit_{num_exits}/{metric}",
                                     "split": best_split}
+                        # FastBERT keeps the first of equal stage-1 scores (`>`).
+                        if score is not None and stage.number == 1 and len(stages) > 1 and (
+                                stage1_best is None or score > stage1_best["score"]):
+                            stage1_best = {"step": step, "score": score,
+                                           "metric": f"exit_{num_exits}/{metric}"}
                         save(step)
                         saved = True
                     elif t.checkpoint_every and step % t.checkpoint_every == 0:

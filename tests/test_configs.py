@@ -67,7 +67,11 @@ def test_glue_config_follows_each_methods_code():
         "trainable", 1.0, "batchmean")
     assert (fastbert.clip_norm, fastbert.warmup_ratio, fastbert.adam_eps, fastbert.adam_bias_correction,
             fastbert.batch_size, fastbert.num_epochs) == (0.0, 0.1, 1e-6, False, 8, 3)
+    assert (fastbert.stage2_start, fastbert.stage2_lr_scale, fastbert.stage2_epochs) == ("best", 10.0, 0)
     configs.validate(valid(load("configs/glue.py:rte,fastbert")))
+    for mode in ("deebert", "deebert_sd"):  # DeeBERT's stage 2 goes on from stage 1's end
+        deebert = load(f"configs/glue.py:rte,{mode}").train
+        assert (deebert.stage2_start, deebert.stage2_lr_scale) == ("last", 1.0)
     pabee = load("configs/glue.py:rte,pabee").train
     assert (pabee.batch_size, pabee.num_epochs, pabee.learning_rate, pabee.clip_norm) == (32, 5, 2e-5, 1.0)
     configs.validate(valid(load("configs/glue.py:rte,pabee")))
@@ -77,10 +81,13 @@ def test_glue_config_follows_each_methods_code():
 
 def test_a_stored_config_without_a_later_key_reads_as_its_old_behaviour():
     current = configs.flatten(load("configs/default.py"))
-    stored = {k: v for k, v in current.items() if k != "train.adam_bias_correction"}
+    later = ("train.adam_bias_correction", "train.stage2_lr_scale", "train.stage2_start")
+    stored = {k: v for k, v in current.items() if k not in later}
     assert configs.differences(stored, current) == []
     current["train.adam_bias_correction"] = False
-    assert configs.differences(stored, current) == ["train.adam_bias_correction: True -> False"]
+    current["train.stage2_start"] = "best"
+    assert configs.differences(stored, current) == ["train.adam_bias_correction: True -> False",
+                                                    "train.stage2_start: 'last' -> 'best'"]
 
 
 def test_demo_config_uses_the_real_model(minilm_path, glue_dir):
@@ -115,6 +122,11 @@ def test_overrides_are_typed_and_unknown_keys_named():
     ("data.max_length", 2, "config data.max_length must be >= 3"),
     ("model.attention", "flash", "config model.attention must be one of xla, cudnn"),
     ("model.attention", "cudnn", "config model.attention 'cudnn' needs model.dtype bfloat16"),
+    ("train.stage2_start", "first", "config train.stage2_start must be one of last, best"),
+    ("train.stage2_lr_scale", 0.0, "config train.stage2_lr_scale must be > 0"),
+    ("train.stage2_start", "best", "config train.stage2_start is for the two-stage modes "
+                                   r"\(deebert, deebert_sd, fastbert\), not 'romebert'"),
+    ("train.stage2_lr_scale", 10.0, "config train.stage2_lr_scale is for the two-stage modes"),
 ])
 def test_impossible_values_name_the_key(key, value, message):
     config = valid(load("configs/default.py"))

@@ -218,6 +218,66 @@ def test_deebert_two_stages_resume_across_the_boundary(env, tiny_model, tmp_path
     assert_same_run(workdir, reference)
 
 
+def test_stage_2_from_stage_1s_best_evaluation_at_a_scaled_rate(env, tiny_model, tmp_path, monkeypatch):
+    """FastBERT's stage 2: from the best stage-1 checkpoint (the first of equal scores), at
+    10x the rate. In process, with the final exit's stage-1 dev scores scripted."""
+    import jax
+
+    from rome_jax import configs, trainer
+    from rome_jax import train_step as ts
+
+    scripted = iter([0.6, 0.9, 0.9])  # stage 1's evaluations at steps 2, 4, 6: step 4 wins
+    real_metrics = trainer.exit_metrics
+
+    def exit_metrics(task, logits, labels, mask):
+        record = real_metrics(task, logits, labels, mask)
+        score = next(scripted, None)
+        if score is not None:
+            record[f"exit_{logits.shape[0]}/accuracy"] = score
+        return record
+
+    starts = []  # the parameters each stage's fresh state starts from
+    real_create = ts.create_train_state
+
+    def create_train_state(params, tx, seed):
+        if not isinstance(jax.tree.leaves(params)[0], jax.core.Tracer):  # not the eval_shape
+            starts.append(jax.device_get(params))
+        return real_create(params, tx, seed)
+
+    monkeypatch.setattr(trainer, "exit_metrics", exit_metrics)
+    monkeypatch.setattr(ts, "create_train_state", create_train_state)
+    config = configs.load(f"{REPO}/configs/tiny.py:wnli,fastbert", {
+        "model.name_or_path": tiny_model, "data.dir": env["GLUE_DIR"], "train.max_steps": 6,
+        "train.eval_every": 2, "train.keep_checkpoints": 20, "train.stage2_start": "best",
+        "train.stage2_lr_scale": 10.0})
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(config, workdir, progress=False)
+
+    assert len(starts) == 2
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+    best, last = (leaves(checkpoints.load_params(workdir, step)[1]) for step in (4, 6))
+    for got, want in zip(leaves(starts[1]), best, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(a, b) for a, b in zip(best, last))  # not stage 1's last step
+    records = [json.loads(line) for line in metric_lines(workdir)]
+    stage2 = [r for r in records if r["split"] == "train" and r["stage"] == 2]
+    assert stage2[0]["step"] == 9
+    assert stage2[0]["learning_rate"] == pytest.approx(1e-2 * (1 - 2 / 6))
+
+    # Killed after stage 1's last checkpoint: the re-run starts stage 2 from step 4 again
+    # (read from that checkpoint's metadata) and ends with the same parameters.
+    _, final = final_params(workdir)
+    for step in checkpoints.Checkpoints(workdir / "checkpoints").steps():
+        if step > 6:
+            shutil.rmtree(workdir / "checkpoints" / str(step))
+    starts.clear()
+    trainer.train_and_evaluate(config, workdir, progress=False)
+    for got, want in zip(leaves(starts[0]), best, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(leaves(final_params(workdir)[1]), leaves(final), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def error_of(env, workdir, *overrides, model=None, config=TINY, extra=()):
     proc = train(env, workdir, *overrides, model=model, config=config, extra=extra, expect=2)
     lines = proc.stderr.strip().splitlines()
