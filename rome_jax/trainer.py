@@ -606,7 +606,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         "data": iterator.get_state(), "metrics_bytes": log.size,
                         "metrics_lines": log.lines, "window": window_meta, "best": best,
                         "last_eval": last_eval, "total_steps": total_steps, "stage1_best": stage1_best,
-                    }, preserve=[b["step"] for b in (best, stage1_best if t.stage2_start == "best" else None) if b])
+                    }, preserve=[b["step"] for b in (best, stage1_best if t.stage2_start == "best" else None)
+                                 if b])
 
                 while step < stage.last_step:
                     if t.debug_nan_at_step and step + 1 == t.debug_nan_at_step:
