@@ -20,7 +20,8 @@ All three drive `_exit_loop` (or, for the reference, `simulate`) with the same
 criterion step.
 
 Padding rows (`example_mask` 0 in a batch) are forced to exit at exit 0 in every
-executor: they never keep a loop running and never change other rows' decisions.
+executor: they never keep a loop running and never change other rows' decisions
+(`BatchedEarlyExit` drops them before layer 1; their logits are not specified).
 
 Batches are dicts of [B, T] int arrays `input_ids`, `attention_mask`,
 `token_type_ids` (optional) and `example_mask` ([B], optional); other keys are
@@ -284,7 +285,8 @@ class _Group:
     """Rows that run the same layer next: device arrays and host bookkeeping.
 
     slots [b] int64: the example id of each row; -1 marks a row whose example has
-    exited (or a filler keeping a bucket's shape): it is computed, then ignored.
+    exited, a padding row, or a filler keeping a bucket's shape: it is computed (until
+    the next compaction), then ignored.
     """
 
     hidden: Array          # [b, T, H]
@@ -338,7 +340,7 @@ class _Results:
             self.exit_index = np.concatenate([self.exit_index, np.zeros(extra, np.int32)])
             self.logits = np.concatenate([self.logits, np.zeros((extra, self.logits.shape[1]), np.float32)])
             self.real = np.concatenate([self.real, np.zeros(extra, bool)])
-        self.exit_index[first:self.size] = self.num_layers - 1
+        self.exit_index[first:self.size] = np.where(real, self.num_layers - 1, 0)  # padding: exit 0
         self.real[first:self.size] = real
         return first
 
@@ -380,8 +382,10 @@ class BatchedEarlyExit:
         real = (np.ones(size, bool) if "example_mask" not in batch
                 else np.asarray(jax.device_get(batch["example_mask"])).astype(bool))
         first = results.grow(real)
+        # padding rows (example_mask 0) never run: the first `_fit` drops them
+        slots = np.where(real, np.arange(first, first + size), -1)
         return _Group(hidden, attention_mask, init_state(self.criterion, size, self.config.num_labels),
-                      padding, np.arange(first, first + size), 0)
+                      padding, slots, 0)
 
     def _run_segment(self, group: _Group, results: _Results, parked: dict[int, list[_Group]],
                      capacity: int, park_limit: int) -> _Group:
@@ -443,6 +447,8 @@ class BatchedEarlyExit:
         """Runs a group down the layers until its examples have exited or it is parked."""
         # Parking when fewer than park_below * capacity rows run: at most park_limit.
         park_limit = 0 if park_below is None else max(math.ceil(park_below * capacity) - 1, 0)
+        if not len(group.live):  # a batch of padding alone
+            return
         while True:
             group = self._fit(self._join(group, parked, capacity), capacity)
             group = self._run_segment(group, results, parked, capacity, park_limit)
@@ -467,7 +473,9 @@ class BatchedEarlyExit:
           reaches that layer, so their layers run in a full cohort. At the end, parked
           cohorts run shallowest first, picking up deeper ones on the way.
         Returns dict(exit_index [N] int32, logits [N, C] float32, example_layers,
-        row_layers, layer_steps, launches) (see `_Results`).
+        row_layers, layer_steps, launches) (see `_Results`). Padding rows (a batch's
+        `example_mask` 0) are not run: their exit_index is 0, as in the other
+        executors and `exits.simulate`, their logits 0.
         """
         results = _Results(self.config.num_layers, self.config.num_labels)
         parked: dict[int, list[_Group]] = {}

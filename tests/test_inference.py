@@ -74,10 +74,11 @@ def assert_agree(config, params, batch, criterion, atol=2e-5, buckets=None, all_
     expected = np.asarray(reference["exit_index"])
     np.testing.assert_array_equal(np.asarray(looped["exit_index"]), expected, err_msg=str(criterion))
     np.testing.assert_array_equal(batched["exit_index"], expected, err_msg=str(criterion))
-    for got in (looped["logits"], batched["logits"]):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(reference["logits"]), atol=atol, rtol=1e-5)
-        np.testing.assert_array_equal(np.asarray(got).argmax(-1), np.asarray(reference["logits"]).argmax(-1))
     live = np.asarray(batch.get("example_mask", np.ones(len(expected)))).astype(bool)
+    want = np.asarray(reference["logits"])[live]  # padding rows' logits: not specified
+    for got in (looped["logits"], batched["logits"]):
+        np.testing.assert_allclose(np.asarray(got)[live], want, atol=atol, rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(got)[live].argmax(-1), want.argmax(-1))
     assert int(looped["layers_run"]) == expected[live].max() + 1
     assert batched["example_layers"] == int((expected + 1)[live].sum())  # padding rows not counted
     assert batched["layer_steps"] == expected.max() + 1
@@ -224,7 +225,7 @@ def test_fit_to_bucket_keeps_the_real_rows_in_the_smallest_bucket():
         inference.fit_to_bucket(batch, (4, 2))
 
 
-def test_timer_baseline_computes_no_more_rows_than_early_exit(tiny):
+def test_timer_baseline_computes_the_rows_early_exit_computes(tiny):
     """The full-depth baseline of a split that ends in a partial batch runs that
     batch's real rows in the bucket the per-example executor uses, not a whole
     padded batch (which would credit early exit with skipping the padding)."""
@@ -240,12 +241,15 @@ def test_timer_baseline_computes_no_more_rows_than_early_exit(tiny):
     assert [len(b["input_ids"]) for b in timer.batched] == [8, 8]
     assert [len(b["input_ids"]) for b in timer.baseline] == [8, 3]
     np.testing.assert_array_equal(np.concatenate([b["input_ids"] for b in timer.baseline]), ids)
-    # nothing exits early: the executor runs the padded batch's first layer whole
-    # (its padding rows exit there), then the 3 real rows in bucket 3; the baseline
-    # runs 3 rows throughout, so it is if anything the cheaper one
+    # nothing exits early: the executor drops the padded batch's 5 padding rows before
+    # layer 1 and runs its 3 real rows in bucket 3, as the baseline does
     out = BatchedEarlyExit(TINY, params, Criterion("entropy", 0.0)).run_dataset(timer.batched)
     baseline_row_layers = TINY.num_layers * sum(len(b["input_ids"]) for b in timer.baseline)
-    assert out["row_layers"] == baseline_row_layers + (8 - 3)
+    assert out["row_layers"] == baseline_row_layers
+    assert list(out["exit_index"][n:]) == [0] * 5  # padding rows: exit 0, as everywhere
+    all_padding = {**timer.batched[1], "example_mask": np.zeros(8, bool)}
+    out = BatchedEarlyExit(TINY, params, Criterion("entropy", 0.0)).run_dataset([all_padding])
+    assert (out["row_layers"], out["launches"], list(out["exit_index"])) == (0, 0, [0] * 8)
 
 
 # ---- the real pretrained MiniLM on RTE dev sentences ---------------------------------------
