@@ -25,8 +25,10 @@ executor: they never keep a loop running and never change other rows' decisions
 
 Batches are dicts of [B, T] int arrays `input_ids`, `attention_mask`,
 `token_type_ids` (optional) and `example_mask` ([B], optional); other keys are
-ignored. Every executor checks a batch first (`check_batch`: shapes, dtypes, ids in
-range; about 25 microseconds on the host).
+ignored, except one that looks like a missing key misspelt or under another
+codebase's name (`input_mask`, `segment_ids`, `attention_masks`): that is refused,
+since the model would silently read no mask. Every executor checks a batch first
+(`check_batch`: keys, shapes, dtypes, ids in range; about 25 microseconds on the host).
 
 "The same decisions" holds in float32. In bfloat16 the per-example executor computes
 a row in batches of other sizes than the full forward does, which rounds differently,
@@ -58,6 +60,32 @@ Params = Any
 
 BATCH_KEYS = INPUT_KEYS + ("example_mask",)
 
+# Other codebases' names for the keys (Google's BERT, fairseq, HF's encoder-decoders).
+_KEY_ALIASES = {"input_mask": "attention_mask", "mask": "attention_mask", "masks": "attention_mask",
+                "segment_ids": "token_type_ids", "type_ids": "token_type_ids",
+                "token_types": "token_type_ids", "segments": "token_type_ids"}
+
+
+@functools.lru_cache(maxsize=64)
+def misread_key(keys: tuple[str, ...]) -> tuple[str, str] | None:
+    """(key, meant) for the first key of a batch that looks like a `BATCH_KEYS` key
+    the batch lacks, misspelt or under another name ('input_mask' for
+    'attention_mask'); None when there is none. Case and '-' vs '_' count as misspelt."""
+    import difflib
+
+    present = set(keys)
+    for key in keys:
+        if key in BATCH_KEYS or key in ("labels", "index"):
+            continue
+        norm = str(key).lower().replace("-", "_")
+        meant = _KEY_ALIASES.get(norm) or (norm if norm in BATCH_KEYS else None)
+        if meant is None:
+            close = difflib.get_close_matches(norm, BATCH_KEYS, n=1, cutoff=0.8)
+            meant = close[0] if close else None
+        if meant is not None and meant not in present:
+            return key, meant
+    return None
+
 
 def _batch_arrays(batch: dict, keys: tuple[str, ...] = BATCH_KEYS) -> dict:
     """The keys the executors read, unconverted: jit converts them on dispatch, which
@@ -69,7 +97,8 @@ def check_batch(config: ModelConfig, batch: Mapping[str, Any]) -> dict:
     """Raises ValueError, naming the key, for a batch the model cannot read; returns
     the batch with lists made numpy arrays.
 
-    Checks: `input_ids` [B, T] with T within the model's positions; the other keys
+    Checks: no key that looks like a missing one misspelt (`misread_key`);
+    `input_ids` [B, T] with T within the model's positions; the other keys
     of `BATCH_KEYS` [B, T] (`example_mask` [B]); integer dtypes (bool for masks);
     and, for numpy arrays, ids within the vocabulary and token types within
     `type_vocab_size` (out-of-range ids would read NaN embeddings). Device arrays
@@ -79,6 +108,10 @@ def check_batch(config: ModelConfig, batch: Mapping[str, Any]) -> dict:
         raise ValueError("a batch is a dict with int arrays input_ids [B, T] (and attention_mask, "
                          f"token_type_ids [B, T], example_mask [B]); got {type(batch).__name__}"
                          + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""))
+    misread = misread_key(tuple(batch))
+    if misread is not None:
+        raise ValueError(f"batch key {misread[0]!r} is not read: did you mean {misread[1]!r}? "
+                         f"(keys read: {', '.join(BATCH_KEYS)})")
     batch = {k: (np.asarray(v) if k in BATCH_KEYS and not hasattr(v, "shape") else v) for k, v in batch.items()}
     shape = tuple(batch["input_ids"].shape)
     if len(shape) != 2:

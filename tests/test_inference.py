@@ -345,12 +345,22 @@ def test_bad_batches_are_one_error_naming_the_key(tiny):
         ({"input_ids": np.ones((1, 65), np.int32)}, "input_ids of length 65 exceed the model's 64 positions"),
         ({"ids": ids}, "a batch is a dict with int arrays input_ids"),
     ]
+    full = {**batch, "example_mask": np.ones(len(ids), np.int32)}
+    rename = lambda old, new: {(new if k == old else k): v for k, v in full.items()}
+    for old, new in [("attention_mask", "input_mask"), ("attention_mask", "attention_masks"),
+                     ("token_type_ids", "segment_ids"), ("token_type_ids", "Token-Type-Ids"),
+                     ("example_mask", "example_masks")]:
+        cases.append((rename(old, new), f"batch key '{new}' is not read: did you mean '{old}'"))
     criterion = Criterion("entropy", 0.3)
     for bad, message in cases:
         for run in (model.exit_logits, lambda b: while_loop_exit(TINY, params, b, criterion),
                     lambda b: per_example_exit(TINY, params, b, criterion)):
             with pytest.raises(ValueError, match=message):
                 run(bad)
+    # keys other codebases add are ignored when nothing they could stand for is missing
+    extra = {"special_tokens_mask": ids, "offset_mapping": ids, "labels": ids[:, 0], "index": ids[:, 0],
+             "attention_masks": batch["attention_mask"], "head_mask": ids}
+    np.testing.assert_array_equal(model.exit_logits({**batch, **extra}), model.exit_logits(batch))
     # lists are arrays, and the checks cost no result: the same logits as before
     np.testing.assert_array_equal(model.exit_logits({k: np.asarray(v).tolist() for k, v in batch.items()}),
                                   model.exit_logits(batch))
