@@ -111,10 +111,32 @@ def resolve_model_dir(name_or_path: str) -> str:
 
 
 def load_tokenizer(directory: str) -> Any:
-    """The HF fast tokenizer of a directory, or None when it has no tokenizer files."""
+    """The HF fast tokenizer of a directory, or None when it has no tokenizer files.
+
+    The class named by `tokenizer_config.json` (its fast variant first), as
+    `AutoTokenizer` picks it, imported directly: `AutoTokenizer`'s module imports
+    PyTorch where it is installed (about 4 s at every train.py/eval.py start).
+    Without a known class name, `AutoTokenizer` decides.
+    """
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
     if not any(os.path.isfile(os.path.join(directory, n)) for n in names):
         return None
+    import transformers
+
+    name = None
+    try:
+        with open(os.path.join(directory, "tokenizer_config.json")) as f:
+            name = json.load(f).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if isinstance(name, str) and name.isidentifier():
+        for candidate in dict.fromkeys((name.removesuffix("Fast") + "Fast", name)):
+            try:
+                cls = getattr(transformers, candidate)
+            except (AttributeError, ImportError):
+                continue
+            if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+                return cls.from_pretrained(directory)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(directory)

@@ -227,6 +227,26 @@ def _empty_window(metrics: dict, sums: dict | None = None) -> dict:
 # ------------------------------------------------------------------- the edges
 
 
+
+def _summary_writer_class() -> type:
+    """tensorboardX's `SummaryWriter`, imported without PyTorch where PyTorch is
+    installed but not yet imported: tensorboardX imports it only to accept torch
+    tensors (we log floats), which cost about 4 s at every train.py start."""
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsLog:
     """metrics.jsonl and TensorBoard (process 0 writes; the others only count)."""
 
@@ -255,9 +275,7 @@ class MetricsLog:
         self._file.seek(0)
         self.lines = self._file.read().count(b"\n")
         self._file.seek(0, os.SEEK_END)
-        from tensorboardX import SummaryWriter
-
-        self._board = SummaryWriter(str(tensorboard), purge_step=resume_step + 1 if resume_step else None,
+        self._board = _summary_writer_class()(str(tensorboard), purge_step=resume_step + 1 if resume_step else None,
                                     flush_secs=30)
 
     def write(self, record: dict, *, board_prefix: str, extra_scalars: dict | None = None) -> None:

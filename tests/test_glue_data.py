@@ -668,3 +668,38 @@ def test_tokenize_refuses_a_string_and_unpaired_pairs(minilm_path):
         model.tokenize(["a"], ["c", "d"], max_length=8)
     with pytest.raises(ValueError, match=f"max_length 600 exceeds the model's {config.max_length} positions"):
         model.tokenize(["a sentence"], max_length=600)
+
+
+def test_tokenizer_and_metrics_writer_load_without_importing_pytorch(minilm_path, tmp_path):
+    """train.py/eval.py start without PyTorch's ~4 s import where it is installed:
+    `load_tokenizer` picks AutoTokenizer's class without AutoTokenizer's module, and
+    tensorboardX is imported with `import torch` failing. Same tokenizer, same ids."""
+    pytest.importorskip("torch")
+    import shutil
+    import subprocess
+
+    from transformers import AutoTokenizer
+
+    from rome_jax.api import load_tokenizer
+
+    code = ("import sys; from rome_jax.api import load_tokenizer; from rome_jax.trainer import _summary_writer_class; "
+            f"load_tokenizer({minilm_path!r}); w = _summary_writer_class()({str(tmp_path / 'tb')!r}); "
+            "w.add_scalar('x', 1.0, 1); w.close(); print('torch' in sys.modules); import torch; print(torch.ones(1).item())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert proc.returncode == 0 and proc.stdout.split() == ["False", "1.0"], proc.stderr[-2000:]
+    assert any((tmp_path / "tb").iterdir())  # the scalar was written
+    pairs = (["A man is playing a guitar.", "Two dogs run"], ["Someone plays music!", "Cats sleep."])
+    reference = AutoTokenizer.from_pretrained(minilm_path)
+    for name in ("BertTokenizer", None, "NoSuchTokenizer"):  # named; no name or unknown: as AutoTokenizer
+        directory = tmp_path / f"tok_{name}"
+        shutil.copytree(minilm_path, directory, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+        settings_ = json.loads((directory / "tokenizer_config.json").read_text())
+        settings_.pop("tokenizer_class", None)
+        if name:
+            settings_["tokenizer_class"] = name
+        (directory / "tokenizer_config.json").write_text(json.dumps(settings_))
+        tokenizer, expected = load_tokenizer(str(directory)), AutoTokenizer.from_pretrained(str(directory))
+        assert type(tokenizer) is type(expected) and dict(tokenizer(*pairs)) == dict(expected(*pairs))
+        assert (type(tokenizer) is type(reference)) == (name != "NoSuchTokenizer")
+    assert dict(load_tokenizer(minilm_path)(*pairs)) == dict(reference(*pairs))
