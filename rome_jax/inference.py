@@ -67,7 +67,7 @@ _KEY_ALIASES = {"input_mask": "attention_mask", "mask": "attention_mask", "masks
 
 
 @functools.lru_cache(maxsize=64)
-def misread_key(keys: tuple[str, ...]) -> tuple[str, str] | None:
+def _misread_key(keys: tuple[str, ...]) -> tuple[str, str] | None:
     """(key, meant) for the first key of a batch that looks like a `BATCH_KEYS` key
     the batch lacks, misspelt or under another name ('input_mask' for
     'attention_mask'); None when there is none. Case and '-' vs '_' count as misspelt."""
@@ -97,21 +97,21 @@ def check_batch(config: ModelConfig, batch: Mapping[str, Any]) -> dict:
     """Raises ValueError, naming the key, for a batch the model cannot read; returns
     the batch with lists made numpy arrays.
 
-    Checks: no key that looks like a missing one misspelt (`misread_key`);
+    Checks: no key that looks like a missing one misspelt (`_misread_key`);
     `input_ids` [B, T] with T within the model's positions; the other keys
     of `BATCH_KEYS` [B, T] (`example_mask` [B]); integer dtypes (bool for masks);
     and, for numpy arrays, ids within the vocabulary and token types within
     `type_vocab_size` (out-of-range ids would read NaN embeddings). Device arrays
     are not copied to the host for the value checks.
     """
-    if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise ValueError("a batch is a dict with int arrays input_ids [B, T] (and attention_mask, "
-                         f"token_type_ids [B, T], example_mask [B]); got {type(batch).__name__}"
-                         + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""))
-    misread = misread_key(tuple(batch))
+    misread = _misread_key(tuple(batch)) if isinstance(batch, Mapping) else None
     if misread is not None:
         raise ValueError(f"batch key {misread[0]!r} is not read: did you mean {misread[1]!r}? "
                          f"(keys read: {', '.join(BATCH_KEYS)})")
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        raise ValueError("a batch is a dict with int arrays input_ids [B, T] (and attention_mask, "
+                         f"token_type_ids [B, T], example_mask [B]); got {type(batch).__name__}"
+                         + (f" with keys {sorted(batch, key=str)}" if isinstance(batch, Mapping) else ""))
     batch = {k: (np.asarray(v) if k in BATCH_KEYS and not hasattr(v, "shape") else v) for k, v in batch.items()}
     shape = tuple(batch["input_ids"].shape)
     if len(shape) != 2:

@@ -227,7 +227,6 @@ def _empty_window(metrics: dict, sums: dict | None = None) -> dict:
 # ------------------------------------------------------------------- the edges
 
 
-
 def _summary_writer_class() -> type:
     """tensorboardX's `SummaryWriter`, imported without PyTorch where PyTorch is
     installed but not yet imported: tensorboardX imports it only to accept torch
@@ -275,8 +274,9 @@ class MetricsLog:
         self._file.seek(0)
         self.lines = self._file.read().count(b"\n")
         self._file.seek(0, os.SEEK_END)
-        self._board = _summary_writer_class()(str(tensorboard), purge_step=resume_step + 1 if resume_step else None,
-                                    flush_secs=30)
+        writer = _summary_writer_class()
+        self._board = writer(str(tensorboard), purge_step=resume_step + 1 if resume_step else None,
+                             flush_secs=30)
 
     def write(self, record: dict, *, board_prefix: str, extra_scalars: dict | None = None) -> None:
         if not self.enabled:

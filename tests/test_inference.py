@@ -349,7 +349,7 @@ def test_bad_batches_are_one_error_naming_the_key(tiny):
     rename = lambda old, new: {(new if k == old else k): v for k, v in full.items()}
     for old, new in [("attention_mask", "input_mask"), ("attention_mask", "attention_masks"),
                      ("token_type_ids", "segment_ids"), ("token_type_ids", "Token-Type-Ids"),
-                     ("example_mask", "example_masks")]:
+                     ("example_mask", "example_masks"), ("input_ids", "input_id")]:
         cases.append((rename(old, new), f"batch key '{new}' is not read: did you mean '{old}'"))
     criterion = Criterion("entropy", 0.3)
     for bad, message in cases:
