@@ -27,7 +27,7 @@ import os
 from absl import flags
 
 from rome_jax import cli
-from rome_jax.config import ATTENTION_KERNELS
+from rome_jax.model_config import ATTENTION_KERNELS
 from rome_jax.errors import CheckpointError, ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (its config and checkpoints).")
@@ -55,12 +55,12 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or 
 
 
 def _model_from_workdir(workdir: str):
-    from rome_jax import checkpoints, configs
+    from rome_jax import checkpoints, run_config
     from rome_jax.api import MultiExitModel, load_tokenizer, resolve_model_dir
-    from rome_jax.config import ModelConfig
+    from rome_jax.model_config import ModelConfig
     from rome_jax.glue import get_task
 
-    config = configs.read_workdir_config(workdir)
+    config = run_config.read_workdir_config(workdir)
     task = get_task(config.data.task)
     step, params = checkpoints.load_params(workdir, _CHECKPOINT.value)
     model_json = os.path.join(workdir, "model", "config.json")

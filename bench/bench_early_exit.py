@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 
 from bench.bench_train_step import cpu_model  # noqa: E402
 from rome_jax import flops  # noqa: E402
-from rome_jax.config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
+from rome_jax.model_config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
 from rome_jax.exits import Criterion, simulate_sweep  # noqa: E402
 from rome_jax.inference import (BatchedEarlyExit, all_exits, default_buckets, fit_to_bucket,  # noqa: E402
                                  while_loop_exit)

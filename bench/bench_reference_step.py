@@ -51,7 +51,7 @@ import numpy as np
 
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
 from rome_jax import flops
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.model import init_params
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from rome_jax import flops
 from rome_jax import train_step as ts
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.model import init_params
 from rome_jax.optim import make_optimizer
 

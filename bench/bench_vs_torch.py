@@ -61,7 +61,7 @@ import numpy as np
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
 from rome_jax import train_step as ts
 from rome_jax.inference import all_exits
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.model import INPUT_KEYS, attention, init_params
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 _EXPORTS = {
     "MultiExitModel": "rome_jax.api", "load_pretrained": "rome_jax.api",
-    "ModelConfig": "rome_jax.config",
+    "ModelConfig": "rome_jax.model_config",
     "RomeError": "rome_jax.errors", "ConfigError": "rome_jax.errors", "DataError": "rome_jax.errors",
     "CheckpointError": "rome_jax.errors", "TrainingError": "rome_jax.errors",
 }

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rome_jax import hf_io
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.errors import CheckpointError
 from rome_jax.model import MultiExitEncoder, init_exit_params
 

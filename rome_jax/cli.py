@@ -35,7 +35,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from absl import flags  # noqa: E402
 
-from rome_jax import configs  # noqa: E402
+from rome_jax import run_config  # noqa: E402
 from rome_jax.errors import ConfigError, RomeError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -110,8 +110,8 @@ def _unknown_key_message(argv: Sequence[str], error: BaseException) -> str:
     for name in _config_flag_names() or ["config"]:
         for override in _overrides(argv, name):
             path = override.split("=", 1)[0]
-            if path not in configs.KEYS:
-                return f"unknown config key {path} in --{name}.{override}{configs.suggest(path)}"
+            if path not in run_config.KEYS:
+                return f"unknown config key {path} in --{name}.{override}{run_config.suggest(path)}"
     return f"unknown config key: {_last_line(str(error).replace(chr(92) + 'n', chr(10)))}"
 
 

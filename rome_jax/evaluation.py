@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from rome_jax import exits, files, flops, inference
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.data import BatchIterator, Features
 from rome_jax.metrics import compute_metrics, primary_metric
 from rome_jax.model import INPUT_KEYS

@@ -87,13 +87,13 @@ def train_command(task: str, workdir: Path, config: str, mode: str | None,
 def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: Path,
                   ax_too: bool) -> dict:
     """Dev metrics (final exit and early exit) and test predictions of a trained task."""
-    from rome_jax import configs, evaluation
+    from rome_jax import evaluation, run_config
     from rome_jax.api import load_tokenizer
     from rome_jax.checkpoints import load_params
-    from rome_jax.config import ModelConfig
+    from rome_jax.model_config import ModelConfig
     from rome_jax.metrics import compute_metrics
 
-    config = configs.read_workdir_config(workdir)
+    config = run_config.read_workdir_config(workdir)
     model_config = ModelConfig.from_json_file(str(workdir / "model" / "config.json"),
                                               num_labels=task.num_labels, dtype=config.model.dtype,
                                               attention_kernel=config.model.get("attention", "xla"))

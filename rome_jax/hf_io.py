@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.errors import CheckpointError
 
 logger = logging.getLogger(__name__)

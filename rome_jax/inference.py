@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.exits import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
 from rome_jax.model import (INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit,
                             layer_params)

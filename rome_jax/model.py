@@ -35,7 +35,7 @@ import jax.extend.random as jex_random
 import jax.numpy as jnp
 import numpy as np
 
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.errors import CheckpointError, first_line
 
 Array = jax.Array

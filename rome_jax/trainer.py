@@ -72,7 +72,7 @@ import ml_collections
 import numpy as np
 
 from rome_jax import checkpoints as checkpoints_lib
-from rome_jax import configs, files
+from rome_jax import files, run_config
 from rome_jax.errors import ConfigError, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
         except json.JSONDecodeError as e:
             raise ConfigError(f"{stored_path} is not valid JSON ({e}); pass --overwrite to "
                               "start afresh") from None
-        changed = configs.differences(stored, config.to_dict())
+        changed = run_config.differences(stored, config.to_dict())
         if changed and not _holds_results(workdir):
             # a start that failed before the first checkpoint (a wrong path, a bad
             # file): nothing to lose, so the corrected config simply replaces it
@@ -394,7 +394,7 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
                           "to delete them")
     if is_writer:
         workdir.mkdir(parents=True, exist_ok=True)
-        files.write_text(stored_path, configs.to_json(config))
+        files.write_text(stored_path, run_config.to_json(config))
 
 
 def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
@@ -464,20 +464,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     from rome_jax import train_step as ts
     from rome_jax.api import MultiExitModel, load_pretrained, resolve_model_dir
-    from rome_jax.config import ModelConfig
+    from rome_jax.model_config import ModelConfig
     from rome_jax.data import BatchIterator
     from rome_jax.glue import get_task
     from rome_jax.metrics import primary_metric
 
-    config = configs.resolve(config)
-    configs.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    config = run_config.resolve(config)
+    run_config.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
     workdir = Path(workdir).absolute()
     is_writer = jax.process_index() == 0
     prepare_workdir(workdir, config, overwrite=overwrite, is_writer=is_writer)
 
     task = get_task(config.data.task)
     model_dir = resolve_model_dir(config.model.name_or_path)
-    configs.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
+    run_config.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
     model = load_pretrained(model_dir, task.num_labels, dtype=config.model.dtype, seed=config.train.seed,
                             attention_kernel=config.model.attention)
     if model.tokenizer is None:

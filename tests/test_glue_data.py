@@ -657,7 +657,7 @@ def test_any_text_survives_a_tsv_row(tokenizer, a, b):
 
 def test_tokenize_refuses_a_string_and_unpaired_pairs(minilm_path):
     from rome_jax.api import MultiExitModel, load_tokenizer
-    from rome_jax.config import ModelConfig
+    from rome_jax.model_config import ModelConfig
 
     config = ModelConfig.from_json_file(os.path.join(minilm_path, "config.json"))
     model = MultiExitModel(config, None, load_tokenizer(minilm_path))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rome_jax import inference
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.exits import Criterion, entropy, max_prob, simulate
 from rome_jax.inference import BatchedEarlyExit, per_example_exit, simulated_exit, while_loop_exit
 from rome_jax.model import init_params

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rome_jax
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.errors import CheckpointError
 from rome_jax.model import (Dropout, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, attention,
                             dense_matmul, dropout_bits, init_params, layer_params, softmax,

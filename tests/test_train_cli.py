@@ -223,7 +223,7 @@ def test_stage_2_from_stage_1s_best_evaluation_at_a_scaled_rate(env, tiny_model,
     10x the rate. In process, with the final exit's stage-1 dev scores scripted."""
     import jax
 
-    from rome_jax import configs, trainer
+    from rome_jax import run_config, trainer
     from rome_jax import train_step as ts
 
     scripted = iter([0.6, 0.9, 0.9])  # stage 1's evaluations at steps 2, 4, 6: step 4 wins
@@ -246,7 +246,7 @@ def test_stage_2_from_stage_1s_best_evaluation_at_a_scaled_rate(env, tiny_model,
 
     monkeypatch.setattr(trainer, "exit_metrics", exit_metrics)
     monkeypatch.setattr(ts, "create_train_state", create_train_state)
-    config = configs.load(f"{REPO}/configs/tiny.py:wnli,fastbert", {
+    config = run_config.load(f"{REPO}/configs/tiny.py:wnli,fastbert", {
         "model.name_or_path": tiny_model, "data.dir": env["GLUE_DIR"], "train.max_steps": 6,
         "train.eval_every": 2, "train.keep_checkpoints": 20, "train.stage2_start": "best",
         "train.stage2_lr_scale": 10.0})

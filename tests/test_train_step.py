@@ -13,7 +13,7 @@ import pytest
 
 from rome_jax import losses
 from rome_jax import train_step as ts
-from rome_jax.config import ModelConfig
+from rome_jax.model_config import ModelConfig
 from rome_jax.model import MultiExitEncoder, init_params
 from rome_jax.optim import make_optimizer, weight_decay_mask
 

@@ -1,13 +1,13 @@
-"""Training configs: checking, resolving, comparing and loading `ml_collections` configs.
+"""The run's training config: checking, resolving, comparing and loading `ml_collections` configs.
 
 The configs themselves are code (`configs/*.py`, each with `get_config()`); this
 module knows every key they may hold (`KEYS`) and what values make sense, so a
 config is rejected at start with one `ConfigError` line naming the key rather
 than failing later inside the training loop.
 
-    config = configs.load("configs/glue.py:rte", {"train.learning_rate": 3e-5})
-    config = configs.resolve(config)             # "auto" values made explicit
-    configs.validate(config, num_devices=8)      # ConfigError naming the key
+    config = run_config.load("configs/glue.py:rte", {"train.learning_rate": 3e-5})
+    config = run_config.resolve(config)             # "auto" values made explicit
+    run_config.validate(config, num_devices=8)      # ConfigError naming the key
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
-from rome_jax.config import ATTENTION_KERNELS
+from rome_jax.model_config import ATTENTION_KERNELS
 from rome_jax.errors import ConfigError, DataError
 
 Check = Callable[[Any], "str | None"]

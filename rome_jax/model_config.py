@@ -1,4 +1,4 @@
-"""The model's configuration, read from a HuggingFace `config.json`."""
+"""The model's architecture config (`ModelConfig`), read from a HuggingFace `config.json`."""
 
 from __future__ import annotations
 

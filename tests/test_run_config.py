@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from rome_jax import configs
-from rome_jax.config import ModelConfig
+from rome_jax import run_config
+from rome_jax.model_config import ModelConfig
 from rome_jax.errors import ConfigError, DataError
 from rome_jax.train_step import MODES
 
@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load(spec, **overrides):
-    return configs.load(str(REPO / spec), {k.replace("__", "."): v for k, v in overrides.items()})
+    return run_config.load(str(REPO / spec), {k.replace("__", "."): v for k, v in overrides.items()})
 
 
 def valid(config):
@@ -27,7 +27,7 @@ def valid(config):
 
 def test_default_config_has_every_key_and_the_reference_values():
     config = load("configs/default.py")
-    assert set(configs.flatten(config)) == set(configs.KEYS)
+    assert set(run_config.flatten(config)) == set(run_config.KEYS)
     t = config.train
     assert (config.data.max_length, t.batch_size, t.learning_rate, t.num_epochs, t.seed) == (
         128, 8, 2e-5, 3, 42)
@@ -35,15 +35,15 @@ def test_default_config_has_every_key_and_the_reference_values():
         0.0, 0.0, 1e-8, 1.0, True)
     assert (t.mode, t.gamma, t.temperature, t.kl_reduction, t.anchor) == (
         "romebert", 0.9, 3.0, "reference", "auto")
-    configs.validate(valid(config))
+    run_config.validate(valid(config))
 
 
 @pytest.mark.parametrize("spec", ["configs/glue.py:rte", "configs/glue.py:SST-2,deebert",
                                   "configs/tiny.py", "configs/tiny.py:rte"])
 def test_config_files_load_and_validate(spec):
     config = load(spec)
-    assert set(configs.flatten(config)) == set(configs.KEYS)
-    configs.validate(valid(config))
+    assert set(run_config.flatten(config)) == set(run_config.KEYS)
+    run_config.validate(valid(config))
 
 
 def test_glue_config_takes_task_and_mode():
@@ -68,25 +68,25 @@ def test_glue_config_follows_each_methods_code():
     assert (fastbert.clip_norm, fastbert.warmup_ratio, fastbert.adam_eps, fastbert.adam_bias_correction,
             fastbert.batch_size, fastbert.num_epochs) == (0.0, 0.1, 1e-6, False, 8, 3)
     assert (fastbert.stage2_start, fastbert.stage2_lr_scale, fastbert.stage2_epochs) == ("best", 10.0, 0)
-    configs.validate(valid(load("configs/glue.py:rte,fastbert")))
+    run_config.validate(valid(load("configs/glue.py:rte,fastbert")))
     for mode in ("deebert", "deebert_sd"):  # DeeBERT's stage 2 goes on from stage 1's end
         deebert = load(f"configs/glue.py:rte,{mode}").train
         assert (deebert.stage2_start, deebert.stage2_lr_scale) == ("last", 1.0)
     pabee = load("configs/glue.py:rte,pabee").train
     assert (pabee.batch_size, pabee.num_epochs, pabee.learning_rate, pabee.clip_norm) == (32, 5, 2e-5, 1.0)
-    configs.validate(valid(load("configs/glue.py:rte,pabee")))
+    run_config.validate(valid(load("configs/glue.py:rte,pabee")))
     romebert = load("configs/glue.py:rte").train
     assert (romebert.batch_size, romebert.num_epochs, romebert.adam_bias_correction) == (8, 3, True)
 
 
 def test_a_stored_config_without_a_later_key_reads_as_its_old_behaviour():
-    current = configs.flatten(load("configs/default.py"))
+    current = run_config.flatten(load("configs/default.py"))
     later = ("train.adam_bias_correction", "train.stage2_lr_scale", "train.stage2_start")
     stored = {k: v for k, v in current.items() if k not in later}
-    assert configs.differences(stored, current) == []
+    assert run_config.differences(stored, current) == []
     current["train.adam_bias_correction"] = False
     current["train.stage2_start"] = "best"
-    assert configs.differences(stored, current) == ["train.adam_bias_correction: True -> False",
+    assert run_config.differences(stored, current) == ["train.adam_bias_correction: True -> False",
                                                     "train.stage2_start: 'last' -> 'best'"]
 
 
@@ -94,7 +94,7 @@ def test_demo_config_uses_the_real_model(minilm_path, glue_dir):
     config = load("configs/demo.py")
     assert config.model.name_or_path == minilm_path
     assert (config.data.task, config.train.mode) == ("sst2", "romebert")
-    configs.validate(config)
+    run_config.validate(config)
 
 
 def test_overrides_are_typed_and_unknown_keys_named():
@@ -134,24 +134,24 @@ def test_impossible_values_name_the_key(key, value, message):
     with config.unlocked():
         config[section][name] = value
     with pytest.raises(ConfigError, match=message):
-        configs.validate(config)
+        run_config.validate(config)
 
 
 def test_batch_must_split_over_devices_and_micro_batches():
     config = valid(load("configs/default.py", train__batch_size=12, train__grad_accum_steps=2))
-    configs.validate(config, num_devices=2)
+    run_config.validate(config, num_devices=2)
     config.train.eval_batch_size = 60
-    configs.validate(config, num_devices=6)
+    run_config.validate(config, num_devices=6)
     with pytest.raises(ConfigError, match=r"train.batch_size 12 must be a multiple of the device "
                                           r"count \(4\) x train.grad_accum_steps \(2\)"):
-        configs.validate(config, num_devices=4)
+        run_config.validate(config, num_devices=4)
     with pytest.raises(ConfigError, match=r"train.eval_batch_size 60 is not divisible by the device "
                                           r"count \(8\)"):
-        configs.validate(load("configs/default.py", train__eval_batch_size=60,
+        run_config.validate(load("configs/default.py", train__eval_batch_size=60,
                               model__name_or_path="m", data__dir=str(REPO)), num_devices=8)
     config.train.grad_accum_steps = 5
     with pytest.raises(ConfigError, match="not divisible by train.grad_accum_steps 5"):
-        configs.validate(config)
+        run_config.validate(config)
 
 
 def test_unknown_key_in_a_config_file_is_named():
@@ -159,67 +159,67 @@ def test_unknown_key_in_a_config_file_is_named():
     with config.unlocked():
         config.train.lr = 1.0
     with pytest.raises(ConfigError, match="unknown config key train.lr"):
-        configs.validate(config)
+        run_config.validate(config)
 
 
 def test_missing_data_dir_is_named(tmp_path):
     config = valid(load("configs/default.py"))
     config.data.dir = str(tmp_path / "nope")
     with pytest.raises(DataError, match=f"GLUE data directory {tmp_path / 'nope'} does not exist"):
-        configs.validate(config)
+        run_config.validate(config)
 
 
 def test_max_length_must_fit_the_model():
     config = valid(load("configs/default.py", data__max_length=600))
     with pytest.raises(ConfigError, match="data.max_length 600 exceeds the model's 512 positions"):
-        configs.check_model_fit(config, ModelConfig())
+        run_config.check_model_fit(config, ModelConfig())
     roberta = ModelConfig(family="roberta", max_position_embeddings=514, pad_token_id=1)
     config.data.max_length = 512
-    configs.check_model_fit(config, roberta)
+    run_config.check_model_fit(config, roberta)
     config.data.max_length = 513
     with pytest.raises(ConfigError, match="512 positions"):
-        configs.check_model_fit(config, roberta)
+        run_config.check_model_fit(config, roberta)
 
 
 def test_resolve_makes_auto_values_explicit():
     config = valid(load("configs/glue.py:rte"))
-    resolved = configs.resolve(config)
+    resolved = run_config.resolve(config)
     assert (resolved.train.anchor, resolved.train.stage2_epochs) == ("B", 3)
     assert config.train.anchor == "auto"  # a copy
     for task in ("mnli", "QQP"):
-        assert configs.resolve(load(f"configs/glue.py:{task}")).train.anchor == "A"
+        assert run_config.resolve(load(f"configs/glue.py:{task}")).train.anchor == "A"
     config.train.anchor = "A"
     config.data.task = "SST-2"
     config.train.stage2_epochs = 1
-    resolved = configs.resolve(config)
+    resolved = run_config.resolve(config)
     assert (resolved.train.anchor, resolved.train.stage2_epochs, resolved.data.task) == ("A", 1, "sst2")
     config.data.dir = ""
-    assert configs.resolve(config).data.source == "hf"  # an empty directory means the hub
+    assert run_config.resolve(config).data.source == "hf"  # an empty directory means the hub
 
 
 def test_differences_ignore_run_only_keys_and_survive_json():
-    config = configs.resolve(valid(load("configs/default.py")))
-    stored = json.loads(configs.to_json(config))
-    other = configs.from_dict(stored)
-    assert configs.differences(stored, other.to_dict()) == []
+    config = run_config.resolve(valid(load("configs/default.py")))
+    stored = json.loads(run_config.to_json(config))
+    other = run_config.from_dict(stored)
+    assert run_config.differences(stored, other.to_dict()) == []
     with other.unlocked():
         other.train.checkpoint_every = 7
         other.train.debug_nan_at_step = 3
         other.train.learning_rate = 3e-5
-    assert configs.differences(stored, other.to_dict()) == ["train.learning_rate: 2e-05 -> 3e-05"]
+    assert run_config.differences(stored, other.to_dict()) == ["train.learning_rate: 2e-05 -> 3e-05"]
 
 
 def test_read_workdir_config(tmp_path):
     with pytest.raises(ConfigError, match="config.json does not exist"):
-        configs.read_workdir_config(tmp_path)
-    config = configs.resolve(valid(load("configs/default.py")))
-    (tmp_path / "config.json").write_text(configs.to_json(config))
-    assert configs.read_workdir_config(tmp_path).to_dict() == config.to_dict()
+        run_config.read_workdir_config(tmp_path)
+    config = run_config.resolve(valid(load("configs/default.py")))
+    (tmp_path / "config.json").write_text(run_config.to_json(config))
+    assert run_config.read_workdir_config(tmp_path).to_dict() == config.to_dict()
     (tmp_path / "config.json").write_text("{")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        configs.read_workdir_config(tmp_path)
+        run_config.read_workdir_config(tmp_path)
 
 
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file .*nope.py does not exist"):
-        configs.load(os.path.join(str(REPO), "configs", "nope.py"))
+        run_config.load(os.path.join(str(REPO), "configs", "nope.py"))
