@@ -15,19 +15,16 @@ from pathlib import Path
 import ml_collections
 
 from configs import default, demo
-from rome_jax.errors import ConfigError
-from rome_jax.glue import get_task
+from rome_jax.run_config import parse_task_mode
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    parts = [p.strip() for p in (arg or "sst2").split(",")]
-    if len(parts) > 2:
-        raise ConfigError(f"configs/ablation.py takes TASK[,MODE], got {arg!r}")
+    task, mode = parse_task_mode(arg, "configs/ablation.py", default_task="sst2")
     config = default.get_config()
     config.model.name_or_path = demo._minilm_path()
-    config.data.task = get_task(parts[0]).name
-    if len(parts) == 2:
-        config.train.mode = parts[1]
+    config.data.task = task
+    if mode:
+        config.train.mode = mode
     repo = Path(__file__).resolve().parent.parent
     config.data.dir = os.environ.get("GLUE_DIR", str(repo.parent / "shared" / "glue"))
     config.train.batch_size = 16

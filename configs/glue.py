@@ -13,21 +13,15 @@ directory to work offline.
 import ml_collections
 
 from configs import default
-from rome_jax.errors import ConfigError
-from rome_jax.glue import get_task
+from rome_jax.run_config import parse_task_mode
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if not arg:
-        raise ConfigError("configs/glue.py needs a task: --config=configs/glue.py:rte "
-                          "(or configs/glue.py:rte,deebert)")
-    parts = [p.strip() for p in arg.split(",")]
-    if len(parts) > 2:
-        raise ConfigError(f"configs/glue.py takes TASK[,MODE], got {arg!r}")
+    task, mode = parse_task_mode(arg, "configs/glue.py")
     config = default.get_config()
-    config.data.task = get_task(parts[0]).name
-    if len(parts) == 2:
-        config.train.mode = parts[1]
+    config.data.task = task
+    if mode:
+        config.train.mode = mode
     if config.train.mode == "fastbert":
         # FastBERT's students learn the teacher's distribution itself: KL at T = 1,
         # summed over classes and averaged over the batch (our reading of its code).

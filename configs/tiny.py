@@ -11,12 +11,13 @@ tests/test_train_cli.py). The argument is TASK[,MODE] (default wnli).
 import ml_collections
 
 from configs import default
+from rome_jax.run_config import parse_task_mode
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model.name_or_path = ""  # required: pass --config.model.name_or_path=DIR
-    task, _, mode = (arg or "wnli").partition(",")
+    task, mode = parse_task_mode(arg, "configs/tiny.py", default_task="wnli")
     config.data.task = task
     if mode:
         config.train.mode = mode

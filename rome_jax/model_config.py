@@ -13,6 +13,7 @@ FAMILIES = ("bert", "roberta", "albert")
 
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "tanh")
 ATTENTION_KERNELS = ("xla", "cudnn")
+DTYPES = ("float32", "bfloat16")  # compute dtypes (parameters stay float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ class ModelConfig:
             raise CheckpointError(
                 f"hidden_act {self.hidden_act!r} is not supported; known: {', '.join(_ACTIVATIONS)}"
             )
-        if self.dtype not in ("float32", "bfloat16"):
+        if self.dtype not in DTYPES:
             raise CheckpointError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise CheckpointError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "

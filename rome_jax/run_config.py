@@ -8,6 +8,10 @@ than failing later inside the training loop.
     config = run_config.load("configs/glue.py:rte", {"train.learning_rate": 3e-5})
     config = run_config.resolve(config)             # "auto" values made explicit
     run_config.validate(config, num_devices=8)      # ConfigError naming the key
+
+A config file that takes `TASK[,MODE]` (configs/glue.py, configs/ablation.py,
+configs/tiny.py) reads it with `parse_task_mode`; a program that builds such an
+argument uses `task_mode_spec`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
-from rome_jax.model_config import ATTENTION_KERNELS
+from rome_jax.model_config import ATTENTION_KERNELS, DTYPES
 from rome_jax.errors import ConfigError, DataError
 
 Check = Callable[[Any], "str | None"]
@@ -66,6 +70,15 @@ def _one_of(*choices: str) -> Check:
                   f"must be one of {', '.join(choices)}; got {v!r}")
 
 
+def _one_of_defined(module: str, name: str, *extra: str) -> Check:
+    """`_one_of(*extra, *module.name)`: the choices as the module that uses them
+    defines them, imported at the first check (those modules import JAX; this one
+    must stay cheap to import)."""
+    def check(value: Any) -> str | None:
+        return _one_of(*extra, *getattr(importlib.import_module(module), name))(value)
+    return check
+
+
 def _model_name(v: str) -> str | None:
     return None if v.strip() else "must not be empty (a local HF directory or a hub name)"
 
@@ -82,25 +95,24 @@ def _task(v: str) -> str | None:
     return None
 
 
-def _mode(v: str) -> str | None:
-    from rome_jax.train_step import MODES
-
-    return None if v in MODES else f"must be one of {', '.join(MODES)}; got {v!r}"
+STAGE2_STARTS = ("last", "best")
+"""train.stage2_start: where stage 2 of a two-stage mode starts (stage 1's last
+step or its best evaluation). Defined here because rome_jax.trainer is its only user."""
 
 
 KEYS: dict[str, Check] = {
     "model.name_or_path": _typed(str, _model_name),
-    "model.dtype": _one_of("float32", "bfloat16"),
+    "model.dtype": _one_of(*DTYPES),
     "model.attention": _one_of(*ATTENTION_KERNELS),
     "data.task": _typed(str, _task),
     "data.dir": _typed(str),
-    "data.source": _one_of("dir", "hf", "tfds"),
+    "data.source": _one_of_defined("rome_jax.data", "SOURCES"),
     "data.max_length": _at_least(3),
     "data.train_max_examples": _at_least(0),
     "data.eval_max_examples": _at_least(0),
     "data.cache_dir": _typed(str),
     "data.stage2_unlabeled": _typed(str),
-    "train.mode": _typed(str, _mode),
+    "train.mode": _one_of_defined("rome_jax.train_step", "MODES"),
     "train.batch_size": _positive(),
     "train.eval_batch_size": _positive(),
     "train.learning_rate": _positive(float),
@@ -112,18 +124,18 @@ KEYS: dict[str, Check] = {
     "train.num_epochs": _positive(),
     "train.stage2_epochs": _at_least(0),
     "train.stage2_lr_scale": _positive(float),
-    "train.stage2_start": _one_of("last", "best"),
+    "train.stage2_start": _one_of(*STAGE2_STARTS),
     "train.max_steps": _at_least(0),
     "train.grad_accum_steps": _positive(),
     "train.seed": _typed(int),
     "train.gamma": _between(0.0, 1.0),
     "train.temperature": _positive(float),
-    "train.kl_reduction": _one_of("reference", "batchmean"),
-    "train.anchor": _one_of("auto", "A", "B"),
-    "train.gr_scope": _one_of("reference", "all"),
-    "train.gr_granularity": _one_of("global", "per_tensor"),
+    "train.kl_reduction": _one_of_defined("rome_jax.losses", "REDUCTIONS"),
+    "train.anchor": _one_of_defined("rome_jax.projection", "ANCHORS", "auto"),
+    "train.gr_scope": _one_of_defined("rome_jax.train_step", "GR_SCOPES"),
+    "train.gr_granularity": _one_of_defined("rome_jax.projection", "GRANULARITIES"),
     "train.gr_symmetric": _typed(bool),
-    "train.stage2_clip": _one_of("reference", "trainable"),
+    "train.stage2_clip": _one_of_defined("rome_jax.train_step", "STAGE2_CLIPS"),
     "train.log_every": _positive(),
     "train.eval_every": _at_least(0),
     "train.checkpoint_every": _at_least(0),
@@ -284,6 +296,34 @@ def differences(stored: Mapping[str, Any], current: Mapping[str, Any],
             continue
         changed.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
     return changed
+
+
+# ------------------------------------------------------------------ TASK[,MODE]
+
+
+def parse_task_mode(arg: str | None, file: str, *, default_task: str | None = None
+                    ) -> tuple[str, str | None]:
+    """(canonical task name, mode or None) from a config file's `TASK[,MODE]` argument.
+
+    `file` names the config file in the messages ("configs/glue.py"). Without an
+    argument, `default_task` is the task; with neither, ConfigError. An unknown task
+    is the DataError of `rome_jax.glue.get_task`; the mode is checked by `validate`.
+    """
+    from rome_jax.glue import get_task
+
+    if not arg:
+        if default_task is None:
+            raise ConfigError(f"{file} needs a task: --config={file}:rte (or {file}:rte,deebert)")
+        arg = default_task
+    parts = [p.strip() for p in arg.split(",")]
+    if len(parts) > 2:
+        raise ConfigError(f"{file} takes TASK[,MODE], got {arg!r}")
+    return get_task(parts[0]).name, (parts[1] if len(parts) == 2 else None)
+
+
+def task_mode_spec(config_file: str, task: str, mode: str | None = None) -> str:
+    """`config_file:TASK[,MODE]`, the `--config=` value `parse_task_mode` reads back."""
+    return f"{config_file}:{task}" + (f",{mode}" if mode else "")
 
 
 # ------------------------------------------------------------------------- loading

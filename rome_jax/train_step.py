@@ -40,6 +40,8 @@ Params = Any
 MODES = ("romebert", "sd", "gr", "joint", "pabee", "deebert", "deebert_sd", "fastbert")
 TWO_STAGE_MODES = ("deebert", "deebert_sd", "fastbert")
 GR_MODES = ("romebert", "gr")
+GR_SCOPES = ("reference", "all")  # the parameters GR projects: see selection_for
+STAGE2_CLIPS = ("reference", "trainable")  # see StepSettings.stage2_clip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +75,9 @@ class StepSettings:
             raise ValueError(f"unknown train.mode {self.mode!r}; known: {', '.join(MODES)}")
         if self.stage not in (1, 2) or (self.stage == 2 and self.mode not in TWO_STAGE_MODES):
             raise ValueError(f"stage {self.stage} is not a stage of mode {self.mode!r}")
-        choices = {"kl_reduction": ("reference", "batchmean"), "anchor": ("A", "B"),
-                   "gr_scope": ("reference", "all"), "gr_granularity": ("global", "per_tensor"),
-                   "stage2_clip": ("reference", "trainable")}
+        choices = {"kl_reduction": losses.REDUCTIONS, "anchor": projection.ANCHORS,
+                   "gr_scope": GR_SCOPES, "gr_granularity": projection.GRANULARITIES,
+                   "stage2_clip": STAGE2_CLIPS}
         for name, known in choices.items():
             if getattr(self, name) not in known:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(known)}")
@@ -132,7 +134,7 @@ def selection_for(params: Params, config: ModelConfig, settings: StepSettings) -
         return projection.reference_selection(params, config.num_layers)
     if settings.gr_scope == "all":
         return projection.all_selection(params)
-    raise ValueError(f"unknown gr_scope {settings.gr_scope!r}; known: reference, all")
+    raise ValueError(f"unknown gr_scope {settings.gr_scope!r}; known: {', '.join(GR_SCOPES)}")
 
 
 def _forward(config: ModelConfig, params: Params, batch: dict, rng: jax.Array,

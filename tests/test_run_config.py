@@ -223,3 +223,39 @@ def test_read_workdir_config(tmp_path):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file .*nope.py does not exist"):
         run_config.load(os.path.join(str(REPO), "configs", "nope.py"))
+
+
+def test_parse_task_mode_is_the_one_reader_of_task_mode_arguments():
+    parse = run_config.parse_task_mode
+    assert parse("SST-2", "configs/x.py") == ("sst2", None)
+    assert parse(" rte , deebert ", "configs/x.py") == ("rte", "deebert")
+    assert parse(None, "configs/x.py", default_task="wnli") == ("wnli", None)
+    with pytest.raises(ConfigError, match=r"^configs/x.py needs a task: --config=configs/x.py:rte "
+                                          r"\(or configs/x.py:rte,deebert\)$"):
+        parse("", "configs/x.py")
+    with pytest.raises(ConfigError, match=r"^configs/x.py takes TASK\[,MODE\], got 'rte,sd,x'$"):
+        parse("rte,sd,x", "configs/x.py")
+    with pytest.raises(DataError, match="unknown GLUE task 'nosuch'"):
+        parse("nosuch,sd", "configs/x.py")
+    spec = run_config.task_mode_spec("configs/x.py", "rte", "sd")
+    assert spec == "configs/x.py:rte,sd" and run_config.task_mode_spec("c.py", "rte") == "c.py:rte"
+    assert parse(spec.partition(":")[2], "configs/x.py") == ("rte", "sd")
+    for name in ("glue", "tiny"):  # every config file taking TASK[,MODE] reads it this way
+        with pytest.raises(ConfigError, match=f"configs/{name}.py takes TASK"):
+            load(f"configs/{name}.py:rte,sd,x")
+
+
+def test_allowed_values_come_from_the_modules_that_use_them():
+    from rome_jax import data, losses, projection, train_step
+    from rome_jax.model_config import DTYPES
+
+    check = lambda key, value: run_config.KEYS[key](value)
+    for key, known in [("model.dtype", DTYPES), ("data.source", data.SOURCES),
+                       ("train.mode", train_step.MODES), ("train.kl_reduction", losses.REDUCTIONS),
+                       ("train.anchor", ("auto", *projection.ANCHORS)),
+                       ("train.gr_scope", train_step.GR_SCOPES),
+                       ("train.gr_granularity", projection.GRANULARITIES),
+                       ("train.stage2_clip", train_step.STAGE2_CLIPS),
+                       ("train.stage2_start", run_config.STAGE2_STARTS)]:
+        assert all(check(key, v) is None for v in known), key
+        assert check(key, "nosuch") == f"must be one of {', '.join(known)}; got 'nosuch'", key
