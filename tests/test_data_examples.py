@@ -1,23 +1,37 @@
-"""GLUE readers, tokenization cache and batch iterator.
+"""GLUE readers (rome_jax.data.examples): the task registry, the original GLUE
+TSVs, Hugging Face datasets and tensorflow-datasets.
 
 Real files come from GLUE_DIR (RTE, MRPC, SST-2, WNLI); the other tasks are tested
 on small fixture files written in their true formats.
 """
 
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 
-from rome_jax import data
-from rome_jax.data import BatchIterator, Examples, Features, load_examples, read_glue_dir, read_hf_datasets
+import rome_jax.data
+from rome_jax.data import batching, examples, features
+from rome_jax.data.examples import load_examples, read_glue_dir, read_hf_datasets
 from rome_jax.errors import ConfigError, DataError
 from rome_jax.glue import TASKS, check_split, get_task
+
+# ------------------------------------------------------------------------------ package
+
+
+def test_package_reexports_the_public_names_of_its_modules():
+    """`from rome_jax.data import X` works for every public name of the three modules."""
+    for module in (examples, features, batching):
+        public = {name for name, value in vars(module).items() if not name.startswith("_")
+                  and (getattr(value, "__module__", None) == module.__name__ or name.isupper())}
+        for name in public - {"logger"}:
+            assert name in rome_jax.data.__all__, f"{module.__name__}.{name} is not re-exported"
+            assert getattr(rome_jax.data, name) is getattr(module, name)
+    assert set(rome_jax.data.__all__) >= {"Examples", "load_examples", "read_text_file", "Features",
+                                          "tokenize_examples", "tokenize_texts", "BatchIterator"}
+
 
 # ----------------------------------------------------------------------------- registry
 
@@ -436,270 +450,3 @@ def test_tfds_without_tensorflow(monkeypatch):
         load_examples("sst2", "dev", source="tfds")
     assert str(e.value) == ("tensorflow-datasets' GLUE needs TensorFlow: pip install tensorflow "
                             "(or use data.source=dir)")
-
-
-# ----------------------------------------------------------------------- tokenization
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(minilm_path)
-
-
-def pair_examples(a, b, task="rte"):
-    n = len(a)
-    return Examples(text_a=list(a), text_b=None if b is None else list(b),
-                    labels=np.zeros(n, np.int32), index=np.arange(n), task=task, split="dev")
-
-
-def test_tokenize_pairs_and_padding(tokenizer):
-    features = data.tokenize_examples(pair_examples(["hello world"], ["how are you"]), tokenizer, 12)
-    tokens = tokenizer.convert_ids_to_tokens(features.input_ids[0][:8].tolist())
-    assert tokens == ["[CLS]", "hello", "world", "[SEP]", "how", "are", "you", "[SEP]"]
-    assert features.input_ids.dtype == np.int32 and features.input_ids.shape == (1, 12)
-    assert features.input_ids[0, 8:].tolist() == [tokenizer.pad_token_id] * 4
-    assert features.attention_mask[0].tolist() == [1] * 8 + [0] * 4
-    assert features.token_type_ids[0].tolist() == [0] * 4 + [1] * 4 + [0] * 4
-    single = data.tokenize_examples(pair_examples(["hello world"], None, "sst2"), tokenizer, 6)
-    assert single.token_type_ids.sum() == 0 and single.attention_mask[0].tolist() == [1] * 4 + [0] * 2
-
-
-def test_tokenize_truncates_longest_first(tokenizer):
-    long = " ".join(["word"] * 50)
-    features = data.tokenize_examples(pair_examples([long], ["short answer"]), tokenizer, 16)
-    tokens = tokenizer.convert_ids_to_tokens(features.input_ids[0].tolist())
-    assert features.attention_mask.all() and tokens.count("[SEP]") == 2 and tokens[-1] == "[SEP]"
-    assert tokens[-3:-1] == ["short", "answer"]  # the longer text lost the tokens
-    assert tokens.count("word") == 16 - 5
-
-
-def test_tokenize_matches_tokenizer_on_real_rows(glue_dir, tokenizer):
-    examples = load_examples("rte", "dev", data_dir=glue_dir, max_examples=16)
-    features = data.tokenize_examples(examples, tokenizer, 64)
-    expected = tokenizer(examples.text_a, examples.text_b, max_length=64, truncation=True,
-                         padding="max_length")
-    np.testing.assert_array_equal(features.input_ids, expected["input_ids"])
-    np.testing.assert_array_equal(features.token_type_ids, expected["token_type_ids"])
-    np.testing.assert_array_equal(features.labels, examples.labels)
-    np.testing.assert_array_equal(features.index, examples.index)
-
-
-def test_tokenize_cache_hit_skips_tokenizer(tokenizer, tmp_path, monkeypatch):
-    examples = pair_examples(["a cat", "a dog sat"], ["it sat", "it ran"])
-    first = data.tokenize_examples(examples, tokenizer, 10, cache_dir=tmp_path)
-    files = sorted(os.listdir(tmp_path))
-    assert len(files) == 1 and files[0].endswith(".npz") and files[0].startswith("rte-dev-")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("tokenized although the cache holds the features")
-
-    monkeypatch.setattr(type(tokenizer), "__call__", refuse)
-    second = data.tokenize_examples(examples, tokenizer, 10, cache_dir=tmp_path)
-    for key, value in first.arrays().items():
-        np.testing.assert_array_equal(getattr(second, key), value)
-    with pytest.raises(AssertionError, match="tokenized"):  # other max_length: a miss
-        data.tokenize_examples(examples, tokenizer, 11, cache_dir=tmp_path)
-    with pytest.raises(AssertionError, match="tokenized"):  # other texts: a miss
-        data.tokenize_examples(pair_examples(["a cat", "a dog"], ["it sat", "it ran"]), tokenizer, 10,
-                               cache_dir=tmp_path)
-    monkeypatch.undo()
-    (tmp_path / files[0]).write_bytes(b"truncated")  # a broken cache is rebuilt
-    third = data.tokenize_examples(examples, tokenizer, 10, cache_dir=tmp_path)
-    np.testing.assert_array_equal(third.input_ids, first.input_ids)
-    assert sorted(os.listdir(tmp_path)) == files  # no temporary files left behind
-
-
-def test_fingerprint_ignores_call_state(tokenizer):
-    before = data.tokenizer_fingerprint(tokenizer)
-    tokenizer(["x y"], max_length=5, truncation=True, padding="max_length")
-    assert data.tokenizer_fingerprint(tokenizer) == before
-
-
-def test_tokenizer_without_token_type_ids(tokenizer):
-    class NoTypes:  # like RoBERTa's tokenizer
-        name_or_path = "no-types"
-
-        def __call__(self, *args, **kwargs):
-            encoded = dict(tokenizer(*args, **kwargs))
-            encoded.pop("token_type_ids")
-            return encoded
-
-        def get_vocab(self):
-            return {"a": 0}
-
-    features = data.tokenize_examples(pair_examples(["a"], ["b"]), NoTypes(), 8, cache_dir=None)
-    assert features.token_type_ids.shape == (1, 8) and not features.token_type_ids.any()
-    assert features.attention_mask.sum() == 5
-
-
-# --------------------------------------------------------------------------- batching
-
-
-def synthetic(n=10, t=4, regression=False):
-    ids = np.repeat(np.arange(n, dtype=np.int32)[:, None], t, axis=1)
-    labels = np.arange(n, dtype=np.float32) / 2 if regression else (np.arange(n) % 3).astype(np.int32)
-    return Features(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids),
-                    labels=labels, index=np.arange(100, 100 + n, dtype=np.int64))
-
-
-def take(iterator, k):
-    return [next(iterator) for _ in range(k)]
-
-
-def test_batches_static_shapes_and_dtypes():
-    batch = next(BatchIterator(synthetic(regression=True), 4, shuffle=True, seed=0, drop_remainder=True))
-    assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape == (4, 4)
-    assert batch["input_ids"].dtype == np.int32 and batch["labels"].dtype == np.float32
-    assert batch["example_mask"].dtype == bool and batch["example_mask"].all()
-    assert (batch["index"] == batch["input_ids"][:, 0] + 100).all()
-
-
-def test_shuffle_is_determined_by_seed_and_epoch():
-    def rows(seed):
-        return np.concatenate([b["input_ids"][:, 0] for b in take(BatchIterator(
-            synthetic(), 5, shuffle=True, seed=seed, drop_remainder=True), 6)])
-
-    assert (rows(3) == rows(3)).all() and not (rows(3) == rows(4)).all()
-    first, second = rows(3)[:10], rows(3)[10:20]
-    assert sorted(first) == sorted(second) == list(range(10)) and not (first == second).all()
-    np.testing.assert_array_equal(first, np.random.default_rng([3, 0]).permutation(10))
-    unshuffled = np.concatenate([b["input_ids"][:, 0] for b in take(BatchIterator(
-        synthetic(), 5, shuffle=False, seed=3, drop_remainder=True), 2)])
-    assert unshuffled.tolist() == list(range(10))
-
-
-def test_negative_seed_shuffles_deterministically():
-    # train.seed may be any int (jax.random.PRNGKey(-1) is fine); numpy's SeedSequence
-    # refuses negative entries, so the iterator takes the seed modulo 2**64.
-    def rows(seed, epochs=2):
-        return np.concatenate([b["index"] for b in take(BatchIterator(
-            synthetic(), 5, shuffle=True, seed=seed, drop_remainder=True), 2 * epochs)])
-
-    first = rows(-1)
-    assert (first == rows(-1)).all() and sorted(first[:10].tolist()) == list(range(100, 110))
-    np.testing.assert_array_equal(first[:10] - 100, np.random.default_rng([2**64 - 1, 0]).permutation(10))
-    assert not (first == rows(-2)).all()
-
-
-def test_drop_remainder_for_training():
-    iterator = BatchIterator(synthetic(), 4, shuffle=True, seed=1, drop_remainder=True)
-    assert iterator.steps_per_epoch == 2
-    batches = take(iterator, 20)  # training repeats forever
-    assert all(b["example_mask"].all() and len(b["labels"]) == 4 for b in batches)
-    epoch0 = np.concatenate([b["index"] for b in batches[:2]])
-    assert len(set(epoch0.tolist())) == 8
-    with pytest.raises(ConfigError, match="exceeds the 10 examples"):
-        BatchIterator(synthetic(), 16, shuffle=True, seed=1, drop_remainder=True)
-
-
-def test_eval_keeps_every_example_once():
-    iterator = BatchIterator(synthetic(), 4, shuffle=False, seed=0, drop_remainder=False)
-    batches = list(iterator)
-    assert len(batches) == iterator.steps_per_epoch == 3
-    assert all(b["input_ids"].shape == (4, 4) for b in batches)
-    assert batches[-1]["example_mask"].tolist() == [True, True, False, False]
-    assert batches[-1]["index"].tolist()[2:] == [-1, -1]
-    kept = np.concatenate([b["index"][b["example_mask"]] for b in batches])
-    assert sorted(kept.tolist()) == list(range(100, 110))
-    assert list(iterator) == []  # one pass
-
-
-def test_process_shards_cover_the_global_batch():
-    features = synthetic(n=11)
-    for drop in (True, False):
-        whole = list(BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop, num_epochs=2))
-        shards = [list(BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop,
-                                     num_epochs=2, process_index=p, process_count=2)) for p in (0, 1)]
-        assert len(shards[0]) == len(shards[1]) == len(whole)
-        for g, s0, s1 in zip(whole, *shards):
-            for key in g:
-                assert s0[key].shape[0] == 3
-                np.testing.assert_array_equal(s0[key], g[key][0::2])
-                np.testing.assert_array_equal(s1[key], g[key][1::2])
-    with pytest.raises(ConfigError, match="not divisible"):
-        BatchIterator(features, 5, process_count=2)
-
-
-def test_state_save_and_restore():
-    features = synthetic(n=13)
-    original = BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True)
-    take(original, 5)  # crosses an epoch boundary (3 batches per epoch)
-    state = json.loads(json.dumps(original.get_state()))
-    assert state["epoch"] == 1 and state["position"] == 2
-    restored = BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True)
-    restored.set_state(state)
-    for a, b in zip(take(original, 7), take(restored, 7)):
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key])
-    with pytest.raises(ConfigError, match="seed"):
-        BatchIterator(features, 4, shuffle=True, seed=12, drop_remainder=True).set_state(state)
-
-
-# ------------------------------------------------------------------------ properties
-
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"), max_size=40)
-
-
-@settings(max_examples=40, deadline=None)
-@given(a=TEXT, b=TEXT)
-def test_any_text_survives_a_tsv_row(tokenizer, a, b):
-    with tempfile.TemporaryDirectory() as root:
-        write(Path(root) / "RTE" / "train.tsv", ["index\tsentence1\tsentence2\tlabel",
-                                                  tsv("0", a, b, "entailment"),
-                                                  tsv("1", b, a, "not_entailment")])
-        examples = load_examples("rte", "train", data_dir=root, max_examples=2)
-        assert examples.text_a == [a, b] and examples.text_b == [b, a]
-        features = data.tokenize_examples(examples, tokenizer, 16)
-        assert features.input_ids.shape == (2, 16) and features.attention_mask[:, 0].all()
-
-
-def test_tokenize_refuses_a_string_and_unpaired_pairs(minilm_path):
-    from rome_jax.api import MultiExitModel, load_tokenizer
-    from rome_jax.model_config import ModelConfig
-
-    config = ModelConfig.from_json_file(os.path.join(minilm_path, "config.json"))
-    model = MultiExitModel(config, None, load_tokenizer(minilm_path))
-    assert model.tokenize(["a sentence"], max_length=8)["input_ids"].shape == (1, 8)
-    with pytest.raises(ValueError, match="give lists of sentences"):
-        model.tokenize("a sentence", max_length=8)  # was 10 rows, one a character
-    with pytest.raises(ValueError, match="pairs need as many second sentences as first ones: 2 against 1"):
-        model.tokenize(["a"], ["c", "d"], max_length=8)
-    with pytest.raises(ValueError, match=f"max_length 600 exceeds the model's {config.max_length} positions"):
-        model.tokenize(["a sentence"], max_length=600)
-
-
-def test_tokenizer_and_metrics_writer_load_without_importing_pytorch(minilm_path, tmp_path):
-    """train.py/eval.py start without PyTorch's ~4 s import where it is installed:
-    `load_tokenizer` picks AutoTokenizer's class without AutoTokenizer's module, and
-    tensorboardX is imported with `import torch` failing. Same tokenizer, same ids."""
-    pytest.importorskip("torch")
-    import shutil
-    import subprocess
-
-    from transformers import AutoTokenizer
-
-    from rome_jax.api import load_tokenizer
-
-    code = ("import sys; from rome_jax.api import load_tokenizer; from rome_jax.trainer import _summary_writer_class; "
-            f"load_tokenizer({minilm_path!r}); w = _summary_writer_class()({str(tmp_path / 'tb')!r}); "
-            "w.add_scalar('x', 1.0, 1); w.close(); print('torch' in sys.modules); import torch; print(torch.ones(1).item())")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
-    assert proc.returncode == 0 and proc.stdout.split() == ["False", "1.0"], proc.stderr[-2000:]
-    assert any((tmp_path / "tb").iterdir())  # the scalar was written
-    pairs = (["A man is playing a guitar.", "Two dogs run"], ["Someone plays music!", "Cats sleep."])
-    reference = AutoTokenizer.from_pretrained(minilm_path)
-    for name in ("BertTokenizer", None, "NoSuchTokenizer"):  # named; no name or unknown: as AutoTokenizer
-        directory = tmp_path / f"tok_{name}"
-        shutil.copytree(minilm_path, directory, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-        settings_ = json.loads((directory / "tokenizer_config.json").read_text())
-        settings_.pop("tokenizer_class", None)
-        if name:
-            settings_["tokenizer_class"] = name
-        (directory / "tokenizer_config.json").write_text(json.dumps(settings_))
-        tokenizer, expected = load_tokenizer(str(directory)), AutoTokenizer.from_pretrained(str(directory))
-        assert type(tokenizer) is type(expected) and dict(tokenizer(*pairs)) == dict(expected(*pairs))
-        assert (type(tokenizer) is type(reference)) == (name != "NoSuchTokenizer")
-    assert dict(load_tokenizer(minilm_path)(*pairs)) == dict(reference(*pairs))
