@@ -1,4 +1,4 @@
-"""Shared command-line plumbing for train.py and eval.py.
+"""Shared command-line plumbing for the programs of rome_jax/commands/ (train, eval, ...).
 
     from rome_jax import cli
 
@@ -130,15 +130,25 @@ def _flag_error_message(error: flags.Error) -> str:
     return _last_line(text).removeprefix("flag ")
 
 
+_program_module = "__main__"  # the module of the running program's main(): see run_main
+
+
 def print_help(full: bool = False) -> None:
-    """The main module's docstring and its flags (`--helpfull`: every flag)."""
-    main = sys.modules.get("__main__")
+    """The program's docstring and its flags (`--helpfull`: every flag).
+
+    The program is the module defining the `main` given to `run_main` (e.g.
+    rome_jax.commands.train, whether run with `-m` or from the train.py wrapper).
+    """
+    main = sys.modules.get(_program_module)
     if main is not None and main.__doc__:
         print(main.__doc__.strip() + "\n")
     if full:
         print(FLAGS.get_help())
         return
-    print(FLAGS.main_module_help())
+    if _program_module == "__main__":
+        print(FLAGS.main_module_help())
+    else:
+        print(FLAGS.module_help(_program_module))
     print(FLAGS.module_help(sys.modules[__name__]))
     if _config_flag_names():
         print("\nConfig values: --config.<section>.<key>=<value> (see configs/default.py); "
@@ -166,6 +176,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
                 filename = arg.split("=", 1)[1].split(":", 1)[0]
                 if not os.path.isfile(filename):
                     raise ConfigError(f"--{name}={filename}: no such config file")
+                run_config.add_config_root(filename)  # its `from configs import ...`
     try:
         rest = FLAGS(list(argv))
     except flags.Error as e:
@@ -211,6 +222,8 @@ def run_main(main_fn: Callable[[list[str]], int | None], argv: Sequence[str] | N
     RomeError -> its one-line message and `exit_code`; KeyboardInterrupt -> 130;
     any other exception is a bug and keeps its traceback.
     """
+    global _program_module
+    _program_module = getattr(main_fn, "__module__", None) or "__main__"
     argv = list(sys.argv if argv is None else argv)
     verbose = any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for a in argv)
     setup_logging(verbose)

@@ -1,7 +1,7 @@
 """The GLUE benchmark in one command: train, evaluate and predict every task present.
 
-Per task, in `<workdir>/<task>/`: `train.py` with `configs/glue.py:TASK[,MODE]`
-(resuming if interrupted), then the best checkpoint is evaluated on the dev
+Per task, in `<workdir>/<task>/`: `python -m rome_jax.commands.train` (train.py)
+with `configs/glue.py:TASK[,MODE]` (resuming if interrupted), then the best checkpoint is evaluated on the dev
 split(s) at the final exit and with the chosen early-exit criterion, and the test
 split(s) are predicted with that criterion into leaderboard files
 (`<workdir>/submission/*.tsv`; AX with the MNLI model). Each finished task leaves
@@ -16,19 +16,18 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rome_jax import exits, files, flops, inference, leaderboard
+from rome_jax import commands, exits, files, flops, inference, leaderboard, run_config
 from rome_jax.data import BatchIterator, Features, load_examples, tokenize_examples
 from rome_jax.errors import DataError, RomeError
 from rome_jax.glue import Task, get_task
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = "configs/glue.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +78,9 @@ def predict(config: Any, params: Any, features: Features, criterion: exits.Crite
 
 def train_command(task: str, workdir: Path, config: str, mode: str | None,
                   overrides: Sequence[str]) -> list[str]:
-    spec = f"{config}:{task}" + (f",{mode}" if mode else "")
-    return [sys.executable, str(REPO / "train.py"), f"--config={spec}", f"--workdir={workdir}",
+    """`python -m rome_jax.commands.train --config=CONFIG:TASK[,MODE] --workdir=... --config.KEY=VALUE...`"""
+    spec = run_config.task_mode_spec(config, task, mode)
+    return [*commands.command("train"), f"--config={spec}", f"--workdir={workdir}",
             *[f"--config.{o}" for o in overrides]]
 
 
@@ -170,10 +170,15 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(workdir: str, *, tasks: Sequence[str] = GLUE_TASKS, config: str = "configs/glue.py",
+def run(workdir: str, *, tasks: Sequence[str] = GLUE_TASKS, config: str = DEFAULT_CONFIG,
         mode: str | None = None, overrides: Sequence[str] = (), setting: Setting = Setting(),
         data_dir: str | None = None, source: str = "dir", log: Callable[[str], None] = print) -> dict:
-    """Trains and evaluates every task present; writes summary.json and summary.md."""
+    """Trains and evaluates every task present; writes summary.json and summary.md.
+
+    `config` is found by `run_config.find_config_file` (the current directory, then
+    the source checkout beside the package); training runs as `train_command`.
+    """
+    config = run_config.find_config_file(config)
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir if data_dir is not None else os.environ.get("GLUE_DIR", "")
@@ -193,7 +198,8 @@ def run(workdir: str, *, tasks: Sequence[str] = GLUE_TASKS, config: str = "confi
             records[task.name] = json.loads(done.read_text())
             continue
         log(f"{task.name}: training in {task_dir}")
-        proc = subprocess.run(train_command(task.name, task_dir, config, mode, overrides), cwd=REPO)
+        proc = subprocess.run(train_command(task.name, task_dir, config, mode, overrides),
+                              env=commands.child_env())
         if proc.returncode != 0:
             raise RomeError(f"{task.name}: train.py exited with status {proc.returncode}; "
                             f"re-run to resume (see {task_dir})")

@@ -338,9 +338,7 @@ def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collection
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist")
-    root = str(Path(path).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    add_config_root(path)
     module_spec = importlib.util.spec_from_file_location(f"_rome_config_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -349,6 +347,39 @@ def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collection
     for key, value in (overrides or {}).items():
         set_value(config, key, value)
     return config
+
+
+def add_config_root(path: str | os.PathLike) -> None:
+    """Puts the config file's grandparent directory first on sys.path, so that the
+    file's `from configs import default` finds its siblings from any directory."""
+    root = str(Path(path).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def source_checkout() -> Path | None:
+    """The rome_jax source checkout beside this package (the directory holding
+    rome_jax/ and configs/), or None for an installed package."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "configs" / "default.py").is_file() else None
+
+
+def find_config_file(path: str) -> str:
+    """The absolute path of config file `path`: as given (a relative path against the
+    current directory), else against the source checkout beside the package.
+
+    ConfigError (one line) when neither exists.
+    """
+    given = Path(path).expanduser()
+    if given.is_file():
+        return str(given.resolve())
+    checkout = source_checkout()
+    if checkout is not None and not given.is_absolute() and (checkout / given).is_file():
+        return str((checkout / given).resolve())
+    where = "" if given.is_absolute() else " in the current directory" + (
+        f" or in the rome_jax source checkout {checkout}" if checkout else "")
+    hint = given.as_posix() if len(given.parts) > 1 and given.parts[0] == "configs" else f"configs/{given.name}"
+    raise ConfigError(f"config file {path} not found{where}: pass --config=path/to/{hint}")
 
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:

@@ -1,7 +1,7 @@
-"""scripts/ablation.py's report on hand-made records: the figures it prints are the
-means and spreads computed by hand below (no training)."""
+"""The ablation's report (rome_jax.ablation, run by scripts/ablation.py) on hand-made
+records: the figures it prints are the means and spreads computed by hand below (no
+training)."""
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -13,10 +13,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_script", REPO / "scripts" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from rome_jax import ablation
+
+    return ablation
 
 
 def _record(mode: str, seed: str, accuracy: list[float], f1: list[float], seconds: float,
@@ -77,8 +76,6 @@ def test_a_run_finished_by_an_earlier_runner_becomes_a_record_and_is_then_reused
     """A workdir whose record an earlier runner kept there (`ablation.json`) is imported
     into the records directory with its GR statistics and config, then read back from
     there alone; an unfinished run is None under --reuse_only."""
-    if not ablation.flags.FLAGS.is_parsed():
-        ablation.flags.FLAGS.mark_as_parsed()
     workdir = tmp_path / "runs" / "sst2" / "sd" / "seed7"
     (workdir / "eval").mkdir(parents=True)
     made = _record("sd", "7", [0.5, 0.8], [0.5, 0.8], 321.0, partial=True)

@@ -2,14 +2,18 @@
 
 import csv
 import os
+import pathlib
 import shutil
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import rome_jax
-from rome_jax import exits, glue_runner, leaderboard
+from rome_jax import exits, glue_runner, leaderboard, run_config
+from rome_jax.errors import ConfigError
 from rome_jax.data import load_examples, tokenize_examples
 from rome_jax.glue import get_task
 
@@ -111,3 +115,46 @@ def test_absent_task_data_is_reported_not_raised(tmp_path, glue_dir):
     shutil.copy(os.path.join(glue_dir, "RTE", "train.tsv"), tmp_path / "RTE" / "train.tsv")
     assert "RTE/dev.tsv" in glue_runner.missing_data(get_task("rte"), str(tmp_path), "dir")
     assert glue_runner.missing_data(get_task("rte"), glue_dir, "dir") is None
+
+
+def test_training_runs_as_the_package_command_with_an_absolute_config():
+    workdir = pathlib.Path("/runs/glue/rte")
+    command = glue_runner.train_command("rte", workdir, "/abs/configs/glue.py", "deebert", ["a.b=1"])
+    assert command == [sys.executable, "-m", "rome_jax.commands.train",
+                       "--config=/abs/configs/glue.py:rte,deebert", f"--workdir={workdir}", "--config.a.b=1"]
+    assert glue_runner.train_command("rte", workdir, "/c.py", None, [])[3] == "--config=/c.py:rte"
+    assert not hasattr(glue_runner, "REPO")
+
+
+def test_the_default_config_is_found_in_the_current_directory_then_in_the_checkout(tmp_path, monkeypatch):
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)
+    assert run_config.find_config_file(glue_runner.DEFAULT_CONFIG) == str(repo / "configs" / "glue.py")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "glue.py").write_text("")
+    assert run_config.find_config_file("configs/glue.py") == str(tmp_path / "configs" / "glue.py")
+    with pytest.raises(ConfigError, match=r"^config file configs/nope.py not found in the current directory "
+                                          r"or in the rome_jax source checkout .*: pass "
+                                          r"--config=path/to/configs/nope.py$"):
+        run_config.find_config_file("configs/nope.py")
+
+
+def test_the_commands_run_from_a_copied_package_without_the_repository(tmp_path):
+    """The package alone (copied elsewhere, no train.py, no configs/) runs its programs
+    from a foreign directory; the GLUE runner then asks for its config in one line."""
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    shutil.copytree(pathlib.Path(rome_jax.__file__).parent, site / "rome_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=elsewhere, env=env,
+                                       capture_output=True, text=True, timeout=300)
+    proc = run("rome_jax.commands.train", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--workdir: Where checkpoints" in proc.stdout and "--config:" in proc.stdout
+    proc = run("rome_jax.commands.glue_benchmark", f"--workdir={elsewhere / 'glue'}", "--tasks=rte")
+    assert (proc.returncode, proc.stderr) == (2, "glue_benchmark.py: error: config file configs/glue.py not "
+                                              "found in the current directory: pass "
+                                              "--config=path/to/configs/glue.py\n")
+    assert not (elsewhere / "glue").exists()
+

@@ -1,0 +1,280 @@
+"""The gradient-regularizer ablation's runs, records and report (docs/results.md).
+
+The program is `python scripts/ablation.py` (= `python -m rome_jax.commands.ablation`,
+rome_jax/commands/ablation.py: its flags and what it does). This module holds the
+work: `run_one` trains and evaluates one run of the grid (`python -m
+rome_jax.commands.train` with `CONFIG:TASK,MODE`, then `python -m
+rome_jax.commands.eval`) or reuses its record, and `report` writes the Markdown
+report and its plots from the records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rome_jax import commands, files, run_config
+from rome_jax.errors import ConfigError, RomeError
+
+DEFAULT_CONFIG = "configs/ablation.py"
+CODE_ROOT = Path(__file__).resolve().parent.parent
+"""Where provenance() asks git for the commit: the directory holding the rome_jax
+package (the source checkout, when it is one)."""
+
+ENTROPY = "entropy:0,0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.65"
+
+
+def run_spec(task: str, mode: str, seed: str, config: str = DEFAULT_CONFIG,
+             overrides: Sequence[str] = ()) -> dict:
+    """What makes a run: its config file and argument, and every override."""
+    return {"config": run_config.task_mode_spec(config, task, mode),
+            "overrides": [f"train.seed={seed}", *overrides]}
+
+
+def provenance() -> dict:
+    """Where a run ran: the commit, the git tree of rome_jax/ and configs/ (equal trees
+    train equal models whatever else the commit changed), versions and the machine.
+    (Only jax's version is read: initialising a backend here would take a GPU's memory
+    from the train.py that runs next.)"""
+    from importlib.metadata import version
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", *args], cwd=CODE_ROOT, capture_output=True, text=True)
+        except OSError:  # no git
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+
+    dirty = git("status", "--porcelain", "--", "rome_jax", "configs", "train.py", "eval.py")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "rome_jax_tree": git("rev-parse", "--short", "HEAD:rome_jax"),
+            "configs_tree": git("rev-parse", "--short", "HEAD:configs"),
+            "code_modified": bool(dirty) if dirty is not None else None,
+            "jax": version("jax"), "python": platform.python_version(),
+            "machine": f"{cpu}, {os.cpu_count()} CPUs",
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def make_record(task: str, mode: str, seed: str, workdir: Path, train_seconds: float,
+                partial: bool, where: dict, config: str = DEFAULT_CONFIG,
+                overrides: Sequence[str] = ()) -> dict:
+    """One finished run as a record: what it measured, what it was, where it ran."""
+    results = json.loads((workdir / "eval" / "results.json").read_text())
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {"task": task, "mode": mode, "seed": seed, **run_spec(task, mode, seed, config, overrides),
+            "train_seconds": train_seconds, "train_seconds_partial": partial,
+            "steps": max(r["step"] for r in rows), "gr": gr_stats(rows), "results": results,
+            "resolved_config": json.loads((workdir / "config.json").read_text()), "provenance": where}
+
+
+def run_one(task: str, mode: str, seed: str, root: Path, records: Path,
+            reuse_only: bool = False, *, config: str = DEFAULT_CONFIG,
+            overrides: Sequence[str] = ()) -> dict | None:
+    """Trains and evaluates one run (reusing what is done); returns its record.
+
+    The record is read from `records`/TASK/MODE/seedS.json when there, else made from
+    the workdir's `ablation.json` (left by an earlier runner) or by training. With
+    `reuse_only`, returns None for a run that is not finished. `config` (as the user
+    gave it: the records keep it) is found by `run_config.find_config_file`.
+    """
+    record_path = records / task / mode / f"seed{seed}.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        spec = run_spec(task, mode, seed, config, overrides)
+        if {k: record.get(k) for k in spec} != spec:
+            raise ConfigError(f"{record_path}: made by {record.get('config')} with overrides "
+                              f"{record.get('overrides')}, not {spec['config']} with {spec['overrides']}; "
+                              "use another --records directory")
+        return record
+    workdir = root / task / mode / f"seed{seed}"
+    earlier = workdir / "ablation.json"
+    if earlier.is_file():  # finished by a runner that kept its record in the workdir
+        old = json.loads(earlier.read_text())
+        record = make_record(task, mode, seed, workdir, old["train_seconds"], old["train_seconds_partial"],
+                             {**provenance(), "imported_from": str(earlier)}, config, overrides)
+    elif reuse_only:
+        return None
+    else:
+        resumed = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
+        flags = [f"--config.{o}" for o in run_spec(task, mode, seed, config, overrides)["overrides"]]
+        spec = run_config.task_mode_spec(run_config.find_config_file(config), task, mode)
+        where = provenance()
+        start = time.time()
+        train = [*commands.command("train"), f"--config={spec}", f"--workdir={workdir}", *flags]
+        if subprocess.run(train, env=commands.child_env()).returncode != 0:
+            raise RomeError(f"{workdir}: train.py failed; re-run to resume")
+        train_seconds = time.time() - start
+        evaluate = [*commands.command("eval"), f"--workdir={workdir}", f"--sweeps={ENTROPY}", "--no_timing"]
+        if subprocess.run(evaluate, env=commands.child_env(), stdout=subprocess.DEVNULL).returncode != 0:
+            raise RomeError(f"{workdir}: eval.py failed")
+        record = make_record(task, mode, seed, workdir, train_seconds, resumed, where, config, overrides)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_json(record_path, record)
+    return record
+
+
+def gr_stats(rows: list[dict]) -> dict | None:
+    """How often GR projected, from a run's metrics.jsonl rows: None for a mode without GR.
+
+    Each logged row holds the means over its logging window, so the mean of
+    `gr/projected` over rows is the fraction of steps whose gradients conflicted.
+    """
+    rows = [r for r in rows if "gr/projected" in r]
+    if not rows:
+        return None
+    mean = lambda key: sum(r[key] for r in rows) / len(rows)
+    return {"projected_fraction": mean("gr/projected"), "cosine": mean("gr/cosine")}
+
+
+def _cell(values, digits: int = 1) -> str:
+    """'mean ± std' over seeds (population std), or the one value."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    mean, std = f"{values.mean():.{digits}f}", f"{values.std():.{digits}f}"
+    return f"{mean} ± {std}" if len(values) > 1 else mean
+
+
+def _per_exit(runs: list[dict], key: str):
+    """[seeds, exits] array of one metric x100 from the runs' eval results."""
+    import numpy as np
+
+    return np.array([[e[key] for e in r["results"]["per_exit"]] for r in runs]) * 100
+
+
+def provenance_note(records: list[dict]) -> str:
+    """One sentence on where the records' runs ran (commits, code trees, machines, dates)."""
+    where = [r.get("provenance") or {} for r in records]
+
+    def listed(key: str) -> str:
+        counts: dict = {}
+        for w in where:
+            counts[w.get(key) or "unknown"] = counts.get(w.get(key) or "unknown", 0) + 1
+        return ", ".join(f"{k} ({n})" if len(counts) > 1 else str(k) for k, n in counts.items())
+
+    modified = sum(bool(w.get("code_modified")) for w in where)
+    return (f"{len(records)} runs; rome_jax tree {listed('rome_jax_tree')} (commit {listed('commit')}); "
+            f"jax {listed('jax')}; {listed('machine')}; {listed('date')}"
+            + (f"; {modified} with uncommitted code changes" if modified else "") + ".")
+
+
+def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | None = None,
+           findings: str = "", records_dir: str = "docs/ablation_runs") -> str:
+    import numpy as np
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# Results: the gradient-regularizer ablation", "",
+             grid_note or "Grid: see the command below.", "",
+             "Regenerate: `python scripts/ablation.py --workdir=runs/ablation`: every run with a record in "
+             f"`{records_dir}/` is reused, not redone (one JSON file a run: its eval results, training time, "
+             "GR statistics, resolved config and provenance), so on a fresh clone it "
+             + ("trains only the runs named below as not finished (none with `--reuse_only`) and "
+                if missing else "only ")
+             + "rebuilds this page and its plots.", "",
+             f"Runs: {provenance_note(records)}", ""]
+    if findings:
+        lines += [findings.strip(), ""]
+    if missing:
+        lines += ["Runs of the grid not finished yet (not in the tables): "
+                  + ", ".join(f"`{m}`" for m in missing) + ".", ""]
+    for task in dict.fromkeys(r["task"] for r in records):
+        rows = [r for r in records if r["task"] == task]
+        metric = rows[0]["results"]["metric"]
+        modes = list(dict.fromkeys(r["mode"] for r in rows))
+        exits = len(rows[0]["results"]["per_exit"])
+        lines += [f"## {task} (dev {metric} x100, {rows[0]['results']['num_examples']} examples; "
+                  "mean ± std over seeds)", "",
+                  "| mode | seeds | " + " | ".join(f"exit {i}" for i in range(1, exits + 1))
+                  + " | mean of exits 1-" + f"{exits - 1}" + " | train time / joint | steps |",
+                  "|---" * (exits + 5) + "|"]
+        timed = lambda runs: [r["train_seconds"] for r in runs if not r.get("train_seconds_partial")]
+        joint = timed([r for r in rows if r["mode"] == "joint"])
+        fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+        sweep_lines = []
+        for mode in modes:
+            runs = [r for r in rows if r["mode"] == mode]
+            values = _per_exit(runs, metric)
+            cells = [_cell(values[:, i]) for i in range(exits)]
+            seconds = timed(runs)
+            ratio = f"{np.mean(seconds) / np.mean(joint):.2f}" if joint and seconds else "n/a"
+            lines.append(f"| {mode} | {len(runs)} | " + " | ".join(cells)
+                         + f" | {_cell(values[:, :-1].mean(1))} | {ratio} | {runs[0]['steps']} |")
+            entropy = [[p for p in r["results"]["sweep"] if p["criterion"] == "entropy"] for r in runs]
+            xs = np.mean([[p["layer_speedup"] for p in e] for e in entropy], axis=0)
+            ys = np.mean([[p[metric] for p in e] for e in entropy], axis=0) * 100
+            order = np.argsort(xs)
+            ax.plot(xs[order], ys[order], marker="o", label=mode)
+            for j, point in enumerate(entropy[0]):
+                accs = [e[j][metric] * 100 for e in entropy]
+                speed = [e[j]["layer_speedup"] for e in entropy]
+                sweep_lines.append((point["threshold"], mode, _cell(accs), f"{np.mean(speed):.2f}"))
+        ax.set(xlabel="speed-up in layers (entropy exit)", ylabel=f"dev {metric} (x100)",
+               title=f"{task}: metric against speed-up")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        png = out.parent / f"results_{task}.png"
+        fig.savefig(png)
+        plt.close(fig)
+        lines += ["", "Train time: wall seconds of the whole run relative to `joint` on the same machine "
+                  "(two-stage modes count both stages; steps are the optimizer steps of all stages).", ""]
+        # The metrics reported with the primary one (MRPC: accuracy and F1, whose mean it is).
+        parts = [k for k in rows[0]["results"]["per_exit"][0] if k not in ("exit", metric)]
+        if parts:
+            lines += [f"The metrics reported with `{metric}`, per exit (x100, mean ± std over seeds):", "",
+                      "| mode | metric | " + " | ".join(f"exit {i}" for i in range(1, exits + 1)) + " |",
+                      "|---" * (exits + 2) + "|"]
+            for mode in modes:
+                runs = [r for r in rows if r["mode"] == mode]
+                for part in parts:
+                    values = _per_exit(runs, part)
+                    lines.append(f"| {mode} | {part} | "
+                                 + " | ".join(_cell(values[:, i]) for i in range(exits)) + " |")
+            lines.append("")
+        lines += [
+                  f"![{task}]({png.name})", "",
+                  f"Entropy exit (`{ENTROPY}`): dev {metric} x100 and speed-up in layers (L / mean layers), "
+                  "mean over seeds.", "",
+                  "| threshold | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+        for threshold in dict.fromkeys(t for t, *_ in sweep_lines):
+            cells = {m: f"{a} ({x}x)" for t, m, a, x in sweep_lines if t == threshold}
+            lines.append(f"| {threshold:g} | " + " | ".join(cells.get(m, "") for m in modes) + " |")
+        gr_rows = [(m, [r["gr"] for r in rows if r["mode"] == m and r.get("gr")]) for m in modes]
+        if any(stats for _, stats in gr_rows):
+            lines += ["", "Gradient regularization: the share of training steps whose two gradients "
+                      "conflicted (cosine < 0, so the projection ran) and the mean cosine between them, "
+                      "from each run's `metrics.jsonl`, mean ± std over seeds.", "",
+                      "| mode | steps projected (%) | mean cosine |", "|---|---|---|"]
+            for mode, stats in gr_rows:
+                if stats:
+                    lines.append(f"| {mode} | {_cell([100 * g['projected_fraction'] for g in stats])} | "
+                                 f"{_cell([g['cosine'] for g in stats], 2)} |")
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    return text
+
+
+def previous_grid_note(path: Path) -> str:
+    """The grid note of the report at `path` (its third line), so that rebuilding the
+    report without --grid_note keeps it; "" if there is none."""
+    if not path.is_file():
+        return ""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    note = lines[2] if len(lines) > 2 and lines[0].startswith("# Results") else ""
+    return "" if note.startswith("Grid: see the command") else note

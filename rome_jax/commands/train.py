@@ -1,0 +1,71 @@
+r"""Fine-tunes a multi-exit BERT on a GLUE task.
+
+    python train.py --config=configs/glue.py:rte --workdir=runs/rte
+    python train.py --config=configs/demo.py --workdir=runs/demo \
+        --config.train.learning_rate=5e-5
+
+Re-running the same command resumes from the latest checkpoint. See
+rome_jax/trainer.py for what the workdir holds and rome_jax/cli.py for the exit
+statuses (0 done, 2 a user error, 3 a non-finite loss, 75 stopped by a signal
+after saving: run again to resume).
+"""
+
+if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory.py
+    from rome_jax.host_memory import reexec_with_malloc_tunables
+
+    reexec_with_malloc_tunables()
+
+
+from absl import flags
+from ml_collections import config_flags
+
+from rome_jax import cli
+from rome_jax.errors import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file, e.g. configs/glue.py:rte; override its values with "
+    "--config.train.learning_rate=3e-5.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the model go.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete what an earlier run wrote in --workdir (config.json, metrics.jsonl, "
+    "tensorboard/, checkpoints/, tokenizer/, model/, and eval.py's eval/) and start afresh.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() (also: config train.multihost).")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = cli.config_from_flag(_CONFIG)
+    if not _WORKDIR.value:
+        raise ConfigError("--workdir is required")
+    import jax
+
+    if _MULTIHOST.value or config.train.multihost:
+        jax.distributed.initialize()
+    from rome_jax import trainer
+
+    result = trainer.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    if result.preempted:
+        return trainer.PREEMPTED_EXIT_CODE
+    if result.final_eval and jax.process_index() == 0:
+        for split, record in result.final_eval.items():
+            exits = sorted({k.split("/")[0] for k in record if k.startswith("exit_")},
+                           key=lambda name: int(name.split("_")[1]))
+            print(f"step {record['step']} {split}: " + ", ".join(
+                f"{name} " + " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in record.items()
+                                      if k.startswith(name + "/") and k.split("/")[1] != "loss")
+                for name in exits), flush=True)
+    return 0
+
+
+def run() -> None:
+    """The entry point: `python train.py`, `python -m rome_jax.commands.train`."""
+    from rome_jax.host_memory import reexec_with_malloc_tunables
+
+    reexec_with_malloc_tunables()  # a no-op when the module's first lines did it
+    cli.run_main(main)
+
+
+if __name__ == "__main__":
+    run()
