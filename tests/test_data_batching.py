@@ -111,3 +111,144 @@ def test_state_save_and_restore():
             np.testing.assert_array_equal(a[key], b[key])
     with pytest.raises(ConfigError, match="seed"):
         BatchIterator(features, 4, shuffle=True, seed=12, drop_remainder=True).set_state(state)
+
+
+# --------------------------------------------------------------------------- length buckets
+
+
+def varied(n=37, t=32, seed=0):
+    """Rows of varied lengths (1..t), each row's ids its row number, padded with 0."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, t + 1, n)
+    positions = np.arange(t)[None, :]
+    mask = (positions < lengths[:, None]).astype(np.int32)
+    ids = np.where(mask, np.arange(n, dtype=np.int32)[:, None] + 1, 0).astype(np.int32)
+    return Features(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
+                    labels=(np.arange(n) % 2).astype(np.int32), index=np.arange(100, 100 + n, dtype=np.int64)), lengths
+
+
+BUCKETS = (4, 8, 16, 32)
+
+
+def test_buckets_visit_every_example_once_and_cut_to_a_bucket_that_holds_the_rows():
+    features, lengths = varied()
+    iterator = BatchIterator(features, 4, shuffle=True, seed=5, drop_remainder=True, buckets=BUCKETS)
+    assert iterator.steps_per_epoch == 37 // 4
+    batches = take(iterator, 2 * iterator.steps_per_epoch)
+    for batch in batches:
+        width = batch["input_ids"].shape[1]
+        assert width in BUCKETS
+        assert batch["attention_mask"].shape == batch["token_type_ids"].shape == (4, width)
+        assert batch["example_mask"].all()
+        rows = batch["index"] - 100
+        assert lengths[rows].max() <= width  # the bucket holds every row
+        np.testing.assert_array_equal(batch["input_ids"], features.input_ids[rows, :width])
+        np.testing.assert_array_equal(batch["attention_mask"], features.attention_mask[rows, :width])
+        np.testing.assert_array_equal(batch["labels"], features.labels[rows])
+    widths = {b["input_ids"].shape[1] for b in batches}
+    assert len(widths) > 1  # several buckets met
+    per_epoch = iterator.steps_per_epoch
+    for epoch in range(2):
+        seen = np.concatenate([b["index"] for b in batches[epoch * per_epoch:(epoch + 1) * per_epoch]])
+        assert len(seen) == len(set(seen.tolist())) == 36  # one partial batch (1 row) dropped
+    first = [b["index"].tolist() for b in batches[:per_epoch]]
+    second = [b["index"].tolist() for b in batches[per_epoch:]]
+    assert first != second  # epochs differ
+
+
+def test_buckets_eval_keeps_every_example_once():
+    features, lengths = varied(n=21)
+    iterator = BatchIterator(features, 4, buckets=BUCKETS)
+    batches = list(iterator)
+    assert len(batches) == iterator.steps_per_epoch == 6
+    kept = np.concatenate([b["index"][b["example_mask"]] for b in batches])
+    assert sorted(kept.tolist()) == list(range(100, 121))
+    assert sum((~b["example_mask"]).sum() for b in batches) == 3
+    padded = [b for b in batches if not b["example_mask"].all()]
+    assert len(padded) == 1 and padded[0]["input_ids"].shape[1] == 32
+    assert (padded[0]["index"][~padded[0]["example_mask"]] == -1).all()
+    for batch in batches:
+        rows = batch["index"][batch["example_mask"]] - 100
+        assert lengths[rows].max() <= batch["input_ids"].shape[1]
+
+
+def test_buckets_are_seeded():
+    features, _ = varied()
+
+    def run(seed, shuffle=True):
+        it = BatchIterator(features, 4, shuffle=shuffle, seed=seed, drop_remainder=True, buckets=BUCKETS)
+        return [(b["index"].tolist(), b["input_ids"].shape[1]) for b in take(it, 20)]
+
+    assert run(3) == run(3) and run(3) != run(4)
+    assert run(-1) == run(-1)
+    unshuffled = run(3, shuffle=False)[:9]
+    assert [w for _, w in unshuffled] == sorted(w for _, w in unshuffled)  # shortest bucket first
+
+
+def test_buckets_state_save_and_restore():
+    features, _ = varied()
+    original = BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True, buckets=BUCKETS)
+    take(original, 13)  # crosses an epoch boundary (9 batches per epoch)
+    state = json.loads(json.dumps(original.get_state()))
+    assert state["epoch"] == 1 and state["position"] == 4 and state["buckets"] == list(BUCKETS)
+    restored = BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True, buckets=BUCKETS)
+    restored.set_state(state)
+    for a, b in zip(take(original, 12), take(restored, 12)):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(ConfigError, match="buckets"):
+        BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True,
+                      buckets=(8, 32)).set_state(state)
+    with pytest.raises(ConfigError, match="buckets"):
+        BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True).set_state(state)
+    old = {k: v for k, v in state.items() if k != "buckets"}  # a checkpoint from before buckets
+    BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True, buckets=BUCKETS).set_state(old)
+    assert "buckets" not in BatchIterator(features, 4).get_state()
+
+
+def test_buckets_process_shards_cover_the_global_batch():
+    features, _ = varied(n=41)
+    for drop in (True, False):
+        whole = list(BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop, num_epochs=2,
+                                   buckets=BUCKETS))
+        shards = [list(BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop, num_epochs=2,
+                                     process_index=p, process_count=2, buckets=BUCKETS)) for p in (0, 1)]
+        assert len(shards[0]) == len(shards[1]) == len(whole)
+        for g, s0, s1 in zip(whole, *shards):
+            for key in g:
+                assert s0[key].shape[0] == s1[key].shape[0] == 3
+                np.testing.assert_array_equal(s0[key], g[key][0::2])
+                np.testing.assert_array_equal(s1[key], g[key][1::2])
+
+
+def test_buckets_none_is_todays_batches():
+    features, _ = varied()
+    for drop, shuffle in ((True, True), (False, False)):
+        a = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2))
+        b = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2,
+                               buckets=None))
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys()
+            for key in x:
+                if x[key].ndim == 2:
+                    assert x[key].shape == (4, 32)
+                assert x[key].dtype == y[key].dtype
+                np.testing.assert_array_equal(x[key], y[key])
+    # one bucket at the full width: today's shapes and rows (unshuffled: today's order too)
+    a = list(BatchIterator(features, 4))
+    b = list(BatchIterator(features, 4, buckets=(32,)))
+    for x, y in zip(a, b):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_buckets_are_checked():
+    features, _ = varied()
+    with pytest.raises(ConfigError, match="ascending"):
+        BatchIterator(features, 4, buckets=(16, 8, 32))
+    with pytest.raises(ConfigError, match="ascending"):
+        BatchIterator(features, 4, buckets=(16, 64))
+    with pytest.raises(ConfigError, match="exceeds the longest bucket"):
+        BatchIterator(features, 4, buckets=(4, 8))

@@ -10,14 +10,21 @@ Pipeline, one module a step:
 - `rome_jax.data.batching`: `BatchIterator` (static-shape numpy batches, sharded
   over processes, resumable).
 
-Every row is padded to `max_length` rather than bucketed by length: the model then
-compiles once per batch shape, and eval batches keep that shape by adding masked
-padding rows (`example_mask`).
+Rows are tokenized to `max_length`; `rome_jax.data.buckets` (`length_buckets`,
+`bucket_batches`) lets `BatchIterator(buckets=...)` cut each batch to one of a few
+lengths, so the model compiles once per bucket. Eval batches keep their shape by
+adding masked padding rows (`example_mask`).
 
 The public names of every module are re-exported here: `from rome_jax.data import X`.
 """
 
 from rome_jax.data.batching import BatchIterator
+from rome_jax.data.buckets import (
+    bucket_batches,
+    length_buckets,
+    padded_share,
+    sequence_lengths,
+)
 from rome_jax.data.examples import (
     SOURCES,
     Examples,
@@ -34,11 +41,15 @@ __all__ = [
     "BatchIterator",
     "Examples",
     "Features",
+    "bucket_batches",
+    "length_buckets",
     "load_examples",
+    "padded_share",
     "read_glue_dir",
     "read_hf_datasets",
     "read_text_file",
     "read_tfds",
+    "sequence_lengths",
     "tokenize_examples",
     "tokenize_texts",
     "tokenizer_fingerprint",
