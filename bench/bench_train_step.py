@@ -83,7 +83,7 @@ def time_mode(config: ModelConfig, mode: str, batch: dict, repeats: int) -> floa
 
 def cpu_model() -> str:
     """The host CPU's model name from /proc/cpuinfo ('' where there is none): CPU
-    ratios against PyTorch differ by host (docs/benchmarks.md, "third session")."""
+    ratios against PyTorch differ by host (docs/performance.md, "By host")."""
     try:
         with open("/proc/cpuinfo") as f:
             return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")

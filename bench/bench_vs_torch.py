@@ -19,7 +19,7 @@ A third row, `gemms`, times the six dense products of one encoder layer (query, 
 value, attention output, FFN in, FFN out: [B*T, H] @ [H, H] four times, then
 [B*T, H] @ [H, I] and [B*T, I] @ [I, H]) chained, as one jitted function against
 `torch.mm`: the matrix library alone, about two thirds of either step's work (on the
-2-core Xeon of docs/benchmarks.md XLA:CPU's YNNPACK runs these shapes 1.15-1.25x
+2-core Xeon of docs/performance.md XLA:CPU's YNNPACK runs these shapes 1.15-1.25x
 slower than PyTorch's `torch.mm`; HF's `nn.Linear`, an `addmm` with the bias, is itself
 5-10% slower than `torch.mm`, so this row overstates the gap inside the model).
 
@@ -28,14 +28,14 @@ A fourth row, `attention`, times one layer's attention core: our inference form
 call of HF's BERT on an unpadded batch (no mask: HF passes none when nothing is
 padded; PyTorch's CPU flash kernel serves it), both from [B, T, heads, head_dim] to
 [B, T, hidden]. PyTorch's kernel never writes the [B, heads, T, T] scores to memory;
-XLA writes them, and runs the batched products on one thread (docs/speed_notes.md).
+XLA writes them, and runs the batched products on one thread (docs/performance.md).
 
 `--cpu-devices N` splits the CPU into N JAX devices (`jax_num_cpu_devices`) and runs
 our forward and step data-parallel over them, as `train.py` does over any devices
 it finds (the `gemms` and `attention` rows stay on one). On the 2-core machine two
 devices made MiniLM's forward at batch 32 x 128 17-20% faster, but the step slower
 at small batches and at bert-base dimensions (each device repeats the optimizer's
-work on every parameter): docs/benchmarks.md, "two CPU devices".
+work on every parameter): docs/performance.md, "Two JAX CPU devices".
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 XLA:CPU allocates a step's temporary buffers when the step starts and frees them
 when it ends: 1.7 GB for the MiniLM `joint` step at batch 32, length 128. glibc's
 malloc serves blocks that large with `mmap` and returns them with `munmap`, so each
-step faults its temporaries in afresh; on the 2-core machine of docs/benchmarks.md
+step faults its temporaries in afresh; on the 2-core machine of docs/performance.md
 that was 438k minor page faults and 0.7 s of kernel time per 2 s step. With one
 malloc arena, no `mmap` and no trimming, freed memory is reused instead: 0 faults,
-kernel time 0.02 s, the step 4-15% faster in alternating runs (docs/benchmarks.md,
+kernel time 0.02 s, the step 4-15% faster in alternating runs (docs/performance.md,
 "glibc malloc"). Small steps (the demo's batch 16, length 48) gain nothing.
 
 glibc reads these settings (`GLIBC_TUNABLES`) only when a process starts, so
