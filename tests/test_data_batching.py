@@ -236,12 +236,16 @@ def test_buckets_none_is_todays_batches():
                     assert x[key].shape == (4, 32)
                 assert x[key].dtype == y[key].dtype
                 np.testing.assert_array_equal(x[key], y[key])
-    # one bucket at the full width: today's shapes and rows (unshuffled: today's order too)
-    a = list(BatchIterator(features, 4))
-    b = list(BatchIterator(features, 4, buckets=(32,)))
-    for x, y in zip(a, b):
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
+    # one bucket at the full width (data.buckets="none"): today's batches, in today's order,
+    # so a run resumed from a checkpoint written before buckets continues unchanged
+    for drop, shuffle in ((True, True), (False, False)):
+        a = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2))
+        b = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2,
+                               buckets=(32,)))
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key])
 
 
 def test_buckets_are_checked():

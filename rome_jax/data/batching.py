@@ -46,6 +46,8 @@ class BatchIterator:
     batches by `bucket_batches` (rows grouped by length, partial batches carried up
     to the next bucket, batches shuffled with `[seed, epoch, 1]`), and each batch's
     token arrays are cut to its bucket, `[b, length]`. steps_per_epoch is the same.
+    One bucket (`data.buckets="none"`: `(T,)`) gives exactly the batches of None
+    (its batches are not reshuffled), cut to that length.
     Every process computes the same batches, so all take the same bucket at the
     same step. None (the default): every batch is `[b, T]`, as above.
     """
@@ -127,7 +129,8 @@ class BatchIterator:
         if self._batches is None or self._batches[0] != epoch:
             batches = bucket_batches(self._epoch_order(epoch), self._lengths, self.buckets, self.batch_size,
                                      drop_remainder=self.drop_remainder,
-                                     shuffle_seed=[self.seed % 2**64, epoch, 1] if self.shuffle else None)
+                                     shuffle_seed=([self.seed % 2**64, epoch, 1]
+                                                   if self.shuffle and len(self.buckets) > 1 else None))
             self._batches = (epoch, batches)
         return self._batches[1]
 
