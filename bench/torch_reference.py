@@ -1,6 +1,6 @@
 """A PyTorch implementation of the reference RomeBERT training step, for comparison.
 
-Written from the method (GUIDE section 1) the way the reference code runs it
+Written from the method (docs/methods.md) the way the reference code runs it
 (romebert/RomeBERT, `examples/new_run_highway_glue.py`, `train()`, the `args.gp`
 branch), not from our JAX code: one forward pass of a multi-exit BERT, then **two
 backward passes** (`loss_A.backward(retain_graph=True)`, a copy of the selected

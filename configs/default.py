@@ -1,11 +1,12 @@
-r"""The default configuration: the reference hyper-parameters (GUIDE section 1).
+r"""The default configuration: the reference hyper-parameters (docs/methods.md).
 
 Every other config starts from this one. Override any value on the command line:
 
     python train.py --config=configs/default.py --workdir=runs/rte \
         --config.data.task=rte --config.train.learning_rate=3e-5
 
-Keys are checked by `rome_jax.configs.validate` when training starts.
+Keys are checked by `rome_jax.run_config.validate` when training starts; every key
+is described in docs/configs.md.
 """
 
 import os
@@ -62,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.grad_accum_steps = 1  # micro-batches per step (batch_size / this each)
     config.train.seed = 42  # parameters of new exits, shuffling, dropout
 
-    # Self-distillation and gradient regularization (GUIDE section 1).
+    # Self-distillation and gradient regularization (docs/methods.md).
     config.train.gamma = 0.9
     config.train.temperature = 3.0
     config.train.kl_reduction = "reference"  # or "batchmean"

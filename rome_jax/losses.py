@@ -11,7 +11,7 @@ jit-able, and have no Python control flow on array values. `example_weight` [B]
 `sum_b w_b x_b / sum_b w_b`; a class label outside [0, C) contributes a zero
 cross-entropy rather than NaN, so padded rows may carry any label.
 
-RomeBERT loss (GUIDE section 1), with `sg` the stop-gradient:
+RomeBERT loss (docs/methods.md), with `sg` the stop-gradient:
 
     L = CE(z_L, y) + sum_{i<L} [ (1-gamma) CE(z_i, y)
                                  + gamma T^2 KL( softmax(sg(z_L)/T) || softmax(z_i/T) ) ]
@@ -97,7 +97,7 @@ def distillation_losses(
     reduction="reference" (PyTorch `KLDivLoss()` default, the reference code's;
     the effective weight is then T^2/C) or by B for "batchmean".
 
-    Regression (our choice, see GUIDE): `MSE(z_i, sg(z_L))`, no temperature, no T^2;
+    Regression (our choice, see docs/methods.md): `MSE(z_i, sg(z_L))`, no temperature, no T^2;
     `reduction` is validated but unused.
 
     Args:

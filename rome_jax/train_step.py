@@ -1,6 +1,6 @@
 """The training step of every mode, jit-compiled over a device mesh.
 
-Modes (GUIDE section 1, `train.mode`):
+Modes (docs/methods.md, `train.mode`):
   romebert    self-distillation + gradient regularization, one stage (default)
   sd          self-distillation only
   gr          gradient regularization on plain per-exit cross-entropy
@@ -15,7 +15,7 @@ Data parallelism is `jax.jit` over a `Mesh` of all devices: parameters and
 optimizer state replicated, the batch split on the `data` axis, the state donated.
 This is the modern form of a pmapped step (`jax.pmap` is in maintenance mode). The
 losses are means over the global batch, so the gradients are averaged over all
-devices before the projection, as GUIDE requires.
+devices before the projection (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def trainable_mask(params: Params, settings: StepSettings) -> Params | None:
 
 
 def selection_for(params: Params, config: ModelConfig, settings: StepSettings) -> Params:
-    """The parameters the projection's dot products run over (GUIDE: GR scope)."""
+    """The parameters the projection's dot products run over (docs/methods.md: GR scope)."""
     if settings.gr_scope == "reference" and config.shares_layers:
         # ALBERT: every layer is the shared layer, so its weight matrices are the
         # reference's "weight matrices of layers 1..L-1" (they also serve layer L).

@@ -1,4 +1,4 @@
-"""Gradient projection against a plain numpy implementation of the GUIDE's formulas."""
+"""Gradient projection against a plain numpy implementation of docs/methods.md's formulas."""
 
 from __future__ import annotations
 
