@@ -1,5 +1,12 @@
 """The training loop: one generic function, `train_and_evaluate(config, workdir)`.
 
+It reads top to bottom: `set_up` (config, workdir, tokenizer, data, model, mesh:
+a `Run`), `restore_checkpoint` (the train state and its `CheckpointMeta`), then for
+each stage `start_stage` and `train_stage` (the steps, `evaluate` on the dev splits,
+`update_best`, `save_checkpoint`), and `export_model`. What changes while training
+is passed and returned (`StageRun`, `LogWindow`, `Evaluations`), never rebound in
+place.
+
 Every mode goes through the same loop; two-stage modes (DeeBERT, FastBERT) run it
 over two stages, stage 2 with a fresh optimizer and schedule (peak rate
 `learning_rate x train.stage2_lr_scale`), their steps counted in one global step
@@ -451,23 +458,65 @@ def _format_eval(split: str, record: dict, num_exits: int, metric: str) -> str:
     return f"step {record['step']} {split} {metric} by exit: {shown}"
 
 
-# --------------------------------------------------------------------- the loop
+# ------------------------------------------------------------------ the set-up
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                       overwrite: bool = False, progress: bool = True) -> Result:
-    """Trains (or resumes) the run described by `config` in `workdir`; see the module doc.
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What the set-up prepares and the stages read; nothing in it changes while training."""
 
-    Raises ConfigError / DataError / CheckpointError for what the user can fix and
-    TrainingError for a non-finite loss. Returns a `Result`; `preempted` is True
-    when a signal stopped the run after saving a checkpoint.
+    config: ml_collections.ConfigDict  # resolved and validated
+    workdir: Path  # absolute
+    is_writer: bool  # process 0 writes the workdir's files
+    task: Any  # glue.Task
+    model: Any  # api.MultiExitModel without params (the run's parameters live in the train state)
+    train_features: Any  # data.Features
+    dev_features: dict  # split -> data.Features
+    stage2_features: Any  # data.Features of FastBERT's unlabeled stage-2 data, or None
+    mesh: jax.sharding.Mesh
+    stages: list[Stage]
+    metric: str  # the task's primary metric
+    target: Any  # the restore target: the state tree's shapes, dtypes and shardings
+
+    @property
+    def total_steps(self) -> int:
+        return self.stages[-1].last_step
+
+    @property
+    def num_exits(self) -> int:
+        return self.model.config.num_exits
+
+    @property
+    def best_split(self) -> str:
+        """The dev split whose final-exit score picks the best checkpoint."""
+        return self.task.dev_splits[0]
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return list(self.task.label_names) if self.task.label_names else None
+
+    def iterator(self, stage_number: int = 1):
+        """The shuffled training batches of a stage (stage 2 may read other data)."""
+        from rome_jax.data import BatchIterator
+
+        t = self.config.train
+        features = (self.stage2_features if stage_number == 2 and self.stage2_features is not None
+                    else self.train_features)
+        return BatchIterator(features, t.batch_size, shuffle=True, seed=t.seed, drop_remainder=True,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+           overwrite: bool) -> tuple[Run, Any]:
+    """Resolves and checks the config, prepares the workdir, loads the model, tokenizer and data.
+
+    Returns the `Run` and the pretrained parameters (where a fresh run starts).
     """
     from rome_jax import train_step as ts
-    from rome_jax.api import MultiExitModel, load_pretrained, resolve_model_dir
-    from rome_jax.model_config import ModelConfig
-    from rome_jax.data import BatchIterator
+    from rome_jax.api import load_pretrained, resolve_model_dir
     from rome_jax.glue import get_task
     from rome_jax.metrics import primary_metric
+    from rome_jax.model_config import ModelConfig
 
     config = run_config.resolve(config)
     run_config.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
@@ -485,225 +534,403 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                           "(tokenizer.json or vocab.txt)")
     if is_writer:
         _save_tokenizer(model.tokenizer, workdir / "tokenizer")
-    label_names = list(task.label_names) if task.label_names else None
     train_features, dev_features, stage2_features = _load_data(config, task, model.tokenizer)
 
-    t = config.train
     mesh = ts.make_mesh()
     logger.info("data-parallel over %d %s device(s) in %d process(es)", mesh.size,
                 jax.devices()[0].platform, jax.process_count())
-    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    def new_iterator(stage_number: int = 1) -> BatchIterator:
-        features = stage2_features if stage_number == 2 and stage2_features is not None else train_features
-        return BatchIterator(features, t.batch_size, shuffle=True, seed=t.seed, drop_remainder=True,
-                             **process)
-
-    stages = plan_stages(config, [new_iterator(1).steps_per_epoch, new_iterator(2).steps_per_epoch],
+    run = Run(config=config, workdir=workdir, is_writer=is_writer, task=task,
+              model=dataclasses.replace(model, params=None), train_features=train_features,
+              dev_features=dev_features, stage2_features=stage2_features, mesh=mesh, stages=[],
+              metric=primary_metric(task), target=None)
+    stages = plan_stages(config, [run.iterator(1).steps_per_epoch, run.iterator(2).steps_per_epoch],
                          task.is_regression)
-    total_steps = stages[-1].last_step
-    metric = primary_metric(task)
-    num_exits = model.config.num_exits
-    best_split = task.dev_splits[0]
-
     # The restore target: the state's structure, shapes and shardings (nothing allocated).
-    tx, schedule = make_stage_optimizer(config, stages[0], model.params)
-    shapes = jax.eval_shape(lambda p: _state_tree(ts.create_train_state(p, tx, t.seed)), model.params)
+    tx, _ = make_stage_optimizer(config, stages[0], model.params)
+    shapes = jax.eval_shape(lambda p: _state_tree(ts.create_train_state(p, tx, config.train.seed)),
+                            model.params)
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ts.replicated(mesh)),
                           shapes)
-    store = checkpoints_lib.Checkpoints(workdir / "checkpoints", keep=t.keep_checkpoints)
-    restored = store.restore_latest(target)
-    state, params = None, model.params
-    model = dataclasses.replace(model, params=None)  # the run's parameters live in `state`
-    meta: dict = {}
+    return dataclasses.replace(run, stages=stages, target=target), model.params
+
+
+# ------------------------------------------------- what a checkpoint remembers
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluations:
+    """The evaluations a run remembers (and its checkpoints' meta holds).
+
+    best: {"step", "score", "metric", "split"} of the best checkpoint (see the module doc);
+    stage1_best: {"step", "score", "metric"} of stage 1's best evaluation in two-stage
+    runs (where `train.stage2_start="best"` starts stage 2); last: the latest
+    evaluation's records, by split.
+    """
+
+    best: dict | None = None
+    stage1_best: dict | None = None
+    last: dict | None = None
+
+    def kept_steps(self, stage2_from_best: bool) -> list[int]:
+        """The checkpoints retention must keep besides the latest ones."""
+        return [b["step"] for b in (self.best, self.stage1_best if stage2_from_best else None) if b]
+
+
+def update_best(evals: Evaluations, records: dict, *, step: int, stage: Stage, num_stages: int,
+                split: str, metric_key: str) -> Evaluations:
+    """The best-checkpoint rule, after the evaluation `records` (by split) of `step`.
+
+    The score is `records[split][metric_key]` (the final exit's primary metric). In
+    two-stage modes stage 1 leaves the intermediate exits untrained, so only stage 2
+    evaluations compete for `best` (ties going to the later step); stage 1's best
+    keeps the first of equal scores, as FastBERT's script does.
+    """
+    best, stage1_best = evals.best, evals.stage1_best
+    score = records[split].get(metric_key)
+    if score is not None and (stage.last_of_run or num_stages == 1) and (
+            best is None or score >= best["score"]):
+        best = {"step": step, "score": score, "metric": metric_key, "split": split}
+    if score is not None and stage.number == 1 and num_stages > 1 and (
+            stage1_best is None or score > stage1_best["score"]):
+        stage1_best = {"step": step, "score": score, "metric": metric_key}
+    return Evaluations(best=best, stage1_best=stage1_best, last=records)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogWindow:
+    """The training metrics summed on the device since the last train record.
+
+    `arrays`: {"sum": {name: f32 scalar}, "first_nonfinite": i32 scalar (-1: none)} once a
+    step was added, None before; `count`: the steps summed; `saved_sums`: {name: float},
+    the sums of a window restored from a checkpoint, which the first `add` starts from.
+    `add` donates `arrays`: use only the window it returns.
+    """
+
+    count: int = 0
+    arrays: dict | None = None
+    saved_sums: dict | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> LogWindow:
+        """The window saved in a checkpoint's meta ({"count", "sum"} or None)."""
+        return cls(count=int(meta["count"]), saved_sums=meta["sum"]) if meta else cls()
+
+    def add(self, metrics: dict, step: int) -> LogWindow:
+        """The window with one step's metrics (scalars on the device) added."""
+        arrays = self.arrays
+        if arrays is None:
+            arrays = _empty_window(metrics, self.saved_sums if self.count else None)
+        return LogWindow(count=self.count + 1, arrays=_accumulate(arrays, metrics, np.int32(step)))
+
+    def first_nonfinite(self) -> int | None:
+        """The first step summed whose loss was not finite (a host round-trip)."""
+        if self.arrays is None:
+            return None
+        first = int(jax.device_get(self.arrays["first_nonfinite"]))
+        return first if first >= 0 else None
+
+    def sums(self) -> dict:
+        return _fetch(self.arrays["sum"])
+
+    def to_meta(self) -> dict | None:
+        if self.arrays is None or not self.count:
+            return None
+        return {"count": self.count, "sum": {k: float(v) for k, v in self.sums().items()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointMeta:
+    """A checkpoint's meta item: where the run stands besides its train state.
+
+    The JSON layout (`to_json`, version `_META_VERSION`) is what older workdirs hold:
+    {"version", "step", "stage", "data" (the iterator's position), "metrics_bytes",
+    "metrics_lines" (metrics.jsonl's length), "window" (`LogWindow.to_meta`), "best",
+    "last_eval", "total_steps", "stage1_best"}.
+    """
+
+    step: int = 0
+    stage: int = 1
+    data: dict | None = None
+    metrics_bytes: int | None = None
+    metrics_lines: int | None = None
+    window: dict | None = None
+    evals: Evaluations = Evaluations()
+    total_steps: int | None = None
+
+    def to_json(self) -> dict:
+        return {"version": _META_VERSION, "step": self.step, "stage": self.stage, "data": self.data,
+                "metrics_bytes": self.metrics_bytes, "metrics_lines": self.metrics_lines,
+                "window": self.window, "best": self.evals.best, "last_eval": self.evals.last,
+                "total_steps": self.total_steps, "stage1_best": self.evals.stage1_best}
+
+    @classmethod
+    def from_json(cls, meta: dict) -> CheckpointMeta:
+        return cls(step=meta.get("step"), stage=meta.get("stage"), data=meta.get("data"),
+                   metrics_bytes=meta.get("metrics_bytes"), metrics_lines=meta.get("metrics_lines"),
+                   window=meta.get("window"), total_steps=meta.get("total_steps"),
+                   evals=Evaluations(best=meta.get("best"), stage1_best=meta.get("stage1_best"),
+                                     last=meta.get("last_eval")))
+
+
+def restore_checkpoint(run: Run, store: checkpoints_lib.Checkpoints) -> tuple[int, Any, CheckpointMeta]:
+    """(start step, train state or None, meta) of the latest checkpoint; (0, None, empty) if none."""
+    restored = store.restore_latest(run.target)
     if restored is None:
-        start_step = 0
-        logger.info("workdir %s: starting (%d steps)", workdir, total_steps)
-    else:
-        start_step, tree, meta = restored
-        if meta.get("version") != _META_VERSION or meta.get("step") != start_step:
-            raise checkpoints_lib.CheckpointError(
-                f"checkpoint {store.directory / str(start_step)} was not written by this trainer")
-        state = _state_from_tree(tree)
+        logger.info("workdir %s: starting (%d steps)", run.workdir, run.total_steps)
+        return 0, None, CheckpointMeta()
+    start_step, tree, meta = restored
+    if meta.get("version") != _META_VERSION or meta.get("step") != start_step:
+        raise checkpoints_lib.CheckpointError(
+            f"checkpoint {store.directory / str(start_step)} was not written by this trainer")
+    logger.info("workdir %s: resuming from the checkpoint of step %d (of %d)",
+                run.workdir, start_step, run.total_steps)
+    return start_step, _state_from_tree(tree), CheckpointMeta.from_json(meta)
+
+
+def check_finite(window: LogWindow, store: checkpoints_lib.Checkpoints) -> None:
+    """Raises TrainingError if a step summed in `window` had a non-finite loss."""
+    first_bad = window.first_nonfinite()
+    if first_bad is not None:
+        latest = store.latest_step()
+        kept = (f"the last good checkpoint is step {latest} in {store.directory}"
+                if latest is not None else "no checkpoint was saved before it")
+        raise TrainingError(
+            f"the loss is not finite (NaN or infinity) at step {first_bad}: training "
+            f"stopped; {kept}; try a lower train.learning_rate (in another --workdir, or with "
+            "--overwrite)")
+
+
+def save_checkpoint(run: Run, store: checkpoints_lib.Checkpoints, log: MetricsLog, *, step: int,
+                    stage: Stage, state: Any, data: dict, window: LogWindow,
+                    evals: Evaluations) -> None:
+    """Saves `state` at `step` with its meta, after checking the steps since the last check
+    were finite (nothing is saved after a non-finite step)."""
+    check_finite(window, store)
+    log.flush()
+    meta = CheckpointMeta(step=step, stage=stage.number, data=data, metrics_bytes=log.size,
+                          metrics_lines=log.lines, window=window.to_meta(), evals=evals,
+                          total_steps=run.total_steps)
+    store.save(step, _state_tree(state), meta.to_json(),
+               preserve=evals.kept_steps(run.config.train.stage2_start == "best"))
+
+
+# ---------------------------------------------------------------- the pieces of a stage
+
+
+def start_stage(run: Run, stage: Stage, params: Any, tx: Any, store: checkpoints_lib.Checkpoints,
+                stage1_best: dict | None) -> Any:
+    """A fresh train state for `stage` (step `stage.first_step`), replicated over the mesh.
+
+    It starts from `params`, or in stage 2 with `train.stage2_start="best"` from the
+    checkpoint of stage 1's best evaluation.
+    """
+    from rome_jax import train_step as ts
+
+    if stage.number == 2 and run.config.train.stage2_start == "best" and stage1_best is not None \
+            and stage1_best["step"] != stage.first_step:
+        tree, _ = store.restore(stage1_best["step"], run.target)
+        params = _state_from_tree(tree).params
+        logger.info("stage 2 starts from stage 1's best evaluation: step %d (%s %.4f)",
+                    stage1_best["step"], stage1_best["metric"], stage1_best["score"])
+    fresh = ts.create_train_state(params, tx, run.config.train.seed)
+    fresh = fresh.replace(step=jnp.asarray(stage.first_step, jnp.int32))
+    state = ts.replicate(fresh, run.mesh)
+    del fresh, params
+    if stage.number > 1:
+        logger.info("stage %d: %d steps, fresh optimizer", stage.number, stage.num_steps)
+    return state
+
+
+def make_eval_fn(model_config: Any, mesh: jax.sharding.Mesh):
+    """(params, batch) -> (logits [E, B, C] f32, labels [B], example_mask [B]), jitted over `mesh`."""
+    from rome_jax import train_step as ts
+
+    return jax.jit(functools.partial(_eval_logits, model_config),
+                   in_shardings=(ts.replicated(mesh), ts.batch_sharding(mesh)),
+                   out_shardings=ts.replicated(mesh))
+
+
+def evaluate(run: Run, eval_fn: Any, params: Any, *, step: int, stage: Stage,
+             log: MetricsLog) -> dict:
+    """Evaluates every exit on every dev split; writes and returns the records, by split."""
+    from rome_jax import train_step as ts
+    from rome_jax.data import BatchIterator
+
+    records = {}
+    for split, features in run.dev_features.items():
+        logits, labels, masks = [], [], []
+        for batch in BatchIterator(features, run.config.train.eval_batch_size, shuffle=False,
+                                   drop_remainder=False, process_index=jax.process_index(),
+                                   process_count=jax.process_count()):
+            batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids",
+                                           "labels", "example_mask")}
+            out = _fetch(eval_fn(params, ts.shard_batch(batch, run.mesh)))
+            logits.append(out[0])
+            labels.append(out[1])
+            masks.append(out[2])
+        mask = np.concatenate(masks)
+        record = {"step": step, "stage": stage.number, "split": split, "num_examples": int(mask.sum())}
+        record.update(exit_metrics(run.task, np.concatenate(logits, axis=1), np.concatenate(labels), mask))
+        log.write(record, board_prefix=split)
+        logger.info(_format_eval(split, record, run.num_exits, run.metric))
+        records[split] = record
+    return records
+
+
+def train_record(stage: Stage, step: int, window: LogWindow, schedule: Any) -> dict:
+    """The train record of `step`: the window's means and the step's learning rate."""
+    sums = window.sums()
+    record = {"step": step, "stage": stage.number, "split": "train",
+              "epoch": round((step - stage.first_step) / stage.steps_per_epoch, 4)}
+    record.update({k: float(v) / window.count for k, v in sums.items() if k != "finite"})
+    record["learning_rate"] = float(schedule(step - stage.first_step - 1))
+    return record
+
+
+@dataclasses.dataclass
+class StageRun:
+    """One stage's moving parts: what `train_stage` advances (and returns)."""
+
+    stage: Stage
+    state: Any  # train_step.TrainState, replicated over the mesh
+    step: int  # global steps done
+    iterator: Any  # data.BatchIterator
+    window: LogWindow
+    evals: Evaluations
+    preempted: bool = False
+
+
+def train_stage(run: Run, sr: StageRun, *, train_step: Any, schedule: Any, eval_fn: Any,
+                log: MetricsLog, store: checkpoints_lib.Checkpoints, signals: _Signals,
+                bar: Any) -> StageRun:
+    """Runs `sr.stage`'s remaining steps: logging, evaluations, checkpoints; stops early
+    (`preempted`) after saving a checkpoint when a signal arrived."""
+    from rome_jax import train_step as ts
+
+    t, stage = run.config.train, sr.stage
+    state, step, window, evals = sr.state, sr.step, sr.window, sr.evals
+    last_log_time, last_log_step = time.time(), step
+    while step < stage.last_step:
+        if t.debug_nan_at_step and step + 1 == t.debug_nan_at_step:
+            state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+        batch = next(sr.iterator)
+        batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+        state, metrics = train_step(state, ts.shard_batch(batch, run.mesh))
+        step += 1
+        window = window.add(metrics, step)
+        if bar is not None:
+            bar.update(1)
+
+        if step % t.log_every == 0 or step == stage.last_step:
+            check_finite(window, store)
+            record = train_record(stage, step, window, schedule)
+            now = time.time()
+            rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+            last_log_time, last_log_step = now, step
+            log.write(record, board_prefix="train", extra_scalars={"perf/steps_per_sec": rate})
+            window = LogWindow()
+            if bar is not None:
+                bar.set_postfix(stage=stage.number, loss=f"{record['loss']:.4f}", refresh=False)
+
+        evaluated = is_eval_step(run.config, stage, step)
+        if evaluated:
+            check_finite(window, store)
+            records = evaluate(run, eval_fn, state.params, step=step, stage=stage, log=log)
+            evals = update_best(evals, records, step=step, stage=stage, num_stages=len(run.stages),
+                                split=run.best_split, metric_key=f"exit_{run.num_exits}/{run.metric}")
+        saved = evaluated or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+        if saved:
+            save_checkpoint(run, store, log, step=step, stage=stage, state=state,
+                            data=sr.iterator.get_state(), window=window, evals=evals)
+        if signals.should_stop(step):
+            if not saved:
+                save_checkpoint(run, store, log, step=step, stage=stage, state=state,
+                                data=sr.iterator.get_state(), window=window, evals=evals)
+            return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals,
+                                       preempted=True)
+    return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals)
+
+
+# --------------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       overwrite: bool = False, progress: bool = True) -> Result:
+    """Trains (or resumes) the run described by `config` in `workdir`; see the module doc.
+
+    Raises ConfigError / DataError / CheckpointError for what the user can fix and
+    TrainingError for a non-finite loss. Returns a `Result`; `preempted` is True
+    when a signal stopped the run after saving a checkpoint.
+    """
+    from rome_jax import train_step as ts
+
+    run, params = set_up(config, workdir, overwrite=overwrite)
+    store = checkpoints_lib.Checkpoints(run.workdir / "checkpoints", keep=run.config.train.keep_checkpoints)
+    start_step, state, meta = restore_checkpoint(run, store)
+    resuming = state is not None
+    if resuming:
         params = state.params
-        logger.info("workdir %s: resuming from the checkpoint of step %d (of %d)",
-                    workdir, start_step, total_steps)
-    log = MetricsLog(workdir, resume_bytes=meta.get("metrics_bytes") if restored else None,
-                     resume_step=start_step, enabled=is_writer)
-    best: dict | None = meta.get("best")
-    # Stage 1's best evaluation in two-stage runs: where `train.stage2_start="best"` starts stage 2.
-    stage1_best: dict | None = meta.get("stage1_best")
-    last_eval: dict | None = meta.get("last_eval")
-
-    eval_fn = jax.jit(functools.partial(_eval_logits, model.config),
-                      in_shardings=(ts.replicated(mesh), ts.batch_sharding(mesh)),
-                      out_shardings=ts.replicated(mesh))
-
-    def evaluate(params: Any, step: int, stage: Stage) -> dict:
-        records = {}
-        for split, features in dev_features.items():
-            logits, labels, masks = [], [], []
-            for batch in BatchIterator(features, t.eval_batch_size, shuffle=False,
-                                       drop_remainder=False, **process):
-                batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids",
-                                               "labels", "example_mask")}
-                out = _fetch(eval_fn(params, ts.shard_batch(batch, mesh)))
-                logits.append(out[0])
-                labels.append(out[1])
-                masks.append(out[2])
-            mask = np.concatenate(masks)
-            record = {"step": step, "stage": stage.number, "split": split,
-                      "num_examples": int(mask.sum())}
-            record.update(exit_metrics(task, np.concatenate(logits, axis=1), np.concatenate(labels),
-                                       mask))
-            log.write(record, board_prefix=split)
-            logger.info(_format_eval(split, record, num_exits, metric))
-            records[split] = record
-        return records
-
-    result = Result(step=start_step, best=best, final_eval=last_eval)
+    log = MetricsLog(run.workdir, resume_bytes=meta.metrics_bytes if resuming else None,
+                     resume_step=start_step, enabled=run.is_writer)
+    evals = meta.evals
+    eval_fn = make_eval_fn(run.model.config, run.mesh)
     bar = None
     try:
         with _Signals() as signals:
-            if progress and is_writer:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                           mininterval=0.5 if _is_tty() else 15.0, desc="train")
-            for stage in stages:
+            if progress and run.is_writer:
+                bar = _progress_bar(run.total_steps, start_step)
+            for stage in run.stages:
                 if start_step >= stage.last_step:
                     continue
-                resuming_stage = restored is not None and start_step > stage.first_step
-                tx, schedule = make_stage_optimizer(config, stage, params)
-                iterator = new_iterator(stage.number)
-                if resuming_stage:
-                    iterator.set_state(meta["data"])
+                tx, schedule = make_stage_optimizer(run.config, stage, params)
+                iterator = run.iterator(stage.number)
+                if resuming and start_step > stage.first_step:  # continue the stage
+                    iterator.set_state(meta.data)
+                    window = LogWindow.from_meta(meta.window)
                 else:
-                    if stage.number == 2 and t.stage2_start == "best" and stage1_best is not None \
-                            and stage1_best["step"] != stage.first_step:
-                        tree, _ = store.restore(stage1_best["step"], target)
-                        params = _state_from_tree(tree).params
-                        logger.info("stage 2 starts from stage 1's best evaluation: step %d (%s %.4f)",
-                                    stage1_best["step"], stage1_best["metric"], stage1_best["score"])
-                    fresh = ts.create_train_state(params, tx, t.seed)
-                    fresh = fresh.replace(step=jnp.asarray(stage.first_step, jnp.int32))
-                    state, params = ts.replicate(fresh, mesh), None
-                    del fresh
-                    if stage.number > 1:
-                        logger.info("stage %d: %d steps, fresh optimizer", stage.number, stage.num_steps)
-                train_step = ts.compile_train_step(model.config, stage.settings, tx, mesh, state.params)
+                    state = start_stage(run, stage, params, tx, store, evals.stage1_best)
+                    window = LogWindow()
+                params = None  # the run's parameters live in `state`
+                train_step = ts.compile_train_step(run.model.config, stage.settings, tx, run.mesh,
+                                                   state.params)
+                sr = train_stage(run, StageRun(stage, state, max(start_step, stage.first_step),
+                                               iterator, window, evals),
+                                 train_step=train_step, schedule=schedule, eval_fn=eval_fn, log=log,
+                                 store=store, signals=signals, bar=bar)
+                state, evals = sr.state, sr.evals
+                if sr.preempted:
+                    logger.warning("stopped at step %d after saving a checkpoint; run the same "
+                                   "command again to resume", sr.step)
+                    return Result(step=sr.step, preempted=True, final_eval=evals.last, best=evals.best)
+                start_step, params, resuming = sr.step, state.params, False
 
-                window, window_steps, saved_sums = None, 0, None
-                if resuming_stage and meta.get("window"):
-                    window_steps = int(meta["window"]["count"])
-                    saved_sums = meta["window"]["sum"]
-                step = max(start_step, stage.first_step)
-                last_log_time, last_log_step = time.time(), step
-
-                def check_finite() -> None:
-                    if window is None:
-                        return
-                    first_bad = int(jax.device_get(window["first_nonfinite"]))
-                    if first_bad >= 0:
-                        latest = store.latest_step()
-                        kept = (f"the last good checkpoint is step {latest} in {store.directory}"
-                                if latest is not None else "no checkpoint was saved before it")
-                        raise TrainingError(
-                            f"the loss is not finite (NaN or infinity) at step {first_bad}: training "
-                            f"stopped; {kept}; try a lower train.learning_rate (in another --workdir, or with "
-                            "--overwrite)")
-
-                def save(step: int) -> None:
-                    check_finite()
-                    log.flush()
-                    window_meta = None
-                    if window is not None and window_steps:
-                        window_meta = {"count": window_steps,
-                                       "sum": {k: float(v) for k, v in _fetch(window["sum"]).items()}}
-                    store.save(step, _state_tree(state), {
-                        "version": _META_VERSION, "step": step, "stage": stage.number,
-                        "data": iterator.get_state(), "metrics_bytes": log.size,
-                        "metrics_lines": log.lines, "window": window_meta, "best": best,
-                        "last_eval": last_eval, "total_steps": total_steps, "stage1_best": stage1_best,
-                    }, preserve=[b["step"] for b in (best, stage1_best if t.stage2_start == "best" else None)
-                                 if b])
-
-                while step < stage.last_step:
-                    if t.debug_nan_at_step and step + 1 == t.debug_nan_at_step:
-                        state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
-                    batch = next(iterator)
-                    batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
-                    state, metrics = train_step(state, ts.shard_batch(batch, mesh))
-                    step += 1
-                    if window is None:
-                        window = _empty_window(metrics, saved_sums if window_steps else None)
-                    window = _accumulate(window, metrics, np.int32(step))
-                    window_steps += 1
-                    if bar is not None:
-                        bar.update(1)
-
-                    if step % t.log_every == 0 or step == stage.last_step:
-                        check_finite()
-                        sums = _fetch(window["sum"])
-                        record = {"step": step, "stage": stage.number, "split": "train",
-                                  "epoch": round((step - stage.first_step) / stage.steps_per_epoch, 4)}
-                        record.update({k: float(v) / window_steps for k, v in sums.items()
-                                       if k != "finite"})
-                        record["learning_rate"] = float(schedule(step - stage.first_step - 1))
-                        now = time.time()
-                        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-                        last_log_time, last_log_step = now, step
-                        log.write(record, board_prefix="train",
-                                  extra_scalars={"perf/steps_per_sec": rate})
-                        window, window_steps = None, 0
-                        if bar is not None:
-                            bar.set_postfix(stage=stage.number, loss=f"{record['loss']:.4f}", refresh=False)
-
-                    saved = False
-                    if is_eval_step(config, stage, step):
-                        check_finite()
-                        last_eval = evaluate(state.params, step, stage)
-                        score = last_eval[best_split].get(f"exit_{num_exits}/{metric}")
-                        # Two-stage modes: stage 1 leaves the intermediate exits untrained,
-                        # so only stage 2 evaluations compete for "best".
-                        if score is not None and (stage.last_of_run or len(stages) == 1) and (
-                                best is None or score >= best["score"]):
-                            best = {"step": step, "score": score, "metric": f"exit_{num_exits}/{metric}",
-                                    "split": best_split}
-                        # FastBERT keeps the first of equal stage-1 scores (`>`).
-                        if score is not None and stage.number == 1 and len(stages) > 1 and (
-                                stage1_best is None or score > stage1_best["score"]):
-                            stage1_best = {"step": step, "score": score,
-                                           "metric": f"exit_{num_exits}/{metric}"}
-                        save(step)
-                        saved = True
-                    elif t.checkpoint_every and step % t.checkpoint_every == 0:
-                        save(step)
-                        saved = True
-                    if signals.should_stop(step):
-                        if not saved:
-                            save(step)
-                        logger.warning("stopped at step %d after saving a checkpoint; run the same "
-                                       "command again to resume", step)
-                        result.step, result.preempted = step, True
-                        result.best, result.final_eval = best, last_eval
-                        return result
-                start_step, params, restored = step, state.params, None
-
-        result.step, result.best, result.final_eval = total_steps, best, last_eval
         if bar is not None:
             bar.close()
             bar = None
-        if is_writer:
-            export_params = jax.device_get(state.params)
-            MultiExitModel(model.config, export_params, model.tokenizer, label_names).save_pretrained(
-                str(workdir / "model"))
-            logger.info("wrote the final model to %s", workdir / "model")
-        return result
+        if run.is_writer:
+            export_model(run, state.params)
+        return Result(step=run.total_steps, final_eval=evals.last, best=evals.best)
     finally:
         if bar is not None:
             bar.close()
         log.close()
         store.close()
+
+
+def export_model(run: Run, params: Any) -> None:
+    """Writes the final model (every exit) and the tokenizer as an HF directory: workdir/model."""
+    from rome_jax.api import MultiExitModel
+
+    MultiExitModel(run.model.config, jax.device_get(params), run.model.tokenizer,
+                   run.label_names).save_pretrained(str(run.workdir / "model"))
+    logger.info("wrote the final model to %s", run.workdir / "model")
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                mininterval=0.5 if _is_tty() else 15.0, desc="train")
 
 
 def _is_tty() -> bool:
