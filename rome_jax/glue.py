@@ -164,6 +164,19 @@ def _normalise(name: str) -> str:
     return "".join(c for c in name.lower() if c.isalnum())
 
 
+_REGISTERED: dict[str, Task] = {}
+"""Tasks built at run time (`rome_jax.tasks`: a task described in the config), by name."""
+
+
+def register_task(task: Task) -> None:
+    """Makes `get_task(task.name)` return `task` in this process (the latest one
+    registered under that name). GLUE names cannot be replaced."""
+    key = _normalise(task.name)
+    if _ALIASES.get(key, key) in TASKS:
+        raise DataError(f"task name {task.name!r} is a GLUE task's")
+    _REGISTERED[key] = task
+
+
 def task_names() -> tuple[str, ...]:
     return tuple(TASKS)
 
@@ -175,7 +188,10 @@ def get_task(name: str | Task) -> Task:
     key = _normalise(str(name))
     key = _ALIASES.get(key, key)
     if key not in TASKS:
-        raise DataError(f"unknown GLUE task {name!r} (known: {', '.join(TASKS)})")
+        if key in _REGISTERED:
+            return _REGISTERED[key]
+        hint = "; or 'custom' with data.custom.* keys for your own data" if key == "custom" else ""
+        raise DataError(f"unknown GLUE task {name!r} (known: {', '.join(TASKS)}{hint})")
     return TASKS[key]
 
 

@@ -1,4 +1,4 @@
-"""GLUE metrics in numpy: accuracy, F1, Matthews' correlation, Pearson and Spearman.
+"""GLUE metrics in numpy: accuracy, F1 (binary, macro), Matthews' correlation, Pearson, Spearman.
 
 All values are in the 0..1 scale (correlations in -1..1), not percent. Degenerate
 inputs (a constant prediction or label column) give 0.0 for Matthews' and the
@@ -16,6 +16,7 @@ from rome_jax.glue import Task, get_task
 _FAMILIES = {
     "accuracy": ("accuracy",),
     "f1": ("f1",),
+    "f1_macro": ("f1_macro", "accuracy"),
     "matthews_correlation": ("matthews_correlation", "accuracy"),
     "pearson": ("pearson",),
     "spearman": ("spearman",),
@@ -25,6 +26,8 @@ _FAMILIES = {
 _MEANS = {"accuracy_and_f1": ("accuracy", "f1"), "pearson_and_spearman": ("pearson", "spearman")}
 _REGRESSION = {"pearson", "spearman", "pearson_and_spearman"}
 METRIC_NAMES = tuple(_FAMILIES)
+REGRESSION_METRICS = frozenset(_REGRESSION)
+"""The primary metrics of regression tasks (the others score class ids)."""
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -37,6 +40,12 @@ def f1(predictions: np.ndarray, labels: np.ndarray, positive: int = 1) -> float:
     tp = np.sum(predicted & actual)
     denominator = np.sum(predicted) + np.sum(actual)
     return float(2 * tp / denominator) if denominator else 0.0
+
+
+def f1_macro(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """The unweighted mean of each class's F1, over the classes in labels or predictions."""
+    classes = np.unique(np.concatenate([np.asarray(labels), np.asarray(predictions)]))
+    return float(np.mean([f1(predictions, labels, positive=c) for c in classes]))
 
 
 def matthews_correlation(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -92,7 +101,7 @@ def _resolve(metric_name_or_task: str | Task) -> str:
     except DataError:
         raise ConfigError(f"unknown metric or task {metric_name_or_task!r} (metrics: "
                           f"{', '.join(METRIC_NAMES)}; tasks: cola, sst2, mrpc, stsb, qqp, mnli, "
-                          "qnli, rte, wnli, ax)") from None
+                          "qnli, rte, wnli, ax; or a task built from the config)") from None
 
 
 def compute_metrics(metric_name_or_task: str | Task, predictions: np.ndarray, labels: np.ndarray,
@@ -134,7 +143,8 @@ def compute_metrics(metric_name_or_task: str | Task, predictions: np.ndarray, la
     return results
 
 
-_SINGLE = {"accuracy": accuracy, "f1": f1, "matthews_correlation": matthews_correlation,
+_SINGLE = {"accuracy": accuracy, "f1": f1, "f1_macro": f1_macro,
+           "matthews_correlation": matthews_correlation,
            "pearson": pearson, "spearman": spearman}
 
 

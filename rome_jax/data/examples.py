@@ -21,6 +21,7 @@ import numpy as np
 
 from rome_jax.errors import ConfigError, DataError, first_line
 from rome_jax.glue import Task, check_split, get_task
+from rome_jax.tasks import CustomTask
 
 SOURCES = ("dir", "hf", "tfds")
 
@@ -438,13 +439,20 @@ def load_examples(task_name: Task | str, split: str, *, source: str = "dir",
                   max_examples: int = 0) -> Examples:
     """The examples of one split from `source` ("dir", "hf" or "tfds").
 
+    A task described in the config (`rome_jax.tasks.CustomTask`) reads its own
+    files (`rome_jax.data.custom`) whatever the source. Otherwise
     source="dir" reads `data_dir` (default: the GLUE_DIR environment variable);
     "hf" reads `data_files` or the hub; "tfds" reads tensorflow-datasets with
     `data_dir` as its data directory. `max_examples > 0` keeps the first rows.
     """
     if max_examples < 0:
         raise ConfigError(f"max_examples must be >= 0, got {max_examples}")
-    if source == "dir":
+    task = get_task(task_name)
+    if isinstance(task, CustomTask):  # the config names its files: source and data_dir unused
+        from rome_jax.data.custom import read_custom
+
+        examples = read_custom(task, check_split(task, split))
+    elif source == "dir":
         if data_dir is None:
             data_dir = os.environ.get("GLUE_DIR")
             if not data_dir:
