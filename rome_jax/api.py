@@ -143,7 +143,8 @@ def load_tokenizer(directory: str) -> Any:
 
 
 def load_pretrained(name_or_path: str, num_labels: int | None = None, *, dtype: str = "float32",
-                    seed: int = 0, with_tokenizer: bool = True, **config_overrides: Any
+                    seed: int = 0, with_tokenizer: bool = True,
+                    ignore_mismatched_sizes: bool = False, **config_overrides: Any
                     ) -> MultiExitModel:
     """Loads a multi-exit model from an HF checkpoint (local directory or hub name).
 
@@ -152,6 +153,9 @@ def load_pretrained(name_or_path: str, num_labels: int | None = None, *, dtype: 
     classifier initialised from `seed`, unless the directory holds
     `rome_jax_exits.safetensors` (written by `save_pretrained`), which restores
     every exit. `num_labels=None` takes the checkpoint's own (2 if it has none).
+    A classifier trained for another label count is a CheckpointError; with
+    `ignore_mismatched_sizes=True` every exit's classifier is initialised from
+    `seed` instead (the encoder and poolers still load), with a one-line warning.
     """
     directory = resolve_model_dir(name_or_path)
     config_path = os.path.join(directory, "config.json")
@@ -162,12 +166,14 @@ def load_pretrained(name_or_path: str, num_labels: int | None = None, *, dtype: 
     exits_path = os.path.join(directory, hf_io.EXITS_FILE)
     exits_state = hf_io.read_state_dict(exits_path) if os.path.isfile(exits_path) else None
     fresh = init_exit_params(config, seed=seed)
-    params, _ = hf_io.params_from_state_dict(state, config, jax.device_get(fresh), weights, exits_state)
+    params, _ = hf_io.params_from_state_dict(state, config, jax.device_get(fresh), weights, exits_state,
+                                             ignore_mismatched_sizes=ignore_mismatched_sizes)
     params = jax.tree.map(jnp.asarray, params)
     with open(config_path, encoding="utf-8") as f:
         id2label = json.load(f).get("id2label")
     label_names = None
-    if id2label and len(id2label) == config.num_labels:
+    if id2label and len(id2label) == config.num_labels and all(str(i) in id2label
+                                                               for i in range(config.num_labels)):
         label_names = [id2label[str(i)] for i in range(config.num_labels)]
     tokenizer = load_tokenizer(directory) if with_tokenizer else None
     return MultiExitModel(config, params, tokenizer, label_names)

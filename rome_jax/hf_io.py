@@ -176,15 +176,37 @@ def _layer_names(cfg: ModelConfig) -> tuple[list, list[str]]:
     return _LAYER_MAP, [f"encoder.layer.{l}" for l in range(cfg.num_layers)]
 
 
+def _classifier(reader: _Reader, name: str, H: int, C: int, ignore_mismatched_sizes: bool,
+                warned: list) -> dict | None:
+    """The classifier `name` ([H, C]), or None (fresh) when its label count differs and
+    `ignore_mismatched_sizes`; otherwise a label-count mismatch names the option."""
+    stored = tuple(np.shape(reader.state.get(f"{name}.weight", ())))
+    if len(stored) == 2 and stored[1] == H and stored[0] != C:
+        what = (f"{reader.source}: parameter {name}.weight has shape {stored} ({stored[0]} labels) "
+                f"in the checkpoint, the task needs {(C, H)} ({C} labels)")
+        if not ignore_mismatched_sizes:
+            raise CheckpointError(f"{what}; set model.reinit_classifier=True "
+                                  "(load_pretrained(..., ignore_mismatched_sizes=True)) to "
+                                  "re-initialise the classifier")
+        if not warned:
+            logger.warning("%s: re-initialising the classifier from the seed", what)
+            warned.append(name)
+        return None
+    return reader.dense(name, H, C)
+
+
 def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh_exits: dict,
-                           source: str, exits_state: dict[str, np.ndarray] | None = None
-                           ) -> tuple[dict, dict]:
+                           source: str, exits_state: dict[str, np.ndarray] | None = None,
+                           *, ignore_mismatched_sizes: bool = False) -> tuple[dict, dict]:
     """Our parameter tree from a normalised HF state dict.
 
     `fresh_exits` holds freshly initialised stacked exit parameters ({'pooler',
     'classifier'}, leaves [L, ...]) used where the checkpoint has nothing.
+    A classifier for another label count is a CheckpointError, or with
+    `ignore_mismatched_sizes` left fresh (one warning naming both shapes).
     Returns (params, report) where report says where each exit came from.
     """
+    warned: list = []
     r = _Reader(state, source)
     H, L, C = cfg.hidden_size, cfg.num_layers, cfg.num_labels
     E = cfg.embedding_size or H
@@ -228,9 +250,9 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
         pooler = r.dense("classifier.dense", H, H)
     classifier = None
     if r.has("classifier.weight"):
-        classifier = r.dense("classifier", H, C)
+        classifier = _classifier(r, "classifier", H, C, ignore_mismatched_sizes, warned)
     elif r.has("classifier.out_proj.weight"):
-        classifier = r.dense("classifier.out_proj", H, C)
+        classifier = _classifier(r, "classifier.out_proj", H, C, ignore_mismatched_sizes, warned)
     if pooler is not None:
         for k in ("kernel", "bias"):
             exits["pooler"][k][:] = pooler[k]
@@ -244,8 +266,8 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
         er = _Reader(exits_state, os.path.join(os.path.dirname(source), EXITS_FILE))
         for l in range(L):
             p = er.dense(f"exit.{l}.pooler", H, H)
-            c = er.dense(f"exit.{l}.classifier", H, C)
-            if l == L - 1 and pooler is not None and classifier is not None:
+            c = _classifier(er, f"exit.{l}.classifier", H, C, ignore_mismatched_sizes, warned)
+            if l == L - 1 and pooler is not None and classifier is not None and c is not None:
                 # The HF weights are the final exit: transformers reads and rewrites
                 # them (fine-tuning there leaves our file as it was), so they win.
                 if not all(np.array_equal(x[k], y[k]) for x, y in ((p, pooler), (c, classifier))
@@ -256,8 +278,14 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
                 continue
             for k in ("kernel", "bias"):
                 exits["pooler"][k][l] = p[k]
-                exits["classifier"][k][l] = c[k]
+                if c is not None:
+                    exits["classifier"][k][l] = c[k]
+                elif l == L - 1 and classifier is not None:
+                    exits["classifier"][k][l] = classifier[k]
         report = {"final": "checkpoint classifier", "intermediate": f"restored from {EXITS_FILE}"}
+    if warned:
+        report = {"final": "pooler from the checkpoint, fresh classifier",
+                  "intermediate": "pooler from the checkpoint, fresh classifier"}
     if cfg.shares_layers:
         params["shared_layer"] = layer
         params["layers"] = {"exit": exits}
