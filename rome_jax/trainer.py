@@ -70,8 +70,9 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +82,10 @@ import numpy as np
 from rome_jax import checkpoints as checkpoints_lib
 from rome_jax import files, run_config
 from rome_jax.errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from rome_jax.data import BatchIterator
+    from rome_jax.train_step import StepSettings, TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +129,7 @@ class Result:
 # ------------------------------------------------------------------- pure pieces
 
 
-def step_settings(config: ml_collections.ConfigDict, stage: int, regression: bool):
+def step_settings(config: ml_collections.ConfigDict, stage: int, regression: bool) -> StepSettings:
     from rome_jax.train_step import StepSettings
 
     t = config.train
@@ -495,7 +500,7 @@ class Run:
     def label_names(self) -> list[str] | None:
         return list(self.task.label_names) if self.task.label_names else None
 
-    def iterator(self, stage_number: int = 1):
+    def iterator(self, stage_number: int = 1) -> BatchIterator:
         """The shuffled training batches of a stage (stage 2 may read other data)."""
         from rome_jax.data import BatchIterator
 
@@ -718,7 +723,7 @@ def save_checkpoint(run: Run, store: checkpoints_lib.Checkpoints, log: MetricsLo
 
 
 def start_stage(run: Run, stage: Stage, params: Any, tx: Any, store: checkpoints_lib.Checkpoints,
-                stage1_best: dict | None) -> Any:
+                stage1_best: dict | None) -> TrainState:
     """A fresh train state for `stage` (step `stage.first_step`), replicated over the mesh.
 
     It starts from `params`, or in stage 2 with `train.stage2_start="best"` from the
@@ -741,7 +746,7 @@ def start_stage(run: Run, stage: Stage, params: Any, tx: Any, store: checkpoints
     return state
 
 
-def make_eval_fn(model_config: Any, mesh: jax.sharding.Mesh):
+def make_eval_fn(model_config: Any, mesh: jax.sharding.Mesh) -> Callable:
     """(params, batch) -> (logits [E, B, C] f32, labels [B], example_mask [B]), jitted over `mesh`."""
     from rome_jax import train_step as ts
 
@@ -787,14 +792,14 @@ def train_record(stage: Stage, step: int, window: LogWindow, schedule: Any) -> d
     return record
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class StageRun:
     """One stage's moving parts: what `train_stage` advances (and returns)."""
 
     stage: Stage
-    state: Any  # train_step.TrainState, replicated over the mesh
+    state: TrainState  # replicated over the mesh
     step: int  # global steps done
-    iterator: Any  # data.BatchIterator
+    iterator: BatchIterator
     window: LogWindow
     evals: Evaluations
     preempted: bool = False
@@ -926,7 +931,7 @@ def export_model(run: Run, params: Any) -> None:
     logger.info("wrote the final model to %s", run.workdir / "model")
 
 
-def _progress_bar(total: int, initial: int):
+def _progress_bar(total: int, initial: int) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
