@@ -23,6 +23,14 @@ Padding rows (`example_mask` 0 in a batch) are forced to exit at exit 0 in every
 executor: they never keep a loop running and never change other rows' decisions
 (`BatchedEarlyExit` drops them before layer 1; their logits are not specified).
 
+Every executor accepts any sequence length T (up to the model's positions) and
+compiles one program per shape it meets. Nothing here pads or cuts: callers cut
+their batches to a few length buckets (`rome_jax.data.buckets`), e.g. with
+`cut_to_bucket`, so that a batch of short sentences does not run 128 positions of
+padding and the number of compiled programs stays bounded. Positions past a row's
+last attended token do not change its logits (the attention mask hides them), up
+to float rounding: the same sums in another order.
+
 Batches are dicts of [B, T] int arrays `input_ids`, `attention_mask`,
 `token_type_ids` (optional) and `example_mask` ([B], optional); other keys are
 ignored, except one that looks like a missing key misspelt or under another
@@ -50,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from rome_jax.data.buckets import bucket_index, sequence_lengths
 from rome_jax.model_config import ModelConfig
 from rome_jax.exits import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
 from rome_jax.model import (INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit,
@@ -153,6 +162,29 @@ def _padding_rows(batch: dict) -> Array:
     if "example_mask" not in batch:
         return jnp.zeros((jnp.shape(batch["input_ids"])[0],), bool)
     return ~jnp.asarray(batch["example_mask"]).astype(bool)
+
+
+def cut_to_bucket(batch: Mapping[str, Any], buckets: Sequence[int]) -> dict:
+    """The batch with its token arrays cut to the smallest length bucket that holds
+    its longest row.
+
+    batch: `input_ids` [B, T] and optionally `attention_mask`, `token_type_ids`
+      [B, T] (padded on the right) and other keys; buckets: sequence lengths (e.g.
+      `rome_jax.data.buckets.length_buckets(T, "auto")`). Returns a new dict whose
+      `input_ids`, `attention_mask`, `token_type_ids` are [B, T'] with T' the
+      smallest bucket >= the longest row (`sequence_lengths` of the mask; T without
+      a mask), capped at T; other keys are passed through. ValueError when the
+      longest row exceeds every bucket.
+    """
+    ids = np.asarray(batch["input_ids"])
+    width = ids.shape[-1]
+    if "attention_mask" in batch:
+        longest = int(sequence_lengths(np.asarray(batch["attention_mask"])).max(initial=0))
+    else:
+        longest = width
+    ascending = sorted(int(b) for b in buckets)
+    length = min(ascending[int(bucket_index(np.array([longest]), ascending)[0])], width)
+    return {k: (np.asarray(v)[:, :length] if k in INPUT_KEYS else v) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------- all exits, simulated
