@@ -8,6 +8,14 @@ seconds per example, at batch 1 (`inference.while_loop_exit`, one compiled
 `lax.while_loop`) and batched (`inference.BatchedEarlyExit`, examples leaving the
 batch as they exit), each against the full-depth model timed the same way. The
 timed executors' decisions are checked against the simulation.
+
+Length buckets (`buckets`, see `rome_jax.data.buckets`): every batch is cut to the
+smallest bucket length that holds its rows instead of running all `max_length`
+positions. The full pass groups rows by bucket (`bucket_batches`) and scatters the
+logits back to the split's order; at batch 1 each example runs at its own bucket's
+length; batched, the early-exit executor and the full-depth baseline run the same
+bucket-grouped batches (one `run_dataset` call per length). FLOPs then count each
+example at its bucket's length. `buckets=None` pads every batch to `max_length`.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 from rome_jax import exits, files, flops, inference
 from rome_jax.model_config import ModelConfig
 from rome_jax.data import BatchIterator, Features
+from rome_jax.data.buckets import bucket_batches, bucket_index, length_buckets, padded_share, sequence_lengths
 from rome_jax.metrics import compute_metrics, primary_metric
 from rome_jax.model import INPUT_KEYS
 
@@ -87,15 +96,80 @@ def parse_sweeps(spec: str, num_layers: int | None = None) -> dict[str, tuple[fl
     return sweeps
 
 
-def exit_logits_of(config: ModelConfig, params: Params, features: Features, batch_size: int
-                   ) -> np.ndarray:
-    """Every exit's logits on every example: [E, N, C] float32 (padding rows dropped)."""
-    iterator = BatchIterator(features, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
-    chunks = []
-    for batch in iterator:
+def resolve_buckets(max_length: int, buckets: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """The bucket lengths for `buckets` (a `data.buckets` value: "auto", "none",
+    "32,64" or lengths), None for "none"/None: every batch padded to `max_length`."""
+    if buckets is None or (isinstance(buckets, str) and buckets.strip().lower() == "none"):
+        return None
+    return length_buckets(max_length, buckets)
+
+
+def _take(features: Features, rows: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """Rows (-1: a masked copy of the batch's first real row) cut to `length`, with example_mask."""
+    real = rows >= 0
+    take = np.where(real, rows, rows[real][0] if real.any() else 0)
+    batch = {k: getattr(features, k)[take, :length] for k in INPUT_KEYS}
+    batch["example_mask"] = real
+    return batch
+
+
+def split_batches(features: Features, batch_size: int, buckets: Sequence[int] | None, limit: int = 0
+                  ) -> list[tuple[np.ndarray, int]]:
+    """The evaluation batches of the split's first `limit` examples (0: all), as
+    `bucket_batches` gives them: (rows [batch_size], length) pairs, -1 for padding
+    rows. Without buckets, the split's order cut into batches of `max_length`
+    (the last padded)."""
+    n = len(features) if limit <= 0 else min(limit, len(features))
+    lengths = sequence_lengths(features.attention_mask)
+    return bucket_batches(np.arange(n), lengths, buckets or (features.max_length,),
+                          batch_size, drop_remainder=False)
+
+
+def exit_logits_of(config: ModelConfig, params: Params, features: Features, batch_size: int,
+                   buckets: str | Sequence[int] | None = None) -> np.ndarray:
+    """Every exit's logits on every example: [E, N, C] float32 (padding rows dropped),
+    in the features' order.
+
+    buckets: length buckets (see `resolve_buckets`); the rows are then batched by
+    bucket and each batch cut to its bucket's length; None pads every batch to
+    `max_length`.
+    """
+    buckets = resolve_buckets(features.max_length, buckets)
+    if buckets is None:
+        iterator = BatchIterator(features, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
+        chunks = []
+        for batch in iterator:
+            logits = np.asarray(inference.all_exits(config, params, {k: batch[k] for k in INPUT_KEYS}))
+            chunks.append(logits[:, batch["example_mask"].astype(bool)])
+        return np.concatenate(chunks, axis=1)
+    out = np.zeros((config.num_exits, len(features), config.num_labels), np.float32)
+    for rows, length in split_batches(features, batch_size, buckets):
+        batch = _take(features, rows, length)
         logits = np.asarray(inference.all_exits(config, params, {k: batch[k] for k in INPUT_KEYS}))
-        chunks.append(logits[:, batch["example_mask"].astype(bool)])
-    return np.concatenate(chunks, axis=1)
+        real = rows >= 0
+        out[:, rows[real]] = logits[:, real]
+    return out
+
+
+def example_lengths(features: Features, buckets: Sequence[int] | None) -> np.ndarray:
+    """[N] the length each example runs at alone: its bucket (the smallest holding
+    it), or `max_length` without buckets."""
+    if buckets is None:
+        return np.full(len(features), features.max_length, np.int64)
+    ascending = np.asarray(sorted(buckets), np.int64)
+    return ascending[bucket_index(sequence_lengths(features.attention_mask), ascending)]
+
+
+def flops_speedup_at(config: ModelConfig, seq_lens: np.ndarray, exit_index: np.ndarray) -> float:
+    """Full-depth FLOPs over early-exit FLOPs, each example counted at its own
+    sequence length (`seq_lens` [N]), both summed over the examples."""
+    seq_lens, exit_index = np.asarray(seq_lens), np.asarray(exit_index)
+    full = spent = 0
+    for length in np.unique(seq_lens):
+        at = seq_lens == length
+        full += int(at.sum()) * flops.full_flops(config, int(length))
+        spent += int(np.sum(flops.flops_to_exit(config, int(length), exit_index[at]), dtype=np.int64))
+    return full / spent
 
 
 def _subset(features: Features, n: int) -> dict[str, np.ndarray]:
@@ -129,25 +203,42 @@ class Timer:
     Every figure is the best of `rounds` passes over the examples (after a
     compiling warm-up), so a burst of load on a shared machine spoils one pass,
     not the figure.
+
+    buckets: length buckets (see `resolve_buckets`). At batch 1 each example is cut
+    to its own bucket (`inference.cut_to_bucket`); batched, the examples are grouped
+    by bucket (`split_batches`) and each batch cut to its bucket's length.
+    `batched_rows` [b] gives the example each row of `batched[b]` holds (-1: padding).
     """
 
     def __init__(self, config: ModelConfig, params: Params, features: Features, *,
-                 batch1_examples: int, batched_examples: int, batch_size: int, rounds: int = 2):
+                 batch1_examples: int, batched_examples: int, batch_size: int, rounds: int = 2,
+                 buckets: str | Sequence[int] | None = None):
         self.config, self.params, self.rounds = config, params, rounds
+        self.buckets = resolve_buckets(features.max_length, buckets)
         single = _subset(features, batch1_examples)
         self.singles = [{k: v[i:i + 1] for k, v in single.items()} for i in range(len(single["input_ids"]))]
-        self.batched = _batches(_subset(features, batched_examples), batch_size)
+        n = len(features) if batched_examples <= 0 else min(batched_examples, len(features))
+        if self.buckets is None:
+            self.batched = _batches(_subset(features, batched_examples), batch_size)
+            self.batched_rows = [np.where(b["example_mask"], start + np.arange(batch_size), -1)
+                                 for start, b in zip(range(0, n, batch_size), self.batched)]
+        else:
+            self.singles = [inference.cut_to_bucket(b, self.buckets) for b in self.singles]
+            plan = split_batches(features, batch_size, self.buckets, n)
+            self.batched = [_take(features, rows, length) for rows, length in plan]
+            self.batched_rows = [rows for rows, _ in plan]
         # the baseline computes the filler rows the early-exit executor computes
-        buckets = inference.default_buckets(batch_size)
-        self.baseline = [inference.fit_to_bucket(b, buckets) for b in self.batched]
+        row_buckets = inference.default_buckets(batch_size)
+        self.baseline = [inference.fit_to_bucket(b, row_buckets) for b in self.batched]
         self.num_batched = int(sum(b["example_mask"].sum() for b in self.batched))
 
     def full_depth(self) -> tuple[float, float]:
         """(batch-1, batched) seconds per example of the full-depth model."""
         run = lambda b: inference.all_exits(self.config, self.params, b)
         strip = lambda b: {k: b[k] for k in INPUT_KEYS}
-        run(self.singles[0])  # compile
-        for one_per_shape in {len(b["input_ids"]): b for b in self.baseline}.values():
+        for one_per_shape in {b["input_ids"].shape: b for b in self.singles}.values():
+            run(one_per_shape)  # compile
+        for one_per_shape in {b["input_ids"].shape: b for b in self.baseline}.values():
             run(strip(one_per_shape))
         batch1 = min(sum(_clock(lambda b=b: run(b)) for b in self.singles)
                      for _ in range(self.rounds)) / len(self.singles)
@@ -158,7 +249,8 @@ class Timer:
     def early_exit(self, criterion: exits.Criterion) -> tuple[float, float, np.ndarray, np.ndarray]:
         """(batch-1 s/example, batched s/example, batch-1 exits, batched exits)."""
         loop = lambda b: inference.while_loop_exit(self.config, self.params, b, criterion)
-        loop(self.singles[0])  # compile (once for every criterion)
+        for one_per_shape in {b["input_ids"].shape: b for b in self.singles}.values():
+            loop(one_per_shape)  # compile (once for every criterion)
         batch1_seconds = float("inf")
         for _ in range(self.rounds):
             batch1_exits, seconds = [], 0.0
@@ -169,31 +261,49 @@ class Timer:
                 batch1_exits.append(int(np.asarray(out["exit_index"])[0]))
             batch1_seconds = min(batch1_seconds, seconds)
         executor = inference.BatchedEarlyExit(self.config, self.params, criterion)
-        executor.run_dataset(self.batched[:1])  # compile the buckets
+        # run_dataset takes one sequence length a call: one call per length, in order
+        groups: dict[int, list[int]] = {}
+        for k, b in enumerate(self.batched):
+            groups.setdefault(b["input_ids"].shape[1], []).append(k)
+        for ks in groups.values():
+            executor.run_dataset([self.batched[ks[0]]])  # compile the buckets
         batched_seconds = float("inf")
         for _ in range(self.rounds):
-            start = time.perf_counter()
-            out = executor.run_dataset(self.batched)
-            batched_seconds = min(batched_seconds, time.perf_counter() - start)
-        real = np.concatenate([b["example_mask"] for b in self.batched]).astype(bool)
+            outs, seconds = [], 0.0
+            for ks in groups.values():
+                start = time.perf_counter()
+                outs.append(executor.run_dataset([self.batched[k] for k in ks]))
+                seconds += time.perf_counter() - start
+            batched_seconds = min(batched_seconds, seconds)
+        batched_exits = np.zeros(self.num_batched, np.int32)
+        for ks, out in zip(groups.values(), outs):
+            rows = np.concatenate([self.batched_rows[k] for k in ks])
+            real = rows >= 0
+            batched_exits[rows[real]] = np.asarray(out["exit_index"])[real]
         return (batch1_seconds / len(self.singles), batched_seconds / self.num_batched,
-                np.asarray(batch1_exits), np.asarray(out["exit_index"])[real])
+                np.asarray(batch1_exits), batched_exits)
 
 
 def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, features: Features,
                    *, sweeps: dict[str, Sequence[float]] | None = None, batch_size: int = 64,
                    batch1_examples: int = 64, batched_examples: int = 0, timing: bool = True,
-                   mode: str | None = None, log=print) -> dict:
+                   mode: str | None = None, buckets: str | Sequence[int] | None = None,
+                   log=print) -> dict:
     """Per-exit metrics and the early-exit sweeps of one labelled split (see module doc).
 
     sweeps: {criterion: thresholds}; default `default_sweeps(num_layers, mode)`
     (`mode`: the run's `train.mode`, which adds its method's criterion).
+    buckets: length buckets ("auto", "none", "32,64" or lengths; see
+    `resolve_buckets`); None or "none": every batch padded to `max_length`.
 
     Returns the `results.json` dict: task, split, metric, num_examples, num_exits,
-    max_length, per_exit [{exit, <metrics>}], sweep [{criterion, threshold,
-    <metrics>, mean_layers, layer_speedup, flops_speedup, wall_s_batch1,
-    wall_s_batched, wall_speedup_batch1, wall_speedup_batched}], full_depth
-    {wall_s_batch1, wall_s_batched}, timing {...}, executors_agree.
+    max_length, buckets (the lengths, or None), padded_share (the share of token
+    positions of the full pass's batches that are padding), per_exit [{exit,
+    <metrics>}], sweep [{criterion, threshold, <metrics>, mean_layers,
+    layer_speedup, flops_speedup, wall_s_batch1, wall_s_batched,
+    wall_speedup_batch1, wall_speedup_batched}], full_depth {wall_s_batch1,
+    wall_s_batched, flops_per_example (the mean over examples, each at its
+    bucket's length)}, timing {...}, executors_agree.
     """
     if isinstance(task, str):
         from rome_jax.glue import get_task
@@ -205,12 +315,17 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
     regression = config.num_labels == 1
     L, T = config.num_layers, features.max_length
     labels = np.asarray(features.labels)
-    log(f"{task.name}/{split}: every exit on {len(features)} examples")
-    logits = exit_logits_of(config, params, features, batch_size)
+    buckets = resolve_buckets(T, buckets)
+    share = padded_share(sequence_lengths(features.attention_mask), split_batches(features, batch_size, buckets))
+    seq_lens = example_lengths(features, buckets)
+    log(f"{task.name}/{split}: every exit on {len(features)} examples"
+        + (f", length buckets {','.join(map(str, buckets))}" if buckets else "")
+        + f" ({share:.0%} of token positions padding)")
+    logits = exit_logits_of(config, params, features, batch_size, buckets)
     per_exit = [{"exit": i + 1, **compute_metrics(task.name, logits[i], labels)} for i in range(L)]
 
     timer = Timer(config, params, features, batch1_examples=batch1_examples,
-                  batched_examples=batched_examples, batch_size=batch_size) if timing else None
+                  batched_examples=batched_examples, batch_size=batch_size, buckets=buckets) if timing else None
     full1, fullb = timer.full_depth() if timer else (None, None)
     sweep, agree = [], True
     for name, thresholds in sweeps.items():
@@ -222,8 +337,9 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
             row = {"criterion": name, "threshold": float(threshold),
                    **compute_metrics(task.name, chosen, labels)}
             mean_layers = float(np.mean(exit_index + 1))
-            row.update(mean_layers=mean_layers, layer_speedup=L / mean_layers,
-                       flops_speedup=float(flops.flops_speedup(config, T, exit_index)))
+            speedup = (flops.flops_speedup(config, T, exit_index) if buckets is None
+                       else flops_speedup_at(config, seq_lens, exit_index))
+            row.update(mean_layers=mean_layers, layer_speedup=L / mean_layers, flops_speedup=float(speedup))
             if timer:
                 w1, wb, exits1, exitsb = timer.early_exit(criterion)
                 agree &= bool(np.array_equal(exits1, exit_index[:len(exits1)]))
@@ -234,9 +350,12 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
     return {
         "task": task.name, "split": split, "metric": primary_metric(task.name),
         "num_examples": int(len(features)), "num_exits": L, "max_length": int(T),
+        "buckets": list(buckets) if buckets else None, "padded_share": float(share),
         "per_exit": per_exit, "sweep": sweep,
         "full_depth": {"wall_s_batch1": full1, "wall_s_batched": fullb,
-                       "flops_per_example": int(flops.full_flops(config, T))},
+                       "flops_per_example": (int(flops.full_flops(config, T)) if buckets is None else
+                                             int(round(np.mean([flops.full_flops(config, int(n))
+                                                                for n in seq_lens]))))},
         "timing": ({"batch1_examples": len(timer.singles), "batched_examples": timer.num_batched,
                     "batch_size": batch_size, "backend": jax.devices()[0].platform,
                     "unit": "wall seconds per example"} if timer else None),
@@ -249,8 +368,12 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
 def format_table(results: dict) -> str:
     """The terminal report: every exit, then every sweep point."""
     metric = results["metric"]
+    buckets = results.get("buckets")
     lines = [f"{results['task']} / {results['split']}: {results['num_examples']} examples, "
-             f"metric {metric}", "", "exit  " + metric]
+             f"metric {metric}"
+             + (f", length buckets {','.join(map(str, buckets))}" if buckets else "")
+             + (f" ({results['padded_share']:.0%} of token positions padding)" if "padded_share" in results else ""),
+             "", "exit  " + metric]
     lines += [f"{r['exit']:>4}  {r[metric]:.4f}" for r in results["per_exit"]]
     w = max([10] + [len(r["criterion"]) + 1 for r in results["sweep"]])
     head = f"{'criterion':<{w}}{'threshold':>10}{metric:>12}{'layers':>8}{'layer x':>9}{'flops x':>9}"

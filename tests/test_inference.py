@@ -392,3 +392,32 @@ def test_evaluate_split_refuses_a_task_with_other_labels(tiny):
                         labels=np.zeros(len(ids), np.int32), index=np.arange(len(ids)))
     with pytest.raises(ValueError, match="task sst2 has 2 labels, the model 3 outputs"):
         evaluate_split(TINY, params, "sst2", "dev", features, timing=False, log=lambda _: None)
+
+
+# ---- length buckets ----------------------------------------------------------------------------
+
+def test_cut_to_bucket_cuts_the_token_arrays_to_the_smallest_bucket_holding_the_longest_row():
+    mask = np.zeros((3, 128), np.int32)
+    mask[0, :20], mask[1, :33], mask[2, :5] = 1, 1, 1
+    batch = {"input_ids": np.arange(3 * 128).reshape(3, 128), "attention_mask": mask,
+             "token_type_ids": np.zeros((3, 128), np.int32), "example_mask": np.ones(3, bool)}
+    cut = inference.cut_to_bucket(batch, (16, 32, 64, 128))
+    assert {k: v.shape for k, v in cut.items()} == {"input_ids": (3, 64), "attention_mask": (3, 64),
+                                                    "token_type_ids": (3, 64), "example_mask": (3,)}
+    np.testing.assert_array_equal(cut["input_ids"], batch["input_ids"][:, :64])
+    assert inference.cut_to_bucket({k: v[2:] for k, v in batch.items()}, (16, 32))["input_ids"].shape == (1, 16)
+    assert inference.cut_to_bucket(batch, (16, 256))["input_ids"].shape == (3, 128)  # never widened
+    with pytest.raises(ValueError, match="a row of length 33 exceeds the longest bucket 32"):
+        inference.cut_to_bucket(batch, (16, 32))
+
+
+def test_flops_counted_at_each_examples_length():
+    from rome_jax import flops
+    from rome_jax.evaluation import flops_speedup_at
+
+    index = np.array([0, 2, 5, 5, 1])
+    assert flops_speedup_at(TINY, np.full(5, 16), index) == pytest.approx(flops.flops_speedup(TINY, 16, index))
+    lengths = np.array([16, 16, 32, 64, 16])
+    full = sum(flops.full_flops(TINY, int(n)) for n in lengths)
+    spent = sum(flops.flops_to_exit(TINY, int(n), int(i)) for n, i in zip(lengths, index))
+    assert flops_speedup_at(TINY, lengths, index) == pytest.approx(full / spent)
