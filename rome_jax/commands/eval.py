@@ -10,6 +10,12 @@ split), and prints the table. Default sweeps: entropy at DeeBERT's reference
 thresholds 0..0.7, max_prob 0.5..0.99, patience 1..8 (those below L - 1), and for
 FastBERT runs normalized_entropy 0.1..0.9 (`--sweeps='entropy:0.1,0.2;fixed:3'`).
 
+Length buckets: batches are cut to the smallest of a few sequence lengths that
+holds their rows (`--buckets`, by default the run's `data.buckets`, "none" for a
+run whose config predates it, and "auto" with --model: 16, 32, 64, ... up to
+max_length). Answers are the same up to float rounding; timings and FLOPs then
+pay for tokens, not padding. results.json records the buckets and padded_share.
+
 "best" is the checkpoint with the highest final-exit score on the first dev split,
 so the dev figures of a run that evaluated more than once are chosen on the set
 they are read on; RomeBERT's and DeeBERT's code report their last step
@@ -51,6 +57,10 @@ _DTYPE = flags.DEFINE_enum("dtype", None, list(DTYPES),
                            "Compute dtype (default: the run's, or float32).")
 _ATTENTION = flags.DEFINE_enum("attention", None, list(ATTENTION_KERNELS),
                                "Attention kernel; cudnn: CUDA GPUs, bfloat16 (default: the run's, or xla).")
+_BUCKETS = flags.DEFINE_string(
+    "buckets", None, "Length buckets: auto (16, 32, 64, ... up to max_length), none (every batch padded "
+    "to max_length) or lengths like 16,32,64 (max_length added). Default: the run's data.buckets "
+    "(none if its config has no such key), or auto with --model.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or MODEL/eval.")
 
 
@@ -77,7 +87,7 @@ def _model_from_workdir(workdir: str):
     if tokenizer is None:
         raise CheckpointError(f"{workdir}/tokenizer: no tokenizer files")
     data = {"dir": config.data.dir, "source": config.data.source, "max_length": config.data.max_length,
-            "mode": config.train.mode}
+            "mode": config.train.mode, "buckets": config.data.get("buckets", "none")}
     return MultiExitModel(model_config, params, tokenizer), task, data, f"{workdir} step {step}"
 
 
@@ -89,6 +99,7 @@ def main(argv):
     from rome_jax import evaluation
     from rome_jax.api import load_pretrained
     from rome_jax.data import load_examples, tokenize_examples
+    from rome_jax.data.buckets import check_spec
     from rome_jax.glue import get_task
 
     if _WORKDIR.value:
@@ -100,7 +111,8 @@ def main(argv):
         task = get_task(_TASK.value)
         model = load_pretrained(_MODEL.value, task.num_labels, dtype=_DTYPE.value or "float32",
                                 attention_kernel=_ATTENTION.value or "xla")
-        data = {"dir": os.environ.get("GLUE_DIR", ""), "source": "dir", "max_length": 128, "mode": None}
+        data = {"dir": os.environ.get("GLUE_DIR", ""), "source": "dir", "max_length": 128, "mode": None,
+                "buckets": "auto"}
         origin = _MODEL.value
         out_dir = _OUTPUT_DIR.value or os.path.join(_MODEL.value, "eval")
     if model.tokenizer is None:
@@ -111,13 +123,23 @@ def main(argv):
     max_length = _MAX_LENGTH.value or min(data["max_length"], positions)
     if max_length > positions:
         raise ConfigError(f"--max_length {max_length} exceeds the model's {positions} positions ({origin})")
+    bucket_spec = _BUCKETS.value if _BUCKETS.value is not None else data["buckets"]
+    bucket_source = "--buckets" if _BUCKETS.value is not None else f"{origin}: data.buckets"
+    problem = check_spec(bucket_spec)
+    if problem:
+        raise ConfigError(f"{bucket_source} {problem}")
+    try:
+        buckets = evaluation.resolve_buckets(max_length, bucket_spec)
+    except ConfigError as e:  # a length above max_length
+        raise ConfigError(str(e).replace("data.buckets", bucket_source, 1)) from None
     try:
         sweeps = (evaluation.parse_sweeps(_SWEEPS.value, model.config.num_layers) if _SWEEPS.value
                   else evaluation.default_sweeps(model.config.num_layers, data["mode"]))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     splits = _SPLITS.value or list(task.dev_splits)
-    print(f"evaluating {origin} on {task.name} ({', '.join(splits)})", flush=True)
+    print(f"evaluating {origin} on {task.name} ({', '.join(splits)}), length buckets "
+          f"{','.join(map(str, buckets)) if buckets else 'none'}", flush=True)
     for split in splits:
         examples = load_examples(task.name, split, source=source, data_dir=data_dir or None,
                                  max_examples=_MAX_EXAMPLES.value)
@@ -125,7 +147,7 @@ def main(argv):
         results = evaluation.evaluate_split(
             model.config, model.params, task, split, features, sweeps=sweeps,
             batch_size=_BATCH_SIZE.value, batch1_examples=_BATCH1.value,
-            batched_examples=_BATCHED.value, timing=not _NO_TIMING.value,
+            batched_examples=_BATCHED.value, timing=not _NO_TIMING.value, buckets=buckets,
             log=lambda m: print(m, flush=True))
         results["model"] = origin
         split_dir = out_dir if len(splits) == 1 else os.path.join(out_dir, split)
