@@ -35,6 +35,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # "dir" (GLUE TSVs), "hf" (Hugging Face datasets) or "tfds" (tensorflow-datasets).
     config.data.source = "dir"
     config.data.max_length = 128
+    # Length buckets: each batch is cut to the shortest of these sequence lengths that
+    # holds its rows (one compiled step per bucket) instead of padded to max_length.
+    # "auto": the powers of two from 16 below max_length, and max_length; "none":
+    # every batch padded to max_length (one shape); or lengths, "32,64,128".
+    config.data.buckets = "auto"
     config.data.train_max_examples = 0  # the first N training rows; 0: all of them
     config.data.eval_max_examples = 0  # the first N rows of each dev split; 0: all
     config.data.cache_dir = ""  # where tokenized features are cached; "": no cache

@@ -100,6 +100,12 @@ STAGE2_STARTS = ("last", "best")
 step or its best evaluation). Defined here because rome_jax.trainer is its only user."""
 
 
+def _bucket_spec(v: Any) -> str | None:
+    from rome_jax.data.buckets import check_spec
+
+    return check_spec(v)
+
+
 KEYS: dict[str, Check] = {
     "model.name_or_path": _typed(str, _model_name),
     "model.dtype": _one_of(*DTYPES),
@@ -108,6 +114,7 @@ KEYS: dict[str, Check] = {
     "data.dir": _typed(str),
     "data.source": _one_of_defined("rome_jax.data", "SOURCES"),
     "data.max_length": _at_least(3),
+    "data.buckets": _bucket_spec,
     "data.train_max_examples": _at_least(0),
     "data.eval_max_examples": _at_least(0),
     "data.cache_dir": _typed(str),
@@ -235,6 +242,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     if config.data.stage2_unlabeled and train.mode != "fastbert":
         raise ConfigError(f"config data.stage2_unlabeled is for train.mode fastbert (its stage 2 "
                           f"needs no labels), not {train.mode!r}")
+    from rome_jax.data.buckets import length_buckets
+
+    try:
+        length_buckets(config.data.max_length, config.data.buckets)  # lengths above max_length
+    except ConfigError as e:
+        raise ConfigError(f"config {e}") from None
     if config.data.source == "dir" and config.data.dir and not os.path.isdir(config.data.dir):
         raise DataError(f"GLUE data directory {config.data.dir} does not exist "
                         "(config data.dir; an empty string reads the Hugging Face hub)")
@@ -280,6 +293,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 ADDED_KEYS: dict[str, Any] = {"train.adam_bias_correction": True, "train.stage2_lr_scale": 1.0,
+                               "data.buckets": "none",
                                "train.stage2_start": "last"}
 """Keys added after runs were written, with the value that computes what runs
 without the key computed: a stored config lacking one is read as having it."""
