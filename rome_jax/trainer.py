@@ -500,6 +500,13 @@ class Run:
     def label_names(self) -> list[str] | None:
         return list(self.task.label_names) if self.task.label_names else None
 
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The sequence lengths batches are cut to (data.buckets; see rome_jax.data.buckets)."""
+        from rome_jax.data import length_buckets
+
+        return length_buckets(self.config.data.max_length, self.config.data.buckets)
+
     def iterator(self, stage_number: int = 1) -> BatchIterator:
         """The shuffled training batches of a stage (stage 2 may read other data)."""
         from rome_jax.data import BatchIterator
@@ -508,7 +515,8 @@ class Run:
         features = (self.stage2_features if stage_number == 2 and self.stage2_features is not None
                     else self.train_features)
         return BatchIterator(features, t.batch_size, shuffle=True, seed=t.seed, drop_remainder=True,
-                             process_index=jax.process_index(), process_count=jax.process_count())
+                             process_index=jax.process_index(), process_count=jax.process_count(),
+                             buckets=self.buckets)
 
 
 def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -766,7 +774,7 @@ def evaluate(run: Run, eval_fn: Any, params: Any, *, step: int, stage: Stage,
         logits, labels, masks = [], [], []
         for batch in BatchIterator(features, run.config.train.eval_batch_size, shuffle=False,
                                    drop_remainder=False, process_index=jax.process_index(),
-                                   process_count=jax.process_count()):
+                                   process_count=jax.process_count(), buckets=run.buckets):
             batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids",
                                            "labels", "example_mask")}
             out = _fetch(eval_fn(params, ts.shard_batch(batch, run.mesh)))
@@ -856,6 +864,49 @@ def train_stage(run: Run, sr: StageRun, *, train_step: Any, schedule: Any, eval_
     return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals)
 
 
+class StepPerLength:
+    """A jitted train step compiled ahead of time once per sequence length (one per
+    length bucket), each compilation logged once; the stage's steps reuse them.
+
+    `jitted(state, batch)` as `train_step.compile_train_step` returns it (state
+    donated, shardings fixed): `.lower(state, batch).compile()` for each new length.
+    """
+
+    def __init__(self, jitted: Callable):
+        self.jitted = jitted
+        self.compiled: dict[int, Callable] = {}
+
+    def __call__(self, state: Any, batch: dict) -> Any:
+        length = batch["input_ids"].shape[1]
+        step = self.compiled.get(length)
+        if step is None:
+            if hasattr(self.jitted, "lower"):
+                start = time.time()
+                step = self.jitted.lower(state, batch).compile()
+                logger.info("compiled the train step for length %d in %.1f s", length, time.time() - start)
+            else:  # a plain function (tests wrap the step): called as it is
+                step = self.jitted
+            self.compiled[length] = step
+        return step(state, batch)
+
+
+def log_padding(run: Run) -> None:
+    """One info line: the share of padded token positions in an epoch of training
+    batches, with the run's length buckets and with every batch padded to max_length."""
+    from rome_jax.data import bucket_batches, padded_share, sequence_lengths
+
+    lengths = sequence_lengths(run.train_features.attention_mask)
+    order = np.arange(len(lengths))
+
+    def share(buckets: Sequence[int]) -> float:
+        batches = bucket_batches(order, lengths, buckets, run.config.train.batch_size, drop_remainder=True)
+        return 100 * padded_share(lengths, batches)
+
+    logger.info("padded token positions per training epoch: %.1f%% with length buckets %s, %.1f%% "
+                "with every batch padded to %d", share(run.buckets), ",".join(map(str, run.buckets)),
+                share((run.config.data.max_length,)), run.config.data.max_length)
+
+
 # --------------------------------------------------------------------- the loop
 
 
@@ -870,6 +921,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     from rome_jax import train_step as ts
 
     run, params = set_up(config, workdir, overwrite=overwrite)
+    log_padding(run)
     store = checkpoints_lib.Checkpoints(run.workdir / "checkpoints", keep=run.config.train.keep_checkpoints)
     start_step, state, meta = restore_checkpoint(run, store)
     resuming = state is not None
@@ -896,8 +948,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     state = start_stage(run, stage, params, tx, store, evals.stage1_best)
                     window = LogWindow()
                 params = None  # the run's parameters live in `state`
-                train_step = ts.compile_train_step(run.model.config, stage.settings, tx, run.mesh,
-                                                   state.params)
+                train_step = StepPerLength(ts.compile_train_step(run.model.config, stage.settings, tx,
+                                                                 run.mesh, state.params))
                 sr = train_stage(run, StageRun(stage, state, max(start_step, stage.first_step),
                                                iterator, window, evals),
                                  train_step=train_step, schedule=schedule, eval_fn=eval_fn, log=log,
