@@ -62,7 +62,8 @@ from bench.bench_train_step import PRESETS, random_batch, step_runner, write_rec
 from rome_jax import train_step as ts
 from rome_jax.inference import all_exits
 from rome_jax.model_config import ModelConfig
-from rome_jax.model import INPUT_KEYS, attention, init_params
+from rome_jax.model import INPUT_KEYS, init_params
+from rome_jax.ops import attention
 
 
 def layer_gemms(dims: dict, rows: int):

@@ -1,6 +1,6 @@
 """A multi-exit BERT/RoBERTa encoder in Flax Linen.
 
-One exit after every encoder layer (GUIDE section 1): the pooler (dense + tanh) on
+One exit after every encoder layer (docs/methods.md): the pooler (dense + tanh) on
 that layer's first token, dropout, and a linear classifier. The last exit is the
 model's final classifier.
 
@@ -27,16 +27,15 @@ mapped to the hidden size by `embeddings/embedding_hidden_mapping_in`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.extend.random as jex_random
 import jax.numpy as jnp
-import numpy as np
 
 from rome_jax.model_config import ModelConfig
-from rome_jax.errors import CheckpointError, first_line
+from rome_jax.ops import (Dense, Dropout, activation, attention, cudnn_attention, normal_init,
+                          training_attention)
 
 Array = jax.Array
 Params = Any
@@ -44,203 +43,9 @@ Params = Any
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 """The model's inputs in a batch dict, each [B, T] int."""
 
-_init = nn.initializers.normal(stddev=0.02)
-
-
-def _activation(name: str):
-    if name == "gelu":
-        # HF "gelu" is the exact one; nn.gelu's erfc form ran 14% faster than an erf form on CPU
-        return lambda x: nn.gelu(x, approximate=False)
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        return lambda x: nn.gelu(x, approximate=True)
-    return {"relu": nn.relu, "tanh": jnp.tanh}[name]
-
 
 def _dtype(config: ModelConfig):
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-
-
-def dropout_bits(key: Array, shape: tuple[int, ...]) -> Array:
-    """Random uint16 of `shape`: 16 bits per element, 64 per Threefry-2x32 evaluation.
-
-    `jax.random.bits` spends a whole Threefry evaluation (64 bits) on every element;
-    here one evaluation serves four neighbours along the last axis, a quarter of the
-    hashing, which is most of dropout's cost on a CPU. Counters are elementwise
-    functions of the position (no flattening across the batch axis), so a
-    batch-sharded mask is computed shard by shard. Keys of another PRNG
-    implementation go through `jax.random.bits`.
-    """
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    if data.shape != (2,) or not shape:
-        return jax.random.bits(key, shape, jnp.uint16)
-    *lead, last = shape
-    grouped = (*lead, -(-last // 4))  # four elements per evaluation
-    if np.prod(grouped, dtype=np.int64) >= 2 ** 32:
-        raise ValueError(f"dropout mask of shape {shape} needs more than 2**32 counters")
-    strides = np.cumprod((1, *grouped[::-1]))[:-1][::-1]
-    counter = sum(jax.lax.broadcasted_iota(jnp.uint32, grouped, d) * np.uint32(stride)
-                  for d, stride in enumerate(strides))
-    words = jex_random.threefry2x32_p.bind(data[0], data[1], jnp.zeros_like(counter), counter)
-    bits = jax.lax.bitcast_convert_type(jnp.stack(words, axis=-1), jnp.uint16)  # [..., G, 2, 2]
-    return bits.reshape(*lead, -1)[..., :last]
-
-
-@jax.custom_vjp
-def dense_matmul(x: Array, kernel: Array) -> Array:
-    """x [..., I] @ kernel [I, O] -> [..., O], with a backward pass laid out for CPU libraries.
-
-    Forward and input gradient are the usual products. The kernel gradient
-    x^T g contracts over all N = prod(...) rows; left to itself XLA:CPU lays one
-    operand out transposed and hands the product to a slow generic kernel. Here the
-    narrower of x [N, I] and g [N, O] is transposed once (kept materialised by an
-    optimisation barrier), so the product is a plain row-major matmul
-    ([I, N] @ [N, O], or ([O, N] @ [N, I])^T), which XLA sends to its fast one.
-    Same sums as autodiff (float32 reassociation only). On other backends (GPU, TPU:
-    their matmuls take transposed operands natively) there is no barrier, and XLA
-    folds the transposes back into plain autodiff's products.
-    """
-    return _matmul(x, kernel)
-
-
-def _matmul(x: Array, kernel: Array) -> Array:
-    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-
-
-def _lay_out_for_cpu() -> bool:
-    return jax.default_backend() == "cpu"
-
-
-def _dense_matmul_fwd(x: Array, kernel: Array):
-    return _matmul(x, kernel), (x, kernel)
-
-
-def _dense_matmul_bwd(residuals, g: Array):
-    x, kernel = residuals
-    dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
-    x2 = x.reshape(-1, x.shape[-1])
-    g2 = g.reshape(-1, g.shape[-1])
-    keep = jax.lax.optimization_barrier if _lay_out_for_cpu() else (lambda a: a)
-    if x2.shape[1] <= g2.shape[1]:
-        d_kernel = keep(x2.T) @ g2
-    else:
-        d_kernel = keep(keep(g2.T) @ x2).T
-    return dx.astype(x.dtype), d_kernel.astype(kernel.dtype)
-
-
-dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
-
-
-def _dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
-                       preferred_element_type=None) -> Array:
-    """`nn.Dense`'s dot_general (contract lhs's last axis with rhs's first) via `dense_matmul`."""
-    (lc, rc), (lb, rb) = dimension_numbers
-    if (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) != ((lhs.ndim - 1,), (0,), (), ()) \
-            or precision is not None or preferred_element_type is not None:
-        raise NotImplementedError("dense_matmul is x[..., I] @ kernel[I, O] at default precision only")
-    return dense_matmul(lhs, rhs)
-
-
-def Dense(features: int, dtype, name: str) -> nn.Dense:
-    """`nn.Dense` with HF's normal(0.02) init and the CPU-friendly backward of `dense_matmul`."""
-    return nn.Dense(features, dtype=dtype, kernel_init=_init, name=name,
-                    dot_general=_dense_dot_general)
-
-
-def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """Scaled dot-product attention over the keys where `mask` is True (inference).
-
-    q, k, v [B, T, N, D] (compute dtype); mask [B, 1, 1, T] bool -> context [B, T, N, D].
-
-    Heads first ([B, N, T, D]), so both products are plain batched matrix products,
-    and the softmax's division after the value product, on [B, N, T, D] instead of
-    the [B, N, T, T] probabilities (as flash attention does):
-    softmax(s) V = (exp(s - max s) V) / sum exp(s - max s). Scores and the softmax are
-    float32. On the CPU the whole forward ran 8-13% faster than with
-    `jax.nn.dot_product_attention` (docs/speed_notes.md). Differentiable, but training
-    uses `training_attention`: under GR's two cotangents (`vmap` over the backward
-    pass) each extra cotangent cost this form's backward about 1.5x what it costs that one.
-    """
-    dtype = q.dtype
-    qh, kh, vh = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # [B, N, T, D]
-    scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh).astype(jnp.float32) / np.sqrt(q.shape[-1])
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    # exact for any shift; the max only keeps exp in range, so it needs no gradient
-    unnormalized = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
-    total = unnormalized.sum(-1, keepdims=True)  # [B, N, T, 1]
-    context = jnp.einsum("bhqk,bhkd->bhqd", unnormalized.astype(dtype), vh)
-    context = (context.astype(jnp.float32) / total).astype(dtype)
-    return jnp.swapaxes(context, 1, 2)
-
-
-def training_attention(q: Array, k: Array, v: Array, mask: Array,
-                       drop: Callable[[Array], Array] | None = None) -> Array:
-    """Attention as HF computes it in training: softmax probabilities, `drop`
-    (dropout on them, `attention_probs_dropout_prob`), then the value product.
-
-    q, k, v [B, T, N, D] (compute dtype); mask [B, 1, 1, T] bool -> context [B, T, N, D].
-    The softmax is `softmax` (the short derivative), whose backward pass stays cheap
-    for each added cotangent (GR pulls two back through one forward).
-    """
-    dtype = q.dtype
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = softmax(scores)
-    if drop is not None:
-        probs = drop(probs)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
-
-
-@jax.custom_jvp
-def softmax(x: Array) -> Array:
-    """Softmax over the last axis whose derivative is y * (dx - sum(y * dx)).
-
-    `jax.nn.softmax` (while `jax_softmax_custom_jvp` is off, the default) differentiates
-    through the exp / sum / divide, a longer backward pass of several reductions over
-    [B, heads, T, T]; this is the same function with the short form (what that flag
-    would select), kept local so the library does not change a global setting.
-    """
-    unnormalized = jnp.exp(x - jax.lax.stop_gradient(x.max(-1, keepdims=True)))
-    return unnormalized / unnormalized.sum(-1, keepdims=True)
-
-
-@softmax.defjvp
-def _softmax_jvp(primals, tangents):
-    (x,), (x_dot,) = primals, tangents
-    y = softmax(x)
-    return y, y * (x_dot - (y * x_dot).sum(-1, keepdims=True))
-
-
-def cudnn_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """`attention` without dropout through cuDNN's fused flash attention
-    (`jax.nn.dot_product_attention(implementation="cudnn")`; its default, None, is the
-    XLA form on every backend). q, k, v [B, T, N, D] bfloat16; mask [B, 1, 1, T] bool.
-    Raises `CheckpointError` where JAX finds no cuDNN (not a CUDA GPU)."""
-    try:
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-    except RuntimeError as e:
-        raise CheckpointError(f"attention_kernel 'cudnn' is unavailable on {jax.default_backend()}: "
-                              f"{first_line(e).rstrip('.')}; use attention_kernel 'xla'") from None
-
-
-class Dropout(nn.Module):
-    """Inverted dropout with 16-bit masks: drops where bits < round(rate * 2**16).
-
-    The rate is met to within 2**-17 (0.1 -> 0.100006); the kept values are scaled
-    by exactly 1 / (1 - rate). Uses the module's 'dropout' RNG stream like
-    `nn.Dropout`, whose 32-bit masks cost four times the hashing.
-    """
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        if self.rate >= 1.0:
-            return jnp.zeros_like(x)
-        threshold = np.uint16(min(round(self.rate * 65536), 65535))
-        keep = dropout_bits(self.make_rng("dropout"), x.shape) >= threshold
-        return jnp.where(keep, x / np.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
 
 
 class Embeddings(nn.Module):
@@ -262,14 +67,14 @@ class Embeddings(nn.Module):
         else:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         width = cfg.embedding_size or cfg.hidden_size
-        embed = lambda n, size: nn.Embed(size, width, embedding_init=_init, name=n)
+        embed = lambda n, size: nn.Embed(size, width, embedding_init=normal_init, name=n)
         x = (embed("word_embeddings", cfg.vocab_size)(input_ids)
              + embed("position_embeddings", cfg.max_position_embeddings)(position_ids)
              + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids))
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(x)
         x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         if cfg.family == "albert":
-            x = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg), kernel_init=_init,
+            x = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg), kernel_init=normal_init,
                          name="embedding_hidden_mapping_in")(x)
         return x.astype(_dtype(cfg))
 
@@ -328,7 +133,7 @@ class TransformerLayer(nn.Module):
         cfg = self.config
         x = SelfAttention(cfg, name="attention")(x, attention_mask, deterministic)
         h = Dense(cfg.intermediate_size, _dtype(cfg), "intermediate")(x)
-        h = _activation(cfg.hidden_act)(h)
+        h = activation(cfg.hidden_act)(h)
         return OutputBlock(cfg, dropout=cfg.family != "albert", name="output")(h, x, deterministic)
 
 
@@ -348,9 +153,9 @@ class ExitHead(nn.Module):
         x = hidden[:, 0]
         if cfg.family == "roberta":
             x = Dropout(cfg.exit_dropout)(x, deterministic=deterministic)
-        pooled = jnp.tanh(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=_init, name="pooler")(x))
+        pooled = jnp.tanh(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=normal_init, name="pooler")(x))
         x = Dropout(cfg.exit_dropout)(pooled, deterministic=deterministic)
-        logits = nn.Dense(cfg.num_labels, dtype=dtype, kernel_init=_init, name="classifier")(x)
+        logits = nn.Dense(cfg.num_labels, dtype=dtype, kernel_init=normal_init, name="classifier")(x)
         return logits.astype(jnp.float32), pooled
 
 
@@ -449,5 +254,5 @@ def init_exit_params(config: ModelConfig, seed: int = 0) -> Params:
     """
     L, H, C = config.num_layers, config.hidden_size, config.num_labels
     k_pool, k_cls = jax.random.split(jax.random.PRNGKey(seed))
-    return {"pooler": {"kernel": _init(k_pool, (L, H, H)), "bias": jnp.zeros((L, H))},
-            "classifier": {"kernel": _init(k_cls, (L, H, C)), "bias": jnp.zeros((L, C))}}
+    return {"pooler": {"kernel": normal_init(k_pool, (L, H, H)), "bias": jnp.zeros((L, H))},
+            "classifier": {"kernel": normal_init(k_cls, (L, H, C)), "bias": jnp.zeros((L, C))}}

@@ -12,9 +12,8 @@ import pytest
 import rome_jax
 from rome_jax.model_config import ModelConfig
 from rome_jax.errors import CheckpointError
-from rome_jax.model import (Dropout, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, attention,
-                            dense_matmul, dropout_bits, init_params, layer_params, softmax,
-                            training_attention)
+from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
+from rome_jax.ops import Dropout, attention, dense_matmul, dropout_bits, softmax, training_attention
 
 import tiny_hf
 
@@ -350,7 +349,7 @@ def test_tokenizer_pairs_and_truncation(minilm_path):
 def test_dense_matmul_gradients_equal_autodiff_of_the_plain_product(in_out, cpu_layout, monkeypatch):
     """The hand-laid-out backward of the encoder's Dense layers against jax's own VJP of x @ W,
     for one cotangent and for two under vmap (as the GR step pulls back two losses)."""
-    monkeypatch.setattr(rome_jax.model, "_lay_out_for_cpu", lambda: cpu_layout)
+    monkeypatch.setattr(rome_jax.ops, "_lay_out_for_cpu", lambda: cpu_layout)
     n_in, n_out = in_out
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.randn(3, 5, n_in), jnp.float32)
