@@ -26,6 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Attention kernel for evaluation: "xla" (any backend) or "cudnn" (cuDNN flash
     # attention; CUDA GPUs and bfloat16 only). Training uses the XLA form either way.
     config.model.attention = "xla"
+    # A checkpoint whose classifier has another label count (say SST-2's 2 for a
+    # 3-class task): True starts every exit's classifier afresh from train.seed.
+    config.model.reinit_classifier = False
 
     config.data = ml_collections.ConfigDict()
     config.data.task = "rte"
@@ -47,6 +50,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # unused), a split name ("test", "dev") on that split of the task, a path on a
     # text file with one example per line (a tab separates a sentence pair).
     config.data.stage2_unlabeled = ""
+    # data.task = "custom": your own data, described here (docs/custom_data.md;
+    # configs/custom.py). Unused by the GLUE tasks.
+    config.data.custom = ml_collections.ConfigDict()
+    config.data.custom.train_file = ""  # CSV, TSV, JSON Lines or Parquet, with a header
+    config.data.custom.dev_file = ""
+    config.data.custom.test_file = ""  # optional; labels may be missing
+    config.data.custom.format = ""  # "": from the extension; or csv, tsv, jsonl, parquet
+    config.data.custom.hf_dataset = ""  # instead of files: a hub dataset or a local directory
+    config.data.custom.hf_config = ""
+    config.data.custom.text_a = "sentence"  # column names
+    config.data.custom.text_b = ""  # "": single texts
+    config.data.custom.label = "label"
+    config.data.custom.label_names = ""  # "a,b,c" or a JSON list; "": from the training file
+    config.data.custom.regression = False  # one output, float labels
+    config.data.custom.metric = ""  # "": accuracy, or pearson_and_spearman for regression
 
     config.train = ml_collections.ConfigDict()
     config.train.mode = "romebert"  # one of rome_jax.train_step.MODES

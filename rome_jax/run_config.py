@@ -29,6 +29,7 @@ import ml_collections
 
 from rome_jax.model_config import ATTENTION_KERNELS, DTYPES
 from rome_jax.errors import ConfigError, DataError
+from rome_jax.tasks import CUSTOM_DEFAULTS
 
 Check = Callable[[Any], "str | None"]
 
@@ -85,7 +86,10 @@ def _model_name(v: str) -> str | None:
 
 def _task(v: str) -> str | None:
     from rome_jax.glue import get_task
+    from rome_jax.tasks import is_custom
 
+    if is_custom(v):  # a task described by data.custom.*: checked when built (resolve)
+        return None
     try:
         task = get_task(v)
     except DataError as e:
@@ -110,6 +114,7 @@ KEYS: dict[str, Check] = {
     "model.name_or_path": _typed(str, _model_name),
     "model.dtype": _one_of(*DTYPES),
     "model.attention": _one_of(*ATTENTION_KERNELS),
+    "model.reinit_classifier": _typed(bool),
     "data.task": _typed(str, _task),
     "data.dir": _typed(str),
     "data.source": _one_of_defined("rome_jax.data", "SOURCES"),
@@ -119,6 +124,7 @@ KEYS: dict[str, Check] = {
     "data.eval_max_examples": _at_least(0),
     "data.cache_dir": _typed(str),
     "data.stage2_unlabeled": _typed(str),
+    **{f"data.custom.{k}": _typed(type(v)) for k, v in CUSTOM_DEFAULTS.items()},
     "train.mode": _one_of_defined("rome_jax.train_step", "MODES"),
     "train.batch_size": _positive(),
     "train.eval_batch_size": _positive(),
@@ -248,7 +254,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         length_buckets(config.data.max_length, config.data.buckets)  # lengths above max_length
     except ConfigError as e:
         raise ConfigError(f"config {e}") from None
-    if config.data.source == "dir" and config.data.dir and not os.path.isdir(config.data.dir):
+    from rome_jax.tasks import is_custom
+
+    custom = [k for k, v in CUSTOM_DEFAULTS.items() if config.data.custom[k] != v]
+    if custom and not is_custom(config.data.task):
+        raise ConfigError(f"config data.custom.{custom[0]} is for data.task 'custom', "
+                          f"not {config.data.task!r}")
+    # A custom task reads its own files (resolve() built it): data.source/dir are unused.
+    if (config.data.source == "dir" and config.data.dir and not os.path.isdir(config.data.dir)
+            and not is_custom(config.data.task)):
         raise DataError(f"GLUE data directory {config.data.dir} does not exist "
                         "(config data.dir; an empty string reads the Hugging Face hub)")
 
@@ -273,14 +287,27 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
     train.anchor "auto" -> "A"/"B" per task; train.stage2_epochs 0 -> num_epochs;
     data.source "dir" with an empty data.dir -> "hf" (the hub); data.task in its
-    canonical spelling ("SST-2" -> "sst2").
+    canonical spelling ("SST-2" -> "sst2"). data.task "custom": the task is built
+    from data.custom.* (reading the training file for label names: a DataError or
+    ConfigError names a problem), and data.custom records absolute file paths, the
+    label names (a JSON list) and the metric.
     """
     from rome_jax.glue import get_task
+    from rome_jax.tasks import CUSTOM, build_task, custom_settings, is_custom, resolved_settings
 
     resolved = ml_collections.ConfigDict(config.to_dict())
     try:
-        resolved.data.task = get_task(resolved.data.task).name
-    except (DataError, AttributeError, TypeError):
+        if is_custom(resolved.data.task):
+            resolved.data.task = CUSTOM
+            if "custom" in resolved.data:  # else validate() names the missing keys
+                settings = custom_settings(resolved.data)
+                resolved.data.custom = ml_collections.ConfigDict(
+                    resolved_settings(build_task(settings), settings))
+        else:
+            resolved.data.task = get_task(resolved.data.task).name
+    except (DataError, AttributeError, TypeError) as e:
+        if isinstance(e, DataError) and is_custom(resolved.data.get("task")):
+            raise
         return resolved  # validate() names the problem
     if resolved.train.get("anchor") == "auto":
         resolved.train.anchor = reference_anchor(resolved.data.task)
@@ -294,7 +321,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 ADDED_KEYS: dict[str, Any] = {"train.adam_bias_correction": True, "train.stage2_lr_scale": 1.0,
                                "data.buckets": "none",
-                               "train.stage2_start": "last"}
+                               "train.stage2_start": "last", "model.reinit_classifier": False,
+                               **{f"data.custom.{k}": v for k, v in CUSTOM_DEFAULTS.items()}}
 """Keys added after runs were written, with the value that computes what runs
 without the key computed: a stored config lacking one is read as having it."""
 

@@ -527,7 +527,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     """
     from rome_jax import train_step as ts
     from rome_jax.api import load_pretrained, resolve_model_dir
-    from rome_jax.glue import get_task
+    from rome_jax.tasks import task_from_config
     from rome_jax.metrics import primary_metric
     from rome_jax.model_config import ModelConfig
 
@@ -537,10 +537,11 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     is_writer = jax.process_index() == 0
     prepare_workdir(workdir, config, overwrite=overwrite, is_writer=is_writer)
 
-    task = get_task(config.data.task)
+    task = task_from_config(config)  # a GLUE task, or one described by data.custom.*
     model_dir = resolve_model_dir(config.model.name_or_path)
     run_config.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
     model = load_pretrained(model_dir, task.num_labels, dtype=config.model.dtype, seed=config.train.seed,
+                            ignore_mismatched_sizes=config.model.reinit_classifier,
                             attention_kernel=config.model.attention)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files "

@@ -68,10 +68,10 @@ def _model_from_workdir(workdir: str):
     from rome_jax import checkpoints, run_config
     from rome_jax.api import MultiExitModel, load_tokenizer, resolve_model_dir
     from rome_jax.model_config import ModelConfig
-    from rome_jax.glue import get_task
+    from rome_jax.tasks import task_from_config
 
     config = run_config.read_workdir_config(workdir)
-    task = get_task(config.data.task)
+    task = task_from_config(config)  # a GLUE task, or the run's data.custom task
     step, params = checkpoints.load_params(workdir, _CHECKPOINT.value)
     model_json = os.path.join(workdir, "model", "config.json")
     if not os.path.isfile(model_json):
@@ -141,7 +141,7 @@ def main(argv):
     print(f"evaluating {origin} on {task.name} ({', '.join(splits)}), length buckets "
           f"{','.join(map(str, buckets)) if buckets else 'none'}", flush=True)
     for split in splits:
-        examples = load_examples(task.name, split, source=source, data_dir=data_dir or None,
+        examples = load_examples(task, split, source=source, data_dir=data_dir or None,
                                  max_examples=_MAX_EXAMPLES.value)
         features = tokenize_examples(examples, model.tokenizer, max_length)
         results = evaluation.evaluate_split(
