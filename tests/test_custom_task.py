@@ -292,3 +292,34 @@ def test_reinit_classifier_for_another_label_count(tmp_path, caplog):
     stored = load_file(str(tmp_path / "model.safetensors"))["classifier.weight"]
     np.testing.assert_allclose(np.asarray(two.params["layers"]["exit"]["classifier"]["kernel"][-1]).T,
                                stored, rtol=1e-6)
+
+
+# ------------------------------------------------------------------- the demo, anywhere
+
+
+def test_demo_reads_glue_dir_then_shared_glue_then_the_hub(tmp_path):
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from configs.demo import glue_location
+
+    shared = tmp_path / "shared" / "glue"
+    assert glue_location(None, shared) == ("", "hf")  # a fresh clone elsewhere: the hub
+    shared.mkdir(parents=True)
+    assert glue_location(None, shared) == (str(shared), "dir")
+    assert glue_location("/data/glue", shared) == ("/data/glue", "dir")
+
+
+def test_offline_hub_says_how_to_point_at_a_local_copy(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from rome_jax.data import read_hf_datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError) as e:
+        read_hf_datasets("sst2", "train")
+    msg = _one_line(e)
+    assert "--config.data.dir=/path/to/glue" in msg and "GLUE_DIR=" in msg
