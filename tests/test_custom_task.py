@@ -304,11 +304,15 @@ def test_demo_reads_glue_dir_then_shared_glue_then_the_hub(tmp_path):
     sys.path.insert(0, root)
     from configs.demo import glue_location
 
+    from rome_jax import run_config
+
     shared = tmp_path / "shared" / "glue"
-    assert glue_location(None, shared) == ("", "hf")  # a fresh clone elsewhere: the hub
+    assert glue_location(None, shared) == ""  # a fresh clone elsewhere: the hub
+    config = run_config.load(os.path.join(root, "configs", "default.py"), {"data.dir": ""})
+    assert run_config.resolve(config).data.source == "hf"
     shared.mkdir(parents=True)
-    assert glue_location(None, shared) == (str(shared), "dir")
-    assert glue_location("/data/glue", shared) == ("/data/glue", "dir")
+    assert glue_location(None, shared) == str(shared)
+    assert glue_location("/data/glue", shared) == "/data/glue"
 
 
 def test_offline_hub_says_how_to_point_at_a_local_copy(monkeypatch):

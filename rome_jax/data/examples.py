@@ -377,8 +377,8 @@ def read_hf_datasets(task: Task | str, split: str, *,
         except Exception as e:
             raise DataError(f"cannot load nyu-mll/glue {task.hf_config}/{hub_split} from the Hugging "
                             f"Face hub ({type(e).__name__}: {first_line(e)}); point it at a local "
-                            "copy of GLUE: --config.data.dir=/path/to/glue (or GLUE_DIR=/path/to/glue), "
-                            "or pass data_files") from None
+                            "copy of GLUE: --config.data.dir=/path/to/glue with data.source=dir (or "
+                            "GLUE_DIR=/path/to/glue), or pass data_files") from None
         origin, files = f"nyu-mll/glue {task.hf_config}/{hub_split}", ()
     return _from_columns(task, split, dataset.to_dict(), origin, files)
 
