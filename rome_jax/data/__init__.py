@@ -5,6 +5,9 @@ Pipeline, one module a step:
 - `rome_jax.data.examples`: `load_examples` reads one split (original GLUE TSVs,
   Hugging Face `datasets` or tensorflow-datasets; `read_text_file` for unlabeled
   lines) into `Examples` (columns of texts, label ids, row ids);
+- `rome_jax.data.custom`: `read_custom`, the files (CSV, TSV, JSON Lines, Parquet)
+  or HF dataset of a task described in the config (`rome_jax.tasks`), which
+  `load_examples` reads for such a task;
 - `rome_jax.data.features`: `tokenize_examples` -> `Features` ([N, max_length]
   int32 arrays, cached as .npz keyed by `tokenizer_fingerprint`);
 - `rome_jax.data.batching`: `BatchIterator` (static-shape numpy batches, sharded
@@ -34,6 +37,7 @@ from rome_jax.data.examples import (
     read_text_file,
     read_tfds,
 )
+from rome_jax.data.custom import read_custom
 from rome_jax.data.features import Features, tokenize_examples, tokenize_texts, tokenizer_fingerprint
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "load_examples",
     "padded_share",
     "read_glue_dir",
+    "read_custom",
     "read_hf_datasets",
     "read_text_file",
     "read_tfds",
