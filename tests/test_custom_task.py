@@ -198,7 +198,7 @@ def test_dev_label_unknown_to_training(sentences, tmp_path):
     with pytest.raises(DataError) as e:
         load_examples(task, "dev")
     msg = _one_line(e)
-    assert f"{dev}, row 2 (line 3): label 'neutral' is not one of the training labels" in msg
+    assert f"{dev}, row 2 (line 3): label 'neutral' is not one of the task's labels" in msg
     assert "negative, positive" in msg
 
 

@@ -303,8 +303,8 @@ def read_custom(task: CustomTask, split: str) -> Examples:
             elif key in ids:
                 labels[row] = ids[key]
             else:
-                raise DataError(f"{table.where(row)}: label {_show(value)} is not one of "
-                                f"{task.label_source} ({', '.join(task.label_names)})")
+                raise DataError(f"{table.where(row)}: label {_show(value)} is not one of the "
+                                f"task's labels ({', '.join(task.label_names)})")
         has_labels = n > 0
     index = np.arange(n, dtype=np.int64)
     files = () if task.hf_dataset else (table.origin,)
