@@ -90,3 +90,26 @@ def test_data_buckets_config(glue_dir):
     assert run_config.load(f"{REPO}/configs/default.py").data.buckets == "auto"
     # a run written before the key compares as "none": every batch padded to max_length
     assert run_config.ADDED_KEYS["data.buckets"] == "none"
+
+
+def test_stopped_mid_epoch_then_resumed_with_several_buckets_gives_the_same_run(tiny_model, glue_dir, tmp_path,
+                                                                                 monkeypatch):
+    import jax
+    import numpy as np
+
+    from rome_jax import checkpoints
+
+    config = run_config.load(f"{REPO}/configs/tiny.py:sst2", {
+        "model.name_or_path": tiny_model, "data.dir": glue_dir, "data.buckets": "8,16",
+        "train.max_steps": 8, "train.eval_every": 4, "train.checkpoint_every": 0, "train.log_every": 2})
+    reference = tmp_path / "straight"
+    trainer.train_and_evaluate(config, reference, progress=False)
+    workdir = tmp_path / "stopped"
+    monkeypatch.setattr(trainer._Signals, "should_stop", lambda self, step: step == 5)
+    assert trainer.train_and_evaluate(config, workdir, progress=False).preempted
+    monkeypatch.setattr(trainer._Signals, "should_stop", lambda self, step: False)
+    assert trainer.train_and_evaluate(config, workdir, progress=False).step == 8
+    assert (workdir / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
+    (_, got), (_, want) = (checkpoints.load_params(d, "latest") for d in (workdir, reference))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
