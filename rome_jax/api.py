@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Sequence
 
@@ -16,6 +17,7 @@ from rome_jax.model_config import ModelConfig
 from rome_jax.errors import CheckpointError
 from rome_jax.model import MultiExitEncoder, init_exit_params
 
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -26,6 +28,10 @@ class MultiExitModel:
     params: Any
     tokenizer: Any = None
     label_names: list[str] | None = None
+    calibration: dict | None = None
+    """Early-exit thresholds chosen on dev (`rome_jax.calibration`), read from and
+    written to `rome_jax_calibration.json` beside the weights; `predict` uses its
+    default criterion unless told otherwise."""
 
     @property
     def module(self) -> MultiExitEncoder:
@@ -57,10 +63,33 @@ class MultiExitModel:
             raise ValueError(f"max_length {max_length} exceeds the model's {self.config.max_length} positions")
         return tokenize(self.tokenizer, text_a, text_b, max_length)
 
+    def predict(self, text_a: Sequence[str], text_b: Sequence[str] | None = None, *,
+                criterion: Any = "auto", batch_size: int = 64, max_length: int | None = None):
+        """Early-exit predictions on sentences (or pairs), in input order: a
+        `rome_jax.predict.Predictions` (labels, label_ids / scores, probabilities,
+        exit_layer 1-based, mean_layers; iterating yields one dict per example).
+
+        criterion: an `exits.Criterion`, "entropy:0.3", "patience:2", ...,
+        "calibrated", None (full depth), or "auto" (the default: the calibrated
+        threshold when the model carries a calibration, else full depth). Examples
+        run in length buckets through the per-example batched executor; see
+        `rome_jax.predict`.
+        """
+        from rome_jax.predict import predict
+
+        return predict(self, text_a, text_b, criterion=criterion, batch_size=batch_size,
+                       max_length=max_length)
+
     def save_pretrained(self, path: str) -> None:
         """Writes an HF directory that `transformers` loads as
         `BertForSequenceClassification` (or RoBERTa) reproducing the final exit,
-        plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`."""
+        plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`.
+
+        With `config.exit_pooling="mean"`, config.json also records
+        `"rome_jax_exit_pooling": "mean"` (`load_pretrained` reads it back), but
+        transformers' `*ForSequenceClassification` always pools the first token and
+        ignores the key: it loads the same weights, and its hidden states match ours,
+        but its logits do NOT reproduce the final exit (a one-line warning says so)."""
         from safetensors.numpy import save_file
 
         from rome_jax.checkpoints import params_mismatch
@@ -69,6 +98,10 @@ class MultiExitModel:
         if mismatch:
             raise CheckpointError(f"the parameters do not fit the model's config ({self.config.num_layers} "
                                   f"layers, {self.config.num_labels} labels): {mismatch}; nothing written")
+        if self.config.exit_pooling != "cls":
+            logger.warning("%s: exit_pooling %r is recorded in config.json for rome_jax; transformers "
+                           "pools [CLS], so its logits will not reproduce the final exit",
+                           path, self.config.exit_pooling)
         os.makedirs(path, exist_ok=True)
         state, exits_state = hf_io.state_dict_from_params(jax.device_get(self.params), self.config)
         tmp = lambda name: os.path.join(path, f".{name}.tmp")
@@ -80,6 +113,13 @@ class MultiExitModel:
             os.replace(tmp(name), os.path.join(path, name))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
+        from rome_jax import calibration as calibration_lib
+
+        calibration_path = os.path.join(path, calibration_lib.FILE_NAME)
+        if self.calibration is not None:
+            calibration_lib.write(calibration_path, self.calibration)
+        elif os.path.isfile(calibration_path):  # an earlier model's thresholds do not fit this one
+            os.remove(calibration_path)
 
 
 def tokenize(tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None,
@@ -156,6 +196,9 @@ def load_pretrained(name_or_path: str, num_labels: int | None = None, *, dtype: 
     A classifier trained for another label count is a CheckpointError; with
     `ignore_mismatched_sizes=True` every exit's classifier is initialised from
     `seed` instead (the encoder and poolers still load), with a one-line warning.
+    The exits' pooling is config.json's `rome_jax_exit_pooling` ("cls" without it;
+    written by `save_pretrained` for "mean"); `exit_pooling=...` overrides it, with a
+    one-line warning when the directory's trained exits were saved with the other.
     """
     directory = resolve_model_dir(name_or_path)
     config_path = os.path.join(directory, "config.json")
@@ -170,10 +213,18 @@ def load_pretrained(name_or_path: str, num_labels: int | None = None, *, dtype: 
                                              ignore_mismatched_sizes=ignore_mismatched_sizes)
     params = jax.tree.map(jnp.asarray, params)
     with open(config_path, encoding="utf-8") as f:
-        id2label = json.load(f).get("id2label")
+        hf_config = json.load(f)
+    id2label = hf_config.get("id2label")
+    recorded = hf_config.get(hf_io.EXIT_POOLING_KEY, "cls")
+    if exits_state is not None and recorded != config.exit_pooling:  # trained exits, pooled otherwise
+        logger.warning("%s: its exits were saved with exit_pooling %r; loading them with %r",
+                       directory, recorded, config.exit_pooling)
     label_names = None
     if id2label and len(id2label) == config.num_labels and all(str(i) in id2label
                                                                for i in range(config.num_labels)):
         label_names = [id2label[str(i)] for i in range(config.num_labels)]
     tokenizer = load_tokenizer(directory) if with_tokenizer else None
-    return MultiExitModel(config, params, tokenizer, label_names)
+    from rome_jax import calibration as calibration_lib
+
+    calibration = calibration_lib.read(os.path.join(directory, calibration_lib.FILE_NAME))
+    return MultiExitModel(config, params, tokenizer, label_names, calibration)

@@ -1,0 +1,261 @@
+"""Early-exit predictions on raw texts, per example, in input order.
+
+    model = rome_jax.load_pretrained("runs/sst2/model")
+    out = model.predict(["a gem of a film", "dull"], criterion="entropy:0.3")
+    out.labels, out.exit_layer, out.mean_layers
+    for row in out: ...   # {"label", "label_id", "probabilities", "exit_layer"}
+
+How (`predict`): the texts are tokenized to `max_length`, grouped into length
+buckets (`data.buckets.length_buckets(max_length, "auto")`: 16, 32, 64, ... and
+`max_length`) by `bucket_batches` (examples keep their order inside a bucket; the
+last partial batch is padded with masked rows), each batch cut to its bucket's
+length, and every group of one length runs through the per-example executor
+(`inference.BatchedEarlyExit.run_dataset`: examples leave the batch as they exit).
+Results are scattered back to input order. Compiled programs depend on shapes only
+(batch rows, bucket length), so repeated calls and other thresholds reuse them.
+
+Criterion (`resolve_criterion`): a `exits.Criterion`; a string "entropy:0.3",
+"max_prob:0.9", "normalized_entropy:0.5", "patience:2", "fixed:3"; "calibrated"
+(the model's calibrated default, `rome_jax.calibration`; "calibrated:patience" for
+another calibrated criterion); None or "none" for full depth (every example
+answers at the last exit); "auto", the default: "calibrated" when the model
+carries a calibration, else full depth. The regression flag of patience is set
+from the model (one output unit: regression).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rome_jax import calibration as calibration_lib
+from rome_jax.data.buckets import bucket_batches, length_buckets, sequence_lengths
+from rome_jax.exits import CRITERIA, Criterion, check_criterion
+from rome_jax.inference import BatchedEarlyExit, default_buckets, smallest_bucket
+from rome_jax.model import INPUT_KEYS
+from rome_jax.model_config import ModelConfig
+
+AUTO = "auto"
+"""The default criterion: the model's calibrated one, else full depth."""
+
+DEFAULT_MAX_LENGTH = 512
+"""`max_length` when neither the call nor the model's calibration gives one (capped
+at the model's positions)."""
+
+
+def resolve_criterion(spec: Criterion | str | None, config: ModelConfig,
+                      calibration: Mapping[str, Any] | None = None) -> Criterion | None:
+    """The criterion a `predict` call runs (None: full depth). See the module doc;
+    ValueError for an unknown name, a bad threshold, or "calibrated" without a
+    calibration."""
+    regression = config.num_labels == 1
+    if isinstance(spec, Criterion):
+        return check_criterion(spec, config.num_labels, config.num_exits)
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        raise TypeError(f"criterion: an exits.Criterion, a string like 'entropy:0.3', 'calibrated' or None, "
+                        f"not {spec!r}")
+    text = spec.strip()
+    name, _, value = text.partition(":")
+    name, value = name.strip().lower(), value.strip()
+    if name == AUTO and not value:
+        return (resolve_criterion("calibrated", config, calibration)
+                if calibration and calibration.get("default") else None)
+    if name in ("none", "full", "") and not value:
+        return None
+    if name == "calibrated":
+        if not calibration:
+            raise ValueError("criterion 'calibrated': the model carries no calibration (run eval.py "
+                             "--calibrate=0.5, or give a criterion like entropy:0.3)")
+        criterion = calibration_lib.criterion_of(calibration, value or None, num_labels=config.num_labels)
+        return check_criterion(criterion, config.num_labels, config.num_exits)
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {spec!r}; give NAME:THRESHOLD with NAME one of "
+                         f"{', '.join(CRITERIA)}, or calibrated, auto, none")
+    if not value:
+        raise ValueError(f"criterion {spec!r} needs a threshold, e.g. {name}:"
+                         f"{2 if name in ('patience', 'fixed') else 0.3}")
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise ValueError(f"criterion {spec!r}: the threshold must be a number") from None
+    return check_criterion(Criterion(name, threshold, regression=regression), config.num_labels,
+                           config.num_exits)
+
+
+def describe(criterion: Criterion | None) -> str:
+    """'entropy:0.3', or 'none' (full depth)."""
+    return "none" if criterion is None else f"{criterion.name}:{criterion.threshold:g}"
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Per-example answers, in input order.
+
+    logits [N, C] float32 (the exit that answered); exit_layer [N] int32, 1-based;
+    label_names: the model's, or None; num_layers: the model's depth; criterion:
+    what ran (None: full depth).
+    """
+
+    logits: np.ndarray
+    exit_layer: np.ndarray
+    label_names: list[str] | None
+    num_layers: int
+    criterion: Criterion | None
+
+    @property
+    def regression(self) -> bool:
+        return self.logits.shape[-1] == 1
+
+    def __len__(self) -> int:
+        return len(self.exit_layer)
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        """[N] int64 argmax class ids (regression: ValueError)."""
+        if self.regression:
+            raise ValueError("a regression model has scores, not label ids")
+        return self.logits.argmax(-1)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """[N] float32 regression outputs (classification: ValueError)."""
+        if not self.regression:
+            raise ValueError("a classification model has label ids and probabilities, not scores")
+        return self.logits[:, 0]
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """[N, C] float32 softmax of the answering exit (regression: ValueError)."""
+        if self.regression:
+            raise ValueError("a regression model has scores, not probabilities")
+        return _softmax(self.logits)
+
+    @property
+    def labels(self) -> list:
+        """The label names (ids when the model has no names), or the scores for regression."""
+        if self.regression:
+            return [float(s) for s in self.scores]
+        ids = self.label_ids
+        return [self.label_names[i] for i in ids] if self.label_names else [int(i) for i in ids]
+
+    @property
+    def mean_layers(self) -> float:
+        """Layers run per example, on average (nan for no examples)."""
+        return float(np.mean(self.exit_layer)) if len(self) else float("nan")
+
+    def rows(self) -> Iterator[dict]:
+        """One dict per example: label, label_id, probabilities, exit_layer (classification)
+        or label (= score), score, exit_layer (regression)."""
+        if self.regression:
+            for score, layer in zip(self.scores, self.exit_layer):
+                yield {"label": float(score), "score": float(score), "exit_layer": int(layer)}
+            return
+        labels, ids, probabilities = self.labels, self.label_ids, self.probabilities
+        for label, i, p, layer in zip(labels, ids, probabilities, self.exit_layer):
+            yield {"label": label, "label_id": int(i), "probabilities": [float(x) for x in p],
+                   "exit_layer": int(layer)}
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.rows()
+
+
+def _take(inputs: Mapping[str, np.ndarray], rows: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """Rows (-1: a masked copy of the batch's first real row) cut to `length`, with example_mask."""
+    real = rows >= 0
+    take = np.where(real, rows, rows[real][0] if real.any() else 0)
+    batch = {k: np.asarray(inputs[k])[take, :length] for k in INPUT_KEYS if k in inputs}
+    batch["example_mask"] = real
+    return batch
+
+
+def run_early_exit(config: ModelConfig, params: Any, inputs: Mapping[str, np.ndarray],
+                   criterion: Criterion | None, *, batch_size: int = 64,
+                   buckets: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example early exit of tokenized rows, bucketed by length, in input order.
+
+    inputs: `input_ids`, `attention_mask`, `token_type_ids` [N, T] (right-padded);
+    criterion: None runs full depth; buckets: ascending lengths (default
+    `length_buckets(T, "auto")`). Batches have `batch_size` rows, or for fewer
+    examples the smallest of `inference.default_buckets(batch_size)` holding them
+    (so a call on three sentences computes three rows, and compiled shapes stay few).
+    Returns (exit_index [N] int32 0-based, logits [N, C] float32).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    ids = np.asarray(inputs["input_ids"])
+    n, width = ids.shape
+    exit_index = np.zeros(n, np.int32)
+    logits = np.zeros((n, config.num_labels), np.float32)
+    if n == 0:
+        return exit_index, logits
+    mask = np.asarray(inputs["attention_mask"]) if "attention_mask" in inputs else np.ones_like(ids)
+    buckets = tuple(buckets) if buckets is not None else length_buckets(width, "auto")
+    rows_per_batch = smallest_bucket(min(n, batch_size), default_buckets(batch_size))
+    plan = bucket_batches(np.arange(n), sequence_lengths(mask), buckets, rows_per_batch, drop_remainder=False)
+    if criterion is None:
+        criterion = Criterion("fixed", config.num_exits, regression=config.num_labels == 1)
+    executor = BatchedEarlyExit(config, params, criterion)
+    groups: dict[int, list[np.ndarray]] = {}
+    for rows, length in plan:  # one run_dataset per length: it takes one sequence length
+        groups.setdefault(length, []).append(rows)
+    for length, batch_rows in groups.items():
+        out = executor.run_dataset([_take(inputs, rows, length) for rows in batch_rows])
+        rows = np.concatenate(batch_rows)
+        real = rows >= 0
+        exit_index[rows[real]] = np.asarray(out["exit_index"])[real]
+        logits[rows[real]] = np.asarray(out["logits"])[real]
+    return exit_index, logits
+
+
+def _texts(values: Any, name: str) -> list[str]:
+    if isinstance(values, str):
+        raise ValueError(f"{name}: give a list of sentences, not one string ({values[:40]!r})")
+    values = list(values)
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise ValueError(f"{name}[{i}] is {type(v).__name__}, not a string: {v!r:.60}")
+    return values
+
+
+def default_max_length(config: ModelConfig, calibration: Mapping[str, Any] | None = None) -> int:
+    """The length the calibration was chosen at, else `DEFAULT_MAX_LENGTH`; at most
+    the model's positions."""
+    chosen = (calibration or {}).get("max_length")
+    length = int(chosen) if isinstance(chosen, int) and chosen > 0 else DEFAULT_MAX_LENGTH
+    return min(length, config.max_length)
+
+
+def predict(model: Any, text_a: Sequence[str], text_b: Sequence[str] | None = None, *,
+            criterion: Criterion | str | None = AUTO, batch_size: int = 64,
+            max_length: int | None = None) -> Predictions:
+    """Early-exit predictions of a `MultiExitModel` (with a tokenizer) on sentences or pairs.
+
+    criterion: see `resolve_criterion` ("auto": the model's calibrated threshold, else
+    full depth); max_length: tokens kept per example (default `default_max_length`).
+    """
+    text_a = _texts(text_a, "text_a")
+    if text_b is not None:
+        text_b = _texts(text_b, "text_b")
+        if len(text_b) != len(text_a):
+            raise ValueError(f"pairs need as many text_b as text_a: {len(text_b)} against {len(text_a)}")
+    calibration = getattr(model, "calibration", None)
+    chosen = resolve_criterion(criterion, model.config, calibration)
+    length = default_max_length(model.config, calibration) if max_length is None else int(max_length)
+    if not text_a:
+        return Predictions(np.zeros((0, model.config.num_labels), np.float32), np.zeros(0, np.int32),
+                           model.label_names, model.config.num_layers, chosen)
+    inputs = model.tokenize(text_a, text_b, max_length=length)
+    exit_index, logits = run_early_exit(model.config, model.params, inputs, chosen, batch_size=batch_size)
+    return Predictions(logits=logits, exit_layer=exit_index + 1, label_names=model.label_names,
+                       num_layers=model.config.num_layers, criterion=chosen)
