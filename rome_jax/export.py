@@ -1,0 +1,153 @@
+"""The early-exit predictor as one serialized program (`jax.export`, StableHLO).
+
+    from rome_jax.export import export_predictor
+    export_predictor(model, "runs/sst2/model", batch_size=8, length=64)
+    # -> runs/sst2/model/rome_jax_predictor_b8_t64.bin and .json
+
+The program takes `input_ids`, `attention_mask`, `token_type_ids`, int32 [B, T],
+and returns a dict: `logits` [B, C] float32 (the answering exit's),
+`probabilities` [B, C] (softmax; for regression the logits again), `exit_layer`
+[B] int32 (1-based) and `layers_run` (int32 scalar: the layers the batch ran).
+Early exit is per example inside the fixed-shape batch: a `lax.while_loop` over
+the layers stops when every row has exited, and a row that exited keeps its
+answer (the semantics of `inference.while_loop_exit`). A row whose attention_mask
+is all 0 is padding: it exits at layer 1 and never keeps the loop running, so a
+server can fill a partial batch with empty rows.
+
+The parameters and the criterion are closed over as constants: the artifact is
+self-contained (about the size of the weights), and running it needs `jax` alone,
+no rome_jax model code:
+
+    import jax, numpy as np
+    with open("rome_jax_predictor_b8_t64.bin", "rb") as f:
+        predictor = jax.export.deserialize(f.read())
+    out = predictor.call(input_ids, attention_mask, token_type_ids)  # int32 [8, 64] each
+
+Inputs must have exactly the exported shapes (pad or cut to T, pad to B with
+empty rows), tokenized by the tokenizer saved beside the model. The JSON beside
+the program describes inputs, outputs, the criterion, the label names and the
+platforms it was exported for (default: the backend running the export).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rome_jax import files
+from rome_jax.exits import Criterion, init_state
+from rome_jax.inference import _exit_loop
+from rome_jax.model import apply_embeddings
+from rome_jax.model_config import ModelConfig
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def file_stem(batch_size: int, length: int) -> str:
+    """`rome_jax_predictor_b{B}_t{T}` (add .bin / .json)."""
+    return f"rome_jax_predictor_b{batch_size}_t{length}"
+
+
+def predictor_fn(config: ModelConfig, params: Any, criterion: Criterion | None):
+    """fn(input_ids, attention_mask, token_type_ids) -> dict (see the module doc),
+    with `params` and `criterion` (None: full depth) closed over."""
+    if criterion is None:
+        criterion = Criterion("fixed", config.num_exits, regression=config.num_labels == 1)
+    rule = jax.tree.map(jnp.asarray, criterion.rule)
+    params = jax.tree.map(jnp.asarray, params)
+
+    def fn(input_ids, attention_mask, token_type_ids):
+        inputs = {"input_ids": input_ids.astype(jnp.int32), "attention_mask": attention_mask.astype(jnp.int32),
+                  "token_type_ids": token_type_ids.astype(jnp.int32)}
+        hidden = apply_embeddings(config, params, inputs)
+        rows = hidden.shape[0]
+        padding = jnp.sum(inputs["attention_mask"], axis=-1) == 0
+        seg = _exit_loop(config, params, rule, hidden, inputs["attention_mask"],
+                         init_state(rule, rows, config.num_labels), padding, jnp.ones((rows,), bool),
+                         0, config.num_layers, 0)
+        logits = seg.logits
+        probabilities = logits if config.num_labels == 1 else jax.nn.softmax(logits, axis=-1)
+        return {"logits": logits, "probabilities": probabilities, "exit_layer": seg.exit_index + 1,
+                "layers_run": seg.next_layer}
+
+    return fn
+
+
+def export_program(config: ModelConfig, params: Any, criterion: Criterion | None, batch_size: int,
+                   length: int, platforms: Sequence[str] | None = None) -> jax.export.Exported:
+    """The `jax.export.Exported` of `predictor_fn` for int32 [batch_size, length] inputs."""
+    if length > config.max_length:
+        raise ValueError(f"length {length} exceeds the model's {config.max_length} positions")
+    if batch_size < 1 or length < 1:
+        raise ValueError(f"batch_size and length must be >= 1, not {batch_size}, {length}")
+    spec = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
+    fn = jax.jit(predictor_fn(config, params, criterion))
+    kwargs = {"platforms": tuple(platforms)} if platforms else {}
+    return jax.export.export(fn, **kwargs)(spec, spec, spec)
+
+
+def export_predictor(model: Any, directory: str, *, batch_size: int, length: int,
+                     criterion: Any = "auto", platforms: Sequence[str] | None = None) -> tuple[str, str]:
+    """Writes `DIRECTORY/rome_jax_predictor_b{B}_t{T}.bin` (the serialized program)
+    and `.json` (its description). criterion: as `MultiExitModel.predict`'s ("auto":
+    the model's calibrated one, else full depth). Returns the two paths."""
+    from rome_jax.predict import describe, resolve_criterion
+
+    chosen = resolve_criterion(criterion, model.config, getattr(model, "calibration", None))
+    exported = export_program(model.config, model.params, chosen, batch_size, length, platforms)
+    os.makedirs(directory, exist_ok=True)
+    stem = os.path.join(directory, file_stem(batch_size, length))
+    try:
+        blob = bytes(exported.serialize())
+    except ImportError as e:  # jax serializes with the flatbuffers package
+        raise ImportError(f"{e} (pip install flatbuffers)") from None
+    tmp = f"{stem}.bin.tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+    os.replace(tmp, f"{stem}.bin")
+    labels = model.config.num_labels
+    description = {
+        "format": "jax.export serialized Exported (StableHLO); load with jax.export.deserialize(bytes), "
+                  "run with .call(input_ids, attention_mask, token_type_ids)",
+        "file": os.path.basename(f"{stem}.bin"),
+        "inputs": [{"name": n, "shape": [batch_size, length], "dtype": "int32"} for n in INPUT_NAMES],
+        "outputs": {
+            "logits": {"shape": [batch_size, labels], "dtype": "float32",
+                       "meaning": "the answering exit's logits"},
+            "probabilities": {"shape": [batch_size, labels], "dtype": "float32",
+                              "meaning": "softmax of logits" if labels > 1 else "the score (regression)"},
+            "exit_layer": {"shape": [batch_size], "dtype": "int32", "meaning": "1-based exit layer"},
+            "layers_run": {"shape": [], "dtype": "int32", "meaning": "layers the batch ran"}},
+        "padding_rows": "rows whose attention_mask is all 0 exit at layer 1 and never keep the loop running",
+        "criterion": None if chosen is None else {"name": chosen.name, "threshold": chosen.threshold,
+                                                  "regression": chosen.regression,
+                                                  "tolerance": chosen.tolerance},
+        "criterion_spec": describe(chosen),
+        "label_names": list(model.label_names) if model.label_names else None,
+        "num_labels": labels, "num_layers": model.config.num_layers,
+        "batch_size": batch_size, "length": length,
+        "platforms": list(exported.platforms), "jax_version": jax.__version__,
+        "tokenizer": "the tokenizer files of the model directory, padding on the right to `length`",
+    }
+    files.write_json(f"{stem}.json", description)
+    return f"{stem}.bin", f"{stem}.json"
+
+
+def load_predictor(path: str):
+    """The deserialized program of a `.bin` file: call it with int32 numpy arrays
+    (`jax.export.deserialize(...).call`)."""
+    with open(path, "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    return exported.call
+
+
+def run_predictor(call, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Runs a loaded predictor on a dict of [B, T] arrays; numpy outputs."""
+    out = call(*(np.asarray(inputs[n], np.int32) for n in INPUT_NAMES))
+    return {k: np.asarray(v) for k, v in out.items()}
