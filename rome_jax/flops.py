@@ -23,7 +23,10 @@ since the cost analysis counts a loop body once): the compiled count is within
 (fusion duplicates work there); the pre-fusion count still agrees within 1%.
 
 Exit `i` (0-based) costs the embeddings, layers `0..i` and the heads of exits
-`0..i`: every exit's head is computed to decide whether to stop.
+`0..i`: every exit's head is computed to decide whether to stop. With
+`exit_pooling="mean"` each head also averages its layer's T token vectors (about
+2*T*H FLOPs: select and sum, `pooling_flops`); all T positions are counted, as the
+compiled program computes them.
 
 `training_flops` is the other count, for training MFU: the matrix products alone
 (`matmul_flops`), forward and backward (3 x forward), elementwise work left out, as
@@ -86,10 +89,24 @@ def layer_flops(config: ModelConfig, seq_len: int) -> int:
     return attention_flops(config, seq_len) + feed_forward_flops(config, seq_len)
 
 
-def exit_flops(config: ModelConfig) -> int:
-    """One exit's head on one example: pooler dense (+tanh, a transcendental) and classifier."""
+def pooling_flops(config: ModelConfig, seq_len: int | None = None) -> int:
+    """What an exit spends choosing the vector it pools, one example: nothing for "cls"
+    (the first token is a slice); for "mean" (`model.masked_mean`) the select of the
+    attended positions and their sum (T*H each), the count of attended positions (T),
+    its floor at 1 and the division (H)."""
+    if config.exit_pooling == "cls":
+        return 0
+    if seq_len is None:
+        raise ValueError("exit_pooling 'mean' costs FLOPs in proportion to the sequence length: pass seq_len")
+    T, H = seq_len, config.hidden_size
+    return 2 * T * H + T + 1 + H
+
+
+def exit_flops(config: ModelConfig, seq_len: int | None = None) -> int:
+    """One exit's head on one example: the pooling (`pooling_flops`: none for "cls";
+    "mean" needs `seq_len`), pooler dense (+tanh, a transcendental) and classifier."""
     H, C = config.hidden_size, config.num_labels
-    return _dense(1, H, H) + _dense(1, H, C)
+    return pooling_flops(config, seq_len) + _dense(1, H, H) + _dense(1, H, C)
 
 
 def flops_to_exit(config: ModelConfig, seq_len: int, exit_index) -> np.ndarray | int:
@@ -97,7 +114,7 @@ def flops_to_exit(config: ModelConfig, seq_len: int, exit_index) -> np.ndarray |
 
     Embeddings + layers `0..i` + the heads of exits `0..i`.
     """
-    per_exit = layer_flops(config, seq_len) + exit_flops(config)
+    per_exit = layer_flops(config, seq_len) + exit_flops(config, seq_len)
     exits_run = np.asarray(exit_index, dtype=np.int64) + 1
     total = embedding_flops(config, seq_len) + exits_run * per_exit
     return int(total) if np.ndim(total) == 0 else total
@@ -117,8 +134,9 @@ def flops_speedup(config: ModelConfig, seq_len: int, exit_indices) -> float:
 def matmul_flops(config: ModelConfig, seq_len: int) -> int:
     """Matrix-product FLOPs of the full-depth forward of one example, nothing else:
     `2 x T x` the weights of every layer's dense products, attention's `Q K^T` and
-    `A V` (`4 T^2 H` a layer), every exit head on `[CLS]` (`2 (H^2 + H C)`), and
-    ALBERT's embedding mapping. Embedding lookups and elementwise work are not counted."""
+    `A V` (`4 T^2 H` a layer), every exit head on its pooled vector (`2 (H^2 + H C)`), and
+    ALBERT's embedding mapping. Embedding lookups and elementwise work (mean pooling's
+    sums among them) are not counted."""
     T, H, I, C = seq_len, config.hidden_size, config.intermediate_size, config.num_labels
     layer = 2 * T * (4 * H * H + 2 * H * I) + 2 * (2 * T * T * H)
     head = 2 * (H * H + H * C)

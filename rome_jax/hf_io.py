@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rome_jax.model_config import ModelConfig
+from rome_jax.model_config import EXIT_POOLING_KEY, ModelConfig
 from rome_jax.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -365,4 +365,6 @@ def hf_config_dict(cfg: ModelConfig, label_names: list[str] | None = None) -> di
         d.setdefault("bos_token_id", 0)
         d.setdefault("eos_token_id", 2)
     d["rome_jax"] = {"num_exits": cfg.num_exits, "exits_file": EXITS_FILE}
+    if cfg.exit_pooling != "cls":  # read back by ModelConfig.from_hf_dict; transformers ignores it
+        d[EXIT_POOLING_KEY] = cfg.exit_pooling
     return d

@@ -1,7 +1,8 @@
 """A multi-exit BERT/RoBERTa encoder in Flax Linen.
 
 One exit after every encoder layer (docs/methods.md): the pooler (dense + tanh) on
-that layer's first token, dropout, and a linear classifier. The last exit is the
+that layer's first token (or, with `ModelConfig.exit_pooling="mean"`, the mean of its
+attended token vectors), dropout, and a linear classifier. The last exit is the
 model's final classifier.
 
 The layers and their exits are one `nn.scan` over a `LayerWithExit` body, so every
@@ -137,20 +138,39 @@ class TransformerLayer(nn.Module):
         return OutputBlock(cfg, dropout=cfg.family != "albert", name="output")(h, x, deterministic)
 
 
-class ExitHead(nn.Module):
-    """An exit: pooler (dense + tanh) on the first token, dropout, classifier.
+def masked_mean(hidden: Array, attention_mask: Array) -> Array:
+    """Mean of the token vectors over the attended positions: hidden [B, T, H],
+    attention_mask [B, T] -> [B, H] in hidden's dtype (summed in float32). A row with
+    no attended position (a padding row) gets zeros, not NaN."""
+    keep = attention_mask.astype(bool)
+    summed = jnp.where(keep[:, :, None], hidden.astype(jnp.float32), 0.0).sum(axis=1)
+    count = jnp.maximum(keep.sum(axis=1, keepdims=True).astype(jnp.float32), 1.0)
+    return (summed / count).astype(hidden.dtype)
 
-    RoBERTa's classification head also applies dropout before the dense layer.
+
+class ExitHead(nn.Module):
+    """An exit: pooler (dense + tanh) on the pooled token vector, dropout, classifier.
+
+    `config.exit_pooling` picks the vector: "cls", the first token (the papers'
+    design); "mean", `masked_mean` over the attended positions (`attention_mask`;
+    all positions when it is None). RoBERTa's classification head also applies
+    dropout before the dense layer.
     hidden [B, T, H] -> (logits [B, C] float32, pooled [B, H]).
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, hidden: Array, deterministic: bool) -> tuple[Array, Array]:
+    def __call__(self, hidden: Array, deterministic: bool, attention_mask: Array | None = None
+                 ) -> tuple[Array, Array]:
         cfg = self.config
         dtype = _dtype(cfg)
-        x = hidden[:, 0]
+        if cfg.exit_pooling == "mean":
+            if attention_mask is None:
+                attention_mask = jnp.ones(hidden.shape[:2], jnp.int32)
+            x = masked_mean(hidden, attention_mask)
+        else:
+            x = hidden[:, 0]
         if cfg.family == "roberta":
             x = Dropout(cfg.exit_dropout)(x, deterministic=deterministic)
         pooled = jnp.tanh(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=normal_init, name="pooler")(x))
@@ -177,7 +197,7 @@ class LayerWithExit(nn.Module):
             rngs = None if self.deterministic else {"dropout": self.make_rng("dropout")}
             hidden = TransformerLayer(self.config).apply({"params": shared_layer}, hidden, attention_mask,
                                                          self.deterministic, rngs=rngs)
-        logits, pooled = ExitHead(self.config, name="exit")(hidden, self.deterministic)
+        logits, pooled = ExitHead(self.config, name="exit")(hidden, self.deterministic, attention_mask)
         return hidden, (logits, pooled)
 
 

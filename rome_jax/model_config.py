@@ -14,6 +14,12 @@ FAMILIES = ("bert", "roberta", "albert")
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "tanh")
 ATTENTION_KERNELS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16")  # compute dtypes (parameters stay float32)
+EXIT_POOLINGS = ("cls", "mean")
+"""What every exit's pooler reads (`ModelConfig.exit_pooling`): "cls", the layer's first
+token (the papers' design, BERT's pooler); "mean", the mean of the layer's token vectors
+over the attended positions (`attention_mask` 1)."""
+EXIT_POOLING_KEY = "rome_jax_exit_pooling"
+"""The config.json key recording a pooling other than "cls" (`hf_io.hf_config_dict`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,9 @@ class ModelConfig:
     attention_kernel: str = "xla"
     unroll_layers: bool = True  # unroll the layer scan in training: ~6% faster step on CPU (inference stays rolled)
     embedding_size: int | None = None  # ALBERT's factorised embeddings; None: hidden_size
+    # What every exit (the final one too) pools: "cls", the first token (the papers'
+    # design); "mean", the masked mean over attended tokens (EXIT_POOLINGS).
+    exit_pooling: str = "cls"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -72,6 +81,9 @@ class ModelConfig:
                                   f"attention has no float32 form); got dtype {self.dtype!r}")
         if self.num_labels < 1:
             raise CheckpointError(f"num_labels must be at least 1, not {self.num_labels}")
+        if self.exit_pooling not in EXIT_POOLINGS:
+            raise CheckpointError(f"exit_pooling must be one of {', '.join(EXIT_POOLINGS)}, "
+                                  f"not {self.exit_pooling!r}")
 
     @property
     def shares_layers(self) -> bool:
@@ -132,6 +144,7 @@ class ModelConfig:
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
             pad_token_id=hf.get("pad_token_id", 1 if family == "roberta" else 0) or 0,
             num_labels=num_labels or 2,
+            exit_pooling=hf.get(EXIT_POOLING_KEY, "cls"),
         )
         if family == "albert":
             kwargs["embedding_size"] = hf.get("embedding_size", 128)
