@@ -29,6 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A checkpoint whose classifier has another label count (say SST-2's 2 for a
     # 3-class task): True starts every exit's classifier afresh from train.seed.
     config.model.reinit_classifier = False
+    # What every exit's pooler reads: "cls", the layer's first token (the papers'
+    # design, BERT's pooler); "mean", the mean of the layer's token vectors over the
+    # attended positions (for backbones trained with mean pooling, whose early [CLS]
+    # carries little). Exported models record it; transformers pools [CLS] regardless.
+    config.model.exit_pooling = "cls"
 
     config.data = ml_collections.ConfigDict()
     config.data.task = "rte"

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
-from rome_jax.model_config import ATTENTION_KERNELS, DTYPES
+from rome_jax.model_config import ATTENTION_KERNELS, DTYPES, EXIT_POOLINGS
 from rome_jax.errors import ConfigError, DataError
 from rome_jax.tasks import CUSTOM_DEFAULTS
 
@@ -115,6 +115,7 @@ KEYS: dict[str, Check] = {
     "model.dtype": _one_of(*DTYPES),
     "model.attention": _one_of(*ATTENTION_KERNELS),
     "model.reinit_classifier": _typed(bool),
+    "model.exit_pooling": _one_of(*EXIT_POOLINGS),
     "data.task": _typed(str, _task),
     "data.dir": _typed(str),
     "data.source": _one_of_defined("rome_jax.data", "SOURCES"),
@@ -322,6 +323,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 ADDED_KEYS: dict[str, Any] = {"train.adam_bias_correction": True, "train.stage2_lr_scale": 1.0,
                                "data.buckets": "none",
                                "train.stage2_start": "last", "model.reinit_classifier": False,
+                               "model.exit_pooling": "cls",
                                **{f"data.custom.{k}": v for k, v in CUSTOM_DEFAULTS.items()}}
 """Keys added after runs were written, with the value that computes what runs
 without the key computed: a stored config lacking one is read as having it."""

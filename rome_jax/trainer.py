@@ -542,7 +542,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     run_config.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
     model = load_pretrained(model_dir, task.num_labels, dtype=config.model.dtype, seed=config.train.seed,
                             ignore_mismatched_sizes=config.model.reinit_classifier,
-                            attention_kernel=config.model.attention)
+                            attention_kernel=config.model.attention, exit_pooling=config.model.exit_pooling)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files "
                           "(tokenizer.json or vocab.txt)")

@@ -78,7 +78,8 @@ def _model_from_workdir(workdir: str):
         model_json = os.path.join(resolve_model_dir(config.model.name_or_path), "config.json")
     model_config = ModelConfig.from_json_file(
         model_json, num_labels=task.num_labels, dtype=_DTYPE.value or config.model.dtype,
-        attention_kernel=_ATTENTION.value or config.model.get("attention", "xla"))
+        attention_kernel=_ATTENTION.value or config.model.get("attention", "xla"),
+        exit_pooling=config.model.get("exit_pooling", "cls"))  # runs without the key pooled [CLS]
     mismatch = checkpoints.params_mismatch(params, model_config)
     if mismatch:
         raise CheckpointError(f"checkpoint {os.path.join(workdir, 'checkpoints', str(step))} does not fit "
