@@ -137,6 +137,21 @@ class Checkpoints:
             return None
         return tree_mismatch(tree, target)
 
+    def local_target(self, step: int) -> PyTree | None:
+        """A restore target for checkpoint `step` on this process's first device: its saved
+        shapes and dtypes (a checkpoint saved by several processes cannot be restored as
+        saved, onto devices this process does not have); None if the metadata is unreadable."""
+        try:
+            metadata = self._manager.item_metadata(step)["state"]
+        except Exception:
+            return None
+        tree = getattr(metadata, "tree", metadata)
+        if tree is None:
+            return None
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree,
+                            is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+
     def restore_latest(self, target: PyTree | None) -> tuple[int, PyTree, dict] | None:
         """(step, state, meta) of the latest readable checkpoint, or None if there is none.
 
@@ -285,7 +300,7 @@ def load_params(directory: str | os.PathLike, step: int | str = "best") -> tuple
             if chosen not in steps:
                 raise CheckpointError(f"no checkpoint of step {chosen} in {directory} "
                                       f"(steps: {', '.join(map(str, steps))})")
-        state, _ = checkpoints.restore(chosen, None)
+        state, _ = checkpoints.restore(chosen, checkpoints.local_target(chosen))
     finally:
         checkpoints.close()
     return chosen, jax.tree.map(np.asarray, state["params"])

@@ -291,8 +291,10 @@ def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings:
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
-    """A one-axis mesh `data` over the given devices (default: all, every host)."""
+    """A one-axis mesh `data` over the given devices (default: all, every host), process
+    by process: each process's devices hold a contiguous part of the batch (its own)."""
     devices = jax.devices() if devices is None else devices
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices), ("data",))
 
 

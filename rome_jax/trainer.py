@@ -80,7 +80,7 @@ import ml_collections
 import numpy as np
 
 from rome_jax import checkpoints as checkpoints_lib
-from rome_jax import files, run_config
+from rome_jax import distributed, files, run_config
 from rome_jax.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
@@ -535,7 +535,11 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     run_config.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
     workdir = Path(workdir).absolute()
     is_writer = jax.process_index() == 0
-    prepare_workdir(workdir, config, overwrite=overwrite, is_writer=is_writer)
+    if is_writer:  # first: the others then read the workdir process 0 prepared
+        prepare_workdir(workdir, config, overwrite=overwrite, is_writer=True)
+    distributed.barrier("workdir prepared")
+    if not is_writer:
+        prepare_workdir(workdir, config, overwrite=overwrite, is_writer=False)
 
     task = task_from_config(config)  # a GLUE task, or one described by data.custom.*
     model_dir = resolve_model_dir(config.model.name_or_path)

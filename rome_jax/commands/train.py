@@ -30,7 +30,23 @@ _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete what an earlier run wrote in --workdir (config.json, metrics.jsonl, "
     "tensorboard/, checkpoints/, tokenizer/, model/, and eval.py's eval/) and start afresh.")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() (also: config train.multihost).")
+    "multihost", False, "Join JAX's distributed runtime (jax.distributed.initialize; also: config "
+    "train.multihost): one process per host; settings not given below come from JAX's cluster "
+    "detection (Cloud TPU VMs, SLURM, ...). See docs/multihost.md.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With several processes: HOST:PORT of process 0's coordinator "
+    "(implies --multihost; default: $JAX_COORDINATOR_ADDRESS or cluster detection).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With several processes: how many (implies --multihost).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With several processes: this one's index, 0 to num_processes - 1 "
+    "(implies --multihost; process 0 writes the workdir's files).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "With --multihost: seconds to wait for the coordinator and "
+    "every process before failing with an error naming the address.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", None, "With --multihost: seconds without a heartbeat after which the "
+    "other processes consider a process dead and stop (JAX's default: 100).")
 
 
 def main(argv: list[str]) -> int:
@@ -41,8 +57,12 @@ def main(argv: list[str]) -> int:
         raise ConfigError("--workdir is required")
     import jax
 
-    if _MULTIHOST.value or config.train.multihost:
-        jax.distributed.initialize()
+    explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _MULTIHOST.value or config.train.multihost or any(v is not None for v in explicit):
+        from rome_jax import distributed
+
+        distributed.initialize(*explicit, timeout_s=_INIT_TIMEOUT.value,
+                               heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
     from rome_jax import trainer
 
     result = trainer.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)

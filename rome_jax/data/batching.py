@@ -23,9 +23,11 @@ from rome_jax.errors import ConfigError, DataError
 class BatchIterator:
     """Static-shape batches of `features`, one process's share of each global batch.
 
-    Each global batch holds `batch_size` rows; this process yields rows
-    [process_index::process_count] of it, so every array has leading dimension
-    b = batch_size // process_count:
+    Each global batch holds `batch_size` rows; this process yields its contiguous
+    part, rows [process_index * b, (process_index + 1) * b), with
+    b = batch_size // process_count the leading dimension of every array (so the
+    processes' parts, put side by side on a process-major device mesh, are exactly
+    the one-process batch: the same rows at the same places, hence the same dropout):
 
       input_ids, attention_mask, token_type_ids: [b, T] int32
       labels: [b] int32 (float32 for regression)
@@ -149,7 +151,8 @@ class BatchIterator:
         else:
             rows, length = self._epoch_batches(self._epoch)[self._position]
             cut = slice(0, length)
-        rows = rows[self.process_index::self.process_count]
+        b = self.local_batch_size
+        rows = rows[self.process_index * b:(self.process_index + 1) * b]
         mask = rows >= 0
         take = np.where(mask, rows, 0)
         f = self.features
