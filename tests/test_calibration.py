@@ -1,0 +1,100 @@
+"""The calibration rule against hand-made sweep rows: per criterion, the fewest mean
+layers whose dev metric is within `points` percentage points of full depth; ties go
+to the more conservative threshold."""
+
+import json
+
+import pytest
+
+from rome_jax import calibration, exits
+from rome_jax.errors import CheckpointError
+
+
+def row(name, threshold, metric, layers):
+    return {"criterion": name, "threshold": threshold, "accuracy": metric, "mean_layers": layers,
+            "layer_speedup": 6 / layers}
+
+
+SWEEP = [
+    row("entropy", 0.0, 0.850, 6.0), row("entropy", 0.1, 0.850, 5.0), row("entropy", 0.3, 0.846, 4.0),
+    row("entropy", 0.5, 0.840, 3.0), row("entropy", 0.6, 0.700, 1.0),
+    row("max_prob", 0.99, 0.849, 5.5), row("max_prob", 0.9, 0.845, 4.5), row("max_prob", 0.8, 0.844, 4.0),
+    row("patience", 1, 0.80, 3.0), row("patience", 2, 0.83, 4.0),
+]
+
+
+def test_fewest_layers_within_the_points():
+    out = calibration.choose_thresholds(SWEEP, 0.850, metric="accuracy", points=0.5, num_layers=6)
+    assert out["criteria"]["entropy"] == {"threshold": 0.3, "accuracy": 0.846, "mean_layers": 4.0,
+                                          "layer_speedup": 1.5}
+    assert out["criteria"]["max_prob"]["threshold"] == 0.9   # 0.844 is 0.6 points below
+    assert out["criteria"]["patience"] is None               # none within 0.5 points
+    assert out["default"] == {"criterion": "entropy", "threshold": 0.3}
+    assert out["points"] == 0.5 and out["full_depth_metric"] == 0.85 and out["metric"] == "accuracy"
+    json.dumps(out)
+    # wider: entropy 0.5 (1 point below) and patience 2 (2 points) now fit
+    wide = calibration.choose_thresholds(SWEEP, 0.850, metric="accuracy", points=2.0)
+    assert wide["criteria"]["entropy"]["threshold"] == 0.5 and wide["criteria"]["patience"]["threshold"] == 2
+    # zero points: only thresholds at or above full depth
+    exact = calibration.choose_thresholds(SWEEP, 0.850, metric="accuracy", points=0)
+    assert exact["criteria"]["entropy"]["threshold"] == 0.1 and exact["criteria"]["max_prob"] is None
+
+
+def test_ties_go_to_the_more_conservative_threshold():
+    sweep = [row("entropy", 0.3, 0.85, 4.0), row("entropy", 0.2, 0.85, 4.0), row("entropy", 0.4, 0.85, 4.0),
+             row("max_prob", 0.8, 0.85, 4.0), row("max_prob", 0.9, 0.85, 4.0),
+             row("patience", 2, 0.85, 4.0), row("patience", 3, 0.85, 4.0),
+             row("normalized_entropy", 0.5, 0.85, 4.0), row("normalized_entropy", 0.4, 0.85, 4.0)]
+    out = calibration.choose_thresholds(sweep, 0.85, metric="accuracy", points=0.5)
+    assert {n: c["threshold"] for n, c in out["criteria"].items()} == {
+        "entropy": 0.2, "max_prob": 0.9, "patience": 3, "normalized_entropy": 0.4}
+
+
+def test_default_follows_the_preference_order():
+    sweep = [row("entropy", 0.5, 0.5, 2.0), row("max_prob", 0.9, 0.85, 4.0), row("patience", 2, 0.85, 3.0)]
+    out = calibration.choose_thresholds(sweep, 0.85, metric="accuracy")
+    assert out["criteria"]["entropy"] is None
+    assert out["default"] == {"criterion": "max_prob", "threshold": 0.9}  # before patience, though slower
+    nothing = calibration.choose_thresholds([row("entropy", 0.5, 0.5, 2.0)], 0.85, metric="accuracy")
+    assert nothing["default"] is None
+    with pytest.raises(ValueError, match="no threshold within"):
+        calibration.criterion_of(nothing)
+    with pytest.raises(ValueError, match="points"):
+        calibration.choose_thresholds(SWEEP, 0.85, metric="accuracy", points=-1)
+
+
+def test_calibrate_reads_an_evaluation_result(tmp_path):
+    results = {"task": "sst2", "split": "dev", "metric": "accuracy", "num_examples": 872, "num_exits": 6,
+               "max_length": 64, "per_exit": [{"exit": i + 1, "accuracy": a} for i, a in
+                                              enumerate((0.5, 0.5, 0.5, 0.83, 0.85, 0.85))],
+               "sweep": SWEEP}
+    out = calibration.calibrate(results, 0.5)
+    assert out["full_depth_metric"] == 0.85 and out["criteria"]["entropy"]["threshold"] == 0.3
+    assert {k: out[k] for k in ("task", "split", "num_examples", "max_length", "num_layers", "regression")} == {
+        "task": "sst2", "split": "dev", "num_examples": 872, "max_length": 64, "num_layers": 6,
+        "regression": False}
+    assert calibration.criterion_of(out) == exits.Criterion("entropy", 0.3)
+    assert calibration.criterion_of(out, "max_prob") == exits.Criterion("max_prob", 0.9)
+    with pytest.raises(ValueError, match="no patience threshold"):
+        calibration.criterion_of(out, "patience")
+    regression = {**results, "metric": "pearson", "per_exit": [{"exit": 6, "pearson": 0.8}],
+                  "sweep": [{"criterion": "patience", "threshold": 2, "pearson": 0.799, "mean_layers": 4.0}]}
+    reg = calibration.calibrate(regression, 0.5)
+    assert reg["regression"] and calibration.criterion_of(reg) == exits.Criterion("patience", 2, regression=True)
+    path = tmp_path / calibration.FILE_NAME
+    calibration.write(path, out)
+    assert calibration.read(path) == out
+    assert calibration.read(tmp_path / "absent.json") is None
+    assert "entropy 0.3" in calibration.summary(out)
+
+
+def test_malformed_files_are_one_line_errors(tmp_path):
+    path = tmp_path / calibration.FILE_NAME
+    for text, words in (("not json", "unreadable calibration"), ("[1]", "JSON object"),
+                        ('{"criteria": {"speed": null}}', "unknown criterion 'speed'"),
+                        ('{"criteria": {"entropy": {"threshold": "x"}}}', "no numeric threshold"),
+                        ('{"criteria": {"entropy": null}, "default": {"criterion": "entropy"}}',
+                         "'default' names no calibrated criterion")):
+        path.write_text(text)
+        with pytest.raises(CheckpointError, match=words):
+            calibration.read(path)
