@@ -1,6 +1,11 @@
-"""The gradient-regularizer ablation's per-run config: `configs/ablation.py:TASK,MODE`.
+"""The gradient-regularizer ablation's per-run config: `configs/ablation.py:TASK,MODE[,POOLING]`.
 
     python train.py --config=configs/ablation.py:sst2,romebert --workdir=runs/ablation/sst2/romebert/seed42
+
+POOLING (optional) is `model.exit_pooling`: `cls` (the default, the papers' design)
+or `mean`; `configs/ablation.py:sst2,romebert,mean` is the same run as
+`configs/ablation.py:sst2,romebert --config.model.exit_pooling=mean` (the form
+`scripts/ablation.py --exit_pooling=mean` uses).
 
 The real pretrained MiniLM (6 layers) with the CPU grid's settings:
 - SST-2: the first 20,000 training rows, max length 64, one epoch, batch 16, lr 5e-5;
@@ -15,16 +20,24 @@ from pathlib import Path
 import ml_collections
 
 from configs import default, demo
+from rome_jax.errors import ConfigError
+from rome_jax.model_config import EXIT_POOLINGS
 from rome_jax.run_config import parse_task_mode
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    task, mode = parse_task_mode(arg, "configs/ablation.py", default_task="sst2")
+    parts = (arg or "").split(",")
+    pooling = parts.pop().strip() if len(parts) == 3 else "cls"
+    if pooling not in EXIT_POOLINGS:
+        raise ConfigError(f"configs/ablation.py takes TASK,MODE[,POOLING] with POOLING one of "
+                          f"{', '.join(EXIT_POOLINGS)}; got {arg!r}")
+    task, mode = parse_task_mode(",".join(parts) if arg else arg, "configs/ablation.py", default_task="sst2")
     config = default.get_config()
     config.model.name_or_path = demo._minilm_path()
     config.data.task = task
     if mode:
         config.train.mode = mode
+    config.model.exit_pooling = pooling
     repo = Path(__file__).resolve().parent.parent
     config.data.dir = os.environ.get("GLUE_DIR", str(repo.parent / "shared" / "glue"))
     config.train.batch_size = 16

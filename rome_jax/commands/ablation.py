@@ -22,7 +22,14 @@ relative to `joint` (whole runs: two-stage modes count both stages).
     python scripts/ablation.py --workdir=runs/ablation --reuse_only   # report what is finished
 
 `--reuse_only` trains nothing: the report covers the finished runs and names the
-missing ones. A run resumed after an interruption records its time as partial
+missing ones.
+
+    python scripts/ablation.py --workdir=runs/ablation --exit_pooling=mean --tasks=sst2
+
+trains the grid with mean-pooled exits (`model.exit_pooling=mean`), its runs and
+records under TASK/MODE-mean/; the report then shows, per task, the [CLS] grid and
+the mean-pooled grid in separate tables (each from the records there are: the grid
+not chosen is only reused, and its missing runs are named only if it has some). A run resumed after an interruption records its time as partial
 (only the last attempt is timed); the report leaves such times out of the ratio.
 """
 
@@ -32,6 +39,7 @@ from absl import flags
 
 from rome_jax import ablation, cli
 from rome_jax.errors import ConfigError
+from rome_jax.model_config import EXIT_POOLINGS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go.")
 _CONFIG = flags.DEFINE_string("config", ablation.DEFAULT_CONFIG, "Per-run config file (takes TASK,MODE); a relative "
@@ -48,6 +56,10 @@ _FINDINGS = flags.DEFINE_string("findings", "docs/ablation_findings.md",
 _RECORDS = flags.DEFINE_string("records", "docs/ablation_runs",
                                 "Where each finished run's record is kept (TASK/MODE/seedS.json).")
 _REUSE_ONLY = flags.DEFINE_bool("reuse_only", False, "Train nothing: report the finished runs, name the rest.")
+_EXIT_POOLING = flags.DEFINE_enum("exit_pooling", "cls", list(EXIT_POOLINGS),
+                                  "What the exits pool (model.exit_pooling): cls, the papers' design, or mean. "
+                                  "mean runs live under TASK/MODE-mean/ (records and workdirs); the report "
+                                  "shows each pooling's grid in its own tables.")
 
 
 def main(argv):
@@ -55,16 +67,27 @@ def main(argv):
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required")
+    if any(o.split("=", 1)[0].strip() == "model.exit_pooling" for o in _OVERRIDE.value):
+        raise ConfigError("give the exit pooling as --exit_pooling=cls|mean, not --override "
+                          "(its runs are kept apart, under TASK/MODE-mean/)")
     root = Path(_WORKDIR.value)
     grid = [(task, mode, seed) for task in _TASKS.value for mode in _MODES.value for seed in _SEEDS.value]
     records, missing = [], []
-    for task, mode, seed in grid:
-        record = ablation.run_one(task, mode, seed, root, Path(_RECORDS.value), _REUSE_ONLY.value,
-                                  config=_CONFIG.value, overrides=_OVERRIDE.value)
-        if record is None:
-            missing.append(f"{task}/{mode}/seed{seed}")
-        else:
-            records.append(record)
+    # The chosen pooling's grid is run; the other's finished runs join the report (reused only).
+    for pooling in EXIT_POOLINGS:
+        chosen = pooling == _EXIT_POOLING.value
+        found, absent = [], []
+        for task, mode, seed in grid:
+            record = ablation.run_one(task, mode, seed, root, Path(_RECORDS.value),
+                                      _REUSE_ONLY.value or not chosen, config=_CONFIG.value,
+                                      overrides=_OVERRIDE.value, exit_pooling=pooling)
+            if record is None:
+                absent.append(f"{task}/{ablation.run_name(mode, pooling)}/seed{seed}")
+            else:
+                found.append(record)
+        records += found
+        if chosen or found:
+            missing += absent
     if not records:
         raise ConfigError(f"{root}, {_RECORDS.value}: no finished runs to report")
     findings = Path(_FINDINGS.value)
