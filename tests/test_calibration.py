@@ -98,3 +98,27 @@ def test_malformed_files_are_one_line_errors(tmp_path):
         path.write_text(text)
         with pytest.raises(CheckpointError, match=words):
             calibration.read(path)
+
+
+def test_eval_calibrate_stores_the_thresholds_with_the_model(minilm_path, glue_dir, tmp_path):
+    """eval.py --calibrate on an HF directory: results.json gains the calibration, the
+    directory gains rome_jax_calibration.json, and load_pretrained/predict use it."""
+    import subprocess
+    import sys
+
+    import rome_jax
+
+    model = rome_jax.load_pretrained(minilm_path, num_labels=2)
+    model.save_pretrained(str(tmp_path / "m"))
+    proc = subprocess.run([sys.executable, "-m", "rome_jax.commands.eval", f"--model={tmp_path / 'm'}",
+                           "--task=sst2", f"--data_dir={glue_dir}", "--max_examples=32", "--no_timing",
+                           "--max_length=64", "--sweeps=entropy:0,0.3;patience:1", "--calibrate=0.5",
+                           f"--output_dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    chosen = results["calibration"]
+    expected = calibration.calibrate(results, 0.5)
+    assert {k: chosen[k] for k in expected} == expected and chosen["max_length"] == 64
+    loaded = rome_jax.load_pretrained(str(tmp_path / "m"))
+    assert loaded.calibration == chosen
+    assert loaded.predict(["a gem"]).criterion == calibration.criterion_of(chosen)

@@ -16,6 +16,13 @@ run whose config predates it, and "auto" with --model: 16, 32, 64, ... up to
 max_length). Answers are the same up to float rounding; timings and FLOPs then
 pay for tokens, not padding. results.json records the buckets and padded_share.
 
+--calibrate=0.5 chooses, on the first split, each criterion's threshold with the
+fewest mean layers within 0.5 percentage points of the full-depth metric
+(`rome_jax.calibration`): results.json gains `calibration`; it is stored in
+WORKDIR/calibration.json and beside the model (WORKDIR/model, when the evaluated
+checkpoint is the run's last, or the --model directory) as rome_jax_calibration.json,
+which `load_pretrained` reads and `predict` uses by default.
+
 "best" is the checkpoint with the highest final-exit score on the first dev split,
 so the dev figures of a run that evaluated more than once are chosen on the set
 they are read on; RomeBERT's and DeeBERT's code report their last step
@@ -62,6 +69,11 @@ _BUCKETS = flags.DEFINE_string(
     "to max_length) or lengths like 16,32,64 (max_length added). Default: the run's data.buckets "
     "(none if its config has no such key), or auto with --model.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or MODEL/eval.")
+_CALIBRATE = flags.DEFINE_float(
+    "calibrate", None, "Choose early-exit thresholds on the first split: per criterion, the fewest mean "
+    "layers whose metric is within this many percentage points of full depth (e.g. 0.5). Written to "
+    "results.json (calibration), WORKDIR/calibration.json and the model directory "
+    "(rome_jax_calibration.json, which predict uses by default).")
 
 
 def _model_from_workdir(workdir: str):
@@ -88,7 +100,7 @@ def _model_from_workdir(workdir: str):
     if tokenizer is None:
         raise CheckpointError(f"{workdir}/tokenizer: no tokenizer files")
     data = {"dir": config.data.dir, "source": config.data.source, "max_length": config.data.max_length,
-            "mode": config.train.mode, "buckets": config.data.get("buckets", "none")}
+            "mode": config.train.mode, "buckets": config.data.get("buckets", "none"), "step": step}
     return MultiExitModel(model_config, params, tokenizer), task, data, f"{workdir} step {step}"
 
 
@@ -151,11 +163,58 @@ def main(argv):
             batched_examples=_BATCHED.value, timing=not _NO_TIMING.value, buckets=buckets,
             log=lambda m: print(m, flush=True))
         results["model"] = origin
+        if _CALIBRATE.value is not None and split == splits[0]:
+            results["calibration"] = _calibrate(results, origin)
         split_dir = out_dir if len(splits) == 1 else os.path.join(out_dir, split)
         paths = evaluation.write_outputs(results, split_dir)
         print(evaluation.format_table(results))
+        if "calibration" in results:
+            paths += _store_calibration(results["calibration"], data.get("step"))
         print(f"wrote {', '.join(os.path.relpath(p) for p in paths)}", flush=True)
     return 0
+
+
+def _calibrate(results: dict, origin: str) -> dict:
+    """The thresholds chosen on this split (`rome_jax.calibration`), printed."""
+    from rome_jax import calibration
+
+    if _CALIBRATE.value < 0:
+        raise ConfigError(f"--calibrate {_CALIBRATE.value}: percentage points must be >= 0")
+    chosen = calibration.calibrate(results, _CALIBRATE.value)
+    chosen["model"] = origin
+    print(calibration.summary(chosen), flush=True)
+    return chosen
+
+
+def _store_calibration(chosen: dict, step: int | None) -> list[str]:
+    """Writes the calibration beside the model: --model: MODEL/rome_jax_calibration.json;
+    --workdir: WORKDIR/calibration.json, and WORKDIR/model/rome_jax_calibration.json
+    when the evaluated checkpoint is the run's last (the one model/ holds)."""
+    from rome_jax import calibration
+
+    if _MODEL.value:
+        path = os.path.join(_MODEL.value, calibration.FILE_NAME)
+        calibration.write(path, chosen)
+        return [path]
+    paths = [os.path.join(_WORKDIR.value, calibration.RUN_FILE_NAME)]
+    calibration.write(paths[0], chosen)
+    model_dir = os.path.join(_WORKDIR.value, "model")
+    if os.path.isfile(os.path.join(model_dir, "config.json")):
+        from rome_jax.checkpoints import Checkpoints
+
+        store = Checkpoints(os.path.join(_WORKDIR.value, "checkpoints"), read_only=True)
+        try:
+            steps = store.steps()
+        finally:
+            store.close()
+        if steps and step == steps[-1]:
+            paths.append(os.path.join(model_dir, calibration.FILE_NAME))
+            calibration.write(paths[-1], chosen)
+        else:
+            print(f"{model_dir} holds the last step ({steps[-1] if steps else '?'}), the thresholds were "
+                  f"chosen on step {step}: not stored there (--checkpoint=latest calibrates the exported "
+                  "model)", flush=True)
+    return paths
 
 
 def run() -> None:
