@@ -38,6 +38,10 @@ class Setting:
     threshold: float = 0.1
     regression_criterion: str = "patience"  # STS-B cannot exit by entropy
     regression_threshold: float = 6.0
+    calibrate_points: float | None = None
+    """When set: per task, the threshold is chosen on the first dev split instead
+    (`rome_jax.calibration`: the default criterion's threshold with the fewest mean
+    layers within this many percentage points of the final exit)."""
 
     def for_task(self, task: Task) -> exits.Criterion:
         if task.is_regression:
@@ -76,6 +80,28 @@ def predict(config: Any, params: Any, features: Features, criterion: exits.Crite
             "flops_speedup": float(flops.flops_speedup(config, features.max_length, exit_index))}
 
 
+def calibrate_on_dev(task: Task, logits: np.ndarray, labels: np.ndarray, points: float) -> dict:
+    """`rome_jax.calibration.choose_thresholds` on every exit's dev logits [E, N, C]:
+    the default sweeps (`evaluation.default_sweeps`) simulated, no timing."""
+    from rome_jax import calibration, evaluation
+    from rome_jax.metrics import compute_metrics, primary_metric
+
+    num_layers, regression = logits.shape[0], logits.shape[-1] == 1
+    metric = primary_metric(task.name)
+    rows = []
+    for name, thresholds in evaluation.default_sweeps(num_layers).items():
+        if regression and name in ("entropy", "max_prob", "normalized_entropy"):
+            continue
+        for threshold in thresholds:
+            criterion = exits.Criterion(name, float(threshold), regression=regression)
+            exit_index, chosen = (np.asarray(x) for x in exits.simulate(criterion, logits))
+            rows.append({"criterion": name, "threshold": float(threshold),
+                         **compute_metrics(task.name, chosen, labels), "mean_layers": float(np.mean(exit_index + 1))})
+    full = compute_metrics(task.name, logits[-1], labels)[metric]
+    return calibration.choose_thresholds(rows, full, metric=metric, points=points, num_layers=num_layers,
+                                         regression=regression)
+
+
 def train_command(task: str, workdir: Path, config: str, mode: str | None,
                   overrides: Sequence[str]) -> list[str]:
     """`python -m rome_jax.commands.train --config=CONFIG:TASK[,MODE] --workdir=... --config.KEY=VALUE...`"""
@@ -106,8 +132,19 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
     for split in task.dev_splits:
         features = tokenize_examples(load_examples(task.name, split, **data), tokenizer, config.data.max_length)
         logits = evaluation.exit_logits_of(model_config, params, features, 64)
-        early = predict(model_config, params, features, criterion)
         labels = np.asarray(features.labels)
+        if setting.calibrate_points is not None and split == task.dev_splits[0]:
+            from rome_jax import calibration
+
+            chosen = calibrate_on_dev(task, logits, labels, setting.calibrate_points)
+            chosen.update(task=task.name, split=split, num_examples=len(features),
+                          max_length=config.data.max_length)
+            calibration.write(workdir / calibration.RUN_FILE_NAME, chosen)
+            record["calibration"] = chosen
+            if chosen["default"] is not None:
+                criterion = calibration.criterion_of(chosen, num_labels=task.num_labels)
+                record.update(criterion=criterion.name, threshold=criterion.threshold)
+        early = predict(model_config, params, features, criterion)
         record["dev"][split] = {
             "final": compute_metrics(task.name, logits[-1], labels),
             "early": compute_metrics(task.name, early["logits"], labels),

@@ -122,3 +122,29 @@ def test_eval_calibrate_stores_the_thresholds_with_the_model(minilm_path, glue_d
     loaded = rome_jax.load_pretrained(str(tmp_path / "m"))
     assert loaded.calibration == chosen
     assert loaded.predict(["a gem"]).criterion == calibration.criterion_of(chosen)
+
+
+def test_glue_runner_calibrates_on_dev_logits():
+    """glue_benchmark --calibrated: the default sweeps simulated on every exit's dev
+    logits, then the rule; no row with fewer layers fits the points."""
+    import numpy as np
+
+    from rome_jax.glue import get_task
+    from rome_jax.glue_runner import calibrate_on_dev
+
+    rng = np.random.RandomState(0)
+    labels = rng.randint(0, 2, 200)
+    # exits that grow more right and more confident with depth
+    logits = np.stack([np.stack([-(labels * 2 - 1) * (i - 2) * 0.5, (labels * 2 - 1) * (i - 2) * 0.5], -1)
+                       + rng.normal(0, 1.5, (200, 2)) for i in range(6)]).astype(np.float32)
+    out = calibrate_on_dev(get_task("sst2"), logits, labels, 1.0)
+    full = float(np.mean(logits[-1].argmax(-1) == labels))
+    assert out["full_depth_metric"] == full and out["num_layers"] == 6
+    chosen = out["criteria"]["entropy"]
+    assert chosen["accuracy"] >= full - 0.01 and chosen["mean_layers"] < 6
+    for threshold in (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        index, answer = (np.asarray(x) for x in exits.simulate(exits.Criterion("entropy", threshold), logits))
+        if np.mean(index + 1) < chosen["mean_layers"]:
+            assert np.mean(answer.argmax(-1) == labels) < full - 0.01
+    reg = calibrate_on_dev(get_task("stsb"), logits[..., :1] + 2.5, rng.uniform(0, 5, 200), 0.5)
+    assert set(reg["criteria"]) == {"patience"} and reg["regression"]

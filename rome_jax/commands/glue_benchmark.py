@@ -28,6 +28,12 @@ _SOURCE = flags.DEFINE_string("source", "dir", "dir, hf or tfds.")
 _CRITERION = flags.DEFINE_string("criterion", "entropy", "Early-exit criterion for the summary and test files.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Its threshold.")
 _PATIENCE = flags.DEFINE_integer("regression_patience", 6, "STS-B exits by patience with this t.")
+_CALIBRATED = flags.DEFINE_bool(
+    "calibrated", False, "Instead of --criterion/--threshold: per task, the threshold chosen on the first "
+    "dev split (the fewest mean layers within --calibration_points of the final exit; entropy first, "
+    "patience for STS-B), used for the dev early-exit figures and the test files (TASK/calibration.json).")
+_POINTS = flags.DEFINE_float("calibration_points", 0.5, "With --calibrated: percentage points below the "
+                             "final exit's dev metric a threshold may cost.")
 
 
 def main(argv):
@@ -40,7 +46,10 @@ def main(argv):
     for o in _OVERRIDE.value:
         if "=" not in o:
             raise ConfigError(f"--override {o!r} is not KEY=VALUE")
-    setting = glue_runner.Setting(_CRITERION.value, _THRESHOLD.value, "patience", float(_PATIENCE.value))
+    if _POINTS.value < 0:
+        raise ConfigError(f"--calibration_points {_POINTS.value}: must be >= 0")
+    setting = glue_runner.Setting(_CRITERION.value, _THRESHOLD.value, "patience", float(_PATIENCE.value),
+                                  calibrate_points=_POINTS.value if _CALIBRATED.value else None)
     summary = glue_runner.run(_WORKDIR.value, tasks=_TASKS.value, config=_CONFIG.value, mode=_MODE.value,
                               overrides=_OVERRIDE.value, setting=setting, data_dir=_DATA_DIR.value,
                               source=_SOURCE.value, log=lambda m: print(m, flush=True))
