@@ -241,3 +241,52 @@ def test_configs_take_mean_pooling_as_an_override():
                                                              "model.name_or_path": "some/model"})
     assert config.model.exit_pooling == "mean"
     run_config.validate(config)
+
+
+def test_transformers_loads_a_mean_pooled_export_but_pools_cls(tmp_path):
+    """What the export promises: transformers reads the directory (ignoring the key)
+    and computes our [CLS]-pooled final exit from the same weights, not the mean-pooled one."""
+    pytest.importorskip("torch")
+    from transformers import BertForSequenceClassification
+
+    from rome_jax.api import MultiExitModel
+    from tiny_hf import torch_logits
+
+    config = TINY.replace(num_layers=3, exit_pooling="mean")
+    params = random_params(config)
+    MultiExitModel(config, params).save_pretrained(str(tmp_path))
+    torch_model = BertForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+    batch = tiny_batch(4)
+    theirs = torch_logits(torch_model, batch)
+    np.testing.assert_allclose(theirs, forward(config.replace(exit_pooling="cls"), params, batch)[-1],
+                               atol=1e-5, rtol=1e-5)
+    assert np.abs(theirs - forward(config, params, batch)[-1]).max() > 1e-3
+
+
+from test_trainer import OVERRIDES, tiny_model  # noqa: E402,F401  (a fixture: a tiny BERT with a tokenizer)
+
+
+def test_a_run_with_mean_pooling_trains_and_exports_it(tmp_path, tiny_model, glue_dir):  # noqa: F811
+    """train.py's path: the trainer loads the model with the run's pooling and the
+    exported model records it."""
+    import json
+    from pathlib import Path
+
+    from rome_jax import checkpoints, trainer
+    from rome_jax.api import load_pretrained
+
+    repo = Path(__file__).resolve().parent.parent
+    config = run_config.load(f"{repo}/configs/tiny.py:wnli", {"model.name_or_path": tiny_model,
+                             "data.dir": glue_dir, "model.exit_pooling": "mean", **OVERRIDES})
+    workdir = tmp_path / "run"
+    result = trainer.train_and_evaluate(config, workdir, progress=False)
+    assert result.step == 6
+    assert json.loads((workdir / "config.json").read_text())["model"]["exit_pooling"] == "mean"
+    assert json.loads((workdir / "model" / "config.json").read_text())["rome_jax_exit_pooling"] == "mean"
+    model = load_pretrained(str(workdir / "model"), with_tokenizer=False)
+    assert model.config.exit_pooling == "mean"
+    _, params = checkpoints.load_params(str(workdir), "latest")
+    batch = tiny_batch(4)
+    batch = {k: np.minimum(v, 98) for k, v in batch.items()}
+    np.testing.assert_allclose(np.asarray(model.exit_logits(batch)), forward(model.config, params, batch),
+                               atol=1e-6)
