@@ -1,0 +1,134 @@
+"""Serving speed: `MultiExitModel.predict` (early exit) against a PyTorch transformers pipeline.
+
+    python bench/bench_predict.py runs/sst2/model [--glue-dir ../shared/glue]
+        [--criterion calibrated] [--batch-size 64] [--max-length 128] [--max-examples 0]
+        [--out bench/results/predict_cpu.json]
+
+On the SST-2 dev sentences (all 872 by default), one run each, on the same CPU:
+
+- rome_jax: `load_pretrained(MODEL_DIR).predict(sentences, criterion=...)` at batch 1
+  and batched (`--batch-size`): length buckets, the per-example executor. The
+  criterion is the model's calibrated one (`eval.py --calibrate`) unless given
+  ("entropy:0.3", "none" for full depth). A compiling warm-up pass comes first
+  (untimed), as a server would have done it at start.
+- PyTorch: the same model exported with `save_pretrained` (the final exit as
+  `BertForSequenceClassification`), `transformers.pipeline("text-classification")`
+  on the CPU, truncation at `--max-length`, at batch 1 and batched, after a
+  warm-up on a few sentences.
+
+Prints examples/s and accuracy of each (plus rome_jax's mean layers), and writes
+them as JSON to `--out`. Not a timed test: figures move with the machine's load.
+`--max-examples 16` runs in well under a minute on a small model (a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model_dir", help="a fine-tuned model directory (e.g. WORKDIR/model)")
+    p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", os.path.join(here, "..", "..", "shared", "glue")))
+    p.add_argument("--criterion", default="calibrated",
+                   help="calibrated (the model's; entropy 0.1 if it has none), or e.g. entropy:0.3, none")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-examples", type=int, default=0, help="the first N dev sentences; 0: all")
+    p.add_argument("--skip-torch", action="store_true", help="rome_jax only")
+    p.add_argument("--out", default=os.path.join(here, "results", "predict_cpu.json"))
+    return p.parse_args(argv)
+
+
+def _accuracy(predicted, labels) -> float:
+    return sum(int(p == y) for p, y in zip(predicted, labels)) / max(len(labels), 1)
+
+
+def bench_rome_jax(model, sentences, labels, criterion, batch_size: int, max_length: int) -> dict:
+    out = {}
+    for name, size in (("batch1", 1), ("batched", batch_size)):
+        model.predict(sentences, criterion=criterion, batch_size=size, max_length=max_length)  # compile
+        start = time.perf_counter()
+        result = model.predict(sentences, criterion=criterion, batch_size=size, max_length=max_length)
+        seconds = time.perf_counter() - start
+        out[name] = {"batch_size": size, "seconds": seconds, "examples_per_s": len(sentences) / seconds,
+                     "accuracy": _accuracy(result.label_ids.tolist(), labels),
+                     "mean_layers": result.mean_layers}
+    return out
+
+
+def bench_torch(model_dir: str, sentences, labels, batch_size: int, max_length: int) -> dict:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    label2id = {str(k): int(v) for k, v in torch_model.config.label2id.items()}
+    classify = pipeline("text-classification", model=torch_model, tokenizer=tokenizer, device=-1)
+    out = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+    for name, size in (("batch1", 1), ("batched", batch_size)):
+        classify(sentences[:min(8, len(sentences))], batch_size=size, truncation=True, max_length=max_length)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            result = classify(sentences, batch_size=size, truncation=True, max_length=max_length)
+        seconds = time.perf_counter() - start
+        predicted = [label2id[r["label"]] for r in result]
+        out[name] = {"batch_size": size, "seconds": seconds, "examples_per_s": len(sentences) / seconds,
+                     "accuracy": _accuracy(predicted, labels)}
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import jax
+
+    import rome_jax
+    from rome_jax.data import read_glue_dir
+
+    examples = read_glue_dir("sst2", "dev", args.glue_dir)
+    if args.max_examples > 0:
+        examples = examples.head(args.max_examples)
+    sentences, labels = list(examples.text_a), [int(y) for y in examples.labels]
+    model = rome_jax.load_pretrained(args.model_dir)
+    criterion = args.criterion
+    if criterion == "calibrated" and model.calibration is None:
+        print("the model carries no calibration (eval.py --calibrate): entropy:0.1", file=sys.stderr)
+        criterion = "entropy:0.1"
+    from rome_jax.predict import describe, resolve_criterion
+
+    chosen = resolve_criterion(criterion, model.config, model.calibration)
+    results = {"model_dir": os.path.abspath(args.model_dir), "examples": len(sentences),
+               "criterion": describe(chosen), "max_length": args.max_length, "num_layers": model.config.num_layers,
+               "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "cpus": os.cpu_count(), "jax_version": jax.__version__,
+                           "backend": jax.devices()[0].platform},
+               "date": time.strftime("%Y-%m-%d"),
+               "rome_jax": bench_rome_jax(model, sentences, labels, chosen, args.batch_size, args.max_length)}
+    if not args.skip_torch:
+        with tempfile.TemporaryDirectory() as exported:
+            model.save_pretrained(exported)  # the same model, as transformers loads it
+            results["torch_pipeline"] = bench_torch(exported, sentences, labels, args.batch_size, args.max_length)
+    for name in ("rome_jax", "torch_pipeline"):
+        for setting in ("batch1", "batched"):
+            r = results.get(name, {}).get(setting)
+            if r:
+                layers = f", mean layers {r['mean_layers']:.2f}" if "mean_layers" in r else ""
+                print(f"{name:15} {setting:8} batch {r['batch_size']:>3}: {r['examples_per_s']:8.1f} examples/s, "
+                      f"accuracy {100 * r['accuracy']:.1f}{layers}")
+    print(f"criterion {results['criterion']}, {len(sentences)} SST-2 dev sentences, max_length {args.max_length}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
