@@ -23,6 +23,8 @@ from rome_jax.data import read_glue_dir
 from rome_jax.errors import CheckpointError
 from rome_jax.train_step import MODES
 
+pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLASSES = ("short", "medium", "long")  # by word count: a learnable three-class label
 

@@ -29,6 +29,8 @@ from rome_jax.evaluation import Timer, evaluate_split, exit_logits_of
 from rome_jax.metrics import compute_metrics
 from rome_jax.model import INPUT_KEYS
 
+pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
+
 T = 128
 BATCH = 16
 RAW_ATOL = 1e-6      # the checkpoint's own heads: ~5e-8 seen

@@ -23,6 +23,8 @@ from rome_jax.model_config import ModelConfig  # noqa: E402
 from rome_jax.hf_io import state_dict_from_params  # noqa: E402
 from rome_jax.model import init_params  # noqa: E402
 
+pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
+
 CFG = ModelConfig(vocab_size=60, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=40,
                   max_position_embeddings=32, hidden_dropout=0.0, attention_dropout=0.0)
 

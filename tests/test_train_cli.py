@@ -21,6 +21,8 @@ from rome_jax.train_step import MODES
 
 import tiny_hf
 
+pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = "configs/tiny.py:wnli"
 

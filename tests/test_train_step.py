@@ -53,6 +53,7 @@ def run_steps(settings, config=CFG, steps=2, seed=0, lr=1e-3, batch=None, num_de
     return params, jax.device_get(state), jax.device_get(metrics), step_losses
 
 
+@pytest.mark.slow
 def test_two_gradients_from_one_forward_equal_separate_gradients():
     params = init_params(CFG, 0)
     batch = make_batch()
@@ -74,6 +75,7 @@ def test_two_gradients_from_one_forward_equal_separate_gradients():
     assert np.abs(np.asarray(g_b["layers"]["exit"]["classifier"]["kernel"][-1])).max() == 0
 
 
+@pytest.mark.slow
 def test_gr_step_with_nothing_selected_equals_the_joint_step():
     params = init_params(CFG, 0)
     tx = make_optimizer(1e-3, 100, params=params)
@@ -97,6 +99,7 @@ def test_romebert_step_projects_and_logs_the_statistics():
     np.testing.assert_allclose(m["loss"], m["loss_A"] + m["loss_B"], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ts.MODES)
 def test_every_mode_trains_and_lowers_its_loss(mode):
     settings = ts.StepSettings(mode=mode, stage=2 if mode in ts.TWO_STAGE_MODES else 1)
@@ -104,6 +107,7 @@ def test_every_mode_trains_and_lowers_its_loss(mode):
     assert np.isfinite(step_losses[-1]) and step_losses[-1] < step_losses[0]
 
 
+@pytest.mark.slow
 def test_regression_step_uses_mse():
     cfg = NO_DROPOUT.replace(num_labels=1)
     _, _, m, _ = run_steps(ts.StepSettings(mode="romebert", regression=True), config=cfg, steps=1,
@@ -115,6 +119,7 @@ def changed(before, after):
     return jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), before, after)
 
 
+@pytest.mark.slow
 def test_deebert_stage_1_leaves_intermediate_exits_and_stage_2_only_trains_them():
     before, state, _, _ = run_steps(ts.StepSettings(mode="deebert", stage=1), steps=2)
     c = changed(before, state.params)
@@ -139,6 +144,7 @@ def test_reference_stage2_clipping_counts_the_backbone_gradient():
     assert m_ref["grad_norm"] > m_own["grad_norm"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "albert"])
 def test_trainable_stage2_clipping_stops_the_whole_backbone(family):
     """stage2_clip=trainable: the exits get the same gradient as with `reference`,
@@ -158,6 +164,7 @@ def test_trainable_stage2_clipping_stops_the_whole_backbone(family):
     assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(reference_backbone))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch_without_dropout():
     one = run_steps(ts.StepSettings(mode="romebert"), config=NO_DROPOUT, steps=2)[1]
     two = run_steps(ts.StepSettings(mode="romebert", grad_accum_steps=2), config=NO_DROPOUT, steps=2)[1]
@@ -174,6 +181,7 @@ def test_same_seed_same_parameters_and_other_seed_other_dropout():
     assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_leaves_the_state_unchanged():
     params = init_params(CFG, 0)
     params = jax.tree.map(lambda x: x, params)
@@ -195,6 +203,7 @@ def test_no_weight_decay_on_layernorm_or_biases():
     assert mask["embeddings"]["LayerNorm"]["scale"] is False
 
 
+@pytest.mark.slow
 def test_eight_fake_devices_equal_one_device():
     """The step over a mesh of 8 CPU devices equals the step on one (fresh process);
     the replicated state is a copy of the caller's."""
@@ -234,6 +243,7 @@ def test_eight_fake_devices_equal_one_device():
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_fastbert_stage_2_needs_no_labels_and_only_trains_exits():
     batch = make_batch()
     del batch["labels"]
@@ -247,6 +257,7 @@ def test_fastbert_stage_2_needs_no_labels_and_only_trains_exits():
     assert "exit_loss/1" not in m and step_losses[-1] < step_losses[0]
 
 
+@pytest.mark.slow
 def test_albert_gradient_regularization_projects_the_shared_layer():
     cfg = CFG.replace(family="albert", embedding_size=8)
     before, state, m, _ = run_steps(ts.StepSettings(mode="romebert"), config=cfg, steps=2)
@@ -268,6 +279,7 @@ def test_step_settings_refuse_values_that_would_train_something_else(kwargs, mes
         ts.StepSettings(**kwargs)
 
 
+@pytest.mark.slow
 def test_step_names_a_batch_it_cannot_train_on():
     with pytest.raises(ValueError, match="a batch of 8 rows does not split into grad_accum_steps=3"):
         run_steps(ts.StepSettings(mode="joint", grad_accum_steps=3), steps=1)

@@ -18,6 +18,8 @@ from rome_jax import train_step as ts
 from rome_jax.data import BatchIterator
 from rome_jax.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
