@@ -19,7 +19,7 @@ import pytest
 from test_inference import spread_exits, thresholds_between
 
 from rome_jax import exits
-from rome_jax.commands import predict as command
+from rome_jax import predict_io
 from rome_jax.errors import DataError
 from rome_jax.predict import Predictions, resolve_criterion
 
@@ -187,7 +187,7 @@ def _run(model, tmp_path, name, text, out_name="out.jsonl", **options):
     src = tmp_path / name
     src.write_text(text, encoding="utf-8")
     dst = tmp_path / out_name
-    summary = command.predict_file(model, str(src), str(dst), criterion="entropy:0.3", **options)
+    summary = predict_io.predict_file(model, str(src), str(dst), criterion="entropy:0.3", **options)
     return summary, dst.read_text(encoding="utf-8")
 
 
@@ -224,33 +224,33 @@ def test_command_formats_agree_with_the_api(model, tmp_path):
 def test_command_stdin_and_stdout(model):
     stdin = io.StringIO("".join(json.dumps({"sentence": t}) + "\n" for t in SENTENCES[:4]))
     stdout = io.StringIO()
-    command.predict_file(model, "-", "-", stdin=stdin, stdout=stdout, criterion="none")
+    predict_io.predict_file(model, "-", "-", stdin=stdin, stdout=stdout, criterion="none")
     rows = _jsonl(stdout.getvalue())
     assert [r["id"] for r in rows] == [0, 1, 2, 3]
     assert {r["exit_layer"] for r in rows} == {model.config.num_layers}
 
 
 def test_command_bad_row_names_its_line_and_keeps_what_came_before(model, tmp_path, monkeypatch):
-    monkeypatch.setattr(command, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(predict_io, "CHUNK_ROWS", 2)
     tsv = "sentence\n" + "".join(f"{t}\n" for t in SENTENCES[:3]) + " \n" + f"{SENTENCES[4]}\n"
     src, dst = tmp_path / "bad.tsv", tmp_path / "bad.jsonl"
     src.write_text(tsv, encoding="utf-8")
     with pytest.raises(DataError, match=r"bad\.tsv, line 5: empty 'sentence' \(3 rows before it"):
-        command.predict_file(model, str(src), str(dst), criterion="entropy:0.3")
+        predict_io.predict_file(model, str(src), str(dst), criterion="entropy:0.3")
     rows = _jsonl(dst.read_text(encoding="utf-8"))  # complete lines only
     assert [r["id"] for r in rows] == [0, 1, 2]
     src.write_text("sentence\tlabel\nfine\t1\ntoo\tmany\tfields\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"line 3: 3 fields, the header has 2"):
-        command.predict_file(model, str(src), str(dst))
+        predict_io.predict_file(model, str(src), str(dst))
     src.write_text("review\nfine\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"no column 'sentence' or 'text'; give --text_a"):
-        command.predict_file(model, str(src), str(dst))
+        predict_io.predict_file(model, str(src), str(dst))
 
 
 def test_command_streams_in_chunks_with_the_same_output(model, tmp_path, monkeypatch):
     tsv = "sentence\n" + "".join(f"{t}\n" for t in SENTENCES)
     _, whole = _run(model, tmp_path, "all.tsv", tsv)
-    monkeypatch.setattr(command, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(predict_io, "CHUNK_ROWS", 5)
     seen = []
     from rome_jax import predict as predict_lib
 
