@@ -50,6 +50,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if heartbeat_timeout_s:
         kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
     where = coordinator_address or "the address found by JAX's cluster detection"
+    if coordinator_address and process_id:  # JAX's client aborts the process when it times out
+        wait_for_coordinator(coordinator_address, timeout_s)
     try:
         jax.distributed.initialize(**kwargs)
     except (ValueError, TypeError) as e:  # settings missing and not detected
@@ -63,6 +65,31 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     logger.info("joined JAX's distributed runtime at %s: process %d of %d, %d local device(s)",
                 _global_state().coordinator_address, jax.process_index(),
                 jax.process_count(), jax.local_device_count())
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Waits until `address` (HOST:PORT) accepts a TCP connection, or raises ConfigError
+    naming it once `timeout_s` seconds have passed (JAX's own client would instead
+    abort the process, a core dump and no word of the address, when it times out)."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--coordinator_address {address!r} is not HOST:PORT")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(min(left, 5.0), 0.1)):
+                return
+        except OSError as e:
+            if left <= 0:
+                raise ConfigError(f"cannot reach JAX's coordinator at {address} within {timeout_s:g} s "
+                                  f"({e.strerror or type(e).__name__}): is process 0 started, and the "
+                                  "address right and reachable from here?") from None
+        time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
 
 
 def _reason(error: BaseException) -> str:

@@ -38,6 +38,11 @@ codebase's name (`input_mask`, `segment_ids`, `attention_masks`): that is refuse
 since the model would silently read no mask. Every executor checks a batch first
 (`check_batch`: keys, shapes, dtypes, ids in range; about 25 microseconds on the host).
 
+With several local devices (a GPU host, a TPU VM, fake CPU devices), every executor
+splits a batch whose rows divide evenly over them on a `data` mesh axis, parameters
+replicated (`shard_rows`, `replicate_params`): data-parallel inference, the same
+decisions and logits up to float rounding. With one device nothing changes.
+
 "The same decisions" holds in float32. In bfloat16 the per-example executor computes
 a row in batches of other sizes than the full forward does, which rounds differently,
 so an example whose criterion value lies within rounding of the threshold can exit
@@ -57,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rome_jax.data.buckets import bucket_index, sequence_lengths
 from rome_jax.model_config import ModelConfig
@@ -164,6 +170,47 @@ def _padding_rows(batch: dict) -> Array:
     return ~jnp.asarray(batch["example_mask"]).astype(bool)
 
 
+# ---------------------------------------------------------------- every local device
+
+@functools.lru_cache(maxsize=1)
+def _local_mesh() -> Mesh | None:
+    """A one-axis `data` mesh over this process's devices, or None with one device."""
+    devices = jax.local_devices()
+    return Mesh(np.asarray(devices), ("data",)) if len(devices) > 1 else None
+
+
+def shard_rows(arrays: dict) -> dict:
+    """Batch arrays split on their rows over every local device (data-parallel) where
+    there are several and the rows divide evenly; else unchanged (one device: the
+    executors' one-device path, untouched)."""
+    mesh = _local_mesh()
+    if mesh is None or not arrays:
+        return arrays
+    rows = next(iter(arrays.values())).shape[0]
+    if rows % mesh.size:
+        return arrays
+    return jax.device_put(arrays, NamedSharding(mesh, P("data")))
+
+
+_REPLICATED: dict[int, tuple[Any, Any]] = {}
+
+
+def replicate_params(params: Params) -> Params:
+    """`params` replicated on every local device (cached: the latest few trees), or
+    unchanged with one device."""
+    mesh = _local_mesh()
+    if mesh is None:
+        return params
+    hit = _REPLICATED.get(id(params))
+    if hit is not None and hit[0] is params:
+        return hit[1]
+    if len(_REPLICATED) >= 4:
+        _REPLICATED.pop(next(iter(_REPLICATED)))
+    replicated = jax.device_put(params, NamedSharding(mesh, P()))
+    _REPLICATED[id(params)] = (params, replicated)
+    return replicated
+
+
 def cut_to_bucket(batch: Mapping[str, Any], buckets: Sequence[int]) -> dict:
     """The batch with its token arrays cut to the smallest length bucket that holds
     its longest row.
@@ -197,7 +244,8 @@ def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
 def all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
     """Logits of every exit (full depth, jitted): [E, B, C] float32. The batch is
     checked first (`check_batch`)."""
-    return _all_exits(config, params, _batch_arrays(check_batch(config, batch), INPUT_KEYS))
+    return _all_exits(config, replicate_params(params),
+                      shard_rows(_batch_arrays(check_batch(config, batch), INPUT_KEYS)))
 
 
 def simulated_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion) -> dict:
@@ -282,7 +330,8 @@ def while_loop_exit(config: ModelConfig, params: Params, batch: dict, criterion:
     carried in the loop).
     """
     check_criterion(criterion, config.num_labels, config.num_exits)
-    return _while_loop_exit(config, params, _batch_arrays(check_batch(config, batch)), criterion.rule)
+    return _while_loop_exit(config, replicate_params(params), shard_rows(_batch_arrays(check_batch(config, batch))),
+                            criterion.rule)
 
 
 # ---------------------------------------------------------------- per example inside batches
@@ -428,7 +477,7 @@ class BatchedEarlyExit:
     def __init__(self, config: ModelConfig, params: Params, criterion: Criterion,
                  buckets: Sequence[int] | None = None):
         self.config = config
-        self.params = params
+        self.params = replicate_params(params)  # on every local device, where there are several
         self.criterion = check_criterion(criterion, config.num_labels, config.num_exits)
         self._rule = criterion.rule
         self.buckets = None if buckets is None else tuple(sorted(set(buckets), reverse=True))
@@ -441,7 +490,7 @@ class BatchedEarlyExit:
         return smallest_bucket(rows, self._buckets(capacity))
 
     def _start(self, batch: dict, results: _Results) -> _Group:
-        hidden, attention_mask, padding = _embed(self.config, self.params, _batch_arrays(batch))
+        hidden, attention_mask, padding = _embed(self.config, self.params, shard_rows(_batch_arrays(batch)))
         size = hidden.shape[0]
         self._batch_sizes.add(size)
         real = (np.ones(size, bool) if "example_mask" not in batch
