@@ -211,6 +211,14 @@ def replicate_params(params: Params) -> Params:
     return replicated
 
 
+def _place(params: Params, arrays: dict) -> tuple[Params, dict]:
+    """(params, batch) for a jitted executor: split and replicated over the local
+    devices when the batch divides evenly, else as given (one device runs it, e.g.
+    batch 1, rather than every device the same rows)."""
+    sharded = shard_rows(arrays)
+    return (params, arrays) if sharded is arrays else (replicate_params(params), sharded)
+
+
 def cut_to_bucket(batch: Mapping[str, Any], buckets: Sequence[int]) -> dict:
     """The batch with its token arrays cut to the smallest length bucket that holds
     its longest row.
@@ -244,8 +252,7 @@ def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
 def all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
     """Logits of every exit (full depth, jitted): [E, B, C] float32. The batch is
     checked first (`check_batch`)."""
-    return _all_exits(config, replicate_params(params),
-                      shard_rows(_batch_arrays(check_batch(config, batch), INPUT_KEYS)))
+    return _all_exits(config, *_place(params, _batch_arrays(check_batch(config, batch), INPUT_KEYS)))
 
 
 def simulated_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion) -> dict:
@@ -330,8 +337,7 @@ def while_loop_exit(config: ModelConfig, params: Params, batch: dict, criterion:
     carried in the loop).
     """
     check_criterion(criterion, config.num_labels, config.num_exits)
-    return _while_loop_exit(config, replicate_params(params), shard_rows(_batch_arrays(check_batch(config, batch))),
-                            criterion.rule)
+    return _while_loop_exit(config, *_place(params, _batch_arrays(check_batch(config, batch))), criterion.rule)
 
 
 # ---------------------------------------------------------------- per example inside batches
