@@ -89,6 +89,10 @@ class Checkpoints:
 
     def prune(self, preserve: Iterable[int] = ()) -> None:
         steps = self.steps()
+        if jax.process_count() > 1:  # orbax's deletes (process 0's) wait until every process
+            from rome_jax import distributed  # has listed the steps: a listing racing a
+
+            distributed.barrier("checkpoints listed")  # deletion fails on the vanished step
         keep = set(steps[-self.keep:]) | {int(s) for s in preserve if s is not None}
         for step in steps:
             if step not in keep:

@@ -106,6 +106,9 @@ def is_multiprocess() -> bool:
     return jax.process_count() > 1
 
 
+_BARRIERS: dict[str, int] = {}
+
+
 def barrier(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
     """Waits until every process reaches the barrier `name` (a no-op with one process)."""
     import jax
@@ -118,8 +121,9 @@ def barrier(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
 
         multihost_utils.sync_global_devices(name)
         return
+    count = _BARRIERS[name] = _BARRIERS.get(name, 0) + 1  # every process passes the same ones
     try:
-        client.wait_at_barrier(f"rome_jax:{name}", int(timeout_s * 1000))
+        client.wait_at_barrier(f"rome_jax:{name}:{count}", int(timeout_s * 1000))
     except Exception as e:
         raise ConfigError(f"process {jax.process_index()} waited {timeout_s} s at {name!r} for the "
                           f"other processes, which did not come ({_reason(e)}); see process 0's "

@@ -535,11 +535,14 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     run_config.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
     workdir = Path(workdir).absolute()
     is_writer = jax.process_index() == 0
-    if is_writer:  # first: the others then read the workdir process 0 prepared
+    if jax.process_count() > 1 and not overwrite:
+        # every process checks the workdir (reading only) before process 0 changes it:
+        # a workdir holding another run fails every process alike, at once
+        prepare_workdir(workdir, config, overwrite=False, is_writer=False)
+        distributed.barrier("workdir checked")
+    if is_writer:
         prepare_workdir(workdir, config, overwrite=overwrite, is_writer=True)
     distributed.barrier("workdir prepared")
-    if not is_writer:
-        prepare_workdir(workdir, config, overwrite=overwrite, is_writer=False)
 
     task = task_from_config(config)  # a GLUE task, or one described by data.custom.*
     model_dir = resolve_model_dir(config.model.name_or_path)

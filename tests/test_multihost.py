@@ -305,3 +305,24 @@ def test_inference_on_every_local_device_decides_as_one_device(env, tmp_path):
             np.testing.assert_allclose(four[key], one[key], rtol=0, atol=1e-5, err_msg=key)
         else:  # exits and layers run
             np.testing.assert_array_equal(four[key], one[key], err_msg=key)
+
+
+def test_a_user_error_stops_every_process_at_once_with_one_line(romebert, env, tiny_model, tmp_path):
+    """A workdir holding another run: every process checks it before process 0 writes, so
+    all fail alike, promptly (not at the runtime's 300 s shutdown barrier)."""
+    import shutil
+
+    _, straight = romebert
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(straight.workdir / name, other / name)
+    start = time.time()
+    procs = run_two(env, other, tiny_model, ("train.learning_rate=3e-5",), expect=(2, 2))
+    assert time.time() - start < 90
+    for i in (0, 1):
+        errors = [line for line in procs.log(i).splitlines() if "error" in line.lower()]
+        assert errors == [f"train.py: error: workdir {other} holds a run with a different config "
+                          "(train.learning_rate: 0.001 -> 3e-05); use another --workdir, or --overwrite "
+                          "to delete that run"], procs.log(i)[-2000:]
+    assert (other / "metrics.jsonl").read_bytes() == (straight.workdir / "metrics.jsonl").read_bytes()

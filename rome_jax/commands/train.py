@@ -16,11 +16,13 @@ if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory
     reexec_with_malloc_tunables()
 
 
+import os
+
 from absl import flags
 from ml_collections import config_flags
 
 from rome_jax import cli
-from rome_jax.errors import ConfigError
+from rome_jax.errors import ConfigError, RomeError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, e.g. configs/glue.py:rte; override its values with "
@@ -65,7 +67,12 @@ def main(argv: list[str]) -> int:
                                heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
     from rome_jax import trainer
 
-    result = trainer.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    try:
+        result = trainer.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    except BaseException as e:
+        if jax.process_count() > 1:  # exit now, not at the runtime's shutdown barrier (300 s): the
+            _exit_alone(e)  # others may wait in a collective; they stop when its heartbeats end
+        raise
     if result.preempted:
         return trainer.PREEMPTED_EXIT_CODE
     if result.final_eval and jax.process_index() == 0:
@@ -77,6 +84,28 @@ def main(argv: list[str]) -> int:
                                       if k.startswith(name + "/") and k.split("/")[1] != "loss")
                 for name in exits), flush=True)
     return 0
+
+
+def _exit_alone(error: BaseException) -> None:
+    """Reports `error` as run_main would (one line, or a traceback for a bug) and ends this
+    process at once."""
+    import sys
+    import traceback
+
+    if isinstance(error, RomeError):
+        cli.report(error, verbose=cli.VERBOSE.value)
+        code = error.exit_code
+    elif isinstance(error, KeyboardInterrupt):
+        print(f"{cli.program_name()}: interrupted", file=sys.stderr)
+        code = cli.INTERRUPTED_EXIT_CODE
+    elif isinstance(error, SystemExit):
+        code = error.code if isinstance(error.code, int) else 1
+    else:
+        traceback.print_exception(error, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run() -> None:
