@@ -41,8 +41,10 @@ RUNS = {
     "mrpc": "configs/ablation.py:mrpc,romebert",
 }
 
-_PADDED = re.compile(r"padded token positions per training epoch: ([\d.]+)% with length buckets "
-                     r"\S+, ([\d.]+)% with every batch")
+_PADDED = re.compile(
+    r"padded token positions per training epoch: ([\d.]+)% with length buckets "
+    r"\S+, ([\d.]+)% with every batch"
+)
 _COMPILE = re.compile(r"compiled the train step for length (\d+) in ([\d.]+) s")
 
 
@@ -57,8 +59,15 @@ def cpu_name() -> str:
 
 
 def train(config: str, workdir: Path, buckets: str, max_steps: int, extra: list[str]) -> dict:
-    args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / config}", f"--workdir={workdir}",
-            f"--config.data.buckets={buckets}", "--config.train.checkpoint_every=0", *extra]
+    args = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--config={REPO / config}",
+        f"--workdir={workdir}",
+        f"--config.data.buckets={buckets}",
+        "--config.train.checkpoint_every=0",
+        *extra,
+    ]
     if max_steps:
         args.append(f"--config.train.max_steps={max_steps}")
     start = time.perf_counter()
@@ -77,12 +86,19 @@ def train(config: str, workdir: Path, buckets: str, max_steps: int, extra: list[
     padded = _PADDED.search(log)
     compiles = [(int(n), float(s)) for n, s in _COMPILE.findall(log)]
     tb = _steps_per_second(workdir)
-    return {"buckets": buckets, "wall_s": wall, "steps": steps, "steps_per_s": tb,
-            "padded_share_run": float(padded.group(1)) / 100 if padded else None,
-            "padded_share_none": float(padded.group(2)) / 100 if padded else None,
-            "compiles": compiles, "compile_s": sum(s for _, s in compiles),
-            "dev_metric": metric, "dev_final_exit": last[f"exit_{final}/{metric}"],
-            "dev_step": last["step"]}
+    return {
+        "buckets": buckets,
+        "wall_s": wall,
+        "steps": steps,
+        "steps_per_s": tb,
+        "padded_share_run": float(padded.group(1)) / 100 if padded else None,
+        "padded_share_none": float(padded.group(2)) / 100 if padded else None,
+        "compiles": compiles,
+        "compile_s": sum(s for _, s in compiles),
+        "dev_metric": metric,
+        "dev_final_exit": last[f"exit_{final}/{metric}"],
+        "dev_step": last["step"],
+    }
 
 
 def _steps_per_second(workdir: Path) -> float | None:
@@ -97,8 +113,8 @@ def _steps_per_second(workdir: Path) -> float | None:
         data = path.read_bytes()
         offset = 0
         while offset + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4
             for value in event.summary.value:
                 if value.tag == "perf/steps_per_sec":
@@ -109,18 +125,28 @@ def _steps_per_second(workdir: Path) -> float | None:
 
 def evaluate(workdir: Path, buckets: str, batch1: int) -> dict:
     out = workdir / f"eval-{buckets}"
-    args = [sys.executable, str(REPO / "eval.py"), f"--workdir={workdir}", f"--buckets={buckets}",
-            "--sweeps=entropy:0.3", f"--batch1_examples={batch1}", "--batched_examples=0",
-            f"--output_dir={out}"]
+    args = [
+        sys.executable,
+        str(REPO / "eval.py"),
+        f"--workdir={workdir}",
+        f"--buckets={buckets}",
+        "--sweeps=entropy:0.3",
+        f"--batch1_examples={batch1}",
+        "--batched_examples=0",
+        f"--output_dir={out}",
+    ]
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"eval.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     results = json.loads((out / "results.json").read_text())
     full = results["full_depth"]
-    return {"buckets": buckets, "batch1_latency_s": full["wall_s_batch1"],
-            "batched_examples_per_s": 1.0 / full["wall_s_batched"],
-            "padded_share": results.get("padded_share"),
-            "accuracy_final_exit": results["per_exit"][-1]["accuracy"]}
+    return {
+        "buckets": buckets,
+        "batch1_latency_s": full["wall_s_batch1"],
+        "batched_examples_per_s": 1.0 / full["wall_s_batched"],
+        "padded_share": results.get("padded_share"),
+        "accuracy_final_exit": results["per_exit"][-1]["accuracy"],
+    }
 
 
 def main() -> None:
@@ -133,9 +159,15 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_buckets."))
-    report = {"cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-              "max_steps": args.max_steps, "runs": {}, "eval": []}
+    report = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "max_steps": args.max_steps,
+        "runs": {},
+        "eval": [],
+    }
     try:
         for k, name in enumerate(args.runs.split(",")):
             order = ("none", "auto") if k % 2 == 0 else ("auto", "none")
@@ -159,16 +191,17 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
 
     print(f"\n{report['cpu']} ({report['cores']} cores), {report['date']}")
-    print(f"{'run':6} {'buckets':7} {'wall s':>8} {'steps/s':>8} {'padded':>7} {'compile s':>9} "
-          f"{'dev':>7}")
+    print(f"{'run':6} {'buckets':7} {'wall s':>8} {'steps/s':>8} {'padded':>7} {'compile s':>9} {'dev':>7}")
     for name, pair in report["runs"].items():
         for buckets in ("none", "auto"):
             r = pair[buckets]
             sps = f"{r['steps_per_s']:.2f}" if r["steps_per_s"] else "-"
             padded = r["padded_share_run"]
-            print(f"{name:6} {buckets:7} {r['wall_s']:8.1f} {sps:>8} "
-                  f"{'-' if padded is None else f'{padded:.1%}':>7} {r['compile_s']:9.1f} "
-                  f"{r['dev_final_exit']:7.4f}")
+            print(
+                f"{name:6} {buckets:7} {r['wall_s']:8.1f} {sps:>8} "
+                f"{'-' if padded is None else f'{padded:.1%}':>7} {r['compile_s']:9.1f} "
+                f"{r['dev_final_exit']:7.4f}"
+            )
         extra = f", steps/s x{pair['ratio_steps_per_s']:.2f}" if "ratio_steps_per_s" in pair else ""
         print(f"{name:6} auto against none: whole run x{pair['ratio_wall']:.2f}{extra}")
     if report["eval"]:
@@ -179,14 +212,20 @@ def main() -> None:
             b["batched_examples_per_s"] = max(b["batched_examples_per_s"], r["batched_examples_per_s"])
         report["eval_best"] = best
         for buckets, r in best.items():
-            print(f"eval {buckets:5}: batch-1 latency {1000 * r['batch1_latency_s']:.2f} ms, batched "
-                  f"{r['batched_examples_per_s']:.0f} examples/s, padded {r['padded_share']:.1%}, "
-                  f"final-exit accuracy {r['accuracy_final_exit']:.4f}")
+            print(
+                f"eval {buckets:5}: batch-1 latency {1000 * r['batch1_latency_s']:.2f} ms, batched "
+                f"{r['batched_examples_per_s']:.0f} examples/s, padded {r['padded_share']:.1%}, "
+                f"final-exit accuracy {r['accuracy_final_exit']:.4f}"
+            )
         if {"none", "auto"} <= set(best):
             report["eval_ratio_batch1_latency"] = best["none"]["batch1_latency_s"] / best["auto"]["batch1_latency_s"]
-            report["eval_ratio_batched"] = best["auto"]["batched_examples_per_s"] / best["none"]["batched_examples_per_s"]
-            print(f"eval auto against none: batch-1 latency /{report['eval_ratio_batch1_latency']:.2f}, "
-                  f"batched throughput x{report['eval_ratio_batched']:.2f}")
+            report["eval_ratio_batched"] = (
+                best["auto"]["batched_examples_per_s"] / best["none"]["batched_examples_per_s"]
+            )
+            print(
+                f"eval auto against none: batch-1 latency /{report['eval_ratio_batch1_latency']:.2f}, "
+                f"batched throughput x{report['eval_ratio_batched']:.2f}"
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

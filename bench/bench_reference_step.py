@@ -51,8 +51,8 @@ import numpy as np
 
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
 from rome_jax import flops
-from rome_jax.model_config import ModelConfig
 from rome_jax.model import init_params
+from rome_jax.model_config import ModelConfig
 
 
 def matmul_peak(dtype: str, size: int, repeats: int = 10, window_s: float = 0.02) -> float:
@@ -112,14 +112,18 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--modes", default="joint,romebert", help="our training modes to time")
-    parser.add_argument("--torch", default="fp32", help="reference step precisions: fp32, bf16, "
-                        "fp32,bf16 or none")
+    parser.add_argument("--torch", default="fp32", help="reference step precisions: fp32, bf16, fp32,bf16 or none")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--peak_size", type=int, default=0, help="matmul size for the peak (0: 8192 on "
-                        "GPU/TPU, 2048 on CPU)")
-    parser.add_argument("--settle", type=float, default=None,
-                        help="seconds to wait before each timed step (lets the other rows' threads go idle); "
-                        "default 0.3 on a CPU, 0 on an accelerator")
+    parser.add_argument(
+        "--peak_size", type=int, default=0, help="matmul size for the peak (0: 8192 on GPU/TPU, 2048 on CPU)"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="seconds to wait before each timed step (lets the other rows' threads go idle); "
+        "default 0.3 on a CPU, 0 on an accelerator",
+    )
     parser.add_argument("--out", default="bench/results/reference_step_cpu.json")
     args = parser.parse_args()
 
@@ -138,8 +142,10 @@ def main() -> None:
 
         torch.set_num_threads(os.cpu_count() or 1)
         if backend != "cpu" and not torch.cuda.is_available():
-            raise SystemExit(f"JAX runs on {backend} but PyTorch sees no CUDA device: the reference "
-                             "rows would time the CPU (use --torch none to time ours alone)")
+            raise SystemExit(
+                f"JAX runs on {backend} but PyTorch sees no CUDA device: the reference "
+                "rows would time the CPU (use --torch none to time ours alone)"
+            )
         for p in precisions:
             rows[f"torch reference {p}"] = torch_step_fn(config, batch, p)
     for fn in rows.values():  # compile / warm up
@@ -156,12 +162,17 @@ def main() -> None:
     joint = medians.get("rome_jax joint")
     results = {}
     for name, seconds in medians.items():
-        results[name] = {"step_seconds": seconds, "samples_per_second": args.batch / seconds,
-                         "mfu": step_flops / seconds / peak,
-                         "ratio_to_joint": seconds / joint if joint else None}
-    print(f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on {backend} "
-          f"({jax.devices()[0].device_kind}); measured matmul peak {peak / 1e12:.2f} TFLOP/s; "
-          f"model FLOPs/step {step_flops / 1e9:.1f} G")
+        results[name] = {
+            "step_seconds": seconds,
+            "samples_per_second": args.batch / seconds,
+            "mfu": step_flops / seconds / peak,
+            "ratio_to_joint": seconds / joint if joint else None,
+        }
+    print(
+        f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on {backend} "
+        f"({jax.devices()[0].device_kind}); measured matmul peak {peak / 1e12:.2f} TFLOP/s; "
+        f"model FLOPs/step {step_flops / 1e9:.1f} G"
+    )
     print(f"{'':<24}{'step s':>10}{'samples/s':>11}{'MFU':>7}{'/ joint':>9}")
     for name, r in results.items():
         rel = f"{r['step_seconds'] / joint:>9.2f}" if joint else f"{'':>9}"
@@ -175,13 +186,25 @@ def main() -> None:
         versions["torch"] = torch.__version__
         versions["torch_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         versions["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()  # 'highest': no TF32
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-              "backend": backend, "device_kind": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
-              **versions, "preset": args.preset, "batch": args.batch, "length": args.length,
-              "dtype": args.dtype, "settle_s": args.settle, "matmul_peak_flops": peak, "model_flops_per_step": step_flops,
-              "mfu_counts": "flops.training_flops x batch (3 x forward matmul FLOPs) for every row; "
-                            "romebert and the torch reference do 5/3 of it (two backward passes)",
-              "results": results, "romebert_speedup_over_torch": speedups}
+    record = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "backend": backend,
+        "device_kind": jax.devices()[0].device_kind,
+        "cpus": os.cpu_count(),
+        **versions,
+        "preset": args.preset,
+        "batch": args.batch,
+        "length": args.length,
+        "dtype": args.dtype,
+        "settle_s": args.settle,
+        "matmul_peak_flops": peak,
+        "model_flops_per_step": step_flops,
+        "mfu_counts": "flops.training_flops x batch (3 x forward matmul FLOPs) for every row; "
+        "romebert and the torch reference do 5/3 of it (two backward passes)",
+        "results": results,
+        "romebert_speedup_over_torch": speedups,
+    }
     write_record(args.out, record)
 
 

@@ -30,8 +30,8 @@ import numpy as np
 
 from rome_jax import flops
 from rome_jax import train_step as ts
-from rome_jax.model_config import ModelConfig
 from rome_jax.model import init_params
+from rome_jax.model_config import ModelConfig
 from rome_jax.optim import make_optimizer
 
 PRESETS = {
@@ -43,10 +43,12 @@ PRESETS = {
 def random_batch(batch: int, length: int, seed: int = 0) -> dict:
     """Random token ids [batch, length], no padding, two-class labels [batch] (timing only)."""
     rng = np.random.RandomState(seed)
-    return {"input_ids": rng.randint(1000, 30000, (batch, length)).astype(np.int32),
-            "attention_mask": np.ones((batch, length), np.int32),
-            "token_type_ids": np.zeros((batch, length), np.int32),
-            "labels": rng.randint(0, 2, batch).astype(np.int32)}
+    return {
+        "input_ids": rng.randint(1000, 30000, (batch, length)).astype(np.int32),
+        "attention_mask": np.ones((batch, length), np.int32),
+        "token_type_ids": np.zeros((batch, length), np.int32),
+        "labels": rng.randint(0, 2, batch).astype(np.int32),
+    }
 
 
 def step_runner(config: ModelConfig, mode: str, batch: dict):
@@ -94,8 +96,12 @@ def cpu_model() -> str:
 def write_record(path: str, record: dict) -> None:
     """Writes a benchmark's JSON record with the command line that produced it and the
     host's CPU model."""
-    record = {**record, "command": " ".join(["python"] + sys.argv), "cpu_model": cpu_model(),
-              "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}  # see rome_jax/host_memory.py
+    record = {
+        **record,
+        "command": " ".join(["python"] + sys.argv),
+        "cpu_model": cpu_model(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+    }  # see rome_jax/host_memory.py
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
@@ -121,8 +127,10 @@ def main() -> None:
         # Written after each mode: a run stopped at its time limit keeps the modes done.
         record = _record(args, config, results)
         write_record(args.out, record)
-    print(f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on "
-          f"{jax.devices()[0].platform} x{len(jax.devices())}")
+    print(
+        f"{args.preset} batch {args.batch} length {args.length} {args.dtype} on "
+        f"{jax.devices()[0].platform} x{len(jax.devices())}"
+    )
     print(f"{'mode':<12}{'step s':>10}{'/ joint':>10}")
     for mode, seconds in results.items():
         print(f"{mode:<12}{seconds:>10.3f}{record['ratio_to_joint'][mode]:>10.2f}")
@@ -130,14 +138,22 @@ def main() -> None:
 
 def _record(args, config: ModelConfig, results: dict) -> dict:
     base = results.get("joint", next(iter(results.values())))
-    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-            "backend": jax.devices()[0].platform, "devices": len(jax.devices()),
-            "device_kind": jax.devices()[0].device_kind,
-            "jax": jax.__version__, "preset": args.preset, "batch": args.batch,
-            "length": args.length, "dtype": args.dtype, "step_seconds": results,
-            "ratio_to_joint": {m: s / base for m, s in results.items()},
-            # MFU = this / step_seconds / a measured peak (bench_reference_step.py measures one)
-            "model_flops_per_step": flops.training_flops(config, args.length) * args.batch}
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "backend": jax.devices()[0].platform,
+        "devices": len(jax.devices()),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "preset": args.preset,
+        "batch": args.batch,
+        "length": args.length,
+        "dtype": args.dtype,
+        "step_seconds": results,
+        "ratio_to_joint": {m: s / base for m, s in results.items()},
+        # MFU = this / step_seconds / a measured peak (bench_reference_step.py measures one)
+        "model_flops_per_step": flops.training_flops(config, args.length) * args.batch,
+    }
 
 
 if __name__ == "__main__":

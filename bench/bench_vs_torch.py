@@ -61,8 +61,8 @@ import numpy as np
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
 from rome_jax import train_step as ts
 from rome_jax.inference import all_exits
-from rome_jax.model_config import ModelConfig
 from rome_jax.model import INPUT_KEYS, init_params
+from rome_jax.model_config import ModelConfig
 from rome_jax.ops import attention
 
 
@@ -135,10 +135,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--settle", type=float, default=0.3,
-                        help="seconds to wait before each timed call (lets the other side's threads go idle)")
-    parser.add_argument("--cpu-devices", type=int, default=None,
-                        help="JAX CPU devices (default: JAX's, 1); ours runs data-parallel over them")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.3,
+        help="seconds to wait before each timed call (lets the other side's threads go idle)",
+    )
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="JAX CPU devices (default: JAX's, 1); ours runs data-parallel over them",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.cpu_devices is not None:
@@ -152,10 +160,16 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     dims = PRESETS[args.preset]
     config = ModelConfig(**dims)
-    hf = BertForSequenceClassification(BertConfig(
-        hidden_size=dims["hidden_size"], num_hidden_layers=dims["num_layers"],
-        num_attention_heads=dims["num_heads"], intermediate_size=dims["intermediate_size"],
-        num_labels=2, attn_implementation="sdpa"))
+    hf = BertForSequenceClassification(
+        BertConfig(
+            hidden_size=dims["hidden_size"],
+            num_hidden_layers=dims["num_layers"],
+            num_attention_heads=dims["num_heads"],
+            intermediate_size=dims["intermediate_size"],
+            num_labels=2,
+            attn_implementation="sdpa",
+        )
+    )
     batch = random_batch(args.batch, args.length)
     torch_batch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
@@ -182,12 +196,18 @@ def main() -> None:
         optimizer.zero_grad()
 
     jax_gemms, torch_gemms = layer_gemms(dims, args.batch * args.length)
-    pairs = {"forward": (jax_forward, torch_forward), "train_step": (jax_step, torch_step),
-             "gemms": (jax_gemms, torch_gemms),
-             "attention": layer_attention(dims, args.batch, args.length)}
+    pairs = {
+        "forward": (jax_forward, torch_forward),
+        "train_step": (jax_step, torch_step),
+        "gemms": (jax_gemms, torch_gemms),
+        "attention": layer_attention(dims, args.batch, args.length),
+    }
     results = {}
     for name, (ours, theirs) in pairs.items():
-        ours(); ours(); theirs(); theirs()  # compile / warm up
+        ours()
+        ours()
+        theirs()
+        theirs()  # compile / warm up
         times = {"rome_jax": [], "torch": []}
         for _ in range(args.repeats):
             for label, fn in (("rome_jax", ours), ("torch", theirs)):
@@ -197,19 +217,38 @@ def main() -> None:
                 times[label].append(time.perf_counter() - start)
         med = {k: float(np.median(v)) for k, v in times.items()}
         best = {k: float(np.min(v)) for k, v in times.items()}
-        results[name] = {**med, "ratio": med["rome_jax"] / med["torch"],
-                         "min": best, "ratio_of_min": best["rome_jax"] / best["torch"], "all": times}
+        results[name] = {
+            **med,
+            "ratio": med["rome_jax"] / med["torch"],
+            "min": best,
+            "ratio_of_min": best["rome_jax"] / best["torch"],
+            "all": times,
+        }
 
-    print(f"{args.preset} batch {args.batch} length {args.length} float32, jax {jax.__version__} "
-          f"({jax.devices()[0].platform} x{mesh.size}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(
+        f"{args.preset} batch {args.batch} length {args.length} float32, jax {jax.__version__} "
+        f"({jax.devices()[0].platform} x{mesh.size}), torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     print(f"{'':<12}{'rome_jax ms':>12}{'torch ms':>12}{'ratio':>8}{'ratio of min':>14}")
     for name, r in results.items():
-        print(f"{name:<12}{r['rome_jax'] * 1e3:>12.1f}{r['torch'] * 1e3:>12.1f}{r['ratio']:>8.2f}"
-              f"{r['ratio_of_min']:>14.2f}")
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
-              "jax": jax.__version__, "torch": torch.__version__, "preset": args.preset,
-              "batch": args.batch, "length": args.length, "settle_s": args.settle,
-              "jax_devices": mesh.size, "torch_threads": torch.get_num_threads(), "results": results}
+        print(
+            f"{name:<12}{r['rome_jax'] * 1e3:>12.1f}{r['torch'] * 1e3:>12.1f}{r['ratio']:>8.2f}"
+            f"{r['ratio_of_min']:>14.2f}"
+        )
+    record = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "batch": args.batch,
+        "length": args.length,
+        "settle_s": args.settle,
+        "jax_devices": mesh.size,
+        "torch_threads": torch.get_num_threads(),
+        "results": results,
+    }
     write_record(args.out or f"bench/results/vs_torch_{args.preset}_cpu.json", record)
 
 

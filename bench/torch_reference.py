@@ -34,13 +34,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rome_jax.model_config import ModelConfig
 from rome_jax.hf_io import hf_config_dict, state_dict_from_params
+from rome_jax.model_config import ModelConfig
 
 # Weight matrices of one encoder layer in HF BERT naming (the GR selection).
-_LAYER_MATRICES = ("attention.self.query.weight", "attention.self.key.weight",
-                   "attention.self.value.weight", "attention.output.dense.weight",
-                   "intermediate.dense.weight", "output.dense.weight")
+_LAYER_MATRICES = (
+    "attention.self.query.weight",
+    "attention.self.key.weight",
+    "attention.self.value.weight",
+    "attention.output.dense.weight",
+    "intermediate.dense.weight",
+    "output.dense.weight",
+)
 
 
 def _torch():
@@ -57,8 +62,10 @@ def build_model(config: ModelConfig, params: dict | None = None, attn_implementa
     if config.family != "bert":
         raise ValueError(f"the PyTorch reference is BERT only, not {config.family!r}")
     hf = hf_config_dict(config)
-    hf_config = BertConfig(**{k: v for k, v in hf.items() if k not in ("architectures", "rome_jax")},
-                           attn_implementation=attn_implementation)
+    hf_config = BertConfig(
+        **{k: v for k, v in hf.items() if k not in ("architectures", "rome_jax")},
+        attn_implementation=attn_implementation,
+    )
 
     class TorchMultiExitBert(torch.nn.Module):
         def __init__(self):
@@ -66,14 +73,20 @@ def build_model(config: ModelConfig, params: dict | None = None, attn_implementa
             self.bert = BertModel(hf_config, add_pooling_layer=False)
             self.dropout = torch.nn.Dropout(config.exit_dropout)
             self.poolers = torch.nn.ModuleList(
-                torch.nn.Linear(config.hidden_size, config.hidden_size) for _ in range(config.num_layers))
+                torch.nn.Linear(config.hidden_size, config.hidden_size) for _ in range(config.num_layers)
+            )
             self.classifiers = torch.nn.ModuleList(
-                torch.nn.Linear(config.hidden_size, config.num_labels) for _ in range(config.num_layers))
+                torch.nn.Linear(config.hidden_size, config.num_labels) for _ in range(config.num_layers)
+            )
 
         def forward(self, input_ids, attention_mask, token_type_ids):
             """[L, B, C] logits of every exit."""
-            out = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids, output_hidden_states=True)
+            out = self.bert(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                output_hidden_states=True,
+            )
             logits = []
             for i, hidden in enumerate(out.hidden_states[1:]):
                 pooled = torch.tanh(self.poolers[i](hidden[:, 0]))
@@ -83,8 +96,11 @@ def build_model(config: ModelConfig, params: dict | None = None, attn_implementa
     model = TorchMultiExitBert()
     if params is not None:
         model_state, exits_state = state_dict_from_params(params, config)
-        state = {k: torch.from_numpy(np.array(v)) for k, v in model_state.items() if k.startswith("bert.")
-                 and ".pooler." not in k}
+        state = {
+            k: torch.from_numpy(np.array(v))
+            for k, v in model_state.items()
+            if k.startswith("bert.") and ".pooler." not in k
+        }
         for l in range(config.num_layers):
             for part, name in (("pooler", "poolers"), ("classifier", "classifiers")):
                 for kind in ("weight", "bias"):
@@ -130,9 +146,18 @@ class StepOutput:
     projected: bool
 
 
-def reference_step(model, optimizer, batch: dict, selection: list[str], *, anchor: str = "B",
-                   gamma: float = 0.9, temperature: float = 3.0, clip_norm: float = 1.0,
-                   autocast_dtype=None) -> StepOutput:
+def reference_step(
+    model,
+    optimizer,
+    batch: dict,
+    selection: list[str],
+    *,
+    anchor: str = "B",
+    gamma: float = 0.9,
+    temperature: float = 3.0,
+    clip_norm: float = 1.0,
+    autocast_dtype=None,
+) -> StepOutput:
     """One RomeBERT step: forward, two backward passes, projection, clip, optimizer.
 
     `batch`: torch tensors `input_ids`, `attention_mask`, `token_type_ids` [B, T] and
@@ -144,8 +169,7 @@ def reference_step(model, optimizer, batch: dict, selection: list[str], *, ancho
     named = dict(model.named_parameters())
     chosen = [named[n] for n in selection]
     device_type = next(model.parameters()).device.type
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         loss_a, loss_b = romebert_losses(logits, batch["labels"], gamma, temperature)
 
@@ -155,7 +179,7 @@ def reference_step(model, optimizer, batch: dict, selection: list[str], *, ancho
     optimizer.zero_grad(set_to_none=True)
     loss_a.backward(retain_graph=True)
     flat_a = flat_grads()  # a copy (torch.cat), as the reference's
-    loss_b.backward()      # accumulates: every .grad is now g_A + g_B
+    loss_b.backward()  # accumulates: every .grad is now g_A + g_B
     flat_b = flat_grads() - flat_a
 
     dot = torch.dot(flat_a, flat_b)
@@ -168,7 +192,7 @@ def reference_step(model, optimizer, batch: dict, selection: list[str], *, ancho
     total = keep + (move - coef * keep)
     offset = 0
     for p in chosen:  # g_K + g_P' written back; every other .grad stays g_A + g_B
-        p.grad = total[offset:offset + p.numel()].view_as(p)
+        p.grad = total[offset : offset + p.numel()].view_as(p)
         offset += p.numel()
     if clip_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)

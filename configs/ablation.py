@@ -29,8 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     parts = (arg or "").split(",")
     pooling = parts.pop().strip() if len(parts) == 3 else "cls"
     if pooling not in EXIT_POOLINGS:
-        raise ConfigError(f"configs/ablation.py takes TASK,MODE[,POOLING] with POOLING one of "
-                          f"{', '.join(EXIT_POOLINGS)}; got {arg!r}")
+        raise ConfigError(
+            f"configs/ablation.py takes TASK,MODE[,POOLING] with POOLING one of {', '.join(EXIT_POOLINGS)}; got {arg!r}"
+        )
     task, mode = parse_task_mode(",".join(parts) if arg else arg, "configs/ablation.py", default_task="sst2")
     config = default.get_config()
     config.model.name_or_path = demo._minilm_path()

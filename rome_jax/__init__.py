@@ -10,10 +10,14 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "MultiExitModel": "rome_jax.api", "load_pretrained": "rome_jax.api",
+    "MultiExitModel": "rome_jax.api",
+    "load_pretrained": "rome_jax.api",
     "ModelConfig": "rome_jax.model_config",
-    "RomeError": "rome_jax.errors", "ConfigError": "rome_jax.errors", "DataError": "rome_jax.errors",
-    "CheckpointError": "rome_jax.errors", "TrainingError": "rome_jax.errors",
+    "RomeError": "rome_jax.errors",
+    "ConfigError": "rome_jax.errors",
+    "DataError": "rome_jax.errors",
+    "CheckpointError": "rome_jax.errors",
+    "TrainingError": "rome_jax.errors",
 }
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"

@@ -17,8 +17,8 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rome_jax import commands, files, run_config
 from rome_jax.errors import ConfigError, RomeError
@@ -45,13 +45,21 @@ def exit_pooling_of(record: dict) -> str:
     return record.get("exit_pooling", "cls")
 
 
-def run_spec(task: str, mode: str, seed: str, config: str = DEFAULT_CONFIG,
-             overrides: Sequence[str] = (), exit_pooling: str = "cls") -> dict:
+def run_spec(
+    task: str,
+    mode: str,
+    seed: str,
+    config: str = DEFAULT_CONFIG,
+    overrides: Sequence[str] = (),
+    exit_pooling: str = "cls",
+) -> dict:
     """What makes a run: its config file and argument, and every override (a pooling
     other than [CLS] is the last one, `model.exit_pooling=mean`)."""
     pooling = [] if exit_pooling == "cls" else [f"model.exit_pooling={exit_pooling}"]
-    return {"config": run_config.task_mode_spec(config, task, mode),
-            "overrides": [f"train.seed={seed}", *overrides, *pooling]}
+    return {
+        "config": run_config.task_mode_spec(config, task, mode),
+        "overrides": [f"train.seed={seed}", *overrides, *pooling],
+    }
 
 
 def provenance() -> dict:
@@ -75,34 +83,64 @@ def provenance() -> dict:
         cpu = names[0] if names else cpu
 
     dirty = git("status", "--porcelain", "--", "rome_jax", "configs", "train.py", "eval.py")
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "rome_jax_tree": git("rev-parse", "--short", "HEAD:rome_jax"),
-            "configs_tree": git("rev-parse", "--short", "HEAD:configs"),
-            "code_modified": bool(dirty) if dirty is not None else None,
-            "jax": version("jax"), "python": platform.python_version(),
-            "machine": f"{cpu}, {os.cpu_count()} CPUs",
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "rome_jax_tree": git("rev-parse", "--short", "HEAD:rome_jax"),
+        "configs_tree": git("rev-parse", "--short", "HEAD:configs"),
+        "code_modified": bool(dirty) if dirty is not None else None,
+        "jax": version("jax"),
+        "python": platform.python_version(),
+        "machine": f"{cpu}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
-def make_record(task: str, mode: str, seed: str, workdir: Path, train_seconds: float,
-                partial: bool, where: dict, config: str = DEFAULT_CONFIG,
-                overrides: Sequence[str] = (), exit_pooling: str = "cls") -> dict:
+def make_record(
+    task: str,
+    mode: str,
+    seed: str,
+    workdir: Path,
+    train_seconds: float,
+    partial: bool,
+    where: dict,
+    config: str = DEFAULT_CONFIG,
+    overrides: Sequence[str] = (),
+    exit_pooling: str = "cls",
+) -> dict:
     """One finished run as a record: what it measured, what it was, where it ran.
     (`exit_pooling` is recorded when it is not "cls": records made before it existed
     pooled [CLS] and stay as they were.)"""
     results = json.loads((workdir / "eval" / "results.json").read_text())
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     pooling = {} if exit_pooling == "cls" else {"exit_pooling": exit_pooling}
-    return {"task": task, "mode": mode, "seed": seed, **pooling,
-            **run_spec(task, mode, seed, config, overrides, exit_pooling),
-            "train_seconds": train_seconds, "train_seconds_partial": partial,
-            "steps": max(r["step"] for r in rows), "gr": gr_stats(rows), "results": results,
-            "resolved_config": json.loads((workdir / "config.json").read_text()), "provenance": where}
+    return {
+        "task": task,
+        "mode": mode,
+        "seed": seed,
+        **pooling,
+        **run_spec(task, mode, seed, config, overrides, exit_pooling),
+        "train_seconds": train_seconds,
+        "train_seconds_partial": partial,
+        "steps": max(r["step"] for r in rows),
+        "gr": gr_stats(rows),
+        "results": results,
+        "resolved_config": json.loads((workdir / "config.json").read_text()),
+        "provenance": where,
+    }
 
 
-def run_one(task: str, mode: str, seed: str, root: Path, records: Path,
-            reuse_only: bool = False, *, config: str = DEFAULT_CONFIG,
-            overrides: Sequence[str] = (), exit_pooling: str = "cls") -> dict | None:
+def run_one(
+    task: str,
+    mode: str,
+    seed: str,
+    root: Path,
+    records: Path,
+    reuse_only: bool = False,
+    *,
+    config: str = DEFAULT_CONFIG,
+    overrides: Sequence[str] = (),
+    exit_pooling: str = "cls",
+) -> dict | None:
     """Trains and evaluates one run (reusing what is done); returns its record.
 
     The record is read from `records`/TASK/MODE/seedS.json when there, else made from
@@ -118,16 +156,28 @@ def run_one(task: str, mode: str, seed: str, root: Path, records: Path,
         record = json.loads(record_path.read_text())
         spec = run_spec(task, mode, seed, config, overrides, exit_pooling)
         if {k: record.get(k) for k in spec} != spec:
-            raise ConfigError(f"{record_path}: made by {record.get('config')} with overrides "
-                              f"{record.get('overrides')}, not {spec['config']} with {spec['overrides']}; "
-                              "use another --records directory")
+            raise ConfigError(
+                f"{record_path}: made by {record.get('config')} with overrides "
+                f"{record.get('overrides')}, not {spec['config']} with {spec['overrides']}; "
+                "use another --records directory"
+            )
         return record
     workdir = root / task / name / f"seed{seed}"
     earlier = workdir / "ablation.json"
     if earlier.is_file():  # finished by a runner that kept its record in the workdir
         old = json.loads(earlier.read_text())
-        record = make_record(task, mode, seed, workdir, old["train_seconds"], old["train_seconds_partial"],
-                             {**provenance(), "imported_from": str(earlier)}, config, overrides, exit_pooling)
+        record = make_record(
+            task,
+            mode,
+            seed,
+            workdir,
+            old["train_seconds"],
+            old["train_seconds_partial"],
+            {**provenance(), "imported_from": str(earlier)},
+            config,
+            overrides,
+            exit_pooling,
+        )
     elif reuse_only:
         return None
     else:
@@ -143,8 +193,7 @@ def run_one(task: str, mode: str, seed: str, root: Path, records: Path,
         evaluate = [*commands.command("eval"), f"--workdir={workdir}", f"--sweeps={ENTROPY}", "--no_timing"]
         if subprocess.run(evaluate, env=commands.child_env(), stdout=subprocess.DEVNULL).returncode != 0:
             raise RomeError(f"{workdir}: eval.py failed")
-        record = make_record(task, mode, seed, workdir, train_seconds, resumed, where, config, overrides,
-                             exit_pooling)
+        record = make_record(task, mode, seed, workdir, train_seconds, resumed, where, config, overrides, exit_pooling)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     files.write_json(record_path, record)
     return record
@@ -190,55 +239,84 @@ def provenance_note(records: list[dict]) -> str:
         return ", ".join(f"{k} ({n})" if len(counts) > 1 else str(k) for k, n in counts.items())
 
     modified = sum(bool(w.get("code_modified")) for w in where)
-    return (f"{len(records)} runs; rome_jax tree {listed('rome_jax_tree')} (commit {listed('commit')}); "
-            f"jax {listed('jax')}; {listed('machine')}; {listed('date')}"
-            + (f"; {modified} with uncommitted code changes" if modified else "") + ".")
+    return (
+        f"{len(records)} runs; rome_jax tree {listed('rome_jax_tree')} (commit {listed('commit')}); "
+        f"jax {listed('jax')}; {listed('machine')}; {listed('date')}"
+        + (f"; {modified} with uncommitted code changes" if modified else "")
+        + "."
+    )
 
 
-def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | None = None,
-           findings: str = "", records_dir: str = "docs/ablation_runs") -> str:
-    import numpy as np
+def report(
+    records: list[dict],
+    out: Path,
+    grid_note: str,
+    missing: list[str] | None = None,
+    findings: str = "",
+    records_dir: str = "docs/ablation_runs",
+) -> str:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# Results: the gradient-regularizer ablation", "",
-             grid_note or "Grid: see the command below.", "",
-             "Regenerate: `python scripts/ablation.py --workdir=runs/ablation`: every run with a record in "
-             f"`{records_dir}/` is reused, not redone (one JSON file a run: its eval results, training time, "
-             "GR statistics, resolved config and provenance), so on a fresh clone it "
-             + ("trains only the runs named below as not finished (none with `--reuse_only`) and "
-                if missing else "only ")
-             + "rebuilds this page and its plots.", "",
-             f"Runs: {provenance_note(records)}", ""]
+    lines = [
+        "# Results: the gradient-regularizer ablation",
+        "",
+        grid_note or "Grid: see the command below.",
+        "",
+        "Regenerate: `python scripts/ablation.py --workdir=runs/ablation`: every run with a record in "
+        f"`{records_dir}/` is reused, not redone (one JSON file a run: its eval results, training time, "
+        "GR statistics, resolved config and provenance), so on a fresh clone it "
+        + ("trains only the runs named below as not finished (none with `--reuse_only`) and " if missing else "only ")
+        + "rebuilds this page and its plots.",
+        "",
+        f"Runs: {provenance_note(records)}",
+        "",
+    ]
     if findings:
         lines += [findings.strip(), ""]
     if missing:
-        lines += ["Runs of the grid not finished yet (not in the tables): "
-                  + ", ".join(f"`{m}`" for m in missing) + ".", ""]
+        lines += [
+            "Runs of the grid not finished yet (not in the tables): " + ", ".join(f"`{m}`" for m in missing) + ".",
+            "",
+        ]
     # Per task, the [CLS] grid, then (where there are records of it) the mean-pooled one.
-    groups = [(task, pooling) for task in dict.fromkeys(r["task"] for r in records)
-              for pooling in EXIT_POOLINGS
-              if any(r["task"] == task and exit_pooling_of(r) == pooling for r in records)]
+    groups = [
+        (task, pooling)
+        for task in dict.fromkeys(r["task"] for r in records)
+        for pooling in EXIT_POOLINGS
+        if any(r["task"] == task and exit_pooling_of(r) == pooling for r in records)
+    ]
     for task, pooling in groups:
         rows = [r for r in records if r["task"] == task and exit_pooling_of(r) == pooling]
         metric = rows[0]["results"]["metric"]
         modes = list(dict.fromkeys(r["mode"] for r in rows))
         exits = len(rows[0]["results"]["per_exit"])
         pooled = "" if pooling == "cls" else f", {pooling}-pooled exits"
-        lines += [f"## {task}{pooled} (dev {metric} x100, {rows[0]['results']['num_examples']} examples; "
-                  "mean ± std over seeds)", ""]
-        if pooling != "cls":
-            lines += [f"Every exit pools the {pooling} of its layer's token vectors over the attended "
-                      f"positions (`model.exit_pooling={pooling}`) instead of `[CLS]`, with the [CLS] "
-                      f"grid's settings otherwise. Records: `{records_dir}/{task}/MODE-{pooling}/` "
-                      f"(`scripts/ablation.py --exit_pooling={pooling}` trains the missing ones).", ""]
         lines += [
-                  "| mode | seeds | " + " | ".join(f"exit {i}" for i in range(1, exits + 1))
-                  + " | mean of exits 1-" + f"{exits - 1}" + " | train time / joint | steps |",
-                  "|---" * (exits + 5) + "|"]
+            f"## {task}{pooled} (dev {metric} x100, {rows[0]['results']['num_examples']} examples; "
+            "mean ± std over seeds)",
+            "",
+        ]
+        if pooling != "cls":
+            lines += [
+                f"Every exit pools the {pooling} of its layer's token vectors over the attended "
+                f"positions (`model.exit_pooling={pooling}`) instead of `[CLS]`, with the [CLS] "
+                f"grid's settings otherwise. Records: `{records_dir}/{task}/MODE-{pooling}/` "
+                f"(`scripts/ablation.py --exit_pooling={pooling}` trains the missing ones).",
+                "",
+            ]
+        lines += [
+            "| mode | seeds | "
+            + " | ".join(f"exit {i}" for i in range(1, exits + 1))
+            + " | mean of exits 1-"
+            + f"{exits - 1}"
+            + " | train time / joint | steps |",
+            "|---" * (exits + 5) + "|",
+        ]
         timed = lambda runs: [r["train_seconds"] for r in runs if not r.get("train_seconds_partial")]
         joint = timed([r for r in rows if r["mode"] == "joint"])
         fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
@@ -249,8 +327,11 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
             cells = [_cell(values[:, i]) for i in range(exits)]
             seconds = timed(runs)
             ratio = f"{np.mean(seconds) / np.mean(joint):.2f}" if joint and seconds else "n/a"
-            lines.append(f"| {mode} | {len(runs)} | " + " | ".join(cells)
-                         + f" | {_cell(values[:, :-1].mean(1))} | {ratio} | {runs[0]['steps']} |")
+            lines.append(
+                f"| {mode} | {len(runs)} | "
+                + " | ".join(cells)
+                + f" | {_cell(values[:, :-1].mean(1))} | {ratio} | {runs[0]['steps']} |"
+            )
             entropy = [[p for p in r["results"]["sweep"] if p["criterion"] == "entropy"] for r in runs]
             xs = np.mean([[p["layer_speedup"] for p in e] for e in entropy], axis=0)
             ys = np.mean([[p[metric] for p in e] for e in entropy], axis=0) * 100
@@ -260,47 +341,66 @@ def report(records: list[dict], out: Path, grid_note: str, missing: list[str] | 
                 accs = [e[j][metric] * 100 for e in entropy]
                 speed = [e[j]["layer_speedup"] for e in entropy]
                 sweep_lines.append((point["threshold"], mode, _cell(accs), f"{np.mean(speed):.2f}"))
-        ax.set(xlabel="speed-up in layers (entropy exit)", ylabel=f"dev {metric} (x100)",
-               title=f"{task}{pooled}: metric against speed-up")
+        ax.set(
+            xlabel="speed-up in layers (entropy exit)",
+            ylabel=f"dev {metric} (x100)",
+            title=f"{task}{pooled}: metric against speed-up",
+        )
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         png = out.parent / (f"results_{task}.png" if pooling == "cls" else f"results_{task}_{pooling}.png")
         fig.savefig(png)
         plt.close(fig)
-        lines += ["", "Train time: wall seconds of the whole run relative to `joint` on the same machine "
-                  "(two-stage modes count both stages; steps are the optimizer steps of all stages).", ""]
+        lines += [
+            "",
+            "Train time: wall seconds of the whole run relative to `joint` on the same machine "
+            "(two-stage modes count both stages; steps are the optimizer steps of all stages).",
+            "",
+        ]
         # The metrics reported with the primary one (MRPC: accuracy and F1, whose mean it is).
         parts = [k for k in rows[0]["results"]["per_exit"][0] if k not in ("exit", metric)]
         if parts:
-            lines += [f"The metrics reported with `{metric}`, per exit (x100, mean ± std over seeds):", "",
-                      "| mode | metric | " + " | ".join(f"exit {i}" for i in range(1, exits + 1)) + " |",
-                      "|---" * (exits + 2) + "|"]
+            lines += [
+                f"The metrics reported with `{metric}`, per exit (x100, mean ± std over seeds):",
+                "",
+                "| mode | metric | " + " | ".join(f"exit {i}" for i in range(1, exits + 1)) + " |",
+                "|---" * (exits + 2) + "|",
+            ]
             for mode in modes:
                 runs = [r for r in rows if r["mode"] == mode]
                 for part in parts:
                     values = _per_exit(runs, part)
-                    lines.append(f"| {mode} | {part} | "
-                                 + " | ".join(_cell(values[:, i]) for i in range(exits)) + " |")
+                    lines.append(f"| {mode} | {part} | " + " | ".join(_cell(values[:, i]) for i in range(exits)) + " |")
             lines.append("")
         lines += [
-                  f"![{task}]({png.name})", "",
-                  f"Entropy exit (`{ENTROPY}`): dev {metric} x100 and speed-up in layers (L / mean layers), "
-                  "mean over seeds.", "",
-                  "| threshold | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+            f"![{task}]({png.name})",
+            "",
+            f"Entropy exit (`{ENTROPY}`): dev {metric} x100 and speed-up in layers (L / mean layers), mean over seeds.",
+            "",
+            "| threshold | " + " | ".join(modes) + " |",
+            "|---" * (len(modes) + 1) + "|",
+        ]
         for threshold in dict.fromkeys(t for t, *_ in sweep_lines):
             cells = {m: f"{a} ({x}x)" for t, m, a, x in sweep_lines if t == threshold}
             lines.append(f"| {threshold:g} | " + " | ".join(cells.get(m, "") for m in modes) + " |")
         gr_rows = [(m, [r["gr"] for r in rows if r["mode"] == m and r.get("gr")]) for m in modes]
         if any(stats for _, stats in gr_rows):
-            lines += ["", "Gradient regularization: the share of training steps whose two gradients "
-                      "conflicted (cosine < 0, so the projection ran) and the mean cosine between them, "
-                      "from each run's `metrics.jsonl`, mean ± std over seeds.", "",
-                      "| mode | steps projected (%) | mean cosine |", "|---|---|---|"]
+            lines += [
+                "",
+                "Gradient regularization: the share of training steps whose two gradients "
+                "conflicted (cosine < 0, so the projection ran) and the mean cosine between them, "
+                "from each run's `metrics.jsonl`, mean ± std over seeds.",
+                "",
+                "| mode | steps projected (%) | mean cosine |",
+                "|---|---|---|",
+            ]
             for mode, stats in gr_rows:
                 if stats:
-                    lines.append(f"| {mode} | {_cell([100 * g['projected_fraction'] for g in stats])} | "
-                                 f"{_cell([g['cosine'] for g in stats], 2)} |")
+                    lines.append(
+                        f"| {mode} | {_cell([100 * g['projected_fraction'] for g in stats])} | "
+                        f"{_cell([g['cosine'] for g in stats], 2)} |"
+                    )
         lines.append("")
     text = "\n".join(lines) + "\n"
     out.write_text(text)

@@ -6,16 +6,17 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rome_jax import hf_io
-from rome_jax.model_config import ModelConfig
 from rome_jax.errors import CheckpointError
 from rome_jax.model import MultiExitEncoder, init_exit_params
+from rome_jax.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class MultiExitModel:
 
         return all_exits(self.config, self.params, batch)
 
-    def tokenize(self, text_a: Sequence[str], text_b: Sequence[str] | None = None,
-                 max_length: int = 128) -> dict[str, np.ndarray]:
+    def tokenize(
+        self, text_a: Sequence[str], text_b: Sequence[str] | None = None, max_length: int = 128
+    ) -> dict[str, np.ndarray]:
         """Tokenizes sentences (or pairs), truncated and padded to `max_length`.
 
         text_a, text_b: lists of strings (the same length for pairs). Returns int32
@@ -63,8 +65,15 @@ class MultiExitModel:
             raise ValueError(f"max_length {max_length} exceeds the model's {self.config.max_length} positions")
         return tokenize(self.tokenizer, text_a, text_b, max_length)
 
-    def predict(self, text_a: Sequence[str], text_b: Sequence[str] | None = None, *,
-                criterion: Any = "auto", batch_size: int = 64, max_length: int | None = None):
+    def predict(
+        self,
+        text_a: Sequence[str],
+        text_b: Sequence[str] | None = None,
+        *,
+        criterion: Any = "auto",
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ):
         """Early-exit predictions on sentences (or pairs), in input order: a
         `rome_jax.predict.Predictions` (labels, label_ids / scores, probabilities,
         exit_layer 1-based, mean_layers; iterating yields one dict per example).
@@ -77,8 +86,7 @@ class MultiExitModel:
         """
         from rome_jax.predict import predict
 
-        return predict(self, text_a, text_b, criterion=criterion, batch_size=batch_size,
-                       max_length=max_length)
+        return predict(self, text_a, text_b, criterion=criterion, batch_size=batch_size, max_length=max_length)
 
     def save_pretrained(self, path: str) -> None:
         """Writes an HF directory that `transformers` loads as
@@ -96,12 +104,17 @@ class MultiExitModel:
 
         mismatch = params_mismatch(self.params, self.config)
         if mismatch:
-            raise CheckpointError(f"the parameters do not fit the model's config ({self.config.num_layers} "
-                                  f"layers, {self.config.num_labels} labels): {mismatch}; nothing written")
+            raise CheckpointError(
+                f"the parameters do not fit the model's config ({self.config.num_layers} "
+                f"layers, {self.config.num_labels} labels): {mismatch}; nothing written"
+            )
         if self.config.exit_pooling != "cls":
-            logger.warning("%s: exit_pooling %r is recorded in config.json for rome_jax; transformers "
-                           "pools [CLS], so its logits will not reproduce the final exit",
-                           path, self.config.exit_pooling)
+            logger.warning(
+                "%s: exit_pooling %r is recorded in config.json for rome_jax; transformers "
+                "pools [CLS], so its logits will not reproduce the final exit",
+                path,
+                self.config.exit_pooling,
+            )
         os.makedirs(path, exist_ok=True)
         state, exits_state = hf_io.state_dict_from_params(jax.device_get(self.params), self.config)
         tmp = lambda name: os.path.join(path, f".{name}.tmp")
@@ -122,8 +135,9 @@ class MultiExitModel:
             os.remove(calibration_path)
 
 
-def tokenize(tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None,
-             max_length: int) -> dict[str, np.ndarray]:
+def tokenize(
+    tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None, max_length: int
+) -> dict[str, np.ndarray]:
     """HF fast tokenizer on sentences or pairs -> int32 [B, max_length] arrays."""
     from rome_jax.data import tokenize_texts
 
@@ -140,14 +154,16 @@ def resolve_model_dir(name_or_path: str) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(name_or_path, allow_patterns=[
-            "*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model.bin"])
+        return snapshot_download(
+            name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model.bin"]
+        )
     except Exception as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise CheckpointError(
             f"{name_or_path}: not a local directory, and the Hugging Face hub could not provide it "
             f"({reason}); pass the path of a local HF model directory (config.json + "
-            "model.safetensors) instead") from None
+            "model.safetensors) instead"
+        ) from None
 
 
 def load_tokenizer(directory: str) -> Any:
@@ -182,10 +198,16 @@ def load_tokenizer(directory: str) -> Any:
     return AutoTokenizer.from_pretrained(directory)
 
 
-def load_pretrained(name_or_path: str, num_labels: int | None = None, *, dtype: str = "float32",
-                    seed: int = 0, with_tokenizer: bool = True,
-                    ignore_mismatched_sizes: bool = False, **config_overrides: Any
-                    ) -> MultiExitModel:
+def load_pretrained(
+    name_or_path: str,
+    num_labels: int | None = None,
+    *,
+    dtype: str = "float32",
+    seed: int = 0,
+    with_tokenizer: bool = True,
+    ignore_mismatched_sizes: bool = False,
+    **config_overrides: Any,
+) -> MultiExitModel:
     """Loads a multi-exit model from an HF checkpoint (local directory or hub name).
 
     A `*ForSequenceClassification` checkpoint keeps its pooler and classifier as
@@ -209,19 +231,23 @@ def load_pretrained(name_or_path: str, num_labels: int | None = None, *, dtype: 
     exits_path = os.path.join(directory, hf_io.EXITS_FILE)
     exits_state = hf_io.read_state_dict(exits_path) if os.path.isfile(exits_path) else None
     fresh = init_exit_params(config, seed=seed)
-    params, _ = hf_io.params_from_state_dict(state, config, jax.device_get(fresh), weights, exits_state,
-                                             ignore_mismatched_sizes=ignore_mismatched_sizes)
+    params, _ = hf_io.params_from_state_dict(
+        state, config, jax.device_get(fresh), weights, exits_state, ignore_mismatched_sizes=ignore_mismatched_sizes
+    )
     params = jax.tree.map(jnp.asarray, params)
     with open(config_path, encoding="utf-8") as f:
         hf_config = json.load(f)
     id2label = hf_config.get("id2label")
     recorded = hf_config.get(hf_io.EXIT_POOLING_KEY, "cls")
     if exits_state is not None and recorded != config.exit_pooling:  # trained exits, pooled otherwise
-        logger.warning("%s: its exits were saved with exit_pooling %r; loading them with %r",
-                       directory, recorded, config.exit_pooling)
+        logger.warning(
+            "%s: its exits were saved with exit_pooling %r; loading them with %r",
+            directory,
+            recorded,
+            config.exit_pooling,
+        )
     label_names = None
-    if id2label and len(id2label) == config.num_labels and all(str(i) in id2label
-                                                               for i in range(config.num_labels)):
+    if id2label and len(id2label) == config.num_labels and all(str(i) in id2label for i in range(config.num_labels)):
         label_names = [id2label[str(i)] for i in range(config.num_labels)]
     tokenizer = load_tokenizer(directory) if with_tokenizer else None
     from rome_jax import calibration as calibration_lib

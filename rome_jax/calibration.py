@@ -47,8 +47,10 @@ RUN_FILE_NAME = "calibration.json"
 PREFERENCE = ("entropy", "normalized_entropy", "max_prob", "patience", "fixed")
 """The order in which a calibrated criterion becomes the default."""
 
-RULE = ("per criterion, the threshold with the fewest mean layers whose dev metric is at least the "
-        "full-depth metric minus `points` percentage points; ties: the more conservative threshold")
+RULE = (
+    "per criterion, the threshold with the fewest mean layers whose dev metric is at least the "
+    "full-depth metric minus `points` percentage points; ties: the more conservative threshold"
+)
 
 # Thresholds that exit later when larger (the others exit later when smaller).
 _LARGER_IS_CONSERVATIVE = ("max_prob", "patience", "fixed")
@@ -59,9 +61,15 @@ def _conservative_key(name: str, threshold: float) -> float:
     return -threshold if name in _LARGER_IS_CONSERVATIVE else threshold
 
 
-def choose_thresholds(sweep: Sequence[Mapping[str, Any]], full_metric: float, *, metric: str,
-                      points: float = 0.5, num_layers: int | None = None,
-                      regression: bool = False) -> dict:
+def choose_thresholds(
+    sweep: Sequence[Mapping[str, Any]],
+    full_metric: float,
+    *,
+    metric: str,
+    points: float = 0.5,
+    num_layers: int | None = None,
+    regression: bool = False,
+) -> dict:
     """The calibration dict (see the module doc) from sweep rows and the full-depth metric.
 
     sweep: rows with `criterion`, `threshold`, `metric`'s value and `mean_layers`
@@ -79,20 +87,33 @@ def choose_thresholds(sweep: Sequence[Mapping[str, Any]], full_metric: float, *,
         if not fitting:
             criteria[name] = None
             continue
-        best = min(fitting, key=lambda r: (round(float(r["mean_layers"]), 9),
-                                           _conservative_key(name, float(r["threshold"]))))
-        chosen = {"threshold": float(best["threshold"]), metric: float(best[metric]),
-                  "mean_layers": float(best["mean_layers"])}
+        best = min(
+            fitting, key=lambda r: (round(float(r["mean_layers"]), 9), _conservative_key(name, float(r["threshold"])))
+        )
+        chosen = {
+            "threshold": float(best["threshold"]),
+            metric: float(best[metric]),
+            "mean_layers": float(best["mean_layers"]),
+        }
         if "layer_speedup" in best:
             chosen["layer_speedup"] = float(best["layer_speedup"])
         elif num_layers:
             chosen["layer_speedup"] = num_layers / float(best["mean_layers"])
         criteria[name] = chosen
-    default = next(({"criterion": n, "threshold": criteria[n]["threshold"]}
-                    for n in PREFERENCE if criteria.get(n) is not None), None)
-    return {"rule": RULE, "points": float(points), "metric": metric, "full_depth_metric": float(full_metric),
-            "num_layers": num_layers, "regression": bool(regression), "criteria": criteria,
-            "default": default}
+    default = next(
+        ({"criterion": n, "threshold": criteria[n]["threshold"]} for n in PREFERENCE if criteria.get(n) is not None),
+        None,
+    )
+    return {
+        "rule": RULE,
+        "points": float(points),
+        "metric": metric,
+        "full_depth_metric": float(full_metric),
+        "num_layers": num_layers,
+        "regression": bool(regression),
+        "criteria": criteria,
+        "default": default,
+    }
 
 
 def calibrate(results: Mapping[str, Any], points: float = 0.5, *, regression: bool | None = None) -> dict:
@@ -107,23 +128,30 @@ def calibrate(results: Mapping[str, Any], points: float = 0.5, *, regression: bo
         named = {r.get("criterion") for r in results["sweep"]}
         regression = bool(named) and not named & {"entropy", "max_prob", "normalized_entropy"}
     calibration = choose_thresholds(
-        results["sweep"], results["per_exit"][-1][metric], metric=metric, points=points,
-        num_layers=results.get("num_exits"), regression=regression)
-    calibration.update({k: results[k] for k in ("task", "split", "num_examples", "max_length")
-                        if k in results})
+        results["sweep"],
+        results["per_exit"][-1][metric],
+        metric=metric,
+        points=points,
+        num_layers=results.get("num_exits"),
+        regression=regression,
+    )
+    calibration.update({k: results[k] for k in ("task", "split", "num_examples", "max_length") if k in results})
     return calibration
 
 
-def criterion_of(calibration: Mapping[str, Any], name: str | None = None, *,
-                 num_labels: int | None = None) -> Criterion:
+def criterion_of(
+    calibration: Mapping[str, Any], name: str | None = None, *, num_labels: int | None = None
+) -> Criterion:
     """The calibrated `Criterion` (`name`'s, or the default one). ValueError when the
     calibration has none for it."""
     regression = bool(calibration.get("regression")) if num_labels is None else num_labels == 1
     if name is None:
         default = calibration.get("default")
         if not default:
-            raise ValueError(f"the calibration has no threshold within {calibration.get('points')} points "
-                             "of full depth for any criterion")
+            raise ValueError(
+                f"the calibration has no threshold within {calibration.get('points')} points "
+                "of full depth for any criterion"
+            )
         name = default["criterion"]
     chosen = (calibration.get("criteria") or {}).get(name)
     if not chosen:
@@ -144,14 +172,18 @@ def check(calibration: Any, origin: str) -> dict:
         for name, chosen in calibration["criteria"].items():
             if name not in CRITERIA:
                 problem = f"unknown criterion {name!r}"
-            elif chosen is not None and not (isinstance(chosen, dict) and isinstance(
-                    chosen.get("threshold"), (int, float))):
+            elif chosen is not None and not (
+                isinstance(chosen, dict) and isinstance(chosen.get("threshold"), (int, float))
+            ):
                 problem = f"criteria.{name} has no numeric threshold"
             if problem:
                 break
         default = calibration.get("default")
-        if problem is None and default is not None and (
-                not isinstance(default, dict) or calibration["criteria"].get(default.get("criterion")) is None):
+        if (
+            problem is None
+            and default is not None
+            and (not isinstance(default, dict) or calibration["criteria"].get(default.get("criterion")) is None)
+        ):
             problem = "'default' names no calibrated criterion"
     if problem:
         raise CheckpointError(f"{origin}: not a rome_jax calibration ({problem})")
@@ -180,14 +212,17 @@ def write(path: str | os.PathLike, calibration: Mapping[str, Any]) -> None:
 def summary(calibration: Mapping[str, Any]) -> str:
     """One line per calibrated criterion, for terminal reports."""
     metric = calibration["metric"]
-    lines = [f"calibration (within {calibration['points']:g} points of full depth "
-             f"{calibration['full_depth_metric']:.4f} {metric}):"]
+    lines = [
+        f"calibration (within {calibration['points']:g} points of full depth "
+        f"{calibration['full_depth_metric']:.4f} {metric}):"
+    ]
     for name, chosen in calibration["criteria"].items():
         if chosen is None:
             lines.append(f"  {name}: no threshold within {calibration['points']:g} points")
         else:
-            lines.append(f"  {name} {chosen['threshold']:g}: {metric} {chosen[metric]:.4f}, "
-                         f"{chosen['mean_layers']:.2f} layers")
+            lines.append(
+                f"  {name} {chosen['threshold']:g}: {metric} {chosen[metric]:.4f}, {chosen['mean_layers']:.2f} layers"
+            )
     default = calibration.get("default")
     lines.append(f"  default: {default['criterion']} {default['threshold']:g}" if default else "  default: none")
     return "\n".join(lines)

@@ -20,8 +20,9 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,6 +42,7 @@ def _ocp():
 
 def abstract_like(tree: PyTree) -> PyTree:
     """Shapes, dtypes and shardings of a pytree of arrays (a restore target)."""
+
     def leaf(x):
         sharding = getattr(x, "sharding", None)
         return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
@@ -58,14 +60,20 @@ class Checkpoints:
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoints in {self.directory} (no such directory)")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
-            save_interval_steps=1)
+            max_to_keep=None,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=not read_only,
+            save_interval_steps=1,
+        )
         # handlers named up front, so a fresh manager can read a checkpoint's metadata
         # (with bare item names it cannot until a first restore registers them)
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+            self.directory,
+            options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        )
 
     def steps(self) -> list[int]:
         """The complete checkpoints' steps, oldest first."""
@@ -93,7 +101,7 @@ class Checkpoints:
             from rome_jax import distributed  # has listed the steps: a listing racing a
 
             distributed.barrier("checkpoints listed")  # deletion fails on the vanished step
-        keep = set(steps[-self.keep:]) | {int(s) for s in preserve if s is not None}
+        keep = set(steps[-self.keep :]) | {int(s) for s in preserve if s is not None}
         for step in steps:
             if step not in keep:
                 self._manager.delete(step)
@@ -104,8 +112,9 @@ class Checkpoints:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:  # a missing or unreadable item
-            raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be read "
-                                  f"({_first_line(e)})") from None
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} cannot be read ({_first_line(e)})"
+            ) from None
         return dict(restored["meta"])
 
     def restore(self, step: int, target: PyTree | None) -> tuple[PyTree, dict]:
@@ -123,8 +132,7 @@ class Checkpoints:
             if mismatch:
                 raise CheckpointError(f"checkpoint {path} does not fit this model: {mismatch}")
         try:
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         except Exception as e:
             reason = _first_line(e).split(" See full TensorStore details")[0]
             raise CheckpointError(f"checkpoint {path} cannot be restored into this model ({reason})") from None
@@ -153,8 +161,11 @@ class Checkpoints:
         if tree is None:
             return None
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree,
-                            is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+        return jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+            tree,
+            is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
+        )
 
     def restore_latest(self, target: PyTree | None) -> tuple[int, PyTree, dict] | None:
         """(step, state, meta) of the latest readable checkpoint, or None if there is none.
@@ -196,8 +207,7 @@ class _OrbaxLeftovers(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
-        unretrieved = message.startswith(("Task exception was never retrieved",
-                                          "Future exception was never retrieved"))
+        unretrieved = message.startswith(("Task exception was never retrieved", "Future exception was never retrieved"))
         return not (unretrieved and (_ORBAX_PATH in message or "tensorstore" in message))
 
 
@@ -254,7 +264,8 @@ def tree_mismatch(saved: PyTree, wanted: PyTree) -> str | None:
 
 def _leaves_by_path(tree: PyTree) -> list[tuple[str, Any]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, (dict, list, tuple)))
+        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, (dict, list, tuple))
+    )
     return [(_path_name(path), leaf) for path, leaf in flat]
 
 
@@ -302,8 +313,9 @@ def load_params(directory: str | os.PathLike, step: int | str = "best") -> tuple
         else:
             chosen = int(step)
             if chosen not in steps:
-                raise CheckpointError(f"no checkpoint of step {chosen} in {directory} "
-                                      f"(steps: {', '.join(map(str, steps))})")
+                raise CheckpointError(
+                    f"no checkpoint of step {chosen} in {directory} (steps: {', '.join(map(str, steps))})"
+                )
         state, _ = checkpoints.restore(chosen, checkpoints.local_target(chosen))
     finally:
         checkpoints.close()

@@ -26,7 +26,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # XLA's C++ INFO lines
 # transformers' import-time advice ("PyTorch was not found...") on a JAX-only install:
@@ -103,7 +104,7 @@ def _config_flag_names() -> list[str]:
 def _overrides(argv: Sequence[str], name: str) -> list[str]:
     """The --NAME.a.b=... arguments, as "a.b=..." strings."""
     prefix = f"--{name}."
-    return [arg[len(prefix):] for arg in argv if arg.startswith(prefix)]
+    return [arg[len(prefix) :] for arg in argv if arg.startswith(prefix)]
 
 
 def _unknown_key_message(argv: Sequence[str], error: BaseException) -> str:
@@ -151,8 +152,7 @@ def print_help(full: bool = False) -> None:
         print(FLAGS.module_help(_program_module))
     print(FLAGS.module_help(sys.modules[__name__]))
     if _config_flag_names():
-        print("\nConfig values: --config.<section>.<key>=<value> (see configs/default.py); "
-              "all flags: --helpfull")
+        print("\nConfig values: --config.<section>.<key>=<value> (see configs/default.py); all flags: --helpfull")
     else:
         print("\nAll flags: --helpfull")
 
@@ -192,7 +192,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
             if not os.path.isfile(filename):
                 raise ConfigError(f"--{name}={filename}: no such config file")
             try:
-                value.lock  # raises the stored error
+                _ = value.lock  # raises the stored error
             except OSError as e:
                 raise ConfigError(f"--{name}={filename}: {_last_line(str(e))}") from None
     return rest

@@ -27,9 +27,14 @@ DEFAULT_TIMEOUT_S = 300
 """How long `initialize` waits for the coordinator and every process (JAX's default)."""
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, timeout_s: int = DEFAULT_TIMEOUT_S,
-               heartbeat_timeout_s: int | None = None) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: int = DEFAULT_TIMEOUT_S,
+    heartbeat_timeout_s: int | None = None,
+) -> None:
     """Joins JAX's distributed runtime; unset settings come from cluster detection.
 
     Raises ConfigError (one line, naming the coordinator's address) when the settings
@@ -45,8 +50,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise ConfigError(f"--initialization_timeout must be >= 1 second, got {timeout_s}")
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
-                  process_id=process_id, initialization_timeout=int(timeout_s))
+    kwargs = dict(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=int(timeout_s),
+    )
     if heartbeat_timeout_s:
         kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
     where = coordinator_address or "the address found by JAX's cluster detection"
@@ -55,16 +64,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     try:
         jax.distributed.initialize(**kwargs)
     except (ValueError, TypeError) as e:  # settings missing and not detected
-        raise ConfigError(f"cannot join JAX's distributed runtime: {first_line(e)} (pass "
-                          "--coordinator_address, --num_processes and --process_id, or run where "
-                          "JAX detects the cluster: docs/multihost.md)") from None
+        raise ConfigError(
+            f"cannot join JAX's distributed runtime: {first_line(e)} (pass "
+            "--coordinator_address, --num_processes and --process_id, or run where "
+            "JAX detects the cluster: docs/multihost.md)"
+        ) from None
     except Exception as e:  # the coordinator unreachable, or a process missing, in time
         address = getattr(_global_state(), "coordinator_address", None) or where
-        raise ConfigError(f"cannot join JAX's distributed runtime at {address} within {timeout_s} s "
-                          f"({_reason(e)})") from None
-    logger.info("joined JAX's distributed runtime at %s: process %d of %d, %d local device(s)",
-                _global_state().coordinator_address, jax.process_index(),
-                jax.process_count(), jax.local_device_count())
+        raise ConfigError(
+            f"cannot join JAX's distributed runtime at {address} within {timeout_s} s ({_reason(e)})"
+        ) from None
+    logger.info(
+        "joined JAX's distributed runtime at %s: process %d of %d, %d local device(s)",
+        _global_state().coordinator_address,
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+    )
 
 
 def wait_for_coordinator(address: str, timeout_s: float) -> None:
@@ -86,9 +102,11 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
                 return
         except OSError as e:
             if left <= 0:
-                raise ConfigError(f"cannot reach JAX's coordinator at {address} within {timeout_s:g} s "
-                                  f"({e.strerror or type(e).__name__}): is process 0 started, and the "
-                                  "address right and reachable from here?") from None
+                raise ConfigError(
+                    f"cannot reach JAX's coordinator at {address} within {timeout_s:g} s "
+                    f"({e.strerror or type(e).__name__}): is process 0 started, and the "
+                    "address right and reachable from here?"
+                ) from None
         time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
 
 
@@ -125,9 +143,11 @@ def barrier(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
     try:
         client.wait_at_barrier(f"rome_jax:{name}:{count}", int(timeout_s * 1000))
     except Exception as e:
-        raise ConfigError(f"process {jax.process_index()} waited {timeout_s} s at {name!r} for the "
-                          f"other processes, which did not come ({_reason(e)}); see process 0's "
-                          "error") from None
+        raise ConfigError(
+            f"process {jax.process_index()} waited {timeout_s} s at {name!r} for the "
+            f"other processes, which did not come ({_reason(e)}); see process 0's "
+            "error"
+        ) from None
 
 
 def _global_state():

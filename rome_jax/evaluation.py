@@ -23,17 +23,18 @@ from __future__ import annotations
 import csv
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
 from rome_jax import exits, files, flops, inference
-from rome_jax.model_config import ModelConfig
 from rome_jax.data import BatchIterator, Features
 from rome_jax.data.buckets import bucket_batches, bucket_index, length_buckets, padded_share, sequence_lengths
 from rome_jax.metrics import compute_metrics, primary_metric
 from rome_jax.model import INPUT_KEYS
+from rome_jax.model_config import ModelConfig
 
 Params = Any
 
@@ -49,7 +50,8 @@ DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
 """The thresholds a criterion named without values is swept at."""
 
 DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
-    name: DEFAULT_THRESHOLDS[name] for name in ("entropy", "max_prob", "patience")}
+    name: DEFAULT_THRESHOLDS[name] for name in ("entropy", "max_prob", "patience")
+}
 """The criteria evaluated by default (before `useful_thresholds`)."""
 
 MODE_SWEEPS: dict[str, tuple[str, ...]] = {"fastbert": ("normalized_entropy",)}
@@ -113,20 +115,21 @@ def _take(features: Features, rows: np.ndarray, length: int) -> dict[str, np.nda
     return batch
 
 
-def split_batches(features: Features, batch_size: int, buckets: Sequence[int] | None, limit: int = 0
-                  ) -> list[tuple[np.ndarray, int]]:
+def split_batches(
+    features: Features, batch_size: int, buckets: Sequence[int] | None, limit: int = 0
+) -> list[tuple[np.ndarray, int]]:
     """The evaluation batches of the split's first `limit` examples (0: all), as
     `bucket_batches` gives them: (rows [batch_size], length) pairs, -1 for padding
     rows. Without buckets, the split's order cut into batches of `max_length`
     (the last padded)."""
     n = len(features) if limit <= 0 else min(limit, len(features))
     lengths = sequence_lengths(features.attention_mask)
-    return bucket_batches(np.arange(n), lengths, buckets or (features.max_length,),
-                          batch_size, drop_remainder=False)
+    return bucket_batches(np.arange(n), lengths, buckets or (features.max_length,), batch_size, drop_remainder=False)
 
 
-def exit_logits_of(config: ModelConfig, params: Params, features: Features, batch_size: int,
-                   buckets: str | Sequence[int] | None = None) -> np.ndarray:
+def exit_logits_of(
+    config: ModelConfig, params: Params, features: Features, batch_size: int, buckets: str | Sequence[int] | None = None
+) -> np.ndarray:
     """Every exit's logits on every example: [E, N, C] float32 (padding rows dropped),
     in the features' order.
 
@@ -182,7 +185,7 @@ def _batches(inputs: dict[str, np.ndarray], batch_size: int) -> list[dict[str, n
     n = len(inputs["input_ids"])
     out = []
     for start in range(0, n, batch_size):
-        rows = {k: v[start:start + batch_size] for k, v in inputs.items()}
+        rows = {k: v[start : start + batch_size] for k, v in inputs.items()}
         real = len(rows["input_ids"])
         if real < batch_size:
             rows = {k: np.concatenate([v, np.repeat(v[:1], batch_size - real, axis=0)]) for k, v in rows.items()}
@@ -210,18 +213,29 @@ class Timer:
     `batched_rows` [b] gives the example each row of `batched[b]` holds (-1: padding).
     """
 
-    def __init__(self, config: ModelConfig, params: Params, features: Features, *,
-                 batch1_examples: int, batched_examples: int, batch_size: int, rounds: int = 2,
-                 buckets: str | Sequence[int] | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: Params,
+        features: Features,
+        *,
+        batch1_examples: int,
+        batched_examples: int,
+        batch_size: int,
+        rounds: int = 2,
+        buckets: str | Sequence[int] | None = None,
+    ):
         self.config, self.params, self.rounds = config, params, rounds
         self.buckets = resolve_buckets(features.max_length, buckets)
         single = _subset(features, batch1_examples)
-        self.singles = [{k: v[i:i + 1] for k, v in single.items()} for i in range(len(single["input_ids"]))]
+        self.singles = [{k: v[i : i + 1] for k, v in single.items()} for i in range(len(single["input_ids"]))]
         n = len(features) if batched_examples <= 0 else min(batched_examples, len(features))
         if self.buckets is None:
             self.batched = _batches(_subset(features, batched_examples), batch_size)
-            self.batched_rows = [np.where(b["example_mask"], start + np.arange(batch_size), -1)
-                                 for start, b in zip(range(0, n, batch_size), self.batched)]
+            self.batched_rows = [
+                np.where(b["example_mask"], start + np.arange(batch_size), -1)
+                for start, b in zip(range(0, n, batch_size), self.batched)
+            ]
         else:
             self.singles = [inference.cut_to_bucket(b, self.buckets) for b in self.singles]
             plan = split_batches(features, batch_size, self.buckets, n)
@@ -240,10 +254,13 @@ class Timer:
             run(one_per_shape)  # compile
         for one_per_shape in {b["input_ids"].shape: b for b in self.baseline}.values():
             run(strip(one_per_shape))
-        batch1 = min(sum(_clock(lambda b=b: run(b)) for b in self.singles)
-                     for _ in range(self.rounds)) / len(self.singles)
-        batched = min(sum(_clock(lambda b=b: run(strip(b))) for b in self.baseline)
-                      for _ in range(self.rounds)) / self.num_batched
+        batch1 = min(sum(_clock(lambda b=b: run(b)) for b in self.singles) for _ in range(self.rounds)) / len(
+            self.singles
+        )
+        batched = (
+            min(sum(_clock(lambda b=b: run(strip(b))) for b in self.baseline) for _ in range(self.rounds))
+            / self.num_batched
+        )
         return batch1, batched
 
     def early_exit(self, criterion: exits.Criterion) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -280,15 +297,30 @@ class Timer:
             rows = np.concatenate([self.batched_rows[k] for k in ks])
             real = rows >= 0
             batched_exits[rows[real]] = np.asarray(out["exit_index"])[real]
-        return (batch1_seconds / len(self.singles), batched_seconds / self.num_batched,
-                np.asarray(batch1_exits), batched_exits)
+        return (
+            batch1_seconds / len(self.singles),
+            batched_seconds / self.num_batched,
+            np.asarray(batch1_exits),
+            batched_exits,
+        )
 
 
-def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, features: Features,
-                   *, sweeps: dict[str, Sequence[float]] | None = None, batch_size: int = 64,
-                   batch1_examples: int = 64, batched_examples: int = 0, timing: bool = True,
-                   mode: str | None = None, buckets: str | Sequence[int] | None = None,
-                   log=print) -> dict:
+def evaluate_split(
+    config: ModelConfig,
+    params: Params,
+    task: Any,
+    split: str,
+    features: Features,
+    *,
+    sweeps: dict[str, Sequence[float]] | None = None,
+    batch_size: int = 64,
+    batch1_examples: int = 64,
+    batched_examples: int = 0,
+    timing: bool = True,
+    mode: str | None = None,
+    buckets: str | Sequence[int] | None = None,
+    log=print,
+) -> dict:
     """Per-exit metrics and the early-exit sweeps of one labelled split (see module doc).
 
     sweeps: {criterion: thresholds}; default `default_sweeps(num_layers, mode)`
@@ -318,14 +350,27 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
     buckets = resolve_buckets(T, buckets)
     share = padded_share(sequence_lengths(features.attention_mask), split_batches(features, batch_size, buckets))
     seq_lens = example_lengths(features, buckets)
-    log(f"{task.name}/{split}: every exit on {len(features)} examples"
+    log(
+        f"{task.name}/{split}: every exit on {len(features)} examples"
         + (f", length buckets {','.join(map(str, buckets))}" if buckets else "")
-        + f" ({share:.0%} of token positions padding)")
+        + f" ({share:.0%} of token positions padding)"
+    )
     logits = exit_logits_of(config, params, features, batch_size, buckets)
     per_exit = [{"exit": i + 1, **compute_metrics(task.name, logits[i], labels)} for i in range(L)]
 
-    timer = Timer(config, params, features, batch1_examples=batch1_examples,
-                  batched_examples=batched_examples, batch_size=batch_size, buckets=buckets) if timing else None
+    timer = (
+        Timer(
+            config,
+            params,
+            features,
+            batch1_examples=batch1_examples,
+            batched_examples=batched_examples,
+            batch_size=batch_size,
+            buckets=buckets,
+        )
+        if timing
+        else None
+    )
     full1, fullb = timer.full_depth() if timer else (None, None)
     sweep, agree = [], True
     for name, thresholds in sweeps.items():
@@ -334,46 +379,72 @@ def evaluate_split(config: ModelConfig, params: Params, task: Any, split: str, f
         for threshold in thresholds:
             criterion = exits.Criterion(name, float(threshold), regression=regression)
             exit_index, chosen = (np.asarray(x) for x in exits.simulate(criterion, logits))
-            row = {"criterion": name, "threshold": float(threshold),
-                   **compute_metrics(task.name, chosen, labels)}
+            row = {"criterion": name, "threshold": float(threshold), **compute_metrics(task.name, chosen, labels)}
             mean_layers = float(np.mean(exit_index + 1))
-            speedup = (flops.flops_speedup(config, T, exit_index) if buckets is None
-                       else flops_speedup_at(config, seq_lens, exit_index))
+            speedup = (
+                flops.flops_speedup(config, T, exit_index)
+                if buckets is None
+                else flops_speedup_at(config, seq_lens, exit_index)
+            )
             row.update(mean_layers=mean_layers, layer_speedup=L / mean_layers, flops_speedup=float(speedup))
             if timer:
                 w1, wb, exits1, exitsb = timer.early_exit(criterion)
-                agree &= bool(np.array_equal(exits1, exit_index[:len(exits1)]))
-                agree &= bool(np.array_equal(exitsb, exit_index[:len(exitsb)]))
-                row.update(wall_s_batch1=w1, wall_s_batched=wb, wall_speedup_batch1=full1 / w1,
-                           wall_speedup_batched=fullb / wb)
+                agree &= bool(np.array_equal(exits1, exit_index[: len(exits1)]))
+                agree &= bool(np.array_equal(exitsb, exit_index[: len(exitsb)]))
+                row.update(
+                    wall_s_batch1=w1, wall_s_batched=wb, wall_speedup_batch1=full1 / w1, wall_speedup_batched=fullb / wb
+                )
             sweep.append(row)
     return {
-        "task": task.name, "split": split, "metric": primary_metric(task.name),
-        "num_examples": int(len(features)), "num_exits": L, "max_length": int(T),
-        "buckets": list(buckets) if buckets else None, "padded_share": float(share),
-        "per_exit": per_exit, "sweep": sweep,
-        "full_depth": {"wall_s_batch1": full1, "wall_s_batched": fullb,
-                       "flops_per_example": (int(flops.full_flops(config, T)) if buckets is None else
-                                             int(round(np.mean([flops.full_flops(config, int(n))
-                                                                for n in seq_lens]))))},
-        "timing": ({"batch1_examples": len(timer.singles), "batched_examples": timer.num_batched,
-                    "batch_size": batch_size, "backend": jax.devices()[0].platform,
-                    "unit": "wall seconds per example"} if timer else None),
+        "task": task.name,
+        "split": split,
+        "metric": primary_metric(task.name),
+        "num_examples": int(len(features)),
+        "num_exits": L,
+        "max_length": int(T),
+        "buckets": list(buckets) if buckets else None,
+        "padded_share": float(share),
+        "per_exit": per_exit,
+        "sweep": sweep,
+        "full_depth": {
+            "wall_s_batch1": full1,
+            "wall_s_batched": fullb,
+            "flops_per_example": (
+                int(flops.full_flops(config, T))
+                if buckets is None
+                else int(round(np.mean([flops.full_flops(config, int(n)) for n in seq_lens])))
+            ),
+        },
+        "timing": (
+            {
+                "batch1_examples": len(timer.singles),
+                "batched_examples": timer.num_batched,
+                "batch_size": batch_size,
+                "backend": jax.devices()[0].platform,
+                "unit": "wall seconds per example",
+            }
+            if timer
+            else None
+        ),
         "executors_agree": agree if timer else None,
     }
 
 
 # ------------------------------------------------------------------------- outputs
 
+
 def format_table(results: dict) -> str:
     """The terminal report: every exit, then every sweep point."""
     metric = results["metric"]
     buckets = results.get("buckets")
-    lines = [f"{results['task']} / {results['split']}: {results['num_examples']} examples, "
-             f"metric {metric}"
-             + (f", length buckets {','.join(map(str, buckets))}" if buckets else "")
-             + (f" ({results['padded_share']:.0%} of token positions padding)" if "padded_share" in results else ""),
-             "", "exit  " + metric]
+    lines = [
+        f"{results['task']} / {results['split']}: {results['num_examples']} examples, "
+        f"metric {metric}"
+        + (f", length buckets {','.join(map(str, buckets))}" if buckets else "")
+        + (f" ({results['padded_share']:.0%} of token positions padding)" if "padded_share" in results else ""),
+        "",
+        "exit  " + metric,
+    ]
     lines += [f"{r['exit']:>4}  {r[metric]:.4f}" for r in results["per_exit"]]
     w = max([10] + [len(r["criterion"]) + 1 for r in results["sweep"]])
     head = f"{'criterion':<{w}}{'threshold':>10}{metric:>12}{'layers':>8}{'layer x':>9}{'flops x':>9}"
@@ -382,17 +453,22 @@ def format_table(results: dict) -> str:
         head += f"{'clock x b1':>12}{'clock x bat':>12}"
     lines += ["", head]
     for r in results["sweep"]:
-        line = (f"{r['criterion']:<{w}}{r['threshold']:>10g}{r[metric]:>12.4f}{r['mean_layers']:>8.2f}"
-                f"{r['layer_speedup']:>9.2f}{r['flops_speedup']:>9.2f}")
+        line = (
+            f"{r['criterion']:<{w}}{r['threshold']:>10g}{r[metric]:>12.4f}{r['mean_layers']:>8.2f}"
+            f"{r['layer_speedup']:>9.2f}{r['flops_speedup']:>9.2f}"
+        )
         if timed:
             line += f"{r['wall_speedup_batch1']:>12.2f}{r['wall_speedup_batched']:>12.2f}"
         lines.append(line)
     if timed:
         fd, t = results["full_depth"], results["timing"]
-        lines += ["", f"full depth: {fd['wall_s_batch1'] * 1e3:.2f} ms/example at batch 1 "
-                      f"({t['batch1_examples']} examples), {fd['wall_s_batched'] * 1e3:.2f} ms/example "
-                      f"batched ({t['batched_examples']} examples, batch {t['batch_size']}) on {t['backend']}; "
-                      f"executors agree with the simulation: {results['executors_agree']}"]
+        lines += [
+            "",
+            f"full depth: {fd['wall_s_batch1'] * 1e3:.2f} ms/example at batch 1 "
+            f"({t['batch1_examples']} examples), {fd['wall_s_batched'] * 1e3:.2f} ms/example "
+            f"batched ({t['batched_examples']} examples, batch {t['batch_size']}) on {t['backend']}; "
+            f"executors agree with the simulation: {results['executors_agree']}",
+        ]
     return "\n".join(lines)
 
 

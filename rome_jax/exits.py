@@ -71,29 +71,39 @@ class Criterion:
     def __post_init__(self) -> None:
         if self.name not in CRITERIA:
             raise ValueError(f"unknown exit criterion {self.name!r}; known: {', '.join(CRITERIA)}")
-        if (isinstance(self.threshold, (bool, np.bool_)) or not isinstance(self.threshold, numbers.Real)
-                or not math.isfinite(self.threshold)):
+        if (
+            isinstance(self.threshold, (bool, np.bool_))
+            or not isinstance(self.threshold, numbers.Real)
+            or not math.isfinite(self.threshold)
+        ):
             raise ValueError(f"{self.name} threshold must be a finite number, not {self.threshold!r}")
         if self.name in ("entropy", "normalized_entropy") and self.threshold < 0:
-            raise ValueError(f"{self.name} threshold must be >= 0 (an entropy is never below 0, so "
-                             f"nothing would exit early), not {self.threshold}")
+            raise ValueError(
+                f"{self.name} threshold must be >= 0 (an entropy is never below 0, so "
+                f"nothing would exit early), not {self.threshold}"
+            )
         if self.regression and self.name in _CLASSIFICATION_ONLY:
-            raise ValueError(f"the {self.name!r} criterion needs class probabilities; "
-                             "a regression model can exit by 'patience' or 'fixed'")
-        if self.name in ("patience", "fixed"):
-            if self.threshold != int(self.threshold) or self.threshold < 1:
-                raise ValueError(f"{self.name} threshold must be an integer >= 1, not {self.threshold}")
+            raise ValueError(
+                f"the {self.name!r} criterion needs class probabilities; "
+                "a regression model can exit by 'patience' or 'fixed'"
+            )
+        if self.name in ("patience", "fixed") and (self.threshold != int(self.threshold) or self.threshold < 1):
+            raise ValueError(f"{self.name} threshold must be an integer >= 1, not {self.threshold}")
         if self.name == "max_prob" and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"max_prob threshold must be in [0, 1], not {self.threshold}")
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, not {self.tolerance}")
 
     @property
-    def rule(self) -> "Rule":
+    def rule(self) -> Rule:
         """This criterion as arrays, for compiled code that serves every criterion."""
         # numpy scalars: jit takes them as traced arguments without eager device work.
-        return Rule(code=np.int32(CRITERIA.index(self.name)), threshold=np.float32(self.threshold),
-                    regression=np.bool_(self.regression), tolerance=np.float32(self.tolerance))
+        return Rule(
+            code=np.int32(CRITERIA.index(self.name)),
+            threshold=np.float32(self.threshold),
+            regression=np.bool_(self.regression),
+            tolerance=np.float32(self.tolerance),
+        )
 
 
 def check_criterion(criterion: Criterion, num_labels: int, num_exits: int | None = None) -> Criterion:
@@ -110,11 +120,15 @@ def check_criterion(criterion: Criterion, num_labels: int, num_exits: int | None
     if criterion.name == "fixed" and num_exits is not None and criterion.threshold > num_exits:
         raise ValueError(f"fixed exit {int(criterion.threshold)} is beyond the model's {num_exits} exits")
     if num_labels == 1 and criterion.name in _CLASSIFICATION_ONLY:
-        raise ValueError(f"the {criterion.name!r} criterion needs class probabilities, but the model "
-                         "has a single (regression) output; use Criterion('patience', t, regression=True)")
+        raise ValueError(
+            f"the {criterion.name!r} criterion needs class probabilities, but the model "
+            "has a single (regression) output; use Criterion('patience', t, regression=True)"
+        )
     if criterion.name == "patience" and criterion.regression != (num_labels == 1):
-        raise ValueError(f"patience with regression={criterion.regression} on a model with {num_labels} "
-                         f"output(s): set regression={num_labels == 1}")
+        raise ValueError(
+            f"patience with regression={criterion.regression} on a model with {num_labels} "
+            f"output(s): set regression={num_labels == 1}"
+        )
     return criterion
 
 
@@ -171,12 +185,12 @@ def init_state(criterion: Criterion | Rule | None, batch_size: int, num_labels: 
     Every criterion carries the same state (only patience reads it), so that all
     executors thread one pytree whatever the criterion.
     """
-    return ExitState(counter=jnp.zeros((batch_size,), jnp.int32),
-                     previous=jnp.zeros((batch_size, num_labels), jnp.float32))
+    return ExitState(
+        counter=jnp.zeros((batch_size,), jnp.int32), previous=jnp.zeros((batch_size, num_labels), jnp.float32)
+    )
 
 
-def step(criterion: Criterion, state: ExitState, logits: Array, index: Array | int
-         ) -> tuple[ExitState, Array]:
+def step(criterion: Criterion, state: ExitState, logits: Array, index: Array | int) -> tuple[ExitState, Array]:
     """One exit's decision: logits [B, C] of exit `index` (0-based, may be traced).
 
     Returns (new state, exit_now [B] bool). Pure jnp: usable in lax loops and vmap.
@@ -184,8 +198,7 @@ def step(criterion: Criterion, state: ExitState, logits: Array, index: Array | i
     return step_rule(criterion.rule, state, logits, index)
 
 
-def step_rule(rule: Rule, state: ExitState, logits: Array, index: Array | int
-              ) -> tuple[ExitState, Array]:
+def step_rule(rule: Rule, state: ExitState, logits: Array, index: Array | int) -> tuple[ExitState, Array]:
     """`step` with the criterion as arrays (see `Rule`), so that it can be traced.
 
     Every criterion's test is computed (a few operations on [B, C]) and the rule's
@@ -206,15 +219,13 @@ def step_rule(rule: Rule, state: ExitState, logits: Array, index: Array | int
         "patience": counter >= rule.threshold,
         "fixed": jnp.broadcast_to(index + 1 >= rule.threshold, counter.shape),
     }
-    exit_now = jnp.select([rule.code == k for k in range(len(CRITERIA))],
-                          [tests[name] for name in CRITERIA], False)
+    exit_now = jnp.select([rule.code == k for k in range(len(CRITERIA))], [tests[name] for name in CRITERIA], False)
     return ExitState(counter=counter, previous=logits), exit_now
 
 
 def _simulate(step_fn, all_logits: Array, example_mask: Array | None) -> tuple[Array, Array]:
     num_exits, batch_size, num_labels = all_logits.shape
-    forced = (jnp.zeros((batch_size,), bool) if example_mask is None
-              else ~jnp.asarray(example_mask).astype(bool))
+    forced = jnp.zeros((batch_size,), bool) if example_mask is None else ~jnp.asarray(example_mask).astype(bool)
 
     def body(carry, inputs):
         state, done, exit_index, answer = carry
@@ -226,17 +237,18 @@ def _simulate(step_fn, all_logits: Array, example_mask: Array | None) -> tuple[A
         answer = jnp.where(newly[:, None], logits, answer)
         return (state, done | exit_now, exit_index, answer), None
 
-    init = (init_state(None, batch_size, num_labels),
-            jnp.zeros((batch_size,), bool),
-            jnp.full((batch_size,), num_exits - 1, jnp.int32),
-            jnp.zeros((batch_size, num_labels), jnp.float32))
+    init = (
+        init_state(None, batch_size, num_labels),
+        jnp.zeros((batch_size,), bool),
+        jnp.full((batch_size,), num_exits - 1, jnp.int32),
+        jnp.zeros((batch_size, num_labels), jnp.float32),
+    )
     indices = jnp.arange(num_exits, dtype=jnp.int32)
     (_, _, exit_index, answer), _ = lax.scan(body, init, (all_logits.astype(jnp.float32), indices))
     return exit_index, answer
 
 
-def simulate(criterion: Criterion, all_logits: Array, example_mask: Array | None = None
-             ) -> tuple[Array, Array]:
+def simulate(criterion: Criterion, all_logits: Array, example_mask: Array | None = None) -> tuple[Array, Array]:
     """Early exit replayed on the logits of every exit (a lax.scan of `step` over E).
 
     all_logits [E, B, C] -> (exit_index [B] int32, 0-based; logits_at_exit [B, C]).
@@ -247,9 +259,15 @@ def simulate(criterion: Criterion, all_logits: Array, example_mask: Array | None
     return _simulate_jit(criterion.rule, jnp.asarray(all_logits), example_mask)
 
 
-def simulate_sweep(name: str, thresholds, all_logits: Array, *, regression: bool = False,
-                   tolerance: float = DEFAULT_TOLERANCE, example_mask: Array | None = None
-                   ) -> tuple[Array, Array]:
+def simulate_sweep(
+    name: str,
+    thresholds,
+    all_logits: Array,
+    *,
+    regression: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    example_mask: Array | None = None,
+) -> tuple[Array, Array]:
     """`simulate` for many thresholds of one criterion at once (vmap over thresholds).
 
     thresholds [S]; all_logits [E, B, C] ->

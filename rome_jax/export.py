@@ -31,7 +31,6 @@ platforms it was exported for (default: the backend running the export).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -63,24 +62,47 @@ def predictor_fn(config: ModelConfig, params: Any, criterion: Criterion | None):
     params = jax.tree.map(jnp.asarray, params)
 
     def fn(input_ids, attention_mask, token_type_ids):
-        inputs = {"input_ids": input_ids.astype(jnp.int32), "attention_mask": attention_mask.astype(jnp.int32),
-                  "token_type_ids": token_type_ids.astype(jnp.int32)}
+        inputs = {
+            "input_ids": input_ids.astype(jnp.int32),
+            "attention_mask": attention_mask.astype(jnp.int32),
+            "token_type_ids": token_type_ids.astype(jnp.int32),
+        }
         hidden = apply_embeddings(config, params, inputs)
         rows = hidden.shape[0]
         padding = jnp.sum(inputs["attention_mask"], axis=-1) == 0
-        seg = _exit_loop(config, params, rule, hidden, inputs["attention_mask"],
-                         init_state(rule, rows, config.num_labels), padding, jnp.ones((rows,), bool),
-                         0, config.num_layers, 0)
+        seg = _exit_loop(
+            config,
+            params,
+            rule,
+            hidden,
+            inputs["attention_mask"],
+            init_state(rule, rows, config.num_labels),
+            padding,
+            jnp.ones((rows,), bool),
+            0,
+            config.num_layers,
+            0,
+        )
         logits = seg.logits
         probabilities = logits if config.num_labels == 1 else jax.nn.softmax(logits, axis=-1)
-        return {"logits": logits, "probabilities": probabilities, "exit_layer": seg.exit_index + 1,
-                "layers_run": seg.next_layer}
+        return {
+            "logits": logits,
+            "probabilities": probabilities,
+            "exit_layer": seg.exit_index + 1,
+            "layers_run": seg.next_layer,
+        }
 
     return fn
 
 
-def export_program(config: ModelConfig, params: Any, criterion: Criterion | None, batch_size: int,
-                   length: int, platforms: Sequence[str] | None = None) -> jax.export.Exported:
+def export_program(
+    config: ModelConfig,
+    params: Any,
+    criterion: Criterion | None,
+    batch_size: int,
+    length: int,
+    platforms: Sequence[str] | None = None,
+) -> jax.export.Exported:
     """The `jax.export.Exported` of `predictor_fn` for int32 [batch_size, length] inputs."""
     if length > config.max_length:
         raise ValueError(f"length {length} exceeds the model's {config.max_length} positions")
@@ -92,8 +114,15 @@ def export_program(config: ModelConfig, params: Any, criterion: Criterion | None
     return jax.export.export(fn, **kwargs)(spec, spec, spec)
 
 
-def export_predictor(model: Any, directory: str, *, batch_size: int, length: int,
-                     criterion: Any = "auto", platforms: Sequence[str] | None = None) -> tuple[str, str]:
+def export_predictor(
+    model: Any,
+    directory: str,
+    *,
+    batch_size: int,
+    length: int,
+    criterion: Any = "auto",
+    platforms: Sequence[str] | None = None,
+) -> tuple[str, str]:
     """Writes `DIRECTORY/rome_jax_predictor_b{B}_t{T}.bin` (the serialized program)
     and `.json` (its description). criterion: as `MultiExitModel.predict`'s ("auto":
     the model's calibrated one, else full depth). Returns the two paths."""
@@ -114,25 +143,36 @@ def export_predictor(model: Any, directory: str, *, batch_size: int, length: int
     labels = model.config.num_labels
     description = {
         "format": "jax.export serialized Exported (StableHLO); load with jax.export.deserialize(bytes), "
-                  "run with .call(input_ids, attention_mask, token_type_ids)",
+        "run with .call(input_ids, attention_mask, token_type_ids)",
         "file": os.path.basename(f"{stem}.bin"),
         "inputs": [{"name": n, "shape": [batch_size, length], "dtype": "int32"} for n in INPUT_NAMES],
         "outputs": {
-            "logits": {"shape": [batch_size, labels], "dtype": "float32",
-                       "meaning": "the answering exit's logits"},
-            "probabilities": {"shape": [batch_size, labels], "dtype": "float32",
-                              "meaning": "softmax of logits" if labels > 1 else "the score (regression)"},
+            "logits": {"shape": [batch_size, labels], "dtype": "float32", "meaning": "the answering exit's logits"},
+            "probabilities": {
+                "shape": [batch_size, labels],
+                "dtype": "float32",
+                "meaning": "softmax of logits" if labels > 1 else "the score (regression)",
+            },
             "exit_layer": {"shape": [batch_size], "dtype": "int32", "meaning": "1-based exit layer"},
-            "layers_run": {"shape": [], "dtype": "int32", "meaning": "layers the batch ran"}},
+            "layers_run": {"shape": [], "dtype": "int32", "meaning": "layers the batch ran"},
+        },
         "padding_rows": "rows whose attention_mask is all 0 exit at layer 1 and never keep the loop running",
-        "criterion": None if chosen is None else {"name": chosen.name, "threshold": chosen.threshold,
-                                                  "regression": chosen.regression,
-                                                  "tolerance": chosen.tolerance},
+        "criterion": None
+        if chosen is None
+        else {
+            "name": chosen.name,
+            "threshold": chosen.threshold,
+            "regression": chosen.regression,
+            "tolerance": chosen.tolerance,
+        },
         "criterion_spec": describe(chosen),
         "label_names": list(model.label_names) if model.label_names else None,
-        "num_labels": labels, "num_layers": model.config.num_layers,
-        "batch_size": batch_size, "length": length,
-        "platforms": list(exported.platforms), "jax_version": jax.__version__,
+        "num_labels": labels,
+        "num_layers": model.config.num_layers,
+        "batch_size": batch_size,
+        "length": length,
+        "platforms": list(exported.platforms),
+        "jax_version": jax.__version__,
         "tokenizer": "the tokenizer files of the model directory, padding on the right to `length`",
     }
     files.write_json(f"{stem}.json", description)

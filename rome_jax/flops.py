@@ -40,13 +40,19 @@ import numpy as np
 from rome_jax.model_config import ModelConfig
 
 # Per-element FLOPs of composite elementwise ops, as XLA's CPU cost analysis counts them.
-_LAYER_NORM = 8        # mean, centre, square, variance, (+eps), scale by rsqrt, gamma, beta
-_LAYER_NORM_ROW = 2    # per row: divide the two sums by H
+_LAYER_NORM = 8  # mean, centre, square, variance, (+eps), scale by rsqrt, gamma, beta
+_LAYER_NORM_ROW = 2  # per row: divide the two sums by H
 _SOFTMAX_ATTENTION = 8  # 1/sqrt(d) scale, mask select, max, subtract, sum, divide, casts
 _GELU_ERF = 64
 _GELU_TANH = 8
-_ACTIVATION = {"gelu": _GELU_ERF, "gelu_new": _GELU_TANH, "gelu_pytorch_tanh": _GELU_TANH,
-               "gelu_fast": _GELU_TANH, "relu": 1, "tanh": 0}
+_ACTIVATION = {
+    "gelu": _GELU_ERF,
+    "gelu_new": _GELU_TANH,
+    "gelu_pytorch_tanh": _GELU_TANH,
+    "gelu_fast": _GELU_TANH,
+    "relu": 1,
+    "tanh": 0,
+}
 
 
 def _dense(rows: int, fan_in: int, fan_out: int) -> int:
@@ -80,8 +86,7 @@ def attention_flops(config: ModelConfig, seq_len: int) -> int:
 def feed_forward_flops(config: ModelConfig, seq_len: int) -> int:
     """Intermediate dense + activation + output dense + residual LayerNorm, one example."""
     T, H, I = seq_len, config.hidden_size, config.intermediate_size
-    return (_dense(T, H, I) + _ACTIVATION[config.hidden_act] * T * I
-            + _dense(T, I, H) + _add_layer_norm(T, H))
+    return _dense(T, H, I) + _ACTIVATION[config.hidden_act] * T * I + _dense(T, I, H) + _add_layer_norm(T, H)
 
 
 def layer_flops(config: ModelConfig, seq_len: int) -> int:

@@ -60,7 +60,8 @@ class Task:
     hf_text_columns: tuple[str, ...]
     hf_splits: Mapping[str, str] = dataclasses.field(hash=False)
     headerless_columns: Mapping[str, tuple[str, ...]] = dataclasses.field(
-        default_factory=lambda: types.MappingProxyType({}), hash=False)
+        default_factory=lambda: types.MappingProxyType({}), hash=False
+    )
     alt_dir_names: tuple[str, ...] = ()
     alt_file_names: tuple[str, ...] = ()
 
@@ -89,14 +90,25 @@ class Task:
         """
         canonical = check_split(self, split)
         if canonical not in self.leaderboard_names:
-            raise DataError(f"split {canonical!r} of task {self.name} has no leaderboard name "
-                            f"(splits that have one: {', '.join(self.leaderboard_names)})")
+            raise DataError(
+                f"split {canonical!r} of task {self.name} has no leaderboard name "
+                f"(splits that have one: {', '.join(self.leaderboard_names)})"
+            )
         return self.leaderboard_names[canonical]
 
 
-def _task(name: str, glue_dir_name: str, text_columns: tuple[str, ...], label_column: str | None,
-          label_names: tuple[str, ...] | None, metric: str, hf_text_columns: tuple[str, ...],
-          *, leaderboard: str | None = None, **kwargs) -> Task:
+def _task(
+    name: str,
+    glue_dir_name: str,
+    text_columns: tuple[str, ...],
+    label_column: str | None,
+    label_names: tuple[str, ...] | None,
+    metric: str,
+    hf_text_columns: tuple[str, ...],
+    *,
+    leaderboard: str | None = None,
+    **kwargs,
+) -> Task:
     """A task with the usual train/dev/test layout unless `kwargs` say otherwise."""
     train = kwargs.pop("train_splits", ("train",))
     dev = kwargs.pop("dev_splits", ("dev",))
@@ -106,13 +118,23 @@ def _task(name: str, glue_dir_name: str, text_columns: tuple[str, ...], label_co
     hf_splits = kwargs.pop("hf_splits", {"train": "train", "dev": "validation", "test": "test"})
     headerless = kwargs.pop("headerless_columns", {})
     return Task(
-        name=name, glue_dir_name=glue_dir_name, text_columns=text_columns,
-        label_column=label_column, label_names=label_names, metric=metric,
-        train_splits=train, dev_splits=dev, test_splits=test,
-        split_files=_frozen(files), leaderboard_names=_frozen(board),
-        hf_config=kwargs.pop("hf_config", name), hf_text_columns=hf_text_columns,
-        hf_splits=_frozen(hf_splits), headerless_columns=types.MappingProxyType(dict(headerless)),
-        **kwargs)
+        name=name,
+        glue_dir_name=glue_dir_name,
+        text_columns=text_columns,
+        label_column=label_column,
+        label_names=label_names,
+        metric=metric,
+        train_splits=train,
+        dev_splits=dev,
+        test_splits=test,
+        split_files=_frozen(files),
+        leaderboard_names=_frozen(board),
+        hf_config=kwargs.pop("hf_config", name),
+        hf_text_columns=hf_text_columns,
+        hf_splits=_frozen(hf_splits),
+        headerless_columns=types.MappingProxyType(dict(headerless)),
+        **kwargs,
+    )
 
 
 _BINARY = ("0", "1")
@@ -123,39 +145,98 @@ _COLA_COLUMNS = ("source", "label", "original_label", "sentence")
 _MNLI_SPLITS = dict(
     dev_splits=("dev_matched", "dev_mismatched"),
     test_splits=("test_matched", "test_mismatched"),
-    leaderboard_names={"dev_matched": "MNLI-m", "dev_mismatched": "MNLI-mm",
-                       "test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"},
-    hf_splits={"train": "train", "dev_matched": "validation_matched",
-               "dev_mismatched": "validation_mismatched",
-               "test_matched": "test_matched", "test_mismatched": "test_mismatched"},
+    leaderboard_names={
+        "dev_matched": "MNLI-m",
+        "dev_mismatched": "MNLI-mm",
+        "test_matched": "MNLI-m",
+        "test_mismatched": "MNLI-mm",
+    },
+    hf_splits={
+        "train": "train",
+        "dev_matched": "validation_matched",
+        "dev_mismatched": "validation_mismatched",
+        "test_matched": "test_matched",
+        "test_mismatched": "test_mismatched",
+    },
 )
 
-TASKS: Mapping[str, Task] = types.MappingProxyType({t.name: t for t in (
-    _task("cola", "CoLA", ("sentence",), "label", _BINARY, "matthews_correlation", ("sentence",),
-          headerless_columns={"train": _COLA_COLUMNS, "dev": _COLA_COLUMNS}),
-    _task("sst2", "SST-2", ("sentence",), "label", _BINARY, "accuracy", ("sentence",)),
-    _task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, "accuracy_and_f1",
-          ("sentence1", "sentence2")),
-    _task("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, "pearson_and_spearman",
-          ("sentence1", "sentence2")),
-    _task("qqp", "QQP", ("question1", "question2"), "is_duplicate", _BINARY, "accuracy_and_f1",
-          ("question1", "question2")),
-    _task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", _NLI3, "accuracy",
-          ("premise", "hypothesis"), **_MNLI_SPLITS),
-    _task("qnli", "QNLI", ("question", "sentence"), "label", _NLI2, "accuracy",
-          ("question", "sentence")),
-    _task("rte", "RTE", ("sentence1", "sentence2"), "label", _NLI2, "accuracy",
-          ("sentence1", "sentence2")),
-    _task("wnli", "WNLI", ("sentence1", "sentence2"), "label", _BINARY, "accuracy",
-          ("sentence1", "sentence2")),
-    # The diagnostic set: test only, predicted by an MNLI model (same labels) and scored
-    # by the leaderboard with Matthews' correlation. download_glue_data.py writes it to
-    # diagnostic/diagnostic.tsv; the leaderboard calls it AX.
-    _task("ax", "diagnostic", ("sentence1", "sentence2"), None, _NLI3, "matthews_correlation",
-          ("premise", "hypothesis"), leaderboard="AX", train_splits=(), dev_splits=(),
-          split_files={"test": "diagnostic.tsv"}, hf_splits={"test": "test"},
-          alt_dir_names=("AX",), alt_file_names=("AX.tsv",)),
-)})
+TASKS: Mapping[str, Task] = types.MappingProxyType(
+    {
+        t.name: t
+        for t in (
+            _task(
+                "cola",
+                "CoLA",
+                ("sentence",),
+                "label",
+                _BINARY,
+                "matthews_correlation",
+                ("sentence",),
+                headerless_columns={"train": _COLA_COLUMNS, "dev": _COLA_COLUMNS},
+            ),
+            _task("sst2", "SST-2", ("sentence",), "label", _BINARY, "accuracy", ("sentence",)),
+            _task(
+                "mrpc",
+                "MRPC",
+                ("#1 String", "#2 String"),
+                "Quality",
+                _BINARY,
+                "accuracy_and_f1",
+                ("sentence1", "sentence2"),
+            ),
+            _task(
+                "stsb",
+                "STS-B",
+                ("sentence1", "sentence2"),
+                "score",
+                None,
+                "pearson_and_spearman",
+                ("sentence1", "sentence2"),
+            ),
+            _task(
+                "qqp",
+                "QQP",
+                ("question1", "question2"),
+                "is_duplicate",
+                _BINARY,
+                "accuracy_and_f1",
+                ("question1", "question2"),
+            ),
+            _task(
+                "mnli",
+                "MNLI",
+                ("sentence1", "sentence2"),
+                "gold_label",
+                _NLI3,
+                "accuracy",
+                ("premise", "hypothesis"),
+                **_MNLI_SPLITS,
+            ),
+            _task("qnli", "QNLI", ("question", "sentence"), "label", _NLI2, "accuracy", ("question", "sentence")),
+            _task("rte", "RTE", ("sentence1", "sentence2"), "label", _NLI2, "accuracy", ("sentence1", "sentence2")),
+            _task("wnli", "WNLI", ("sentence1", "sentence2"), "label", _BINARY, "accuracy", ("sentence1", "sentence2")),
+            # The diagnostic set: test only, predicted by an MNLI model (same labels) and scored
+            # by the leaderboard with Matthews' correlation. download_glue_data.py writes it to
+            # diagnostic/diagnostic.tsv; the leaderboard calls it AX.
+            _task(
+                "ax",
+                "diagnostic",
+                ("sentence1", "sentence2"),
+                None,
+                _NLI3,
+                "matthews_correlation",
+                ("premise", "hypothesis"),
+                leaderboard="AX",
+                train_splits=(),
+                dev_splits=(),
+                split_files={"test": "diagnostic.tsv"},
+                hf_splits={"test": "test"},
+                alt_dir_names=("AX",),
+                alt_file_names=("AX.tsv",),
+            ),
+        )
+    }
+)
 
 _ALIASES = {"diagnostic": "ax", "stsbenchmark": "stsb"}
 

@@ -16,8 +16,9 @@ import dataclasses
 import json
 import os
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,24 +61,27 @@ def missing_data(task: Task, data_dir: str, source: str) -> str | None:
     return None
 
 
-def predict(config: Any, params: Any, features: Features, criterion: exits.Criterion,
-            batch_size: int = 64) -> dict:
+def predict(config: Any, params: Any, features: Features, criterion: exits.Criterion, batch_size: int = 64) -> dict:
     """Early-exit predictions of a split with the per-example batched executor.
 
     Returns {"logits" [N, C], "predictions" [N] (ids, or scores for regression),
     "exit_index" [N], "mean_layers", "layer_speedup", "flops_speedup"}.
     """
     iterator = BatchIterator(features, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
-    batches = [{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids", "example_mask")}
-               for b in iterator]
+    batches = [{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids", "example_mask")} for b in iterator]
     out = inference.BatchedEarlyExit(config, params, criterion).run_dataset(batches)
     keep = np.concatenate([b["example_mask"] for b in batches]).astype(bool)
     logits, exit_index = out["logits"][keep], out["exit_index"][keep]
     predictions = logits[:, 0] if config.num_labels == 1 else logits.argmax(-1)
     mean_layers = float(np.mean(exit_index + 1))
-    return {"logits": logits, "predictions": predictions, "exit_index": exit_index,
-            "mean_layers": mean_layers, "layer_speedup": config.num_layers / mean_layers,
-            "flops_speedup": float(flops.flops_speedup(config, features.max_length, exit_index))}
+    return {
+        "logits": logits,
+        "predictions": predictions,
+        "exit_index": exit_index,
+        "mean_layers": mean_layers,
+        "layer_speedup": config.num_layers / mean_layers,
+        "flops_speedup": float(flops.flops_speedup(config, features.max_length, exit_index)),
+    }
 
 
 def calibrate_on_dev(task: Task, logits: np.ndarray, labels: np.ndarray, points: float) -> dict:
@@ -95,40 +99,58 @@ def calibrate_on_dev(task: Task, logits: np.ndarray, labels: np.ndarray, points:
         for threshold in thresholds:
             criterion = exits.Criterion(name, float(threshold), regression=regression)
             exit_index, chosen = (np.asarray(x) for x in exits.simulate(criterion, logits))
-            rows.append({"criterion": name, "threshold": float(threshold),
-                         **compute_metrics(task.name, chosen, labels), "mean_layers": float(np.mean(exit_index + 1))})
+            rows.append(
+                {
+                    "criterion": name,
+                    "threshold": float(threshold),
+                    **compute_metrics(task.name, chosen, labels),
+                    "mean_layers": float(np.mean(exit_index + 1)),
+                }
+            )
     full = compute_metrics(task.name, logits[-1], labels)[metric]
-    return calibration.choose_thresholds(rows, full, metric=metric, points=points, num_layers=num_layers,
-                                         regression=regression)
+    return calibration.choose_thresholds(
+        rows, full, metric=metric, points=points, num_layers=num_layers, regression=regression
+    )
 
 
-def train_command(task: str, workdir: Path, config: str, mode: str | None,
-                  overrides: Sequence[str]) -> list[str]:
+def train_command(task: str, workdir: Path, config: str, mode: str | None, overrides: Sequence[str]) -> list[str]:
     """`python -m rome_jax.commands.train --config=CONFIG:TASK[,MODE] --workdir=... --config.KEY=VALUE...`"""
     spec = run_config.task_mode_spec(config, task, mode)
-    return [*commands.command("train"), f"--config={spec}", f"--workdir={workdir}",
-            *[f"--config.{o}" for o in overrides]]
+    return [
+        *commands.command("train"),
+        f"--config={spec}",
+        f"--workdir={workdir}",
+        *[f"--config.{o}" for o in overrides],
+    ]
 
 
-def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: Path,
-                  ax_too: bool) -> dict:
+def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: Path, ax_too: bool) -> dict:
     """Dev metrics (final exit and early exit) and test predictions of a trained task."""
     from rome_jax import evaluation, run_config
     from rome_jax.api import load_tokenizer
     from rome_jax.checkpoints import load_params
-    from rome_jax.model_config import ModelConfig
     from rome_jax.metrics import compute_metrics
+    from rome_jax.model_config import ModelConfig
 
     config = run_config.read_workdir_config(workdir)
-    model_config = ModelConfig.from_json_file(str(workdir / "model" / "config.json"),
-                                              num_labels=task.num_labels, dtype=config.model.dtype,
-                                              attention_kernel=config.model.get("attention", "xla"))
+    model_config = ModelConfig.from_json_file(
+        str(workdir / "model" / "config.json"),
+        num_labels=task.num_labels,
+        dtype=config.model.dtype,
+        attention_kernel=config.model.get("attention", "xla"),
+    )
     step, params = load_params(workdir, "best")
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
     criterion = setting.for_task(task)
     data = dict(source=config.data.source, data_dir=config.data.dir or None)
-    record: dict = {"task": task.name, "step": step, "criterion": criterion.name,
-                    "threshold": criterion.threshold, "dev": {}, "test": {}}
+    record: dict = {
+        "task": task.name,
+        "step": step,
+        "criterion": criterion.name,
+        "threshold": criterion.threshold,
+        "dev": {},
+        "test": {},
+    }
     for split in task.dev_splits:
         features = tokenize_examples(load_examples(task.name, split, **data), tokenizer, config.data.max_length)
         logits = evaluation.exit_logits_of(model_config, params, features, 64)
@@ -137,8 +159,7 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
             from rome_jax import calibration
 
             chosen = calibrate_on_dev(task, logits, labels, setting.calibrate_points)
-            chosen.update(task=task.name, split=split, num_examples=len(features),
-                          max_length=config.data.max_length)
+            chosen.update(task=task.name, split=split, num_examples=len(features), max_length=config.data.max_length)
             calibration.write(workdir / calibration.RUN_FILE_NAME, chosen)
             record["calibration"] = chosen
             if chosen["default"] is not None:
@@ -148,7 +169,8 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
         record["dev"][split] = {
             "final": compute_metrics(task.name, logits[-1], labels),
             "early": compute_metrics(task.name, early["logits"], labels),
-            **{k: early[k] for k in ("mean_layers", "layer_speedup", "flops_speedup")}}
+            **{k: early[k] for k in ("mean_layers", "layer_speedup", "flops_speedup")},
+        }
     tests = [(task, s) for s in task.test_splits]
     if ax_too:
         tests.append((get_task("ax"), "test"))
@@ -160,11 +182,14 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
             continue
         features = tokenize_examples(examples, tokenizer, config.data.max_length)
         out = predict(model_config, params, features, criterion)
-        path = leaderboard.write_submission(test_task.name, split, features.index, out["predictions"],
-                                            str(submission_dir))
+        path = leaderboard.write_submission(
+            test_task.name, split, features.index, out["predictions"], str(submission_dir)
+        )
         record["test"][f"{test_task.name}/{split}"] = {
-            "file": os.path.relpath(path, workdir.parent), "rows": len(features),
-            **{k: out[k] for k in ("mean_layers", "layer_speedup", "flops_speedup")}}
+            "file": os.path.relpath(path, workdir.parent),
+            "rows": len(features),
+            **{k: out[k] for k in ("mean_layers", "layer_speedup", "flops_speedup")},
+        }
     return record
 
 
@@ -176,24 +201,43 @@ def summarize(records: dict[str, dict], skipped: dict[str, str]) -> dict:
     tasks = {}
     for t, r in records.items():
         speedups = [r["dev"][s]["layer_speedup"] for s in r["dev"]]
-        tasks[t] = {"final_score": avg_final["scores"][t], "early_score": avg_early["scores"][t],
-                    "layer_speedup": float(np.mean(speedups)), "criterion": r["criterion"],
-                    "threshold": r["threshold"], "dev": r["dev"], "test": r["test"]}
-    return {"tasks": tasks, "skipped": skipped, "glue_average_final": avg_final["average"],
-            "glue_average_early": avg_early["average"], "complete": avg_final["complete"]}
+        tasks[t] = {
+            "final_score": avg_final["scores"][t],
+            "early_score": avg_early["scores"][t],
+            "layer_speedup": float(np.mean(speedups)),
+            "criterion": r["criterion"],
+            "threshold": r["threshold"],
+            "dev": r["dev"],
+            "test": r["test"],
+        }
+    return {
+        "tasks": tasks,
+        "skipped": skipped,
+        "glue_average_final": avg_final["average"],
+        "glue_average_early": avg_early["average"],
+        "complete": avg_final["complete"],
+    }
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = ["# GLUE summary (dev)", "",
-             "Scores are GLUE's per-task numbers (x100): MRPC/QQP mean of F1 and accuracy, "
-             "STS-B mean of Pearson and Spearman, MNLI mean of matched and mismatched.", "",
-             "| task | final exit | early exit | criterion | layer speed-up |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "# GLUE summary (dev)",
+        "",
+        "Scores are GLUE's per-task numbers (x100): MRPC/QQP mean of F1 and accuracy, "
+        "STS-B mean of Pearson and Spearman, MNLI mean of matched and mismatched.",
+        "",
+        "| task | final exit | early exit | criterion | layer speed-up |",
+        "|---|---|---|---|---|",
+    ]
     for t, r in summary["tasks"].items():
-        lines.append(f"| {t} | {100 * r['final_score']:.1f} | {100 * r['early_score']:.1f} | "
-                     f"{r['criterion']} {r['threshold']:g} | {r['layer_speedup']:.2f}x |")
-    lines.append(f"| **average** | **{100 * summary['glue_average_final']:.1f}** | "
-                 f"**{100 * summary['glue_average_early']:.1f}** | | |")
+        lines.append(
+            f"| {t} | {100 * r['final_score']:.1f} | {100 * r['early_score']:.1f} | "
+            f"{r['criterion']} {r['threshold']:g} | {r['layer_speedup']:.2f}x |"
+        )
+    lines.append(
+        f"| **average** | **{100 * summary['glue_average_final']:.1f}** | "
+        f"**{100 * summary['glue_average_early']:.1f}** | | |"
+    )
     if not summary["complete"]:
         lines += ["", "Not all nine tasks are present: the average is over those shown."]
     if summary["skipped"]:
@@ -201,15 +245,29 @@ def summary_markdown(summary: dict) -> str:
         lines += [f"- {t}: {why}" for t, why in summary["skipped"].items()]
     tests = [(k, v) for r in summary["tasks"].values() for k, v in r["test"].items() if "file" in v]
     if tests:
-        lines += ["", "Test predictions (leaderboard files):", "",
-                  "| test set | file | rows | mean layers |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Test predictions (leaderboard files):",
+            "",
+            "| test set | file | rows | mean layers |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {k} | {v['file']} | {v['rows']} | {v['mean_layers']:.2f} |" for k, v in tests]
     return "\n".join(lines) + "\n"
 
 
-def run(workdir: str, *, tasks: Sequence[str] = GLUE_TASKS, config: str = DEFAULT_CONFIG,
-        mode: str | None = None, overrides: Sequence[str] = (), setting: Setting = Setting(),
-        data_dir: str | None = None, source: str = "dir", log: Callable[[str], None] = print) -> dict:
+def run(
+    workdir: str,
+    *,
+    tasks: Sequence[str] = GLUE_TASKS,
+    config: str = DEFAULT_CONFIG,
+    mode: str | None = None,
+    overrides: Sequence[str] = (),
+    setting: Setting = Setting(),
+    data_dir: str | None = None,
+    source: str = "dir",
+    log: Callable[[str], None] = print,
+) -> dict:
     """Trains and evaluates every task present; writes summary.json and summary.md.
 
     `config` is found by `run_config.find_config_file` (the current directory, then
@@ -235,11 +293,11 @@ def run(workdir: str, *, tasks: Sequence[str] = GLUE_TASKS, config: str = DEFAUL
             records[task.name] = json.loads(done.read_text())
             continue
         log(f"{task.name}: training in {task_dir}")
-        proc = subprocess.run(train_command(task.name, task_dir, config, mode, overrides),
-                              env=commands.child_env())
+        proc = subprocess.run(train_command(task.name, task_dir, config, mode, overrides), env=commands.child_env())
         if proc.returncode != 0:
-            raise RomeError(f"{task.name}: train.py exited with status {proc.returncode}; "
-                            f"re-run to resume (see {task_dir})")
+            raise RomeError(
+                f"{task.name}: train.py exited with status {proc.returncode}; re-run to resume (see {task_dir})"
+            )
         log(f"{task.name}: evaluating and predicting the test set")
         record = evaluate_task(task, task_dir, setting, root / "submission", ax_too=task.name == "mnli")
         files.write_json(done, record)

@@ -14,18 +14,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from rome_jax.model_config import EXIT_POOLING_KEY, ModelConfig
 from rome_jax.errors import CheckpointError
+from rome_jax.model_config import EXIT_POOLING_KEY, ModelConfig
 
 logger = logging.getLogger(__name__)
 
 EXITS_FILE = "rome_jax_exits.safetensors"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 # (our path inside a layer, HF name inside `encoder.layer.{l}.`, is a dense kernel)
 _LAYER_MAP = [
@@ -61,7 +66,8 @@ def find_weight_file(directory: str) -> str:
             return path
     present = ", ".join(sorted(os.listdir(directory))) or "nothing"
     raise CheckpointError(
-        f"{directory}: no model weights (expected model.safetensors or pytorch_model.bin; found {present})")
+        f"{directory}: no model weights (expected model.safetensors or pytorch_model.bin; found {present})"
+    )
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -69,7 +75,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
     out = {}
     with safe_open(path, framework="flax") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
             out[key] = np.asarray(f.get_tensor(key))
     return out
 
@@ -80,7 +86,8 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     except ImportError:
         raise CheckpointError(
             f"{path}: reading pytorch_model.bin needs PyTorch (pip install torch), "
-            "or convert the checkpoint to model.safetensors") from None
+            "or convert the checkpoint to model.safetensors"
+        ) from None
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
@@ -118,7 +125,7 @@ def normalize_keys(state: dict[str, np.ndarray], family: str) -> dict[str, np.nd
     for key, value in state.items():
         for prefix in (f"{family}.", "bert.", "roberta.", "albert."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
                 break
         if "LayerNorm" in key:
             key = key.replace(".gamma", ".weight").replace(".beta", ".bias")
@@ -146,12 +153,15 @@ class _Reader:
             got = value.T.shape if transpose else value.shape
             want = tuple(reversed(shape)) if transpose else tuple(shape)
             raise CheckpointError(
-                f"{self.source}: parameter {key} has shape {got} in the checkpoint but the config needs {want}")
+                f"{self.source}: parameter {key} has shape {got} in the checkpoint but the config needs {want}"
+            )
         return value
 
     def dense(self, name: str, n_in: int, n_out: int) -> dict:
-        return {"kernel": self.take(f"{name}.weight", (n_in, n_out), transpose=True),
-                "bias": self.take(f"{name}.bias", (n_out,))}
+        return {
+            "kernel": self.take(f"{name}.weight", (n_in, n_out), transpose=True),
+            "bias": self.take(f"{name}.bias", (n_out,)),
+        }
 
     def layer_norm(self, name: str, n: int) -> dict:
         return {"scale": self.take(f"{name}.weight", (n,)), "bias": self.take(f"{name}.bias", (n,))}
@@ -176,18 +186,21 @@ def _layer_names(cfg: ModelConfig) -> tuple[list, list[str]]:
     return _LAYER_MAP, [f"encoder.layer.{l}" for l in range(cfg.num_layers)]
 
 
-def _classifier(reader: _Reader, name: str, H: int, C: int, ignore_mismatched_sizes: bool,
-                warned: list) -> dict | None:
+def _classifier(reader: _Reader, name: str, H: int, C: int, ignore_mismatched_sizes: bool, warned: list) -> dict | None:
     """The classifier `name` ([H, C]), or None (fresh) when its label count differs and
     `ignore_mismatched_sizes`; otherwise a label-count mismatch names the option."""
     stored = tuple(np.shape(reader.state.get(f"{name}.weight", ())))
     if len(stored) == 2 and stored[1] == H and stored[0] != C:
-        what = (f"{reader.source}: parameter {name}.weight has shape {stored} ({stored[0]} labels) "
-                f"in the checkpoint, the task needs {(C, H)} ({C} labels)")
+        what = (
+            f"{reader.source}: parameter {name}.weight has shape {stored} ({stored[0]} labels) "
+            f"in the checkpoint, the task needs {(C, H)} ({C} labels)"
+        )
         if not ignore_mismatched_sizes:
-            raise CheckpointError(f"{what}; set model.reinit_classifier=True "
-                                  "(load_pretrained(..., ignore_mismatched_sizes=True)) to "
-                                  "re-initialise the classifier")
+            raise CheckpointError(
+                f"{what}; set model.reinit_classifier=True "
+                "(load_pretrained(..., ignore_mismatched_sizes=True)) to "
+                "re-initialise the classifier"
+            )
         if not warned:
             logger.warning("%s: re-initialising the classifier from the seed", what)
             warned.append(name)
@@ -195,9 +208,15 @@ def _classifier(reader: _Reader, name: str, H: int, C: int, ignore_mismatched_si
     return reader.dense(name, H, C)
 
 
-def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh_exits: dict,
-                           source: str, exits_state: dict[str, np.ndarray] | None = None,
-                           *, ignore_mismatched_sizes: bool = False) -> tuple[dict, dict]:
+def params_from_state_dict(
+    state: dict[str, np.ndarray],
+    cfg: ModelConfig,
+    fresh_exits: dict,
+    source: str,
+    exits_state: dict[str, np.ndarray] | None = None,
+    *,
+    ignore_mismatched_sizes: bool = False,
+) -> tuple[dict, dict]:
     """Our parameter tree from a normalised HF state dict.
 
     `fresh_exits` holds freshly initialised stacked exit parameters ({'pooler',
@@ -211,14 +230,16 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
     H, L, C = cfg.hidden_size, cfg.num_layers, cfg.num_labels
     E = cfg.embedding_size or H
     params: dict = {"embeddings": {}}
-    sizes = {"word_embeddings": cfg.vocab_size, "position_embeddings": cfg.max_position_embeddings,
-             "token_type_embeddings": cfg.type_vocab_size}
+    sizes = {
+        "word_embeddings": cfg.vocab_size,
+        "position_embeddings": cfg.max_position_embeddings,
+        "token_type_embeddings": cfg.type_vocab_size,
+    }
     for name in _EMBEDDINGS:
         params["embeddings"][name] = {"embedding": r.take(f"embeddings.{name}.weight", (sizes[name], E))}
     params["embeddings"]["LayerNorm"] = r.layer_norm("embeddings.LayerNorm", E)
     if cfg.family == "albert":
-        params["embeddings"]["embedding_hidden_mapping_in"] = r.dense(
-            "encoder.embedding_hidden_mapping_in", E, H)
+        params["embeddings"]["embedding_hidden_mapping_in"] = r.dense("encoder.embedding_hidden_mapping_in", E, H)
 
     layer_map, prefixes = _layer_names(cfg)
     layer: dict = {}
@@ -237,8 +258,7 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
     if r.has(f"encoder.layer.{L}.attention.self.query.weight"):
         raise CheckpointError(f"{source}: the checkpoint has more than the config's {L} layers")
 
-    exits = {k: {kk: np.array(vv, dtype=np.float32) for kk, vv in v.items()}
-             for k, v in fresh_exits.items()}
+    exits = {k: {kk: np.array(vv, dtype=np.float32) for kk, vv in v.items()} for k, v in fresh_exits.items()}
     report = {"final": "fresh", "intermediate": "fresh"}
     # The pretrained pooler (BERT) or classification head dense (RoBERTa).
     pooler = None
@@ -270,11 +290,16 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
             if l == L - 1 and pooler is not None and classifier is not None and c is not None:
                 # The HF weights are the final exit: transformers reads and rewrites
                 # them (fine-tuning there leaves our file as it was), so they win.
-                if not all(np.array_equal(x[k], y[k]) for x, y in ((p, pooler), (c, classifier))
-                           for k in ("kernel", "bias")):
-                    logger.warning("%s: the final exit in %s differs from the one in %s (changed "
-                                   "by another tool?); using %s's", os.path.dirname(source) or ".",
-                                   EXITS_FILE, os.path.basename(source), os.path.basename(source))
+                if not all(
+                    np.array_equal(x[k], y[k]) for x, y in ((p, pooler), (c, classifier)) for k in ("kernel", "bias")
+                ):
+                    logger.warning(
+                        "%s: the final exit in %s differs from the one in %s (changed by another tool?); using %s's",
+                        os.path.dirname(source) or ".",
+                        EXITS_FILE,
+                        os.path.basename(source),
+                        os.path.basename(source),
+                    )
                 continue
             for k in ("kernel", "bias"):
                 exits["pooler"][k][l] = p[k]
@@ -284,8 +309,10 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ModelConfig, fresh
                     exits["classifier"][k][l] = classifier[k]
         report = {"final": "checkpoint classifier", "intermediate": f"restored from {EXITS_FILE}"}
     if warned:
-        report = {"final": "pooler from the checkpoint, fresh classifier",
-                  "intermediate": "pooler from the checkpoint, fresh classifier"}
+        report = {
+            "final": "pooler from the checkpoint, fresh classifier",
+            "intermediate": "pooler from the checkpoint, fresh classifier",
+        }
     if cfg.shares_layers:
         params["shared_layer"] = layer
         params["layers"] = {"exit": exits}
@@ -323,7 +350,7 @@ def state_dict_from_params(params: dict, cfg: ModelConfig) -> tuple[dict, dict]:
         node = get(layer, ours)
         for l, prefix in enumerate(prefixes):
             name = f"{p}.{prefix}.{theirs}"
-            take = (lambda x: x) if cfg.shares_layers else (lambda x: x[l])
+            take = (lambda x: x) if cfg.shares_layers else (lambda x: x[l])  # noqa: B023 - used in this iteration
             if theirs.endswith(("LayerNorm", "layer_norm")):
                 state[f"{name}.weight"] = host(take(node["scale"]))
                 state[f"{name}.bias"] = host(take(node["bias"]))
@@ -352,8 +379,9 @@ def state_dict_from_params(params: dict, cfg: ModelConfig) -> tuple[dict, dict]:
 def hf_config_dict(cfg: ModelConfig, label_names: list[str] | None = None) -> dict:
     """config.json for `*ForSequenceClassification` with the same encoder."""
     d = cfg.to_hf_dict()
-    arch = {"roberta": "RobertaForSequenceClassification", "albert": "AlbertForSequenceClassification"
-            }.get(cfg.family, "BertForSequenceClassification")
+    arch = {"roberta": "RobertaForSequenceClassification", "albert": "AlbertForSequenceClassification"}.get(
+        cfg.family, "BertForSequenceClassification"
+    )
     d["architectures"] = [arch]
     names = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
     d["id2label"] = {str(i): n for i, n in enumerate(names)}

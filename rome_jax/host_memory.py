@@ -24,16 +24,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
-TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-            "glibc.malloc.trim_threshold=18446744073709551615")
+TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
 OPT_OUT = "ROME_JAX_SYSTEM_MALLOC"
 _MARKER = "ROME_JAX_MALLOC_REEXEC"
 # Modules whose presence means JAX will pick an accelerator (device memory is
 # pooled there; one malloc arena could slow a many-threaded input pipeline).
-_ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                        "jax_rocm7_plugin", "libtpu")
+_ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
 
 
 def _glibc() -> bool:
@@ -66,8 +64,7 @@ def reexec_with_malloc_tunables() -> None:
     not return. Call it before anything starts threads or allocates much.
     """
     linux_glibc = sys.platform.startswith("linux") and _glibc()
-    if not wants_tunables(os.environ, linux_glibc=linux_glibc,
-                          accelerator=linux_glibc and _accelerator_installed()):
+    if not wants_tunables(os.environ, linux_glibc=linux_glibc, accelerator=linux_glibc and _accelerator_installed()):
         return
     os.environ["GLIBC_TUNABLES"] = TUNABLES
     os.environ[_MARKER] = "1"

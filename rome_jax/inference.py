@@ -62,13 +62,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rome_jax.data.buckets import bucket_index, sequence_lengths
-from rome_jax.model_config import ModelConfig
 from rome_jax.exits import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
-from rome_jax.model import (INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit,
-                            layer_params)
+from rome_jax.model import INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, layer_params
+from rome_jax.model_config import ModelConfig
 
 Array = jax.Array
 Params = Any
@@ -76,9 +76,15 @@ Params = Any
 BATCH_KEYS = INPUT_KEYS + ("example_mask",)
 
 # Other codebases' names for the keys (Google's BERT, fairseq, HF's encoder-decoders).
-_KEY_ALIASES = {"input_mask": "attention_mask", "mask": "attention_mask", "masks": "attention_mask",
-                "segment_ids": "token_type_ids", "type_ids": "token_type_ids",
-                "token_types": "token_type_ids", "segments": "token_type_ids"}
+_KEY_ALIASES = {
+    "input_mask": "attention_mask",
+    "mask": "attention_mask",
+    "masks": "attention_mask",
+    "segment_ids": "token_type_ids",
+    "type_ids": "token_type_ids",
+    "token_types": "token_type_ids",
+    "segments": "token_type_ids",
+}
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,12 +127,15 @@ def check_batch(config: ModelConfig, batch: Mapping[str, Any]) -> dict:
     """
     misread = _misread_key(tuple(batch)) if isinstance(batch, Mapping) else None
     if misread is not None:
-        raise ValueError(f"batch key {misread[0]!r} is not read: did you mean {misread[1]!r}? "
-                         f"(keys read: {', '.join(BATCH_KEYS)})")
+        raise ValueError(
+            f"batch key {misread[0]!r} is not read: did you mean {misread[1]!r}? (keys read: {', '.join(BATCH_KEYS)})"
+        )
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise ValueError("a batch is a dict with int arrays input_ids [B, T] (and attention_mask, "
-                         f"token_type_ids [B, T], example_mask [B]); got {type(batch).__name__}"
-                         + (f" with keys {sorted(batch, key=str)}" if isinstance(batch, Mapping) else ""))
+        raise ValueError(
+            "a batch is a dict with int arrays input_ids [B, T] (and attention_mask, "
+            f"token_type_ids [B, T], example_mask [B]); got {type(batch).__name__}"
+            + (f" with keys {sorted(batch, key=str)}" if isinstance(batch, Mapping) else "")
+        )
     batch = {k: (np.asarray(v) if k in BATCH_KEYS and not hasattr(v, "shape") else v) for k, v in batch.items()}
     shape = tuple(batch["input_ids"].shape)
     if len(shape) != 2:
@@ -171,6 +180,7 @@ def _padding_rows(batch: dict) -> Array:
 
 
 # ---------------------------------------------------------------- every local device
+
 
 @functools.lru_cache(maxsize=1)
 def _local_mesh() -> Mesh | None:
@@ -244,6 +254,7 @@ def cut_to_bucket(batch: Mapping[str, Any], buckets: Sequence[int]) -> dict:
 
 # ---------------------------------------------------------------- all exits, simulated
 
+
 @functools.partial(jax.jit, static_argnums=0)
 def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
     return MultiExitEncoder(config).apply({"params": params}, **_model_inputs(batch))["logits"]
@@ -260,11 +271,16 @@ def simulated_exit(config: ModelConfig, params: Params, batch: dict, criterion: 
     layers_run = L, all_logits [E, B, C])."""
     all_logits = all_exits(config, params, batch)
     exit_index, logits = simulate(criterion, all_logits, batch.get("example_mask"))
-    return {"exit_index": exit_index, "logits": logits,
-            "layers_run": jnp.int32(config.num_layers), "all_logits": all_logits}
+    return {
+        "exit_index": exit_index,
+        "logits": logits,
+        "layers_run": jnp.int32(config.num_layers),
+        "all_logits": all_logits,
+    }
 
 
 # ---------------------------------------------------------------- the early-exit loop
+
 
 class _Segment(NamedTuple):
     """What `_exit_loop` returns for a batch (or bucket) of b rows.
@@ -284,9 +300,19 @@ class _Segment(NamedTuple):
     logits: Array
 
 
-def _exit_loop(config: ModelConfig, params: Params, rule: Rule, hidden: Array, attention_mask: Array,
-               state: ExitState, padding: Array, running: Array, start: Array, stop_layer: Array,
-               stop_running: Array) -> _Segment:
+def _exit_loop(
+    config: ModelConfig,
+    params: Params,
+    rule: Rule,
+    hidden: Array,
+    attention_mask: Array,
+    state: ExitState,
+    padding: Array,
+    running: Array,
+    start: Array,
+    stop_layer: Array,
+    stop_running: Array,
+) -> _Segment:
     """A `lax.while_loop` over layers `start, start+1, ...` (indices traced), each
     followed by its exit and the criterion's step. Stops before `stop_layer`, or once
     at most `stop_running` rows still run (0: when every row has exited).
@@ -297,35 +323,55 @@ def _exit_loop(config: ModelConfig, params: Params, rule: Rule, hidden: Array, a
     num_layers = config.num_layers
 
     def cond(seg: _Segment):
-        return ((seg.next_layer < stop_layer) & (seg.next_layer < num_layers)
-                & (jnp.sum(seg.running) > stop_running))
+        return (seg.next_layer < stop_layer) & (seg.next_layer < num_layers) & (jnp.sum(seg.running) > stop_running)
 
     def body(seg: _Segment) -> _Segment:
         index = seg.next_layer
-        hidden, logits = apply_layer_with_exit(config, layer_params(params, index), seg.hidden,
-                                               attention_mask)
+        hidden, logits = apply_layer_with_exit(config, layer_params(params, index), seg.hidden, attention_mask)
         state, exit_now = step_rule(rule, seg.state, logits, index)
         newly = seg.running & (exit_now | padding | (index == num_layers - 1))
-        return _Segment(index + 1, hidden, state, seg.running & ~newly,
-                        jnp.where(newly, index, seg.exit_index),
-                        jnp.where(newly[:, None], logits, seg.logits))
+        return _Segment(
+            index + 1,
+            hidden,
+            state,
+            seg.running & ~newly,
+            jnp.where(newly, index, seg.exit_index),
+            jnp.where(newly[:, None], logits, seg.logits),
+        )
 
     rows = hidden.shape[0]
-    first = _Segment(jnp.asarray(start, jnp.int32), hidden, state, running,
-                     jnp.full((rows,), -1, jnp.int32), jnp.zeros((rows, config.num_labels), jnp.float32))
+    first = _Segment(
+        jnp.asarray(start, jnp.int32),
+        hidden,
+        state,
+        running,
+        jnp.full((rows,), -1, jnp.int32),
+        jnp.zeros((rows, config.num_labels), jnp.float32),
+    )
     return lax.while_loop(cond, body, first)
 
 
 # ---------------------------------------------------------------- one while loop per batch
+
 
 @functools.partial(jax.jit, static_argnums=0)
 def _while_loop_exit(config: ModelConfig, params: Params, batch: dict, rule: Rule) -> dict:
     inputs = _model_inputs(batch)
     hidden = apply_embeddings(config, params, inputs)
     rows = hidden.shape[0]
-    seg = _exit_loop(config, params, rule, hidden, inputs["attention_mask"],
-                     init_state(rule, rows, config.num_labels), _padding_rows(batch),
-                     jnp.ones((rows,), bool), 0, config.num_layers, 0)
+    seg = _exit_loop(
+        config,
+        params,
+        rule,
+        hidden,
+        inputs["attention_mask"],
+        init_state(rule, rows, config.num_labels),
+        _padding_rows(batch),
+        jnp.ones((rows,), bool),
+        0,
+        config.num_layers,
+        0,
+    )
     return {"exit_index": seg.exit_index, "logits": seg.logits, "layers_run": seg.next_layer}
 
 
@@ -341,6 +387,7 @@ def while_loop_exit(config: ModelConfig, params: Params, batch: dict, criterion:
 
 
 # ---------------------------------------------------------------- per example inside batches
+
 
 @functools.partial(jax.jit, static_argnums=0)
 def _embed(config: ModelConfig, params: Params, batch: dict) -> tuple[Array, Array, Array]:
@@ -409,10 +456,10 @@ class _Group:
     the next compaction), then ignored.
     """
 
-    hidden: Array          # [b, T, H]
+    hidden: Array  # [b, T, H]
     attention_mask: Array  # [b, T]
-    state: ExitState       # counter [b], previous [b, C]
-    padding: Array         # [b] bool
+    state: ExitState  # counter [b], previous [b, C]
+    padding: Array  # [b] bool
     slots: np.ndarray
     next_layer: int
 
@@ -423,11 +470,11 @@ class _Group:
     def arrays(self) -> tuple:
         return self.hidden, self.attention_mask, self.state, self.padding
 
-    def gather(self, rows: np.ndarray, slots: np.ndarray) -> "_Group":
+    def gather(self, rows: np.ndarray, slots: np.ndarray) -> _Group:
         arrays = _gather(self.arrays(), jnp.asarray(rows, jnp.int32))
         return _Group(*arrays, slots=slots, next_layer=self.next_layer)
 
-    def only_live(self) -> "_Group":
+    def only_live(self) -> _Group:
         live = self.live
         return self if len(live) == len(self.slots) else self.gather(live, self.slots[live])
 
@@ -460,15 +507,20 @@ class _Results:
             self.exit_index = np.concatenate([self.exit_index, np.zeros(extra, np.int32)])
             self.logits = np.concatenate([self.logits, np.zeros((extra, self.logits.shape[1]), np.float32)])
             self.real = np.concatenate([self.real, np.zeros(extra, bool)])
-        self.exit_index[first:self.size] = np.where(real, self.num_layers - 1, 0)  # padding: exit 0
-        self.real[first:self.size] = real
+        self.exit_index[first : self.size] = np.where(real, self.num_layers - 1, 0)  # padding: exit 0
+        self.real[first : self.size] = real
         return first
 
     def as_dict(self) -> dict:
         n = self.size
-        return {"exit_index": self.exit_index[:n].copy(), "logits": self.logits[:n].copy(),
-                "example_layers": int((self.exit_index[:n] + 1)[self.real[:n]].sum()),
-                "row_layers": self.row_layers, "layer_steps": self.layer_steps, "launches": self.launches}
+        return {
+            "exit_index": self.exit_index[:n].copy(),
+            "logits": self.logits[:n].copy(),
+            "example_layers": int((self.exit_index[:n] + 1)[self.real[:n]].sum()),
+            "row_layers": self.row_layers,
+            "layer_steps": self.layer_steps,
+            "launches": self.launches,
+        }
 
 
 class BatchedEarlyExit:
@@ -480,8 +532,7 @@ class BatchedEarlyExit:
       compiles one program, used for every layer and criterion.
     """
 
-    def __init__(self, config: ModelConfig, params: Params, criterion: Criterion,
-                 buckets: Sequence[int] | None = None):
+    def __init__(self, config: ModelConfig, params: Params, criterion: Criterion, buckets: Sequence[int] | None = None):
         self.config = config
         self.params = replicate_params(params)  # on every local device, where there are several
         self.criterion = check_criterion(criterion, config.num_labels, config.num_exits)
@@ -499,16 +550,21 @@ class BatchedEarlyExit:
         hidden, attention_mask, padding = _embed(self.config, self.params, shard_rows(_batch_arrays(batch)))
         size = hidden.shape[0]
         self._batch_sizes.add(size)
-        real = (np.ones(size, bool) if "example_mask" not in batch
-                else np.asarray(jax.device_get(batch["example_mask"])).astype(bool))
+        real = (
+            np.ones(size, bool)
+            if "example_mask" not in batch
+            else np.asarray(jax.device_get(batch["example_mask"])).astype(bool)
+        )
         first = results.grow(real)
         # padding rows (example_mask 0) never run: the first `_fit` drops them
         slots = np.where(real, np.arange(first, first + size), -1)
-        return _Group(hidden, attention_mask, init_state(self.criterion, size, self.config.num_labels),
-                      padding, slots, 0)
+        return _Group(
+            hidden, attention_mask, init_state(self.criterion, size, self.config.num_labels), padding, slots, 0
+        )
 
-    def _run_segment(self, group: _Group, results: _Results, parked: dict[int, list[_Group]],
-                     capacity: int, park_limit: int) -> _Group:
+    def _run_segment(
+        self, group: _Group, results: _Results, parked: dict[int, list[_Group]], capacity: int, park_limit: int
+    ) -> _Group:
         """Runs the group's bucket down the layers in one launch, until compacting into
         the next smaller bucket pays (or parking, or parked rows wait at the next
         layer), and records the examples that exit."""
@@ -516,9 +572,19 @@ class BatchedEarlyExit:
         smaller = max([b for b in self._buckets(capacity) if b < size], default=0)
         stop_layer = min([layer for layer in parked if layer > start], default=self.config.num_layers)
         running = group.slots >= 0
-        seg = _segment(self.config, self.params, self._rule, group.hidden, group.attention_mask,
-                       group.state, group.padding, running, np.int32(start), np.int32(stop_layer),
-                       np.int32(max(smaller, park_limit)))
+        seg = _segment(
+            self.config,
+            self.params,
+            self._rule,
+            group.hidden,
+            group.attention_mask,
+            group.state,
+            group.padding,
+            running,
+            np.int32(start),
+            np.int32(stop_layer),
+            np.int32(max(smaller, park_limit)),
+        )
         next_layer, exit_index, logits = jax.device_get((seg.next_layer, seg.exit_index, seg.logits))
         layers = int(next_layer) - start
         results.launches += 1
@@ -559,11 +625,15 @@ class BatchedEarlyExit:
         if not taken:
             return group
         merged = [group.only_live(), *taken]
-        return _Group(*_concat([g.arrays() for g in merged]),
-                      slots=np.concatenate([g.slots for g in merged]), next_layer=group.next_layer)
+        return _Group(
+            *_concat([g.arrays() for g in merged]),
+            slots=np.concatenate([g.slots for g in merged]),
+            next_layer=group.next_layer,
+        )
 
-    def _descend(self, group: _Group, results: _Results, parked: dict[int, list[_Group]],
-                 capacity: int, park_below: float | None) -> None:
+    def _descend(
+        self, group: _Group, results: _Results, parked: dict[int, list[_Group]], capacity: int, park_below: float | None
+    ) -> None:
         """Runs a group down the layers until its examples have exited or it is parked."""
         # Parking when fewer than park_below * capacity rows run: at most park_limit.
         park_limit = 0 if park_below is None else max(math.ceil(park_below * capacity) - 1, 0)
@@ -584,8 +654,7 @@ class BatchedEarlyExit:
         example_layers, row_layers, layer_steps, launches)."""
         return self.run_dataset([batch], regroup=False)
 
-    def run_dataset(self, batches: Iterable[dict], regroup: bool = True,
-                    park_below: float = 0.25) -> dict:
+    def run_dataset(self, batches: Iterable[dict], regroup: bool = True, park_below: float = 0.25) -> dict:
         """Streams batches (all of one sequence length); results in input order.
 
         regroup: when fewer than `park_below` x batch size examples of a batch are
@@ -606,8 +675,10 @@ class BatchedEarlyExit:
             if length is None:
                 length = batch["input_ids"].shape[1]
             elif batch["input_ids"].shape[1] != length:
-                raise ValueError(f"batch {k} has sequence length {batch['input_ids'].shape[1]}, the first "
-                                 f"{length}: run_dataset needs one length (pad every batch to it)")
+                raise ValueError(
+                    f"batch {k} has sequence length {batch['input_ids'].shape[1]}, the first "
+                    f"{length}: run_dataset needs one length (pad every batch to it)"
+                )
             group = self._start(batch, results)
             capacity = max(capacity, len(group.slots))
             self._descend(group, results, parked, capacity, park_below if regroup else None)
@@ -620,8 +691,9 @@ class BatchedEarlyExit:
         return results.as_dict()
 
 
-def per_example_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion,
-                     buckets: Sequence[int] | None = None) -> dict:
+def per_example_exit(
+    config: ModelConfig, params: Params, batch: dict, criterion: Criterion, buckets: Sequence[int] | None = None
+) -> dict:
     """Per-example early exit of one batch (see `BatchedEarlyExit`).
 
     Returns dict(exit_index [B] int32, logits [B, C] float32, example_layers,

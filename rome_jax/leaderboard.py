@@ -47,8 +47,11 @@ def glue_average(per_task: Mapping[str, Mapping[str, Mapping[str, float]]]) -> d
     """
     scores = {get_task(t).name: task_score(t, m) for t, m in per_task.items() if get_task(t).dev_splits}
     counted = [scores[t] for t in AVERAGED_TASKS if t in scores]
-    return {"scores": scores, "average": float(np.mean(counted)) if counted else float("nan"),
-            "complete": all(t in scores for t in AVERAGED_TASKS)}
+    return {
+        "scores": scores,
+        "average": float(np.mean(counted)) if counted else float("nan"),
+        "complete": all(t in scores for t in AVERAGED_TASKS),
+    }
 
 
 def format_predictions(task: str, predictions: np.ndarray) -> list[str]:
@@ -71,15 +74,15 @@ def format_predictions(task: str, predictions: np.ndarray) -> list[str]:
     valid = np.isfinite(ids) & (ids == np.round(ids)) & (ids >= 0) & (ids < t.num_labels)
     if not valid.all():
         row = int(np.flatnonzero(~valid)[0])
-        raise DataError(f"{t.name}: prediction {ids[row].item()!r} of row {row} is not a class id in "
-                        f"0..{t.num_labels - 1}")
+        raise DataError(
+            f"{t.name}: prediction {ids[row].item()!r} of row {row} is not a class id in 0..{t.num_labels - 1}"
+        )
     names = t.label_names
     uses_names = not all(n.isdigit() for n in names)
     return [names[int(i)] if uses_names else str(int(i)) for i in ids]
 
 
-def write_submission(task: str, split: str, index: Sequence[int], predictions: np.ndarray,
-                     out_dir: str) -> str:
+def write_submission(task: str, split: str, index: Sequence[int], predictions: np.ndarray, out_dir: str) -> str:
     """Writes `<leaderboard name>.tsv` (`index`, `prediction`) and returns its path.
 
     split: one of the task's test splits ("test", MNLI's "test_matched" /
@@ -88,8 +91,9 @@ def write_submission(task: str, split: str, index: Sequence[int], predictions: n
     t = get_task(task)
     split = check_split(t, split)
     if split not in t.test_splits:
-        raise DataError(f"{t.name}/{split}: leaderboard files hold test predictions "
-                        f"(test splits: {', '.join(t.test_splits)})")
+        raise DataError(
+            f"{t.name}/{split}: leaderboard files hold test predictions (test splits: {', '.join(t.test_splits)})"
+        )
     rows = format_predictions(t.name, predictions)
     if len(rows) != len(index):
         raise ValueError(f"{t.name}/{split}: {len(index)} indices but {len(rows)} predictions")

@@ -32,16 +32,13 @@ classes, the reference code's choice, and our default); "batchmean" divides by B
 def _check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(
-            f"unknown KL reduction {reduction!r}; accepted values: "
-            + ", ".join(repr(r) for r in REDUCTIONS)
+            f"unknown KL reduction {reduction!r}; accepted values: " + ", ".join(repr(r) for r in REDUCTIONS)
         )
 
 
 def _check_regression_logits(logits: Array) -> None:
     if logits.shape[-1] != 1:
-        raise ValueError(
-            f"regression expects one output unit per exit, got logits of shape {logits.shape}"
-        )
+        raise ValueError(f"regression expects one output unit per exit, got logits of shape {logits.shape}")
 
 
 def _batch_mean(values: Array, example_weight: Array | None) -> Array:
@@ -186,9 +183,7 @@ def joint_loss(
     example_weight: Array | None = None,
 ) -> Array:
     """Scalar: the sum over all E exits of their CE (or MSE)."""
-    return jnp.sum(
-        exit_losses(logits, labels, regression=regression, example_weight=example_weight)
-    )
+    return jnp.sum(exit_losses(logits, labels, regression=regression, example_weight=example_weight))
 
 
 def pabee_loss(

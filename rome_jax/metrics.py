@@ -99,13 +99,16 @@ def _resolve(metric_name_or_task: str | Task) -> str:
     try:
         return get_task(metric_name_or_task).metric
     except DataError:
-        raise ConfigError(f"unknown metric or task {metric_name_or_task!r} (metrics: "
-                          f"{', '.join(METRIC_NAMES)}; tasks: cola, sst2, mrpc, stsb, qqp, mnli, "
-                          "qnli, rte, wnli, ax; or a task built from the config)") from None
+        raise ConfigError(
+            f"unknown metric or task {metric_name_or_task!r} (metrics: "
+            f"{', '.join(METRIC_NAMES)}; tasks: cola, sst2, mrpc, stsb, qqp, mnli, "
+            "qnli, rte, wnli, ax; or a task built from the config)"
+        ) from None
 
 
-def compute_metrics(metric_name_or_task: str | Task, predictions: np.ndarray, labels: np.ndarray,
-                    *, mask: np.ndarray | None = None) -> dict[str, float]:
+def compute_metrics(
+    metric_name_or_task: str | Task, predictions: np.ndarray, labels: np.ndarray, *, mask: np.ndarray | None = None
+) -> dict[str, float]:
     """The metrics of a task (or one metric family) as plain floats.
 
     predictions: [N] class ids, [N, C] logits (argmax taken), or [N] / [N, 1]
@@ -123,8 +126,7 @@ def compute_metrics(metric_name_or_task: str | Task, predictions: np.ndarray, la
     if not regression and predictions.ndim == 2:
         predictions = np.argmax(predictions, axis=-1)
     if predictions.ndim != 1 or labels.shape != predictions.shape:
-        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} "
-                         "must both be [N]")
+        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} must both be [N]")
     if mask is not None:
         mask = np.asarray(mask, bool)
         if mask.shape != labels.shape:
@@ -143,9 +145,14 @@ def compute_metrics(metric_name_or_task: str | Task, predictions: np.ndarray, la
     return results
 
 
-_SINGLE = {"accuracy": accuracy, "f1": f1, "f1_macro": f1_macro,
-           "matthews_correlation": matthews_correlation,
-           "pearson": pearson, "spearman": spearman}
+_SINGLE = {
+    "accuracy": accuracy,
+    "f1": f1,
+    "f1_macro": f1_macro,
+    "matthews_correlation": matthews_correlation,
+    "pearson": pearson,
+    "spearman": spearman,
+}
 
 
 def primary_metric(task: str | Task) -> str:
@@ -165,5 +172,4 @@ def glue_score(task: str | Task, metrics: dict[str, float]) -> float:
     parts = _MEANS.get(name, ())
     if parts and all(p in metrics for p in parts):
         return float(np.mean([metrics[p] for p in parts]))
-    raise DataError(f"metrics of task {get_task(task).name} lack {name!r} "
-                    f"(have: {', '.join(metrics) or 'none'})")
+    raise DataError(f"metrics of task {get_task(task).name} lack {name!r} (have: {', '.join(metrics) or 'none'})")

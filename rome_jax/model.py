@@ -35,8 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from rome_jax.model_config import ModelConfig
-from rome_jax.ops import (Dense, Dropout, activation, attention, cudnn_attention, normal_init,
-                          training_attention)
+from rome_jax.ops import Dense, Dropout, activation, attention, cudnn_attention, normal_init, training_attention
 
 Array = jax.Array
 Params = Any
@@ -58,8 +57,9 @@ class Embeddings(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, input_ids: Array, token_type_ids: Array, attention_mask: Array,
-                 deterministic: bool = True) -> Array:
+    def __call__(
+        self, input_ids: Array, token_type_ids: Array, attention_mask: Array, deterministic: bool = True
+    ) -> Array:
         cfg = self.config
         if cfg.family == "roberta":
             # HF create_position_ids_from_input_ids: padding keeps position pad_token_id.
@@ -69,14 +69,17 @@ class Embeddings(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         width = cfg.embedding_size or cfg.hidden_size
         embed = lambda n, size: nn.Embed(size, width, embedding_init=normal_init, name=n)
-        x = (embed("word_embeddings", cfg.vocab_size)(input_ids)
-             + embed("position_embeddings", cfg.max_position_embeddings)(position_ids)
-             + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids))
+        x = (
+            embed("word_embeddings", cfg.vocab_size)(input_ids)
+            + embed("position_embeddings", cfg.max_position_embeddings)(position_ids)
+            + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids)
+        )
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(x)
         x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         if cfg.family == "albert":
-            x = nn.Dense(cfg.hidden_size, dtype=_dtype(cfg), kernel_init=normal_init,
-                         name="embedding_hidden_mapping_in")(x)
+            x = nn.Dense(
+                cfg.hidden_size, dtype=_dtype(cfg), kernel_init=normal_init, name="embedding_hidden_mapping_in"
+            )(x)
         return x.astype(_dtype(cfg))
 
 
@@ -120,7 +123,8 @@ class OutputBlock(nn.Module):
         if self.dropout:
             y = Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
         y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(
-            y.astype(jnp.float32) + residual.astype(jnp.float32))
+            y.astype(jnp.float32) + residual.astype(jnp.float32)
+        )
         return y.astype(_dtype(cfg))
 
 
@@ -161,8 +165,7 @@ class ExitHead(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, hidden: Array, deterministic: bool, attention_mask: Array | None = None
-                 ) -> tuple[Array, Array]:
+    def __call__(self, hidden: Array, deterministic: bool, attention_mask: Array | None = None) -> tuple[Array, Array]:
         cfg = self.config
         dtype = _dtype(cfg)
         if cfg.exit_pooling == "mean":
@@ -189,14 +192,16 @@ class LayerWithExit(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, hidden: Array, attention_mask: Array, shared_layer: Params = None
-                 ) -> tuple[Array, tuple[Array, Array]]:
+    def __call__(
+        self, hidden: Array, attention_mask: Array, shared_layer: Params = None
+    ) -> tuple[Array, tuple[Array, Array]]:
         if shared_layer is None:
             hidden = TransformerLayer(self.config, name="layer")(hidden, attention_mask, self.deterministic)
         else:  # ALBERT: the same weights at every layer
             rngs = None if self.deterministic else {"dropout": self.make_rng("dropout")}
-            hidden = TransformerLayer(self.config).apply({"params": shared_layer}, hidden, attention_mask,
-                                                         self.deterministic, rngs=rngs)
+            hidden = TransformerLayer(self.config).apply(
+                {"params": shared_layer}, hidden, attention_mask, self.deterministic, rngs=rngs
+            )
         logits, pooled = ExitHead(self.config, name="exit")(hidden, self.deterministic, attention_mask)
         return hidden, (logits, pooled)
 
@@ -211,28 +216,38 @@ class MultiExitEncoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-                 token_type_ids: Array | None = None, deterministic: bool = True) -> dict:
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        deterministic: bool = True,
+    ) -> dict:
         cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        hidden = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, attention_mask,
-                                                    deterministic)
+        hidden = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, attention_mask, deterministic)
         shared = None
         if cfg.shares_layers:
-            shared = self.param("shared_layer", lambda rng: TransformerLayer(cfg).init(
-                rng, hidden, attention_mask, True)["params"])
-        Stack = nn.scan(LayerWithExit, variable_axes={"params": 0},
-                        split_rngs={"params": True, "dropout": True},
-                        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                        unroll=cfg.num_layers if cfg.unroll_layers and not deterministic else 1)
+            shared = self.param(
+                "shared_layer", lambda rng: TransformerLayer(cfg).init(rng, hidden, attention_mask, True)["params"]
+            )
+        Stack = nn.scan(
+            LayerWithExit,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            unroll=cfg.num_layers if cfg.unroll_layers and not deterministic else 1,
+        )
         hidden, (logits, pooled) = Stack(cfg, deterministic, name="layers")(hidden, attention_mask, shared)
         return {"logits": logits, "pooled": pooled, "last_hidden": hidden}
 
 
 # ---- pieces for executors that step through the layers one at a time ----------------
+
 
 def apply_embeddings(config: ModelConfig, params: Params, batch: dict) -> Array:
     """Embeddings of a batch (inference): dict of [B, T] int arrays -> [B, T, H]."""
@@ -244,19 +259,20 @@ def apply_embeddings(config: ModelConfig, params: Params, batch: dict) -> Array:
 
 def layer_params(params: Params, index: Array | int) -> Params:
     """The parameters of layer `index` and its exit (works with a traced index)."""
-    taken = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False),
-                         params["layers"])
+    taken = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), params["layers"])
     if "shared_layer" in params:
         taken["shared_layer"] = params["shared_layer"]
     return taken
 
 
-def apply_layer_with_exit(config: ModelConfig, params_i: Params, hidden: Array,
-                          attention_mask: Array) -> tuple[Array, Array]:
+def apply_layer_with_exit(
+    config: ModelConfig, params_i: Params, hidden: Array, attention_mask: Array
+) -> tuple[Array, Array]:
     """Layer i and exit i (inference): hidden [B, T, H] -> (hidden, logits [B, C])."""
     own = {k: v for k, v in params_i.items() if k != "shared_layer"}
-    hidden, (logits, _) = LayerWithExit(config).apply({"params": own}, hidden, attention_mask,
-                                                      params_i.get("shared_layer"))
+    hidden, (logits, _) = LayerWithExit(config).apply(
+        {"params": own}, hidden, attention_mask, params_i.get("shared_layer")
+    )
     return hidden, logits
 
 
@@ -274,5 +290,7 @@ def init_exit_params(config: ModelConfig, seed: int = 0) -> Params:
     """
     L, H, C = config.num_layers, config.hidden_size, config.num_labels
     k_pool, k_cls = jax.random.split(jax.random.PRNGKey(seed))
-    return {"pooler": {"kernel": normal_init(k_pool, (L, H, H)), "bias": jnp.zeros((L, H))},
-            "classifier": {"kernel": normal_init(k_cls, (L, H, C)), "bias": jnp.zeros((L, C))}}
+    return {
+        "pooler": {"kernel": normal_init(k_pool, (L, H, H)), "bias": jnp.zeros((L, H))},
+        "classifier": {"kernel": normal_init(k_cls, (L, H, C)), "bias": jnp.zeros((L, C))},
+    }

@@ -60,30 +60,26 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
-            raise CheckpointError(
-                f"model family {self.family!r} is not supported; known: {', '.join(FAMILIES)}"
-            )
+            raise CheckpointError(f"model family {self.family!r} is not supported; known: {', '.join(FAMILIES)}")
         if self.hidden_size % self.num_heads:
-            raise CheckpointError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
-            )
+            raise CheckpointError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.hidden_act not in _ACTIVATIONS:
-            raise CheckpointError(
-                f"hidden_act {self.hidden_act!r} is not supported; known: {', '.join(_ACTIVATIONS)}"
-            )
+            raise CheckpointError(f"hidden_act {self.hidden_act!r} is not supported; known: {', '.join(_ACTIVATIONS)}")
         if self.dtype not in DTYPES:
             raise CheckpointError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
         if self.attention_kernel not in ATTENTION_KERNELS:
-            raise CheckpointError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
-                                  f"not {self.attention_kernel!r}")
+            raise CheckpointError(
+                f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, not {self.attention_kernel!r}"
+            )
         if self.attention_kernel == "cudnn" and self.dtype != "bfloat16":
-            raise CheckpointError("attention_kernel 'cudnn' needs dtype bfloat16 (cuDNN's flash "
-                                  f"attention has no float32 form); got dtype {self.dtype!r}")
+            raise CheckpointError(
+                "attention_kernel 'cudnn' needs dtype bfloat16 (cuDNN's flash "
+                f"attention has no float32 form); got dtype {self.dtype!r}"
+            )
         if self.num_labels < 1:
             raise CheckpointError(f"num_labels must be at least 1, not {self.num_labels}")
         if self.exit_pooling not in EXIT_POOLINGS:
-            raise CheckpointError(f"exit_pooling must be one of {', '.join(EXIT_POOLINGS)}, "
-                                  f"not {self.exit_pooling!r}")
+            raise CheckpointError(f"exit_pooling must be one of {', '.join(EXIT_POOLINGS)}, not {self.exit_pooling!r}")
 
     @property
     def shares_layers(self) -> bool:
@@ -113,18 +109,17 @@ class ModelConfig:
         """The longest sequence the position table holds."""
         return self.max_position_embeddings - self.position_offset
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf_dict(cls, hf: dict, **overrides: Any) -> "ModelConfig":
+    def from_hf_dict(cls, hf: dict, **overrides: Any) -> ModelConfig:
         """Builds a config from the fields of a HF `config.json`."""
         family = hf.get("model_type", "bert")
         if family == "xlm-roberta":
             family = "roberta"
         if family == "albert" and (hf.get("num_hidden_groups", 1) != 1 or hf.get("inner_group_num", 1) != 1):
-            raise CheckpointError("ALBERT with num_hidden_groups or inner_group_num other than 1 "
-                                  "is not supported")
+            raise CheckpointError("ALBERT with num_hidden_groups or inner_group_num other than 1 is not supported")
         num_labels = hf.get("num_labels")
         if num_labels is None and "id2label" in hf:
             num_labels = len(hf["id2label"])
@@ -156,7 +151,7 @@ class ModelConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json_file(cls, path: str, **overrides: Any) -> "ModelConfig":
+    def from_json_file(cls, path: str, **overrides: Any) -> ModelConfig:
         if not os.path.isfile(path):
             raise CheckpointError(f"{path}: no such file (an HF model directory needs config.json)")
         try:
@@ -166,14 +161,27 @@ class ModelConfig:
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(hf, dict):
             raise CheckpointError(f"{path}: not a JSON object")
-        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                               "num_attention_heads", "intermediate_size") if k not in hf]
+        missing = [
+            k
+            for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            if k not in hf
+        ]
         if missing:
             raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
-        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "intermediate_size", "max_position_embeddings", "type_vocab_size")
-        wrong = [f"{k}={hf[k]!r}" for k in sizes if k in hf
-                 and (isinstance(hf[k], bool) or not isinstance(hf[k], int) or hf[k] < 1)]
+        sizes = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        )
+        wrong = [
+            f"{k}={hf[k]!r}"
+            for k in sizes
+            if k in hf and (isinstance(hf[k], bool) or not isinstance(hf[k], int) or hf[k] < 1)
+        ]
         if wrong:
             raise CheckpointError(f"{path}: {', '.join(wrong)}: sizes must be positive integers")
         return cls.from_hf_dict(hf, **overrides)
@@ -196,7 +204,14 @@ class ModelConfig:
             "layer_norm_eps": self.layer_norm_eps,
             "pad_token_id": self.pad_token_id,
             "position_embedding_type": "absolute",
-            **({"embedding_size": self.embedding_size or self.hidden_size, "num_hidden_groups": 1,
-                "inner_group_num": 1, "classifier_dropout_prob": self.exit_dropout}
-               if self.family == "albert" else {}),
+            **(
+                {
+                    "embedding_size": self.embedding_size or self.hidden_size,
+                    "num_hidden_groups": 1,
+                    "inner_group_num": 1,
+                    "classifier_dropout_prob": self.exit_dropout,
+                }
+                if self.family == "albert"
+                else {}
+            ),
         }

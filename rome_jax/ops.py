@@ -32,7 +32,7 @@ Shapes: B batch, T tokens, N heads, D head size.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -58,7 +58,6 @@ def activation(name: str) -> Callable[[Array], Array]:
     return {"relu": nn.relu, "tanh": jnp.tanh}[name]
 
 
-
 def dropout_bits(key: Array, shape: tuple[int, ...]) -> Array:
     """Random uint16 of `shape`: 16 bits per element, 64 per Threefry-2x32 evaluation.
 
@@ -74,11 +73,12 @@ def dropout_bits(key: Array, shape: tuple[int, ...]) -> Array:
         return jax.random.bits(key, shape, jnp.uint16)
     *lead, last = shape
     grouped = (*lead, -(-last // 4))  # four elements per evaluation
-    if np.prod(grouped, dtype=np.int64) >= 2 ** 32:
+    if np.prod(grouped, dtype=np.int64) >= 2**32:
         raise ValueError(f"dropout mask of shape {shape} needs more than 2**32 counters")
     strides = np.cumprod((1, *grouped[::-1]))[:-1][::-1]
-    counter = sum(jax.lax.broadcasted_iota(jnp.uint32, grouped, d) * np.uint32(stride)
-                  for d, stride in enumerate(strides))
+    counter = sum(
+        jax.lax.broadcasted_iota(jnp.uint32, grouped, d) * np.uint32(stride) for d, stride in enumerate(strides)
+    )
     words = jex_random.threefry2x32_p.bind(data[0], data[1], jnp.zeros_like(counter), counter)
     bits = jax.lax.bitcast_convert_type(jnp.stack(words, axis=-1), jnp.uint16)  # [..., G, 2, 2]
     return bits.reshape(*lead, -1)[..., :last]
@@ -129,12 +129,14 @@ def _dense_matmul_bwd(residuals, g: Array):
 dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
-def _dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
-                       preferred_element_type=None) -> Array:
+def _dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, preferred_element_type=None) -> Array:
     """`nn.Dense`'s dot_general (contract lhs's last axis with rhs's first) via `dense_matmul`."""
     (lc, rc), (lb, rb) = dimension_numbers
-    if (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) != ((lhs.ndim - 1,), (0,), (), ()) \
-            or precision is not None or preferred_element_type is not None:
+    if (
+        (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) != ((lhs.ndim - 1,), (0,), (), ())
+        or precision is not None
+        or preferred_element_type is not None
+    ):
         raise NotImplementedError("dense_matmul is x[..., I] @ kernel[I, O] at default precision only")
     return dense_matmul(lhs, rhs)
 
@@ -144,8 +146,7 @@ def Dense(features: int, dtype, name: str) -> nn.Dense:
 
     x [..., I] -> [..., features] (`dtype`); kernel [I, features], bias [features].
     """
-    return nn.Dense(features, dtype=dtype, kernel_init=normal_init, name=name,
-                    dot_general=_dense_dot_general)
+    return nn.Dense(features, dtype=dtype, kernel_init=normal_init, name=name, dot_general=_dense_dot_general)
 
 
 def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
@@ -174,8 +175,9 @@ def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     return jnp.swapaxes(context, 1, 2)
 
 
-def training_attention(q: Array, k: Array, v: Array, mask: Array,
-                       drop: Callable[[Array], Array] | None = None) -> Array:
+def training_attention(
+    q: Array, k: Array, v: Array, mask: Array, drop: Callable[[Array], Array] | None = None
+) -> Array:
     """Attention as HF computes it in training: softmax probabilities, `drop`
     (dropout on them, `attention_probs_dropout_prob`), then the value product.
 
@@ -221,8 +223,10 @@ def cudnn_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     try:
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
     except RuntimeError as e:
-        raise CheckpointError(f"attention_kernel 'cudnn' is unavailable on {jax.default_backend()}: "
-                              f"{first_line(e).rstrip('.')}; use attention_kernel 'xla'") from None
+        raise CheckpointError(
+            f"attention_kernel 'cudnn' is unavailable on {jax.default_backend()}: "
+            f"{first_line(e).rstrip('.')}; use attention_kernel 'xla'"
+        ) from None
 
 
 class Dropout(nn.Module):

@@ -11,8 +11,7 @@ import optax
 Params = Any
 
 
-def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_steps: int = 0
-                           ) -> optax.Schedule:
+def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
     """Linear warmup from 0 (if any), then linear decay to 0 at `total_steps`."""
     total_steps = max(int(total_steps), 1)
     decay = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1))
@@ -24,6 +23,7 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_steps:
 
 def weight_decay_mask(params: Params) -> Params:
     """True where AdamW's weight decay applies: never on LayerNorm or biases."""
+
     def decays(path, _):
         names = [getattr(p, "key", getattr(p, "name", p)) for p in path]
         return not (names[-1] == "bias" or "LayerNorm" in names)
@@ -33,13 +33,19 @@ def weight_decay_mask(params: Params) -> Params:
 
 class UncorrectedAdamWState(NamedTuple):
     count: jax.Array  # int32 scalar: steps taken
-    mu: Params        # first moments, float32, like the parameters
-    nu: Params        # second moments
+    mu: Params  # first moments, float32, like the parameters
+    nu: Params  # second moments
 
 
-def uncorrected_adamw(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999,
-                      eps: float = 1e-6, weight_decay: float = 0.0, mask: Any = None
-                      ) -> optax.GradientTransformation:
+def uncorrected_adamw(
+    schedule: optax.Schedule,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    mask: Any = None,
+) -> optax.GradientTransformation:
     """AdamW without bias correction, step for step as the `AdamW(correct_bias=False)`
     of FastBERT's code (uer; the same class as transformers 2.x):
 
@@ -50,6 +56,7 @@ def uncorrected_adamw(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 
     Weight decay scales the parameter after the Adam step, as that code does.
     `mask`: a tree of bools like the parameters, or a function of them.
     """
+
     def init(params: Params) -> UncorrectedAdamWState:
         zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
         return UncorrectedAdamWState(jnp.zeros((), jnp.int32), zeros, zeros)
@@ -65,18 +72,26 @@ def uncorrected_adamw(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 
             decays = mask(params) if callable(mask) else mask
             decays = jax.tree.map(lambda _: True, params) if decays is None else decays
             # the new parameter p + s, decayed: (p + s)(1 - lr wd); the update is that minus p
-            steps = jax.tree.map(lambda s, p, d: s - lr * weight_decay * (p + s) * d if d else s,
-                                 steps, params, decays)
+            steps = jax.tree.map(lambda s, p, d: s - lr * weight_decay * (p + s) * d if d else s, steps, params, decays)
         updates = jax.tree.map(lambda s, g: s.astype(g.dtype), steps, grads)
         return updates, UncorrectedAdamWState(state.count + 1, mu, nu)
 
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int = 0,
-                   weight_decay: float = 0.0, eps: float = 1e-8, b1: float = 0.9,
-                   b2: float = 0.999, clip_norm: float = 1.0, bias_correction: bool = True,
-                   params: Params = None) -> optax.GradientTransformation:
+def make_optimizer(
+    learning_rate: float,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    clip_norm: float = 1.0,
+    bias_correction: bool = True,
+    params: Params = None,
+) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW, as the reference (torch AdamW, clip 1.0).
 
     The gradient projection happens before this transformation, so clipping
@@ -89,8 +104,7 @@ def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int 
     if bias_correction:
         chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask))
     else:
-        chain.append(uncorrected_adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                                       mask=mask))
+        chain.append(uncorrected_adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask))
     return optax.chain(*chain)
 
 
@@ -101,6 +115,7 @@ def exit_mask(params: Params, *, intermediate: bool, backbone: bool, final_exit:
     `backbone`: embeddings and all encoder layers. DeeBERT stage 1 trains the
     backbone and final exit, stage 2 only the intermediate exits.
     """
+
     def mask(path, leaf):
         names = [getattr(p, "key", getattr(p, "name", p)) for p in path]
         ones = (1,) * (leaf.ndim - 1)
@@ -111,4 +126,3 @@ def exit_mask(params: Params, *, intermediate: bool, backbone: bool, final_exit:
         return jnp.full((1,) * leaf.ndim, float(backbone), jnp.float32)
 
     return jax.tree_util.tree_map_with_path(mask, params)
-

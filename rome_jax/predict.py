@@ -46,8 +46,9 @@ DEFAULT_MAX_LENGTH = 512
 at the model's positions)."""
 
 
-def resolve_criterion(spec: Criterion | str | None, config: ModelConfig,
-                      calibration: Mapping[str, Any] | None = None) -> Criterion | None:
+def resolve_criterion(
+    spec: Criterion | str | None, config: ModelConfig, calibration: Mapping[str, Any] | None = None
+) -> Criterion | None:
     """The criterion a `predict` call runs (None: full depth). See the module doc;
     ValueError for an unknown name, a bad threshold, or "calibrated" without a
     calibration."""
@@ -57,34 +58,40 @@ def resolve_criterion(spec: Criterion | str | None, config: ModelConfig,
     if spec is None:
         return None
     if not isinstance(spec, str):
-        raise TypeError(f"criterion: an exits.Criterion, a string like 'entropy:0.3', 'calibrated' or None, "
-                        f"not {spec!r}")
+        raise TypeError(
+            f"criterion: an exits.Criterion, a string like 'entropy:0.3', 'calibrated' or None, not {spec!r}"
+        )
     text = spec.strip()
     name, _, value = text.partition(":")
     name, value = name.strip().lower(), value.strip()
     if name == AUTO and not value:
-        return (resolve_criterion("calibrated", config, calibration)
-                if calibration and calibration.get("default") else None)
+        return (
+            resolve_criterion("calibrated", config, calibration) if calibration and calibration.get("default") else None
+        )
     if name in ("none", "full", "") and not value:
         return None
     if name == "calibrated":
         if not calibration:
-            raise ValueError("criterion 'calibrated': the model carries no calibration (run eval.py "
-                             "--calibrate=0.5, or give a criterion like entropy:0.3)")
+            raise ValueError(
+                "criterion 'calibrated': the model carries no calibration (run eval.py "
+                "--calibrate=0.5, or give a criterion like entropy:0.3)"
+            )
         criterion = calibration_lib.criterion_of(calibration, value or None, num_labels=config.num_labels)
         return check_criterion(criterion, config.num_labels, config.num_exits)
     if name not in CRITERIA:
-        raise ValueError(f"unknown criterion {spec!r}; give NAME:THRESHOLD with NAME one of "
-                         f"{', '.join(CRITERIA)}, or calibrated, auto, none")
+        raise ValueError(
+            f"unknown criterion {spec!r}; give NAME:THRESHOLD with NAME one of "
+            f"{', '.join(CRITERIA)}, or calibrated, auto, none"
+        )
     if not value:
-        raise ValueError(f"criterion {spec!r} needs a threshold, e.g. {name}:"
-                         f"{2 if name in ('patience', 'fixed') else 0.3}")
+        raise ValueError(
+            f"criterion {spec!r} needs a threshold, e.g. {name}:{2 if name in ('patience', 'fixed') else 0.3}"
+        )
     try:
         threshold = float(value)
     except ValueError:
         raise ValueError(f"criterion {spec!r}: the threshold must be a number") from None
-    return check_criterion(Criterion(name, threshold, regression=regression), config.num_labels,
-                           config.num_exits)
+    return check_criterion(Criterion(name, threshold, regression=regression), config.num_labels, config.num_exits)
 
 
 def describe(criterion: Criterion | None) -> str:
@@ -163,8 +170,7 @@ class Predictions:
             return
         labels, ids, probabilities = self.labels, self.label_ids, self.probabilities
         for label, i, p, layer in zip(labels, ids, probabilities, self.exit_layer):
-            yield {"label": label, "label_id": int(i), "probabilities": [float(x) for x in p],
-                   "exit_layer": int(layer)}
+            yield {"label": label, "label_id": int(i), "probabilities": [float(x) for x in p], "exit_layer": int(layer)}
 
     def __iter__(self) -> Iterator[dict]:
         return self.rows()
@@ -179,9 +185,15 @@ def _take(inputs: Mapping[str, np.ndarray], rows: np.ndarray, length: int) -> di
     return batch
 
 
-def run_early_exit(config: ModelConfig, params: Any, inputs: Mapping[str, np.ndarray],
-                   criterion: Criterion | None, *, batch_size: int = 64,
-                   buckets: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_early_exit(
+    config: ModelConfig,
+    params: Any,
+    inputs: Mapping[str, np.ndarray],
+    criterion: Criterion | None,
+    *,
+    batch_size: int = 64,
+    buckets: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-example early exit of tokenized rows, bucketed by length, in input order.
 
     inputs: `input_ids`, `attention_mask`, `token_type_ids` [N, T] (right-padded);
@@ -236,9 +248,15 @@ def default_max_length(config: ModelConfig, calibration: Mapping[str, Any] | Non
     return min(length, config.max_length)
 
 
-def predict(model: Any, text_a: Sequence[str], text_b: Sequence[str] | None = None, *,
-            criterion: Criterion | str | None = AUTO, batch_size: int = 64,
-            max_length: int | None = None) -> Predictions:
+def predict(
+    model: Any,
+    text_a: Sequence[str],
+    text_b: Sequence[str] | None = None,
+    *,
+    criterion: Criterion | str | None = AUTO,
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> Predictions:
     """Early-exit predictions of a `MultiExitModel` (with a tokenizer) on sentences or pairs.
 
     criterion: see `resolve_criterion` ("auto": the model's calibrated threshold, else
@@ -253,9 +271,19 @@ def predict(model: Any, text_a: Sequence[str], text_b: Sequence[str] | None = No
     chosen = resolve_criterion(criterion, model.config, calibration)
     length = default_max_length(model.config, calibration) if max_length is None else int(max_length)
     if not text_a:
-        return Predictions(np.zeros((0, model.config.num_labels), np.float32), np.zeros(0, np.int32),
-                           model.label_names, model.config.num_layers, chosen)
+        return Predictions(
+            np.zeros((0, model.config.num_labels), np.float32),
+            np.zeros(0, np.int32),
+            model.label_names,
+            model.config.num_layers,
+            chosen,
+        )
     inputs = model.tokenize(text_a, text_b, max_length=length)
     exit_index, logits = run_early_exit(model.config, model.params, inputs, chosen, batch_size=batch_size)
-    return Predictions(logits=logits, exit_layer=exit_index + 1, label_names=model.label_names,
-                       num_layers=model.config.num_layers, criterion=chosen)
+    return Predictions(
+        logits=logits,
+        exit_layer=exit_index + 1,
+        label_names=model.label_names,
+        num_layers=model.config.num_layers,
+        criterion=chosen,
+    )

@@ -22,13 +22,13 @@ from rome_jax.errors import DataError
 CHUNK_ROWS = 4096
 """Rows read, predicted and written at a time."""
 
-FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "jsonl"}
+FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 ID_COLUMNS = ("id", "index")
 DEFAULT_TEXT_COLUMNS = ("sentence", "text")
 
 
 # ------------------------------------------------------------------------- reading
+
 
 def input_format(path: str, first_line: str, given: str | None = None) -> str:
     """tsv, csv or jsonl: `given`, else the extension, else the first line (a JSON
@@ -129,15 +129,19 @@ class Rows:
             yield number, dict(zip(self.columns, fields))
 
 
-def text_columns(rows: Rows, text_a: str | None, text_b: str | None,
-                 task_columns: Sequence[str] = ()) -> tuple[str, str | None]:
+def text_columns(
+    rows: Rows, text_a: str | None, text_b: str | None, task_columns: Sequence[str] = ()
+) -> tuple[str, str | None]:
     """The columns read: those given, else the task's, else `sentence` or `text`.
     DataError naming the file and its columns when one is absent."""
+
     def need(name: str, what: str) -> str:
         found = rows.find(name)
         if found is None:
-            raise DataError(f"{rows.origin}: no column {name!r} ({what}); columns there: "
-                            f"{', '.join(map(repr, rows.columns)) or 'none'}")
+            raise DataError(
+                f"{rows.origin}: no column {name!r} ({what}); columns there: "
+                f"{', '.join(map(repr, rows.columns)) or 'none'}"
+            )
         return found
 
     if text_a:
@@ -147,8 +151,10 @@ def text_columns(rows: Rows, text_a: str | None, text_b: str | None,
     else:
         a = next((rows.find(n) for n in DEFAULT_TEXT_COLUMNS if rows.find(n)), None)
         if a is None:
-            raise DataError(f"{rows.origin}: no column 'sentence' or 'text'; give --text_a (columns there: "
-                            f"{', '.join(map(repr, rows.columns)) or 'none'})")
+            raise DataError(
+                f"{rows.origin}: no column 'sentence' or 'text'; give --text_a (columns there: "
+                f"{', '.join(map(repr, rows.columns)) or 'none'})"
+            )
     if text_b:
         b = need(text_b, "--text_b")
     elif not text_a and len(task_columns) > 1:
@@ -170,6 +176,7 @@ def _text(rows: Rows, line: int, row: dict, column: str) -> str:
 
 
 # ------------------------------------------------------------------------- writing
+
 
 class Writer:
     """Writes prediction rows as JSON Lines, CSV or TSV, a chunk at a time (complete
@@ -224,6 +231,7 @@ def output_format(path: str) -> str:
 
 # ------------------------------------------------------------------------- predicting
 
+
 def _chunks(rows: Rows, size: int) -> Iterator[tuple[list, DataError | None]]:
     """Lists of (line, row) of at most `size`; a DataError ends the iteration with
     the rows read before it, paired with the error."""
@@ -245,9 +253,19 @@ def _chunks(rows: Rows, size: int) -> Iterator[tuple[list, DataError | None]]:
             chunk = []
 
 
-def predict_stream(model: Any, rows: Rows, writer: Writer, *, text_a: str | None = None,
-                   text_b: str | None = None, task_columns: Sequence[str] = (), criterion: Any = "auto",
-                   batch_size: int = 64, max_length: int | None = None, progress: bool = False) -> dict:
+def predict_stream(
+    model: Any,
+    rows: Rows,
+    writer: Writer,
+    *,
+    text_a: str | None = None,
+    text_b: str | None = None,
+    task_columns: Sequence[str] = (),
+    criterion: Any = "auto",
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Predicts every row of `rows` chunk by chunk (`CHUNK_ROWS`) and writes them.
 
     Returns {"examples", "seconds", "examples_per_s", "mean_layers", "num_layers",
@@ -258,8 +276,7 @@ def predict_stream(model: Any, rows: Rows, writer: Writer, *, text_a: str | None
     column_a, column_b = text_columns(rows, text_a, text_b, task_columns)
     id_column = next((rows.find(n) for n in ID_COLUMNS if rows.find(n)), None)
     chosen = predict_lib.resolve_criterion(criterion, model.config, model.calibration)
-    length = (predict_lib.default_max_length(model.config, model.calibration)
-              if max_length is None else max_length)
+    length = predict_lib.default_max_length(model.config, model.calibration) if max_length is None else max_length
     bar = None
     if progress:
         from tqdm import tqdm
@@ -283,10 +300,11 @@ def predict_stream(model: Any, rows: Rows, writer: Writer, *, text_a: str | None
                     break
                 ids.append(row.get(id_column, row_number) if id_column else row_number)
                 row_number += 1
-                good += 1
+                good += 1  # noqa: SIM113 - also counts across the break above
             if texts_a:
-                out = predict_lib.predict(model, texts_a, texts_b, criterion=chosen, batch_size=batch_size,
-                                          max_length=length)
+                out = predict_lib.predict(
+                    model, texts_a, texts_b, criterion=chosen, batch_size=batch_size, max_length=length
+                )
                 writer.write(ids, out)
                 count += len(out)
                 layers += int(out.exit_layer.sum())
@@ -299,19 +317,34 @@ def predict_stream(model: Any, rows: Rows, writer: Writer, *, text_a: str | None
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
-    return {"examples": count, "seconds": seconds, "examples_per_s": count / seconds if seconds else 0.0,
-            "mean_layers": layers / count if count else float("nan"), "num_layers": model.config.num_layers,
-            "criterion": predict_lib.describe(chosen)}
+    return {
+        "examples": count,
+        "seconds": seconds,
+        "examples_per_s": count / seconds if seconds else 0.0,
+        "mean_layers": layers / count if count else float("nan"),
+        "num_layers": model.config.num_layers,
+        "criterion": predict_lib.describe(chosen),
+    }
 
 
 def summary_line(summary: dict) -> str:
-    return (f"predicted {summary['examples']} examples in {summary['seconds']:.1f} s "
-            f"({summary['examples_per_s']:.1f} examples/s), mean layers {summary['mean_layers']:.2f} of "
-            f"{summary['num_layers']}, criterion {summary['criterion']}")
+    return (
+        f"predicted {summary['examples']} examples in {summary['seconds']:.1f} s "
+        f"({summary['examples_per_s']:.1f} examples/s), mean layers {summary['mean_layers']:.2f} of "
+        f"{summary['num_layers']}, criterion {summary['criterion']}"
+    )
 
 
-def predict_file(model: Any, input_path: str, output_path: str = "-", *, input_format: str | None = None,
-                 stdin: TextIO | None = None, stdout: TextIO | None = None, **options: Any) -> dict:
+def predict_file(
+    model: Any,
+    input_path: str,
+    output_path: str = "-",
+    *,
+    input_format: str | None = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    **options: Any,
+) -> dict:
     """`predict_stream` from a file (or `-`: `stdin`) to a file (or `-`: `stdout`);
     the options are `predict_stream`'s. Returns its summary."""
     if input_path == "-":
@@ -320,14 +353,14 @@ def predict_file(model: Any, input_path: str, output_path: str = "-", *, input_f
         if not os.path.isfile(input_path):
             raise DataError(f"{input_path}: no such file")
         # only "\n" ends a line (a CSV's quoted texts may hold line breaks, a TSV's a bare "\r")
-        in_stream = open(input_path, encoding="utf-8", newline="\n")
+        in_stream = open(input_path, encoding="utf-8", newline="\n")  # noqa: SIM115 - closed below
         origin, close_in = input_path, True
     try:
         rows = Rows(in_stream, origin, input_format)
         if output_path in ("-", "", None):
             out_stream, close_out = (stdout or sys.stdout), False
         else:
-            out_stream, close_out = open(output_path, "w", encoding="utf-8", newline=""), True
+            out_stream, close_out = open(output_path, "w", encoding="utf-8", newline=""), True  # noqa: SIM115
         try:
             writer = Writer(out_stream, output_format(output_path), model.label_names, model.config.num_labels)
             return predict_stream(model, rows, writer, **options)

@@ -128,9 +128,7 @@ def project_gradients(
     if anchor not in ANCHORS:
         raise ValueError(f"unknown anchor {anchor!r}; accepted values: 'A', 'B'")
     if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"unknown granularity {granularity!r}; accepted values: 'global', 'per_tensor'"
-        )
+        raise ValueError(f"unknown granularity {granularity!r}; accepted values: 'global', 'per_tensor'")
 
     leaves_a, treedef = jax.tree.flatten(g_A)
     leaves_b = treedef.flatten_up_to(g_B)

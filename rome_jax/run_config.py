@@ -22,13 +22,14 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import ml_collections
 
-from rome_jax.model_config import ATTENTION_KERNELS, DTYPES, EXIT_POOLINGS
 from rome_jax.errors import ConfigError, DataError
+from rome_jax.model_config import ATTENTION_KERNELS, DTYPES, EXIT_POOLINGS
 from rome_jax.tasks import CUSTOM_DEFAULTS
 
 Check = Callable[[Any], "str | None"]
@@ -47,6 +48,7 @@ def _typed(kind: type, extra: Check | None = None) -> Check:
         if kind is float and not math.isfinite(value):
             return f"must be a finite number, got {value!r}"
         return extra(value) if extra else None
+
     return check
 
 
@@ -63,20 +65,22 @@ def _between(low: float, high: float, *, high_open: bool = False) -> Check:
         if low <= v and (v < high if high_open else v <= high):
             return None
         return f"must be in [{low}, {high}{')' if high_open else ']'}, got {v!r}"
+
     return _typed(float, check)
 
 
 def _one_of(*choices: str) -> Check:
-    return _typed(str, lambda v: None if v in choices else
-                  f"must be one of {', '.join(choices)}; got {v!r}")
+    return _typed(str, lambda v: None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}")
 
 
 def _one_of_defined(module: str, name: str, *extra: str) -> Check:
     """`_one_of(*extra, *module.name)`: the choices as the module that uses them
     defines them, imported at the first check (those modules import JAX; this one
     must stay cheap to import)."""
+
     def check(value: Any) -> str | None:
         return _one_of(*extra, *getattr(importlib.import_module(module), name))(value)
+
     return check
 
 
@@ -159,10 +163,15 @@ KEYS: dict[str, Check] = {
 }
 """Every config key and its check (a function returning a problem or None)."""
 
-RUN_ONLY_KEYS = frozenset({
-    "data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.multihost",
-    "train.debug_nan_at_step",
-})
+RUN_ONLY_KEYS = frozenset(
+    {
+        "data.cache_dir",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.multihost",
+        "train.debug_nan_at_step",
+    }
+)
 """Keys that do not change what a run computes: a workdir may be resumed with other values."""
 
 
@@ -203,8 +212,7 @@ def from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
 # ------------------------------------------------------------------------ checking
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
-             process_count: int = 1) -> None:
+def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None, process_count: int = 1) -> None:
     """Raises ConfigError (one line naming the key) for unknown, missing or impossible values.
 
     With `num_devices`, also checks that the global batch splits into
@@ -221,34 +229,44 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         if problem:
             raise ConfigError(f"config {key} {problem}")
     if config.model.attention == "cudnn" and config.model.dtype != "bfloat16":
-        raise ConfigError("config model.attention 'cudnn' needs model.dtype bfloat16 "
-                          f"(cuDNN's flash attention has no float32 form); got {config.model.dtype!r}")
+        raise ConfigError(
+            "config model.attention 'cudnn' needs model.dtype bfloat16 "
+            f"(cuDNN's flash attention has no float32 form); got {config.model.dtype!r}"
+        )
     train = config.train
     if train.batch_size % train.grad_accum_steps:
-        raise ConfigError(f"config train.batch_size {train.batch_size} is not divisible by "
-                          f"train.grad_accum_steps {train.grad_accum_steps}")
+        raise ConfigError(
+            f"config train.batch_size {train.batch_size} is not divisible by "
+            f"train.grad_accum_steps {train.grad_accum_steps}"
+        )
     if process_count > 1 and train.batch_size % process_count:
-        raise ConfigError(f"config train.batch_size {train.batch_size} is not divisible by the "
-                          f"{process_count} processes")
+        raise ConfigError(
+            f"config train.batch_size {train.batch_size} is not divisible by the {process_count} processes"
+        )
     if num_devices:
         micro = train.batch_size // train.grad_accum_steps
         if micro % num_devices:
             raise ConfigError(
                 f"config train.batch_size {train.batch_size} must be a multiple of the device "
-                f"count ({num_devices}) x train.grad_accum_steps ({train.grad_accum_steps})")
+                f"count ({num_devices}) x train.grad_accum_steps ({train.grad_accum_steps})"
+            )
         if train.eval_batch_size % num_devices:
-            raise ConfigError(f"config train.eval_batch_size {train.eval_batch_size} is not "
-                              f"divisible by the device count ({num_devices})")
+            raise ConfigError(
+                f"config train.eval_batch_size {train.eval_batch_size} is not "
+                f"divisible by the device count ({num_devices})"
+            )
     from rome_jax.train_step import TWO_STAGE_MODES
 
     if train.mode not in TWO_STAGE_MODES:
         for key, default in (("stage2_lr_scale", 1.0), ("stage2_start", "last")):
             if train[key] != default:
-                raise ConfigError(f"config train.{key} is for the two-stage modes "
-                                  f"({', '.join(TWO_STAGE_MODES)}), not {train.mode!r}")
+                raise ConfigError(
+                    f"config train.{key} is for the two-stage modes ({', '.join(TWO_STAGE_MODES)}), not {train.mode!r}"
+                )
     if config.data.stage2_unlabeled and train.mode != "fastbert":
-        raise ConfigError(f"config data.stage2_unlabeled is for train.mode fastbert (its stage 2 "
-                          f"needs no labels), not {train.mode!r}")
+        raise ConfigError(
+            f"config data.stage2_unlabeled is for train.mode fastbert (its stage 2 needs no labels), not {train.mode!r}"
+        )
     from rome_jax.data.buckets import length_buckets
 
     try:
@@ -259,21 +277,28 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
 
     custom = [k for k, v in CUSTOM_DEFAULTS.items() if config.data.custom[k] != v]
     if custom and not is_custom(config.data.task):
-        raise ConfigError(f"config data.custom.{custom[0]} is for data.task 'custom', "
-                          f"not {config.data.task!r}")
+        raise ConfigError(f"config data.custom.{custom[0]} is for data.task 'custom', not {config.data.task!r}")
     # A custom task reads its own files (resolve() built it): data.source/dir are unused.
-    if (config.data.source == "dir" and config.data.dir and not os.path.isdir(config.data.dir)
-            and not is_custom(config.data.task)):
-        raise DataError(f"GLUE data directory {config.data.dir} does not exist "
-                        "(config data.dir; an empty string reads the Hugging Face hub)")
+    if (
+        config.data.source == "dir"
+        and config.data.dir
+        and not os.path.isdir(config.data.dir)
+        and not is_custom(config.data.task)
+    ):
+        raise DataError(
+            f"GLUE data directory {config.data.dir} does not exist "
+            "(config data.dir; an empty string reads the Hugging Face hub)"
+        )
 
 
 def check_model_fit(config: ml_collections.ConfigDict, model_config: Any) -> None:
     """Values that depend on the model: the sequence length fits its position table."""
     positions = model_config.max_length
     if config.data.max_length > positions:
-        raise ConfigError(f"config data.max_length {config.data.max_length} exceeds the model's "
-                          f"{positions} positions ({config.model.name_or_path})")
+        raise ConfigError(
+            f"config data.max_length {config.data.max_length} exceeds the model's "
+            f"{positions} positions ({config.model.name_or_path})"
+        )
 
 
 def reference_anchor(task: str) -> str:
@@ -302,8 +327,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             resolved.data.task = CUSTOM
             if "custom" in resolved.data:  # else validate() names the missing keys
                 settings = custom_settings(resolved.data)
-                resolved.data.custom = ml_collections.ConfigDict(
-                    resolved_settings(build_task(settings), settings))
+                resolved.data.custom = ml_collections.ConfigDict(resolved_settings(build_task(settings), settings))
         else:
             resolved.data.task = get_task(resolved.data.task).name
     except (DataError, AttributeError, TypeError) as e:
@@ -320,17 +344,22 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return resolved
 
 
-ADDED_KEYS: dict[str, Any] = {"train.adam_bias_correction": True, "train.stage2_lr_scale": 1.0,
-                               "data.buckets": "none",
-                               "train.stage2_start": "last", "model.reinit_classifier": False,
-                               "model.exit_pooling": "cls",
-                               **{f"data.custom.{k}": v for k, v in CUSTOM_DEFAULTS.items()}}
+ADDED_KEYS: dict[str, Any] = {
+    "train.adam_bias_correction": True,
+    "train.stage2_lr_scale": 1.0,
+    "data.buckets": "none",
+    "train.stage2_start": "last",
+    "model.reinit_classifier": False,
+    "model.exit_pooling": "cls",
+    **{f"data.custom.{k}": v for k, v in CUSTOM_DEFAULTS.items()},
+}
 """Keys added after runs were written, with the value that computes what runs
 without the key computed: a stored config lacking one is read as having it."""
 
 
-def differences(stored: Mapping[str, Any], current: Mapping[str, Any],
-                ignore: Iterable[str] = RUN_ONLY_KEYS) -> list[str]:
+def differences(
+    stored: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = RUN_ONLY_KEYS
+) -> list[str]:
     """'key: old -> new' for each differing key (both flattened or nested)."""
     a, b = {**ADDED_KEYS, **flatten(stored)}, flatten(current)
     ignore = set(ignore)
@@ -345,8 +374,7 @@ def differences(stored: Mapping[str, Any], current: Mapping[str, Any],
 # ------------------------------------------------------------------ TASK[,MODE]
 
 
-def parse_task_mode(arg: str | None, file: str, *, default_task: str | None = None
-                    ) -> tuple[str, str | None]:
+def parse_task_mode(arg: str | None, file: str, *, default_task: str | None = None) -> tuple[str, str | None]:
     """(canonical task name, mode or None) from a config file's `TASK[,MODE]` argument.
 
     `file` names the config file in the messages ("configs/glue.py"). Without an
@@ -420,8 +448,11 @@ def find_config_file(path: str) -> str:
     checkout = source_checkout()
     if checkout is not None and not given.is_absolute() and (checkout / given).is_file():
         return str((checkout / given).resolve())
-    where = "" if given.is_absolute() else " in the current directory" + (
-        f" or in the rome_jax source checkout {checkout}" if checkout else "")
+    where = (
+        ""
+        if given.is_absolute()
+        else " in the current directory" + (f" or in the rome_jax source checkout {checkout}" if checkout else "")
+    )
     hint = given.as_posix() if len(given.parts) > 1 and given.parts[0] == "configs" else f"configs/{given.name}"
     raise ConfigError(f"config file {path} not found{where}: pass --config=path/to/{hint}")
 

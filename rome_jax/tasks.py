@@ -37,15 +37,33 @@ CUSTOM = "custom"
 """The `data.task` value that reads the task from `data.custom.*`."""
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
-EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-              ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
-CUSTOM_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({
-    "train_file": "", "dev_file": "", "test_file": "", "format": "",
-    "hf_dataset": "", "hf_config": "",
-    "text_a": "sentence", "text_b": "", "label": "label",
-    "label_names": "", "regression": False, "metric": "",
-})
+CUSTOM_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
+    {
+        "train_file": "",
+        "dev_file": "",
+        "test_file": "",
+        "format": "",
+        "hf_dataset": "",
+        "hf_config": "",
+        "text_a": "sentence",
+        "text_b": "",
+        "label": "label",
+        "label_names": "",
+        "regression": False,
+        "metric": "",
+    }
+)
 """Every `data.custom.*` key and its default (configs/default.py holds the same)."""
 
 _SPLIT_KEYS = {"train": "train_file", "dev": "dev_file", "test": "test_file"}
@@ -63,8 +81,7 @@ class CustomTask(Task):
     label_source: where the label names came from (for messages).
     """
 
-    data_files: Mapping[str, str] = dataclasses.field(
-        default_factory=lambda: types.MappingProxyType({}), hash=False)
+    data_files: Mapping[str, str] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}), hash=False)
     data_format: str = ""
     hf_dataset: str = ""
     label_source: str = "data.custom.label_names"
@@ -82,11 +99,10 @@ def custom_settings(data: Any) -> dict[str, Any]:
     custom = data.get("custom") if hasattr(data, "get") else None
     values = dict(CUSTOM_DEFAULTS)
     if custom is not None:
-        values.update({k: custom[k] for k in custom.keys()} if hasattr(custom, "keys") else custom)
+        values.update({k: custom[k] for k in custom.keys()} if hasattr(custom, "keys") else custom)  # noqa: SIM118
     unknown = sorted(set(values) - set(CUSTOM_DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown config key data.custom.{unknown[0]} "
-                          f"(known: {', '.join(CUSTOM_DEFAULTS)})")
+        raise ConfigError(f"unknown config key data.custom.{unknown[0]} (known: {', '.join(CUSTOM_DEFAULTS)})")
     return values
 
 
@@ -96,14 +112,18 @@ def file_format(path: str, given: str = "") -> str:
         name = given.strip().lower().lstrip(".")
         name = {"json": "jsonl", "ndjson": "jsonl", "tab": "tsv", "pq": "parquet"}.get(name, name)
         if name not in FORMATS:
-            raise ConfigError(f"config data.custom.format must be one of {', '.join(FORMATS)} "
-                              f"(or empty: from the extension); got {given!r}")
+            raise ConfigError(
+                f"config data.custom.format must be one of {', '.join(FORMATS)} "
+                f"(or empty: from the extension); got {given!r}"
+            )
         return name
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
-        raise ConfigError(f"{path}: unknown data format {suffix or '(no extension)'!r} (known: "
-                          f"{', '.join(EXTENSIONS)}); set data.custom.format to one of "
-                          f"{', '.join(FORMATS)}")
+        raise ConfigError(
+            f"{path}: unknown data format {suffix or '(no extension)'!r} (known: "
+            f"{', '.join(EXTENSIONS)}); set data.custom.format to one of "
+            f"{', '.join(FORMATS)}"
+        )
     return EXTENSIONS[suffix]
 
 
@@ -158,31 +178,38 @@ def _check_metric(metric: str, regression: bool, num_labels: int) -> None:
     from rome_jax.metrics import METRIC_NAMES, REGRESSION_METRICS
 
     if metric not in METRIC_NAMES:
-        raise ConfigError(f"config data.custom.metric must be one of {', '.join(METRIC_NAMES)} "
-                          f"(or empty: the default); got {metric!r}")
+        raise ConfigError(
+            f"config data.custom.metric must be one of {', '.join(METRIC_NAMES)} "
+            f"(or empty: the default); got {metric!r}"
+        )
     if regression != (metric in REGRESSION_METRICS):
         kind = "a regression" if regression else "a classification"
         fitting = [m for m in METRIC_NAMES if (m in REGRESSION_METRICS) == regression]
-        raise ConfigError(f"config data.custom.metric {metric!r} does not fit {kind} task "
-                          f"(use one of {', '.join(fitting)})")
+        raise ConfigError(
+            f"config data.custom.metric {metric!r} does not fit {kind} task (use one of {', '.join(fitting)})"
+        )
     if metric in ("f1", "accuracy_and_f1") and num_labels != 2:
-        raise ConfigError(f"config data.custom.metric {metric!r} is binary F1 and needs 2 labels, "
-                          f"the task has {num_labels}; use f1_macro")
+        raise ConfigError(
+            f"config data.custom.metric {metric!r} is binary F1 and needs 2 labels, "
+            f"the task has {num_labels}; use f1_macro"
+        )
 
 
 def _sources(settings: Mapping[str, Any]) -> dict[str, str]:
-    files = {split: str(settings[key]).strip() for split, key in _SPLIT_KEYS.items()
-             if str(settings[key]).strip()}
+    files = {split: str(settings[key]).strip() for split, key in _SPLIT_KEYS.items() if str(settings[key]).strip()}
     files = {split: os.path.expandvars(os.path.expanduser(path)) for split, path in files.items()}
     hf = str(settings["hf_dataset"]).strip()
     if hf and files:
-        raise ConfigError("config data.custom: give either data files (train_file, dev_file, "
-                          "test_file) or hf_dataset, not both")
+        raise ConfigError(
+            "config data.custom: give either data files (train_file, dev_file, test_file) or hf_dataset, not both"
+        )
     if not hf:
         for split in ("train", "dev"):
             if split not in files:
-                raise ConfigError(f"config data.custom.{_SPLIT_KEYS[split]} is empty: data.task "
-                                  f"'custom' needs a {split} file (or data.custom.hf_dataset)")
+                raise ConfigError(
+                    f"config data.custom.{_SPLIT_KEYS[split]} is empty: data.task "
+                    f"'custom' needs a {split} file (or data.custom.hf_dataset)"
+                )
         for path in files.values():
             file_format(path, str(settings["format"]))  # an unknown format fails now, not later
     return files
@@ -209,20 +236,29 @@ def build_task(settings: Mapping[str, Any], *, register: bool = True) -> CustomT
         raise ConfigError(f"config data.custom.regression must be bool, got {regression!r}")
     names = parse_label_names(settings["label_names"])
     if regression and names:
-        raise ConfigError("config data.custom.label_names is for classification, but "
-                          "data.custom.regression is True")
+        raise ConfigError("config data.custom.label_names is for classification, but data.custom.regression is True")
     text_columns = (text_a, text_b) if text_b else (text_a,)
     hf = str(settings["hf_dataset"]).strip()
     test = ("test",) if ("test" in files or hf) else ()
     task = CustomTask(
-        name=CUSTOM, glue_dir_name="", text_columns=text_columns, label_column=label,
-        label_names=None if regression else (names or ("?",)), metric="accuracy",
-        train_splits=("train",), dev_splits=("dev",), test_splits=test,
-        split_files=types.MappingProxyType(dict(files)), leaderboard_names=types.MappingProxyType({}),
-        hf_config=str(settings["hf_config"]).strip(), hf_text_columns=text_columns,
+        name=CUSTOM,
+        glue_dir_name="",
+        text_columns=text_columns,
+        label_column=label,
+        label_names=None if regression else (names or ("?",)),
+        metric="accuracy",
+        train_splits=("train",),
+        dev_splits=("dev",),
+        test_splits=test,
+        split_files=types.MappingProxyType(dict(files)),
+        leaderboard_names=types.MappingProxyType({}),
+        hf_config=str(settings["hf_config"]).strip(),
+        hf_text_columns=text_columns,
         hf_splits=types.MappingProxyType({s: HF_SPLITS[s][0] for s in ("train", "dev") + test}),
-        data_files=types.MappingProxyType(dict(files)), data_format=str(settings["format"]).strip(),
-        hf_dataset=hf)
+        data_files=types.MappingProxyType(dict(files)),
+        data_format=str(settings["format"]).strip(),
+        hf_dataset=hf,
+    )
     if not regression and not names:
         from rome_jax.data.custom import training_label_names
 
@@ -231,8 +267,10 @@ def build_task(settings: Mapping[str, Any], *, register: bool = True) -> CustomT
     if not regression:
         task = dataclasses.replace(task, label_names=tuple(names))
         if len(names) < 2:
-            raise ConfigError(f"a classification task needs at least 2 labels, {task.label_source} "
-                              f"give {len(names)}: {', '.join(names)} (or set data.custom.regression)")
+            raise ConfigError(
+                f"a classification task needs at least 2 labels, {task.label_source} "
+                f"give {len(names)}: {', '.join(names)} (or set data.custom.regression)"
+            )
     metric = str(settings["metric"]).strip() or default_metric(regression)
     _check_metric(metric, regression, task.num_labels)
     task = dataclasses.replace(task, metric=metric)
@@ -243,7 +281,7 @@ def build_task(settings: Mapping[str, Any], *, register: bool = True) -> CustomT
 
 def task_from_config(config: Any) -> Task:
     """The task of a run config (or of its `data` part): a GLUE task or a `CustomTask`."""
-    data = config["data"] if "data" in config else config
+    data = config["data"] if "data" in config else config  # noqa: SIM401 - ConfigDict.get differs
     name = data["task"]
     if is_custom(name):
         return build_task(custom_settings(data))

@@ -29,11 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rome_jax import losses, projection
-from rome_jax.model_config import ModelConfig
 from rome_jax.model import INPUT_KEYS, MultiExitEncoder
+from rome_jax.model_config import ModelConfig
 
 Params = Any
 
@@ -75,9 +76,13 @@ class StepSettings:
             raise ValueError(f"unknown train.mode {self.mode!r}; known: {', '.join(MODES)}")
         if self.stage not in (1, 2) or (self.stage == 2 and self.mode not in TWO_STAGE_MODES):
             raise ValueError(f"stage {self.stage} is not a stage of mode {self.mode!r}")
-        choices = {"kl_reduction": losses.REDUCTIONS, "anchor": projection.ANCHORS,
-                   "gr_scope": GR_SCOPES, "gr_granularity": projection.GRANULARITIES,
-                   "stage2_clip": STAGE2_CLIPS}
+        choices = {
+            "kl_reduction": losses.REDUCTIONS,
+            "anchor": projection.ANCHORS,
+            "gr_scope": GR_SCOPES,
+            "gr_granularity": projection.GRANULARITIES,
+            "stage2_clip": STAGE2_CLIPS,
+        }
         for name, known in choices.items():
             if getattr(self, name) not in known:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(known)}")
@@ -104,8 +109,9 @@ class TrainState:
 
 
 def create_train_state(params: Params, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(seed))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(seed)
+    )
 
 
 def trainable_mask(params: Params, settings: StepSettings) -> Params | None:
@@ -137,23 +143,27 @@ def selection_for(params: Params, config: ModelConfig, settings: StepSettings) -
     raise ValueError(f"unknown gr_scope {settings.gr_scope!r}; known: {', '.join(GR_SCOPES)}")
 
 
-def _forward(config: ModelConfig, params: Params, batch: dict, rng: jax.Array,
-             stop_backbone: bool = False) -> jax.Array:
+def _forward(
+    config: ModelConfig, params: Params, batch: dict, rng: jax.Array, stop_backbone: bool = False
+) -> jax.Array:
     """Exit logits [E, B, C] with dropout on (training)."""
     if stop_backbone:
         # Stage 2 with "trainable" clipping: no gradient flows into the backbone, i.e.
         # everything but the exit heads (ALBERT's backbone is `shared_layer`, not
         # `layers/layer`).
-        params = {**{k: jax.lax.stop_gradient(v) for k, v in params.items() if k != "layers"},
-                  "layers": {k: v if k == "exit" else jax.lax.stop_gradient(v)
-                             for k, v in params["layers"].items()}}
+        params = {
+            **{k: jax.lax.stop_gradient(v) for k, v in params.items() if k != "layers"},
+            "layers": {k: v if k == "exit" else jax.lax.stop_gradient(v) for k, v in params["layers"].items()},
+        }
     inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
-    return MultiExitEncoder(config).apply({"params": params}, **inputs, deterministic=False,
-                                          rngs={"dropout": rng})["logits"]
+    return MultiExitEncoder(config).apply({"params": params}, **inputs, deterministic=False, rngs={"dropout": rng})[
+        "logits"
+    ]
 
 
-def loss_groups(settings: StepSettings, logits: jax.Array, labels: jax.Array | None
-                ) -> tuple[jax.Array, jax.Array, dict]:
+def loss_groups(
+    settings: StepSettings, logits: jax.Array, labels: jax.Array | None
+) -> tuple[jax.Array, jax.Array, dict]:
     """(loss_A, loss_B, aux) for every mode; the step's loss is loss_A + loss_B.
 
     For modes without projection the split is only reported, never used to
@@ -163,8 +173,9 @@ def loss_groups(settings: StepSettings, logits: jax.Array, labels: jax.Array | N
     kw = dict(regression=s.regression)
     sd = dict(gamma=s.gamma, temperature=s.temperature, reduction=s.kl_reduction)
     if s.mode == "fastbert" and s.stage == 2:  # self-distillation without labels
-        distill = losses.distillation_losses(logits, temperature=s.temperature,
-                                             reduction=s.kl_reduction, regression=s.regression)
+        distill = losses.distillation_losses(
+            logits, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
+        )
         return jnp.zeros((), jnp.float32), jnp.sum(distill), {"distill_loss": distill}
     if s.mode in ("romebert", "sd"):
         return losses.romebert_groups(logits, labels, **sd, **kw)
@@ -181,14 +192,14 @@ def loss_groups(settings: StepSettings, logits: jax.Array, labels: jax.Array | N
         return exit_loss[-1], zero, aux
     if s.mode == "deebert":
         return zero, losses.deebert_stage2_loss(logits, labels, **kw), aux
-    distill = losses.distillation_losses(logits, temperature=s.temperature,
-                                         reduction=s.kl_reduction, regression=s.regression)
+    distill = losses.distillation_losses(
+        logits, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
+    )
     aux["distill_loss"] = distill
     return zero, losses.deebert_sd_stage2_loss(logits, labels, **sd, **kw), aux
 
 
-def _microbatch_grads(config: ModelConfig, settings: StepSettings, params: Params, batch: dict,
-                      rng: jax.Array):
+def _microbatch_grads(config: ModelConfig, settings: StepSettings, params: Params, batch: dict, rng: jax.Array):
     """Gradients of one micro-batch: (g_A, g_B) for GR modes, else (g, None)."""
     stop = settings.stage == 2 and settings.stage2_clip == "trainable"
 
@@ -215,9 +226,16 @@ def _microbatch_grads(config: ModelConfig, settings: StepSettings, params: Param
     return (grads, None), (loss_a, loss_b, aux)
 
 
-def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings: StepSettings,
-               tx: optax.GradientTransformation, selection: Params,
-               trainable: Params | None) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    config: ModelConfig,
+    settings: StepSettings,
+    tx: optax.GradientTransformation,
+    selection: Params,
+    trainable: Params | None,
+) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch (dict of [B, ...] arrays with `labels`).
 
     `labels` [B]: class ids in 0..C-1 (float targets for regression); every row
@@ -235,8 +253,10 @@ def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings:
     if rows % k:
         raise ValueError(f"a batch of {rows} rows does not split into grad_accum_steps={k} micro-batches")
     if "labels" not in batch and not (settings.mode == "fastbert" and settings.stage == 2):
-        raise ValueError(f"mode {settings.mode!r} (stage {settings.stage}) trains on labels: the batch has "
-                         f"no 'labels' (keys: {', '.join(sorted(batch))})")
+        raise ValueError(
+            f"mode {settings.mode!r} (stage {settings.stage}) trains on labels: the batch has "
+            f"no 'labels' (keys: {', '.join(sorted(batch))})"
+        )
     step_rng = jax.random.fold_in(state.rng, state.step)
     if k == 1:
         grads, (loss_a, loss_b, aux) = _microbatch_grads(config, settings, state.params, batch, step_rng)
@@ -245,8 +265,7 @@ def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings:
         # the batch splits into its k shares of the micro-batches without moving data.
         # (Contiguous micro-batches would each live on 1/k of the devices: XLA then
         # all-gathers the batch and every device computes k times its share.)
-        micro = jax.tree.map(
-            lambda x: x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1), batch)
+        micro = jax.tree.map(lambda x: x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1), batch)
 
         def body(acc, xs):
             mb, i = xs
@@ -263,8 +282,13 @@ def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings:
     if settings.uses_projection:
         g_a, g_b = grads
         grads, gr_stats = projection.project_gradients(
-            g_a, g_b, selection, anchor=settings.anchor, granularity=settings.gr_granularity,
-            symmetric=settings.gr_symmetric)
+            g_a,
+            g_b,
+            selection,
+            anchor=settings.anchor,
+            granularity=settings.gr_granularity,
+            symmetric=settings.gr_symmetric,
+        )
         metrics.update({f"gr/{k_}": v for k_, v in gr_stats.items()})
     else:
         grads = grads[0]
@@ -277,13 +301,20 @@ def train_step(state: TrainState, batch: dict, *, config: ModelConfig, settings:
     finite = jnp.isfinite(loss)
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                              opt_state=keep(opt_state, state.opt_state))
-    metrics.update({
-        "loss": loss, "loss_A": loss_a, "loss_B": loss_b, "finite": finite.astype(jnp.float32),
-        "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates),
-        "param_norm": optax.global_norm(new_state.params),
-    })
+    new_state = state.replace(
+        step=state.step + 1, params=keep(new_params, state.params), opt_state=keep(opt_state, state.opt_state)
+    )
+    metrics.update(
+        {
+            "loss": loss,
+            "loss_A": loss_a,
+            "loss_B": loss_b,
+            "finite": finite.astype(jnp.float32),
+            "grad_norm": optax.global_norm(grads),
+            "update_norm": optax.global_norm(updates),
+            "param_norm": optax.global_norm(new_state.params),
+        }
+    )
     for name, values in aux.items():
         for i in range(values.shape[0]):
             metrics[f"{name}/{i + 1}"] = values[i]
@@ -306,16 +337,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def compile_train_step(config: ModelConfig, settings: StepSettings, tx: optax.GradientTransformation,
-                       mesh: Mesh, params: Params):
+def compile_train_step(
+    config: ModelConfig, settings: StepSettings, tx: optax.GradientTransformation, mesh: Mesh, params: Params
+):
     """`train_step` jitted over `mesh`: (state, batch) -> (state, metrics), state donated."""
     selection = selection_for(params, config, settings) if settings.uses_projection else None
     trainable = trainable_mask(params, settings)
-    step = functools.partial(train_step, config=config, settings=settings, tx=tx,
-                             selection=selection, trainable=trainable)
+    step = functools.partial(
+        train_step, config=config, settings=settings, tx=tx, selection=selection, trainable=trainable
+    )
     rep = replicated(mesh)
-    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
-                   donate_argnums=0)
+    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0)
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
@@ -327,8 +359,7 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -134,14 +134,24 @@ def step_settings(config: ml_collections.ConfigDict, stage: int, regression: boo
 
     t = config.train
     return StepSettings(
-        mode=t.mode, stage=stage, gamma=t.gamma, temperature=t.temperature,
-        kl_reduction=t.kl_reduction, anchor=t.anchor, gr_scope=t.gr_scope,
-        gr_granularity=t.gr_granularity, gr_symmetric=t.gr_symmetric, regression=regression,
-        grad_accum_steps=t.grad_accum_steps, stage2_clip=t.stage2_clip)
+        mode=t.mode,
+        stage=stage,
+        gamma=t.gamma,
+        temperature=t.temperature,
+        kl_reduction=t.kl_reduction,
+        anchor=t.anchor,
+        gr_scope=t.gr_scope,
+        gr_granularity=t.gr_granularity,
+        gr_symmetric=t.gr_symmetric,
+        regression=regression,
+        grad_accum_steps=t.grad_accum_steps,
+        stage2_clip=t.stage2_clip,
+    )
 
 
-def plan_stages(config: ml_collections.ConfigDict, steps_per_epoch: int | Sequence[int],
-                regression: bool) -> list[Stage]:
+def plan_stages(
+    config: ml_collections.ConfigDict, steps_per_epoch: int | Sequence[int], regression: bool
+) -> list[Stage]:
     """The run's stages: steps per stage = epochs x batches per epoch, capped by max_steps.
 
     `steps_per_epoch`: one number, or one per stage (FastBERT's stage 2 may read
@@ -158,8 +168,11 @@ def plan_stages(config: ml_collections.ConfigDict, steps_per_epoch: int | Sequen
         steps = n_epochs * steps_per_epoch
         if t.max_steps:
             steps = min(steps, t.max_steps)
-        stages.append(Stage(number, step_settings(config, number, regression), first, steps,
-                            steps_per_epoch, number == len(epochs)))
+        stages.append(
+            Stage(
+                number, step_settings(config, number, regression), first, steps, steps_per_epoch, number == len(epochs)
+            )
+        )
         first += steps
     return stages
 
@@ -170,9 +183,16 @@ def make_stage_optimizer(config: ml_collections.ConfigDict, stage: Stage, params
     t = config.train
     warmup = int(t.warmup_ratio * stage.num_steps)
     peak = t.learning_rate * (t.stage2_lr_scale if stage.number == 2 else 1.0)
-    tx = make_optimizer(peak, stage.num_steps, warmup_steps=warmup,
-                        weight_decay=t.weight_decay, eps=t.adam_eps, clip_norm=t.clip_norm,
-                        bias_correction=t.adam_bias_correction, params=params)
+    tx = make_optimizer(
+        peak,
+        stage.num_steps,
+        warmup_steps=warmup,
+        weight_decay=t.weight_decay,
+        eps=t.adam_eps,
+        clip_norm=t.clip_norm,
+        bias_correction=t.adam_bias_correction,
+        params=params,
+    )
     return tx, learning_rate_schedule(peak, stage.num_steps, warmup)
 
 
@@ -217,22 +237,22 @@ def _eval_logits(model_config: Any, params: Any, batch: dict):
 def _accumulate(window: dict, metrics: dict, step: jax.Array) -> dict:
     """Adds one step's metrics to the logging window; remembers the first non-finite step."""
     bad = (metrics["finite"] == 0) & (window["first_nonfinite"] < 0)
-    return {"sum": jax.tree.map(jnp.add, window["sum"], metrics),
-            "first_nonfinite": jnp.where(bad, step, window["first_nonfinite"])}
+    return {
+        "sum": jax.tree.map(jnp.add, window["sum"], metrics),
+        "first_nonfinite": jnp.where(bad, step, window["first_nonfinite"]),
+    }
 
 
 @jax.jit
 def _new_window(metrics: dict) -> dict:
-    return {"sum": jax.tree.map(jnp.zeros_like, metrics),
-            "first_nonfinite": jnp.asarray(-1, jnp.int32)}
+    return {"sum": jax.tree.map(jnp.zeros_like, metrics), "first_nonfinite": jnp.asarray(-1, jnp.int32)}
 
 
 def _empty_window(metrics: dict, sums: dict | None = None) -> dict:
     """A logging window on the metrics' devices: zeros, or the sums saved in a checkpoint."""
     window = _new_window(metrics)
     if sums is not None:
-        window["sum"] = {k: jax.device_put(np.float32(sums[k]), v.sharding)
-                         for k, v in metrics.items()}
+        window["sum"] = {k: jax.device_put(np.float32(sums[k]), v.sharding) for k, v in metrics.items()}
     return window
 
 
@@ -274,12 +294,13 @@ class MetricsLog:
         if resume_bytes is None:  # a fresh start: what is there came from a run never saved
             self.path.unlink(missing_ok=True)
             shutil.rmtree(tensorboard, ignore_errors=True)
-        self._file = open(self.path, "a+b")
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - held for the run, closed by close()
         if resume_bytes is not None:
             self._file.seek(0, os.SEEK_END)
             if self._file.tell() < resume_bytes:
-                logger.warning("%s is shorter than at the checkpoint (%d < %d bytes)",
-                               self.path, self._file.tell(), resume_bytes)
+                logger.warning(
+                    "%s is shorter than at the checkpoint (%d < %d bytes)", self.path, self._file.tell(), resume_bytes
+                )
             self._file.truncate(resume_bytes)
         self._file.seek(0, os.SEEK_END)
         self.size = self._file.tell()
@@ -287,8 +308,7 @@ class MetricsLog:
         self.lines = self._file.read().count(b"\n")
         self._file.seek(0, os.SEEK_END)
         writer = _summary_writer_class()
-        self._board = writer(str(tensorboard), purge_step=resume_step + 1 if resume_step else None,
-                             flush_secs=30)
+        self._board = writer(str(tensorboard), purge_step=resume_step + 1 if resume_step else None, flush_secs=30)
 
     def write(self, record: dict, *, board_prefix: str, extra_scalars: dict | None = None) -> None:
         if not self.enabled:
@@ -333,8 +353,7 @@ class _Signals:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
-        logger.warning("received %s: saving a checkpoint at the next step",
-                       signal.Signals(signum).name)
+        logger.warning("received %s: saving a checkpoint at the next step", signal.Signals(signum).name)
 
     def __enter__(self):
         if jax.process_count() == 1:
@@ -370,12 +389,16 @@ def _delete_run(workdir: Path) -> None:
 def _holds_results(workdir: Path) -> bool:
     """Whether a run in `workdir` saved anything: a checkpoint, a metric or a model."""
     checkpoints, metrics = workdir / "checkpoints", workdir / "metrics.jsonl"
-    return ((checkpoints.is_dir() and any(checkpoints.iterdir()))
-            or (metrics.is_file() and metrics.stat().st_size > 0) or (workdir / "model").exists())
+    return (
+        (checkpoints.is_dir() and any(checkpoints.iterdir()))
+        or (metrics.is_file() and metrics.stat().st_size > 0)
+        or (workdir / "model").exists()
+    )
 
 
-def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool,
-                    is_writer: bool = True) -> None:
+def prepare_workdir(
+    workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool, is_writer: bool = True
+) -> None:
     """Creates the workdir and its config.json, or checks that it holds this config.
 
     `overwrite` deletes what a previous run wrote there (`WORKDIR_ENTRIES`, nothing
@@ -388,8 +411,7 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
         try:
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{stored_path} is not valid JSON ({e}); pass --overwrite to "
-                              "start afresh") from None
+            raise ConfigError(f"{stored_path} is not valid JSON ({e}); pass --overwrite to start afresh") from None
         changed = run_config.differences(stored, config.to_dict())
         if changed and not _holds_results(workdir):
             # a start that failed before the first checkpoint (a wrong path, a bad
@@ -399,11 +421,12 @@ def prepare_workdir(workdir: Path, config: ml_collections.ConfigDict, *, overwri
                 _delete_run(workdir)
         elif changed:
             shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
-            raise ConfigError(f"workdir {workdir} holds a run with a different config ({shown}); "
-                              "use another --workdir, or --overwrite to delete that run")
+            raise ConfigError(
+                f"workdir {workdir} holds a run with a different config ({shown}); "
+                "use another --workdir, or --overwrite to delete that run"
+            )
     elif (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
-        raise ConfigError(f"workdir {workdir} has checkpoints but no config.json; pass --overwrite "
-                          "to delete them")
+        raise ConfigError(f"workdir {workdir} has checkpoints but no config.json; pass --overwrite to delete them")
     if is_writer:
         workdir.mkdir(parents=True, exist_ok=True)
         files.write_text(stored_path, run_config.to_json(config))
@@ -434,8 +457,7 @@ def _load_data(config: ml_collections.ConfigDict, task: Any, tokenizer: Any):
     stage2 = None
     if d.stage2_unlabeled:  # FastBERT: stage 2 learns from the final exit, not from labels
         if d.stage2_unlabeled in task.splits:
-            unlabeled = load_examples(task, d.stage2_unlabeled, max_examples=d.train_max_examples,
-                                      **source_args)
+            unlabeled = load_examples(task, d.stage2_unlabeled, max_examples=d.train_max_examples, **source_args)
         else:
             unlabeled = read_text_file(task, d.stage2_unlabeled)
         stage2 = tokenize_examples(unlabeled, tokenizer, d.max_length, cache_dir=cache)
@@ -449,8 +471,7 @@ def _state_tree(state) -> dict:
 def _state_from_tree(tree: dict):
     from rome_jax.train_step import TrainState
 
-    return TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
-                      rng=tree["rng"])
+    return TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=tree["rng"])
 
 
 def _fetch(tree: Any) -> Any:
@@ -512,24 +533,31 @@ class Run:
         from rome_jax.data import BatchIterator
 
         t = self.config.train
-        features = (self.stage2_features if stage_number == 2 and self.stage2_features is not None
-                    else self.train_features)
-        return BatchIterator(features, t.batch_size, shuffle=True, seed=t.seed, drop_remainder=True,
-                             process_index=jax.process_index(), process_count=jax.process_count(),
-                             buckets=self.buckets)
+        features = (
+            self.stage2_features if stage_number == 2 and self.stage2_features is not None else self.train_features
+        )
+        return BatchIterator(
+            features,
+            t.batch_size,
+            shuffle=True,
+            seed=t.seed,
+            drop_remainder=True,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            buckets=self.buckets,
+        )
 
 
-def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-           overwrite: bool) -> tuple[Run, Any]:
+def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, overwrite: bool) -> tuple[Run, Any]:
     """Resolves and checks the config, prepares the workdir, loads the model, tokenizer and data.
 
     Returns the `Run` and the pretrained parameters (where a fresh run starts).
     """
     from rome_jax import train_step as ts
     from rome_jax.api import load_pretrained, resolve_model_dir
-    from rome_jax.tasks import task_from_config
     from rome_jax.metrics import primary_metric
     from rome_jax.model_config import ModelConfig
+    from rome_jax.tasks import task_from_config
 
     config = run_config.resolve(config)
     run_config.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
@@ -547,31 +575,47 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     task = task_from_config(config)  # a GLUE task, or one described by data.custom.*
     model_dir = resolve_model_dir(config.model.name_or_path)
     run_config.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
-    model = load_pretrained(model_dir, task.num_labels, dtype=config.model.dtype, seed=config.train.seed,
-                            ignore_mismatched_sizes=config.model.reinit_classifier,
-                            attention_kernel=config.model.attention, exit_pooling=config.model.exit_pooling)
+    model = load_pretrained(
+        model_dir,
+        task.num_labels,
+        dtype=config.model.dtype,
+        seed=config.train.seed,
+        ignore_mismatched_sizes=config.model.reinit_classifier,
+        attention_kernel=config.model.attention,
+        exit_pooling=config.model.exit_pooling,
+    )
     if model.tokenizer is None:
-        raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files "
-                          "(tokenizer.json or vocab.txt)")
+        raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files (tokenizer.json or vocab.txt)")
     if is_writer:
         _save_tokenizer(model.tokenizer, workdir / "tokenizer")
     train_features, dev_features, stage2_features = _load_data(config, task, model.tokenizer)
 
     mesh = ts.make_mesh()
-    logger.info("data-parallel over %d %s device(s) in %d process(es)", mesh.size,
-                jax.devices()[0].platform, jax.process_count())
-    run = Run(config=config, workdir=workdir, is_writer=is_writer, task=task,
-              model=dataclasses.replace(model, params=None), train_features=train_features,
-              dev_features=dev_features, stage2_features=stage2_features, mesh=mesh, stages=[],
-              metric=primary_metric(task), target=None)
-    stages = plan_stages(config, [run.iterator(1).steps_per_epoch, run.iterator(2).steps_per_epoch],
-                         task.is_regression)
+    logger.info(
+        "data-parallel over %d %s device(s) in %d process(es)",
+        mesh.size,
+        jax.devices()[0].platform,
+        jax.process_count(),
+    )
+    run = Run(
+        config=config,
+        workdir=workdir,
+        is_writer=is_writer,
+        task=task,
+        model=dataclasses.replace(model, params=None),
+        train_features=train_features,
+        dev_features=dev_features,
+        stage2_features=stage2_features,
+        mesh=mesh,
+        stages=[],
+        metric=primary_metric(task),
+        target=None,
+    )
+    stages = plan_stages(config, [run.iterator(1).steps_per_epoch, run.iterator(2).steps_per_epoch], task.is_regression)
     # The restore target: the state's structure, shapes and shardings (nothing allocated).
     tx, _ = make_stage_optimizer(config, stages[0], model.params)
-    shapes = jax.eval_shape(lambda p: _state_tree(ts.create_train_state(p, tx, config.train.seed)),
-                            model.params)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ts.replicated(mesh)),
-                          shapes)
+    shapes = jax.eval_shape(lambda p: _state_tree(ts.create_train_state(p, tx, config.train.seed)), model.params)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ts.replicated(mesh)), shapes)
     return dataclasses.replace(run, stages=stages, target=target), model.params
 
 
@@ -597,8 +641,9 @@ class Evaluations:
         return [b["step"] for b in (self.best, self.stage1_best if stage2_from_best else None) if b]
 
 
-def update_best(evals: Evaluations, records: dict, *, step: int, stage: Stage, num_stages: int,
-                split: str, metric_key: str) -> Evaluations:
+def update_best(
+    evals: Evaluations, records: dict, *, step: int, stage: Stage, num_stages: int, split: str, metric_key: str
+) -> Evaluations:
     """The best-checkpoint rule, after the evaluation `records` (by split) of `step`.
 
     The score is `records[split][metric_key]` (the final exit's primary metric). In
@@ -608,11 +653,14 @@ def update_best(evals: Evaluations, records: dict, *, step: int, stage: Stage, n
     """
     best, stage1_best = evals.best, evals.stage1_best
     score = records[split].get(metric_key)
-    if score is not None and (stage.last_of_run or num_stages == 1) and (
-            best is None or score >= best["score"]):
+    if score is not None and (stage.last_of_run or num_stages == 1) and (best is None or score >= best["score"]):
         best = {"step": step, "score": score, "metric": metric_key, "split": split}
-    if score is not None and stage.number == 1 and num_stages > 1 and (
-            stage1_best is None or score > stage1_best["score"]):
+    if (
+        score is not None
+        and stage.number == 1
+        and num_stages > 1
+        and (stage1_best is None or score > stage1_best["score"])
+    ):
         stage1_best = {"step": step, "score": score, "metric": metric_key}
     return Evaluations(best=best, stage1_best=stage1_best, last=records)
 
@@ -679,18 +727,32 @@ class CheckpointMeta:
     total_steps: int | None = None
 
     def to_json(self) -> dict:
-        return {"version": _META_VERSION, "step": self.step, "stage": self.stage, "data": self.data,
-                "metrics_bytes": self.metrics_bytes, "metrics_lines": self.metrics_lines,
-                "window": self.window, "best": self.evals.best, "last_eval": self.evals.last,
-                "total_steps": self.total_steps, "stage1_best": self.evals.stage1_best}
+        return {
+            "version": _META_VERSION,
+            "step": self.step,
+            "stage": self.stage,
+            "data": self.data,
+            "metrics_bytes": self.metrics_bytes,
+            "metrics_lines": self.metrics_lines,
+            "window": self.window,
+            "best": self.evals.best,
+            "last_eval": self.evals.last,
+            "total_steps": self.total_steps,
+            "stage1_best": self.evals.stage1_best,
+        }
 
     @classmethod
     def from_json(cls, meta: dict) -> CheckpointMeta:
-        return cls(step=meta.get("step"), stage=meta.get("stage"), data=meta.get("data"),
-                   metrics_bytes=meta.get("metrics_bytes"), metrics_lines=meta.get("metrics_lines"),
-                   window=meta.get("window"), total_steps=meta.get("total_steps"),
-                   evals=Evaluations(best=meta.get("best"), stage1_best=meta.get("stage1_best"),
-                                     last=meta.get("last_eval")))
+        return cls(
+            step=meta.get("step"),
+            stage=meta.get("stage"),
+            data=meta.get("data"),
+            metrics_bytes=meta.get("metrics_bytes"),
+            metrics_lines=meta.get("metrics_lines"),
+            window=meta.get("window"),
+            total_steps=meta.get("total_steps"),
+            evals=Evaluations(best=meta.get("best"), stage1_best=meta.get("stage1_best"), last=meta.get("last_eval")),
+        )
 
 
 def restore_checkpoint(run: Run, store: checkpoints_lib.Checkpoints) -> tuple[int, Any, CheckpointMeta]:
@@ -702,9 +764,9 @@ def restore_checkpoint(run: Run, store: checkpoints_lib.Checkpoints) -> tuple[in
     start_step, tree, meta = restored
     if meta.get("version") != _META_VERSION or meta.get("step") != start_step:
         raise checkpoints_lib.CheckpointError(
-            f"checkpoint {store.directory / str(start_step)} was not written by this trainer")
-    logger.info("workdir %s: resuming from the checkpoint of step %d (of %d)",
-                run.workdir, start_step, run.total_steps)
+            f"checkpoint {store.directory / str(start_step)} was not written by this trainer"
+        )
+    logger.info("workdir %s: resuming from the checkpoint of step %d (of %d)", run.workdir, start_step, run.total_steps)
     return start_step, _state_from_tree(tree), CheckpointMeta.from_json(meta)
 
 
@@ -713,33 +775,55 @@ def check_finite(window: LogWindow, store: checkpoints_lib.Checkpoints) -> None:
     first_bad = window.first_nonfinite()
     if first_bad is not None:
         latest = store.latest_step()
-        kept = (f"the last good checkpoint is step {latest} in {store.directory}"
-                if latest is not None else "no checkpoint was saved before it")
+        kept = (
+            f"the last good checkpoint is step {latest} in {store.directory}"
+            if latest is not None
+            else "no checkpoint was saved before it"
+        )
         raise TrainingError(
             f"the loss is not finite (NaN or infinity) at step {first_bad}: training "
             f"stopped; {kept}; try a lower train.learning_rate (in another --workdir, or with "
-            "--overwrite)")
+            "--overwrite)"
+        )
 
 
-def save_checkpoint(run: Run, store: checkpoints_lib.Checkpoints, log: MetricsLog, *, step: int,
-                    stage: Stage, state: Any, data: dict, window: LogWindow,
-                    evals: Evaluations) -> None:
+def save_checkpoint(
+    run: Run,
+    store: checkpoints_lib.Checkpoints,
+    log: MetricsLog,
+    *,
+    step: int,
+    stage: Stage,
+    state: Any,
+    data: dict,
+    window: LogWindow,
+    evals: Evaluations,
+) -> None:
     """Saves `state` at `step` with its meta, after checking the steps since the last check
     were finite (nothing is saved after a non-finite step)."""
     check_finite(window, store)
     log.flush()
-    meta = CheckpointMeta(step=step, stage=stage.number, data=data, metrics_bytes=log.size,
-                          metrics_lines=log.lines, window=window.to_meta(), evals=evals,
-                          total_steps=run.total_steps)
-    store.save(step, _state_tree(state), meta.to_json(),
-               preserve=evals.kept_steps(run.config.train.stage2_start == "best"))
+    meta = CheckpointMeta(
+        step=step,
+        stage=stage.number,
+        data=data,
+        metrics_bytes=log.size,
+        metrics_lines=log.lines,
+        window=window.to_meta(),
+        evals=evals,
+        total_steps=run.total_steps,
+    )
+    store.save(
+        step, _state_tree(state), meta.to_json(), preserve=evals.kept_steps(run.config.train.stage2_start == "best")
+    )
 
 
 # ---------------------------------------------------------------- the pieces of a stage
 
 
-def start_stage(run: Run, stage: Stage, params: Any, tx: Any, store: checkpoints_lib.Checkpoints,
-                stage1_best: dict | None) -> TrainState:
+def start_stage(
+    run: Run, stage: Stage, params: Any, tx: Any, store: checkpoints_lib.Checkpoints, stage1_best: dict | None
+) -> TrainState:
     """A fresh train state for `stage` (step `stage.first_step`), replicated over the mesh.
 
     It starts from `params`, or in stage 2 with `train.stage2_start="best"` from the
@@ -747,12 +831,20 @@ def start_stage(run: Run, stage: Stage, params: Any, tx: Any, store: checkpoints
     """
     from rome_jax import train_step as ts
 
-    if stage.number == 2 and run.config.train.stage2_start == "best" and stage1_best is not None \
-            and stage1_best["step"] != stage.first_step:
+    if (
+        stage.number == 2
+        and run.config.train.stage2_start == "best"
+        and stage1_best is not None
+        and stage1_best["step"] != stage.first_step
+    ):
         tree, _ = store.restore(stage1_best["step"], run.target)
         params = _state_from_tree(tree).params
-        logger.info("stage 2 starts from stage 1's best evaluation: step %d (%s %.4f)",
-                    stage1_best["step"], stage1_best["metric"], stage1_best["score"])
+        logger.info(
+            "stage 2 starts from stage 1's best evaluation: step %d (%s %.4f)",
+            stage1_best["step"],
+            stage1_best["metric"],
+            stage1_best["score"],
+        )
     fresh = ts.create_train_state(params, tx, run.config.train.seed)
     fresh = fresh.replace(step=jnp.asarray(stage.first_step, jnp.int32))
     state = ts.replicate(fresh, run.mesh)
@@ -766,13 +858,14 @@ def make_eval_fn(model_config: Any, mesh: jax.sharding.Mesh) -> Callable:
     """(params, batch) -> (logits [E, B, C] f32, labels [B], example_mask [B]), jitted over `mesh`."""
     from rome_jax import train_step as ts
 
-    return jax.jit(functools.partial(_eval_logits, model_config),
-                   in_shardings=(ts.replicated(mesh), ts.batch_sharding(mesh)),
-                   out_shardings=ts.replicated(mesh))
+    return jax.jit(
+        functools.partial(_eval_logits, model_config),
+        in_shardings=(ts.replicated(mesh), ts.batch_sharding(mesh)),
+        out_shardings=ts.replicated(mesh),
+    )
 
 
-def evaluate(run: Run, eval_fn: Any, params: Any, *, step: int, stage: Stage,
-             log: MetricsLog) -> dict:
+def evaluate(run: Run, eval_fn: Any, params: Any, *, step: int, stage: Stage, log: MetricsLog) -> dict:
     """Evaluates every exit on every dev split; writes and returns the records, by split."""
     from rome_jax import train_step as ts
     from rome_jax.data import BatchIterator
@@ -780,11 +873,16 @@ def evaluate(run: Run, eval_fn: Any, params: Any, *, step: int, stage: Stage,
     records = {}
     for split, features in run.dev_features.items():
         logits, labels, masks = [], [], []
-        for batch in BatchIterator(features, run.config.train.eval_batch_size, shuffle=False,
-                                   drop_remainder=False, process_index=jax.process_index(),
-                                   process_count=jax.process_count(), buckets=run.buckets):
-            batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids",
-                                           "labels", "example_mask")}
+        for batch in BatchIterator(
+            features,
+            run.config.train.eval_batch_size,
+            shuffle=False,
+            drop_remainder=False,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            buckets=run.buckets,
+        ):
+            batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask")}
             out = _fetch(eval_fn(params, ts.shard_batch(batch, run.mesh)))
             logits.append(out[0])
             labels.append(out[1])
@@ -801,8 +899,12 @@ def evaluate(run: Run, eval_fn: Any, params: Any, *, step: int, stage: Stage,
 def train_record(stage: Stage, step: int, window: LogWindow, schedule: Any) -> dict:
     """The train record of `step`: the window's means and the step's learning rate."""
     sums = window.sums()
-    record = {"step": step, "stage": stage.number, "split": "train",
-              "epoch": round((step - stage.first_step) / stage.steps_per_epoch, 4)}
+    record = {
+        "step": step,
+        "stage": stage.number,
+        "split": "train",
+        "epoch": round((step - stage.first_step) / stage.steps_per_epoch, 4),
+    }
     record.update({k: float(v) / window.count for k, v in sums.items() if k != "finite"})
     record["learning_rate"] = float(schedule(step - stage.first_step - 1))
     return record
@@ -821,9 +923,18 @@ class StageRun:
     preempted: bool = False
 
 
-def train_stage(run: Run, sr: StageRun, *, train_step: Any, schedule: Any, eval_fn: Any,
-                log: MetricsLog, store: checkpoints_lib.Checkpoints, signals: _Signals,
-                bar: Any) -> StageRun:
+def train_stage(
+    run: Run,
+    sr: StageRun,
+    *,
+    train_step: Any,
+    schedule: Any,
+    eval_fn: Any,
+    log: MetricsLog,
+    store: checkpoints_lib.Checkpoints,
+    signals: _Signals,
+    bar: Any,
+) -> StageRun:
     """Runs `sr.stage`'s remaining steps: logging, evaluations, checkpoints; stops early
     (`preempted`) after saving a checkpoint when a signal arrived."""
     from rome_jax import train_step as ts
@@ -857,18 +968,42 @@ def train_stage(run: Run, sr: StageRun, *, train_step: Any, schedule: Any, eval_
         if evaluated:
             check_finite(window, store)
             records = evaluate(run, eval_fn, state.params, step=step, stage=stage, log=log)
-            evals = update_best(evals, records, step=step, stage=stage, num_stages=len(run.stages),
-                                split=run.best_split, metric_key=f"exit_{run.num_exits}/{run.metric}")
+            evals = update_best(
+                evals,
+                records,
+                step=step,
+                stage=stage,
+                num_stages=len(run.stages),
+                split=run.best_split,
+                metric_key=f"exit_{run.num_exits}/{run.metric}",
+            )
         saved = evaluated or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
         if saved:
-            save_checkpoint(run, store, log, step=step, stage=stage, state=state,
-                            data=sr.iterator.get_state(), window=window, evals=evals)
+            save_checkpoint(
+                run,
+                store,
+                log,
+                step=step,
+                stage=stage,
+                state=state,
+                data=sr.iterator.get_state(),
+                window=window,
+                evals=evals,
+            )
         if signals.should_stop(step):
             if not saved:
-                save_checkpoint(run, store, log, step=step, stage=stage, state=state,
-                                data=sr.iterator.get_state(), window=window, evals=evals)
-            return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals,
-                                       preempted=True)
+                save_checkpoint(
+                    run,
+                    store,
+                    log,
+                    step=step,
+                    stage=stage,
+                    state=state,
+                    data=sr.iterator.get_state(),
+                    window=window,
+                    evals=evals,
+                )
+            return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals, preempted=True)
     return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals)
 
 
@@ -910,16 +1045,22 @@ def log_padding(run: Run) -> None:
         batches = bucket_batches(order, lengths, buckets, run.config.train.batch_size, drop_remainder=True)
         return 100 * padded_share(lengths, batches)
 
-    logger.info("padded token positions per training epoch: %.1f%% with length buckets %s, %.1f%% "
-                "with every batch padded to %d", share(run.buckets), ",".join(map(str, run.buckets)),
-                share((run.config.data.max_length,)), run.config.data.max_length)
+    logger.info(
+        "padded token positions per training epoch: %.1f%% with length buckets %s, %.1f%% "
+        "with every batch padded to %d",
+        share(run.buckets),
+        ",".join(map(str, run.buckets)),
+        share((run.config.data.max_length,)),
+        run.config.data.max_length,
+    )
 
 
 # --------------------------------------------------------------------- the loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                       overwrite: bool = False, progress: bool = True) -> Result:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, overwrite: bool = False, progress: bool = True
+) -> Result:
     """Trains (or resumes) the run described by `config` in `workdir`; see the module doc.
 
     Raises ConfigError / DataError / CheckpointError for what the user can fix and
@@ -935,8 +1076,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     resuming = state is not None
     if resuming:
         params = state.params
-    log = MetricsLog(run.workdir, resume_bytes=meta.metrics_bytes if resuming else None,
-                     resume_step=start_step, enabled=run.is_writer)
+    log = MetricsLog(
+        run.workdir,
+        resume_bytes=meta.metrics_bytes if resuming else None,
+        resume_step=start_step,
+        enabled=run.is_writer,
+    )
     evals = meta.evals
     eval_fn = make_eval_fn(run.model.config, run.mesh)
     bar = None
@@ -956,16 +1101,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     state = start_stage(run, stage, params, tx, store, evals.stage1_best)
                     window = LogWindow()
                 params = None  # the run's parameters live in `state`
-                train_step = StepPerLength(ts.compile_train_step(run.model.config, stage.settings, tx,
-                                                                 run.mesh, state.params))
-                sr = train_stage(run, StageRun(stage, state, max(start_step, stage.first_step),
-                                               iterator, window, evals),
-                                 train_step=train_step, schedule=schedule, eval_fn=eval_fn, log=log,
-                                 store=store, signals=signals, bar=bar)
+                train_step = StepPerLength(
+                    ts.compile_train_step(run.model.config, stage.settings, tx, run.mesh, state.params)
+                )
+                sr = train_stage(
+                    run,
+                    StageRun(stage, state, max(start_step, stage.first_step), iterator, window, evals),
+                    train_step=train_step,
+                    schedule=schedule,
+                    eval_fn=eval_fn,
+                    log=log,
+                    store=store,
+                    signals=signals,
+                    bar=bar,
+                )
                 state, evals = sr.state, sr.evals
                 if sr.preempted:
-                    logger.warning("stopped at step %d after saving a checkpoint; run the same "
-                                   "command again to resume", sr.step)
+                    logger.warning(
+                        "stopped at step %d after saving a checkpoint; run the same command again to resume", sr.step
+                    )
                     return Result(step=sr.step, preempted=True, final_eval=evals.last, best=evals.best)
                 start_step, params, resuming = sr.step, state.params, False
 
@@ -986,16 +1140,23 @@ def export_model(run: Run, params: Any) -> None:
     """Writes the final model (every exit) and the tokenizer as an HF directory: workdir/model."""
     from rome_jax.api import MultiExitModel
 
-    MultiExitModel(run.model.config, jax.device_get(params), run.model.tokenizer,
-                   run.label_names).save_pretrained(str(run.workdir / "model"))
+    MultiExitModel(run.model.config, jax.device_get(params), run.model.tokenizer, run.label_names).save_pretrained(
+        str(run.workdir / "model")
+    )
     logger.info("wrote the final model to %s", run.workdir / "model")
 
 
 def _progress_bar(total: int, initial: int) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                mininterval=0.5 if _is_tty() else 15.0, desc="train")
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.5 if _is_tty() else 15.0,
+        desc="train",
+    )
 
 
 def _is_tty() -> bool:

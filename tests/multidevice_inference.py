@@ -8,11 +8,10 @@ import sys
 
 import jax
 import numpy as np
+import test_inference as ti  # noqa: E402  (the tiny config, its parameters and spread exits)
 
 from rome_jax import inference
 from rome_jax.exits import Criterion
-
-import test_inference as ti  # noqa: E402  (the tiny config, its parameters and spread exits)
 
 
 def inputs():
@@ -25,10 +24,17 @@ def inputs():
         example_mask = np.ones(8, bool)
         if k == 2:
             example_mask[6:] = False  # a padded last batch
-        batches.append({"input_ids": ids, "attention_mask": mask,
-                        "token_type_ids": np.zeros_like(ids), "example_mask": example_mask})
-    params = ti.spread_exits(ti.TINY, ti.random_params(ti.TINY), {k: batches[0][k] for k in batches[0]
-                                                                  if k != "example_mask"})
+        batches.append(
+            {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "token_type_ids": np.zeros_like(ids),
+                "example_mask": example_mask,
+            }
+        )
+    params = ti.spread_exits(
+        ti.TINY, ti.random_params(ti.TINY), {k: batches[0][k] for k in batches[0] if k != "example_mask"}
+    )
     return jax.device_get(params), batches
 
 

@@ -18,16 +18,37 @@ def ablation():
     return ablation
 
 
-def _record(mode: str, seed: str, accuracy: list[float], f1: list[float], seconds: float,
-            partial: bool = False) -> dict:
-    per_exit = [{"exit": i + 1, "accuracy": a, "f1": f, "accuracy_and_f1": (a + f) / 2}
-                for i, (a, f) in enumerate(zip(accuracy, f1))]
-    sweep = [{"criterion": "entropy", "threshold": t, "accuracy": accuracy[-1], "f1": f1[-1],
-              "accuracy_and_f1": (accuracy[-1] + f1[-1]) / 2, "mean_layers": 3.0 / s,
-              "layer_speedup": s, "flops_speedup": s} for t, s in ((0.0, 1.0), (0.5, 1.5))]
+def _record(
+    mode: str, seed: str, accuracy: list[float], f1: list[float], seconds: float, partial: bool = False
+) -> dict:
+    per_exit = [
+        {"exit": i + 1, "accuracy": a, "f1": f, "accuracy_and_f1": (a + f) / 2}
+        for i, (a, f) in enumerate(zip(accuracy, f1))
+    ]
+    sweep = [
+        {
+            "criterion": "entropy",
+            "threshold": t,
+            "accuracy": accuracy[-1],
+            "f1": f1[-1],
+            "accuracy_and_f1": (accuracy[-1] + f1[-1]) / 2,
+            "mean_layers": 3.0 / s,
+            "layer_speedup": s,
+            "flops_speedup": s,
+        }
+        for t, s in ((0.0, 1.0), (0.5, 1.5))
+    ]
     results = {"metric": "accuracy_and_f1", "num_examples": 408, "per_exit": per_exit, "sweep": sweep}
-    return {"task": "mrpc", "mode": mode, "seed": seed, "train_seconds": seconds,
-            "train_seconds_partial": partial, "steps": 687, "results": results, "gr": None}
+    return {
+        "task": "mrpc",
+        "mode": mode,
+        "seed": seed,
+        "train_seconds": seconds,
+        "train_seconds_partial": partial,
+        "steps": 687,
+        "results": results,
+        "gr": None,
+    }
 
 
 def test_report_gives_a_composite_metric_and_each_of_its_parts(ablation, tmp_path):
@@ -81,9 +102,11 @@ def test_a_run_finished_by_an_earlier_runner_becomes_a_record_and_is_then_reused
     made = _record("sd", "7", [0.5, 0.8], [0.5, 0.8], 321.0, partial=True)
     (workdir / "eval" / "results.json").write_text(json.dumps(made["results"]))
     (workdir / "config.json").write_text(json.dumps({"train": {"seed": 7, "mode": "sd"}}))
-    rows = [{"step": 25, "split": "train", "gr/projected": 0.0, "gr/cosine": 0.5},
-            {"step": 50, "split": "train", "gr/projected": 0.5, "gr/cosine": -0.1},
-            {"step": 50, "split": "dev", "exit_1/accuracy": 0.5}]
+    rows = [
+        {"step": 25, "split": "train", "gr/projected": 0.0, "gr/cosine": 0.5},
+        {"step": 50, "split": "train", "gr/projected": 0.5, "gr/cosine": -0.1},
+        {"step": 50, "split": "dev", "exit_1/accuracy": 0.5},
+    ]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (workdir / "ablation.json").write_text(json.dumps({"train_seconds": 321.0, "train_seconds_partial": True}))
     records = tmp_path / "records"
@@ -111,8 +134,10 @@ def test_rebuilding_the_report_keeps_its_grid_note(ablation, tmp_path):
 
 
 def test_mean_pooled_runs_get_their_own_tables_after_the_cls_ones(ablation, tmp_path):
-    cls_records = [_record("joint", "1", [0.5, 0.7, 0.8], [0.6, 0.8, 0.9], 100.0),
-                   _record("romebert", "1", [0.7, 0.7, 0.8], [0.8, 0.8, 0.8], 150.0)]
+    cls_records = [
+        _record("joint", "1", [0.5, 0.7, 0.8], [0.6, 0.8, 0.9], 100.0),
+        _record("romebert", "1", [0.7, 0.7, 0.8], [0.8, 0.8, 0.8], 150.0),
+    ]
     mean_records = [dict(_record("joint", "1", [0.6, 0.8, 0.8], [0.6, 0.8, 0.8], 110.0), exit_pooling="mean")]
     only_cls = ablation.report(cls_records, tmp_path / "a" / "results.md", "Grid.")
     both = ablation.report(cls_records + mean_records, tmp_path / "b" / "results.md", "Grid.")
@@ -174,7 +199,17 @@ def test_the_committed_records_still_give_the_committed_report(tmp_path):
     committed = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
     out = tmp_path / "results.md"
     out.write_text(committed, encoding="utf-8")  # its grid note is kept
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "ablation.py"), f"--workdir={tmp_path / 'runs'}",
-                           "--reuse_only", f"--report={out}"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "ablation.py"),
+            f"--workdir={tmp_path / 'runs'}",
+            "--reuse_only",
+            f"--report={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_text(encoding="utf-8") == committed

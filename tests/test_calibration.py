@@ -11,24 +11,34 @@ from rome_jax.errors import CheckpointError
 
 
 def row(name, threshold, metric, layers):
-    return {"criterion": name, "threshold": threshold, "accuracy": metric, "mean_layers": layers,
-            "layer_speedup": 6 / layers}
+    return {
+        "criterion": name,
+        "threshold": threshold,
+        "accuracy": metric,
+        "mean_layers": layers,
+        "layer_speedup": 6 / layers,
+    }
 
 
 SWEEP = [
-    row("entropy", 0.0, 0.850, 6.0), row("entropy", 0.1, 0.850, 5.0), row("entropy", 0.3, 0.846, 4.0),
-    row("entropy", 0.5, 0.840, 3.0), row("entropy", 0.6, 0.700, 1.0),
-    row("max_prob", 0.99, 0.849, 5.5), row("max_prob", 0.9, 0.845, 4.5), row("max_prob", 0.8, 0.844, 4.0),
-    row("patience", 1, 0.80, 3.0), row("patience", 2, 0.83, 4.0),
+    row("entropy", 0.0, 0.850, 6.0),
+    row("entropy", 0.1, 0.850, 5.0),
+    row("entropy", 0.3, 0.846, 4.0),
+    row("entropy", 0.5, 0.840, 3.0),
+    row("entropy", 0.6, 0.700, 1.0),
+    row("max_prob", 0.99, 0.849, 5.5),
+    row("max_prob", 0.9, 0.845, 4.5),
+    row("max_prob", 0.8, 0.844, 4.0),
+    row("patience", 1, 0.80, 3.0),
+    row("patience", 2, 0.83, 4.0),
 ]
 
 
 def test_fewest_layers_within_the_points():
     out = calibration.choose_thresholds(SWEEP, 0.850, metric="accuracy", points=0.5, num_layers=6)
-    assert out["criteria"]["entropy"] == {"threshold": 0.3, "accuracy": 0.846, "mean_layers": 4.0,
-                                          "layer_speedup": 1.5}
-    assert out["criteria"]["max_prob"]["threshold"] == 0.9   # 0.844 is 0.6 points below
-    assert out["criteria"]["patience"] is None               # none within 0.5 points
+    assert out["criteria"]["entropy"] == {"threshold": 0.3, "accuracy": 0.846, "mean_layers": 4.0, "layer_speedup": 1.5}
+    assert out["criteria"]["max_prob"]["threshold"] == 0.9  # 0.844 is 0.6 points below
+    assert out["criteria"]["patience"] is None  # none within 0.5 points
     assert out["default"] == {"criterion": "entropy", "threshold": 0.3}
     assert out["points"] == 0.5 and out["full_depth_metric"] == 0.85 and out["metric"] == "accuracy"
     json.dumps(out)
@@ -41,13 +51,24 @@ def test_fewest_layers_within_the_points():
 
 
 def test_ties_go_to_the_more_conservative_threshold():
-    sweep = [row("entropy", 0.3, 0.85, 4.0), row("entropy", 0.2, 0.85, 4.0), row("entropy", 0.4, 0.85, 4.0),
-             row("max_prob", 0.8, 0.85, 4.0), row("max_prob", 0.9, 0.85, 4.0),
-             row("patience", 2, 0.85, 4.0), row("patience", 3, 0.85, 4.0),
-             row("normalized_entropy", 0.5, 0.85, 4.0), row("normalized_entropy", 0.4, 0.85, 4.0)]
+    sweep = [
+        row("entropy", 0.3, 0.85, 4.0),
+        row("entropy", 0.2, 0.85, 4.0),
+        row("entropy", 0.4, 0.85, 4.0),
+        row("max_prob", 0.8, 0.85, 4.0),
+        row("max_prob", 0.9, 0.85, 4.0),
+        row("patience", 2, 0.85, 4.0),
+        row("patience", 3, 0.85, 4.0),
+        row("normalized_entropy", 0.5, 0.85, 4.0),
+        row("normalized_entropy", 0.4, 0.85, 4.0),
+    ]
     out = calibration.choose_thresholds(sweep, 0.85, metric="accuracy", points=0.5)
     assert {n: c["threshold"] for n, c in out["criteria"].items()} == {
-        "entropy": 0.2, "max_prob": 0.9, "patience": 3, "normalized_entropy": 0.4}
+        "entropy": 0.2,
+        "max_prob": 0.9,
+        "patience": 3,
+        "normalized_entropy": 0.4,
+    }
 
 
 def test_default_follows_the_preference_order():
@@ -64,21 +85,36 @@ def test_default_follows_the_preference_order():
 
 
 def test_calibrate_reads_an_evaluation_result(tmp_path):
-    results = {"task": "sst2", "split": "dev", "metric": "accuracy", "num_examples": 872, "num_exits": 6,
-               "max_length": 64, "per_exit": [{"exit": i + 1, "accuracy": a} for i, a in
-                                              enumerate((0.5, 0.5, 0.5, 0.83, 0.85, 0.85))],
-               "sweep": SWEEP}
+    results = {
+        "task": "sst2",
+        "split": "dev",
+        "metric": "accuracy",
+        "num_examples": 872,
+        "num_exits": 6,
+        "max_length": 64,
+        "per_exit": [{"exit": i + 1, "accuracy": a} for i, a in enumerate((0.5, 0.5, 0.5, 0.83, 0.85, 0.85))],
+        "sweep": SWEEP,
+    }
     out = calibration.calibrate(results, 0.5)
     assert out["full_depth_metric"] == 0.85 and out["criteria"]["entropy"]["threshold"] == 0.3
     assert {k: out[k] for k in ("task", "split", "num_examples", "max_length", "num_layers", "regression")} == {
-        "task": "sst2", "split": "dev", "num_examples": 872, "max_length": 64, "num_layers": 6,
-        "regression": False}
+        "task": "sst2",
+        "split": "dev",
+        "num_examples": 872,
+        "max_length": 64,
+        "num_layers": 6,
+        "regression": False,
+    }
     assert calibration.criterion_of(out) == exits.Criterion("entropy", 0.3)
     assert calibration.criterion_of(out, "max_prob") == exits.Criterion("max_prob", 0.9)
     with pytest.raises(ValueError, match="no patience threshold"):
         calibration.criterion_of(out, "patience")
-    regression = {**results, "metric": "pearson", "per_exit": [{"exit": 6, "pearson": 0.8}],
-                  "sweep": [{"criterion": "patience", "threshold": 2, "pearson": 0.799, "mean_layers": 4.0}]}
+    regression = {
+        **results,
+        "metric": "pearson",
+        "per_exit": [{"exit": 6, "pearson": 0.8}],
+        "sweep": [{"criterion": "patience", "threshold": 2, "pearson": 0.799, "mean_layers": 4.0}],
+    }
     reg = calibration.calibrate(regression, 0.5)
     assert reg["regression"] and calibration.criterion_of(reg) == exits.Criterion("patience", 2, regression=True)
     path = tmp_path / calibration.FILE_NAME
@@ -90,11 +126,16 @@ def test_calibrate_reads_an_evaluation_result(tmp_path):
 
 def test_malformed_files_are_one_line_errors(tmp_path):
     path = tmp_path / calibration.FILE_NAME
-    for text, words in (("not json", "unreadable calibration"), ("[1]", "JSON object"),
-                        ('{"criteria": {"speed": null}}', "unknown criterion 'speed'"),
-                        ('{"criteria": {"entropy": {"threshold": "x"}}}', "no numeric threshold"),
-                        ('{"criteria": {"entropy": null}, "default": {"criterion": "entropy"}}',
-                         "'default' names no calibrated criterion")):
+    for text, words in (
+        ("not json", "unreadable calibration"),
+        ("[1]", "JSON object"),
+        ('{"criteria": {"speed": null}}', "unknown criterion 'speed'"),
+        ('{"criteria": {"entropy": {"threshold": "x"}}}', "no numeric threshold"),
+        (
+            '{"criteria": {"entropy": null}, "default": {"criterion": "entropy"}}',
+            "'default' names no calibrated criterion",
+        ),
+    ):
         path.write_text(text)
         with pytest.raises(CheckpointError, match=words):
             calibration.read(path)
@@ -110,10 +151,25 @@ def test_eval_calibrate_stores_the_thresholds_with_the_model(minilm_path, glue_d
 
     model = rome_jax.load_pretrained(minilm_path, num_labels=2)
     model.save_pretrained(str(tmp_path / "m"))
-    proc = subprocess.run([sys.executable, "-m", "rome_jax.commands.eval", f"--model={tmp_path / 'm'}",
-                           "--task=sst2", f"--data_dir={glue_dir}", "--max_examples=32", "--no_timing",
-                           "--max_length=64", "--sweeps=entropy:0,0.3;patience:1", "--calibrate=0.5",
-                           f"--output_dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rome_jax.commands.eval",
+            f"--model={tmp_path / 'm'}",
+            "--task=sst2",
+            f"--data_dir={glue_dir}",
+            "--max_examples=32",
+            "--no_timing",
+            "--max_length=64",
+            "--sweeps=entropy:0,0.3;patience:1",
+            "--calibrate=0.5",
+            f"--output_dir={tmp_path / 'eval'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     chosen = results["calibration"]
@@ -135,8 +191,13 @@ def test_glue_runner_calibrates_on_dev_logits():
     rng = np.random.RandomState(0)
     labels = rng.randint(0, 2, 200)
     # exits that grow more right and more confident with depth
-    logits = np.stack([np.stack([-(labels * 2 - 1) * (i - 2) * 0.5, (labels * 2 - 1) * (i - 2) * 0.5], -1)
-                       + rng.normal(0, 1.5, (200, 2)) for i in range(6)]).astype(np.float32)
+    logits = np.stack(
+        [
+            np.stack([-(labels * 2 - 1) * (i - 2) * 0.5, (labels * 2 - 1) * (i - 2) * 0.5], -1)
+            + rng.normal(0, 1.5, (200, 2))
+            for i in range(6)
+        ]
+    ).astype(np.float32)
     out = calibrate_on_dev(get_task("sst2"), logits, labels, 1.0)
     full = float(np.mean(logits[-1].argmax(-1) == labels))
     assert out["full_depth_metric"] == full and out["num_layers"] == 6

@@ -22,9 +22,13 @@ from rome_jax.train_step import create_train_state
 
 def make_state(seed=0, width=4):
     rng = np.random.RandomState(seed)
-    params = {"layers": {"kernel": jnp.asarray(rng.randn(3, width), jnp.float32),
-                         "bias": jnp.asarray(rng.randn(width), jnp.float32)},
-              "LayerNorm": {"scale": jnp.ones((width,), jnp.float32)}}
+    params = {
+        "layers": {
+            "kernel": jnp.asarray(rng.randn(3, width), jnp.float32),
+            "bias": jnp.asarray(rng.randn(width), jnp.float32),
+        },
+        "LayerNorm": {"scale": jnp.ones((width,), jnp.float32)},
+    }
     state = create_train_state(params, make_optimizer(1e-3, 10, params=params), seed)
     return {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
 
@@ -112,16 +116,27 @@ def test_a_truncated_checkpoint_is_one_warning_line_not_orbax_tracebacks(tmp_pat
         print(step)
     """)
     root = pathlib.Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ckpt")], cwd=root, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "ckpt")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=300,
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr[-3000:]
     # Unfiltered, orbax's abandoned reads (of the checkpoint's metadata, then of its
     # arrays) print up to hundreds of lines of tracebacks here, more on a loaded machine.
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING:absl:")]
     assert len(lines) == 3, proc.stderr[:3000]
     for line, step in zip(lines, (8, 6, 4)):
-        assert line.startswith(f"WARNING skipping unreadable checkpoint: checkpoint {tmp_path / 'ckpt' / str(step)} "
-                               "cannot be restored into this model (") and "TensorStore details" not in line
+        assert (
+            line.startswith(
+                f"WARNING skipping unreadable checkpoint: checkpoint {tmp_path / 'ckpt' / str(step)} "
+                "cannot be restored into this model ("
+            )
+            and "TensorStore details" not in line
+        )
 
 
 def test_kill_9_during_a_save_leaves_the_latest_complete_checkpoint(tmp_path):
@@ -138,8 +153,13 @@ def test_kill_9_during_a_save_leaves_the_latest_complete_checkpoint(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent.parent)}
     for delay in (0.02, 0.05, 0.1):  # some land inside a save (a .orbax-checkpoint-tmp left)
         directory = tmp_path / f"after_{delay}"
-        proc = subprocess.Popen([sys.executable, "-c", script, str(directory)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(directory)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         last = 0
         while last < 3:
             last = int(proc.stdout.readline())
@@ -157,8 +177,11 @@ def test_kill_9_during_a_save_leaves_the_latest_complete_checkpoint(tmp_path):
 def test_a_checkpoint_that_does_not_fit_is_one_clear_error(tmp_path):
     store = checkpoints.Checkpoints(tmp_path)
     store.save(1, make_state(width=4), {"step": 1})
-    with pytest.raises(CheckpointError, match=r"does not fit this model: params/LayerNorm/scale has "
-                                              r"shape \(4,\), this model needs \(5,\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit this model: params/LayerNorm/scale has "
+        r"shape \(4,\), this model needs \(5,\)",
+    ):
         store.restore_latest(checkpoints.abstract_like(make_state(width=5)))
     store.close()
     # a fresh manager (as in a new process) reads the shapes before restoring too,

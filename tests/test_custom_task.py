@@ -55,8 +55,11 @@ def _sst2_csv(glue_dir, tmp_path):
     files = {}
     for split in ("train", "dev"):
         ex = _glue(glue_dir, "sst2", split)
-        files[split] = _write_csv(tmp_path / f"{split}.csv", ["review", "sentiment"],
-                                  [[t, names[int(y)]] for t, y in zip(ex.text_a, ex.labels)])
+        files[split] = _write_csv(
+            tmp_path / f"{split}.csv",
+            ["review", "sentiment"],
+            [[t, names[int(y)]] for t, y in zip(ex.text_a, ex.labels)],
+        )
     return files
 
 
@@ -69,8 +72,7 @@ def _same(a, b):
 
 def test_sst2_as_quoted_csv_with_string_labels_equals_the_glue_reader(glue_dir, tmp_path, minilm_path):
     files = _sst2_csv(glue_dir, tmp_path)
-    task = build_task(dict(train_file=files["train"], dev_file=files["dev"], text_a="review",
-                           label="sentiment"))
+    task = build_task(dict(train_file=files["train"], dev_file=files["dev"], text_a="review", label="sentiment"))
     assert task.label_names == ("negative", "positive") and task.num_labels == 2
     assert task.metric == "accuracy" and not task.is_pair
     assert get_task("custom") is task and "custom" not in TASKS
@@ -89,16 +91,28 @@ def test_mrpc_as_json_lines_with_other_column_names(glue_dir, tmp_path):
     files = {}
     for split in ("train", "dev"):
         ex = _glue(glue_dir, "mrpc", split)
-        files[split] = _write_jsonl(tmp_path / f"{split}.jsonl", [
-            {"first": a, "second": b, "paraphrase": int(y)}
-            for a, b, y in zip(ex.text_a, ex.text_b, ex.labels)])
-    task = build_task(dict(train_file=files["train"], dev_file=files["dev"], text_a="first",
-                           text_b="second", label="paraphrase", metric="accuracy_and_f1"))
+        files[split] = _write_jsonl(
+            tmp_path / f"{split}.jsonl",
+            [{"first": a, "second": b, "paraphrase": int(y)} for a, b, y in zip(ex.text_a, ex.text_b, ex.labels)],
+        )
+    task = build_task(
+        dict(
+            train_file=files["train"],
+            dev_file=files["dev"],
+            text_a="first",
+            text_b="second",
+            label="paraphrase",
+            metric="accuracy_and_f1",
+        )
+    )
     assert task.is_pair and task.label_names == ("0", "1")
     for split in ("train", "dev"):
         _same(load_examples(task, split), _glue(glue_dir, "mrpc", split))
-    assert set(metrics.compute_metrics("custom", np.array([0, 1, 1]), np.array([0, 1, 0]))) == \
-        {"accuracy", "f1", "accuracy_and_f1"}
+    assert set(metrics.compute_metrics("custom", np.array([0, 1, 1]), np.array([0, 1, 0]))) == {
+        "accuracy",
+        "f1",
+        "accuracy_and_f1",
+    }
 
 
 def test_mrpc_as_parquet_and_tsv_and_a_test_file_without_labels(glue_dir, tmp_path):
@@ -109,17 +123,31 @@ def test_mrpc_as_parquet_and_tsv_and_a_test_file_without_labels(glue_dir, tmp_pa
         if split != "test":
             columns["y"] = [bool(y) for y in ex.labels]  # booleans: labels "false", "true"
         files[split] = _write_parquet(tmp_path / f"{split}.parquet", columns)
-    task = build_task(dict(train_file=files["train"], dev_file=files["dev"], test_file=files["test"],
-                           text_a="s1", text_b="s2", label="y"))
+    task = build_task(
+        dict(
+            train_file=files["train"],
+            dev_file=files["dev"],
+            test_file=files["test"],
+            text_a="s1",
+            text_b="s2",
+            label="y",
+        )
+    )
     assert task.label_names == ("false", "true") and task.splits == ("train", "dev", "test")
     _same(load_examples(task, "dev"), _glue(glue_dir, "mrpc", "dev"))
     test = load_examples(task, "test")
     assert not test.has_labels and (test.labels == -1).all()
     assert test.text_a == read_glue_dir("mrpc", "test", glue_dir).head(N).text_a
     # The GLUE TSVs themselves, read as generic TSVs (no quoting; BOM in the header).
-    tsv = build_task(dict(train_file=os.path.join(glue_dir, "MRPC", "train.tsv"),
-                          dev_file=os.path.join(glue_dir, "MRPC", "dev.tsv"),
-                          text_a="#1 String", text_b="#2 String", label="Quality"))
+    tsv = build_task(
+        dict(
+            train_file=os.path.join(glue_dir, "MRPC", "train.tsv"),
+            dev_file=os.path.join(glue_dir, "MRPC", "dev.tsv"),
+            text_a="#1 String",
+            text_b="#2 String",
+            label="Quality",
+        )
+    )
     _same(load_examples(tsv, "dev"), read_glue_dir("mrpc", "dev", glue_dir))
 
 
@@ -145,9 +173,20 @@ def test_task_from_a_run_config():
 
     config = ml_collections.ConfigDict({"data": {"task": "SST-2"}})
     assert task_from_config(config) is TASKS["sst2"]
-    assert set(CUSTOM_DEFAULTS) >= {"train_file", "dev_file", "test_file", "format", "hf_dataset",
-                                    "hf_config", "text_a", "text_b", "label", "label_names",
-                                    "regression", "metric"}
+    assert set(CUSTOM_DEFAULTS) >= {
+        "train_file",
+        "dev_file",
+        "test_file",
+        "format",
+        "hf_dataset",
+        "hf_config",
+        "text_a",
+        "text_b",
+        "label",
+        "label_names",
+        "regression",
+        "metric",
+    }
 
 
 def test_metrics_f1_macro_and_defaults_per_kind(tmp_path):
@@ -241,8 +280,9 @@ def test_unreadable_formats(tmp_path, sentences):
 
 def test_label_names_given_twice(sentences):
     with pytest.raises(ConfigError, match="data.custom.label_names lists label 'positive' twice"):
-        build_task(dict(train_file=sentences, dev_file=sentences, text_a="text",
-                        label_names="negative,positive,positive"))
+        build_task(
+            dict(train_file=sentences, dev_file=sentences, text_a="text", label_names="negative,positive,positive")
+        )
 
 
 def test_a_task_needs_train_and_dev(sentences):
@@ -278,8 +318,7 @@ def test_reinit_classifier_for_another_label_count(tmp_path, caplog):
     assert "(2, 32)" in msg and "(3, 32)" in msg and "model.reinit_classifier=True" in msg
     assert "ignore_mismatched_sizes=True" in msg
     with caplog.at_level("WARNING"):
-        model = load_pretrained(str(tmp_path), 3, with_tokenizer=False, ignore_mismatched_sizes=True,
-                                seed=1)
+        model = load_pretrained(str(tmp_path), 3, with_tokenizer=False, ignore_mismatched_sizes=True, seed=1)
     warnings = [r.getMessage() for r in caplog.records if "re-initialising" in r.getMessage()]
     assert len(warnings) == 1 and "(2, 32)" in warnings[0] and "(3, 32)" in warnings[0]
     assert model.params["layers"]["exit"]["classifier"]["kernel"].shape[-1] == 3
@@ -290,8 +329,9 @@ def test_reinit_classifier_for_another_label_count(tmp_path, caplog):
     from safetensors.numpy import load_file
 
     stored = load_file(str(tmp_path / "model.safetensors"))["classifier.weight"]
-    np.testing.assert_allclose(np.asarray(two.params["layers"]["exit"]["classifier"]["kernel"][-1]).T,
-                               stored, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(two.params["layers"]["exit"]["classifier"]["kernel"][-1]).T, stored, rtol=1e-6
+    )
 
 
 # ------------------------------------------------------------------- the demo, anywhere
@@ -303,7 +343,6 @@ def test_demo_reads_glue_dir_then_shared_glue_then_the_hub(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     from configs.demo import glue_location
-
     from rome_jax import run_config
 
     shared = tmp_path / "shared" / "glue"

@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 import pytest
-import tiny_hf
 
+import tiny_hf
 from rome_jax import run_config, trainer
 from rome_jax.data import read_glue_dir
 from rome_jax.errors import CheckpointError
@@ -28,10 +28,20 @@ pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLASSES = ("short", "medium", "long")  # by word count: a learnable three-class label
 
-SMALL = {"data.max_length": 32, "data.train_max_examples": 48, "data.eval_max_examples": 20,
-         "train.batch_size": 4, "train.eval_batch_size": 8, "train.learning_rate": 1e-3,
-         "train.max_steps": 6, "train.log_every": 3, "train.eval_every": 6,
-         "train.checkpoint_every": 2, "train.keep_checkpoints": 2, "train.warmup_ratio": 0.0}
+SMALL = {
+    "data.max_length": 32,
+    "data.train_max_examples": 48,
+    "data.eval_max_examples": 20,
+    "train.batch_size": 4,
+    "train.eval_batch_size": 8,
+    "train.learning_rate": 1e-3,
+    "train.max_steps": 6,
+    "train.log_every": 3,
+    "train.eval_every": 6,
+    "train.checkpoint_every": 2,
+    "train.keep_checkpoints": 2,
+    "train.warmup_ratio": 0.0,
+}
 
 
 def _length_class(text):
@@ -67,8 +77,16 @@ def tiny_model(tmp_path_factory, minilm_path):
     from transformers import AutoTokenizer
 
     path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(path, num_labels=2, vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    tiny_hf.make_bert(
+        path,
+        num_labels=2,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
     return str(path)
 
@@ -76,34 +94,53 @@ def tiny_model(tmp_path_factory, minilm_path):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, glue_dir):
     cache = tmp_path_factory.mktemp("jax_cache")
-    return {**os.environ, "GLUE_DIR": glue_dir, "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "GLUE_DIR": glue_dir,
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def _classes(data, tiny_model, **more):
-    return {"model.name_or_path": tiny_model, "model.reinit_classifier": True,
-            "data.custom.train_file": data["train_csv"], "data.custom.dev_file": data["dev_csv"],
-            "data.custom.text_a": "text", "data.custom.label": "size", **SMALL, **more}
+    return {
+        "model.name_or_path": tiny_model,
+        "model.reinit_classifier": True,
+        "data.custom.train_file": data["train_csv"],
+        "data.custom.dev_file": data["dev_csv"],
+        "data.custom.text_a": "text",
+        "data.custom.label": "size",
+        **SMALL,
+        **more,
+    }
 
 
 def _regression(data, tiny_model, **more):
-    return {"model.name_or_path": tiny_model, "model.reinit_classifier": True,
-            "data.custom.train_file": data["train_jsonl"], "data.custom.dev_file": data["dev_jsonl"],
-            "data.custom.text_a": "review", "data.custom.label": "score",
-            "data.custom.regression": True, **SMALL, **more}
+    return {
+        "model.name_or_path": tiny_model,
+        "model.reinit_classifier": True,
+        "data.custom.train_file": data["train_jsonl"],
+        "data.custom.dev_file": data["dev_jsonl"],
+        "data.custom.text_a": "review",
+        "data.custom.label": "score",
+        "data.custom.regression": True,
+        **SMALL,
+        **more,
+    }
 
 
 def _run(env, script, *args, expect=0):
-    proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc
 
 
 def _train_args(workdir, overrides):
-    return ["--config=configs/custom.py", f"--workdir={workdir}",
-            *(f"--config.{k}={v}" for k, v in overrides.items())]
+    return ["--config=configs/custom.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
 
 
 def records(workdir):
@@ -127,8 +164,14 @@ def test_three_classes_train_eval_export_cache_and_resume(env, data, tiny_model,
 
     # eval.py: every exit, the sweeps and the plots, in a fresh process.
     out = tmp_path / "eval"
-    proc = _run(env, "eval.py", f"--workdir={workdir}", f"--output_dir={out}", "--no_timing",
-                "--sweeps=entropy:0.3,1.0;patience:1")
+    proc = _run(
+        env,
+        "eval.py",
+        f"--workdir={workdir}",
+        f"--output_dir={out}",
+        "--no_timing",
+        "--sweeps=entropy:0.3,1.0;patience:1",
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "custom" and results["metric"] == "accuracy"
     assert results["num_examples"] == 64 and [r["exit"] for r in results["per_exit"]] == [1, 2]
@@ -191,9 +234,17 @@ def test_regression_trains_evaluates_and_exports(data, tiny_model, tmp_path):
     model = load_pretrained(str(workdir / "model"))
     task = task_from_config(run_config.read_workdir_config(workdir))
     features = tokenize_examples(load_examples(task, "dev"), model.tokenizer, 32)
-    results = evaluation.evaluate_split(model.config, model.params, task, "dev", features,
-                                        sweeps={"patience": [1]}, batch_size=16, timing=False,
-                                        log=lambda m: None)
+    results = evaluation.evaluate_split(
+        model.config,
+        model.params,
+        task,
+        "dev",
+        features,
+        sweeps={"patience": [1]},
+        batch_size=16,
+        timing=False,
+        log=lambda m: None,
+    )
     assert results["metric"] == "pearson_and_spearman" and len(results["per_exit"]) == 2
     assert "pearson" in results["sweep"][0]
 
@@ -206,9 +257,15 @@ def test_missing_reinit_in_process_names_the_option(data, tiny_model, tmp_path):
 
 @pytest.mark.parametrize("mode", [m for m in MODES if m not in ("romebert", "pabee")])
 def test_every_mode_trains_on_a_custom_task(data, tiny_model, tmp_path, mode):
-    overrides = {"train.mode": mode, "train.max_steps": 2, "train.eval_every": 0,
-                 "train.checkpoint_every": 0, "train.log_every": 2, "data.train_max_examples": 16,
-                 "data.eval_max_examples": 8}
+    overrides = {
+        "train.mode": mode,
+        "train.max_steps": 2,
+        "train.eval_every": 0,
+        "train.checkpoint_every": 0,
+        "train.log_every": 2,
+        "data.train_max_examples": 16,
+        "data.eval_max_examples": 8,
+    }
     config = _config(_classes(data, tiny_model, **overrides))
     result = trainer.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert not result.preempted and "exit_2/accuracy" in result.final_eval["dev"]

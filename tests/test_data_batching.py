@@ -16,8 +16,13 @@ from rome_jax.errors import ConfigError
 def synthetic(n=10, t=4, regression=False):
     ids = np.repeat(np.arange(n, dtype=np.int32)[:, None], t, axis=1)
     labels = np.arange(n, dtype=np.float32) / 2 if regression else (np.arange(n) % 3).astype(np.int32)
-    return Features(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids),
-                    labels=labels, index=np.arange(100, 100 + n, dtype=np.int64))
+    return Features(
+        input_ids=ids,
+        attention_mask=np.ones_like(ids),
+        token_type_ids=np.zeros_like(ids),
+        labels=labels,
+        index=np.arange(100, 100 + n, dtype=np.int64),
+    )
 
 
 def take(iterator, k):
@@ -34,15 +39,23 @@ def test_batches_static_shapes_and_dtypes():
 
 def test_shuffle_is_determined_by_seed_and_epoch():
     def rows(seed):
-        return np.concatenate([b["input_ids"][:, 0] for b in take(BatchIterator(
-            synthetic(), 5, shuffle=True, seed=seed, drop_remainder=True), 6)])
+        return np.concatenate(
+            [
+                b["input_ids"][:, 0]
+                for b in take(BatchIterator(synthetic(), 5, shuffle=True, seed=seed, drop_remainder=True), 6)
+            ]
+        )
 
     assert (rows(3) == rows(3)).all() and not (rows(3) == rows(4)).all()
     first, second = rows(3)[:10], rows(3)[10:20]
     assert sorted(first) == sorted(second) == list(range(10)) and not (first == second).all()
     np.testing.assert_array_equal(first, np.random.default_rng([3, 0]).permutation(10))
-    unshuffled = np.concatenate([b["input_ids"][:, 0] for b in take(BatchIterator(
-        synthetic(), 5, shuffle=False, seed=3, drop_remainder=True), 2)])
+    unshuffled = np.concatenate(
+        [
+            b["input_ids"][:, 0]
+            for b in take(BatchIterator(synthetic(), 5, shuffle=False, seed=3, drop_remainder=True), 2)
+        ]
+    )
     assert unshuffled.tolist() == list(range(10))
 
 
@@ -50,8 +63,12 @@ def test_negative_seed_shuffles_deterministically():
     # train.seed may be any int (jax.random.PRNGKey(-1) is fine); numpy's SeedSequence
     # refuses negative entries, so the iterator takes the seed modulo 2**64.
     def rows(seed, epochs=2):
-        return np.concatenate([b["index"] for b in take(BatchIterator(
-            synthetic(), 5, shuffle=True, seed=seed, drop_remainder=True), 2 * epochs)])
+        return np.concatenate(
+            [
+                b["index"]
+                for b in take(BatchIterator(synthetic(), 5, shuffle=True, seed=seed, drop_remainder=True), 2 * epochs)
+            ]
+        )
 
     first = rows(-1)
     assert (first == rows(-1)).all() and sorted(first[:10].tolist()) == list(range(100, 110))
@@ -86,8 +103,21 @@ def test_process_shards_cover_the_global_batch():
     features = synthetic(n=11)
     for drop in (True, False):
         whole = list(BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop, num_epochs=2))
-        shards = [list(BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop,
-                                     num_epochs=2, process_index=p, process_count=2)) for p in (0, 1)]
+        shards = [
+            list(
+                BatchIterator(
+                    features,
+                    6,
+                    shuffle=True,
+                    seed=7,
+                    drop_remainder=drop,
+                    num_epochs=2,
+                    process_index=p,
+                    process_count=2,
+                )
+            )
+            for p in (0, 1)
+        ]
         assert len(shards[0]) == len(shards[1]) == len(whole)
         for g, s0, s1 in zip(whole, *shards):
             for key in g:
@@ -123,8 +153,13 @@ def varied(n=37, t=32, seed=0):
     positions = np.arange(t)[None, :]
     mask = (positions < lengths[:, None]).astype(np.int32)
     ids = np.where(mask, np.arange(n, dtype=np.int32)[:, None] + 1, 0).astype(np.int32)
-    return Features(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
-                    labels=(np.arange(n) % 2).astype(np.int32), index=np.arange(100, 100 + n, dtype=np.int64)), lengths
+    return Features(
+        input_ids=ids,
+        attention_mask=mask,
+        token_type_ids=np.zeros_like(ids),
+        labels=(np.arange(n) % 2).astype(np.int32),
+        index=np.arange(100, 100 + n, dtype=np.int64),
+    ), lengths
 
 
 BUCKETS = (4, 8, 16, 32)
@@ -149,7 +184,7 @@ def test_buckets_visit_every_example_once_and_cut_to_a_bucket_that_holds_the_row
     assert len(widths) > 1  # several buckets met
     per_epoch = iterator.steps_per_epoch
     for epoch in range(2):
-        seen = np.concatenate([b["index"] for b in batches[epoch * per_epoch:(epoch + 1) * per_epoch]])
+        seen = np.concatenate([b["index"] for b in batches[epoch * per_epoch : (epoch + 1) * per_epoch]])
         assert len(seen) == len(set(seen.tolist())) == 36  # one partial batch (1 row) dropped
     first = [b["index"].tolist() for b in batches[:per_epoch]]
     second = [b["index"].tolist() for b in batches[per_epoch:]]
@@ -198,8 +233,7 @@ def test_buckets_state_save_and_restore():
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     with pytest.raises(ConfigError, match="buckets"):
-        BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True,
-                      buckets=(8, 32)).set_state(state)
+        BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True, buckets=(8, 32)).set_state(state)
     with pytest.raises(ConfigError, match="buckets"):
         BatchIterator(features, 4, shuffle=True, seed=11, drop_remainder=True).set_state(state)
     old = {k: v for k, v in state.items() if k != "buckets"}  # a checkpoint from before buckets
@@ -210,10 +244,25 @@ def test_buckets_state_save_and_restore():
 def test_buckets_process_shards_cover_the_global_batch():
     features, _ = varied(n=41)
     for drop in (True, False):
-        whole = list(BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop, num_epochs=2,
-                                   buckets=BUCKETS))
-        shards = [list(BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop, num_epochs=2,
-                                     process_index=p, process_count=2, buckets=BUCKETS)) for p in (0, 1)]
+        whole = list(
+            BatchIterator(features, 6, shuffle=True, seed=7, drop_remainder=drop, num_epochs=2, buckets=BUCKETS)
+        )
+        shards = [
+            list(
+                BatchIterator(
+                    features,
+                    6,
+                    shuffle=True,
+                    seed=7,
+                    drop_remainder=drop,
+                    num_epochs=2,
+                    process_index=p,
+                    process_count=2,
+                    buckets=BUCKETS,
+                )
+            )
+            for p in (0, 1)
+        ]
         assert len(shards[0]) == len(shards[1]) == len(whole)
         for g, s0, s1 in zip(whole, *shards):
             for key in g:
@@ -226,8 +275,7 @@ def test_buckets_none_is_todays_batches():
     features, _ = varied()
     for drop, shuffle in ((True, True), (False, False)):
         a = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2))
-        b = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2,
-                               buckets=None))
+        b = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2, buckets=None))
         assert len(a) == len(b)
         for x, y in zip(a, b):
             assert x.keys() == y.keys()
@@ -240,8 +288,7 @@ def test_buckets_none_is_todays_batches():
     # so a run resumed from a checkpoint written before buckets continues unchanged
     for drop, shuffle in ((True, True), (False, False)):
         a = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2))
-        b = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2,
-                               buckets=(32,)))
+        b = list(BatchIterator(features, 4, shuffle=shuffle, seed=2, drop_remainder=drop, num_epochs=2, buckets=(32,)))
         assert len(a) == len(b)
         for x, y in zip(a, b):
             for key in x:

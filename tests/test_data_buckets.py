@@ -57,8 +57,13 @@ def _reference_batches(order, lengths, buckets, batch_size, drop_remainder):
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 80), batch_size=st.integers(1, 9), max_length=st.integers(4, 70),
-       seed=st.integers(0, 1000), drop=st.booleans())
+@given(
+    n=st.integers(1, 80),
+    batch_size=st.integers(1, 9),
+    max_length=st.integers(4, 70),
+    seed=st.integers(0, 1000),
+    drop=st.booleans(),
+)
 def test_bucket_batches_follow_the_rule(n, batch_size, max_length, seed, drop):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, max_length + 1, n)
@@ -69,9 +74,9 @@ def test_bucket_batches_follow_the_rule(n, batch_size, max_length, seed, drop):
     assert [(list(r), L) for r, L in got] == want
     rows = np.concatenate([r for r, _ in got]) if got else np.zeros(0, int)
     real = rows[rows >= 0]
-    assert len(set(real.tolist())) == len(real)              # no row twice
+    assert len(set(real.tolist())) == len(real)  # no row twice
     assert len(got) == (n // batch_size if drop else -(-n // batch_size))
-    for r, L in got:                                          # every row fits its cut
+    for r, L in got:  # every row fits its cut
         assert all(lengths[x] <= L for x in r if x >= 0)
 
 
@@ -86,8 +91,8 @@ def test_shuffled_batches_mix_lengths_and_are_seeded():
     assert [(r.tolist(), L) for r, L in a] == [(r.tolist(), L) for r, L in b]
     assert [L for _, L in a] != [L for _, L in c]
     plain = B.bucket_batches(order, lengths, buckets, 8, drop_remainder=True)
-    assert [L for _, L in plain] == sorted(L for _, L in plain)   # unshuffled: shortest first
-    assert [L for _, L in a] != [L for _, L in plain]            # shuffled: lengths mixed
+    assert [L for _, L in plain] == sorted(L for _, L in plain)  # unshuffled: shortest first
+    assert [L for _, L in a] != [L for _, L in plain]  # shuffled: lengths mixed
     assert sorted(map(tuple, (r for r, _ in a))) == sorted(map(tuple, (r for r, _ in plain)))
 
 

@@ -24,13 +24,23 @@ from rome_jax.glue import TASKS, check_split, get_task
 def test_package_reexports_the_public_names_of_its_modules():
     """`from rome_jax.data import X` works for every public name of the three modules."""
     for module in (examples, features, batching):
-        public = {name for name, value in vars(module).items() if not name.startswith("_")
-                  and (getattr(value, "__module__", None) == module.__name__ or name.isupper())}
+        public = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_") and (getattr(value, "__module__", None) == module.__name__ or name.isupper())
+        }
         for name in public - {"logger"}:
             assert name in rome_jax.data.__all__, f"{module.__name__}.{name} is not re-exported"
             assert getattr(rome_jax.data, name) is getattr(module, name)
-    assert set(rome_jax.data.__all__) >= {"Examples", "load_examples", "read_text_file", "Features",
-                                          "tokenize_examples", "tokenize_texts", "BatchIterator"}
+    assert set(rome_jax.data.__all__) >= {
+        "Examples",
+        "load_examples",
+        "read_text_file",
+        "Features",
+        "tokenize_examples",
+        "tokenize_texts",
+        "BatchIterator",
+    }
 
 
 # ----------------------------------------------------------------------------- registry
@@ -78,19 +88,31 @@ def test_unknown_split_lists_splits(tmp_path):
 # ----------------------------------------------------------------------- real GLUE files
 
 REAL_COUNTS = {
-    ("rte", "train"): 2490, ("rte", "dev"): 277, ("rte", "test"): 3000,
-    ("mrpc", "train"): 3668, ("mrpc", "dev"): 408, ("mrpc", "test"): 1725,
-    ("sst2", "train"): 67349, ("sst2", "dev"): 872, ("sst2", "test"): 1821,
-    ("wnli", "train"): 635, ("wnli", "dev"): 71, ("wnli", "test"): 146,
+    ("rte", "train"): 2490,
+    ("rte", "dev"): 277,
+    ("rte", "test"): 3000,
+    ("mrpc", "train"): 3668,
+    ("mrpc", "dev"): 408,
+    ("mrpc", "test"): 1725,
+    ("sst2", "train"): 67349,
+    ("sst2", "dev"): 872,
+    ("sst2", "test"): 1821,
+    ("wnli", "train"): 635,
+    ("wnli", "dev"): 71,
+    ("wnli", "test"): 146,
 }
 
 # Label counts by label id, counted once with pandas (sep="\t", quoting=3) as a
 # second, independent reader.
 REAL_LABEL_COUNTS = {
-    ("rte", "train"): [1249, 1241], ("rte", "dev"): [146, 131],
-    ("mrpc", "train"): [1194, 2474], ("mrpc", "dev"): [129, 279],
-    ("sst2", "train"): [29780, 37569], ("sst2", "dev"): [428, 444],
-    ("wnli", "train"): [323, 312], ("wnli", "dev"): [40, 31],
+    ("rte", "train"): [1249, 1241],
+    ("rte", "dev"): [146, 131],
+    ("mrpc", "train"): [1194, 2474],
+    ("mrpc", "dev"): [129, 279],
+    ("sst2", "train"): [29780, 37569],
+    ("sst2", "dev"): [428, 444],
+    ("wnli", "train"): [323, 312],
+    ("wnli", "dev"): [40, 31],
 }
 
 
@@ -114,8 +136,7 @@ def test_real_files_agree_with_pandas(glue_dir, task, split):
     import pandas as pd
 
     path = Path(glue_dir) / get_task(task).glue_dir_name / f"{split}.tsv"
-    frame = pd.read_csv(path, sep="\t", quoting=3, dtype=str, keep_default_na=False,
-                        encoding="utf-8-sig")
+    frame = pd.read_csv(path, sep="\t", quoting=3, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     examples = load_examples(task, split, data_dir=glue_dir)
     columns = {"mrpc": ("#1 String", "#2 String"), "sst2": ("sentence",)}.get(task, ("sentence1", "sentence2"))
     assert examples.text_a == frame[columns[0]].tolist()
@@ -140,8 +161,9 @@ def test_real_first_and_last_examples(glue_dir):
     sst = load_examples("sst2", "train", data_dir=glue_dir)
     assert sst.text_a[0] == "hide new secretions from the parental units "  # trailing space kept
     assert sst.labels[0] == 0
-    assert sst.text_a[-1] == ("this new jangle of noise , mayhem and stupidity must be a serious "
-                              "contender for the title . ")
+    assert sst.text_a[-1] == (
+        "this new jangle of noise , mayhem and stupidity must be a serious contender for the title . "
+    )
     sst_test = load_examples("sst2", "test", data_dir=glue_dir)
     assert sst_test.text_a[-1].startswith("dazzling and sugar-sweet , a blast")
     assert sst_test.index[-1] == 1820
@@ -153,8 +175,9 @@ def test_real_first_and_last_examples(glue_dir):
 
 def test_real_mrpc_bom_and_quotes(glue_dir):
     train = load_examples("mrpc", "train", data_dir=glue_dir)
-    assert train.text_a[0] == ('Amrozi accused his brother , whom he called " the witness " , '
-                               "of deliberately distorting his evidence .")
+    assert train.text_a[0] == (
+        'Amrozi accused his brother , whom he called " the witness " , of deliberately distorting his evidence .'
+    )
     assert train.labels[0] == 1 and not train.text_a[0].startswith("\ufeff")
     dev = load_examples("mrpc", "dev", data_dir=glue_dir)
     assert dev.text_b[0] == '" The foodservice pie business does not fit our long-term growth strategy .'
@@ -175,8 +198,9 @@ def test_max_examples_and_glue_dir_env(glue_dir, monkeypatch):
 def test_real_hf_tsv_source_matches_dir_source(glue_dir, tmp_path):
     for task in ("rte", "mrpc"):
         via_dir = load_examples(task, "dev", data_dir=glue_dir)
-        via_hf = read_hf_datasets(task, "dev", data_files=Path(glue_dir) / via_dir.source_files[0],
-                                  cache_dir=str(tmp_path))
+        via_hf = read_hf_datasets(
+            task, "dev", data_files=Path(glue_dir) / via_dir.source_files[0], cache_dir=str(tmp_path)
+        )
         assert via_hf.text_a == via_dir.text_a and via_hf.text_b == via_dir.text_b
         np.testing.assert_array_equal(via_hf.labels, via_dir.labels)
 
@@ -194,15 +218,30 @@ def tsv(*fields: str) -> str:
     return "\t".join(fields)
 
 
-COLA_ROWS = [tsv("gj04", "1", "", "Our friends won't buy this analysis, let alone the next one we propose."),
-             tsv("gj04", "0", "*", 'They drank the "pub.'),
-             tsv("clc95", "1", "", "The more we study verbs, the crazier they get.")]
-STSB_HEADER = ["index", "genre", "filename", "year", "old_index", "source1", "source2",
-               "sentence1", "sentence2"]
-MNLI_PARSES = ["( ( The ( new rights ) ) ( are ( nice enough ) ) )", "( Everyone ( really likes ) )",
-               "(ROOT (S (NP (DT The))))", "(ROOT (S (NP (NN Everyone))))"]
-MNLI_TRAIN_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse",
-                     "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+COLA_ROWS = [
+    tsv("gj04", "1", "", "Our friends won't buy this analysis, let alone the next one we propose."),
+    tsv("gj04", "0", "*", 'They drank the "pub.'),
+    tsv("clc95", "1", "", "The more we study verbs, the crazier they get."),
+]
+STSB_HEADER = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"]
+MNLI_PARSES = [
+    "( ( The ( new rights ) ) ( are ( nice enough ) ) )",
+    "( Everyone ( really likes ) )",
+    "(ROOT (S (NP (DT The))))",
+    "(ROOT (S (NP (NN Everyone))))",
+]
+MNLI_TRAIN_HEADER = [
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+]
 
 
 @pytest.fixture
@@ -210,58 +249,239 @@ def fixture_glue(tmp_path):
     root = tmp_path / "glue"
     write(root / "CoLA" / "train.tsv", COLA_ROWS)
     write(root / "CoLA" / "dev.tsv", COLA_ROWS[:2])
-    write(root / "CoLA" / "test.tsv", ["index\tsentence", tsv("0", "Bill whistled past the house."),
-                                       tsv("1", "The car honked its way down the road.")])
-    write(root / "STS-B" / "train.tsv", [tsv(*STSB_HEADER, "score"),
-          tsv("0", "main-captions", "MSRvid", "2012test", "0001", "none", "none",
-              "A plane is taking off.", "An air plane is taking off.", "5.000"),
-          tsv("1", "main-captions", "MSRvid", "2012test", "0004", "none", "none",
-              "A man is playing a large flute.", "A man is playing a flute.", "3.800")])
-    write(root / "STS-B" / "dev.tsv", [tsv(*STSB_HEADER, "score"),
-          tsv("0", "main-captions", "MSRvid", "2012test", "0000", "none", "none",
-              "A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", "5.000")])
-    write(root / "STS-B" / "test.tsv", [tsv(*STSB_HEADER),
-          tsv("0", "main-forums", "deft-forum", "2014", "0001", "none", "none",
-              "A girl is styling her hair.", "A girl is brushing her hair.")])
-    write(root / "MNLI" / "train.tsv", [tsv(*MNLI_TRAIN_HEADER, "label1", "gold_label"),
-          tsv("0", "31193", "31193n", "government", *MNLI_PARSES,
-              "Conceptually cream skimming has two basic dimensions - product and geography.",
-              "Product and geography are what make cream skimming work. ", "neutral", "neutral")])
+    write(
+        root / "CoLA" / "test.tsv",
+        [
+            "index\tsentence",
+            tsv("0", "Bill whistled past the house."),
+            tsv("1", "The car honked its way down the road."),
+        ],
+    )
+    write(
+        root / "STS-B" / "train.tsv",
+        [
+            tsv(*STSB_HEADER, "score"),
+            tsv(
+                "0",
+                "main-captions",
+                "MSRvid",
+                "2012test",
+                "0001",
+                "none",
+                "none",
+                "A plane is taking off.",
+                "An air plane is taking off.",
+                "5.000",
+            ),
+            tsv(
+                "1",
+                "main-captions",
+                "MSRvid",
+                "2012test",
+                "0004",
+                "none",
+                "none",
+                "A man is playing a large flute.",
+                "A man is playing a flute.",
+                "3.800",
+            ),
+        ],
+    )
+    write(
+        root / "STS-B" / "dev.tsv",
+        [
+            tsv(*STSB_HEADER, "score"),
+            tsv(
+                "0",
+                "main-captions",
+                "MSRvid",
+                "2012test",
+                "0000",
+                "none",
+                "none",
+                "A man with a hard hat is dancing.",
+                "A man wearing a hard hat is dancing.",
+                "5.000",
+            ),
+        ],
+    )
+    write(
+        root / "STS-B" / "test.tsv",
+        [
+            tsv(*STSB_HEADER),
+            tsv(
+                "0",
+                "main-forums",
+                "deft-forum",
+                "2014",
+                "0001",
+                "none",
+                "none",
+                "A girl is styling her hair.",
+                "A girl is brushing her hair.",
+            ),
+        ],
+    )
+    write(
+        root / "MNLI" / "train.tsv",
+        [
+            tsv(*MNLI_TRAIN_HEADER, "label1", "gold_label"),
+            tsv(
+                "0",
+                "31193",
+                "31193n",
+                "government",
+                *MNLI_PARSES,
+                "Conceptually cream skimming has two basic dimensions - product and geography.",
+                "Product and geography are what make cream skimming work. ",
+                "neutral",
+                "neutral",
+            ),
+        ],
+    )
     dev_header = tsv(*MNLI_TRAIN_HEADER, "label1", "label2", "label3", "label4", "label5", "gold_label")
-    write(root / "MNLI" / "dev_matched.tsv", [dev_header,
-          tsv("0", "63735", "63735n", "slate", *MNLI_PARSES, "The new rights are nice enough",
-              "Everyone really likes the newest benefits ", "neutral", "entailment", "neutral",
-              "neutral", "neutral", "neutral"),
-          tsv("1", "91383", "91383c", "government", *MNLI_PARSES, "This site includes a list.",
-              'The Government "Executive articles.', "contradiction", "contradiction", "contradiction",
-              "contradiction", "contradiction", "contradiction")])
-    write(root / "MNLI" / "dev_mismatched.tsv", [dev_header,
-          tsv("0", "75290", "75290c", "letters", *MNLI_PARSES, "Your contribution helped.",
-              "Your contributions were of no help.", "contradiction", "contradiction",
-              "contradiction", "contradiction", "contradiction", "contradiction"),
-          tsv("1", "133794", "133794c", "verbatim", *MNLI_PARSES, "The answer is yes.",
-              "The answer is yes.", "entailment", "entailment", "entailment", "entailment",
-              "entailment", "entailment")])
-    write(root / "MNLI" / "test_matched.tsv", [tsv(*MNLI_TRAIN_HEADER),
-          tsv("0", "31493", "31493", "travel", *MNLI_PARSES, "Hierbas, ans seco, ans dulce.",
-              "Hierbas is a name worth looking out for.")])
-    write(root / "QQP" / "train.tsv", ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
-          tsv("133273", "213221", "213222", "How is the life of a math student?",
-              "Which level of prepration is enough for the exam jlpt5?", "0"),
-          tsv("402555", "536040", "536041", "How do I control my horny emotions?",
-              "How do you control your horniness?", "1")])
-    write(root / "QQP" / "test.tsv", ["id\tquestion1\tquestion2",
-          tsv("0", "Why do rockets look white?", "Why are rockets and boosters painted white?")])
-    write(root / "QNLI" / "dev.tsv", ["index\tquestion\tsentence\tlabel",
-          tsv("0", "What came into force after the new constitution was herald?",
-              "As of that day, the new constitution heralding the Second Republic came into force.",
-              "entailment"),
-          tsv("1", "What is the first major city in the stream of the Rhine?",
-              "The most important tributaries in this area are the Ill below of Strasbourg.",
-              "not_entailment")])
-    write(root / "diagnostic" / "diagnostic.tsv", ["index\tsentence1\tsentence2",
-          tsv("0", "The cat sat on the mat.", "The cat did not sit on the mat."),
-          tsv("1", "The cat did not sit on the mat.", "The cat sat on the mat.")])
+    write(
+        root / "MNLI" / "dev_matched.tsv",
+        [
+            dev_header,
+            tsv(
+                "0",
+                "63735",
+                "63735n",
+                "slate",
+                *MNLI_PARSES,
+                "The new rights are nice enough",
+                "Everyone really likes the newest benefits ",
+                "neutral",
+                "entailment",
+                "neutral",
+                "neutral",
+                "neutral",
+                "neutral",
+            ),
+            tsv(
+                "1",
+                "91383",
+                "91383c",
+                "government",
+                *MNLI_PARSES,
+                "This site includes a list.",
+                'The Government "Executive articles.',
+                "contradiction",
+                "contradiction",
+                "contradiction",
+                "contradiction",
+                "contradiction",
+                "contradiction",
+            ),
+        ],
+    )
+    write(
+        root / "MNLI" / "dev_mismatched.tsv",
+        [
+            dev_header,
+            tsv(
+                "0",
+                "75290",
+                "75290c",
+                "letters",
+                *MNLI_PARSES,
+                "Your contribution helped.",
+                "Your contributions were of no help.",
+                "contradiction",
+                "contradiction",
+                "contradiction",
+                "contradiction",
+                "contradiction",
+                "contradiction",
+            ),
+            tsv(
+                "1",
+                "133794",
+                "133794c",
+                "verbatim",
+                *MNLI_PARSES,
+                "The answer is yes.",
+                "The answer is yes.",
+                "entailment",
+                "entailment",
+                "entailment",
+                "entailment",
+                "entailment",
+                "entailment",
+            ),
+        ],
+    )
+    write(
+        root / "MNLI" / "test_matched.tsv",
+        [
+            tsv(*MNLI_TRAIN_HEADER),
+            tsv(
+                "0",
+                "31493",
+                "31493",
+                "travel",
+                *MNLI_PARSES,
+                "Hierbas, ans seco, ans dulce.",
+                "Hierbas is a name worth looking out for.",
+            ),
+        ],
+    )
+    write(
+        root / "QQP" / "train.tsv",
+        [
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+            tsv(
+                "133273",
+                "213221",
+                "213222",
+                "How is the life of a math student?",
+                "Which level of prepration is enough for the exam jlpt5?",
+                "0",
+            ),
+            tsv(
+                "402555",
+                "536040",
+                "536041",
+                "How do I control my horny emotions?",
+                "How do you control your horniness?",
+                "1",
+            ),
+        ],
+    )
+    write(
+        root / "QQP" / "test.tsv",
+        [
+            "id\tquestion1\tquestion2",
+            tsv("0", "Why do rockets look white?", "Why are rockets and boosters painted white?"),
+        ],
+    )
+    write(
+        root / "QNLI" / "dev.tsv",
+        [
+            "index\tquestion\tsentence\tlabel",
+            tsv(
+                "0",
+                "What came into force after the new constitution was herald?",
+                "As of that day, the new constitution heralding the Second Republic came into force.",
+                "entailment",
+            ),
+            tsv(
+                "1",
+                "What is the first major city in the stream of the Rhine?",
+                "The most important tributaries in this area are the Ill below of Strasbourg.",
+                "not_entailment",
+            ),
+        ],
+    )
+    write(
+        root / "diagnostic" / "diagnostic.tsv",
+        [
+            "index\tsentence1\tsentence2",
+            tsv("0", "The cat sat on the mat.", "The cat did not sit on the mat."),
+            tsv("1", "The cat did not sit on the mat.", "The cat sat on the mat."),
+        ],
+    )
     return root
 
 
@@ -298,8 +518,10 @@ def test_mnli_matched_and_mismatched(fixture_glue):
     assert mismatched.labels.tolist() == [2, 0] and mismatched.split == "dev_mismatched"
     test = read_glue_dir("mnli", "test_matched", fixture_glue)
     assert test.text_a == ["Hierbas, ans seco, ans dulce."] and not test.has_labels
-    with pytest.raises(DataError, match="test_mismatched.tsv; files there: dev_matched.tsv, "
-                                        "dev_mismatched.tsv, test_matched.tsv, train.tsv"):
+    with pytest.raises(
+        DataError,
+        match="test_mismatched.tsv; files there: dev_matched.tsv, dev_mismatched.tsv, test_matched.tsv, train.tsv",
+    ):
         read_glue_dir("mnli", "test_mismatched", fixture_glue)
 
 
@@ -326,20 +548,42 @@ def test_crlf_line_endings(tmp_path):
     assert examples.text_b == ["b"] and examples.labels.tolist() == [1]
 
 
-@pytest.mark.parametrize("task,file,lines,message", [
-    ("rte", "RTE/train.tsv", ["index\tsentence1\tsentence2\tlabel", tsv("0", "a", "b", "entailment"),
-                              tsv("1", "a", "b")], r"RTE/train.tsv, line 3: expected 4 tab-separated fields"),
-    ("rte", "RTE/dev.tsv", ["index\tsentence1\tsentence2\tlabel", tsv("0", "a", "b", "maybe")],
-     r"RTE/dev.tsv, line 2: unknown label 'maybe' \(known: entailment, not_entailment\)"),
-    ("stsb", "STS-B/dev.tsv", [tsv(*STSB_HEADER, "score"), tsv("0", *"gfyoxy", "a", "b", "4.2"),
-                               tsv("1", *"gfyoxy", "a", "b", "high")],
-     r"STS-B/dev.tsv, line 3: score 'high' is not a finite number"),
-    ("cola", "CoLA/train.tsv", COLA_ROWS[:1] + ["gj04\t1\tOur friends"],
-     r"CoLA/train.tsv, line 2: expected 4 tab-separated fields"),
-    ("qqp", "QQP/dev.tsv", ["id\tqid1\tqid2\tquestion1\tquestion2", tsv("0", "1", "2", "a", "b")],
-     r"QQP/dev.tsv, line 1: header has no column 'is_duplicate'"),
-    ("sst2", "SST-2/train.tsv", ["sentence\tlabel", "fine\t0", "x\ty\t1"], r"SST-2/train.tsv, line 3"),
-])
+@pytest.mark.parametrize(
+    "task,file,lines,message",
+    [
+        (
+            "rte",
+            "RTE/train.tsv",
+            ["index\tsentence1\tsentence2\tlabel", tsv("0", "a", "b", "entailment"), tsv("1", "a", "b")],
+            r"RTE/train.tsv, line 3: expected 4 tab-separated fields",
+        ),
+        (
+            "rte",
+            "RTE/dev.tsv",
+            ["index\tsentence1\tsentence2\tlabel", tsv("0", "a", "b", "maybe")],
+            r"RTE/dev.tsv, line 2: unknown label 'maybe' \(known: entailment, not_entailment\)",
+        ),
+        (
+            "stsb",
+            "STS-B/dev.tsv",
+            [tsv(*STSB_HEADER, "score"), tsv("0", *"gfyoxy", "a", "b", "4.2"), tsv("1", *"gfyoxy", "a", "b", "high")],
+            r"STS-B/dev.tsv, line 3: score 'high' is not a finite number",
+        ),
+        (
+            "cola",
+            "CoLA/train.tsv",
+            COLA_ROWS[:1] + ["gj04\t1\tOur friends"],
+            r"CoLA/train.tsv, line 2: expected 4 tab-separated fields",
+        ),
+        (
+            "qqp",
+            "QQP/dev.tsv",
+            ["id\tqid1\tqid2\tquestion1\tquestion2", tsv("0", "1", "2", "a", "b")],
+            r"QQP/dev.tsv, line 1: header has no column 'is_duplicate'",
+        ),
+        ("sst2", "SST-2/train.tsv", ["sentence\tlabel", "fine\t0", "x\ty\t1"], r"SST-2/train.tsv, line 3"),
+    ],
+)
 def test_malformed_rows_name_file_and_line(tmp_path, task, file, lines, message):
     write(tmp_path / file, lines)
     split = Path(file).stem
@@ -380,17 +624,19 @@ def test_hf_parquet_in_hub_columns(tmp_path):
     import pyarrow.parquet as pq
 
     path = tmp_path / "validation_matched.parquet"
-    pq.write_table(pa.table({"premise": ["p0", "p1", "p2"], "hypothesis": ["h0", "h1", "h2"],
-                             "label": [2, 0, 1], "idx": [10, 11, 12]}), path)
-    examples = load_examples("mnli", "validation_matched", source="hf", data_files=str(path),
-                             max_examples=0)
+    pq.write_table(
+        pa.table(
+            {"premise": ["p0", "p1", "p2"], "hypothesis": ["h0", "h1", "h2"], "label": [2, 0, 1], "idx": [10, 11, 12]}
+        ),
+        path,
+    )
+    examples = load_examples("mnli", "validation_matched", source="hf", data_files=str(path), max_examples=0)
     assert examples.split == "dev_matched" and examples.text_a == ["p0", "p1", "p2"]
     assert examples.text_b == ["h0", "h1", "h2"] and examples.labels.tolist() == [2, 0, 1]
     assert examples.index.tolist() == [10, 11, 12] and examples.has_labels
 
     test_path = tmp_path / "stsb_test.parquet"
-    pq.write_table(pa.table({"sentence1": ["a"], "sentence2": ["b"], "label": [-1.0], "idx": [0]}),
-                   test_path)
+    pq.write_table(pa.table({"sentence1": ["a"], "sentence2": ["b"], "label": [-1.0], "idx": [0]}), test_path)
     test = read_hf_datasets("stsb", "test", data_files=[test_path], cache_dir=str(tmp_path / "c"))
     assert not test.has_labels and np.isnan(test.labels).all()
 
@@ -402,9 +648,14 @@ def test_hf_parquet_in_hub_columns(tmp_path):
 
 def test_hf_tsv_and_csv_files(tmp_path):
     # GLUE layout: bare quotes, strings that pandas would turn into NaN or numbers.
-    path = write(tmp_path / "dev.tsv", ["index\tquestion\tsentence\tlabel",
-                                        tsv("0", 'He said "hi', "null", "entailment"),
-                                        tsv("1", "007", "NaN", "not_entailment")])
+    path = write(
+        tmp_path / "dev.tsv",
+        [
+            "index\tquestion\tsentence\tlabel",
+            tsv("0", 'He said "hi', "null", "entailment"),
+            tsv("1", "007", "NaN", "not_entailment"),
+        ],
+    )
     examples = read_hf_datasets("qnli", "dev", data_files=path, cache_dir=str(tmp_path / "c"))
     assert examples.text_a == ['He said "hi', "007"] and examples.text_b == ["null", "NaN"]
     assert examples.labels.tolist() == [0, 1]
@@ -420,9 +671,14 @@ def test_hf_tsv_and_csv_files(tmp_path):
 
 
 def test_hf_tsv_parse_error_names_the_line(tmp_path):
-    path = write(tmp_path / "dev.tsv", ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
-                                        tsv("0", "1", "2", "a?", "b?", "0"),
-                                        tsv("1", "3", "4", "c?", "d?", "1", "extra")])
+    path = write(
+        tmp_path / "dev.tsv",
+        [
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+            tsv("0", "1", "2", "a?", "b?", "0"),
+            tsv("1", "3", "4", "c?", "d?", "1", "extra"),
+        ],
+    )
     with pytest.raises(DataError) as e:
         read_hf_datasets("qqp", "dev", data_files=path, cache_dir=str(tmp_path / "c"))
     message = str(e.value)
@@ -448,5 +704,6 @@ def test_tfds_without_tensorflow(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
     with pytest.raises(DataError) as e:
         load_examples("sst2", "dev", source="tfds")
-    assert str(e.value) == ("tensorflow-datasets' GLUE needs TensorFlow: pip install tensorflow "
-                            "(or use data.source=dir)")
+    assert str(e.value) == (
+        "tensorflow-datasets' GLUE needs TensorFlow: pip install tensorflow (or use data.source=dir)"
+    )

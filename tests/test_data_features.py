@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rome_jax.data.examples import Examples, load_examples
 from rome_jax.data.features import tokenize_examples, tokenizer_fingerprint
@@ -40,8 +41,14 @@ def tokenizer(minilm_path):
 
 def pair_examples(a, b, task="rte"):
     n = len(a)
-    return Examples(text_a=list(a), text_b=None if b is None else list(b),
-                    labels=np.zeros(n, np.int32), index=np.arange(n), task=task, split="dev")
+    return Examples(
+        text_a=list(a),
+        text_b=None if b is None else list(b),
+        labels=np.zeros(n, np.int32),
+        index=np.arange(n),
+        task=task,
+        split="dev",
+    )
 
 
 def test_tokenize_pairs_and_padding(tokenizer):
@@ -68,8 +75,7 @@ def test_tokenize_truncates_longest_first(tokenizer):
 def test_tokenize_matches_tokenizer_on_real_rows(glue_dir, tokenizer):
     examples = load_examples("rte", "dev", data_dir=glue_dir, max_examples=16)
     features = tokenize_examples(examples, tokenizer, 64)
-    expected = tokenizer(examples.text_a, examples.text_b, max_length=64, truncation=True,
-                         padding="max_length")
+    expected = tokenizer(examples.text_a, examples.text_b, max_length=64, truncation=True, padding="max_length")
     np.testing.assert_array_equal(features.input_ids, expected["input_ids"])
     np.testing.assert_array_equal(features.token_type_ids, expected["token_type_ids"])
     np.testing.assert_array_equal(features.labels, examples.labels)
@@ -92,8 +98,7 @@ def test_tokenize_cache_hit_skips_tokenizer(tokenizer, tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="tokenized"):  # other max_length: a miss
         tokenize_examples(examples, tokenizer, 11, cache_dir=tmp_path)
     with pytest.raises(AssertionError, match="tokenized"):  # other texts: a miss
-        tokenize_examples(pair_examples(["a cat", "a dog"], ["it sat", "it ran"]), tokenizer, 10,
-                               cache_dir=tmp_path)
+        tokenize_examples(pair_examples(["a cat", "a dog"], ["it sat", "it ran"]), tokenizer, 10, cache_dir=tmp_path)
     monkeypatch.undo()
     (tmp_path / files[0]).write_bytes(b"truncated")  # a broken cache is rebuilt
     third = tokenize_examples(examples, tokenizer, 10, cache_dir=tmp_path)
@@ -133,9 +138,10 @@ TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
 @given(a=TEXT, b=TEXT)
 def test_any_text_survives_a_tsv_row(tokenizer, a, b):
     with tempfile.TemporaryDirectory() as root:
-        write(Path(root) / "RTE" / "train.tsv", ["index\tsentence1\tsentence2\tlabel",
-                                                  tsv("0", a, b, "entailment"),
-                                                  tsv("1", b, a, "not_entailment")])
+        write(
+            Path(root) / "RTE" / "train.tsv",
+            ["index\tsentence1\tsentence2\tlabel", tsv("0", a, b, "entailment"), tsv("1", b, a, "not_entailment")],
+        )
         examples = load_examples("rte", "train", data_dir=root, max_examples=2)
         assert examples.text_a == [a, b] and examples.text_b == [b, a]
         features = tokenize_examples(examples, tokenizer, 16)
@@ -169,11 +175,18 @@ def test_tokenizer_and_metrics_writer_load_without_importing_pytorch(minilm_path
 
     from rome_jax.api import load_tokenizer
 
-    code = ("import sys; from rome_jax.api import load_tokenizer; from rome_jax.trainer import _summary_writer_class; "
-            f"load_tokenizer({minilm_path!r}); w = _summary_writer_class()({str(tmp_path / 'tb')!r}); "
-            "w.add_scalar('x', 1.0, 1); w.close(); print('torch' in sys.modules); import torch; print(torch.ones(1).item())")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    code = (
+        "import sys; from rome_jax.api import load_tokenizer; from rome_jax.trainer import _summary_writer_class; "
+        f"load_tokenizer({minilm_path!r}); w = _summary_writer_class()({str(tmp_path / 'tb')!r}); "
+        "w.add_scalar('x', 1.0, 1); w.close(); print('torch' in sys.modules); import torch; print(torch.ones(1).item())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
     assert proc.returncode == 0 and proc.stdout.split() == ["False", "1.0"], proc.stderr[-2000:]
     assert any((tmp_path / "tb").iterdir())  # the scalar was written
     pairs = (["A man is playing a guitar.", "Two dogs run"], ["Someone plays music!", "Cats sleep."])

@@ -33,10 +33,10 @@ pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by 
 
 T = 128
 BATCH = 16
-RAW_ATOL = 1e-6      # the checkpoint's own heads: ~5e-8 seen
-SPREAD_ATOL = 5e-3   # spread heads amplify the same rounding ~6e4x: ~1e-3 seen
-ONES = 24            # examples run at batch 1
-MARGIN = 1e-3        # entropy thresholds at least this far from every entropy value
+RAW_ATOL = 1e-6  # the checkpoint's own heads: ~5e-8 seen
+SPREAD_ATOL = 5e-3  # spread heads amplify the same rounding ~6e4x: ~1e-3 seen
+ONES = 24  # examples run at batch 1
+MARGIN = 1e-3  # entropy thresholds at least this far from every entropy value
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,10 @@ def minilm(minilm_path):
 @pytest.fixture(scope="module")
 def dev(minilm, glue_dir):
     """{task: Features} of the first SST-2 sentences and MRPC pairs, padded to 128."""
-    out = {task: tokenize_examples(read_glue_dir(task, "dev", glue_dir).head(n), minilm.tokenizer, T)
-           for task, n in (("sst2", 96), ("mrpc", 64))}
+    out = {
+        task: tokenize_examples(read_glue_dir(task, "dev", glue_dir).head(n), minilm.tokenizer, T)
+        for task, n in (("sst2", 96), ("mrpc", 64))
+    }
     # both sets really hold rows of several buckets, and none needs all 128 positions
     assert len(set(np.searchsorted((16, 32, 64, 128), sequence_lengths(out["sst2"].attention_mask)))) >= 3
     return out
@@ -67,8 +69,10 @@ def test_cutting_a_batch_alone_changes_nothing(minilm, dev):
     batch = {k: getattr(features, k)[:BATCH] for k in INPUT_KEYS}
     cut = inference.cut_to_bucket(batch, length_buckets(T, "auto"))
     assert cut["input_ids"].shape == (BATCH, 64)  # the first 16 rows' longest: 40 tokens
-    np.testing.assert_array_equal(np.asarray(inference.all_exits(minilm.config, minilm.params, cut)),
-                                  np.asarray(inference.all_exits(minilm.config, minilm.params, batch)))
+    np.testing.assert_array_equal(
+        np.asarray(inference.all_exits(minilm.config, minilm.params, cut)),
+        np.asarray(inference.all_exits(minilm.config, minilm.params, batch)),
+    )
 
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc"])
@@ -87,9 +91,9 @@ def test_bucketed_logits_predictions_and_metrics_match_padded(minilm, spread, de
 
 def _criteria(logits):
     z = np.asarray(logits)
-    return ([exits.Criterion("entropy", s)
-             for s in thresholds_between(exits.entropy(z), (0.2, 0.6), margin=MARGIN)]
-            + [exits.Criterion("patience", t) for t in (1, 2, 3)])
+    return [exits.Criterion("entropy", s) for s in thresholds_between(exits.entropy(z), (0.2, 0.6), margin=MARGIN)] + [
+        exits.Criterion("patience", t) for t in (1, 2, 3)
+    ]
 
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc"])
@@ -99,12 +103,17 @@ def test_bucketed_executors_exit_where_the_padded_ones_do(minilm, spread, dev, t
     config, features = minilm.config, dev[task]
     padded_logits = exit_logits_of(config, spread, features, BATCH)
     bucketed_logits = exit_logits_of(config, spread, features, BATCH, "auto")
-    timers = {b: Timer(config, spread, features, batch1_examples=ONES, batched_examples=0, batch_size=BATCH,
-                       rounds=1, buckets=b) for b in (None, "auto")}
+    timers = {
+        b: Timer(
+            config, spread, features, batch1_examples=ONES, batched_examples=0, batch_size=BATCH, rounds=1, buckets=b
+        )
+        for b in (None, "auto")
+    }
     # the bucketed timer really runs shorter shapes: at batch 1 each example's own bucket
     assert {b["input_ids"].shape[1] for b in timers[None].singles + timers[None].batched} == {T}
-    own = [min(n for n in (16, 32, 64, 128) if n >= length)
-           for length in sequence_lengths(features.attention_mask)[:ONES]]
+    own = [
+        min(n for n in (16, 32, 64, 128) if n >= length) for length in sequence_lengths(features.attention_mask)[:ONES]
+    ]
     assert [b["input_ids"].shape[1] for b in timers["auto"].singles] == own and min(own) < T
     assert min(b["input_ids"].shape[1] for b in timers["auto"].batched) < T
     assert timers["auto"].num_batched == timers[None].num_batched == len(features)
@@ -113,8 +122,9 @@ def test_bucketed_executors_exit_where_the_padded_ones_do(minilm, spread, dev, t
     seen = set()
     for criterion in criteria:
         reference = np.asarray(exits.simulate(criterion, padded_logits)[0])
-        np.testing.assert_array_equal(np.asarray(exits.simulate(criterion, bucketed_logits)[0]), reference,
-                                      err_msg=str(criterion))
+        np.testing.assert_array_equal(
+            np.asarray(exits.simulate(criterion, bucketed_logits)[0]), reference, err_msg=str(criterion)
+        )
         for buckets, timer in timers.items():
             _, _, batch1, batched = timer.early_exit(criterion)
             np.testing.assert_array_equal(batch1, reference[:ONES], err_msg=f"{criterion} batch 1 {buckets}")
@@ -132,14 +142,25 @@ def test_evaluate_split_with_buckets(minilm, spread, dev, monkeypatch):
     sweeps = {"entropy": tuple(entropy), "patience": (2.0,)}
     lengths = []
     all_exits = inference.all_exits
-    monkeypatch.setattr(inference, "all_exits",
-                        lambda c, p, b: (lengths.append(np.shape(b["input_ids"])[1]), all_exits(c, p, b))[1])
+    monkeypatch.setattr(
+        inference, "all_exits", lambda c, p, b: (lengths.append(np.shape(b["input_ids"])[1]), all_exits(c, p, b))[1]
+    )
     results = {}
     for buckets in (None, "auto"):
         lengths.clear()
-        results[buckets] = evaluate_split(config, spread, "sst2", "dev", features, sweeps=sweeps,
-                                          batch_size=BATCH, batch1_examples=8, batched_examples=48,
-                                          buckets=buckets, log=lambda _: None)
+        results[buckets] = evaluate_split(
+            config,
+            spread,
+            "sst2",
+            "dev",
+            features,
+            sweeps=sweeps,
+            batch_size=BATCH,
+            batch1_examples=8,
+            batched_examples=48,
+            buckets=buckets,
+            log=lambda _: None,
+        )
         results[buckets]["lengths_run"] = sorted(set(lengths))
     padded, bucketed = results[None], results["auto"]
     assert padded["lengths_run"] == [T]
@@ -149,8 +170,12 @@ def test_evaluate_split_with_buckets(minilm, spread, dev, monkeypatch):
     assert padded["executors_agree"] and bucketed["executors_agree"]
     assert bucketed["per_exit"] == padded["per_exit"]
     for p, b in zip(padded["sweep"], bucketed["sweep"]):
-        assert (p["criterion"], p["threshold"], p["accuracy"], p["mean_layers"]) == \
-               (b["criterion"], b["threshold"], b["accuracy"], b["mean_layers"])
+        assert (p["criterion"], p["threshold"], p["accuracy"], p["mean_layers"]) == (
+            b["criterion"],
+            b["threshold"],
+            b["accuracy"],
+            b["mean_layers"],
+        )
         assert b["flops_speedup"] > 1 and p["flops_speedup"] > 1
     assert bucketed["full_depth"]["flops_per_example"] < padded["full_depth"]["flops_per_example"] / 2
     assert bucketed["max_length"] == padded["max_length"] == T

@@ -11,23 +11,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_inference import TINY, assert_agree, criteria_for, random_params, spread_exits, thresholds_between, tiny_batch
 
 from rome_jax import flops, inference, run_config
 from rome_jax.errors import CheckpointError, ConfigError
 from rome_jax.exits import Criterion, entropy
-from rome_jax.model import (MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params,
-                            layer_params)
+from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
 from rome_jax.model_config import EXIT_POOLINGS, ModelConfig
-from test_inference import (TINY, assert_agree, criteria_for, random_params, spread_exits,
-                            thresholds_between, tiny_batch)
 
 MEAN = TINY.replace(exit_pooling="mean")
 
 
 def forward(config, params, batch):
     inputs = {k: jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    return np.asarray(jax.jit(lambda p, b: MultiExitEncoder(config).apply({"params": p}, **b)["logits"])(
-        params, inputs))
+    return np.asarray(
+        jax.jit(lambda p, b: MultiExitEncoder(config).apply({"params": p}, **b)["logits"])(params, inputs)
+    )
 
 
 def layer_hidden_states(config, params, batch):
@@ -43,7 +42,7 @@ def layer_hidden_states(config, params, batch):
 def numpy_mean_exits(config, params, batch):
     """[L, B, C]: masked mean over attended positions, dense + tanh pooler, classifier."""
     hidden = layer_hidden_states(config, params, batch)
-    mask = np.asarray(batch["attention_mask"], np.float64)                    # [B, T]
+    mask = np.asarray(batch["attention_mask"], np.float64)  # [B, T]
     pooled = (hidden * mask[None, :, :, None]).sum(2) / np.maximum(mask.sum(1), 1)[None, :, None]
     exits = jax.tree.map(lambda x: np.asarray(x, np.float64), params["layers"]["exit"])
     out = []
@@ -74,8 +73,9 @@ def test_padded_positions_and_padding_rows_are_ignored(mean_model):
     got = forward(MEAN, params, batch)
     rng = np.random.RandomState(1)
     other = dict(batch)
-    other["input_ids"] = np.where(batch["attention_mask"] == 1, batch["input_ids"],
-                                  rng.randint(3, TINY.vocab_size, batch["input_ids"].shape)).astype(np.int32)
+    other["input_ids"] = np.where(
+        batch["attention_mask"] == 1, batch["input_ids"], rng.randint(3, TINY.vocab_size, batch["input_ids"].shape)
+    ).astype(np.int32)
     assert (other["input_ids"] != batch["input_ids"]).any()
     np.testing.assert_allclose(forward(MEAN, params, other), got, atol=1e-6, rtol=0)
     # A padding row (example_mask 0) attending nowhere: finite logits, other rows unchanged.
@@ -92,8 +92,9 @@ def test_executors_agree_with_mean_pooling(mean_model):
     all_logits = inference.all_exits(MEAN, params, batch)
     seen = set()
     for k, criterion in enumerate(criteria_for(all_logits)):
-        seen.update(assert_agree(MEAN, params, batch, criterion,
-                                 all_logits=None if k % 4 == 0 else all_logits).tolist())
+        seen.update(
+            assert_agree(MEAN, params, batch, criterion, all_logits=None if k % 4 == 0 else all_logits).tolist()
+        )
     assert len(seen) >= 4
     # With a padding row (example_mask 0, no attended position) and the batched executor's buckets.
     padded = {k: v.copy() for k, v in batch.items()}
@@ -113,8 +114,9 @@ def _old_model_module():
 
     repo = Path(__file__).resolve().parent.parent
     try:
-        source = subprocess.run(["git", "show", "b2e6c68:rome_jax/model.py"], cwd=repo,
-                                capture_output=True, text=True, check=True).stdout
+        source = subprocess.run(
+            ["git", "show", "b2e6c68:rome_jax/model.py"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     spec = importlib.util.spec_from_loader("_model_before_exit_pooling", loader=None)
@@ -143,12 +145,12 @@ def test_cls_is_the_default_and_bitwise_what_it_was():
 
 
 def test_a_train_step_runs_with_mean_pooling():
-    from rome_jax import train_step as ts
     from test_train_step import NO_DROPOUT, make_batch, run_steps
 
+    from rome_jax import train_step as ts
+
     config = NO_DROPOUT.replace(exit_pooling="mean")
-    params, state, metrics, losses = run_steps(ts.StepSettings(mode="romebert"), config=config, steps=3,
-                                               lr=3e-3)
+    params, state, metrics, losses = run_steps(ts.StepSettings(mode="romebert"), config=config, steps=3, lr=3e-3)
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     assert -1 <= metrics["gr/cosine"] <= 1
     cls_losses = run_steps(ts.StepSettings(mode="romebert"), config=NO_DROPOUT, steps=1, lr=3e-3)[3]
@@ -176,8 +178,10 @@ def test_save_and_load_keep_mean_pooling(tmp_path, caplog):
     # Overriding the recorded pooling of trained exits is allowed, with one warning.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="rome_jax.api"):
-        assert load_pretrained(str(tmp_path / "mean"), with_tokenizer=False,
-                               exit_pooling="cls").config.exit_pooling == "cls"
+        assert (
+            load_pretrained(str(tmp_path / "mean"), with_tokenizer=False, exit_pooling="cls").config.exit_pooling
+            == "cls"
+        )
     assert sum("saved with exit_pooling 'mean'" in r.getMessage() for r in caplog.records) == 1
     # "cls" writes config.json as before: no key, read back as "cls", no warning.
     caplog.clear()
@@ -194,8 +198,7 @@ def test_model_config_refuses_an_unknown_pooling(tmp_path):
     hf = TINY.to_hf_dict()
     assert ModelConfig.from_hf_dict(hf).exit_pooling == "cls"
     assert ModelConfig.from_hf_dict({**hf, "rome_jax_exit_pooling": "mean"}).exit_pooling == "mean"
-    assert ModelConfig.from_hf_dict({**hf, "rome_jax_exit_pooling": "mean"},
-                                    exit_pooling="cls").exit_pooling == "cls"
+    assert ModelConfig.from_hf_dict({**hf, "rome_jax_exit_pooling": "mean"}, exit_pooling="cls").exit_pooling == "cls"
     with pytest.raises(CheckpointError, match="exit_pooling"):
         ModelConfig.from_hf_dict({**hf, "rome_jax_exit_pooling": "max"})
 
@@ -226,8 +229,7 @@ def test_mean_pooling_flops_are_counted_and_match_xla():
     assert flops.exit_flops(mean, T) - flops.exit_flops(SMALL, T) == 2 * T * H + T + H + 1
     with pytest.raises(ValueError, match="seq_len"):
         flops.exit_flops(mean)
-    assert (flops.full_flops(mean, T) - flops.full_flops(SMALL, T)
-            == SMALL.num_layers * (2 * T * H + T + H + 1))
+    assert flops.full_flops(mean, T) - flops.full_flops(SMALL, T) == SMALL.num_layers * (2 * T * H + T + H + 1)
     params = jax.eval_shape(lambda: init_params(mean))
     ids = jax.ShapeDtypeStruct((3, T), jnp.int32)
     batch = {"input_ids": ids, "attention_mask": ids, "token_type_ids": ids}
@@ -237,8 +239,9 @@ def test_mean_pooling_flops_are_counted_and_match_xla():
 
 
 def test_configs_take_mean_pooling_as_an_override():
-    config = run_config.load("configs/tiny.py:sst2,joint", {"model.exit_pooling": "mean",
-                                                             "model.name_or_path": "some/model"})
+    config = run_config.load(
+        "configs/tiny.py:sst2,joint", {"model.exit_pooling": "mean", "model.name_or_path": "some/model"}
+    )
     assert config.model.exit_pooling == "mean"
     run_config.validate(config)
 
@@ -258,8 +261,9 @@ def test_transformers_loads_a_mean_pooled_export_but_pools_cls(tmp_path):
     torch_model = BertForSequenceClassification.from_pretrained(str(tmp_path)).eval()
     batch = tiny_batch(4)
     theirs = torch_logits(torch_model, batch)
-    np.testing.assert_allclose(theirs, forward(config.replace(exit_pooling="cls"), params, batch)[-1],
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        theirs, forward(config.replace(exit_pooling="cls"), params, batch)[-1], atol=1e-5, rtol=1e-5
+    )
     assert np.abs(theirs - forward(config, params, batch)[-1]).max() > 1e-3
 
 
@@ -276,8 +280,10 @@ def test_a_run_with_mean_pooling_trains_and_exports_it(tmp_path, tiny_model, glu
     from rome_jax.api import load_pretrained
 
     repo = Path(__file__).resolve().parent.parent
-    config = run_config.load(f"{repo}/configs/tiny.py:wnli", {"model.name_or_path": tiny_model,
-                             "data.dir": glue_dir, "model.exit_pooling": "mean", **OVERRIDES})
+    config = run_config.load(
+        f"{repo}/configs/tiny.py:wnli",
+        {"model.name_or_path": tiny_model, "data.dir": glue_dir, "model.exit_pooling": "mean", **OVERRIDES},
+    )
     workdir = tmp_path / "run"
     result = trainer.train_and_evaluate(config, workdir, progress=False)
     assert result.step == 6
@@ -288,5 +294,4 @@ def test_a_run_with_mean_pooling_trains_and_exports_it(tmp_path, tiny_model, glu
     _, params = checkpoints.load_params(str(workdir), "latest")
     batch = tiny_batch(4)
     batch = {k: np.minimum(v, 98) for k, v in batch.items()}
-    np.testing.assert_allclose(np.asarray(model.exit_logits(batch)), forward(model.config, params, batch),
-                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.exit_logits(batch)), forward(model.config, params, batch), atol=1e-6)

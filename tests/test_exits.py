@@ -84,6 +84,7 @@ def test_entropy_and_max_prob_steps():
 
 def _dominant(num_classes, target_normalized_entropy):
     """Logits: one class with probability p, the rest uniform, with H / log C = target."""
+
     def norm_h(p):
         rest = (1 - p) / (num_classes - 1)
         return -(p * math.log(p) + (num_classes - 1) * rest * math.log(rest)) / math.log(num_classes)
@@ -102,8 +103,9 @@ def test_normalized_entropy_same_speed_for_2_and_40_classes():
     for logits in (two, forty):
         z = jnp.asarray(logits)
         np.testing.assert_allclose(float(exits.normalized_entropy(z)), 0.3, atol=1e-5)
-        np.testing.assert_allclose(float(exits.normalized_entropy(z)),
-                                   np_entropy(logits) / math.log(len(logits)), rtol=1e-5)
+        np.testing.assert_allclose(
+            float(exits.normalized_entropy(z)), np_entropy(logits) / math.log(len(logits)), rtol=1e-5
+        )
     decide = lambda c, z: bool(step(c, init_state(c, 1, len(z)), jnp.asarray(z)[None], 0)[1][0])
     for speed, expected in ((0.31, True), (0.29, False)):
         c = Criterion("normalized_entropy", speed)
@@ -118,14 +120,17 @@ def _one_hot_sequence(predictions, num_classes=3):
     return (np.eye(num_classes, dtype=np.float32)[predictions] * 2.0)[:, None, :]
 
 
-@pytest.mark.parametrize("predictions, patience, expected", [
-    ([0, 0, 1, 1, 1, 2], 1, 1),   # exits 1 and 2 agree: t=1 stops at the 2nd exit
-    ([0, 1, 1, 1, 2, 2], 2, 3),   # counter: 0, 0, 1, 2 -> stop at the 4th exit
-    ([0, 1, 0, 1, 0, 1], 1, 5),   # never stable: the last exit answers
-    ([2, 2, 2, 2, 2, 2], 3, 3),
-    ([2, 2, 0, 2, 2, 2], 3, 5),   # a change resets the counter
-    ([2, 2, 2, 0, 0, 0], 5, 5),   # t larger than reachable: last exit
-])
+@pytest.mark.parametrize(
+    "predictions, patience, expected",
+    [
+        ([0, 0, 1, 1, 1, 2], 1, 1),  # exits 1 and 2 agree: t=1 stops at the 2nd exit
+        ([0, 1, 1, 1, 2, 2], 2, 3),  # counter: 0, 0, 1, 2 -> stop at the 4th exit
+        ([0, 1, 0, 1, 0, 1], 1, 5),  # never stable: the last exit answers
+        ([2, 2, 2, 2, 2, 2], 3, 3),
+        ([2, 2, 0, 2, 2, 2], 3, 5),  # a change resets the counter
+        ([2, 2, 2, 0, 0, 0], 5, 5),  # t larger than reachable: last exit
+    ],
+)
 def test_patience_counting(predictions, patience, expected):
     all_logits = _one_hot_sequence(predictions)
     c = Criterion("patience", patience)
@@ -149,7 +154,7 @@ def test_regression_patience_uses_tolerance():
     assert int(simulate(Criterion("patience", 2, regression=True, tolerance=0.1), outputs)[0][0]) == 3
     assert int(simulate(Criterion("patience", 1, regression=True, tolerance=0.01), outputs)[0][0]) == 5
     assert int(simulate(Criterion("patience", 1, regression=True, tolerance=0.6), outputs)[0][0]) == 1
-    assert exits.DEFAULT_TOLERANCE == Criterion("patience", 1, regression=True).tolerance
+    assert Criterion("patience", 1, regression=True).tolerance == exits.DEFAULT_TOLERANCE
 
 
 def test_fixed_exit_and_last_exit_answers():
@@ -162,25 +167,28 @@ def test_fixed_exit_and_last_exit_answers():
     assert simulate(Criterion("max_prob", 0.0), all_logits)[0].tolist() == [0, 0, 0]
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(name="entropy", threshold=0.1, regression=True),
-    dict(name="max_prob", threshold=0.9, regression=True),
-    dict(name="normalized_entropy", threshold=0.1, regression=True),
-    dict(name="speed", threshold=0.1),
-    dict(name="patience", threshold=0),
-    dict(name="patience", threshold=1.5),
-    dict(name="fixed", threshold=0),
-    dict(name="max_prob", threshold=1.5),
-    dict(name="patience", threshold=2, tolerance=-1.0),
-    # thresholds under which nothing would ever exit early, or that are not numbers
-    dict(name="entropy", threshold=-0.5),
-    dict(name="normalized_entropy", threshold=-0.1),
-    dict(name="entropy", threshold=float("nan")),
-    dict(name="entropy", threshold=None),
-    dict(name="entropy", threshold="0.1"),
-    dict(name="max_prob", threshold=True),
-    dict(name="patience", threshold=float("inf")),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(name="entropy", threshold=0.1, regression=True),
+        dict(name="max_prob", threshold=0.9, regression=True),
+        dict(name="normalized_entropy", threshold=0.1, regression=True),
+        dict(name="speed", threshold=0.1),
+        dict(name="patience", threshold=0),
+        dict(name="patience", threshold=1.5),
+        dict(name="fixed", threshold=0),
+        dict(name="max_prob", threshold=1.5),
+        dict(name="patience", threshold=2, tolerance=-1.0),
+        # thresholds under which nothing would ever exit early, or that are not numbers
+        dict(name="entropy", threshold=-0.5),
+        dict(name="normalized_entropy", threshold=-0.1),
+        dict(name="entropy", threshold=float("nan")),
+        dict(name="entropy", threshold=None),
+        dict(name="entropy", threshold="0.1"),
+        dict(name="max_prob", threshold=True),
+        dict(name="patience", threshold=float("inf")),
+    ],
+)
 def test_invalid_criteria_raise(kwargs):
     with pytest.raises(ValueError, match="threshold|unknown|tolerance|needs class probabilities"):
         Criterion(**kwargs)
@@ -235,8 +243,11 @@ def test_simulate_matches_reference_loop(criterion, seed, scale):
     exit_index, answer = simulate(criterion, all_logits)
     ref = reference_exit(criterion, all_logits)
     # A value within float noise of the threshold may go either way.
-    values = {"entropy": np_entropy(all_logits), "max_prob": np_softmax(all_logits).max(-1),
-              "normalized_entropy": np_entropy(all_logits) / math.log(3)}.get(criterion.name)
+    values = {
+        "entropy": np_entropy(all_logits),
+        "max_prob": np_softmax(all_logits).max(-1),
+        "normalized_entropy": np_entropy(all_logits) / math.log(3),
+    }.get(criterion.name)
     if values is not None and np.any(np.abs(values - criterion.threshold) < 1e-5):
         return
     np.testing.assert_array_equal(np.asarray(exit_index), ref)

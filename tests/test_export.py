@@ -12,11 +12,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import MARGIN, SENTENCES
 from test_inference import spread_exits, thresholds_between
+from test_predict import MARGIN, SENTENCES
 
 from rome_jax import exits
 from rome_jax.export import export_predictor, load_predictor, run_predictor
@@ -46,13 +47,13 @@ def _batches(model, texts):
     n = len(texts)
     pad = -n % B
     inputs = {k: np.concatenate([v, np.zeros((pad, T), np.int32)]) for k, v in inputs.items()}
-    return [{k: v[i:i + B] for k, v in inputs.items()} for i in range(0, n + pad, B)], n
+    return [{k: v[i : i + B] for k, v in inputs.items()} for i in range(0, n + pad, B)], n
 
 
 def test_exported_program_answers_as_predict(setup):
     model, criterion, (program, description) = setup
     assert os.path.basename(program) == "rome_jax_predictor_b8_t32.bin"
-    meta = json.loads(open(description).read())
+    meta = json.loads(Path(description).read_text())
     assert meta["criterion"]["name"] == "entropy" and meta["criterion_spec"] == f"entropy:{criterion.threshold:g}"
     assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert meta["inputs"][0]["shape"] == [B, T] and meta["label_names"] == ["negative", "positive"]
@@ -66,7 +67,7 @@ def test_exported_program_answers_as_predict(setup):
     np.testing.assert_array_equal(probabilities[:n].argmax(-1), ref.label_ids)
     np.testing.assert_allclose(probabilities[:n], ref.probabilities, atol=5e-3)
     assert len(set(ref.exit_layer)) >= 3  # the batch really exits at several layers
-    assert (exit_layer[n:] == 1).all()    # empty padding rows exit at once
+    assert (exit_layer[n:] == 1).all()  # empty padding rows exit at once
     for o in outs:
         assert o["layers_run"] == o["exit_layer"].max()
 
@@ -81,10 +82,10 @@ def test_runs_with_jax_alone(setup):
         f"x = np.load({program + '.inputs.npz'!r})\n"
         "out = exported.call(x['input_ids'], x['attention_mask'], x['token_type_ids'])\n"
         "assert not any(m.startswith('rome_jax') for m in sys.modules), 'rome_jax was imported'\n"
-        "print(json.dumps({k: np.asarray(v).tolist() for k, v in out.items()}))\n")
+        "print(json.dumps({k: np.asarray(v).tolist() for k, v in out.items()}))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd="/", env=env)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd="/", env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     ref = model.predict(SENTENCES[:B], criterion=criterion, max_length=T)

@@ -6,20 +6,37 @@ import numpy as np
 import pytest
 
 from rome_jax import flops
-from rome_jax.model_config import ModelConfig
 from rome_jax.model import apply_embeddings, apply_layer_with_exit, init_params, layer_params
+from rome_jax.model_config import ModelConfig
 
 MINILM = ModelConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
-SMALL = ModelConfig(vocab_size=99, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-                    max_position_embeddings=64, num_labels=5)
+SMALL = ModelConfig(
+    vocab_size=99,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    num_labels=5,
+)
 # ALBERT: narrow factorised embeddings mapped to the hidden size (a matrix product every exit pays).
-ALBERT = ModelConfig(family="albert", vocab_size=99, hidden_size=64, num_layers=2, num_heads=4,
-                     intermediate_size=128, max_position_embeddings=64, num_labels=5, embedding_size=48)
+ALBERT = ModelConfig(
+    family="albert",
+    vocab_size=99,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    num_labels=5,
+    embedding_size=48,
+)
 
 
 def _unrolled_forward(config):
     """Every layer and exit, unrolled: XLA's cost analysis counts a loop body once,
     so the scanned model would be under-counted by a factor of about L."""
+
     def forward(params, batch):
         hidden = apply_embeddings(config, params, batch)
         logits = []
@@ -27,6 +44,7 @@ def _unrolled_forward(config):
             hidden, z = apply_layer_with_exit(config, layer_params(params, i), hidden, batch["attention_mask"])
             logits.append(z)
         return jnp.stack(logits)
+
     return forward
 
 
@@ -35,8 +53,11 @@ def _xla_flops(cost) -> float:
     return float(cost["flops"])
 
 
-@pytest.mark.parametrize("config, seq_len, batch_size", [(MINILM, 128, 1), (SMALL, 32, 3), (ALBERT, 32, 3)],
-                         ids=["minilm-T128", "small-T32-B3", "albert-T32-B3"])
+@pytest.mark.parametrize(
+    "config, seq_len, batch_size",
+    [(MINILM, 128, 1), (SMALL, 32, 3), (ALBERT, 32, 3)],
+    ids=["minilm-T128", "small-T32-B3", "albert-T32-B3"],
+)
 def test_full_depth_flops_match_xla(config, seq_len, batch_size):
     params = jax.eval_shape(lambda: init_params(config))  # shapes suffice to compile
     ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
@@ -79,7 +100,7 @@ def test_training_flops_are_the_usual_mfu_count():
     bert_base = ModelConfig()
     T, H, I, L, C = 128, 768, 3072, 12, 2
     weights = L * (4 * H * H + 2 * H * I)  # Q, K, V, attention output, FFN in and out
-    heads = L * (H * H + H * C)            # each exit's pooler and classifier, on [CLS] alone
+    heads = L * (H * H + H * C)  # each exit's pooler and classifier, on [CLS] alone
     hand = 6 * weights * T + 12 * L * T * T * H + 6 * heads
     assert hand == 67_084_333_056
     assert flops.training_flops(bert_base, T) == hand
@@ -87,5 +108,4 @@ def test_training_flops_are_the_usual_mfu_count():
     # The analytic forward count adds the elementwise work: about 1.6% more at bert-base.
     assert 1.01 < 3 * flops.full_flops(bert_base, T) / hand < 1.02
     # ALBERT's embedding mapping is a matrix product too.
-    assert (flops.matmul_flops(ALBERT, 32) - flops.matmul_flops(ALBERT.replace(family="bert"), 32)
-            == 2 * 32 * 48 * 64)
+    assert flops.matmul_flops(ALBERT, 32) - flops.matmul_flops(ALBERT.replace(family="bert"), 32) == 2 * 32 * 48 * 64

@@ -1,10 +1,10 @@
 """Leaderboard files predicted by a tiny model on fixture test files, and the summary."""
 
 import csv
+import json
 import os
 import pathlib
 import shutil
-import json
 import subprocess
 import sys
 
@@ -12,27 +12,37 @@ import numpy as np
 import pytest
 
 import rome_jax
-from rome_jax import exits, glue_runner, leaderboard, run_config
-from rome_jax.errors import ConfigError
-from rome_jax.data import load_examples, tokenize_examples
-from rome_jax.glue import get_task
-
 import tiny_hf
+from rome_jax import exits, glue_runner, leaderboard, run_config
+from rome_jax.data import load_examples, tokenize_examples
+from rome_jax.errors import ConfigError
+from rome_jax.glue import get_task
 
 FIXTURES = {
     # task dir, file, header, rows (index + texts), task name, split
-    "stsb": ("STS-B", "test.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2",
-             [f"{i}\tmain-news\tnone\tnone\t{i}\tnone\tnone\tA man plays {i}.\tA man sings {i}." for i in range(7)]),
-    "mnli_m": ("MNLI", "test_matched.tsv",
-               "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
-               "sentence1_parse\tsentence2_parse\tsentence1\tsentence2",
-               [f"{i}\t1\t1n\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tThe cat sat {i}.\tA cat is sitting."
-                for i in range(5)]),
-    "mnli_mm": ("MNLI", "test_mismatched.tsv",
-                "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
-                "sentence1_parse\tsentence2_parse\tsentence1\tsentence2",
-                [f"{i}\t1\t1n\tletters\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tDogs bark {i}.\tNo dog barks."
-                 for i in range(6)]),
+    "stsb": (
+        "STS-B",
+        "test.tsv",
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2",
+        [f"{i}\tmain-news\tnone\tnone\t{i}\tnone\tnone\tA man plays {i}.\tA man sings {i}." for i in range(7)],
+    ),
+    "mnli_m": (
+        "MNLI",
+        "test_matched.tsv",
+        "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+        "sentence1_parse\tsentence2_parse\tsentence1\tsentence2",
+        [
+            f"{i}\t1\t1n\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tThe cat sat {i}.\tA cat is sitting."
+            for i in range(5)
+        ],
+    ),
+    "mnli_mm": (
+        "MNLI",
+        "test_mismatched.tsv",
+        "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+        "sentence1_parse\tsentence2_parse\tsentence1\tsentence2",
+        [f"{i}\t1\t1n\tletters\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tDogs bark {i}.\tNo dog barks." for i in range(6)],
+    ),
     "cola": ("CoLA", "test.tsv", "index\tsentence", [f"{i}\tThe book was written {i}." for i in range(9)]),
 }
 
@@ -60,9 +70,15 @@ def tiny_models(tmp_path_factory, minilm_path):
     return models
 
 
-@pytest.mark.parametrize("task,split,file,rows", [
-    ("stsb", "test", "STS-B.tsv", 7), ("mnli", "test_matched", "MNLI-m.tsv", 5),
-    ("mnli", "test_mismatched", "MNLI-mm.tsv", 6), ("cola", "test", "CoLA.tsv", 9)])
+@pytest.mark.parametrize(
+    "task,split,file,rows",
+    [
+        ("stsb", "test", "STS-B.tsv", 7),
+        ("mnli", "test_matched", "MNLI-m.tsv", 5),
+        ("mnli", "test_mismatched", "MNLI-mm.tsv", 6),
+        ("cola", "test", "CoLA.tsv", 9),
+    ],
+)
 def test_submission_files_from_a_tiny_model(glue_fixture, tiny_models, tmp_path, task, split, file, rows):
     t = get_task(task)
     model = tiny_models[t.num_labels]
@@ -95,12 +111,18 @@ def test_submission_files_from_a_tiny_model(glue_fixture, tiny_models, tmp_path,
 
 def test_summary_of_made_up_records_and_skipped_tasks():
     def record(final, early, speedup, splits=("dev",)):
-        return {"criterion": "entropy", "threshold": 0.1, "test": {},
-                "dev": {s: {"final": final, "early": early, "layer_speedup": speedup} for s in splits}}
+        return {
+            "criterion": "entropy",
+            "threshold": 0.1,
+            "test": {},
+            "dev": {s: {"final": final, "early": early, "layer_speedup": speedup} for s in splits},
+        }
 
-    records = {"sst2": record({"accuracy": 0.9}, {"accuracy": 0.88}, 2.0),
-               "mrpc": record({"f1": 0.9, "accuracy": 0.8}, {"f1": 0.8, "accuracy": 0.7}, 1.5),
-               "mnli": record({"accuracy": 0.8}, {"accuracy": 0.7}, 3.0, ("dev_matched", "dev_mismatched"))}
+    records = {
+        "sst2": record({"accuracy": 0.9}, {"accuracy": 0.88}, 2.0),
+        "mrpc": record({"f1": 0.9, "accuracy": 0.8}, {"f1": 0.8, "accuracy": 0.7}, 1.5),
+        "mnli": record({"accuracy": 0.8}, {"accuracy": 0.7}, 3.0, ("dev_matched", "dev_mismatched")),
+    }
     summary = glue_runner.summarize(records, {"qqp": "QQP/train.tsv missing"})
     assert summary["glue_average_final"] == pytest.approx((0.9 + 0.85 + 0.8) / 3)
     assert summary["glue_average_early"] == pytest.approx((0.88 + 0.75 + 0.7) / 3)
@@ -120,8 +142,14 @@ def test_absent_task_data_is_reported_not_raised(tmp_path, glue_dir):
 def test_training_runs_as_the_package_command_with_an_absolute_config():
     workdir = pathlib.Path("/runs/glue/rte")
     command = glue_runner.train_command("rte", workdir, "/abs/configs/glue.py", "deebert", ["a.b=1"])
-    assert command == [sys.executable, "-m", "rome_jax.commands.train",
-                       "--config=/abs/configs/glue.py:rte,deebert", f"--workdir={workdir}", "--config.a.b=1"]
+    assert command == [
+        sys.executable,
+        "-m",
+        "rome_jax.commands.train",
+        "--config=/abs/configs/glue.py:rte,deebert",
+        f"--workdir={workdir}",
+        "--config.a.b=1",
+    ]
     assert glue_runner.train_command("rte", workdir, "/c.py", None, [])[3] == "--config=/c.py:rte"
     assert not hasattr(glue_runner, "REPO")
 
@@ -133,9 +161,12 @@ def test_the_default_config_is_found_in_the_current_directory_then_in_the_checko
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "glue.py").write_text("")
     assert run_config.find_config_file("configs/glue.py") == str(tmp_path / "configs" / "glue.py")
-    with pytest.raises(ConfigError, match=r"^config file configs/nope.py not found in the current directory "
-                                          r"or in the rome_jax source checkout .*: pass "
-                                          r"--config=path/to/configs/nope.py$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config file configs/nope.py not found in the current directory "
+        r"or in the rome_jax source checkout .*: pass "
+        r"--config=path/to/configs/nope.py$",
+    ):
         run_config.find_config_file("configs/nope.py")
 
 
@@ -143,18 +174,22 @@ def test_the_commands_run_from_a_copied_package_without_the_repository(tmp_path)
     """The package alone (copied elsewhere, no train.py, no configs/) runs its programs
     from a foreign directory; the GLUE runner then asks for its config in one line."""
     site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
-    shutil.copytree(pathlib.Path(rome_jax.__file__).parent, site / "rome_jax",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        pathlib.Path(rome_jax.__file__).parent, site / "rome_jax", ignore=shutil.ignore_patterns("__pycache__")
+    )
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
-    run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=elsewhere, env=env,
-                                       capture_output=True, text=True, timeout=300)
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     proc = run("rome_jax.commands.train", "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--workdir: Where checkpoints" in proc.stdout and "--config:" in proc.stdout
     proc = run("rome_jax.commands.glue_benchmark", f"--workdir={elsewhere / 'glue'}", "--tasks=rte")
-    assert (proc.returncode, proc.stderr) == (2, "glue_benchmark.py: error: config file configs/glue.py not "
-                                              "found in the current directory: pass "
-                                              "--config=path/to/configs/glue.py\n")
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        "glue_benchmark.py: error: config file configs/glue.py not "
+        "found in the current directory: pass "
+        "--config=path/to/configs/glue.py\n",
+    )
     assert not (elsewhere / "glue").exists()
-

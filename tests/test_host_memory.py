@@ -15,18 +15,21 @@ from rome_jax.host_memory import wants_tunables
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("environ, linux_glibc, accelerator, expected", [
-    ({}, True, False, True),                                   # CPU-only JAX on glibc
-    ({}, False, False, False),                                 # macOS, musl, Windows
-    ({}, True, True, False),                                   # a CUDA/TPU plugin is installed
-    ({"JAX_PLATFORMS": "cpu"}, True, True, True),              # ... but the user asked for the CPU
-    ({"JAX_PLATFORMS": "cuda,cpu"}, True, False, False),
-    ({"JAX_PLATFORMS": " CPU "}, True, False, True),
-    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, True, False, False),  # the user's own
-    ({"ROME_JAX_SYSTEM_MALLOC": "1"}, True, False, False),     # opted out
-    ({"ROME_JAX_SYSTEM_MALLOC": "0"}, True, False, True),
-    ({"ROME_JAX_MALLOC_REEXEC": "1"}, True, False, False),     # already re-executed once
-])
+@pytest.mark.parametrize(
+    "environ, linux_glibc, accelerator, expected",
+    [
+        ({}, True, False, True),  # CPU-only JAX on glibc
+        ({}, False, False, False),  # macOS, musl, Windows
+        ({}, True, True, False),  # a CUDA/TPU plugin is installed
+        ({"JAX_PLATFORMS": "cpu"}, True, True, True),  # ... but the user asked for the CPU
+        ({"JAX_PLATFORMS": "cuda,cpu"}, True, False, False),
+        ({"JAX_PLATFORMS": " CPU "}, True, False, True),
+        ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, True, False, False),  # the user's own
+        ({"ROME_JAX_SYSTEM_MALLOC": "1"}, True, False, False),  # opted out
+        ({"ROME_JAX_SYSTEM_MALLOC": "0"}, True, False, True),
+        ({"ROME_JAX_MALLOC_REEXEC": "1"}, True, False, False),  # already re-executed once
+    ],
+)
 def test_wants_tunables(environ, linux_glibc, accelerator, expected):
     assert wants_tunables(environ, linux_glibc=linux_glibc, accelerator=accelerator) is expected
 
@@ -58,16 +61,19 @@ _PROBE = textwrap.dedent("""
 def _probe(tmp_path, **env):
     script = tmp_path / "probe.py"
     script.write_text(_PROBE.format(repo=REPO))
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("GLIBC_TUNABLES", "ROME_JAX_MALLOC_REEXEC", "ROME_JAX_SYSTEM_MALLOC")}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GLIBC_TUNABLES", "ROME_JAX_MALLOC_REEXEC", "ROME_JAX_SYSTEM_MALLOC")
+    }
     environ.update(JAX_PLATFORMS="cpu", **env)
-    out = subprocess.run([sys.executable, str(script), "a", "b c"], env=environ,
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, str(script), "a", "b c"], env=environ, capture_output=True, text=True, timeout=300, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and host_memory._glibc()),
-                    reason="glibc only")
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and host_memory._glibc()), reason="glibc only")
 def test_reexec_applies_the_tunables_and_temporaries_stop_faulting(tmp_path):
     system = _probe(tmp_path, ROME_JAX_SYSTEM_MALLOC="1")
     tuned = _probe(tmp_path)

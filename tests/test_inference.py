@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 
 from rome_jax import inference
-from rome_jax.model_config import ModelConfig
 from rome_jax.exits import Criterion, entropy, max_prob, simulate
 from rome_jax.inference import BatchedEarlyExit, per_example_exit, simulated_exit, while_loop_exit
 from rome_jax.model import init_params
+from rome_jax.model_config import ModelConfig
 
-TINY = ModelConfig(vocab_size=99, hidden_size=32, num_layers=6, num_heads=4, intermediate_size=37,
-                   max_position_embeddings=64, num_labels=3)
+TINY = ModelConfig(
+    vocab_size=99,
+    hidden_size=32,
+    num_layers=6,
+    num_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    num_labels=3,
+)
 
 
 def random_params(config, seed=0):
@@ -31,10 +38,12 @@ def spread_exits(config, params, batch, logit_std=2.0):
     every sentence, so their raw logits barely differ between examples.)
     """
     logits = np.asarray(inference.all_exits(config, params, batch), np.float64)  # [L, B, C]
-    scale = logit_std / logits.std(1).mean(-1)                                   # [L]
+    scale = logit_std / logits.std(1).mean(-1)  # [L]
     classifier = params["layers"]["exit"]["classifier"]
-    classifier = {"kernel": classifier["kernel"] * jnp.asarray(scale[:, None, None], jnp.float32),
-                  "bias": jnp.asarray((classifier["bias"] - logits.mean(1)) * scale[:, None], jnp.float32)}
+    classifier = {
+        "kernel": classifier["kernel"] * jnp.asarray(scale[:, None, None], jnp.float32),
+        "bias": jnp.asarray((classifier["bias"] - logits.mean(1)) * scale[:, None], jnp.float32),
+    }
     layers = {**params["layers"], "exit": {**params["layers"]["exit"], "classifier": classifier}}
     return {**params, "layers": layers}
 
@@ -57,10 +66,12 @@ def criteria_for(all_logits):
     """Entropy and max-prob thresholds spreading the exits; patience 1..3; fixed."""
     z = jnp.asarray(all_logits)
     quantiles = (0.1, 0.3, 0.5, 0.7)
-    return ([Criterion("entropy", s) for s in thresholds_between(entropy(z), quantiles)]
-            + [Criterion("max_prob", p) for p in thresholds_between(max_prob(z), quantiles)]
-            + [Criterion("patience", t) for t in (1, 2, 3)]
-            + [Criterion("fixed", 3)])
+    return (
+        [Criterion("entropy", s) for s in thresholds_between(entropy(z), quantiles)]
+        + [Criterion("max_prob", p) for p in thresholds_between(max_prob(z), quantiles)]
+        + [Criterion("patience", t) for t in (1, 2, 3)]
+        + [Criterion("fixed", 3)]
+    )
 
 
 def assert_agree(config, params, batch, criterion, atol=2e-5, buckets=None, all_logits=None):
@@ -90,9 +101,9 @@ def tiny_batch(batch_size=8, length=16, seed=0):
     ids = rng.randint(3, TINY.vocab_size, (batch_size, length)).astype(np.int32)
     mask = np.ones_like(ids)
     for row in range(batch_size):
-        mask[row, rng.randint(4, length + 1):] = 0
+        mask[row, rng.randint(4, length + 1) :] = 0
     types = np.zeros_like(ids)
-    types[:, length // 2:] = 1
+    types[:, length // 2 :] = 1
     return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types * mask}
 
 
@@ -117,12 +128,11 @@ def test_tiny_executors_agree(tiny):
 
 def test_while_loop_runs_only_the_layers_it_needs(tiny):
     params, batch = tiny
-    criterion = Criterion("entropy", thresholds_between(entropy(inference.all_exits(TINY, params, batch)),
-                                                        [0.3])[0])
+    criterion = Criterion("entropy", thresholds_between(entropy(inference.all_exits(TINY, params, batch)), [0.3])[0])
     expected = np.asarray(simulated_exit(TINY, params, batch, criterion)["exit_index"])
     assert len(set(expected.tolist())) >= 3
     for row in range(len(expected)):
-        one = {k: v[row:row + 1] for k, v in batch.items()}
+        one = {k: v[row : row + 1] for k, v in batch.items()}
         out = while_loop_exit(TINY, params, one, criterion)
         assert int(out["exit_index"][0]) == expected[row]
         assert int(out["layers_run"]) == expected[row] + 1  # the counter carried in the loop
@@ -235,8 +245,13 @@ def test_timer_baseline_computes_the_rows_early_exit_computes(tiny):
     params, batch = tiny
     n, T = 11, batch["input_ids"].shape[1]
     ids = np.resize(np.asarray(batch["input_ids"]), (n, T))
-    features = Features(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids),
-                        labels=np.zeros(n, np.int32), index=np.arange(n))
+    features = Features(
+        input_ids=ids,
+        attention_mask=np.ones_like(ids),
+        token_type_ids=np.zeros_like(ids),
+        labels=np.zeros(n, np.int32),
+        index=np.arange(n),
+    )
     timer = Timer(TINY, params, features, batch1_examples=1, batched_examples=n, batch_size=8, rounds=1)
     assert [len(b["input_ids"]) for b in timer.batched] == [8, 8]
     assert [len(b["input_ids"]) for b in timer.baseline] == [8, 3]
@@ -253,6 +268,7 @@ def test_timer_baseline_computes_the_rows_early_exit_computes(tiny):
 
 
 # ---- the real pretrained MiniLM on RTE dev sentences ---------------------------------------
+
 
 @pytest.fixture(scope="module")
 def minilm_rte(minilm_path, glue_dir):
@@ -272,18 +288,24 @@ def test_minilm_executors_agree_on_rte(minilm_rte):
     config, params, batch = minilm_rte
     all_logits = inference.all_exits(config, params, batch)
     z = jnp.asarray(all_logits)
-    criteria = ([Criterion("entropy", s) for s in thresholds_between(entropy(z), (0.2, 0.6))]
-                + [Criterion("max_prob", p) for p in thresholds_between(max_prob(z), (0.4,))]
-                + [Criterion("patience", t) for t in (1, 2, 3)])
+    criteria = (
+        [Criterion("entropy", s) for s in thresholds_between(entropy(z), (0.2, 0.6))]
+        + [Criterion("max_prob", p) for p in thresholds_between(max_prob(z), (0.4,))]
+        + [Criterion("patience", t) for t in (1, 2, 3)]
+    )
     seen = set()
     for criterion in criteria:
         # 6 layers of width 384 in float32, at different batch shapes: ~3e-4 apart.
-        seen.update(assert_agree(config, params, batch, criterion, atol=2e-3, buckets=(16, 4, 1),
-                                 all_logits=all_logits).tolist())
+        seen.update(
+            assert_agree(
+                config, params, batch, criterion, atol=2e-3, buckets=(16, 4, 1), all_logits=all_logits
+            ).tolist()
+        )
     assert len(seen) >= 4
 
 
 # ---- the default sweeps ----------------------------------------------------------------------
+
 
 def test_default_sweeps_follow_the_depth_and_the_method(tiny):
     from rome_jax.data import Features
@@ -296,7 +318,9 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
     assert default_sweeps(6, "fastbert")["normalized_entropy"] == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     assert parse_sweeps("patience", 6) == {"patience": (1, 2, 3, 4)}
     assert parse_sweeps("patience:5;normalized_entropy", 6) == {
-        "patience": (5.0,), "normalized_entropy": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
+        "patience": (5.0,),
+        "normalized_entropy": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    }
 
     params, batch = tiny
     all_logits = inference.all_exits(TINY, params, batch)
@@ -307,11 +331,23 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
     assert int(np.asarray(index).min()) == 1  # exit 2 at the earliest
 
     ids = np.asarray(batch["input_ids"])
-    features = Features(input_ids=ids, attention_mask=np.asarray(batch["attention_mask"]),
-                        token_type_ids=np.asarray(batch["token_type_ids"]),
-                        labels=np.arange(len(ids), dtype=np.int32) % 3, index=np.arange(len(ids)))
-    results = evaluate_split(TINY, params, get_task("mnli"), "validation_matched", features, timing=False,
-                             mode="fastbert", log=lambda _: None)
+    features = Features(
+        input_ids=ids,
+        attention_mask=np.asarray(batch["attention_mask"]),
+        token_type_ids=np.asarray(batch["token_type_ids"]),
+        labels=np.arange(len(ids), dtype=np.int32) % 3,
+        index=np.arange(len(ids)),
+    )
+    results = evaluate_split(
+        TINY,
+        params,
+        get_task("mnli"),
+        "validation_matched",
+        features,
+        timing=False,
+        mode="fastbert",
+        log=lambda _: None,
+    )
     rows = {}
     for row in results["sweep"]:
         rows.setdefault(row["criterion"], []).append(row["threshold"])
@@ -326,6 +362,7 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
 
 # ---- batches the model cannot read -----------------------------------------------------------
 
+
 def test_bad_batches_are_one_error_naming_the_key(tiny):
     from rome_jax.api import MultiExitModel
 
@@ -334,12 +371,16 @@ def test_bad_batches_are_one_error_naming_the_key(tiny):
     ids = np.asarray(batch["input_ids"])
     cases = [
         ({**batch, "input_ids": ids + 0.9}, "input_ids must be integers, not float"),
-        ({**batch, "input_ids": np.where(ids == ids.max(), TINY.vocab_size, ids)},
-         f"input_ids holds {TINY.vocab_size}, outside the model's 0..{TINY.vocab_size - 1}"),
+        (
+            {**batch, "input_ids": np.where(ids == ids.max(), TINY.vocab_size, ids)},
+            f"input_ids holds {TINY.vocab_size}, outside the model's 0..{TINY.vocab_size - 1}",
+        ),
         ({**batch, "input_ids": -ids}, "input_ids holds -"),
         ({**batch, "token_type_ids": np.asarray(batch["token_type_ids"]) * 2}, "token_type_ids holds 2"),
-        ({**batch, "attention_mask": np.asarray(batch["attention_mask"])[:1]},
-         r"attention_mask has shape \(1, 16\); input_ids \(8, 16\) make it \(8, 16\)"),
+        (
+            {**batch, "attention_mask": np.asarray(batch["attention_mask"])[:1]},
+            r"attention_mask has shape \(1, 16\); input_ids \(8, 16\) make it \(8, 16\)",
+        ),
         ({**batch, "example_mask": np.ones((8, 16), np.int32)}, r"example_mask has shape \(8, 16\)"),
         ({"input_ids": ids[0]}, r"input_ids must be \[batch, length\], got shape \(16,\)"),
         ({"input_ids": np.ones((1, 65), np.int32)}, "input_ids of length 65 exceed the model's 64 positions"),
@@ -347,26 +388,42 @@ def test_bad_batches_are_one_error_naming_the_key(tiny):
     ]
     full = {**batch, "example_mask": np.ones(len(ids), np.int32)}
     rename = lambda old, new: {(new if k == old else k): v for k, v in full.items()}
-    for old, new in [("attention_mask", "input_mask"), ("attention_mask", "attention_masks"),
-                     ("token_type_ids", "segment_ids"), ("token_type_ids", "Token-Type-Ids"),
-                     ("example_mask", "example_masks"), ("input_ids", "input_id")]:
+    for old, new in [
+        ("attention_mask", "input_mask"),
+        ("attention_mask", "attention_masks"),
+        ("token_type_ids", "segment_ids"),
+        ("token_type_ids", "Token-Type-Ids"),
+        ("example_mask", "example_masks"),
+        ("input_ids", "input_id"),
+    ]:
         cases.append((rename(old, new), f"batch key '{new}' is not read: did you mean '{old}'"))
     criterion = Criterion("entropy", 0.3)
     for bad, message in cases:
-        for run in (model.exit_logits, lambda b: while_loop_exit(TINY, params, b, criterion),
-                    lambda b: per_example_exit(TINY, params, b, criterion)):
+        for run in (
+            model.exit_logits,
+            lambda b: while_loop_exit(TINY, params, b, criterion),
+            lambda b: per_example_exit(TINY, params, b, criterion),
+        ):
             with pytest.raises(ValueError, match=message):
                 run(bad)
     # keys other codebases add are ignored when nothing they could stand for is missing
-    extra = {"special_tokens_mask": ids, "offset_mapping": ids, "labels": ids[:, 0], "index": ids[:, 0],
-             "attention_masks": batch["attention_mask"], "head_mask": ids}
+    extra = {
+        "special_tokens_mask": ids,
+        "offset_mapping": ids,
+        "labels": ids[:, 0],
+        "index": ids[:, 0],
+        "attention_masks": batch["attention_mask"],
+        "head_mask": ids,
+    }
     np.testing.assert_array_equal(model.exit_logits({**batch, **extra}), model.exit_logits(batch))
     # lists are arrays, and the checks cost no result: the same logits as before
-    np.testing.assert_array_equal(model.exit_logits({k: np.asarray(v).tolist() for k, v in batch.items()}),
-                                  model.exit_logits(batch))
+    np.testing.assert_array_equal(
+        model.exit_logits({k: np.asarray(v).tolist() for k, v in batch.items()}), model.exit_logits(batch)
+    )
     with pytest.raises(ValueError, match="batch 1 has sequence length 8, the first 16"):
         BatchedEarlyExit(TINY, params, criterion).run_dataset(
-            [batch, {k: np.asarray(v)[:, :8] for k, v in batch.items()}])
+            [batch, {k: np.asarray(v)[:, :8] for k, v in batch.items()}]
+        )
     with pytest.raises(ValueError, match="fixed exit 7 is beyond the model's 6 exits"):
         while_loop_exit(TINY, params, batch, Criterion("fixed", 7))
 
@@ -387,23 +444,36 @@ def test_evaluate_split_refuses_a_task_with_other_labels(tiny):
 
     params, batch = tiny
     ids = np.asarray(batch["input_ids"])
-    features = Features(input_ids=ids, attention_mask=np.asarray(batch["attention_mask"]),
-                        token_type_ids=np.asarray(batch["token_type_ids"]),
-                        labels=np.zeros(len(ids), np.int32), index=np.arange(len(ids)))
+    features = Features(
+        input_ids=ids,
+        attention_mask=np.asarray(batch["attention_mask"]),
+        token_type_ids=np.asarray(batch["token_type_ids"]),
+        labels=np.zeros(len(ids), np.int32),
+        index=np.arange(len(ids)),
+    )
     with pytest.raises(ValueError, match="task sst2 has 2 labels, the model 3 outputs"):
         evaluate_split(TINY, params, "sst2", "dev", features, timing=False, log=lambda _: None)
 
 
 # ---- length buckets ----------------------------------------------------------------------------
 
+
 def test_cut_to_bucket_cuts_the_token_arrays_to_the_smallest_bucket_holding_the_longest_row():
     mask = np.zeros((3, 128), np.int32)
     mask[0, :20], mask[1, :33], mask[2, :5] = 1, 1, 1
-    batch = {"input_ids": np.arange(3 * 128).reshape(3, 128), "attention_mask": mask,
-             "token_type_ids": np.zeros((3, 128), np.int32), "example_mask": np.ones(3, bool)}
+    batch = {
+        "input_ids": np.arange(3 * 128).reshape(3, 128),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((3, 128), np.int32),
+        "example_mask": np.ones(3, bool),
+    }
     cut = inference.cut_to_bucket(batch, (16, 32, 64, 128))
-    assert {k: v.shape for k, v in cut.items()} == {"input_ids": (3, 64), "attention_mask": (3, 64),
-                                                    "token_type_ids": (3, 64), "example_mask": (3,)}
+    assert {k: v.shape for k, v in cut.items()} == {
+        "input_ids": (3, 64),
+        "attention_mask": (3, 64),
+        "token_type_ids": (3, 64),
+        "example_mask": (3,),
+    }
     np.testing.assert_array_equal(cut["input_ids"], batch["input_ids"][:, :64])
     assert inference.cut_to_bucket({k: v[2:] for k, v in batch.items()}, (16, 32))["input_ids"].shape == (1, 16)
     assert inference.cut_to_bucket(batch, (16, 256))["input_ids"].shape == (3, 128)  # never widened

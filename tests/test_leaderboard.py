@@ -14,8 +14,9 @@ def test_task_scores_follow_the_glue_rules():
     assert task_score("qqp", {"dev": {"f1": 0.7, "accuracy": 0.9}}) == pytest.approx(0.8)
     assert task_score("stsb", {"dev": {"pearson": 0.88, "spearman": 0.86}}) == pytest.approx(0.87)
     assert task_score("cola", {"dev": {"matthews_correlation": 0.5, "accuracy": 0.8}}) == pytest.approx(0.5)
-    assert task_score("mnli", {"dev_matched": {"accuracy": 0.84},
-                               "dev_mismatched": {"accuracy": 0.82}}) == pytest.approx(0.83)
+    assert task_score(
+        "mnli", {"dev_matched": {"accuracy": 0.84}, "dev_mismatched": {"accuracy": 0.82}}
+    ) == pytest.approx(0.83)
     with pytest.raises(ValueError, match="dev_mismatched"):
         task_score("mnli", {"dev_matched": {"accuracy": 0.84}})
 
@@ -24,9 +25,9 @@ def test_glue_average_of_made_up_results():
     per_task = {
         "cola": {"dev": {"matthews_correlation": 0.50}},
         "sst2": {"dev": {"accuracy": 0.90}},
-        "mrpc": {"dev": {"f1": 0.90, "accuracy": 0.86}},           # 0.88
-        "stsb": {"dev": {"pearson": 0.87, "spearman": 0.85}},      # 0.86
-        "qqp": {"dev": {"f1": 0.86, "accuracy": 0.90}},            # 0.88
+        "mrpc": {"dev": {"f1": 0.90, "accuracy": 0.86}},  # 0.88
+        "stsb": {"dev": {"pearson": 0.87, "spearman": 0.85}},  # 0.86
+        "qqp": {"dev": {"f1": 0.86, "accuracy": 0.90}},  # 0.88
         "mnli": {"dev_matched": {"accuracy": 0.83}, "dev_mismatched": {"accuracy": 0.85}},  # 0.84
         "qnli": {"dev": {"accuracy": 0.91}},
         "rte": {"dev": {"accuracy": 0.66}},
@@ -53,11 +54,22 @@ def test_prediction_strings():
     assert format_predictions("stsb", np.array([[-0.4], [2.345], [7.0]])) == ["0.000", "2.345", "5.000"]
 
 
-@pytest.mark.parametrize("task,split,name,n_labels", [
-    ("cola", "test", "CoLA", 2), ("sst2", "test", "SST-2", 2), ("mrpc", "test", "MRPC", 2),
-    ("stsb", "test", "STS-B", 1), ("qqp", "test", "QQP", 2), ("mnli", "test_matched", "MNLI-m", 3),
-    ("mnli", "test_mismatched", "MNLI-mm", 3), ("qnli", "test", "QNLI", 2), ("rte", "test", "RTE", 2),
-    ("wnli", "test", "WNLI", 2), ("ax", "test", "AX", 3)])
+@pytest.mark.parametrize(
+    "task,split,name,n_labels",
+    [
+        ("cola", "test", "CoLA", 2),
+        ("sst2", "test", "SST-2", 2),
+        ("mrpc", "test", "MRPC", 2),
+        ("stsb", "test", "STS-B", 1),
+        ("qqp", "test", "QQP", 2),
+        ("mnli", "test_matched", "MNLI-m", 3),
+        ("mnli", "test_mismatched", "MNLI-mm", 3),
+        ("qnli", "test", "QNLI", 2),
+        ("rte", "test", "RTE", 2),
+        ("wnli", "test", "WNLI", 2),
+        ("ax", "test", "AX", 3),
+    ],
+)
 def test_submission_files(tmp_path, task, split, name, n_labels):
     rng = np.random.RandomState(0)
     preds = rng.rand(7) * 6 - 0.5 if n_labels == 1 else rng.randint(0, n_labels, 7)
@@ -86,8 +98,11 @@ def test_submission_needs_a_test_split(tmp_path):
     with pytest.raises(DataError, match="no split 'test' .*test_matched, test_mismatched"):
         write_submission("mnli", "test", [0], np.array([0]), str(tmp_path))
     # Dev predictions would overwrite the test file of the same name.
-    with pytest.raises(DataError, match=r"rte/dev: leaderboard files hold test predictions "
-                                        r"\(test splits: test\)"):
+    with pytest.raises(
+        DataError,
+        match=r"rte/dev: leaderboard files hold test predictions "
+        r"\(test splits: test\)",
+    ):
         write_submission("rte", "validation", [0], np.array([0]), str(tmp_path))
     assert list(tmp_path.iterdir()) == []
     path = write_submission("mnli", "test-mismatched", [0], np.array([1]), str(tmp_path))

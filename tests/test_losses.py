@@ -100,20 +100,12 @@ def test_example_weight_is_weighted_mean(data):
     weight = np.array([1, 0, 2, 1, 0], np.float32)
     bad_labels = labels.copy()
     bad_labels[1] = -1  # padded rows may carry any label
-    got = losses.exit_losses(
-        jnp.asarray(logits), jnp.asarray(bad_labels), example_weight=jnp.asarray(weight)
-    )
-    per_example = -np.stack(
-        [_np_log_softmax(logits[e])[np.arange(B), labels] for e in range(E)]
-    )  # [E, B]
+    got = losses.exit_losses(jnp.asarray(logits), jnp.asarray(bad_labels), example_weight=jnp.asarray(weight))
+    per_example = -np.stack([_np_log_softmax(logits[e])[np.arange(B), labels] for e in range(E)])  # [E, B]
     want = (per_example * weight).sum(-1) / weight.sum()
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    ones = losses.distillation_losses(
-        jnp.asarray(logits), temperature=T, example_weight=jnp.ones(B)
-    )
-    np.testing.assert_allclose(
-        ones, losses.distillation_losses(jnp.asarray(logits), temperature=T), rtol=1e-6
-    )
+    ones = losses.distillation_losses(jnp.asarray(logits), temperature=T, example_weight=jnp.ones(B))
+    np.testing.assert_allclose(ones, losses.distillation_losses(jnp.asarray(logits), temperature=T), rtol=1e-6)
 
 
 @pytest.mark.parametrize("reduction", ["reference", "batchmean"])
@@ -138,22 +130,18 @@ def test_distillation_against_torch_kldivloss(data, reduction):
     else:
         criterion = torch.nn.KLDivLoss(reduction="batchmean")
     target = torch.softmax(z[-1] / T, dim=-1)
-    want = [
-        float(criterion(torch.log_softmax(z[e] / T, dim=-1), target)) * T**2 for e in range(E - 1)
-    ]
+    want = [float(criterion(torch.log_softmax(z[e] / T, dim=-1), target)) * T**2 for e in range(E - 1)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_teacher_gets_no_gradient_from_distillation(data):
     logits, _ = data
-    grad = jax.grad(lambda z: jnp.sum(losses.distillation_losses(z, temperature=T)))(
-        jnp.asarray(logits)
-    )
+    grad = jax.grad(lambda z: jnp.sum(losses.distillation_losses(z, temperature=T)))(jnp.asarray(logits))
     np.testing.assert_array_equal(grad[-1], 0.0)
     assert np.all(np.abs(np.asarray(grad[:-1])).sum(axis=(1, 2)) > 0)
-    grad_reg = jax.grad(
-        lambda z: jnp.sum(losses.distillation_losses(z, temperature=T, regression=True))
-    )(jnp.asarray(logits[..., :1]))
+    grad_reg = jax.grad(lambda z: jnp.sum(losses.distillation_losses(z, temperature=T, regression=True)))(
+        jnp.asarray(logits[..., :1])
+    )
     np.testing.assert_array_equal(grad_reg[-1], 0.0)
     assert np.all(np.abs(np.asarray(grad_reg[:-1])) > 0)
 
@@ -179,9 +167,7 @@ def test_hand_computed_tiny_case():
     labels = jnp.array([0])
     kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
     assert kl == pytest.approx(0.1308120, abs=1e-7)
-    np.testing.assert_allclose(
-        losses.distillation_losses(logits, temperature=1.0), [0.0654060], atol=1e-6
-    )
+    np.testing.assert_allclose(losses.distillation_losses(logits, temperature=1.0), [0.0654060], atol=1e-6)
     np.testing.assert_allclose(
         losses.distillation_losses(logits, temperature=1.0, reduction="batchmean"),
         [0.1308120],
@@ -197,9 +183,7 @@ def test_hand_computed_tiny_case():
 def test_romebert_groups(data):
     logits, labels = data
     gamma = 0.9
-    loss_a, loss_b, aux = losses.romebert_groups(
-        jnp.asarray(logits), jnp.asarray(labels), gamma=gamma, temperature=T
-    )
+    loss_a, loss_b, aux = losses.romebert_groups(jnp.asarray(logits), jnp.asarray(labels), gamma=gamma, temperature=T)
     ce = _np_cross_entropy(logits, labels)
     kl = _np_kl(logits, T, divide_by_classes=True)
     np.testing.assert_allclose(loss_a, ce[-1], rtol=1e-5)
@@ -211,9 +195,7 @@ def test_romebert_groups(data):
 
 def test_romebert_groups_regression(regression_data):
     logits, labels = regression_data
-    loss_a, loss_b, _ = losses.romebert_groups(
-        jnp.asarray(logits), jnp.asarray(labels), gamma=0.5, regression=True
-    )
+    loss_a, loss_b, _ = losses.romebert_groups(jnp.asarray(logits), jnp.asarray(labels), gamma=0.5, regression=True)
     mse = [_np_mse(logits[e, :, 0], labels) for e in range(E)]
     distill = [_np_mse(logits[e, :, 0], logits[-1, :, 0]) for e in range(E - 1)]
     np.testing.assert_allclose(loss_a, mse[-1], rtol=1e-5)
@@ -234,18 +216,14 @@ def test_plain_and_joint(data):
     np.testing.assert_allclose(loss_a, ce[-1], rtol=1e-5)
     np.testing.assert_allclose(loss_b, ce[:-1].sum(), rtol=1e-5)
     np.testing.assert_allclose(aux["exit_loss"], ce, rtol=1e-5)
-    np.testing.assert_allclose(
-        losses.joint_loss(jnp.asarray(logits), jnp.asarray(labels)), ce.sum(), rtol=1e-5
-    )
+    np.testing.assert_allclose(losses.joint_loss(jnp.asarray(logits), jnp.asarray(labels)), ce.sum(), rtol=1e-5)
 
 
 def test_pabee_weights(data):
     logits, labels = data
     ce = _np_cross_entropy(logits, labels)
     want = (1 * ce[0] + 2 * ce[1] + 3 * ce[2] + 4 * ce[3]) / 10
-    np.testing.assert_allclose(
-        losses.pabee_loss(jnp.asarray(logits), jnp.asarray(labels)), want, rtol=1e-5
-    )
+    np.testing.assert_allclose(losses.pabee_loss(jnp.asarray(logits), jnp.asarray(labels)), want, rtol=1e-5)
 
 
 def test_pabee_regression(regression_data):
@@ -279,9 +257,7 @@ def test_regression_variants_of_sums(regression_data):
     mse = np.array([_np_mse(logits[e, :, 0], labels) for e in range(E)])
     z, y = jnp.asarray(logits), jnp.asarray(labels)
     np.testing.assert_allclose(losses.joint_loss(z, y, regression=True), mse.sum(), rtol=1e-5)
-    np.testing.assert_allclose(
-        losses.deebert_stage2_loss(z, y, regression=True), mse[:-1].sum(), rtol=1e-5
-    )
+    np.testing.assert_allclose(losses.deebert_stage2_loss(z, y, regression=True), mse[:-1].sum(), rtol=1e-5)
 
 
 def test_losses_jit(data):

@@ -34,8 +34,9 @@ def test_multiclass_metrics_match_sklearn(seed):
     predictions = logits.argmax(-1)
     expected = accuracy_score(labels, predictions)
     assert compute_metrics("mnli", logits, labels) == {"accuracy": pytest.approx(expected)}
-    assert compute_metrics("matthews_correlation", predictions, labels)["matthews_correlation"] == \
-        pytest.approx(matthews_corrcoef(labels, predictions))
+    assert compute_metrics("matthews_correlation", predictions, labels)["matthews_correlation"] == pytest.approx(
+        matthews_corrcoef(labels, predictions)
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -88,8 +89,10 @@ def test_bad_inputs():
 
 
 def test_metrics_do_not_import_sklearn_or_scipy():
-    code = ("import sys, rome_jax.metrics as m, numpy as np; m.compute_metrics('stsb', np.arange(3.), "
-            "np.arange(3.)); bad = {'sklearn', 'scipy'} & set(sys.modules); assert not bad, bad")
+    code = (
+        "import sys, rome_jax.metrics as m, numpy as np; m.compute_metrics('stsb', np.arange(3.), "
+        "np.arange(3.)); bad = {'sklearn', 'scipy'} & set(sys.modules); assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 import rome_jax
-from rome_jax.model_config import ModelConfig
+import tiny_hf
 from rome_jax.errors import CheckpointError
 from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
+from rome_jax.model_config import ModelConfig
 from rome_jax.ops import Dropout, attention, dense_matmul, dropout_bits, softmax, training_attention
-
-import tiny_hf
 
 torch = pytest.importorskip("torch")
 
@@ -59,8 +58,7 @@ def test_roberta_final_exit_matches_hf(roberta_dir):
     model = rome_jax.load_pretrained(str(path))
     assert model.config.family == "roberta" and model.config.position_offset == 2
     logits = np.asarray(model.exit_logits(batch))
-    np.testing.assert_allclose(logits[-1], tiny_hf.torch_logits(hf_model, batch, token_types=False),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(logits[-1], tiny_hf.torch_logits(hf_model, batch, token_types=False), atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +76,14 @@ def test_albert_final_exit_matches_hf_and_exports_back(albert_dir, tmp_path):
     model = rome_jax.load_pretrained(str(path))
     assert model.config.shares_layers and model.config.embedding_size == 16
     assert "layer" not in model.params["layers"]  # one shared layer, no per-layer copies
-    np.testing.assert_allclose(np.asarray(model.exit_logits(batch))[-1],
-                               tiny_hf.torch_logits(hf_model, batch), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(model.exit_logits(batch))[-1], tiny_hf.torch_logits(hf_model, batch), atol=1e-5, rtol=0
+    )
     model.save_pretrained(str(tmp_path))
     again = AlbertForSequenceClassification.from_pretrained(str(tmp_path)).eval()
-    np.testing.assert_allclose(tiny_hf.torch_logits(again, batch), np.asarray(model.exit_logits(batch))[-1],
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        tiny_hf.torch_logits(again, batch), np.asarray(model.exit_logits(batch))[-1], atol=1e-5, rtol=0
+    )
 
 
 def test_intermediate_exits_copy_pooler_and_seeded_classifier(bert_dir):
@@ -103,15 +103,21 @@ def test_intermediate_exits_copy_pooler_and_seeded_classifier(bert_dir):
 
 
 def test_minilm_hidden_states_and_pooler_match_hf(minilm_path, glue_dir):
-    from transformers import AutoTokenizer, BertModel
-
     import csv
+
+    from transformers import AutoTokenizer, BertModel
 
     with open(os.path.join(glue_dir, "RTE", "dev.tsv"), encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:9]
     tok = AutoTokenizer.from_pretrained(minilm_path)
-    enc = tok([r[1] for r in rows], [r[2] for r in rows], truncation=True, max_length=128,
-              padding="max_length", return_tensors="np")
+    enc = tok(
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        truncation=True,
+        max_length=128,
+        padding="max_length",
+        return_tensors="np",
+    )
     batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     hf = BertModel.from_pretrained(minilm_path).eval()
     with torch.no_grad():
@@ -119,8 +125,12 @@ def test_minilm_hidden_states_and_pooler_match_hf(minilm_path, glue_dir):
     model = rome_jax.load_pretrained(minilm_path, num_labels=2)
     ours = model.module.apply({"params": model.params}, **batch)
     mask = batch["attention_mask"][..., None].astype(bool)
-    np.testing.assert_allclose(np.where(mask, np.asarray(ours["last_hidden"]), 0),
-                               np.where(mask, out.last_hidden_state.numpy(), 0), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.where(mask, np.asarray(ours["last_hidden"]), 0),
+        np.where(mask, out.last_hidden_state.numpy(), 0),
+        atol=1e-4,
+        rtol=0,
+    )
     np.testing.assert_allclose(np.asarray(ours["pooled"][-1]), out.pooler_output.numpy(), atol=1e-4, rtol=0)
 
 
@@ -130,8 +140,7 @@ def test_export_round_trip_through_transformers(bert_dir, tmp_path):
     path, _ = bert_dir
     model = rome_jax.load_pretrained(str(path), seed=3)
     # Make the exits differ from their initial values, as after training.
-    model.params = jax.tree.map(lambda x: x + 0.01 * jnp.sin(jnp.arange(x.size).reshape(x.shape)),
-                                model.params)
+    model.params = jax.tree.map(lambda x: x + 0.01 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), model.params)
     model.label_names = ["a", "b", "c"]
     model.save_pretrained(str(tmp_path / "out"))
     batch = tiny_hf.random_batch(seed=1)
@@ -161,8 +170,10 @@ def test_final_exit_fine_tuned_in_transformers_wins_over_the_exits_file(bert_dir
     logits = np.asarray(again.exit_logits(batch))
     np.testing.assert_allclose(logits[-1], tiny_hf.torch_logits(hf, batch), atol=1e-5, rtol=0)
     np.testing.assert_allclose(logits[:-1], np.asarray(model.exit_logits(batch))[:-1], atol=1e-6, rtol=0)
-    assert any("the final exit in rome_jax_exits.safetensors differs from the one in model.safetensors"
-               in r.getMessage() for r in caplog.records)
+    assert any(
+        "the final exit in rome_jax_exits.safetensors differs from the one in model.safetensors" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_sharded_weights_errors_name_the_shard(bert_dir, tmp_path):
@@ -199,21 +210,25 @@ def test_roberta_export_round_trip(roberta_dir, tmp_path):
     model.save_pretrained(str(tmp_path))
     batch = tiny_hf.random_batch(pad_id=1, two_segments=False)
     hf = RobertaForSequenceClassification.from_pretrained(str(tmp_path)).eval()
-    np.testing.assert_allclose(tiny_hf.torch_logits(hf, batch, token_types=False),
-                               np.asarray(model.exit_logits(batch))[-1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        tiny_hf.torch_logits(hf, batch, token_types=False), np.asarray(model.exit_logits(batch))[-1], atol=1e-5, rtol=0
+    )
 
 
 def test_keys_without_prefix_old_layernorm_names_and_torch_bin(bert_dir, tmp_path):
     path, hf_model = bert_dir
     state = {k.replace("bert.", "", 1): v for k, v in hf_model.state_dict().items()}
-    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-             for k, v in state.items()}
+    state = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in state.items()
+    }
     torch.save(state, tmp_path / "pytorch_model.bin")
     shutil.copy(path / "config.json", tmp_path / "config.json")
     batch = tiny_hf.random_batch()
     model = rome_jax.load_pretrained(str(tmp_path))
-    np.testing.assert_allclose(np.asarray(model.exit_logits(batch))[-1],
-                               tiny_hf.torch_logits(hf_model, batch), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(model.exit_logits(batch))[-1], tiny_hf.torch_logits(hf_model, batch), atol=1e-5, rtol=0
+    )
 
 
 def test_shape_mismatch_names_parameter_and_both_shapes(bert_dir, tmp_path):
@@ -241,8 +256,10 @@ def test_malformed_config_values_are_one_clear_error(bert_dir, tmp_path):
     config_path = tmp_path / "m" / "config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "hidden_size": "32", "type_vocab_size": None}))
-    with pytest.raises(CheckpointError, match=f"^{config_path}: hidden_size='32', type_vocab_size=None: "
-                                              "sizes must be positive integers$"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"^{config_path}: hidden_size='32', type_vocab_size=None: sizes must be positive integers$",
+    ):
         rome_jax.load_pretrained(str(tmp_path / "m"))
     config_path.write_text("null")
     with pytest.raises(CheckpointError, match=f"^{config_path}: not a JSON object$"):
@@ -268,9 +285,16 @@ def test_hub_name_offline_says_what_to_pass(monkeypatch):
 
 def test_stacked_layers_keep_the_program_size_constant():
     """Compile time must not grow with depth: the jaxpr of 2 and 8 layers is the same size."""
+
     def size(num_layers):
-        cfg = ModelConfig(vocab_size=50, hidden_size=16, num_layers=num_layers, num_heads=2,
-                          intermediate_size=32, max_position_embeddings=32)
+        cfg = ModelConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_layers=num_layers,
+            num_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+        )
         params = jax.eval_shape(lambda: init_params(cfg))
         ids = jnp.zeros((2, 8), jnp.int32)
         jaxpr = jax.make_jaxpr(lambda p: MultiExitEncoder(cfg).apply({"params": p}, ids)["logits"])(params)
@@ -287,8 +311,9 @@ def test_layer_by_layer_pieces_equal_the_scanned_model(bert_dir, albert_dir, fam
     full = np.asarray(model.exit_logits(batch))
     hidden = apply_embeddings(model.config, model.params, batch)
     for i in range(model.config.num_layers):
-        hidden, logits = apply_layer_with_exit(model.config, layer_params(model.params, jnp.int32(i)),
-                                               hidden, batch["attention_mask"])
+        hidden, logits = apply_layer_with_exit(
+            model.config, layer_params(model.params, jnp.int32(i)), hidden, batch["attention_mask"]
+        )
         np.testing.assert_allclose(np.asarray(logits), full[i], atol=1e-6, rtol=0)
 
 
@@ -296,16 +321,17 @@ def test_dropout_is_active_in_training_mode(bert_dir):
     path, _ = bert_dir
     model = rome_jax.load_pretrained(str(path))
     batch = {k: jnp.asarray(v) for k, v in tiny_hf.random_batch().items()}
-    run = lambda seed: model.module.apply({"params": model.params}, **batch, deterministic=False,
-                                          rngs={"dropout": jax.random.PRNGKey(seed)})["logits"]
+    run = lambda seed: model.module.apply(
+        {"params": model.params}, **batch, deterministic=False, rngs={"dropout": jax.random.PRNGKey(seed)}
+    )["logits"]
     assert not np.allclose(run(0), run(1))
     np.testing.assert_array_equal(run(0), run(0))
 
 
 def test_dropout_drops_at_the_rate_and_scales_the_rest():
     x = jnp.ones((1000, 1000), jnp.float32)
-    apply = lambda rate, key=jax.random.PRNGKey(3), det=False: np.asarray(
-        Dropout(rate).apply({}, x, det, rngs={"dropout": key}))
+    key3 = jax.random.PRNGKey(3)
+    apply = lambda rate, key=key3, det=False: np.asarray(Dropout(rate).apply({}, x, det, rngs={"dropout": key}))
     out = apply(0.1)
     dropped = (out == 0).mean()
     rate = 6554 / 65536  # 0.1 met to 2**-17
@@ -394,7 +420,7 @@ def test_attention_forms_equal_the_textbook_one():
     theirs = jax.vjp(lambda *a: jax.nn.dot_product_attention(*a, mask=m4, implementation="xla"), q, k, v)[1](g)
     for form in (attention, training_attention):
         np.testing.assert_allclose(form(q, k, v, m4), _np_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
-        ours = jax.vjp(lambda *a: form(*a, m4), q, k, v)[1](g)
+        ours = jax.vjp(lambda *a: form(*a, m4), q, k, v)[1](g)  # noqa: B023 - called at once
         for a, b in zip(ours, theirs):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
         assert float(np.abs(np.asarray(ours[1])[1, 3:]).max()) == 0.0  # no gradient into padded keys
@@ -405,8 +431,9 @@ def test_attention_forms_equal_the_textbook_one():
     rate = 0.3
     keep = rng.rand(B, N, T, T) >= rate
     drop = lambda p: jnp.where(keep, p / (1 - rate), 0.0)
-    np.testing.assert_allclose(training_attention(q, k, v, m4, drop), _np_attention(q, k, v, mask, keep, rate),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        training_attention(q, k, v, m4, drop), _np_attention(q, k, v, mask, keep, rate), rtol=1e-5, atol=1e-6
+    )
 
     def plain(q, k, v):  # jax.nn.softmax's own autodiff
         s = jnp.where(m4, jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D), -1e30)
@@ -454,11 +481,14 @@ def test_the_cudnn_attention_kernel_is_refused_where_it_cannot_run():
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs a CUDA GPU")
 def test_cudnn_attention_matches_the_xla_form_on_a_gpu():
     """On a GPU: the cuDNN kernel's exits agree with the XLA form's (bfloat16)."""
-    dims = dict(vocab_size=50, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                dtype="bfloat16")
+    dims = dict(vocab_size=50, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, dtype="bfloat16")
     params = init_params(ModelConfig(**dims), seq_len=16)
     ids = jnp.asarray(np.random.RandomState(0).randint(1, 50, (4, 16)))
     mask = jnp.ones_like(ids).at[1, 10:].set(0)
-    logits = {kernel: MultiExitEncoder(ModelConfig(**dims, attention_kernel=kernel)).apply(
-        {"params": params}, ids, mask)["logits"] for kernel in ("xla", "cudnn")}
+    logits = {
+        kernel: MultiExitEncoder(ModelConfig(**dims, attention_kernel=kernel)).apply({"params": params}, ids, mask)[
+            "logits"
+        ]
+        for kernel in ("xla", "cudnn")
+    }
     np.testing.assert_allclose(logits["cudnn"], logits["xla"], rtol=0.05, atol=0.02)

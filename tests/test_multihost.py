@@ -45,12 +45,19 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, glue_dir):
     cache = tmp_path_factory.mktemp("jax_cache")
-    base = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                    if not f.startswith("--xla_force_host_platform_device_count"))
-    return {**os.environ, "GLUE_DIR": glue_dir, "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "PYTHONPATH": str(REPO),
-            "XLA_FLAGS": base}
+    base = " ".join(
+        f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")
+    )
+    return {
+        **os.environ,
+        "GLUE_DIR": glue_dir,
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "PYTHONPATH": str(REPO),
+        "XLA_FLAGS": base,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +67,32 @@ def tiny_model(tmp_path_factory, minilm_path):
     from transformers import AutoTokenizer
 
     path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(path, num_labels=2, vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    tiny_hf.make_bert(
+        path,
+        num_labels=2,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
     return str(path)
 
 
 def command(workdir, model, overrides=(), extra=()):
-    return ([sys.executable, str(REPO / "train.py"), f"--config={TINY}", f"--workdir={workdir}",
-             f"--config.model.name_or_path={model}"] + [f"--config.{o}" for o in overrides] + list(extra))
+    return (
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            f"--config={TINY}",
+            f"--workdir={workdir}",
+            f"--config.model.name_or_path={model}",
+        ]
+        + [f"--config.{o}" for o in overrides]
+        + list(extra)
+    )
 
 
 def with_devices(env, count):
@@ -88,13 +112,25 @@ class Processes:
         self.logs = [self.workdir.parent / f"{self.workdir.name}.{tag}.p{i}.log" for i in (0, 1)]
         self.procs = []
         for i in (0, 1):
-            extra = (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-                     "--initialization_timeout=60", "--heartbeat_timeout=10")
+            extra = (
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                "--initialization_timeout=60",
+                "--heartbeat_timeout=10",
+            )
             mark = OTHER_GID if i == 1 and can_mark_process_1() else None  # set in the child, in C
             with open(self.logs[i], "w") as log:
-                self.procs.append(subprocess.Popen(
-                    command(workdir, model, overrides, extra), cwd=REPO, env=with_devices(env, 2),
-                    stdout=log, stderr=subprocess.STDOUT, group=mark))
+                self.procs.append(
+                    subprocess.Popen(
+                        command(workdir, model, overrides, extra),
+                        cwd=REPO,
+                        env=with_devices(env, 2),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        group=mark,
+                    )
+                )
 
     def log(self, i) -> str:
         return self.logs[i].read_text(errors="replace")
@@ -137,8 +173,14 @@ def run_two(env, workdir, model, overrides=(), tag="run", expect=(0, 0)) -> Proc
 
 def run_one(env, workdir, model, overrides=()):
     """One process with four devices: the reference."""
-    proc = subprocess.run(command(workdir, model, overrides), cwd=REPO, env=with_devices(env, 4),
-                          capture_output=True, text=True, timeout=DEADLINE)
+    proc = subprocess.run(
+        command(workdir, model, overrides),
+        cwd=REPO,
+        env=with_devices(env, 4),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -263,14 +305,28 @@ def test_deebert_sigterm_to_one_process_stops_all_at_one_step(env, tiny_model, t
 def test_unreachable_coordinator_is_one_line_naming_it_in_bounded_time(env, tiny_model, tmp_path):
     address = f"127.0.0.1:{free_port()}"  # nobody listens there
     start = time.time()
-    proc = subprocess.run(command(tmp_path / "w", tiny_model, extra=(
-        f"--coordinator_address={address}", "--num_processes=2", "--process_id=1",
-        "--initialization_timeout=3")), cwd=REPO, env=with_devices(env, 2), capture_output=True,
-        text=True, timeout=120)
+    proc = subprocess.run(
+        command(
+            tmp_path / "w",
+            tiny_model,
+            extra=(
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                "--process_id=1",
+                "--initialization_timeout=3",
+            ),
+        ),
+        cwd=REPO,
+        env=with_devices(env, 2),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"train.py: error: cannot reach JAX's coordinator at {address} within 3 s"), proc.stderr
+        f"train.py: error: cannot reach JAX's coordinator at {address} within 3 s"
+    ), proc.stderr
     assert time.time() - start < 60
     assert not (tmp_path / "w").exists()
 
@@ -279,22 +335,26 @@ def test_inference_on_every_local_device_decides_as_one_device(env, tmp_path):
     """The executors on four fake CPU devices (batches split on a `data` axis, params
     replicated) against one device: the same exits, layers and predictions."""
     import jax
-
     import multidevice_inference
     import test_inference
+
     from rome_jax import inference
 
     if jax.local_device_count() != 1:
         pytest.skip("the test process itself must have one device")
     params, batches = multidevice_inference.inputs()
-    all_logits = np.concatenate([np.asarray(inference.all_exits(test_inference.TINY, params, b))
-                                 for b in batches], 1)
+    all_logits = np.concatenate([np.asarray(inference.all_exits(test_inference.TINY, params, b)) for b in batches], 1)
     criteria = [(c.name, c.threshold) for c in test_inference.criteria_for(all_logits)]
     one = multidevice_inference.run(criteria)
     out = tmp_path / "four.npz"
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "multidevice_inference.py"), json.dumps(criteria),
-                           str(out)], cwd=REPO / "tests", env=with_devices(env, 4), capture_output=True,
-                          text=True, timeout=DEADLINE)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "multidevice_inference.py"), json.dumps(criteria), str(out)],
+        cwd=REPO / "tests",
+        env=with_devices(env, 4),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     four = dict(np.load(out))
     assert int(one["devices"]) == 1 and int(four["devices"]) == 4
@@ -322,7 +382,9 @@ def test_a_user_error_stops_every_process_at_once_with_one_line(romebert, env, t
     assert time.time() - start < 90
     for i in (0, 1):
         errors = [line for line in procs.log(i).splitlines() if "error" in line.lower()]
-        assert errors == [f"train.py: error: workdir {other} holds a run with a different config "
-                          "(train.learning_rate: 0.001 -> 3e-05); use another --workdir, or --overwrite "
-                          "to delete that run"], procs.log(i)[-2000:]
+        assert errors == [
+            f"train.py: error: workdir {other} holds a run with a different config "
+            "(train.learning_rate: 0.001 -> 3e-05); use another --workdir, or --overwrite "
+            "to delete that run"
+        ], procs.log(i)[-2000:]
     assert (other / "metrics.jsonl").read_bytes() == (straight.workdir / "metrics.jsonl").read_bytes()

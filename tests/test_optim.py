@@ -9,8 +9,9 @@ import pytest
 from rome_jax.optim import learning_rate_schedule, make_optimizer, uncorrected_adamw
 
 
-def uer_adamw(params, grads_per_step, lrs, *, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0,
-              decays=None, correct_bias=False):
+def uer_adamw(
+    params, grads_per_step, lrs, *, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, decays=None, correct_bias=False
+):
     """FastBERT's `uer.utils.optimizers.AdamW.step`, transcribed to numpy (float64):
     exp_avg.mul_(b1).add_(1-b1, g); exp_avg_sq.mul_(b2).addcmul_(1-b2, g, g);
     denom = sqrt(exp_avg_sq) + eps; p.addcdiv_(-lr, exp_avg, denom); p.add_(-lr*wd, p)."""
@@ -25,7 +26,7 @@ def uer_adamw(params, grads_per_step, lrs, *, b1=0.9, b2=0.999, eps=1e-6, weight
             denom = np.sqrt(v[k]) + eps
             step_size = lr
             if correct_bias:
-                step_size = lr * np.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+                step_size = lr * np.sqrt(1 - b2**step) / (1 - b1**step)
             p[k] = p[k] - step_size * m[k] / denom
             if weight_decay > 0 and (decays is None or decays[k]):
                 p[k] = p[k] - lr * weight_decay * p[k]
@@ -46,15 +47,20 @@ def test_uncorrected_adamw_follows_fastberts_optimizer(weight_decay):
     rng = np.random.RandomState(0)
     params = {"kernel": rng.randn(4, 3).astype(np.float32), "bias": rng.randn(3).astype(np.float32)}
     # gradients of very different sizes across steps, and a zero gradient (eps matters)
-    grads = [{k: (rng.randn(*v.shape) * scale).astype(np.float32) for k, v in params.items()}
-             for scale in (1.0, 1e-3, 5.0, 0.0, 0.3, 1e-2)]
+    grads = [
+        {k: (rng.randn(*v.shape) * scale).astype(np.float32) for k, v in params.items()}
+        for scale in (1.0, 1e-3, 5.0, 0.0, 0.3, 1e-2)
+    ]
     schedule = learning_rate_schedule(1e-2, total_steps=6, warmup_steps=2)
     lrs = [float(schedule(i)) for i in range(6)]
     assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-2)  # warmup from 0, as WarmupLinearSchedule
     decays = {"kernel": True, "bias": False}
     expected = uer_adamw(params, grads, lrs, weight_decay=weight_decay, decays=decays)
-    got = run(uncorrected_adamw(schedule, eps=1e-6, weight_decay=weight_decay, mask=decays),
-              jax.tree.map(jnp.asarray, params), grads)
+    got = run(
+        uncorrected_adamw(schedule, eps=1e-6, weight_decay=weight_decay, mask=decays),
+        jax.tree.map(jnp.asarray, params),
+        grads,
+    )
     for k in params:
         np.testing.assert_allclose(np.asarray(got[k]), expected[k], rtol=1e-6, atol=1e-7)
     moved = np.abs(expected["kernel"] - params["kernel"]).max()

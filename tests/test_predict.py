@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from test_inference import spread_exits, thresholds_between
 
-from rome_jax import exits
-from rome_jax import predict_io
+from rome_jax import exits, predict_io
 from rome_jax.errors import DataError
 from rome_jax.predict import Predictions, resolve_criterion
 
@@ -27,16 +26,61 @@ T = 64
 ATOL = 5e-3
 MARGIN = 5e-3
 
-WORDS = ("the film is a quiet triumph of craft and feeling , though its second half drags and the "
-         "jokes land flat more often than not ; still , the cast is wonderful and the score soars").split()
+WORDS = [
+    "the",
+    "film",
+    "is",
+    "a",
+    "quiet",
+    "triumph",
+    "of",
+    "craft",
+    "and",
+    "feeling",
+    ",",
+    "though",
+    "its",
+    "second",
+    "half",
+    "drags",
+    "and",
+    "the",
+    "jokes",
+    "land",
+    "flat",
+    "more",
+    "often",
+    "than",
+    "not",
+    ";",
+    "still",
+    ",",
+    "the",
+    "cast",
+    "is",
+    "wonderful",
+    "and",
+    "the",
+    "score",
+    "soars",
+]
 SENTENCES = [
-    "a gem of a film", "dull", "an utterly charming and heartfelt story", "i hated every minute of it .",
-    "the worst script of the year", "not bad at all", "a masterpiece", "boring , slow and far too long",
-    "it 's a funny , smart , moving picture that rewards patience", "meh",
-    *(" ".join(WORDS[(3 * k) % 11:(3 * k) % 11 + n]) for k, n in enumerate((4, 9, 14, 19, 24, 29, 34, 6, 12, 21))),
+    "a gem of a film",
+    "dull",
+    "an utterly charming and heartfelt story",
+    "i hated every minute of it .",
+    "the worst script of the year",
+    "not bad at all",
+    "a masterpiece",
+    "boring , slow and far too long",
+    "it 's a funny , smart , moving picture that rewards patience",
+    "meh",
+    *(" ".join(WORDS[(3 * k) % 11 : (3 * k) % 11 + n]) for k, n in enumerate((4, 9, 14, 19, 24, 29, 34, 6, 12, 21))),
     "the performances are strong but the plot never comes together , and by the end i no longer cared "
     "who lived or died or why any of them had come to the island in the first place",
-    "an ambitious , sprawling , occasionally brilliant mess", "pure joy", "a waste of a fine cast",
+    "an ambitious , sprawling , occasionally brilliant mess",
+    "pure joy",
+    "a waste of a fine cast",
 ]
 
 
@@ -59,8 +103,11 @@ def all_logits(model):
 def criteria(all_logits):
     z = np.asarray(all_logits)
     h = np.asarray(exits.entropy(z))
-    return ([exits.Criterion("entropy", t) for t in thresholds_between(h, (0.2, 0.5, 0.8), MARGIN)]
-            + [exits.Criterion("patience", t) for t in (1, 2)] + [exits.Criterion("fixed", 3)])
+    return (
+        [exits.Criterion("entropy", t) for t in thresholds_between(h, (0.2, 0.5, 0.8), MARGIN)]
+        + [exits.Criterion("patience", t) for t in (1, 2)]
+        + [exits.Criterion("fixed", 3)]
+    )
 
 
 def test_exit_layers_and_answers_equal_simulate(model, all_logits):
@@ -118,14 +165,21 @@ def test_criterion_strings(model):
     assert resolve_criterion("patience:2", config) == exits.Criterion("patience", 2)
     assert resolve_criterion(None, config) is None and resolve_criterion("none", config) is None
     assert resolve_criterion("auto", config) is None  # no calibration: full depth
-    calibration = {"criteria": {"entropy": {"threshold": 0.25}, "patience": {"threshold": 2.0}},
-                   "default": {"criterion": "entropy", "threshold": 0.25}}
+    calibration = {
+        "criteria": {"entropy": {"threshold": 0.25}, "patience": {"threshold": 2.0}},
+        "default": {"criterion": "entropy", "threshold": 0.25},
+    }
     assert resolve_criterion("auto", config, calibration) == exits.Criterion("entropy", 0.25)
     assert resolve_criterion("calibrated", config, calibration) == exits.Criterion("entropy", 0.25)
     assert resolve_criterion("calibrated:patience", config, calibration) == exits.Criterion("patience", 2)
-    for bad, words in (("bogus:1", "unknown criterion"), ("entropy", "needs a threshold"),
-                       ("entropy:x", "must be a number"), ("calibrated", "no calibration"),
-                       ("fixed:9", "beyond"), ("patience:0", "integer >= 1")):
+    for bad, words in (
+        ("bogus:1", "unknown criterion"),
+        ("entropy", "needs a threshold"),
+        ("entropy:x", "must be a number"),
+        ("calibrated", "no calibration"),
+        ("fixed:9", "beyond"),
+        ("patience:0", "integer >= 1"),
+    ):
         with pytest.raises(ValueError, match=words):
             resolve_criterion(bad, config)
     with pytest.raises(ValueError, match="one string"):
@@ -150,15 +204,19 @@ def test_regression_scores(minilm_path):
     with pytest.raises(ValueError, match="class probabilities"):
         m.predict(SENTENCES[:2], criterion="entropy:0.3")
     with pytest.raises(ValueError, match="scores, not probabilities"):
-        out.probabilities
+        _ = out.probabilities
 
 
 def test_calibration_travels_with_the_model(model, tmp_path):
     import rome_jax
 
-    calibration = {"points": 0.5, "metric": "accuracy", "max_length": 32,
-                   "criteria": {"entropy": {"threshold": 0.4, "accuracy": 0.9, "mean_layers": 3.0}},
-                   "default": {"criterion": "entropy", "threshold": 0.4}}
+    calibration = {
+        "points": 0.5,
+        "metric": "accuracy",
+        "max_length": 32,
+        "criteria": {"entropy": {"threshold": 0.4, "accuracy": 0.9, "mean_layers": 3.0}},
+        "default": {"criterion": "entropy", "threshold": 0.4},
+    }
     model.calibration = calibration
     try:
         model.save_pretrained(str(tmp_path))
@@ -175,6 +233,7 @@ def test_calibration_travels_with_the_model(model, tmp_path):
 
 
 # ------------------------------------------------------------------------- the command
+
 
 @pytest.fixture(scope="module")
 def model_dir(model, tmp_path_factory):
@@ -260,19 +319,32 @@ def test_command_streams_in_chunks_with_the_same_output(model, tmp_path, monkeyp
     assert seen == [5] * (len(SENTENCES) // 5) + ([len(SENTENCES) % 5] if len(SENTENCES) % 5 else [])
     a, b = _jsonl(whole), _jsonl(chunked)
     assert [(r["id"], r["label"], r["exit_layer"]) for r in a] == [(r["id"], r["label"], r["exit_layer"]) for r in b]
-    np.testing.assert_allclose([list(r["probabilities"].values()) for r in a],
-                               [list(r["probabilities"].values()) for r in b], atol=ATOL)  # spread heads: see the module doc
+    np.testing.assert_allclose(
+        [list(r["probabilities"].values()) for r in a], [list(r["probabilities"].values()) for r in b], atol=ATOL
+    )  # spread heads: see the module doc
 
 
 def test_predict_program_stdin_bad_row(model_dir):
     """The program: JSON Lines on stdin, a bad row on line 3 -> status 2, one error
     line naming it, the two rows before it on stdout."""
     stdin = "".join(json.dumps({"text": t}) + "\n" for t in SENTENCES[:2]) + '{"text": 3}\n'
-    proc = subprocess.run([sys.executable, "-m", "rome_jax.commands.predict", f"--model={model_dir}",
-                           "--input=-", "--criterion=entropy:0.3"], input=stdin, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rome_jax.commands.predict",
+            f"--model={model_dir}",
+            "--input=-",
+            "--criterion=entropy:0.3",
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "predict.py: error: <stdin>, line 3: 'text' is 3, not a text (2 rows before it predicted and written)")
+        "predict.py: error: <stdin>, line 3: 'text' is 3, not a text (2 rows before it predicted and written)"
+    )
     rows = _jsonl(proc.stdout)
     assert [r["id"] for r in rows] == [0, 1] and {r["label"] for r in rows} <= {"negative", "positive"}

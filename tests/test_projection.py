@@ -234,8 +234,7 @@ def test_conflict_removed_and_rest_is_joint(anchor, granularity):
     embedding = grads["embeddings"]["word_embeddings"]["embedding"]
     np.testing.assert_array_equal(
         embedding,
-        g_a["embeddings"]["word_embeddings"]["embedding"]
-        + g_b["embeddings"]["word_embeddings"]["embedding"],
+        g_a["embeddings"]["word_embeddings"]["embedding"] + g_b["embeddings"]["word_embeddings"]["embedding"],
     )
     last_layer = grads["layers"]["layer"]["attention"]["query"]["kernel"][-1]
     np.testing.assert_array_equal(
@@ -274,9 +273,7 @@ def test_zero_anchor_gives_no_nan(granularity, symmetric):
     g_a = random_tree(10)
     g_b = jax.tree.map(np.zeros_like, g_a)
     selection = reference_selection(g_a, L)
-    grads, stats = project_gradients(
-        g_a, g_b, selection, anchor="B", granularity=granularity, symmetric=symmetric
-    )
+    grads, stats = project_gradients(g_a, g_b, selection, anchor="B", granularity=granularity, symmetric=symmetric)
     for got, a in zip(jax.tree.leaves(grads), jax.tree.leaves(g_a)):
         np.testing.assert_array_equal(got, a)
     for value in stats.values():
@@ -406,9 +403,7 @@ def test_bad_arguments():
     anchor=st.sampled_from(["A", "B"]),
     granularity=st.sampled_from(["global", "per_tensor"]),
 )
-def test_property_projected_gradient_does_not_oppose_anchor(
-    seed, log_scale, opposition, anchor, granularity
-):
+def test_property_projected_gradient_does_not_oppose_anchor(seed, log_scale, opposition, anchor, granularity):
     scale = 10.0**log_scale
     g_a = random_tree(seed, scale)
     noise = random_tree(seed + 1, scale)

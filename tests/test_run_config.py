@@ -7,8 +7,8 @@ import pathlib
 import pytest
 
 from rome_jax import run_config
-from rome_jax.model_config import ModelConfig
 from rome_jax.errors import ConfigError, DataError
+from rome_jax.model_config import ModelConfig
 from rome_jax.train_step import MODES
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -29,17 +29,21 @@ def test_default_config_has_every_key_and_the_reference_values():
     config = load("configs/default.py")
     assert set(run_config.flatten(config)) == set(run_config.KEYS)
     t = config.train
-    assert (config.data.max_length, t.batch_size, t.learning_rate, t.num_epochs, t.seed) == (
-        128, 8, 2e-5, 3, 42)
+    assert (config.data.max_length, t.batch_size, t.learning_rate, t.num_epochs, t.seed) == (128, 8, 2e-5, 3, 42)
     assert (t.warmup_ratio, t.weight_decay, t.adam_eps, t.clip_norm, t.adam_bias_correction) == (
-        0.0, 0.0, 1e-8, 1.0, True)
-    assert (t.mode, t.gamma, t.temperature, t.kl_reduction, t.anchor) == (
-        "romebert", 0.9, 3.0, "reference", "auto")
+        0.0,
+        0.0,
+        1e-8,
+        1.0,
+        True,
+    )
+    assert (t.mode, t.gamma, t.temperature, t.kl_reduction, t.anchor) == ("romebert", 0.9, 3.0, "reference", "auto")
     run_config.validate(valid(config))
 
 
-@pytest.mark.parametrize("spec", ["configs/glue.py:rte", "configs/glue.py:SST-2,deebert",
-                                  "configs/tiny.py", "configs/tiny.py:rte"])
+@pytest.mark.parametrize(
+    "spec", ["configs/glue.py:rte", "configs/glue.py:SST-2,deebert", "configs/tiny.py", "configs/tiny.py:rte"]
+)
 def test_config_files_load_and_validate(spec):
     config = load(spec)
     assert set(run_config.flatten(config)) == set(run_config.KEYS)
@@ -63,10 +67,15 @@ def test_glue_config_follows_each_methods_code():
     assert load("configs/glue.py:rte,deebert").train.stage2_clip == "reference"
     assert load("configs/glue.py:rte,deebert_sd").train.stage2_clip == "reference"
     fastbert = load("configs/glue.py:rte,fastbert").train
-    assert (fastbert.stage2_clip, fastbert.temperature, fastbert.kl_reduction) == (
-        "trainable", 1.0, "batchmean")
-    assert (fastbert.clip_norm, fastbert.warmup_ratio, fastbert.adam_eps, fastbert.adam_bias_correction,
-            fastbert.batch_size, fastbert.num_epochs) == (0.0, 0.1, 1e-6, False, 8, 3)
+    assert (fastbert.stage2_clip, fastbert.temperature, fastbert.kl_reduction) == ("trainable", 1.0, "batchmean")
+    assert (
+        fastbert.clip_norm,
+        fastbert.warmup_ratio,
+        fastbert.adam_eps,
+        fastbert.adam_bias_correction,
+        fastbert.batch_size,
+        fastbert.num_epochs,
+    ) == (0.0, 0.1, 1e-6, False, 8, 3)
     assert (fastbert.stage2_start, fastbert.stage2_lr_scale, fastbert.stage2_epochs) == ("best", 10.0, 0)
     run_config.validate(valid(load("configs/glue.py:rte,fastbert")))
     for mode in ("deebert", "deebert_sd"):  # DeeBERT's stage 2 goes on from stage 1's end
@@ -86,8 +95,10 @@ def test_a_stored_config_without_a_later_key_reads_as_its_old_behaviour():
     assert run_config.differences(stored, current) == []
     current["train.adam_bias_correction"] = False
     current["train.stage2_start"] = "best"
-    assert run_config.differences(stored, current) == ["train.adam_bias_correction: True -> False",
-                                                    "train.stage2_start: 'last' -> 'best'"]
+    assert run_config.differences(stored, current) == [
+        "train.adam_bias_correction: True -> False",
+        "train.stage2_start: 'last' -> 'best'",
+    ]
 
 
 def test_demo_config_uses_the_real_model(minilm_path, glue_dir):
@@ -100,34 +111,44 @@ def test_demo_config_uses_the_real_model(minilm_path, glue_dir):
 def test_overrides_are_typed_and_unknown_keys_named():
     config = load("configs/default.py", train__learning_rate=3e-5, train__mode="sd")
     assert (config.train.learning_rate, config.train.mode) == (3e-5, "sd")
-    with pytest.raises(ConfigError, match=r"unknown config key train.lerning_rate \(did you mean "
-                                          r"train.learning_rate\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key train.lerning_rate \(did you mean "
+        r"train.learning_rate\?\)",
+    ):
         load("configs/default.py", train__lerning_rate=3e-5)
     with pytest.raises(ConfigError, match="train.batch_size"):
         load("configs/default.py", train__batch_size="eight")
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("train.learning_rate", -1.0, "config train.learning_rate must be > 0"),
-    ("train.mode", "fast", "config train.mode must be one of " + ", ".join(MODES)),
-    ("train.anchor", "C", "config train.anchor must be one of auto, A, B"),
-    ("data.task", "nosuch", "config data.task unknown GLUE task 'nosuch'"),
-    ("data.task", "ax", "config data.task task ax has no training split"),
-    ("train.batch_size", 0, "config train.batch_size must be > 0"),
-    ("train.warmup_ratio", 1.0, r"config train.warmup_ratio must be in \[0.0, 1.0\)"),
-    ("train.gamma", 1.5, "config train.gamma must be in"),
-    ("data.source", "web", "config data.source must be one of dir, hf, tfds"),
-    ("model.name_or_path", "", "config model.name_or_path must not be empty"),
-    ("train.kl_reduction", "sum", "config train.kl_reduction must be one of reference, batchmean"),
-    ("data.max_length", 2, "config data.max_length must be >= 3"),
-    ("model.attention", "flash", "config model.attention must be one of xla, cudnn"),
-    ("model.attention", "cudnn", "config model.attention 'cudnn' needs model.dtype bfloat16"),
-    ("train.stage2_start", "first", "config train.stage2_start must be one of last, best"),
-    ("train.stage2_lr_scale", 0.0, "config train.stage2_lr_scale must be > 0"),
-    ("train.stage2_start", "best", "config train.stage2_start is for the two-stage modes "
-                                   r"\(deebert, deebert_sd, fastbert\), not 'romebert'"),
-    ("train.stage2_lr_scale", 10.0, "config train.stage2_lr_scale is for the two-stage modes"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("train.learning_rate", -1.0, "config train.learning_rate must be > 0"),
+        ("train.mode", "fast", "config train.mode must be one of " + ", ".join(MODES)),
+        ("train.anchor", "C", "config train.anchor must be one of auto, A, B"),
+        ("data.task", "nosuch", "config data.task unknown GLUE task 'nosuch'"),
+        ("data.task", "ax", "config data.task task ax has no training split"),
+        ("train.batch_size", 0, "config train.batch_size must be > 0"),
+        ("train.warmup_ratio", 1.0, r"config train.warmup_ratio must be in \[0.0, 1.0\)"),
+        ("train.gamma", 1.5, "config train.gamma must be in"),
+        ("data.source", "web", "config data.source must be one of dir, hf, tfds"),
+        ("model.name_or_path", "", "config model.name_or_path must not be empty"),
+        ("train.kl_reduction", "sum", "config train.kl_reduction must be one of reference, batchmean"),
+        ("data.max_length", 2, "config data.max_length must be >= 3"),
+        ("model.attention", "flash", "config model.attention must be one of xla, cudnn"),
+        ("model.attention", "cudnn", "config model.attention 'cudnn' needs model.dtype bfloat16"),
+        ("train.stage2_start", "first", "config train.stage2_start must be one of last, best"),
+        ("train.stage2_lr_scale", 0.0, "config train.stage2_lr_scale must be > 0"),
+        (
+            "train.stage2_start",
+            "best",
+            "config train.stage2_start is for the two-stage modes "
+            r"\(deebert, deebert_sd, fastbert\), not 'romebert'",
+        ),
+        ("train.stage2_lr_scale", 10.0, "config train.stage2_lr_scale is for the two-stage modes"),
+    ],
+)
 def test_impossible_values_name_the_key(key, value, message):
     config = valid(load("configs/default.py"))
     section, name = key.split(".")
@@ -142,13 +163,21 @@ def test_batch_must_split_over_devices_and_micro_batches():
     run_config.validate(config, num_devices=2)
     config.train.eval_batch_size = 60
     run_config.validate(config, num_devices=6)
-    with pytest.raises(ConfigError, match=r"train.batch_size 12 must be a multiple of the device "
-                                          r"count \(4\) x train.grad_accum_steps \(2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.batch_size 12 must be a multiple of the device "
+        r"count \(4\) x train.grad_accum_steps \(2\)",
+    ):
         run_config.validate(config, num_devices=4)
-    with pytest.raises(ConfigError, match=r"train.eval_batch_size 60 is not divisible by the device "
-                                          r"count \(8\)"):
-        run_config.validate(load("configs/default.py", train__eval_batch_size=60,
-                              model__name_or_path="m", data__dir=str(REPO)), num_devices=8)
+    with pytest.raises(
+        ConfigError,
+        match=r"train.eval_batch_size 60 is not divisible by the device "
+        r"count \(8\)",
+    ):
+        run_config.validate(
+            load("configs/default.py", train__eval_batch_size=60, model__name_or_path="m", data__dir=str(REPO)),
+            num_devices=8,
+        )
     config.train.grad_accum_steps = 5
     with pytest.raises(ConfigError, match="not divisible by train.grad_accum_steps 5"):
         run_config.validate(config)
@@ -230,8 +259,11 @@ def test_parse_task_mode_is_the_one_reader_of_task_mode_arguments():
     assert parse("SST-2", "configs/x.py") == ("sst2", None)
     assert parse(" rte , deebert ", "configs/x.py") == ("rte", "deebert")
     assert parse(None, "configs/x.py", default_task="wnli") == ("wnli", None)
-    with pytest.raises(ConfigError, match=r"^configs/x.py needs a task: --config=configs/x.py:rte "
-                                          r"\(or configs/x.py:rte,deebert\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^configs/x.py needs a task: --config=configs/x.py:rte "
+        r"\(or configs/x.py:rte,deebert\)$",
+    ):
         parse("", "configs/x.py")
     with pytest.raises(ConfigError, match=r"^configs/x.py takes TASK\[,MODE\], got 'rte,sd,x'$"):
         parse("rte,sd,x", "configs/x.py")
@@ -250,12 +282,16 @@ def test_allowed_values_come_from_the_modules_that_use_them():
     from rome_jax.model_config import DTYPES
 
     check = lambda key, value: run_config.KEYS[key](value)
-    for key, known in [("model.dtype", DTYPES), ("data.source", data.SOURCES),
-                       ("train.mode", train_step.MODES), ("train.kl_reduction", losses.REDUCTIONS),
-                       ("train.anchor", ("auto", *projection.ANCHORS)),
-                       ("train.gr_scope", train_step.GR_SCOPES),
-                       ("train.gr_granularity", projection.GRANULARITIES),
-                       ("train.stage2_clip", train_step.STAGE2_CLIPS),
-                       ("train.stage2_start", run_config.STAGE2_STARTS)]:
+    for key, known in [
+        ("model.dtype", DTYPES),
+        ("data.source", data.SOURCES),
+        ("train.mode", train_step.MODES),
+        ("train.kl_reduction", losses.REDUCTIONS),
+        ("train.anchor", ("auto", *projection.ANCHORS)),
+        ("train.gr_scope", train_step.GR_SCOPES),
+        ("train.gr_granularity", projection.GRANULARITIES),
+        ("train.stage2_clip", train_step.STAGE2_CLIPS),
+        ("train.stage2_start", run_config.STAGE2_STARTS),
+    ]:
         assert all(check(key, v) is None for v in known), key
         assert check(key, "nosuch") == f"must be one of {', '.join(known)}; got 'nosuch'", key

@@ -19,14 +19,22 @@ torch = pytest.importorskip("torch")
 
 from bench import torch_reference as ref  # noqa: E402
 from rome_jax import train_step as ts  # noqa: E402
-from rome_jax.model_config import ModelConfig  # noqa: E402
 from rome_jax.hf_io import state_dict_from_params  # noqa: E402
 from rome_jax.model import init_params  # noqa: E402
+from rome_jax.model_config import ModelConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 
-CFG = ModelConfig(vocab_size=60, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=40,
-                  max_position_embeddings=32, hidden_dropout=0.0, attention_dropout=0.0)
+CFG = ModelConfig(
+    vocab_size=60,
+    hidden_size=32,
+    num_layers=3,
+    num_heads=4,
+    intermediate_size=40,
+    max_position_embeddings=32,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+)
 
 
 def _batch(seed: int, n: int = 6, t: int = 10) -> dict:
@@ -38,8 +46,7 @@ def _batch(seed: int, n: int = 6, t: int = 10) -> dict:
     types = np.zeros((n, t), np.int32)
     types[:, 5:] = 1
     types[mask == 0] = 0
-    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types,
-                labels=rng.randint(0, 2, n).astype(np.int32))
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=rng.randint(0, 2, n).astype(np.int32))
 
 
 CLIP = 0.25
@@ -66,8 +73,9 @@ def test_romebert_step_matches_the_two_backward_pass_reference(anchor):
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         with torch.no_grad():
             before = {k: v.detach().clone() for k, v in model.named_parameters()}
-        out = ref.reference_step(model, opt, ref.torch_batch(batch), ref.selected_names(model, CFG.num_layers),
-                                 anchor=anchor, clip_norm=CLIP)
+        out = ref.reference_step(
+            model, opt, ref.torch_batch(batch), ref.selected_names(model, CFG.num_layers), anchor=anchor, clip_norm=CLIP
+        )
         new_params, metrics = _our_step(params, batch, anchor)
 
         assert out.loss_a == pytest.approx(float(metrics["loss_A"]), rel=1e-5)

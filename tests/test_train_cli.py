@@ -16,10 +16,9 @@ import time
 import numpy as np
 import pytest
 
+import tiny_hf
 from rome_jax import checkpoints
 from rome_jax.train_step import MODES
-
-import tiny_hf
 
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 
@@ -30,9 +29,14 @@ TINY = "configs/tiny.py:wnli"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, glue_dir):
     cache = tmp_path_factory.mktemp("jax_cache")
-    return {**os.environ, "GLUE_DIR": glue_dir, "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "GLUE_DIR": glue_dir,
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,16 @@ def tiny_model(tmp_path_factory, minilm_path):
     from transformers import AutoTokenizer
 
     path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(path, num_labels=2, vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    tiny_hf.make_bert(
+        path,
+        num_labels=2,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
     return str(path)
 
@@ -57,15 +69,27 @@ def command(workdir, *overrides, config=TINY, model=None, extra=()):
 
 
 def train(env, workdir, *overrides, model=None, config=TINY, extra=(), expect=0):
-    proc = subprocess.run(command(workdir, *overrides, config=config, model=model, extra=extra),
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        command(workdir, *overrides, config=config, model=model, extra=extra),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc
 
 
 def start(env, workdir, *overrides, model=None):
-    return subprocess.Popen(command(workdir, *overrides, model=model), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command(workdir, *overrides, model=model),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def metric_lines(workdir):
@@ -99,8 +123,9 @@ def assert_same_run(workdir, reference):
         np.testing.assert_array_equal(got, want)
     assert metric_lines(workdir) == metric_lines(reference)
     for name in ("model.safetensors", "rome_jax_exits.safetensors"):
-        assert (pathlib.Path(workdir) / "model" / name).read_bytes() == \
-            (pathlib.Path(reference) / "model" / name).read_bytes()
+        assert (pathlib.Path(workdir) / "model" / name).read_bytes() == (
+            pathlib.Path(reference) / "model" / name
+        ).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +145,22 @@ def test_workdir_layout_and_metrics(straight, tiny_model):
     records = [json.loads(line) for line in metric_lines(straight)]
     train_records = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train_records] == [3, 6, 9, 12]
-    for key in ("loss", "loss_A", "loss_B", "exit_loss/1", "exit_loss/2", "gr/cosine", "grad_norm",
-                "learning_rate", "param_norm"):
+    for key in (
+        "loss",
+        "loss_A",
+        "loss_B",
+        "exit_loss/1",
+        "exit_loss/2",
+        "gr/cosine",
+        "grad_norm",
+        "learning_rate",
+        "param_norm",
+    ):
         assert all(np.isfinite(r[key]) for r in train_records), key
     assert train_records[0]["learning_rate"] == pytest.approx(1e-3 * (1 - 2 / 12))  # step 3's
     evals = [r for r in records if r["split"] == "dev"]
     assert [r["step"] for r in evals] == [6, 12]
-    assert all(r["num_examples"] == 20 and 0 <= r["exit_2/accuracy"] <= 1 and "exit_1/loss" in r
-               for r in evals)
+    assert all(r["num_examples"] == 20 and 0 <= r["exit_2/accuracy"] <= 1 and "exit_1/loss" in r for r in evals)
     store = checkpoints.Checkpoints(straight / "checkpoints")
     best = store.restore_meta(12)["best"]
     assert best["step"] in (6, 12) and best["metric"] == "exit_2/accuracy"
@@ -143,7 +176,10 @@ def test_workdir_layout_and_metrics(straight, tiny_model):
     batch = tiny_hf.random_batch(vocab=30522)
     np.testing.assert_allclose(
         np.asarray(model.exit_logits(batch)),
-        np.asarray(rome_jax.MultiExitModel(model.config, params).exit_logits(batch)), rtol=0, atol=0)
+        np.asarray(rome_jax.MultiExitModel(model.config, params).exit_logits(batch)),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_rerunning_a_finished_run_changes_nothing(straight, env, tiny_model, tmp_path):
@@ -182,15 +218,16 @@ def test_sigterm_saves_and_exits_then_rerun_completes(straight, env, tiny_model,
     assert_same_run(workdir, straight)
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
-        straight, env, tiny_model, tmp_path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(straight, env, tiny_model, tmp_path):
     workdir = tmp_path / "nan"
     proc = train(env, workdir, "train.debug_nan_at_step=5", model=tiny_model, expect=3)
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1] == (f"train.py: error: the loss is not finite (NaN or infinity) at step 5: "
-                         f"training stopped; the last good checkpoint is step 4 in "
-                         f"{workdir / 'checkpoints'}; try a lower train.learning_rate "
-                         f"(in another --workdir, or with --overwrite)")
+    assert lines[-1] == (
+        f"train.py: error: the loss is not finite (NaN or infinity) at step 5: "
+        f"training stopped; the last good checkpoint is step 4 in "
+        f"{workdir / 'checkpoints'}; try a lower train.learning_rate "
+        f"(in another --workdir, or with --overwrite)"
+    )
     assert "Traceback" not in proc.stderr
     assert checkpoints.Checkpoints(workdir / "checkpoints").latest_step() == 4
     assert [json.loads(line)["step"] for line in metric_lines(workdir)] == [3]
@@ -204,8 +241,7 @@ def test_deebert_two_stages_resume_across_the_boundary(env, tiny_model, tmp_path
     reference = tmp_path / "straight"
     train(env, reference, *overrides, model=tiny_model)
     records = [json.loads(line) for line in metric_lines(reference)]
-    assert [(r["step"], r["stage"]) for r in records if r["split"] == "train"] == [
-        (3, 1), (6, 1), (9, 2), (12, 2)]
+    assert [(r["step"], r["stage"]) for r in records if r["split"] == "train"] == [(3, 1), (6, 1), (9, 2), (12, 2)]
     assert [(r["step"], r["stage"]) for r in records if r["split"] == "dev"] == [(6, 1), (12, 2)]
     stage2 = [r for r in records if r["split"] == "train" and r["stage"] == 2]
     assert stage2[0]["learning_rate"] == pytest.approx(1e-3 * (1 - 2 / 6))  # a fresh schedule
@@ -248,10 +284,18 @@ def test_stage_2_from_stage_1s_best_evaluation_at_a_scaled_rate(env, tiny_model,
 
     monkeypatch.setattr(trainer, "exit_metrics", exit_metrics)
     monkeypatch.setattr(ts, "create_train_state", create_train_state)
-    config = run_config.load(f"{REPO}/configs/tiny.py:wnli,fastbert", {
-        "model.name_or_path": tiny_model, "data.dir": env["GLUE_DIR"], "train.max_steps": 6,
-        "train.eval_every": 2, "train.keep_checkpoints": 20, "train.stage2_start": "best",
-        "train.stage2_lr_scale": 10.0})
+    config = run_config.load(
+        f"{REPO}/configs/tiny.py:wnli,fastbert",
+        {
+            "model.name_or_path": tiny_model,
+            "data.dir": env["GLUE_DIR"],
+            "train.max_steps": 6,
+            "train.eval_every": 2,
+            "train.keep_checkpoints": 20,
+            "train.stage2_start": "best",
+            "train.stage2_lr_scale": 10.0,
+        },
+    )
     workdir = tmp_path / "run"
     trainer.train_and_evaluate(config, workdir, progress=False)
 
@@ -292,18 +336,18 @@ def error_of(env, workdir, *overrides, model=None, config=TINY, extra=()):
 def test_errors_are_one_line(env, tiny_model, tmp_path, straight):
     run = lambda *o, **kw: error_of(env, tmp_path / "w", *o, model=tiny_model, **kw)
     assert run("data.dir=/no/such/glue") == (
-        "GLUE data directory /no/such/glue does not exist (config data.dir; an empty string reads "
-        "the Hugging Face hub)")
+        "GLUE data directory /no/such/glue does not exist (config data.dir; an empty string reads the Hugging Face hub)"
+    )
     assert run("data.task=nosuch").startswith("config data.task unknown GLUE task 'nosuch' (known: ")
     assert run("train.lerning_rate=3e-5") == (
-        "unknown config key train.lerning_rate in --config.train.lerning_rate=3e-5 "
-        "(did you mean train.learning_rate?)")
+        "unknown config key train.lerning_rate in --config.train.lerning_rate=3e-5 (did you mean train.learning_rate?)"
+    )
     assert run("train.learning_rate=-1") == "config train.learning_rate must be > 0, got -1.0"
-    assert run("train.batch_size=x") == (
-        "--config.train.batch_size=x: invalid literal for int() with base 10: 'x'")
+    assert run("train.batch_size=x") == ("--config.train.batch_size=x: invalid literal for int() with base 10: 'x'")
     assert run(config="configs/nope.py") == "--config=configs/nope.py: no such config file"
     assert run(config="configs/glue.py:rte,fast") == (
-        f"config train.mode must be one of {', '.join(MODES)}; got 'fast'")
+        f"config train.mode must be one of {', '.join(MODES)}; got 'fast'"
+    )
     no_weights = tmp_path / "no_weights"
     shutil.copytree(tiny_model, no_weights)
     (no_weights / "model.safetensors").unlink()
@@ -315,8 +359,10 @@ def test_errors_are_one_line(env, tiny_model, tmp_path, straight):
     shutil.copy(straight / "config.json", other / "config.json")
     shutil.copy(straight / "metrics.jsonl", other / "metrics.jsonl")
     message = error_of(env, other, "train.learning_rate=3e-5", model=tiny_model)
-    assert message == (f"workdir {other} holds a run with a different config (train.learning_rate: "
-                       "0.001 -> 3e-05); use another --workdir, or --overwrite to delete that run")
+    assert message == (
+        f"workdir {other} holds a run with a different config (train.learning_rate: "
+        "0.001 -> 3e-05); use another --workdir, or --overwrite to delete that run"
+    )
     assert (other / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
     # A start that failed before saving anything does not block the corrected run.
     failed = tmp_path / "failed"
@@ -329,8 +375,7 @@ def test_errors_are_one_line(env, tiny_model, tmp_path, straight):
 
 
 def test_verbose_shows_the_traceback(env, tiny_model, tmp_path):
-    proc = train(env, tmp_path / "w", "data.dir=/no/such/glue", model=tiny_model,
-                 extra=["--verbose"], expect=2)
+    proc = train(env, tmp_path / "w", "data.dir=/no/such/glue", model=tiny_model, extra=["--verbose"], expect=2)
     assert "Traceback" in proc.stderr and proc.stderr.strip().endswith("the Hugging Face hub)")
 
 
@@ -340,8 +385,15 @@ def test_overwrite_starts_afresh(straight, env, tiny_model, tmp_path):
     (workdir / "notes.txt").write_text("mine")
     (workdir / "eval").mkdir()
     (workdir / "eval" / "results.json").write_text("{}")  # eval.py's output for the old run
-    train(env, workdir, "train.max_steps=4", "train.eval_every=2", "train.log_every=1",
-          model=tiny_model, extra=["--overwrite"])
+    train(
+        env,
+        workdir,
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "train.log_every=1",
+        model=tiny_model,
+        extra=["--overwrite"],
+    )
     assert [json.loads(line)["step"] for line in metric_lines(workdir)] == [1, 2, 2, 3, 4, 4]
     assert (workdir / "notes.txt").read_text() == "mine"  # not ours: kept
     assert not (workdir / "eval").exists()
@@ -350,8 +402,15 @@ def test_overwrite_starts_afresh(straight, env, tiny_model, tmp_path):
 def test_demo_config_short_schedule(env, tmp_path, minilm_path, glue_dir):
     """The real MiniLM on SST-2, shortened as CI runs it."""
     workdir = tmp_path / "demo"
-    proc = train(env, workdir, "train.max_steps=12", "data.train_max_examples=512",
-                 "data.eval_max_examples=128", "train.log_every=4", config="configs/demo.py")
+    proc = train(
+        env,
+        workdir,
+        "train.max_steps=12",
+        "data.train_max_examples=512",
+        "data.eval_max_examples=128",
+        "train.log_every=4",
+        config="configs/demo.py",
+    )
     records = [json.loads(line) for line in metric_lines(workdir)]
     assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12]
     (final,) = [r for r in records if r["split"] == "dev"]
@@ -365,16 +424,24 @@ def test_demo_config_short_schedule(env, tmp_path, minilm_path, glue_dir):
 
 
 def run_eval(env, *args, expect=0):
-    proc = subprocess.run([sys.executable, str(REPO / "eval.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "eval.py"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc
 
 
 def test_eval_reports_on_the_best_checkpoint_in_a_fresh_process(straight, env, tmp_path):
     out = tmp_path / "eval"
-    proc = run_eval(env, f"--workdir={straight}", f"--output_dir={out}", "--batch1_examples=4",
-                    "--batched_examples=12", "--batch_size=8", "--sweeps=entropy:0.3,0.69;patience:1")
+    proc = run_eval(
+        env,
+        f"--workdir={straight}",
+        f"--output_dir={out}",
+        "--batch1_examples=4",
+        "--batched_examples=12",
+        "--batch_size=8",
+        "--sweeps=entropy:0.3,0.69;patience:1",
+    )
     meta = checkpoints.Checkpoints(straight / "checkpoints", read_only=True)
     best = meta.restore_meta(meta.steps()[-1])["best"]["step"]
     meta.close()
@@ -383,8 +450,16 @@ def test_eval_reports_on_the_best_checkpoint_in_a_fresh_process(straight, env, t
     assert results["task"] == "wnli" and results["split"] == "dev" and results["metric"] == "accuracy"
     assert [r["exit"] for r in results["per_exit"]] == [1, 2]
     assert results["num_examples"] == 71  # the whole dev set, not the training run's slice
-    keys = {"criterion", "threshold", "accuracy", "mean_layers", "layer_speedup", "flops_speedup",
-            "wall_s_batch1", "wall_s_batched"}
+    keys = {
+        "criterion",
+        "threshold",
+        "accuracy",
+        "mean_layers",
+        "layer_speedup",
+        "flops_speedup",
+        "wall_s_batch1",
+        "wall_s_batched",
+    }
     assert len(results["sweep"]) == 3 and all(keys <= set(r) for r in results["sweep"])
     assert results["full_depth"]["wall_s_batch1"] > 0 and results["executors_agree"] is True
     # the final exit of the best checkpoint, recomputed here, gives the reported accuracy
@@ -395,12 +470,15 @@ def test_eval_reports_on_the_best_checkpoint_in_a_fresh_process(straight, env, t
     assert "exit  accuracy" in proc.stdout and "criterion" in proc.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    ((), "give either --workdir"),
-    (("--workdir=/nonexistent/run",), "/nonexistent/run/config.json does not exist"),
-    (("--model=/nonexistent/model", "--task=rte"), "no such model directory"),
-    (("--workdir=X", "--model=Y"), "give either --workdir"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ((), "give either --workdir"),
+        (("--workdir=/nonexistent/run",), "/nonexistent/run/config.json does not exist"),
+        (("--model=/nonexistent/model", "--task=rte"), "no such model directory"),
+        (("--workdir=X", "--model=Y"), "give either --workdir"),
+    ],
+)
 def test_eval_errors_are_one_line(env, args, message):
     proc = run_eval(env, *args, expect=2)
     assert message in proc.stderr and "Traceback" not in proc.stderr
@@ -415,20 +493,25 @@ def test_eval_refuses_what_does_not_fit_in_one_line(straight, env, tmp_path):
 
     workdir = tmp_path / "run"
     shutil.copytree(straight, workdir)
-    assert error(f"--workdir={workdir}", "--checkpoint=foo") == (
-        "checkpoint 'foo': give best, latest or a step number")
+    assert error(f"--workdir={workdir}", "--checkpoint=foo") == ("checkpoint 'foo': give best, latest or a step number")
     assert error(f"--workdir={workdir}", "--sweeps=entropy:abc") == (
-        "--sweeps 'entropy:abc': thresholds must be numbers, e.g. entropy:0.1,0.2")
+        "--sweeps 'entropy:abc': thresholds must be numbers, e.g. entropy:0.1,0.2"
+    )
     positions = json.loads((workdir / "model" / "config.json").read_text())["max_position_embeddings"]
     assert error(f"--workdir={workdir}", f"--max_length={positions + 1}") == (
-        f"--max_length {positions + 1} exceeds the model's {positions} positions ({workdir} step 12)")
+        f"--max_length {positions + 1} exceeds the model's {positions} positions ({workdir} step 12)"
+    )
     # the model's config no longer describes the checkpoint: one more layer
     model_json = workdir / "model" / "config.json"
     model_config = json.loads(model_json.read_text())
     model_json.write_text(json.dumps({**model_config, "num_hidden_layers": model_config["num_hidden_layers"] + 1}))
     message = error(f"--workdir={workdir}", "--checkpoint=latest")
-    assert message.startswith(f"checkpoint {workdir / 'checkpoints' / '12'} does not fit the model of "
-                              f"{model_json} (2 labels): ") and "has shape (2," in message, message
+    assert (
+        message.startswith(
+            f"checkpoint {workdir / 'checkpoints' / '12'} does not fit the model of {model_json} (2 labels): "
+        )
+        and "has shape (2," in message
+    ), message
     # a run that saved no checkpoint
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -440,16 +523,24 @@ def test_fastbert_stage_2_trains_on_an_unlabeled_text_file(env, tiny_model, tmp_
     text = tmp_path / "unlabeled.txt"
     text.write_text("".join(f"Some sentence {i}.\tAnd its pair {i}.\n" for i in range(24)))
     workdir = tmp_path / "fastbert"
-    train(env, workdir, "train.mode=fastbert", f"data.stage2_unlabeled={text}", "train.max_steps=4",
-          "train.eval_every=0", model=tiny_model)
+    train(
+        env,
+        workdir,
+        "train.mode=fastbert",
+        f"data.stage2_unlabeled={text}",
+        "train.max_steps=4",
+        "train.eval_every=0",
+        model=tiny_model,
+    )
     records = [json.loads(line) for line in metric_lines(workdir)]
     stage2 = [r for r in records if r.get("stage") == 2 and r["split"] == "train"]
     assert stage2 and all("exit_loss/1" not in r and "distill_loss/1" in r for r in stage2)
     assert max(r["step"] for r in records) == 8  # 4 steps per stage
     bad = tmp_path / "bad.txt"
     bad.write_text("one\ttwo\tthree\n")
-    proc = train(env, tmp_path / "bad", "train.mode=fastbert", f"data.stage2_unlabeled={bad}",
-                 model=tiny_model, expect=2)
+    proc = train(
+        env, tmp_path / "bad", "train.mode=fastbert", f"data.stage2_unlabeled={bad}", model=tiny_model, expect=2
+    )
     assert f"{bad}, line 1: 3 tab-separated fields" in proc.stderr
     proc = train(env, tmp_path / "wrong", f"data.stage2_unlabeled={bad}", model=tiny_model, expect=2)
     assert "data.stage2_unlabeled is for train.mode fastbert" in proc.stderr
@@ -458,10 +549,20 @@ def test_fastbert_stage_2_trains_on_an_unlabeled_text_file(env, tiny_model, tmp_
 def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_model, tmp_path):
     report = tmp_path / "docs" / "results.md"
     records = tmp_path / "records"
-    args = [sys.executable, str(REPO / "scripts" / "ablation.py"), f"--workdir={tmp_path / 'runs'}",
-            "--config=configs/tiny.py", "--tasks=wnli", "--modes=joint,romebert", "--seeds=1,2",
-            f"--override=model.name_or_path={tiny_model}", "--override=train.max_steps=3",
-            f"--report={report}", "--grid_note=Tiny test grid.", f"--records={records}"]
+    args = [
+        sys.executable,
+        str(REPO / "scripts" / "ablation.py"),
+        f"--workdir={tmp_path / 'runs'}",
+        "--config=configs/tiny.py",
+        "--tasks=wnli",
+        "--modes=joint,romebert",
+        "--seeds=1,2",
+        f"--override=model.name_or_path={tiny_model}",
+        "--override=train.max_steps=3",
+        f"--report={report}",
+        "--grid_note=Tiny test grid.",
+        f"--records={records}",
+    ]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text()
@@ -511,10 +612,17 @@ def test_ablation_runner_reuses_finished_runs_and_writes_the_report(env, tiny_mo
 
 def test_glue_benchmark_trains_present_tasks_skips_absent_ones_and_resumes(env, tiny_model, tmp_path, glue_dir):
     workdir = tmp_path / "glue"
-    args = [sys.executable, str(REPO / "scripts" / "glue_benchmark.py"), f"--workdir={workdir}",
-            "--config=configs/tiny.py", "--tasks=wnli,qqp", f"--data_dir={glue_dir}",
-            f"--override=model.name_or_path={tiny_model}", "--override=train.max_steps=3",
-            "--threshold=0.5"]
+    args = [
+        sys.executable,
+        str(REPO / "scripts" / "glue_benchmark.py"),
+        f"--workdir={workdir}",
+        "--config=configs/tiny.py",
+        "--tasks=wnli,qqp",
+        f"--data_dir={glue_dir}",
+        f"--override=model.name_or_path={tiny_model}",
+        "--override=train.max_steps=3",
+        "--threshold=0.5",
+    ]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())

@@ -13,12 +13,13 @@ import pytest
 
 from rome_jax import losses
 from rome_jax import train_step as ts
-from rome_jax.model_config import ModelConfig
 from rome_jax.model import MultiExitEncoder, init_params
+from rome_jax.model_config import ModelConfig
 from rome_jax.optim import make_optimizer, weight_decay_mask
 
-CFG = ModelConfig(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32,
-                  max_position_embeddings=32)
+CFG = ModelConfig(
+    vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32, max_position_embeddings=32
+)
 NO_DROPOUT = CFG.replace(hidden_dropout=0.0, attention_dropout=0.0)
 
 
@@ -27,11 +28,15 @@ def make_batch(n=8, t=12, seed=0, regression=False):
     mask = np.ones((n, t), np.int32)
     mask[1, 6:] = 0
     labels = rng.rand(n).astype(np.float32) * 5 if regression else rng.randint(0, 2, n).astype(np.int32)
-    return dict(input_ids=rng.randint(1, 50, (n, t)).astype(np.int32), attention_mask=mask,
-                token_type_ids=np.zeros((n, t), np.int32), labels=labels)
+    return dict(
+        input_ids=rng.randint(1, 50, (n, t)).astype(np.int32),
+        attention_mask=mask,
+        token_type_ids=np.zeros((n, t), np.int32),
+        labels=labels,
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(settings, config, lr, num_devices):
     """One compiled step per (settings, config, lr, devices): compiling dominates these tests."""
     params = init_params(config, 0)
@@ -62,9 +67,14 @@ def test_two_gradients_from_one_forward_equal_separate_gradients():
     (g_a, g_b), _ = ts._microbatch_grads(CFG, settings, params, batch, rng)
 
     def group(p, which):
-        logits = MultiExitEncoder(CFG).apply({"params": p}, batch["input_ids"], batch["attention_mask"],
-                                             batch["token_type_ids"], deterministic=False,
-                                             rngs={"dropout": rng})["logits"]
+        logits = MultiExitEncoder(CFG).apply(
+            {"params": p},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            deterministic=False,
+            rngs={"dropout": rng},
+        )["logits"]
         return losses.romebert_groups(logits, batch["labels"])[which]
 
     ref_a, ref_b = jax.grad(group)(params, 0), jax.grad(group)(params, 1)
@@ -82,18 +92,29 @@ def test_gr_step_with_nothing_selected_equals_the_joint_step():
     batch = make_batch()
     nothing = jax.tree.map(lambda x: jnp.zeros((1,) * x.ndim), params)
     state = ts.create_train_state(params, tx, 0)
-    gr, _ = ts.train_step(state, batch, config=CFG, settings=ts.StepSettings(mode="gr"), tx=tx,
-                          selection=nothing, trainable=None)
-    joint, _ = ts.train_step(state, batch, config=CFG, settings=ts.StepSettings(mode="joint"), tx=tx,
-                             selection=None, trainable=None)
+    gr, _ = ts.train_step(
+        state, batch, config=CFG, settings=ts.StepSettings(mode="gr"), tx=tx, selection=nothing, trainable=None
+    )
+    joint, _ = ts.train_step(
+        state, batch, config=CFG, settings=ts.StepSettings(mode="joint"), tx=tx, selection=None, trainable=None
+    )
     for x, y in zip(jax.tree.leaves(gr.params), jax.tree.leaves(joint.params)):
         np.testing.assert_allclose(x, y, atol=1e-7, rtol=1e-6)
 
 
 def test_romebert_step_projects_and_logs_the_statistics():
     _, _, m, _ = run_steps(ts.StepSettings(mode="romebert"), steps=1)
-    for key in ("gr/cosine", "gr/projected", "gr/norm_A", "gr/norm_B", "loss", "grad_norm",
-                "exit_loss/1", "exit_loss/3", "distill_loss/2"):
+    for key in (
+        "gr/cosine",
+        "gr/projected",
+        "gr/norm_A",
+        "gr/norm_B",
+        "loss",
+        "grad_norm",
+        "exit_loss/1",
+        "exit_loss/3",
+        "distill_loss/2",
+    ):
         assert key in m and np.isfinite(m[key]), key
     assert -1 <= m["gr/cosine"] <= 1 and m["gr/projected"] in (0.0, 1.0)
     np.testing.assert_allclose(m["loss"], m["loss_A"] + m["loss_B"], rtol=1e-6)
@@ -110,8 +131,9 @@ def test_every_mode_trains_and_lowers_its_loss(mode):
 @pytest.mark.slow
 def test_regression_step_uses_mse():
     cfg = NO_DROPOUT.replace(num_labels=1)
-    _, _, m, _ = run_steps(ts.StepSettings(mode="romebert", regression=True), config=cfg, steps=1,
-                        batch=make_batch(regression=True))
+    _, _, m, _ = run_steps(
+        ts.StepSettings(mode="romebert", regression=True), config=cfg, steps=1, batch=make_batch(regression=True)
+    )
     assert np.isfinite(m["loss"]) and m["exit_loss/3"] > 1.0  # squared error of scores in 0..5
 
 
@@ -151,11 +173,15 @@ def test_trainable_stage2_clipping_stops_the_whole_backbone(family):
     every backbone parameter (ALBERT's shared layer included) none."""
     cfg = CFG if family == "bert" else CFG.replace(family="albert", embedding_size=8)
     params, batch, rng = init_params(cfg, 0), make_batch(), jax.random.PRNGKey(1)
-    grads = {clip: ts._microbatch_grads(cfg, ts.StepSettings(mode="deebert", stage=2, stage2_clip=clip),
-                                        params, batch, rng)[0][0]
-             for clip in ("reference", "trainable")}
-    for x, y in zip(jax.tree.leaves(grads["reference"]["layers"]["exit"]),
-                    jax.tree.leaves(grads["trainable"]["layers"]["exit"])):
+    grads = {
+        clip: ts._microbatch_grads(cfg, ts.StepSettings(mode="deebert", stage=2, stage2_clip=clip), params, batch, rng)[
+            0
+        ][0]
+        for clip in ("reference", "trainable")
+    }
+    for x, y in zip(
+        jax.tree.leaves(grads["reference"]["layers"]["exit"]), jax.tree.leaves(grads["trainable"]["layers"]["exit"])
+    ):
         np.testing.assert_allclose(x, y, atol=1e-7, rtol=1e-6)
     backbone = {k: v for k, v in grads["trainable"].items() if k != "layers"}
     backbone["stacked"] = {k: v for k, v in grads["trainable"]["layers"].items() if k != "exit"}
@@ -185,11 +211,14 @@ def test_same_seed_same_parameters_and_other_seed_other_dropout():
 def test_non_finite_loss_leaves_the_state_unchanged():
     params = init_params(CFG, 0)
     params = jax.tree.map(lambda x: x, params)
-    params["layers"]["exit"]["classifier"]["bias"] = params["layers"]["exit"]["classifier"]["bias"].at[-1, 0].set(jnp.nan)
+    params["layers"]["exit"]["classifier"]["bias"] = (
+        params["layers"]["exit"]["classifier"]["bias"].at[-1, 0].set(jnp.nan)
+    )
     tx = make_optimizer(1e-3, 100, params=params)
     state = ts.create_train_state(params, tx, 0)
-    new, m = ts.train_step(state, make_batch(), config=CFG, settings=ts.StepSettings(mode="joint"), tx=tx,
-                           selection=None, trainable=None)
+    new, m = ts.train_step(
+        state, make_batch(), config=CFG, settings=ts.StepSettings(mode="joint"), tx=tx, selection=None, trainable=None
+    )
     assert m["finite"] == 0
     for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(x, y)
@@ -238,8 +267,14 @@ def test_eight_fake_devices_equal_one_device():
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, env={**env, "PYTHONPATH": root},
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env={**env, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -247,9 +282,13 @@ def test_eight_fake_devices_equal_one_device():
 def test_fastbert_stage_2_needs_no_labels_and_only_trains_exits():
     batch = make_batch()
     del batch["labels"]
-    before, state, m, step_losses = run_steps(ts.StepSettings(mode="fastbert", stage=2, temperature=1.0,
-                                                              kl_reduction="batchmean"),
-                                              config=NO_DROPOUT, steps=8, lr=3e-3, batch=batch)
+    before, state, m, step_losses = run_steps(
+        ts.StepSettings(mode="fastbert", stage=2, temperature=1.0, kl_reduction="batchmean"),
+        config=NO_DROPOUT,
+        steps=8,
+        lr=3e-3,
+        batch=batch,
+    )
     c = changed(before, state.params)
     assert not any(jax.tree.leaves(c["embeddings"])) and not any(jax.tree.leaves(c["layers"]["layer"]))
     final = state.params["layers"]["exit"]["classifier"]["kernel"][-1]
@@ -266,14 +305,17 @@ def test_albert_gradient_regularization_projects_the_shared_layer():
     assert any(jax.tree.leaves(changed(before["shared_layer"], state.params["shared_layer"])))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(stage2_clip="none"), "unknown stage2_clip 'none'"),
-    (dict(anchor="C"), "unknown anchor 'C'"),
-    (dict(kl_reduction="mean"), "unknown kl_reduction 'mean'"),
-    (dict(gamma=5.0), r"gamma must be in \[0, 1\], not 5.0"),
-    (dict(temperature=0.0), "temperature must be > 0, not 0.0"),
-    (dict(grad_accum_steps=0), "grad_accum_steps must be an integer >= 1, not 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(stage2_clip="none"), "unknown stage2_clip 'none'"),
+        (dict(anchor="C"), "unknown anchor 'C'"),
+        (dict(kl_reduction="mean"), "unknown kl_reduction 'mean'"),
+        (dict(gamma=5.0), r"gamma must be in \[0, 1\], not 5.0"),
+        (dict(temperature=0.0), "temperature must be > 0, not 0.0"),
+        (dict(grad_accum_steps=0), "grad_accum_steps must be an integer >= 1, not 0"),
+    ],
+)
 def test_step_settings_refuse_values_that_would_train_something_else(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ts.StepSettings(**kwargs)

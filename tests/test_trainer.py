@@ -13,15 +13,20 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-import tiny_hf
 
+import tiny_hf
 from rome_jax import checkpoints, run_config, trainer
 from rome_jax import train_step as ts
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-OVERRIDES = {"train.max_steps": 6, "train.log_every": 2, "train.eval_every": 3,
-             "train.checkpoint_every": 0, "train.keep_checkpoints": 2}
+OVERRIDES = {
+    "train.max_steps": 6,
+    "train.log_every": 2,
+    "train.eval_every": 3,
+    "train.checkpoint_every": 0,
+    "train.keep_checkpoints": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +35,25 @@ def tiny_model(tmp_path_factory, minilm_path):
     from transformers import AutoTokenizer
 
     path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(path, num_labels=2, vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    tiny_hf.make_bert(
+        path,
+        num_labels=2,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
     return str(path)
 
 
 @pytest.fixture
 def config(tiny_model, glue_dir):
-    return run_config.load(f"{REPO}/configs/tiny.py:wnli",
-                           {"model.name_or_path": tiny_model, "data.dir": glue_dir, **OVERRIDES})
+    return run_config.load(
+        f"{REPO}/configs/tiny.py:wnli", {"model.name_or_path": tiny_model, "data.dir": glue_dir, **OVERRIDES}
+    )
 
 
 @pytest.fixture
@@ -68,8 +82,9 @@ def records(workdir):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, tiny_model, glue_dir):
     """An uninterrupted run: (workdir, Result)."""
-    config = run_config.load(f"{REPO}/configs/tiny.py:wnli",
-                             {"model.name_or_path": tiny_model, "data.dir": glue_dir, **OVERRIDES})
+    config = run_config.load(
+        f"{REPO}/configs/tiny.py:wnli", {"model.name_or_path": tiny_model, "data.dir": glue_dir, **OVERRIDES}
+    )
     workdir = tmp_path_factory.mktemp("straight") / "run"
     return workdir, trainer.train_and_evaluate(config, workdir, progress=False)
 
@@ -79,11 +94,19 @@ def test_a_run_trains_evaluates_saves_and_exports(straight):
     assert result.step == 6 and not result.preempted
     lines = records(workdir)
     train = [r for r in lines if r["split"] == "train"]
-    assert [(r["step"], r["stage"], r["epoch"]) for r in train] == [(2, 1, 0.1667), (4, 1, 0.3333),
-                                                                   (6, 1, 0.5)]
+    assert [(r["step"], r["stage"], r["epoch"]) for r in train] == [(2, 1, 0.1667), (4, 1, 0.3333), (6, 1, 0.5)]
     for r in train:
-        for key in ("loss", "loss_A", "loss_B", "exit_loss/1", "exit_loss/2", "grad_norm",
-                    "update_norm", "param_norm", "learning_rate"):
+        for key in (
+            "loss",
+            "loss_A",
+            "loss_B",
+            "exit_loss/1",
+            "exit_loss/2",
+            "grad_norm",
+            "update_norm",
+            "param_norm",
+            "learning_rate",
+        ):
             assert math.isfinite(r[key]), (r["step"], key)
         assert "finite" not in r
     assert train[0]["loss"] != train[-1]["loss"]  # it trained
@@ -103,8 +126,19 @@ def test_a_run_trains_evaluates_saves_and_exports(straight):
         meta = store.restore_meta(6)
     finally:
         store.close()
-    assert set(meta) == {"version", "step", "stage", "data", "metrics_bytes", "metrics_lines",
-                         "window", "best", "last_eval", "total_steps", "stage1_best"}
+    assert set(meta) == {
+        "version",
+        "step",
+        "stage",
+        "data",
+        "metrics_bytes",
+        "metrics_lines",
+        "window",
+        "best",
+        "last_eval",
+        "total_steps",
+        "stage1_best",
+    }
     assert meta["step"] == 6 and meta["stage"] == 1 and meta["total_steps"] == 6
     assert meta["metrics_bytes"] == (workdir / "metrics.jsonl").stat().st_size
     assert meta["metrics_lines"] == len(lines) and meta["window"] is None  # logged at step 6
@@ -124,7 +158,8 @@ def test_rerunning_a_finished_run_runs_no_step(straight, config, steps_run, capl
 
 
 def test_stopped_by_a_signal_then_resumed_in_process_gives_the_same_run(
-        straight, config, steps_run, tmp_path, monkeypatch):
+    straight, config, steps_run, tmp_path, monkeypatch
+):
     reference, _ = straight
     workdir = tmp_path / "run"
     # A signal seen at step 5: mid logging window, after the evaluation of step 3.
@@ -162,8 +197,8 @@ def evaluation(score):
 
 def test_best_checkpoint_rule():
     rule = lambda evals, score, step, st, n: trainer.update_best(
-        evals, evaluation(score), step=step, stage=st, num_stages=n, split="dev",
-        metric_key="exit_2/accuracy")
+        evals, evaluation(score), step=step, stage=st, num_stages=n, split="dev", metric_key="exit_2/accuracy"
+    )
     one = trainer.Evaluations()
     for step, score in ((2, 0.5), (4, 0.7), (6, 0.7)):
         one = rule(one, score, step, stage(1, True), 1)
@@ -180,9 +215,19 @@ def test_best_checkpoint_rule():
 
 
 def test_checkpoint_meta_keeps_its_layout():
-    meta = {"version": 1, "step": 5, "stage": 2, "data": {"position": 5}, "metrics_bytes": 10,
-            "metrics_lines": 2, "window": {"count": 1, "sum": {"loss": 0.5}},
-            "best": {"step": 4}, "last_eval": {"dev": {}}, "total_steps": 12, "stage1_best": None}
+    meta = {
+        "version": 1,
+        "step": 5,
+        "stage": 2,
+        "data": {"position": 5},
+        "metrics_bytes": 10,
+        "metrics_lines": 2,
+        "window": {"count": 1, "sum": {"loss": 0.5}},
+        "best": {"step": 4},
+        "last_eval": {"dev": {}},
+        "total_steps": 12,
+        "stage1_best": None,
+    }
     parsed = trainer.CheckpointMeta.from_json(meta)
     assert parsed.to_json() == meta and list(parsed.to_json()) == list(meta)
     window = trainer.LogWindow.from_meta(parsed.window)

@@ -11,8 +11,8 @@ import logging
 import pathlib
 
 import pytest
-import tiny_hf
 
+import tiny_hf
 from rome_jax import run_config, trainer
 from rome_jax import train_step as ts
 from rome_jax.data import BatchIterator
@@ -29,14 +29,21 @@ def tiny_model(tmp_path_factory, minilm_path):
     from transformers import AutoTokenizer
 
     path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(path, num_labels=2, vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    tiny_hf.make_bert(
+        path,
+        num_labels=2,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
     return str(path)
 
 
-def test_the_train_step_is_traced_once_per_bucket_and_stage(tiny_model, glue_dir, tmp_path, monkeypatch,
-                                                            caplog):
+def test_the_train_step_is_traced_once_per_bucket_and_stage(tiny_model, glue_dir, tmp_path, monkeypatch, caplog):
     traces = collections.Counter()  # (stage, length) -> traces of the train step
     real_step = ts.train_step
 
@@ -55,17 +62,27 @@ def test_the_train_step_is_traced_once_per_bucket_and_stage(tiny_model, glue_dir
 
     monkeypatch.setattr(ts, "train_step", counted_step)
     monkeypatch.setattr(BatchIterator, "__next__", recorded_next)
-    config = run_config.load(f"{REPO}/configs/tiny.py:sst2,deebert", {
-        "model.name_or_path": tiny_model, "data.dir": glue_dir, "data.buckets": "8,16",
-        "train.max_steps": 10, "train.eval_every": 0, "train.checkpoint_every": 0, "train.log_every": 5})
+    config = run_config.load(
+        f"{REPO}/configs/tiny.py:sst2,deebert",
+        {
+            "model.name_or_path": tiny_model,
+            "data.dir": glue_dir,
+            "data.buckets": "8,16",
+            "train.max_steps": 10,
+            "train.eval_every": 0,
+            "train.checkpoint_every": 0,
+            "train.log_every": 5,
+        },
+    )
     with caplog.at_level(logging.INFO, logger="rome_jax.trainer"):
         result = trainer.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert result.step == 20
 
     stages = list(met.values())  # stage 1's iterator, then stage 2's
     assert [len(lengths) for lengths in stages] == [10, 10]
-    expected = collections.Counter({(stage, length): 1 for stage, lengths in enumerate(stages, 1)
-                                    for length in set(lengths)})
+    expected = collections.Counter(
+        {(stage, length): 1 for stage, lengths in enumerate(stages, 1) for length in set(lengths)}
+    )
     assert len(expected) >= 4  # several buckets met in each stage
     assert traces == expected  # once per bucket and stage, not once per step
     compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled the train step")]
@@ -76,9 +93,10 @@ def test_the_train_step_is_traced_once_per_bucket_and_stage(tiny_model, glue_dir
 
 def test_data_buckets_config(glue_dir):
     def validate(spec, max_length=32):
-        config = run_config.load(f"{REPO}/configs/tiny.py:sst2", {
-            "model.name_or_path": "unused", "data.dir": glue_dir, "data.buckets": spec,
-            "data.max_length": max_length})
+        config = run_config.load(
+            f"{REPO}/configs/tiny.py:sst2",
+            {"model.name_or_path": "unused", "data.dir": glue_dir, "data.buckets": spec, "data.max_length": max_length},
+        )
         run_config.validate(config)
 
     for spec in ("auto", "none", "8,16", "8, 16, 32"):
@@ -94,16 +112,26 @@ def test_data_buckets_config(glue_dir):
     assert run_config.ADDED_KEYS["data.buckets"] == "none"
 
 
-def test_stopped_mid_epoch_then_resumed_with_several_buckets_gives_the_same_run(tiny_model, glue_dir, tmp_path,
-                                                                                 monkeypatch):
+def test_stopped_mid_epoch_then_resumed_with_several_buckets_gives_the_same_run(
+    tiny_model, glue_dir, tmp_path, monkeypatch
+):
     import jax
     import numpy as np
 
     from rome_jax import checkpoints
 
-    config = run_config.load(f"{REPO}/configs/tiny.py:sst2", {
-        "model.name_or_path": tiny_model, "data.dir": glue_dir, "data.buckets": "8,16",
-        "train.max_steps": 8, "train.eval_every": 4, "train.checkpoint_every": 0, "train.log_every": 2})
+    config = run_config.load(
+        f"{REPO}/configs/tiny.py:sst2",
+        {
+            "model.name_or_path": tiny_model,
+            "data.dir": glue_dir,
+            "data.buckets": "8,16",
+            "train.max_steps": 8,
+            "train.eval_every": 4,
+            "train.checkpoint_every": 0,
+            "train.log_every": 2,
+        },
+    )
     reference = tmp_path / "straight"
     trainer.train_and_evaluate(config, reference, progress=False)
     workdir = tmp_path / "stopped"

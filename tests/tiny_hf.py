@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=64)
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
 
 
 def make_bert(path, num_labels=3, seed=0, **overrides):
@@ -23,8 +29,14 @@ def make_roberta(path, num_labels=3, seed=0, **overrides):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = RobertaConfig(**{**TINY, "max_position_embeddings": 70, **overrides}, num_labels=num_labels,
-                        type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    cfg = RobertaConfig(
+        **{**TINY, "max_position_embeddings": 70, **overrides},
+        num_labels=num_labels,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     model = RobertaForSequenceClassification(cfg)
     model.eval().save_pretrained(str(path))
     return model
@@ -40,7 +52,7 @@ def random_batch(batch=4, length=16, vocab=99, seed=0, pad_id=0, two_segments=Tr
     ids[mask == 0] = pad_id
     types = np.zeros_like(ids)
     if two_segments:
-        types[:, length // 2:] = 1
+        types[:, length // 2 :] = 1
         types[mask == 0] = 0
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
@@ -49,8 +61,9 @@ def torch_logits(model, batch, token_types=True):
     import torch
 
     with torch.no_grad():
-        kwargs = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()
-                  if token_types or k != "token_type_ids"}
+        kwargs = {
+            k: torch.tensor(v, dtype=torch.long) for k, v in batch.items() if token_types or k != "token_type_ids"
+        }
         return model(**kwargs).logits.numpy()
 
 
@@ -59,8 +72,14 @@ def make_albert(path, num_labels=3, seed=0, **overrides):
     from transformers import AlbertConfig, AlbertForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = AlbertConfig(**{**TINY, **overrides}, embedding_size=16, num_labels=num_labels,
-                       hidden_act="gelu_new", hidden_dropout_prob=0.1, classifier_dropout_prob=0.1)
+    cfg = AlbertConfig(
+        **{**TINY, **overrides},
+        embedding_size=16,
+        num_labels=num_labels,
+        hidden_act="gelu_new",
+        hidden_dropout_prob=0.1,
+        classifier_dropout_prob=0.1,
+    )
     model = AlbertForSequenceClassification(cfg)
     model.eval().save_pretrained(str(path))
     return model

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 """The directory holding the rome_jax package that is running (site-packages, or a

@@ -29,7 +29,8 @@ missing ones.
 trains the grid with mean-pooled exits (`model.exit_pooling=mean`), its runs and
 records under TASK/MODE-mean/; the report then shows, per task, the [CLS] grid and
 the mean-pooled grid in separate tables (each from the records there are: the grid
-not chosen is only reused, and its missing runs are named only if it has some). A run resumed after an interruption records its time as partial
+not chosen is only reused, and its missing runs are named only if it has some).
+A run resumed after an interruption records its time as partial
 (only the last attempt is timed); the report leaves such times out of the ratio.
 """
 
@@ -42,24 +43,37 @@ from rome_jax.errors import ConfigError
 from rome_jax.model_config import EXIT_POOLINGS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go.")
-_CONFIG = flags.DEFINE_string("config", ablation.DEFAULT_CONFIG, "Per-run config file (takes TASK,MODE); a relative "
-                              "path is looked for in the current directory, then in the rome_jax source checkout.")
+_CONFIG = flags.DEFINE_string(
+    "config",
+    ablation.DEFAULT_CONFIG,
+    "Per-run config file (takes TASK,MODE); a relative "
+    "path is looked for in the current directory, then in the rome_jax source checkout.",
+)
 _TASKS = flags.DEFINE_list("tasks", "sst2,mrpc", "GLUE tasks.")
 _MODES = flags.DEFINE_list("modes", "deebert,deebert_sd,joint,sd,gr,romebert", "Training modes.")
 _SEEDS = flags.DEFINE_list("seeds", "42,43", "Seeds (train.seed).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "A config override KEY=VALUE for every run.")
 _REPORT = flags.DEFINE_string("report", "docs/results.md", "The Markdown report to write.")
-_GRID_NOTE = flags.DEFINE_string("grid_note", "", "What grid the report's numbers come from (a sentence; "
-                                  "default: the note of the report being rebuilt, if any).")
-_FINDINGS = flags.DEFINE_string("findings", "docs/ablation_findings.md",
-                                "Hand-written Markdown placed after the grid note, if the file exists.")
-_RECORDS = flags.DEFINE_string("records", "docs/ablation_runs",
-                                "Where each finished run's record is kept (TASK/MODE/seedS.json).")
+_GRID_NOTE = flags.DEFINE_string(
+    "grid_note",
+    "",
+    "What grid the report's numbers come from (a sentence; default: the note of the report being rebuilt, if any).",
+)
+_FINDINGS = flags.DEFINE_string(
+    "findings", "docs/ablation_findings.md", "Hand-written Markdown placed after the grid note, if the file exists."
+)
+_RECORDS = flags.DEFINE_string(
+    "records", "docs/ablation_runs", "Where each finished run's record is kept (TASK/MODE/seedS.json)."
+)
 _REUSE_ONLY = flags.DEFINE_bool("reuse_only", False, "Train nothing: report the finished runs, name the rest.")
-_EXIT_POOLING = flags.DEFINE_enum("exit_pooling", "cls", list(EXIT_POOLINGS),
-                                  "What the exits pool (model.exit_pooling): cls, the papers' design, or mean. "
-                                  "mean runs live under TASK/MODE-mean/ (records and workdirs); the report "
-                                  "shows each pooling's grid in its own tables.")
+_EXIT_POOLING = flags.DEFINE_enum(
+    "exit_pooling",
+    "cls",
+    list(EXIT_POOLINGS),
+    "What the exits pool (model.exit_pooling): cls, the papers' design, or mean. "
+    "mean runs live under TASK/MODE-mean/ (records and workdirs); the report "
+    "shows each pooling's grid in its own tables.",
+)
 
 
 def main(argv):
@@ -68,8 +82,10 @@ def main(argv):
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required")
     if any(o.split("=", 1)[0].strip() == "model.exit_pooling" for o in _OVERRIDE.value):
-        raise ConfigError("give the exit pooling as --exit_pooling=cls|mean, not --override "
-                          "(its runs are kept apart, under TASK/MODE-mean/)")
+        raise ConfigError(
+            "give the exit pooling as --exit_pooling=cls|mean, not --override "
+            "(its runs are kept apart, under TASK/MODE-mean/)"
+        )
     root = Path(_WORKDIR.value)
     grid = [(task, mode, seed) for task in _TASKS.value for mode in _MODES.value for seed in _SEEDS.value]
     records, missing = [], []
@@ -78,9 +94,17 @@ def main(argv):
         chosen = pooling == _EXIT_POOLING.value
         found, absent = [], []
         for task, mode, seed in grid:
-            record = ablation.run_one(task, mode, seed, root, Path(_RECORDS.value),
-                                      _REUSE_ONLY.value or not chosen, config=_CONFIG.value,
-                                      overrides=_OVERRIDE.value, exit_pooling=pooling)
+            record = ablation.run_one(
+                task,
+                mode,
+                seed,
+                root,
+                Path(_RECORDS.value),
+                _REUSE_ONLY.value or not chosen,
+                config=_CONFIG.value,
+                overrides=_OVERRIDE.value,
+                exit_pooling=pooling,
+            )
             if record is None:
                 absent.append(f"{task}/{ablation.run_name(mode, pooling)}/seed{seed}")
             else:

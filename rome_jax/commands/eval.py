@@ -40,40 +40,52 @@ import os
 from absl import flags
 
 from rome_jax import cli
-from rome_jax.model_config import ATTENTION_KERNELS, DTYPES
 from rome_jax.errors import CheckpointError, ConfigError
+from rome_jax.model_config import ATTENTION_KERNELS, DTYPES
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (its config and checkpoints).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best",
-                                  "With --workdir: best (highest final-exit dev score), latest, or a step.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "best", "With --workdir: best (highest final-exit dev score), latest, or a step."
+)
 _MODEL = flags.DEFINE_string("model", None, "Instead of --workdir: an HF model directory.")
 _TASK = flags.DEFINE_string("task", None, "With --model: the GLUE task.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "GLUE directory (default: the run's, or $GLUE_DIR).")
 _SOURCE = flags.DEFINE_string("source", None, "dir, hf or tfds (default: the run's, or dir).")
 _SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: the task's dev splits).")
-_MAX_LENGTH = flags.DEFINE_integer("max_length", None,
-                                   "Default: the run's, or 128 (at most the model's positions).")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Default: the run's, or 128 (at most the model's positions).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "Evaluate the first N examples; 0: all.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size of the batched runs.")
-_SWEEPS = flags.DEFINE_string("sweeps", "", "criterion:t1,t2;... (default: entropy, max_prob, patience, "
-                              "and normalized_entropy for FastBERT runs).")
+_SWEEPS = flags.DEFINE_string(
+    "sweeps",
+    "",
+    "criterion:t1,t2;... (default: entropy, max_prob, patience, and normalized_entropy for FastBERT runs).",
+)
 _BATCH1 = flags.DEFINE_integer("batch1_examples", 64, "Examples timed at batch 1.")
 _BATCHED = flags.DEFINE_integer("batched_examples", 256, "Examples timed batched; 0: all.")
 _NO_TIMING = flags.DEFINE_bool("no_timing", False, "Skip the wall-clock measurements.")
-_DTYPE = flags.DEFINE_enum("dtype", None, list(DTYPES),
-                           "Compute dtype (default: the run's, or float32).")
-_ATTENTION = flags.DEFINE_enum("attention", None, list(ATTENTION_KERNELS),
-                               "Attention kernel; cudnn: CUDA GPUs, bfloat16 (default: the run's, or xla).")
+_DTYPE = flags.DEFINE_enum("dtype", None, list(DTYPES), "Compute dtype (default: the run's, or float32).")
+_ATTENTION = flags.DEFINE_enum(
+    "attention",
+    None,
+    list(ATTENTION_KERNELS),
+    "Attention kernel; cudnn: CUDA GPUs, bfloat16 (default: the run's, or xla).",
+)
 _BUCKETS = flags.DEFINE_string(
-    "buckets", None, "Length buckets: auto (16, 32, 64, ... up to max_length), none (every batch padded "
+    "buckets",
+    None,
+    "Length buckets: auto (16, 32, 64, ... up to max_length), none (every batch padded "
     "to max_length) or lengths like 16,32,64 (max_length added). Default: the run's data.buckets "
-    "(none if its config has no such key), or auto with --model.")
+    "(none if its config has no such key), or auto with --model.",
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or MODEL/eval.")
 _CALIBRATE = flags.DEFINE_float(
-    "calibrate", None, "Choose early-exit thresholds on the first split: per criterion, the fewest mean "
+    "calibrate",
+    None,
+    "Choose early-exit thresholds on the first split: per criterion, the fewest mean "
     "layers whose metric is within this many percentage points of full depth (e.g. 0.5). Written to "
     "results.json (calibration), WORKDIR/calibration.json and the model directory "
-    "(rome_jax_calibration.json, which predict uses by default).")
+    "(rome_jax_calibration.json, which predict uses by default).",
+)
 
 
 def _model_from_workdir(workdir: str):
@@ -89,18 +101,29 @@ def _model_from_workdir(workdir: str):
     if not os.path.isfile(model_json):
         model_json = os.path.join(resolve_model_dir(config.model.name_or_path), "config.json")
     model_config = ModelConfig.from_json_file(
-        model_json, num_labels=task.num_labels, dtype=_DTYPE.value or config.model.dtype,
+        model_json,
+        num_labels=task.num_labels,
+        dtype=_DTYPE.value or config.model.dtype,
         attention_kernel=_ATTENTION.value or config.model.get("attention", "xla"),
-        exit_pooling=config.model.get("exit_pooling", "cls"))  # runs without the key pooled [CLS]
+        exit_pooling=config.model.get("exit_pooling", "cls"),
+    )  # runs without the key pooled [CLS]
     mismatch = checkpoints.params_mismatch(params, model_config)
     if mismatch:
-        raise CheckpointError(f"checkpoint {os.path.join(workdir, 'checkpoints', str(step))} does not fit "
-                              f"the model of {model_json} ({task.num_labels} labels): {mismatch}")
+        raise CheckpointError(
+            f"checkpoint {os.path.join(workdir, 'checkpoints', str(step))} does not fit "
+            f"the model of {model_json} ({task.num_labels} labels): {mismatch}"
+        )
     tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
     if tokenizer is None:
         raise CheckpointError(f"{workdir}/tokenizer: no tokenizer files")
-    data = {"dir": config.data.dir, "source": config.data.source, "max_length": config.data.max_length,
-            "mode": config.train.mode, "buckets": config.data.get("buckets", "none"), "step": step}
+    data = {
+        "dir": config.data.dir,
+        "source": config.data.source,
+        "max_length": config.data.max_length,
+        "mode": config.train.mode,
+        "buckets": config.data.get("buckets", "none"),
+        "step": step,
+    }
     return MultiExitModel(model_config, params, tokenizer), task, data, f"{workdir} step {step}"
 
 
@@ -122,10 +145,16 @@ def main(argv):
         if not _TASK.value:
             raise ConfigError("--model needs --task")
         task = get_task(_TASK.value)
-        model = load_pretrained(_MODEL.value, task.num_labels, dtype=_DTYPE.value or "float32",
-                                attention_kernel=_ATTENTION.value or "xla")
-        data = {"dir": os.environ.get("GLUE_DIR", ""), "source": "dir", "max_length": 128, "mode": None,
-                "buckets": "auto"}
+        model = load_pretrained(
+            _MODEL.value, task.num_labels, dtype=_DTYPE.value or "float32", attention_kernel=_ATTENTION.value or "xla"
+        )
+        data = {
+            "dir": os.environ.get("GLUE_DIR", ""),
+            "source": "dir",
+            "max_length": 128,
+            "mode": None,
+            "buckets": "auto",
+        }
         origin = _MODEL.value
         out_dir = _OUTPUT_DIR.value or os.path.join(_MODEL.value, "eval")
     if model.tokenizer is None:
@@ -146,22 +175,38 @@ def main(argv):
     except ConfigError as e:  # a length above max_length
         raise ConfigError(str(e).replace("data.buckets", bucket_source, 1)) from None
     try:
-        sweeps = (evaluation.parse_sweeps(_SWEEPS.value, model.config.num_layers) if _SWEEPS.value
-                  else evaluation.default_sweeps(model.config.num_layers, data["mode"]))
+        sweeps = (
+            evaluation.parse_sweeps(_SWEEPS.value, model.config.num_layers)
+            if _SWEEPS.value
+            else evaluation.default_sweeps(model.config.num_layers, data["mode"])
+        )
     except ValueError as e:
         raise ConfigError(str(e)) from None
     splits = _SPLITS.value or list(task.dev_splits)
-    print(f"evaluating {origin} on {task.name} ({', '.join(splits)}), length buckets "
-          f"{','.join(map(str, buckets)) if buckets else 'none'}", flush=True)
+    print(
+        f"evaluating {origin} on {task.name} ({', '.join(splits)}), length buckets "
+        f"{','.join(map(str, buckets)) if buckets else 'none'}",
+        flush=True,
+    )
     for split in splits:
-        examples = load_examples(task, split, source=source, data_dir=data_dir or None,
-                                 max_examples=_MAX_EXAMPLES.value)
+        examples = load_examples(
+            task, split, source=source, data_dir=data_dir or None, max_examples=_MAX_EXAMPLES.value
+        )
         features = tokenize_examples(examples, model.tokenizer, max_length)
         results = evaluation.evaluate_split(
-            model.config, model.params, task, split, features, sweeps=sweeps,
-            batch_size=_BATCH_SIZE.value, batch1_examples=_BATCH1.value,
-            batched_examples=_BATCHED.value, timing=not _NO_TIMING.value, buckets=buckets,
-            log=lambda m: print(m, flush=True))
+            model.config,
+            model.params,
+            task,
+            split,
+            features,
+            sweeps=sweeps,
+            batch_size=_BATCH_SIZE.value,
+            batch1_examples=_BATCH1.value,
+            batched_examples=_BATCHED.value,
+            timing=not _NO_TIMING.value,
+            buckets=buckets,
+            log=lambda m: print(m, flush=True),
+        )
         results["model"] = origin
         if _CALIBRATE.value is not None and split == splits[0]:
             results["calibration"] = _calibrate(results, origin)
@@ -211,9 +256,12 @@ def _store_calibration(chosen: dict, step: int | None) -> list[str]:
             paths.append(os.path.join(model_dir, calibration.FILE_NAME))
             calibration.write(paths[-1], chosen)
         else:
-            print(f"{model_dir} holds the last step ({steps[-1] if steps else '?'}), the thresholds were "
-                  f"chosen on step {step}: not stored there (--checkpoint=latest calibrates the exported "
-                  "model)", flush=True)
+            print(
+                f"{model_dir} holds the last step ({steps[-1] if steps else '?'}), the thresholds were "
+                f"chosen on step {step}: not stored there (--checkpoint=latest calibrates the exported "
+                "model)",
+                flush=True,
+            )
     return paths
 
 

@@ -18,9 +18,13 @@ from rome_jax.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the per-task runs and the summary go.")
 _TASKS = flags.DEFINE_list("tasks", "cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte,wnli", "GLUE tasks to run.")
-_CONFIG = flags.DEFINE_string("config", "configs/glue.py", "The per-task config file (takes TASK[,MODE]); "
-                              "a relative path is looked for in the current directory, then in the "
-                              "rome_jax source checkout.")
+_CONFIG = flags.DEFINE_string(
+    "config",
+    "configs/glue.py",
+    "The per-task config file (takes TASK[,MODE]); "
+    "a relative path is looked for in the current directory, then in the "
+    "rome_jax source checkout.",
+)
 _MODE = flags.DEFINE_string("mode", None, "Training mode for every task (default: the config's).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "A config override KEY=VALUE (repeatable).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "GLUE directory (default: $GLUE_DIR).")
@@ -29,11 +33,17 @@ _CRITERION = flags.DEFINE_string("criterion", "entropy", "Early-exit criterion f
 _THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Its threshold.")
 _PATIENCE = flags.DEFINE_integer("regression_patience", 6, "STS-B exits by patience with this t.")
 _CALIBRATED = flags.DEFINE_bool(
-    "calibrated", False, "Instead of --criterion/--threshold: per task, the threshold chosen on the first "
+    "calibrated",
+    False,
+    "Instead of --criterion/--threshold: per task, the threshold chosen on the first "
     "dev split (the fewest mean layers within --calibration_points of the final exit; entropy first, "
-    "patience for STS-B), used for the dev early-exit figures and the test files (TASK/calibration.json).")
-_POINTS = flags.DEFINE_float("calibration_points", 0.5, "With --calibrated: percentage points below the "
-                             "final exit's dev metric a threshold may cost.")
+    "patience for STS-B), used for the dev early-exit figures and the test files (TASK/calibration.json).",
+)
+_POINTS = flags.DEFINE_float(
+    "calibration_points",
+    0.5,
+    "With --calibrated: percentage points below the final exit's dev metric a threshold may cost.",
+)
 
 
 def main(argv):
@@ -48,11 +58,24 @@ def main(argv):
             raise ConfigError(f"--override {o!r} is not KEY=VALUE")
     if _POINTS.value < 0:
         raise ConfigError(f"--calibration_points {_POINTS.value}: must be >= 0")
-    setting = glue_runner.Setting(_CRITERION.value, _THRESHOLD.value, "patience", float(_PATIENCE.value),
-                                  calibrate_points=_POINTS.value if _CALIBRATED.value else None)
-    summary = glue_runner.run(_WORKDIR.value, tasks=_TASKS.value, config=_CONFIG.value, mode=_MODE.value,
-                              overrides=_OVERRIDE.value, setting=setting, data_dir=_DATA_DIR.value,
-                              source=_SOURCE.value, log=lambda m: print(m, flush=True))
+    setting = glue_runner.Setting(
+        _CRITERION.value,
+        _THRESHOLD.value,
+        "patience",
+        float(_PATIENCE.value),
+        calibrate_points=_POINTS.value if _CALIBRATED.value else None,
+    )
+    summary = glue_runner.run(
+        _WORKDIR.value,
+        tasks=_TASKS.value,
+        config=_CONFIG.value,
+        mode=_MODE.value,
+        overrides=_OVERRIDE.value,
+        setting=setting,
+        data_dir=_DATA_DIR.value,
+        source=_SOURCE.value,
+        log=lambda m: print(m, flush=True),
+    )
     print(glue_runner.summary_markdown(summary))
     return 0
 

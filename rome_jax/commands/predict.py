@@ -45,20 +45,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir: its exporte
 _MODEL = flags.DEFINE_string("model", None, "Instead of --workdir: an HF model directory.")
 _TASK = flags.DEFINE_string("task", None, "With --model: a GLUE task, for its text columns.")
 _INPUT = flags.DEFINE_string("input", None, "TSV, CSV or JSON Lines file with a header, or - for stdin.")
-_INPUT_FORMAT = flags.DEFINE_enum("input_format", None, ["tsv", "csv", "jsonl"],
-                                  "Default: from the extension, else sniffed from the first line.")
-_TEXT_A = flags.DEFINE_string("text_a", None, "The first text column (default: the task's, else "
-                              "sentence or text).")
+_INPUT_FORMAT = flags.DEFINE_enum(
+    "input_format", None, ["tsv", "csv", "jsonl"], "Default: from the extension, else sniffed from the first line."
+)
+_TEXT_A = flags.DEFINE_string("text_a", None, "The first text column (default: the task's, else sentence or text).")
 _TEXT_B = flags.DEFINE_string("text_b", None, "The second text column of pairs (default: the task's).")
 _OUTPUT = flags.DEFINE_string("output", "-", "JSON Lines, or .csv / .tsv; - for standard output.")
 _CRITERION = flags.DEFINE_string(
-    "criterion", "auto", "entropy:0.3, max_prob:0.9, patience:2, ..., calibrated, none (full depth), or "
-    "auto: calibrated when the model carries a calibration, else none.")
+    "criterion",
+    "auto",
+    "entropy:0.3, max_prob:0.9, patience:2, ..., calibrated, none (full depth), or "
+    "auto: calibrated when the model carries a calibration, else none.",
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows per batch.")
-_MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Tokens per example (default: the length the "
-                                   "calibration was chosen at, else 512; at most the model's positions).")
+_MAX_LENGTH = flags.DEFINE_integer(
+    "max_length",
+    None,
+    "Tokens per example (default: the length the calibration was chosen at, else 512; at most the model's positions).",
+)
 
 # ------------------------------------------------------------------------- the program
+
 
 def _load(workdir: str | None, model_dir: str | None, task_name: str | None):
     """(model, task columns, origin)."""
@@ -71,8 +78,9 @@ def _load(workdir: str | None, model_dir: str | None, task_name: str | None):
 
         path = os.path.join(workdir, "model")
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise CheckpointError(f"{path}: no exported model (train.py writes it at the end of training; "
-                                  "or give --model)")
+            raise CheckpointError(
+                f"{path}: no exported model (train.py writes it at the end of training; or give --model)"
+            )
         try:
             columns = tuple(task_from_config(run_config.read_workdir_config(workdir)).text_columns)
         except Exception:  # noqa: BLE001 - columns are a default only
@@ -98,8 +106,9 @@ def main(argv):
     if model.tokenizer is None:
         raise CheckpointError(f"{origin}: no tokenizer files")
     if _MAX_LENGTH.value is not None and not 0 < _MAX_LENGTH.value <= model.config.max_length:
-        raise ConfigError(f"--max_length {_MAX_LENGTH.value}: 1 to the model's {model.config.max_length} "
-                          f"positions ({origin})")
+        raise ConfigError(
+            f"--max_length {_MAX_LENGTH.value}: 1 to the model's {model.config.max_length} positions ({origin})"
+        )
     from rome_jax import predict as predict_lib
 
     try:
@@ -107,10 +116,19 @@ def main(argv):
     except ValueError as e:
         raise ConfigError(f"--criterion: {e}") from None
     to_stdout = _OUTPUT.value in ("-", "")
-    summary = predict_file(model, _INPUT.value, _OUTPUT.value, input_format=_INPUT_FORMAT.value,
-                           text_a=_TEXT_A.value, text_b=_TEXT_B.value, task_columns=columns,
-                           criterion=_CRITERION.value, batch_size=_BATCH_SIZE.value,
-                           max_length=_MAX_LENGTH.value, progress=sys.stderr.isatty())
+    summary = predict_file(
+        model,
+        _INPUT.value,
+        _OUTPUT.value,
+        input_format=_INPUT_FORMAT.value,
+        text_a=_TEXT_A.value,
+        text_b=_TEXT_B.value,
+        task_columns=columns,
+        criterion=_CRITERION.value,
+        batch_size=_BATCH_SIZE.value,
+        max_length=_MAX_LENGTH.value,
+        progress=sys.stderr.isatty(),
+    )
     print(summary_line(summary), file=sys.stderr if to_stdout else sys.stdout, flush=True)
     return 0
 

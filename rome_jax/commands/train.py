@@ -25,30 +25,50 @@ from rome_jax import cli
 from rome_jax.errors import ConfigError, RomeError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file, e.g. configs/glue.py:rte; override its values with "
-    "--config.train.learning_rate=3e-5.", lock_config=True)
+    "config",
+    None,
+    "A config file, e.g. configs/glue.py:rte; override its values with --config.train.learning_rate=3e-5.",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the model go.")
 _OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Delete what an earlier run wrote in --workdir (config.json, metrics.jsonl, "
-    "tensorboard/, checkpoints/, tokenizer/, model/, and eval.py's eval/) and start afresh.")
+    "overwrite",
+    False,
+    "Delete what an earlier run wrote in --workdir (config.json, metrics.jsonl, "
+    "tensorboard/, checkpoints/, tokenizer/, model/, and eval.py's eval/) and start afresh.",
+)
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Join JAX's distributed runtime (jax.distributed.initialize; also: config "
+    "multihost",
+    False,
+    "Join JAX's distributed runtime (jax.distributed.initialize; also: config "
     "train.multihost): one process per host; settings not given below come from JAX's cluster "
-    "detection (Cloud TPU VMs, SLURM, ...). See docs/multihost.md.")
+    "detection (Cloud TPU VMs, SLURM, ...). See docs/multihost.md.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "With several processes: HOST:PORT of process 0's coordinator "
-    "(implies --multihost; default: $JAX_COORDINATOR_ADDRESS or cluster detection).")
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "With several processes: how many (implies --multihost).")
+    "coordinator_address",
+    None,
+    "With several processes: HOST:PORT of process 0's coordinator "
+    "(implies --multihost; default: $JAX_COORDINATOR_ADDRESS or cluster detection).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With several processes: how many (implies --multihost).")
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "With several processes: this one's index, 0 to num_processes - 1 "
-    "(implies --multihost; process 0 writes the workdir's files).")
+    "process_id",
+    None,
+    "With several processes: this one's index, 0 to num_processes - 1 "
+    "(implies --multihost; process 0 writes the workdir's files).",
+)
 _INIT_TIMEOUT = flags.DEFINE_integer(
-    "initialization_timeout", 300, "With --multihost: seconds to wait for the coordinator and "
-    "every process before failing with an error naming the address.")
+    "initialization_timeout",
+    300,
+    "With --multihost: seconds to wait for the coordinator and "
+    "every process before failing with an error naming the address.",
+)
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
-    "heartbeat_timeout", None, "With --multihost: seconds without a heartbeat after which the "
-    "other processes consider a process dead and stop (JAX's default: 100).")
+    "heartbeat_timeout",
+    None,
+    "With --multihost: seconds without a heartbeat after which the "
+    "other processes consider a process dead and stop (JAX's default: 100).",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -63,8 +83,7 @@ def main(argv: list[str]) -> int:
     if _MULTIHOST.value or config.train.multihost or any(v is not None for v in explicit):
         from rome_jax import distributed
 
-        distributed.initialize(*explicit, timeout_s=_INIT_TIMEOUT.value,
-                               heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
+        distributed.initialize(*explicit, timeout_s=_INIT_TIMEOUT.value, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
     from rome_jax import trainer
 
     try:
@@ -77,12 +96,22 @@ def main(argv: list[str]) -> int:
         return trainer.PREEMPTED_EXIT_CODE
     if result.final_eval and jax.process_index() == 0:
         for split, record in result.final_eval.items():
-            exits = sorted({k.split("/")[0] for k in record if k.startswith("exit_")},
-                           key=lambda name: int(name.split("_")[1]))
-            print(f"step {record['step']} {split}: " + ", ".join(
-                f"{name} " + " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in record.items()
-                                      if k.startswith(name + "/") and k.split("/")[1] != "loss")
-                for name in exits), flush=True)
+            exits = sorted(
+                {k.split("/")[0] for k in record if k.startswith("exit_")}, key=lambda name: int(name.split("_")[1])
+            )
+            print(
+                f"step {record['step']} {split}: "
+                + ", ".join(
+                    f"{name} "
+                    + " ".join(
+                        f"{k.split('/')[1]}={v:.4f}"
+                        for k, v in record.items()
+                        if k.startswith(name + "/") and k.split("/")[1] != "loss"
+                    )
+                    for name in exits
+                ),
+                flush=True,
+            )
     return 0
 
 

@@ -28,6 +28,7 @@ from rome_jax.data.buckets import (
     padded_share,
     sequence_lengths,
 )
+from rome_jax.data.custom import read_custom
 from rome_jax.data.examples import (
     SOURCES,
     Examples,
@@ -37,7 +38,6 @@ from rome_jax.data.examples import (
     read_text_file,
     read_tfds,
 )
-from rome_jax.data.custom import read_custom
 from rome_jax.data.features import Features, tokenize_examples, tokenize_texts, tokenizer_fingerprint
 
 __all__ = [

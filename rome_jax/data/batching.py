@@ -54,22 +54,32 @@ class BatchIterator:
     same step. None (the default): every batch is `[b, T]`, as above.
     """
 
-    def __init__(self, features: Features, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_remainder: bool = False, *, process_index: int = 0, process_count: int = 1,
-                 num_epochs: int | None = None, buckets: Sequence[int] | None = None):
+    def __init__(
+        self,
+        features: Features,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_remainder: bool = False,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_epochs: int | None = None,
+        buckets: Sequence[int] | None = None,
+    ):
         n = len(features)
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         if process_count <= 0 or not 0 <= process_index < process_count:
             raise ConfigError(f"process_index {process_index} is not in [0, {process_count})")
         if batch_size % process_count:
-            raise ConfigError(f"batch_size {batch_size} is not divisible by the "
-                              f"{process_count} processes")
+            raise ConfigError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
         if n == 0:
             raise DataError("no examples to batch")
         if drop_remainder and n < batch_size:
-            raise ConfigError(f"batch_size {batch_size} exceeds the {n} examples: with "
-                              "drop_remainder no batch can be formed")
+            raise ConfigError(
+                f"batch_size {batch_size} exceeds the {n} examples: with drop_remainder no batch can be formed"
+            )
         if num_epochs is not None and num_epochs < 0:
             raise ConfigError(f"num_epochs must be >= 0, got {num_epochs}")
         self.features = features
@@ -89,14 +99,21 @@ class BatchIterator:
         if buckets is not None:
             self.buckets = tuple(int(b) for b in buckets)
             width = features.input_ids.shape[1]
-            if (not self.buckets or any(b <= 0 for b in self.buckets)
-                    or list(self.buckets) != sorted(set(self.buckets)) or self.buckets[-1] > width):
-                raise ConfigError(f"buckets must be ascending positive lengths up to the features' "
-                                  f"{width} positions, got {list(self.buckets)}")
+            if (
+                not self.buckets
+                or any(b <= 0 for b in self.buckets)
+                or list(self.buckets) != sorted(set(self.buckets))
+                or self.buckets[-1] > width
+            ):
+                raise ConfigError(
+                    f"buckets must be ascending positive lengths up to the features' "
+                    f"{width} positions, got {list(self.buckets)}"
+                )
             self._lengths = sequence_lengths(features.attention_mask)
             if int(self._lengths.max()) > self.buckets[-1]:
-                raise ConfigError(f"an example of {int(self._lengths.max())} tokens exceeds the "
-                                  f"longest bucket {self.buckets[-1]}")
+                raise ConfigError(
+                    f"an example of {int(self._lengths.max())} tokens exceeds the longest bucket {self.buckets[-1]}"
+                )
 
     @property
     def num_examples(self) -> int:
@@ -129,10 +146,14 @@ class BatchIterator:
     def _epoch_batches(self, epoch: int) -> list[tuple[np.ndarray, int]]:
         """With buckets: the epoch's global batches, (rows, length)."""
         if self._batches is None or self._batches[0] != epoch:
-            batches = bucket_batches(self._epoch_order(epoch), self._lengths, self.buckets, self.batch_size,
-                                     drop_remainder=self.drop_remainder,
-                                     shuffle_seed=([self.seed % 2**64, epoch, 1]
-                                                   if self.shuffle and len(self.buckets) > 1 else None))
+            batches = bucket_batches(
+                self._epoch_order(epoch),
+                self._lengths,
+                self.buckets,
+                self.batch_size,
+                drop_remainder=self.drop_remainder,
+                shuffle_seed=([self.seed % 2**64, epoch, 1] if self.shuffle and len(self.buckets) > 1 else None),
+            )
             self._batches = (epoch, batches)
         return self._batches[1]
 
@@ -144,7 +165,7 @@ class BatchIterator:
             raise StopIteration
         if self.buckets is None:
             start = self._position * self.batch_size
-            rows = self._epoch_order(self._epoch)[start:start + self.batch_size]
+            rows = self._epoch_order(self._epoch)[start : start + self.batch_size]
             if len(rows) < self.batch_size:
                 rows = np.concatenate([rows, np.full(self.batch_size - len(rows), -1, rows.dtype)])
             cut = slice(None)
@@ -152,7 +173,7 @@ class BatchIterator:
             rows, length = self._epoch_batches(self._epoch)[self._position]
             cut = slice(0, length)
         b = self.local_batch_size
-        rows = rows[self.process_index * b:(self.process_index + 1) * b]
+        rows = rows[self.process_index * b : (self.process_index + 1) * b]
         mask = rows >= 0
         take = np.where(mask, rows, 0)
         f = self.features
@@ -172,9 +193,14 @@ class BatchIterator:
 
     def get_state(self) -> dict[str, Any]:
         """The position, as JSON-serialisable values; the same for every process."""
-        state: dict[str, Any] = {"epoch": self._epoch, "position": self._position, "seed": self.seed,
-                                 "shuffle": self.shuffle, "batch_size": self.batch_size,
-                                 "num_examples": self.num_examples}
+        state: dict[str, Any] = {
+            "epoch": self._epoch,
+            "position": self._position,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "batch_size": self.batch_size,
+            "num_examples": self.num_examples,
+        }
         if self.buckets is not None:
             state["buckets"] = list(self.buckets)
         return state
@@ -183,18 +209,22 @@ class BatchIterator:
         """Continue from a `get_state()`: the next batch is the one that followed it."""
         for key in ("seed", "shuffle", "batch_size", "num_examples"):
             if key in state and state[key] != getattr(self, key):
-                raise ConfigError(f"data iterator state has {key}={state[key]!r} but this iterator "
-                                  f"has {getattr(self, key)!r}")
+                raise ConfigError(
+                    f"data iterator state has {key}={state[key]!r} but this iterator has {getattr(self, key)!r}"
+                )
         # A state without the key predates buckets (old checkpoints): accepted.
         if "buckets" in state and state["buckets"] != (None if self.buckets is None else list(self.buckets)):
-            raise ConfigError(f"data iterator state has buckets={state['buckets']!r} but this iterator "
-                              f"has {None if self.buckets is None else list(self.buckets)!r}")
+            raise ConfigError(
+                f"data iterator state has buckets={state['buckets']!r} but this iterator "
+                f"has {None if self.buckets is None else list(self.buckets)!r}"
+            )
         try:
             epoch, position = int(state["epoch"]), int(state["position"])
         except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"data iterator state needs integer 'epoch' and 'position', "
-                              f"got {state!r}") from None
+            raise ConfigError(f"data iterator state needs integer 'epoch' and 'position', got {state!r}") from None
         if epoch < 0 or not 0 <= position < max(self.steps_per_epoch, 1):
-            raise ConfigError(f"data iterator state epoch={epoch} position={position} is out of "
-                              f"range ({self.steps_per_epoch} batches per epoch)")
+            raise ConfigError(
+                f"data iterator state epoch={epoch} position={position} is out of "
+                f"range ({self.steps_per_epoch} batches per epoch)"
+            )
         self._epoch, self._position = epoch, position

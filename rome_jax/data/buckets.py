@@ -106,9 +106,15 @@ def bucket_index(lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
     return index.astype(np.int64)
 
 
-def bucket_batches(order: np.ndarray, lengths: np.ndarray, buckets: Sequence[int], batch_size: int, *,
-                   drop_remainder: bool, shuffle_seed: Sequence[int] | None = None
-                   ) -> list[tuple[np.ndarray, int]]:
+def bucket_batches(
+    order: np.ndarray,
+    lengths: np.ndarray,
+    buckets: Sequence[int],
+    batch_size: int,
+    *,
+    drop_remainder: bool,
+    shuffle_seed: Sequence[int] | None = None,
+) -> list[tuple[np.ndarray, int]]:
     """The batches of one pass over `order`, as (rows [batch_size] int64, length).
 
     order: [M] row numbers in visiting order; lengths: [N] each row's length
@@ -126,7 +132,7 @@ def bucket_batches(order: np.ndarray, lengths: np.ndarray, buckets: Sequence[int
     for k, length in enumerate(buckets):
         pool = np.concatenate([carried, order[of_row == k]])
         full = len(pool) // batch_size * batch_size
-        batches.extend((pool[i:i + batch_size], int(length)) for i in range(0, full, batch_size))
+        batches.extend((pool[i : i + batch_size], int(length)) for i in range(0, full, batch_size))
         carried = pool[full:]
     if len(carried) and not drop_remainder:
         pad = np.full(batch_size - len(carried), -1, np.int64)

@@ -33,8 +33,14 @@ from rome_jax.tasks import HF_SPLITS, CustomTask, label_order
 class _Table:
     """Columns of one split: names in file order, values per column, and where each row is."""
 
-    def __init__(self, origin: str, columns: list[str], data: dict[str, list],
-                 lines: list[int] | None = None, class_names: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        origin: str,
+        columns: list[str],
+        data: dict[str, list],
+        lines: list[int] | None = None,
+        class_names: dict[str, list[str]] | None = None,
+    ):
         self.origin, self.columns, self.data, self.lines = origin, columns, data, lines
         self.class_names = class_names or {}  # HF ClassLabel columns: id -> name
 
@@ -54,8 +60,10 @@ class _Table:
     def column(self, name: str, key: str) -> list:
         found = self.find(name)
         if found is None:
-            raise DataError(f"{self.origin}: no column {name!r} (config data.custom.{key}); "
-                            f"columns there: {', '.join(map(repr, self.columns)) or 'none'}")
+            raise DataError(
+                f"{self.origin}: no column {name!r} (config data.custom.{key}); "
+                f"columns there: {', '.join(map(repr, self.columns)) or 'none'}"
+            )
         return self.data[found]
 
 
@@ -91,9 +99,11 @@ def _read_csv(path: Path, delimiter: str) -> _Table:
     line_numbers = []
     for number, fields in records[1:]:
         if len(fields) != len(header):
-            raise DataError(f"{path}, row {len(line_numbers) + 1} (line {number}): expected "
-                            f"{len(header)} {kind}-separated fields ({', '.join(header)}), "
-                            f"found {len(fields)}")
+            raise DataError(
+                f"{path}, row {len(line_numbers) + 1} (line {number}): expected "
+                f"{len(header)} {kind}-separated fields ({', '.join(header)}), "
+                f"found {len(fields)}"
+            )
         for name, value in zip(header, fields):
             data[name].append(value)
         line_numbers.append(number)
@@ -109,11 +119,11 @@ def _read_jsonl(path: Path) -> _Table:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}, row {len(rows) + 1} (line {number}): not valid JSON "
-                            f"({e.msg}): {line[:80]!r}") from None
+            raise DataError(
+                f"{path}, row {len(rows) + 1} (line {number}): not valid JSON ({e.msg}): {line[:80]!r}"
+            ) from None
         if not isinstance(row, dict):
-            raise DataError(f"{path}, row {len(rows) + 1} (line {number}): expected a JSON object, "
-                            f"got {line[:80]!r}")
+            raise DataError(f"{path}, row {len(rows) + 1} (line {number}): expected a JSON object, got {line[:80]!r}")
         columns.extend(k for k in row if k not in columns)
         rows.append(row)
         line_numbers.append(number)
@@ -131,8 +141,7 @@ def _read_parquet(path: Path) -> _Table:
     except ImportError:
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
     except Exception as e:
-        raise DataError(f"{path}: cannot read it as Parquet ({type(e).__name__}: "
-                        f"{first_line(e)})") from None
+        raise DataError(f"{path}: cannot read it as Parquet ({type(e).__name__}: {first_line(e)})") from None
     return _Table(str(path), list(table.column_names), table.to_pydict())
 
 
@@ -178,23 +187,26 @@ def _hf_table(task: CustomTask, split: str) -> _Table:
         try:
             _HF_CACHE[key] = datasets.load_dataset(task.hf_dataset, task.hf_config or None)
         except Exception as e:
-            raise DataError(f"cannot load the dataset {task.hf_dataset}"
-                            f"{'/' + task.hf_config if task.hf_config else ''} (data.custom.hf_dataset; "
-                            f"{type(e).__name__}: {first_line(e)}); offline, point it at a local "
-                            "directory of data files, or use data.custom.train_file/dev_file") from None
+            raise DataError(
+                f"cannot load the dataset {task.hf_dataset}"
+                f"{'/' + task.hf_config if task.hf_config else ''} (data.custom.hf_dataset; "
+                f"{type(e).__name__}: {first_line(e)}); offline, point it at a local "
+                "directory of data files, or use data.custom.train_file/dev_file"
+            ) from None
     splits = _HF_CACHE[key]
     name = next((n for n in HF_SPLITS[split] if n in splits), None)
     if name is None:
-        raise DataError(f"dataset {task.hf_dataset} has no {split} split (tried "
-                        f"{', '.join(HF_SPLITS[split])}; it has {', '.join(splits)})")
+        raise DataError(
+            f"dataset {task.hf_dataset} has no {split} split (tried "
+            f"{', '.join(HF_SPLITS[split])}; it has {', '.join(splits)})"
+        )
     dataset = splits[name]
     class_names = {}
     for column, feature in dataset.features.items():
         names = getattr(feature, "names", None)
         if names:
             class_names[column] = list(names)
-    return _Table(f"{task.hf_dataset} {name}", list(dataset.column_names), dataset.to_dict(),
-                  class_names=class_names)
+    return _Table(f"{task.hf_dataset} {name}", list(dataset.column_names), dataset.to_dict(), class_names=class_names)
 
 
 def split_table(task: CustomTask, split: str) -> _Table:
@@ -272,8 +284,10 @@ def read_custom(task: CustomTask, split: str) -> Examples:
         values = [_text(v) for v in table.column(column, key)]
         for row, text in enumerate(values):
             if not text.strip():
-                raise DataError(f"{table.where(row)}: empty text in column {column!r} "
-                                f"(value {_show(table.data[table.find(column)][row])})")
+                raise DataError(
+                    f"{table.where(row)}: empty text in column {column!r} "
+                    f"(value {_show(table.data[table.find(column)][row])})"
+                )
         texts.append(values)
 
     regression = task.is_regression
@@ -297,20 +311,30 @@ def read_custom(task: CustomTask, split: str) -> Examples:
                 except ValueError:
                     score = math.nan
                 if not math.isfinite(score):
-                    raise DataError(f"{table.where(row)}: label {_show(value)} is not a number "
-                                    "(data.custom.regression is True)")
+                    raise DataError(
+                        f"{table.where(row)}: label {_show(value)} is not a number (data.custom.regression is True)"
+                    )
                 labels[row] = score
             elif key in ids:
                 labels[row] = ids[key]
             else:
-                raise DataError(f"{table.where(row)}: label {_show(value)} is not one of the "
-                                f"task's labels ({', '.join(task.label_names)})")
+                raise DataError(
+                    f"{table.where(row)}: label {_show(value)} is not one of the "
+                    f"task's labels ({', '.join(task.label_names)})"
+                )
         has_labels = n > 0
     index = np.arange(n, dtype=np.int64)
     files = () if task.hf_dataset else (table.origin,)
-    return Examples(text_a=texts[0], text_b=texts[1] if len(texts) == 2 else None, labels=labels,
-                    index=index, has_labels=has_labels, source_files=files, task=task.name,
-                    split=split)
+    return Examples(
+        text_a=texts[0],
+        text_b=texts[1] if len(texts) == 2 else None,
+        labels=labels,
+        index=index,
+        has_labels=has_labels,
+        source_files=files,
+        task=task.name,
+        split=split,
+    )
 
 
 def _show(value: Any) -> str:

@@ -54,8 +54,12 @@ class Examples:
     def head(self, n: int) -> Examples:
         """The first `n` rows."""
         return dataclasses.replace(
-            self, text_a=self.text_a[:n], text_b=None if self.text_b is None else self.text_b[:n],
-            labels=self.labels[:n], index=self.index[:n])
+            self,
+            text_a=self.text_a[:n],
+            text_b=None if self.text_b is None else self.text_b[:n],
+            labels=self.labels[:n],
+            index=self.index[:n],
+        )
 
 
 def _unlabeled(task: Task, n: int) -> np.ndarray:
@@ -67,11 +71,13 @@ def _unlabeled(task: Task, n: int) -> np.ndarray:
 def _label_parser(task: Task):
     """A function from a label string to its id (or score); raises ValueError."""
     if task.is_regression:
+
         def parse_score(text: str) -> float:
             value = float(text)
             if not math.isfinite(value):
                 raise ValueError
             return value
+
         return parse_score
     ids = {name: i for i, name in enumerate(task.label_names)}
     return lambda text: ids[text.strip()]
@@ -101,9 +107,11 @@ def _task_directory(task: Task, data_dir: Path) -> Path:
         return data_dir
     if not data_dir.is_dir():
         raise DataError(f"GLUE data directory {data_dir} does not exist")
-    raise DataError(f"no directory for task {task.name} in {data_dir}: expected "
-                    f"{' or '.join(str(data_dir / n) for n in names)}; "
-                    f"directories there: {_listing(data_dir, dirs=True)}")
+    raise DataError(
+        f"no directory for task {task.name} in {data_dir}: expected "
+        f"{' or '.join(str(data_dir / n) for n in names)}; "
+        f"directories there: {_listing(data_dir, dirs=True)}"
+    )
 
 
 def _split_file(task: Task, split: str, data_dir: str | os.PathLike) -> Path:
@@ -112,8 +120,10 @@ def _split_file(task: Task, split: str, data_dir: str | os.PathLike) -> Path:
     for name in candidates:
         if (directory / name).is_file():
             return directory / name
-    raise DataError(f"missing {split} file of task {task.name}: expected {directory / candidates[0]}; "
-                    f"files there: {_listing(directory, dirs=False)}")
+    raise DataError(
+        f"missing {split} file of task {task.name}: expected {directory / candidates[0]}; "
+        f"files there: {_listing(directory, dirs=False)}"
+    )
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -122,7 +132,7 @@ def _read_lines(path: Path) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not valid UTF-8 ({e.reason})") from None
     text = text.removeprefix("\ufeff")  # MRPC train/dev headers start with a BOM
     lines = text.split("\n")
@@ -160,16 +170,18 @@ def read_glue_dir(task: Task | str, split: str, data_dir: str | os.PathLike) -> 
     def required(name: str) -> int:
         position = _find_column(columns, name)
         if position is None:
-            raise DataError(f"{path}, line 1: header has no column {name!r} "
-                            f"(columns: {', '.join(columns)})")
+            raise DataError(f"{path}, line 1: header has no column {name!r} (columns: {', '.join(columns)})")
         return position
 
     text_pos = [required(name) for name in task.text_columns]
     label_pos = None if task.label_column is None else _find_column(columns, task.label_column)
     if label_pos is None and split not in task.test_splits:
         required(task.label_column)
-    index_pos = None if headerless else next(
-        (p for p in (_find_column(columns, n) for n in ("index", "id")) if p is not None), None)
+    index_pos = (
+        None
+        if headerless
+        else next((p for p in (_find_column(columns, n) for n in ("index", "id")) if p is not None), None)
+    )
 
     parse_label = _label_parser(task)
     texts: list[list[str]] = [[] for _ in text_pos]
@@ -181,34 +193,40 @@ def read_glue_dir(task: Task | str, split: str, data_dir: str | os.PathLike) -> 
             continue
         fields = line.split("\t")
         if len(fields) != len(columns):
-            raise DataError(f"{path}, line {lineno}: expected {len(columns)} tab-separated fields "
-                            f"({', '.join(columns)}), found {len(fields)}")
+            raise DataError(
+                f"{path}, line {lineno}: expected {len(columns)} tab-separated fields "
+                f"({', '.join(columns)}), found {len(fields)}"
+            )
         for column, position in zip(texts, text_pos):
             column.append(fields[position])
         if label_pos is not None:
             try:
                 labels.append(parse_label(fields[label_pos]))
             except (KeyError, ValueError):
-                raise DataError(f"{path}, line {lineno}: "
-                                f"{_describe_label_error(task, fields[label_pos])}") from None
+                raise DataError(f"{path}, line {lineno}: {_describe_label_error(task, fields[label_pos])}") from None
         if index_pos is None:
             index.append(len(index))
         else:
             try:
                 index.append(int(fields[index_pos]))
             except ValueError:
-                raise DataError(f"{path}, line {lineno}: index {fields[index_pos]!r} "
-                                "is not an integer") from None
+                raise DataError(f"{path}, line {lineno}: index {fields[index_pos]!r} is not an integer") from None
 
     n = len(texts[0])
     if label_pos is None:
         label_array = _unlabeled(task, n)
     else:
         label_array = np.asarray(labels, np.float32 if task.is_regression else np.int32)
-    return Examples(text_a=texts[0], text_b=texts[1] if len(texts) == 2 else None,
-                    labels=label_array.reshape(n), index=np.asarray(index, np.int64).reshape(n),
-                    has_labels=label_pos is not None, source_files=(str(path),),
-                    task=task.name, split=split)
+    return Examples(
+        text_a=texts[0],
+        text_b=texts[1] if len(texts) == 2 else None,
+        labels=label_array.reshape(n),
+        index=np.asarray(index, np.int64).reshape(n),
+        has_labels=label_pos is not None,
+        source_files=(str(path),),
+        task=task.name,
+        split=split,
+    )
 
 
 # ------------------------------------------------------------- hub / tfds style columns
@@ -249,15 +267,15 @@ def _label_id(task: Task, value: Any) -> float | int | None:
     return int(value)
 
 
-def _from_columns(task: Task, split: str, columns: dict[str, list], origin: str,
-                  source_files: tuple[str, ...] = ()) -> Examples:
+def _from_columns(
+    task: Task, split: str, columns: dict[str, list], origin: str, source_files: tuple[str, ...] = ()
+) -> Examples:
     """Examples from named columns as the hub, tfds or a csv/parquet file give them."""
     texts = []
     for hub_name, tsv_name in zip(task.hf_text_columns, task.text_columns):
         column = _column(columns, (hub_name, tsv_name))
         if column is None:
-            raise DataError(f"{origin}: no column {hub_name!r} for task {task.name} "
-                            f"(columns: {', '.join(columns)})")
+            raise DataError(f"{origin}: no column {hub_name!r} for task {task.name} (columns: {', '.join(columns)})")
         texts.append([_to_str(v) for v in column])
     n = len(texts[0])
     raw_labels = _column(columns, ("label",) + ((task.label_column,) if task.label_column else ()))
@@ -271,13 +289,11 @@ def _from_columns(task: Task, split: str, columns: dict[str, list], origin: str,
             try:
                 ids.append(_label_id(task, value))
             except (TypeError, ValueError):
-                raise DataError(f"{origin}, row {row + 1}: "
-                                f"{_describe_label_error(task, _to_str(value))}") from None
+                raise DataError(f"{origin}, row {row + 1}: {_describe_label_error(task, _to_str(value))}") from None
         missing = sum(i is None for i in ids)
         if 0 < missing < n:
             row = ids.index(None)
-            raise DataError(f"{origin}, row {row + 1}: label -1 (none) in a split whose other "
-                            "rows have labels")
+            raise DataError(f"{origin}, row {row + 1}: label -1 (none) in a split whose other rows have labels")
         if n and missing == 0:
             labels = np.asarray(ids, labels.dtype)
             has_labels = True
@@ -288,9 +304,16 @@ def _from_columns(task: Task, split: str, columns: dict[str, list], origin: str,
             index = np.asarray([int(_to_str(v)) for v in raw_index], np.int64).reshape(n)
         except ValueError:
             raise DataError(f"{origin}: index column holds a value that is not an integer") from None
-    return Examples(text_a=texts[0], text_b=texts[1] if len(texts) == 2 else None,
-                    labels=labels, index=index, has_labels=has_labels,
-                    source_files=source_files, task=task.name, split=split)
+    return Examples(
+        text_a=texts[0],
+        text_b=texts[1] if len(texts) == 2 else None,
+        labels=labels,
+        index=index,
+        has_labels=has_labels,
+        source_files=source_files,
+        task=task.name,
+        split=split,
+    )
 
 
 def _local_files(data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -300,8 +323,7 @@ def _local_files(data_files: str | os.PathLike | Sequence[str | os.PathLike]) ->
     paths = [Path(p) for p in paths]
     for path in paths:
         if not path.is_file():
-            raise DataError(f"missing data file {path}; files there: "
-                            f"{_listing(path.parent, dirs=False)}")
+            raise DataError(f"missing data file {path}; files there: {_listing(path.parent, dirs=False)}")
     return paths
 
 
@@ -330,8 +352,17 @@ def _load_local(paths: list[Path], task: Task, cache_dir: str | None):
     if sep == "\t":
         options.update(delimiter="\t", quoting=3)  # no quoting: GLUE texts hold bare quotes
     return datasets.load_dataset(
-        "csv", data_files=files, split="train", cache_dir=cache_dir, features=features,
-        keep_default_na=False, na_filter=False, lineterminator="\n", encoding="utf-8", **options)
+        "csv",
+        data_files=files,
+        split="train",
+        cache_dir=cache_dir,
+        features=features,
+        keep_default_na=False,
+        na_filter=False,
+        lineterminator="\n",
+        encoding="utf-8",
+        **options,
+    )
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -345,9 +376,13 @@ def _root_cause(error: BaseException) -> BaseException:
         error = inner
 
 
-def read_hf_datasets(task: Task | str, split: str, *,
-                     data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                     cache_dir: str | None = None) -> Examples:
+def read_hf_datasets(
+    task: Task | str,
+    split: str,
+    *,
+    data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    cache_dir: str | None = None,
+) -> Examples:
     """One split through Hugging Face `datasets`.
 
     With `data_files` (local .parquet, .csv or .tsv files; hub or GLUE column
@@ -364,21 +399,23 @@ def read_hf_datasets(task: Task | str, split: str, *,
             raise
         except Exception as e:  # pandas/arrow parse errors
             cause = _root_cause(e)  # datasets wraps them in "An error occurred while generating"
-            raise DataError(f"cannot read {', '.join(map(str, paths))}: "
-                            f"{type(cause).__name__}: {first_line(cause)}") from None
+            raise DataError(
+                f"cannot read {', '.join(map(str, paths))}: {type(cause).__name__}: {first_line(cause)}"
+            ) from None
         origin, files = ", ".join(map(str, paths)), tuple(map(str, paths))
     else:
         import datasets
 
         hub_split = task.hf_splits[split]
         try:
-            dataset = datasets.load_dataset("nyu-mll/glue", task.hf_config, split=hub_split,
-                                            cache_dir=cache_dir)
+            dataset = datasets.load_dataset("nyu-mll/glue", task.hf_config, split=hub_split, cache_dir=cache_dir)
         except Exception as e:
-            raise DataError(f"cannot load nyu-mll/glue {task.hf_config}/{hub_split} from the Hugging "
-                            f"Face hub ({type(e).__name__}: {first_line(e)}); point it at a local "
-                            "copy of GLUE: --config.data.dir=/path/to/glue with data.source=dir (or "
-                            "GLUE_DIR=/path/to/glue), or pass data_files") from None
+            raise DataError(
+                f"cannot load nyu-mll/glue {task.hf_config}/{hub_split} from the Hugging "
+                f"Face hub ({type(e).__name__}: {first_line(e)}); point it at a local "
+                "copy of GLUE: --config.data.dir=/path/to/glue with data.source=dir (or "
+                "GLUE_DIR=/path/to/glue), or pass data_files"
+            ) from None
         origin, files = f"nyu-mll/glue {task.hf_config}/{hub_split}", ()
     return _from_columns(task, split, dataset.to_dict(), origin, files)
 
@@ -390,16 +427,18 @@ def read_tfds(task: Task | str, split: str, *, data_dir: str | None = None) -> E
     try:
         import tensorflow  # noqa: F401
     except ImportError:
-        raise DataError("tensorflow-datasets' GLUE needs TensorFlow: pip install tensorflow "
-                        "(or use data.source=dir)") from None
+        raise DataError(
+            "tensorflow-datasets' GLUE needs TensorFlow: pip install tensorflow (or use data.source=dir)"
+        ) from None
     import tensorflow_datasets as tfds
 
     name, tfds_split = f"glue/{task.hf_config}", task.hf_splits[split]
     try:
         dataset = tfds.load(name, split=tfds_split, data_dir=data_dir)
     except Exception as e:
-        raise DataError(f"cannot load tensorflow-datasets {name} split {tfds_split} "
-                        f"({type(e).__name__}: {first_line(e)})") from None
+        raise DataError(
+            f"cannot load tensorflow-datasets {name} split {tfds_split} ({type(e).__name__}: {first_line(e)})"
+        ) from None
     columns: dict[str, list] = {}
     for row in tfds.as_numpy(dataset):
         for key, value in row.items():
@@ -422,22 +461,36 @@ def read_text_file(task: Task | str, path: str | os.PathLike) -> Examples:
             continue
         fields = line.split("\t")
         if len(fields) > len(task.text_columns):
-            raise DataError(f"{path}, line {number}: {len(fields)} tab-separated fields, but task "
-                            f"{task.name} takes {len(task.text_columns)}")
+            raise DataError(
+                f"{path}, line {number}: {len(fields)} tab-separated fields, but task "
+                f"{task.name} takes {len(task.text_columns)}"
+            )
         pairs.append(fields)
     if not pairs:
         raise DataError(f"{path}: no examples (one per line)")
     lines = pairs
     text_b = [f[1] if len(f) > 1 else "" for f in pairs] if task.is_pair else None
-    return Examples(text_a=[f[0] for f in pairs], text_b=text_b, labels=_unlabeled(task, len(lines)),
-                    index=np.arange(len(lines)), has_labels=False, source_files=(str(path),),
-                    task=task.name, split="unlabeled")
+    return Examples(
+        text_a=[f[0] for f in pairs],
+        text_b=text_b,
+        labels=_unlabeled(task, len(lines)),
+        index=np.arange(len(lines)),
+        has_labels=False,
+        source_files=(str(path),),
+        task=task.name,
+        split="unlabeled",
+    )
 
 
-def load_examples(task_name: Task | str, split: str, *, source: str = "dir",
-                  data_dir: str | os.PathLike | None = None,
-                  data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                  max_examples: int = 0) -> Examples:
+def load_examples(
+    task_name: Task | str,
+    split: str,
+    *,
+    source: str = "dir",
+    data_dir: str | os.PathLike | None = None,
+    data_files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    max_examples: int = 0,
+) -> Examples:
     """The examples of one split from `source` ("dir", "hf" or "tfds").
 
     A task described in the config (`rome_jax.tasks.CustomTask`) reads its own
@@ -468,6 +521,8 @@ def load_examples(task_name: Task | str, split: str, *, source: str = "dir",
     if max_examples:
         examples = examples.head(max_examples)
     if not len(examples):
-        raise DataError(f"split {examples.split} of task {examples.task} has no examples "
-                        f"({', '.join(examples.source_files) or source})")
+        raise DataError(
+            f"split {examples.split} of task {examples.task} has no examples "
+            f"({', '.join(examples.source_files) or source})"
+        )
     return examples

@@ -62,10 +62,14 @@ class Features:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of what decides the tokenizer's output (not its transient padding state)."""
     h = hashlib.sha256()
-    settings = [type(tokenizer).__name__, str(getattr(tokenizer, "name_or_path", "")),
-                str(getattr(tokenizer, "truncation_side", "")), str(getattr(tokenizer, "padding_side", "")),
-                str(getattr(tokenizer, "pad_token_id", "")),
-                list(getattr(tokenizer, "model_input_names", []))]
+    settings = [
+        type(tokenizer).__name__,
+        str(getattr(tokenizer, "name_or_path", "")),
+        str(getattr(tokenizer, "truncation_side", "")),
+        str(getattr(tokenizer, "padding_side", "")),
+        str(getattr(tokenizer, "pad_token_id", "")),
+        list(getattr(tokenizer, "model_input_names", [])),
+    ]
     h.update(json.dumps(settings).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -98,40 +102,49 @@ def _tokenize(examples: Examples, tokenizer: Any, max_length: int) -> dict[str, 
     return tokenize_texts(tokenizer, examples.text_a, examples.text_b, max_length)
 
 
-def tokenize_texts(tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None,
-                   max_length: int) -> dict[str, np.ndarray]:
+def tokenize_texts(
+    tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None, max_length: int
+) -> dict[str, np.ndarray]:
     """HF fast tokenizer on sentences or pairs, truncated ("longest_first" for pairs)
     and padded to `max_length`: int32 `input_ids`, `attention_mask`,
     `token_type_ids` [N, max_length] (zeros where the tokenizer has no types)."""
     if isinstance(text_a, str) or isinstance(text_b, str):
-        raise ValueError("give lists of sentences (one string would be read one character a sentence): "
-                         f"[{(text_a if isinstance(text_a, str) else text_b)[:40]!r}]")
+        raise ValueError(
+            "give lists of sentences (one string would be read one character a sentence): "
+            f"[{(text_a if isinstance(text_a, str) else text_b)[:40]!r}]"
+        )
     text_a = list(text_a)
     n = len(text_a)
     if text_b is not None and len(text_b := list(text_b)) != n:
         raise ValueError(f"pairs need as many second sentences as first ones: {len(text_b)} against {n}")
-    out = {k: np.zeros((n, max_length), np.int32)
-           for k in ("input_ids", "attention_mask", "token_type_ids")}
+    out = {k: np.zeros((n, max_length), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     pair = text_b is not None
     text_b = list(text_b) if pair else None
     for start in range(0, n, _TOKENIZE_CHUNK):
         stop = min(n, start + _TOKENIZE_CHUNK)
         encoded = tokenizer(
-            text_a[start:stop], text_b[start:stop] if pair else None,
-            max_length=max_length, truncation="longest_first" if pair else True,
-            padding="max_length", return_attention_mask=True, return_tensors="np")
+            text_a[start:stop],
+            text_b[start:stop] if pair else None,
+            max_length=max_length,
+            truncation="longest_first" if pair else True,
+            padding="max_length",
+            return_attention_mask=True,
+            return_tensors="np",
+        )
         for key in out:
             if key in encoded:
                 value = np.asarray(encoded[key])
                 if value.shape != (stop - start, max_length):
-                    raise DataError(f"tokenizer returned {key} of shape {value.shape}, "
-                                    f"expected {(stop - start, max_length)}")
+                    raise DataError(
+                        f"tokenizer returned {key} of shape {value.shape}, expected {(stop - start, max_length)}"
+                    )
                 out[key][start:stop] = value
     return out
 
 
-def tokenize_examples(examples: Examples, tokenizer: Any, max_length: int, *,
-                      cache_dir: str | os.PathLike | None = None) -> Features:
+def tokenize_examples(
+    examples: Examples, tokenizer: Any, max_length: int, *, cache_dir: str | os.PathLike | None = None
+) -> Features:
     """Tokenize every row to exactly `max_length` tokens (pairs truncated longest-first).
 
     With `cache_dir`, the arrays are stored as an .npz keyed by the tokenizer's
@@ -140,13 +153,14 @@ def tokenize_examples(examples: Examples, tokenizer: Any, max_length: int, *,
     """
     minimum = 3 if examples.text_b is not None else 2
     if max_length < minimum:
-        raise ConfigError(f"max_length must be at least {minimum} for task {examples.task or '?'}, "
-                          f"got {max_length}")
+        raise ConfigError(f"max_length must be at least {minimum} for task {examples.task or '?'}, got {max_length}")
     path = key = None
     if cache_dir is not None:
-        key = hashlib.sha256(json.dumps(
-            [_CACHE_FORMAT, tokenizer_fingerprint(tokenizer), int(max_length),
-             _examples_digest(examples)]).encode()).hexdigest()
+        key = hashlib.sha256(
+            json.dumps(
+                [_CACHE_FORMAT, tokenizer_fingerprint(tokenizer), int(max_length), _examples_digest(examples)]
+            ).encode()
+        ).hexdigest()
         name = f"{examples.task or 'examples'}-{examples.split or 'split'}-{key[:24]}.npz"
         path = Path(cache_dir) / name
         cached = _load_cache(path, key, len(examples), max_length)
@@ -155,8 +169,12 @@ def tokenize_examples(examples: Examples, tokenizer: Any, max_length: int, *,
             return cached
 
     arrays = _tokenize(examples, tokenizer, max_length)
-    features = Features(labels=examples.labels.copy(), index=np.asarray(examples.index, np.int64),
-                        has_labels=examples.has_labels, **arrays)
+    features = Features(
+        labels=examples.labels.copy(),
+        index=np.asarray(examples.index, np.int64),
+        has_labels=examples.has_labels,
+        **arrays,
+    )
     if path is not None:
         _save_cache(path, key, features)
         logger.info("saved features to %s", path)
@@ -170,9 +188,10 @@ def _load_cache(path: Path, key: str, n: int, max_length: int) -> Features | Non
         with np.load(path, allow_pickle=False) as z:
             if str(z["cache_key"]) != key:
                 return None
-            features = Features(**{k: z[k] for k in ("input_ids", "attention_mask", "token_type_ids",
-                                                     "labels", "index")},
-                                has_labels=bool(z["has_labels"]))
+            features = Features(
+                **{k: z[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "index")},
+                has_labels=bool(z["has_labels"]),
+            )
     except Exception as e:  # a truncated or foreign file: tokenize again and overwrite it
         logger.warning("ignoring unreadable feature cache %s (%s)", path, e)
         return None
@@ -186,8 +205,7 @@ def _save_cache(path: Path, key: str, features: Features) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, cache_key=np.asarray(key), has_labels=np.asarray(features.has_labels),
-                     **features.arrays())
+            np.savez(f, cache_key=np.asarray(key), has_labels=np.asarray(features.has_labels), **features.arrays())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
