@@ -93,8 +93,17 @@ PREEMPTED_EXIT_CODE = 75
 """train.py's exit status after SIGTERM/SIGINT: a checkpoint was saved, re-run to resume
 (EX_TEMPFAIL: "try again")."""
 
-WORKDIR_ENTRIES = ("config.json", "metrics.jsonl", "tensorboard", "checkpoints", "tokenizer", "model", "eval")
-"""What a run writes in its workdir, with eval.py's default output (`overwrite=True`
+WORKDIR_ENTRIES = (
+    "config.json",
+    "metrics.jsonl",
+    "tensorboard",
+    "checkpoints",
+    "tokenizer",
+    "model",
+    "eval",
+    "calibration.json",
+)
+"""What a run writes in its workdir, with eval.py's default output and calibration (`overwrite=True`
 deletes them: eval results of a deleted run would describe a model no longer there)."""
 
 _META_VERSION = 1

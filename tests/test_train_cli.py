@@ -385,6 +385,7 @@ def test_overwrite_starts_afresh(straight, env, tiny_model, tmp_path):
     (workdir / "notes.txt").write_text("mine")
     (workdir / "eval").mkdir()
     (workdir / "eval" / "results.json").write_text("{}")  # eval.py's output for the old run
+    (workdir / "calibration.json").write_text("{}")  # eval.py --calibrate's, for the old model
     train(
         env,
         workdir,
@@ -397,6 +398,7 @@ def test_overwrite_starts_afresh(straight, env, tiny_model, tmp_path):
     assert [json.loads(line)["step"] for line in metric_lines(workdir)] == [1, 2, 2, 3, 4, 4]
     assert (workdir / "notes.txt").read_text() == "mine"  # not ours: kept
     assert not (workdir / "eval").exists()
+    assert not (workdir / "calibration.json").exists()
 
 
 def test_demo_config_short_schedule(env, tmp_path, minilm_path, glue_dir):

@@ -35,7 +35,7 @@ _OVERWRITE = flags.DEFINE_bool(
     "overwrite",
     False,
     "Delete what an earlier run wrote in --workdir (config.json, metrics.jsonl, "
-    "tensorboard/, checkpoints/, tokenizer/, model/, and eval.py's eval/) and start afresh.",
+    "tensorboard/, checkpoints/, tokenizer/, model/, and eval.py's eval/ and calibration.json) and start afresh.",
 )
 _MULTIHOST = flags.DEFINE_bool(
     "multihost",
