@@ -76,7 +76,8 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("rome_jax").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
         # orbax and absl report every save and restore; jax its backends.
-        for name in ("absl", "jax", "orbax", "transformers", "tensorboardX"):
+        # huggingface_hub/datasets log every retry of an unreachable hub twice.
+        for name in ("absl", "jax", "orbax", "transformers", "tensorboardX", "huggingface_hub", "datasets"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from absl import logging as absl_logging

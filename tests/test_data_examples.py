@@ -700,6 +700,27 @@ def test_hf_hub_failure_is_one_line(monkeypatch):
     assert "data_files" in message and "data.source=dir" in message
 
 
+def test_an_unreachable_hub_fails_at_once_and_offline_mode_reads_the_cache(monkeypatch):
+    import socket
+
+    import datasets
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    called = []
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: called.append(a) or 1 / 0)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(DataError, match="huggingface.co does not resolve") as e:
+        load_examples("rte", "dev", source="hf")
+    assert not called and "\n" not in str(e.value)  # no retries: the hub client never ran
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline mode: datasets' own cache decides
+    with pytest.raises(DataError, match="ZeroDivisionError"):
+        load_examples("rte", "dev", source="hf")
+    assert called
+
+
 def test_tfds_without_tensorflow(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
     with pytest.raises(DataError) as e:

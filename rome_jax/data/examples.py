@@ -376,6 +376,23 @@ def _root_cause(error: BaseException) -> BaseException:
         error = inner
 
 
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (its host name does not resolve), or
+    None: when it may be. Skipped (None) in offline mode (`HF_HUB_OFFLINE`), where
+    `datasets` reads its local cache."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"{host} does not resolve: {e.strerror or e}"
+    return None
+
+
 def read_hf_datasets(
     task: Task | str,
     split: str,
@@ -408,6 +425,9 @@ def read_hf_datasets(
 
         hub_split = task.hf_splits[split]
         try:
+            unreachable = hub_unreachable()
+            if unreachable:  # fail now, not after the hub client's ~25 s of retries
+                raise ConnectionError(unreachable)
             dataset = datasets.load_dataset("nyu-mll/glue", task.hf_config, split=hub_split, cache_dir=cache_dir)
         except Exception as e:
             raise DataError(
