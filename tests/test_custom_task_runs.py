@@ -17,7 +17,6 @@ import sys
 import numpy as np
 import pytest
 
-import tiny_hf
 from rome_jax import run_config, trainer
 from rome_jax.data import read_glue_dir
 from rome_jax.errors import CheckpointError
@@ -68,27 +67,6 @@ def data(tmp_path_factory, glue_dir):
                 f.write(json.dumps({"review": text, "score": round(len(text.split()) / 10, 2)}) + "\n")
         files[f"{split}_jsonl"] = str(path)
     return files
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_path):
-    """A random 2-layer BERT with a 2-label classifier and the MiniLM tokenizer."""
-    pytest.importorskip("torch")
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(
-        path,
-        num_labels=2,
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,6 @@ import time
 import numpy as np
 import pytest
 
-import tiny_hf
-
 pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -58,27 +56,6 @@ def env(tmp_path_factory, glue_dir):
         "PYTHONPATH": str(REPO),
         "XLA_FLAGS": base,
     }
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_path):
-    """The random 2-layer BERT of test_train_cli.py (hidden 32, MiniLM tokenizer)."""
-    pytest.importorskip("torch")
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(
-        path,
-        num_labels=2,
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
-    return str(path)
 
 
 def command(workdir, model, overrides=(), extra=()):

@@ -39,27 +39,6 @@ def env(tmp_path_factory, glue_dir):
     }
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_path):
-    """A random 2-layer BERT (hidden 32) with the MiniLM tokenizer (vocab 30522)."""
-    pytest.importorskip("torch")
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(
-        path,
-        num_labels=2,
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
-    return str(path)
-
-
 def command(workdir, *overrides, config=TINY, model=None, extra=()):
     args = [sys.executable, str(REPO / "train.py"), f"--config={config}", f"--workdir={workdir}"]
     if model:

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-import tiny_hf
 from rome_jax import checkpoints, run_config, trainer
 from rome_jax import train_step as ts
 
@@ -27,26 +26,6 @@ OVERRIDES = {
     "train.checkpoint_every": 0,
     "train.keep_checkpoints": 2,
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_path):
-    pytest.importorskip("torch")
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(
-        path,
-        num_labels=2,
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
-    return str(path)
 
 
 @pytest.fixture

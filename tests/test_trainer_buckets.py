@@ -12,7 +12,6 @@ import pathlib
 
 import pytest
 
-import tiny_hf
 from rome_jax import run_config, trainer
 from rome_jax import train_step as ts
 from rome_jax.data import BatchIterator
@@ -21,26 +20,6 @@ from rome_jax.errors import ConfigError
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_path):
-    pytest.importorskip("torch")
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_hf.make_bert(
-        path,
-        num_labels=2,
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(str(path))
-    return str(path)
 
 
 def test_the_train_step_is_traced_once_per_bucket_and_stage(tiny_model, glue_dir, tmp_path, monkeypatch, caplog):
