@@ -267,7 +267,7 @@ def test_transformers_loads_a_mean_pooled_export_but_pools_cls(tmp_path):
     assert np.abs(theirs - forward(config, params, batch)[-1]).max() > 1e-3
 
 
-from test_trainer import OVERRIDES, tiny_model  # noqa: E402,F401  (a fixture: a tiny BERT with a tokenizer)
+from test_trainer import OVERRIDES  # noqa: E402  (tiny_model: the fixture in conftest.py)
 
 
 def test_a_run_with_mean_pooling_trains_and_exports_it(tmp_path, tiny_model, glue_dir):  # noqa: F811

@@ -376,7 +376,7 @@ def _root_cause(error: BaseException) -> BaseException:
         error = inner
 
 
-def hub_unreachable() -> str | None:
+def _hub_unreachable() -> str | None:
     """Why the Hugging Face hub cannot be reached (its host name does not resolve), or
     None: when it may be. Skipped (None) in offline mode (`HF_HUB_OFFLINE`), where
     `datasets` reads its local cache."""
@@ -425,7 +425,7 @@ def read_hf_datasets(
 
         hub_split = task.hf_splits[split]
         try:
-            unreachable = hub_unreachable()
+            unreachable = _hub_unreachable()
             if unreachable:  # fail now, not after the hub client's ~25 s of retries
                 raise ConnectionError(unreachable)
             dataset = datasets.load_dataset("nyu-mll/glue", task.hf_config, split=hub_split, cache_dir=cache_dir)
