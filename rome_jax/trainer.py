@@ -81,7 +81,7 @@ import numpy as np
 
 from rome_jax import checkpoints as checkpoints_lib
 from rome_jax import distributed, files, run_config
-from rome_jax.errors import ConfigError, TrainingError
+from rome_jax.errors import ConfigError, RomeError, TrainingError
 
 if TYPE_CHECKING:
     from rome_jax.data import BatchIterator
@@ -574,9 +574,16 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, ove
     is_writer = jax.process_index() == 0
     if jax.process_count() > 1 and not overwrite:
         # every process checks the workdir (reading only) before process 0 changes it:
-        # a workdir holding another run fails every process alike, at once
-        prepare_workdir(workdir, config, overwrite=False, is_writer=False)
+        # a workdir holding another run fails every process alike, together (after the
+        # barrier: process 0 leaving first would end the runtime under the others)
+        problem = None
+        try:
+            prepare_workdir(workdir, config, overwrite=False, is_writer=False)
+        except RomeError as e:
+            problem = e
         distributed.barrier("workdir checked")
+        if problem is not None:
+            raise problem
     if is_writer:
         prepare_workdir(workdir, config, overwrite=overwrite, is_writer=True)
     distributed.barrier("workdir prepared")

@@ -17,6 +17,7 @@ if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory
 
 
 import os
+import time
 
 from absl import flags
 from ml_collections import config_flags
@@ -134,6 +135,10 @@ def _exit_alone(error: BaseException) -> None:
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
+    import jax
+
+    if jax.process_index() == 0:  # it hosts the runtime's coordinator: leaving at once would
+        time.sleep(1.0)  # abort processes still printing the same error (a C++ stack dump)
     os._exit(code)
 
 
