@@ -228,6 +228,47 @@ def _per_exit(runs: list[dict], key: str):
     return np.array([[e[key] for e in r["results"]["per_exit"]] for r in runs]) * 100
 
 
+CALIBRATION_POINTS = (0.5, 1.0)
+"""The tolerances (percentage points below the final exit) of the report's calibrated table."""
+
+
+def _calibrated_table(rows: list[dict], modes: list[str], metric: str) -> list[str]:
+    """Markdown lines: per mode, the entropy threshold `calibration.calibrate` chooses on
+    each run's dev sweep within each of CALIBRATION_POINTS, its metric and speed-up."""
+    from rome_jax import calibration
+
+    lines = [
+        "",
+        "Entropy thresholds chosen on dev (`rome_jax.calibration`, the rule of `eval.py "
+        "--calibrate=P`): for each run, the threshold of the sweep above with the fewest mean "
+        f"layers whose dev {metric} is at least that run's final exit's minus P points. The "
+        "threshold is chosen on the same dev set it is reported on (these tasks' test labels "
+        "are not public), so a row is the best trade-off the sweep offers within P points, not "
+        "a held-out estimate. Thresholds per seed; metric x100 and speed-up in layers, mean ± "
+        "std over seeds.",
+        "",
+        "| mode | " + " | ".join(f"within {p:g} point{'s' if p != 1 else ''}" for p in CALIBRATION_POINTS) + " |",
+        "|---" * (len(CALIBRATION_POINTS) + 1) + "|",
+    ]
+    for mode in modes:
+        cells = []
+        for points in CALIBRATION_POINTS:
+            chosen = [
+                calibration.calibrate(r["results"], points)["criteria"].get("entropy")
+                for r in rows
+                if r["mode"] == mode
+            ]
+            if any(c is None for c in chosen):
+                cells.append("none")
+                continue
+            thresholds = " / ".join(f"{c['threshold']:g}" for c in chosen)
+            value = _cell([100 * c[metric] for c in chosen])
+            speed = _cell([c["layer_speedup"] for c in chosen], 2)
+            cells.append(f"{thresholds}: {value} ({speed}x)")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def provenance_note(records: list[dict]) -> str:
     """One sentence on where the records' runs ran (commits, code trees, machines, dates)."""
     where = [r.get("provenance") or {} for r in records]
@@ -384,6 +425,7 @@ def report(
         for threshold in dict.fromkeys(t for t, *_ in sweep_lines):
             cells = {m: f"{a} ({x}x)" for t, m, a, x in sweep_lines if t == threshold}
             lines.append(f"| {threshold:g} | " + " | ".join(cells.get(m, "") for m in modes) + " |")
+        lines += _calibrated_table(rows, modes, metric)
         gr_rows = [(m, [r["gr"] for r in rows if r["mode"] == m and r.get("gr")]) for m in modes]
         if any(stats for _, stats in gr_rows):
             lines += [

@@ -213,3 +213,21 @@ def test_the_committed_records_still_give_the_committed_report(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_text(encoding="utf-8") == committed
+
+
+def test_report_gives_the_thresholds_calibration_chooses_on_each_run(ablation, tmp_path):
+    """Per run, calibration's rule on its dev sweep: the fewest layers within P points."""
+    records = [
+        _record("joint", "1", [0.5, 0.7, 0.8], [0.6, 0.8, 0.9], 100.0),
+        _record("joint", "2", [0.6, 0.7, 0.9], [0.6, 0.8, 0.7], 120.0),
+    ]
+    # Seed 2's threshold 0.5 costs 0.8 points (80.0 -> 79.2): outside 0.5 points, inside 1.
+    for row in records[1]["results"]["sweep"]:
+        if row["threshold"] == 0.5:
+            row["accuracy_and_f1"] -= 0.008
+    text = ablation.report(records, tmp_path / "results.md", "Grid.")
+    table = text.split("Entropy thresholds chosen on dev", 1)[1]
+    assert "| mode | within 0.5 points | within 1 point |" in table
+    # Within 0.5: seed 1 takes 0.5 (85.0, 1.5x), seed 2 keeps 0 (80.0, 1.0x).
+    # Within 1: both take 0.5: 85.0 and 79.2 -> 82.1 ± 2.9, 1.5x each.
+    assert "| joint | 0.5 / 0: 82.5 ± 2.5 (1.25 ± 0.25x) | 0.5 / 0.5: 82.1 ± 2.9 (1.50 ± 0.00x) |" in table
