@@ -231,3 +231,27 @@ def test_report_gives_the_thresholds_calibration_chooses_on_each_run(ablation, t
     # Within 0.5: seed 1 takes 0.5 (85.0, 1.5x), seed 2 keeps 0 (80.0, 1.0x).
     # Within 1: both take 0.5: 85.0 and 79.2 -> 82.1 ± 2.9, 1.5x each.
     assert "| joint | 0.5 / 0: 82.5 ± 2.5 (1.25 ± 0.25x) | 0.5 / 0.5: 82.1 ± 2.9 (1.50 ± 0.00x) |" in table
+
+
+def test_train_time_is_compared_with_joint_runs_timed_alike(ablation, tmp_path):
+    """A run padded to max_length is timed against padded joint runs, a bucketed one
+    against bucketed ones (and a machine against itself); the cell is the mean ratio."""
+
+    def timed(mode, seed, seconds, buckets=None, machine="A"):
+        record = _record(mode, seed, [0.5, 0.7, 0.8], [0.6, 0.8, 0.9], seconds)
+        record["provenance"] = {"machine": machine}
+        record["resolved_config"] = {"data": {} if buckets is None else {"buckets": buckets}}
+        return record
+
+    records = [
+        timed("joint", "1", 100.0),  # before buckets: padded
+        timed("joint", "2", 40.0, "auto"),
+        timed("sd", "1", 150.0),  # 1.5 x 100
+        timed("sd", "2", 80.0, "auto"),  # 2.0 x 40
+        timed("gr", "1", 300.0, "auto", machine="B"),  # no joint run on machine B
+    ]
+    assert ablation.timing_group(records[0]) == ("A", "none") == ablation.timing_group(records[2])
+    text = ablation.report(records, tmp_path / "results.md", "Grid.")
+    assert "| sd | 2 | 55.0 ± 0.0 | 75.0 ± 0.0 | 85.0 ± 0.0 | 65.0 ± 0.0 | 1.75 | 687 |" in text
+    assert "| joint | 2 | 55.0 ± 0.0 | 75.0 ± 0.0 | 85.0 ± 0.0 | 65.0 ± 0.0 | 1.00 | 687 |" in text
+    assert "| gr | 1 | 55.0 | 75.0 | 85.0 | 65.0 | n/a | 687 |" in text
