@@ -13,6 +13,14 @@ dev metric at the last evaluation. Then, on the `demo` model, `eval.py` times th
 full-depth model on SST-2 dev with `--buckets=none` and `--buckets=auto` (batch 1:
 `--batch1_examples` sentences; batched: the whole dev set at batch 64).
 
+`--eval_workdir=RUN` skips training and times `eval.py` on that run only (pairs
+none/auto alternating, `--eval_repeats` of each, best of them kept), at
+`--eval_max_length` (default: the run's own), full depth and at entropy 0.3 (the
+batch-1 `while_loop` executor):
+
+    python bench/bench_buckets.py --eval_workdir=runs/demo --eval_max_length=128 \
+        --out=bench/results/buckets_eval128_cpu.json
+
 `--max_steps` shortens every run (`--config.train.max_steps`; the schedule is
 shortened with it, so the accuracy is that of a shorter run than the config's).
 Prints a table of figures and ratios and writes JSON to bench/results/ (`--out`).
@@ -123,8 +131,8 @@ def _steps_per_second(workdir: Path) -> float | None:
     return values[len(values) // 2] if values else None
 
 
-def evaluate(workdir: Path, buckets: str, batch1: int) -> dict:
-    out = workdir / f"eval-{buckets}"
+def evaluate(workdir: Path, buckets: str, batch1: int, max_length: int = 0) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"bench_buckets_eval_{buckets}."))
     args = [
         sys.executable,
         str(REPO / "eval.py"),
@@ -134,18 +142,24 @@ def evaluate(workdir: Path, buckets: str, batch1: int) -> dict:
         f"--batch1_examples={batch1}",
         "--batched_examples=0",
         f"--output_dir={out}",
-    ]
+    ] + ([f"--max_length={max_length}"] if max_length else [])
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"eval.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     results = json.loads((out / "results.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
     full = results["full_depth"]
+    entropy = results["sweep"][0]
     return {
         "buckets": buckets,
+        "max_length": results["max_length"],
         "batch1_latency_s": full["wall_s_batch1"],
         "batched_examples_per_s": 1.0 / full["wall_s_batched"],
         "padded_share": results.get("padded_share"),
         "accuracy_final_exit": results["per_exit"][-1]["accuracy"],
+        "entropy_0.3_batch1_latency_s": entropy["wall_s_batch1"],
+        "entropy_0.3_mean_layers": entropy["mean_layers"],
+        "accuracy_entropy_0.3": entropy["accuracy"],
     }
 
 
@@ -156,6 +170,9 @@ def main() -> None:
     parser.add_argument("--batch1_examples", type=int, default=128)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "buckets_cpu.json"))
     parser.add_argument("--keep", default="", help="keep the workdirs under this directory")
+    parser.add_argument("--eval_workdir", default="", help="only time eval.py on this train.py run")
+    parser.add_argument("--eval_max_length", type=int, default=0, help="0: the run's own")
+    parser.add_argument("--eval_repeats", type=int, default=2, help="none/auto pairs with --eval_workdir")
     args = parser.parse_args()
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_buckets."))
@@ -168,8 +185,16 @@ def main() -> None:
         "runs": {},
         "eval": [],
     }
+    if args.eval_workdir:
+        args.runs = ""
+        for k in range(args.eval_repeats):
+            for buckets in ("none", "auto") if k % 2 == 0 else ("auto", "none"):
+                print(f"{args.eval_workdir}: eval.py --buckets={buckets}", flush=True)
+                report["eval"].append(
+                    evaluate(Path(args.eval_workdir), buckets, args.batch1_examples, args.eval_max_length)
+                )
     try:
-        for k, name in enumerate(args.runs.split(",")):
+        for k, name in enumerate(filter(None, args.runs.split(","))):
             order = ("none", "auto") if k % 2 == 0 else ("auto", "none")
             pair = {}
             for buckets in order:
@@ -210,10 +235,14 @@ def main() -> None:
             b = best.setdefault(r["buckets"], dict(r))
             b["batch1_latency_s"] = min(b["batch1_latency_s"], r["batch1_latency_s"])
             b["batched_examples_per_s"] = max(b["batched_examples_per_s"], r["batched_examples_per_s"])
+            key = "entropy_0.3_batch1_latency_s"
+            b[key] = min(b[key], r[key])
         report["eval_best"] = best
         for buckets, r in best.items():
             print(
-                f"eval {buckets:5}: batch-1 latency {1000 * r['batch1_latency_s']:.2f} ms, batched "
+                f"eval {buckets:5} (length {r['max_length']}): batch-1 latency "
+                f"{1000 * r['batch1_latency_s']:.2f} ms (entropy 0.3: "
+                f"{1000 * r['entropy_0.3_batch1_latency_s']:.2f} ms), batched "
                 f"{r['batched_examples_per_s']:.0f} examples/s, padded {r['padded_share']:.1%}, "
                 f"final-exit accuracy {r['accuracy_final_exit']:.4f}"
             )
@@ -222,8 +251,11 @@ def main() -> None:
             report["eval_ratio_batched"] = (
                 best["auto"]["batched_examples_per_s"] / best["none"]["batched_examples_per_s"]
             )
+            key = "entropy_0.3_batch1_latency_s"
+            report["eval_ratio_batch1_latency_entropy_0.3"] = best["none"][key] / best["auto"][key]
             print(
-                f"eval auto against none: batch-1 latency /{report['eval_ratio_batch1_latency']:.2f}, "
+                f"eval auto against none: batch-1 latency /{report['eval_ratio_batch1_latency']:.2f} "
+                f"(entropy 0.3 early exit /{report['eval_ratio_batch1_latency_entropy_0.3']:.2f}), "
                 f"batched throughput x{report['eval_ratio_batched']:.2f}"
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
