@@ -255,3 +255,40 @@ def test_train_time_is_compared_with_joint_runs_timed_alike(ablation, tmp_path):
     assert "| sd | 2 | 55.0 ± 0.0 | 75.0 ± 0.0 | 85.0 ± 0.0 | 65.0 ± 0.0 | 1.75 | 687 |" in text
     assert "| joint | 2 | 55.0 ± 0.0 | 75.0 ± 0.0 | 85.0 ± 0.0 | 65.0 ± 0.0 | 1.00 | 687 |" in text
     assert "| gr | 1 | 55.0 | 75.0 | 85.0 | 65.0 | n/a | 687 |" in text
+
+
+def test_the_other_poolings_grid_names_only_missing_seeds_of_its_modes(tmp_path):
+    """--reuse_only of the [CLS] grid names every missing [CLS] run; of the mean-pooled
+    grid, only the missing seeds of a task and mode it has runs of."""
+    import subprocess
+    import sys
+
+    records = tmp_path / "records"
+    for name in ("joint", "joint-mean"):
+        made = _record("joint", "1", [0.5, 0.7, 0.8], [0.6, 0.8, 0.9], 100.0)
+        made.update(config="configs/ablation.py:mrpc,joint", overrides=["train.seed=1"])
+        if name.endswith("-mean"):
+            made.update(exit_pooling="mean", overrides=["train.seed=1", "model.exit_pooling=mean"])
+        (records / "mrpc" / name).mkdir(parents=True)
+        (records / "mrpc" / name / "seed1.json").write_text(json.dumps(made))
+    out = tmp_path / "results.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "ablation.py"),
+            f"--workdir={tmp_path / 'runs'}",
+            f"--records={records}",
+            f"--report={out}",
+            "--findings=",
+            "--tasks=mrpc",
+            "--modes=joint,sd",
+            "--seeds=1,2",
+            "--reuse_only",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    named = out.read_text().split("not finished yet (not in the tables): ", 1)[1].split("\n", 1)[0]
+    assert named == "`mrpc/joint/seed2`, `mrpc/sd/seed1`, `mrpc/sd/seed2`, `mrpc/joint-mean/seed2`."

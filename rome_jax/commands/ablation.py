@@ -29,7 +29,8 @@ missing ones.
 trains the grid with mean-pooled exits (`model.exit_pooling=mean`), its runs and
 records under TASK/MODE-mean/; the report then shows, per task, the [CLS] grid and
 the mean-pooled grid in separate tables (each from the records there are: the grid
-not chosen is only reused, and its missing runs are named only if it has some).
+not chosen is only reused, and of its runs only the missing seeds of a task and mode
+it has runs of are named as missing).
 A run resumed after an interruption records its time as partial
 (only the last attempt is timed); the report leaves such times out of the ratio.
 """
@@ -106,12 +107,17 @@ def main(argv):
                 exit_pooling=pooling,
             )
             if record is None:
-                absent.append(f"{task}/{ablation.run_name(mode, pooling)}/seed{seed}")
+                absent.append((task, mode, seed))
             else:
                 found.append(record)
         records += found
-        if chosen or found:
-            missing += absent
+        # The other pooling's grid: only the missing seeds of a (task, mode) it has runs of.
+        started = {(r["task"], r["mode"]) for r in found}
+        missing += [
+            f"{task}/{ablation.run_name(mode, pooling)}/seed{seed}"
+            for task, mode, seed in absent
+            if chosen or (task, mode) in started
+        ]
     if not records:
         raise ConfigError(f"{root}, {_RECORDS.value}: no finished runs to report")
     findings = Path(_FINDINGS.value)
