@@ -40,9 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rome_jax import files
-from rome_jax.exits import Criterion, init_state
-from rome_jax.inference import _exit_loop
-from rome_jax.model import apply_embeddings
+from rome_jax.exits import Criterion
+from rome_jax.inference import _while_loop_exit
 from rome_jax.model_config import ModelConfig
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -62,34 +61,20 @@ def predictor_fn(config: ModelConfig, params: Any, criterion: Criterion | None):
     params = jax.tree.map(jnp.asarray, params)
 
     def fn(input_ids, attention_mask, token_type_ids):
-        inputs = {
-            "input_ids": input_ids.astype(jnp.int32),
-            "attention_mask": attention_mask.astype(jnp.int32),
-            "token_type_ids": token_type_ids.astype(jnp.int32),
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "example_mask": jnp.sum(attention_mask, axis=-1) > 0,  # all-padding rows are padding
         }
-        hidden = apply_embeddings(config, params, inputs)
-        rows = hidden.shape[0]
-        padding = jnp.sum(inputs["attention_mask"], axis=-1) == 0
-        seg = _exit_loop(
-            config,
-            params,
-            rule,
-            hidden,
-            inputs["attention_mask"],
-            init_state(rule, rows, config.num_labels),
-            padding,
-            jnp.ones((rows,), bool),
-            0,
-            config.num_layers,
-            0,
-        )
-        logits = seg.logits
+        out = _while_loop_exit(config, params, batch, rule)
+        logits = out["logits"]
         probabilities = logits if config.num_labels == 1 else jax.nn.softmax(logits, axis=-1)
         return {
             "logits": logits,
             "probabilities": probabilities,
-            "exit_layer": seg.exit_index + 1,
-            "layers_run": seg.next_layer,
+            "exit_layer": out["exit_index"] + 1,
+            "layers_run": out["layers_run"],
         }
 
     return fn

@@ -993,32 +993,15 @@ def train_stage(
                 split=run.best_split,
                 metric_key=f"exit_{run.num_exits}/{run.metric}",
             )
+        checkpoint = functools.partial(
+            save_checkpoint, run, store, log, step=step, stage=stage, state=state, window=window, evals=evals
+        )
         saved = evaluated or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
         if saved:
-            save_checkpoint(
-                run,
-                store,
-                log,
-                step=step,
-                stage=stage,
-                state=state,
-                data=sr.iterator.get_state(),
-                window=window,
-                evals=evals,
-            )
+            checkpoint(data=sr.iterator.get_state())
         if signals.should_stop(step):
             if not saved:
-                save_checkpoint(
-                    run,
-                    store,
-                    log,
-                    step=step,
-                    stage=stage,
-                    state=state,
-                    data=sr.iterator.get_state(),
-                    window=window,
-                    evals=evals,
-                )
+                checkpoint(data=sr.iterator.get_state())
             return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals, preempted=True)
     return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals)
 
