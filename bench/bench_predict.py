@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     if criterion == "calibrated" and model.calibration is None:
         print("the model carries no calibration (eval.py --calibrate): entropy:0.1", file=sys.stderr)
         criterion = "entropy:0.1"
-    from rome_jax.predict import describe, resolve_criterion
+    from rome_jax.serving.predict import describe, resolve_criterion
 
     chosen = resolve_criterion(criterion, model.config, model.calibration)
     results = {

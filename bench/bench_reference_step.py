@@ -11,7 +11,7 @@ In one run, for the same dimensions, batch and length:
   as the reference runs (`fp32`) and/or under bfloat16 autocast (`bf16`).
 
 Each row: median step time, samples/s, and MFU = model FLOPs / time / peak, where
-model FLOPs per step = `rome_jax.flops.training_flops` x batch: the matrix products
+model FLOPs per step = `rome_jax.encoder.flops.training_flops` x batch: the matrix products
 of the forward and one backward pass (3 x forward: 6 x matmul weights x tokens, plus
 attention's 12 x L x T^2 x H, plus the exit heads), elementwise work not counted, as
 MFU is usually counted. It is the same count for every row, so a step that does more
@@ -50,9 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
-from rome_jax import flops
-from rome_jax.model import init_params
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder import flops
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import init_params
 
 
 def matmul_peak(dtype: str, size: int, repeats: int = 10, window_s: float = 0.02) -> float:

@@ -28,11 +28,11 @@ if __name__ == "__main__":  # before JAX starts: see rome_jax/host_memory.py
 import jax
 import numpy as np
 
-from rome_jax import flops
-from rome_jax import train_step as ts
-from rome_jax.model import init_params
-from rome_jax.model_config import ModelConfig
-from rome_jax.optim import make_optimizer
+from rome_jax.encoder import flops
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import init_params
+from rome_jax.training import step as ts
+from rome_jax.training.optim import make_optimizer
 
 PRESETS = {
     "minilm": dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),

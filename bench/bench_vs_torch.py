@@ -24,7 +24,7 @@ slower than PyTorch's `torch.mm`; HF's `nn.Linear`, an `addmm` with the bias, is
 5-10% slower than `torch.mm`, so this row overstates the gap inside the model).
 
 A fourth row, `attention`, times one layer's attention core: our inference form
-(`rome_jax.model.attention`, mask applied) against the `scaled_dot_product_attention`
+(`rome_jax.encoder.model.attention`, mask applied) against the `scaled_dot_product_attention`
 call of HF's BERT on an unpadded batch (no mask: HF passes none when nothing is
 padded; PyTorch's CPU flash kernel serves it), both from [B, T, heads, head_dim] to
 [B, T, hidden]. PyTorch's kernel never writes the [B, heads, T, T] scores to memory;
@@ -59,11 +59,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
-from rome_jax import train_step as ts
-from rome_jax.inference import all_exits
-from rome_jax.model import INPUT_KEYS, init_params
-from rome_jax.model_config import ModelConfig
-from rome_jax.ops import attention
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import INPUT_KEYS, init_params
+from rome_jax.encoder.ops import attention
+from rome_jax.exits.executors import all_exits
+from rome_jax.training import step as ts
 
 
 def layer_gemms(dims: dict, rows: int):
@@ -101,7 +101,7 @@ def layer_gemms(dims: dict, rows: int):
 def layer_attention(dims: dict, batch: int, length: int):
     """One layer's attention core, [B, T, N, D] in and [B, T, N * D] out, in JAX and PyTorch.
 
-    Ours: `rome_jax.model.attention` (the inference form, mask applied) then the
+    Ours: `rome_jax.encoder.model.attention` (the inference form, mask applied) then the
     reshape. PyTorch: what `BertSdpaSelfAttention` runs on an unpadded batch,
     `scaled_dot_product_attention` on the heads-first views with no mask (HF passes
     none when nothing is padded), then the transpose and reshape back.

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rome_jax.hf_io import hf_config_dict, state_dict_from_params
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.hf_io import hf_config_dict, state_dict_from_params
 
 # Weight matrices of one encoder layer in HF BERT naming (the GR selection).
 _LAYER_MATRICES = (

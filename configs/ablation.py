@@ -20,9 +20,9 @@ from pathlib import Path
 import ml_collections
 
 from configs import default, demo
+from rome_jax.config.run_config import parse_task_mode
+from rome_jax.encoder.config import EXIT_POOLINGS
 from rome_jax.errors import ConfigError
-from rome_jax.model_config import EXIT_POOLINGS
-from rome_jax.run_config import parse_task_mode
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

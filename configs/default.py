@@ -5,7 +5,7 @@ Every other config starts from this one. Override any value on the command line:
     python train.py --config=configs/default.py --workdir=runs/rte \
         --config.data.task=rte --config.train.learning_rate=3e-5
 
-Keys are checked by `rome_jax.run_config.validate` when training starts; every key
+Keys are checked by `rome_jax.config.run_config.validate` when training starts; every key
 is described in docs/configs.md.
 """
 
@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.custom.metric = ""  # "": accuracy, or pearson_and_spearman for regression
 
     config.train = ml_collections.ConfigDict()
-    config.train.mode = "romebert"  # one of rome_jax.train_step.MODES
+    config.train.mode = "romebert"  # one of rome_jax.training.step.MODES
     config.train.batch_size = 8  # global batch (all devices, all hosts)
     config.train.eval_batch_size = 64
     config.train.learning_rate = 2e-5  # peak; linear decay to 0 over each stage

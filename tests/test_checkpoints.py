@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rome_jax import checkpoints
 from rome_jax.errors import CheckpointError
-from rome_jax.optim import make_optimizer
-from rome_jax.train_step import create_train_state
+from rome_jax.training import checkpoints
+from rome_jax.training.optim import make_optimizer
+from rome_jax.training.step import create_train_state
 
 
 def make_state(seed=0, width=4):
@@ -95,7 +95,7 @@ def test_a_truncated_checkpoint_is_one_warning_line_not_orbax_tracebacks(tmp_pat
         import numpy as np
         sys.path.insert(0, "tests")
         from test_checkpoints import make_state
-        from rome_jax import checkpoints
+        from rome_jax.training import checkpoints
         logging.basicConfig(format="%(levelname)s %(message)s")
         directory = sys.argv[1]
         store = checkpoints.Checkpoints(directory, keep=4)
@@ -144,7 +144,7 @@ def test_kill_9_during_a_save_leaves_the_latest_complete_checkpoint(tmp_path):
     script = textwrap.dedent("""
         import sys
         import jax.numpy as jnp
-        from rome_jax.checkpoints import Checkpoints
+        from rome_jax.training.checkpoints import Checkpoints
         store = Checkpoints(sys.argv[1], keep=2)
         for step in range(1, 10_000):
             store.save(step, {"w": jnp.full((4_000_000,), step, jnp.float32)}, {"step": step})

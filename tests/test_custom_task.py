@@ -1,4 +1,4 @@
-"""Your own data: tasks described in the config (rome_jax.tasks, rome_jax.data.custom).
+"""Your own data: tasks described in the config (rome_jax.data.tasks, rome_jax.data.custom).
 
 Real GLUE rows (SST-2, MRPC) in other clothes: rewritten by the tests into CSV with
 quoted fields and string labels, JSON Lines with other column names, and Parquet;
@@ -13,11 +13,10 @@ import os
 import numpy as np
 import pytest
 
-from rome_jax import metrics
-from rome_jax.data import load_examples, read_glue_dir, tokenize_examples
+from rome_jax.data import load_examples, metrics, read_glue_dir, tokenize_examples
+from rome_jax.data.glue import TASKS, get_task
+from rome_jax.data.tasks import CUSTOM_DEFAULTS, build_task, label_order, parse_label_names, task_from_config
 from rome_jax.errors import CheckpointError, ConfigError, DataError
-from rome_jax.glue import TASKS, get_task
-from rome_jax.tasks import CUSTOM_DEFAULTS, build_task, label_order, parse_label_names, task_from_config
 
 N = 60  # rows taken from each GLUE file
 
@@ -309,7 +308,7 @@ def test_hf_dataset_from_a_local_directory_offline(glue_dir, tmp_path, monkeypat
 def test_reinit_classifier_for_another_label_count(tmp_path, caplog):
     pytest.importorskip("torch")
     import tiny_hf
-    from rome_jax.api import load_pretrained
+    from rome_jax.serving.api import load_pretrained
 
     tiny_hf.make_bert(tmp_path, num_labels=2)
     with pytest.raises(CheckpointError) as e:
@@ -343,7 +342,7 @@ def test_demo_reads_glue_dir_then_shared_glue_then_the_hub(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     from configs.demo import glue_location
-    from rome_jax import run_config
+    from rome_jax.config import run_config
 
     shared = tmp_path / "shared" / "glue"
     assert glue_location(None, shared) == ""  # a fresh clone elsewhere: the hub

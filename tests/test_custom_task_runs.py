@@ -17,10 +17,11 @@ import sys
 import numpy as np
 import pytest
 
-from rome_jax import run_config, trainer
+from rome_jax.config import run_config
 from rome_jax.data import read_glue_dir
 from rome_jax.errors import CheckpointError
-from rome_jax.train_step import MODES
+from rome_jax.training import trainer
+from rome_jax.training.step import MODES
 
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 
@@ -192,10 +193,10 @@ def _config(overrides):
 
 
 def test_regression_trains_evaluates_and_exports(data, tiny_model, tmp_path):
-    from rome_jax import evaluation
-    from rome_jax.api import load_pretrained
     from rome_jax.data import load_examples, tokenize_examples
-    from rome_jax.tasks import task_from_config
+    from rome_jax.data.tasks import task_from_config
+    from rome_jax.exits import evaluation
+    from rome_jax.serving.api import load_pretrained
 
     workdir = tmp_path / "run"
     config = _config(_regression(data, tiny_model, **{"train.mode": "pabee"}))

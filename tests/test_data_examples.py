@@ -15,8 +15,8 @@ import pytest
 import rome_jax.data
 from rome_jax.data import batching, examples, features
 from rome_jax.data.examples import load_examples, read_glue_dir, read_hf_datasets
+from rome_jax.data.glue import TASKS, check_split, get_task
 from rome_jax.errors import ConfigError, DataError
-from rome_jax.glue import TASKS, check_split, get_task
 
 # ------------------------------------------------------------------------------ package
 

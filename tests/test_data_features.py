@@ -149,8 +149,8 @@ def test_any_text_survives_a_tsv_row(tokenizer, a, b):
 
 
 def test_tokenize_refuses_a_string_and_unpaired_pairs(minilm_path):
-    from rome_jax.api import MultiExitModel, load_tokenizer
-    from rome_jax.model_config import ModelConfig
+    from rome_jax.encoder.config import ModelConfig
+    from rome_jax.serving.api import MultiExitModel, load_tokenizer
 
     config = ModelConfig.from_json_file(os.path.join(minilm_path, "config.json"))
     model = MultiExitModel(config, None, load_tokenizer(minilm_path))
@@ -173,10 +173,11 @@ def test_tokenizer_and_metrics_writer_load_without_importing_pytorch(minilm_path
 
     from transformers import AutoTokenizer
 
-    from rome_jax.api import load_tokenizer
+    from rome_jax.serving.api import load_tokenizer
 
     code = (
-        "import sys; from rome_jax.api import load_tokenizer; from rome_jax.trainer import _summary_writer_class; "
+        "import sys; from rome_jax.serving.api import load_tokenizer; "
+        "from rome_jax.training.trainer import _summary_writer_class; "
         f"load_tokenizer({minilm_path!r}); w = _summary_writer_class()({str(tmp_path / 'tb')!r}); "
         "w.add_scalar('x', 1.0, 1); w.close(); print('torch' in sys.modules); import torch; print(torch.ones(1).item())"
     )

@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 from test_inference import spread_exits, thresholds_between
 
-from rome_jax import exits, inference
 from rome_jax.data import read_glue_dir, tokenize_examples
 from rome_jax.data.buckets import length_buckets, sequence_lengths
-from rome_jax.evaluation import Timer, evaluate_split, exit_logits_of
-from rome_jax.metrics import compute_metrics
-from rome_jax.model import INPUT_KEYS
+from rome_jax.data.metrics import compute_metrics
+from rome_jax.encoder.model import INPUT_KEYS
+from rome_jax.exits import criteria as exits
+from rome_jax.exits import executors as inference
+from rome_jax.exits.evaluation import Timer, evaluate_split, exit_logits_of
 
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from test_inference import TINY, assert_agree, criteria_for, random_params, spread_exits, thresholds_between, tiny_batch
 
-from rome_jax import flops, inference, run_config
+from rome_jax.config import run_config
+from rome_jax.encoder import flops
+from rome_jax.encoder.config import EXIT_POOLINGS, ModelConfig
+from rome_jax.encoder.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
 from rome_jax.errors import CheckpointError, ConfigError
-from rome_jax.exits import Criterion, entropy
-from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
-from rome_jax.model_config import EXIT_POOLINGS, ModelConfig
+from rome_jax.exits import executors as inference
+from rome_jax.exits.criteria import Criterion, entropy
 
 MEAN = TINY.replace(exit_pooling="mean")
 
@@ -109,13 +111,13 @@ def test_executors_agree_with_mean_pooling(mean_model):
 
 
 def _old_model_module():
-    """rome_jax/model.py as committed before exit pooling existed, or None."""
+    """rome_jax/encoder/model.py as committed before exit pooling existed, or None."""
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
     try:
         source = subprocess.run(
-            ["git", "show", "b2e6c68:rome_jax/model.py"], cwd=repo, capture_output=True, text=True, check=True
+            ["git", "show", "b2e6c68:rome_jax/encoder/model.py"], cwd=repo, capture_output=True, text=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -147,7 +149,7 @@ def test_cls_is_the_default_and_bitwise_what_it_was():
 def test_a_train_step_runs_with_mean_pooling():
     from test_train_step import NO_DROPOUT, make_batch, run_steps
 
-    from rome_jax import train_step as ts
+    from rome_jax.training import step as ts
 
     config = NO_DROPOUT.replace(exit_pooling="mean")
     params, state, metrics, losses = run_steps(ts.StepSettings(mode="romebert"), config=config, steps=3, lr=3e-3)
@@ -161,11 +163,11 @@ def test_a_train_step_runs_with_mean_pooling():
 def test_save_and_load_keep_mean_pooling(tmp_path, caplog):
     import json
 
-    from rome_jax.api import MultiExitModel, load_pretrained
+    from rome_jax.serving.api import MultiExitModel, load_pretrained
 
     config = TINY.replace(num_layers=3, exit_pooling="mean")
     params = random_params(config)
-    with caplog.at_level(logging.WARNING, logger="rome_jax.api"):
+    with caplog.at_level(logging.WARNING, logger="rome_jax.serving.api"):
         MultiExitModel(config, params).save_pretrained(str(tmp_path / "mean"))
     warned = [r.getMessage() for r in caplog.records if "transformers" in r.getMessage()]
     assert len(warned) == 1 and "\n" not in warned[0] and "[CLS]" in warned[0]
@@ -177,7 +179,7 @@ def test_save_and_load_keep_mean_pooling(tmp_path, caplog):
     np.testing.assert_array_equal(np.asarray(loaded.exit_logits(batch)), forward(config, params, batch))
     # Overriding the recorded pooling of trained exits is allowed, with one warning.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="rome_jax.api"):
+    with caplog.at_level(logging.WARNING, logger="rome_jax.serving.api"):
         assert (
             load_pretrained(str(tmp_path / "mean"), with_tokenizer=False, exit_pooling="cls").config.exit_pooling
             == "cls"
@@ -185,7 +187,7 @@ def test_save_and_load_keep_mean_pooling(tmp_path, caplog):
     assert sum("saved with exit_pooling 'mean'" in r.getMessage() for r in caplog.records) == 1
     # "cls" writes config.json as before: no key, read back as "cls", no warning.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="rome_jax.api"):
+    with caplog.at_level(logging.WARNING, logger="rome_jax.serving.api"):
         MultiExitModel(config.replace(exit_pooling="cls"), params).save_pretrained(str(tmp_path / "cls"))
     assert not caplog.records
     assert "rome_jax_exit_pooling" not in json.loads((tmp_path / "cls" / "config.json").read_text())
@@ -252,7 +254,7 @@ def test_transformers_loads_a_mean_pooled_export_but_pools_cls(tmp_path):
     pytest.importorskip("torch")
     from transformers import BertForSequenceClassification
 
-    from rome_jax.api import MultiExitModel
+    from rome_jax.serving.api import MultiExitModel
     from tiny_hf import torch_logits
 
     config = TINY.replace(num_layers=3, exit_pooling="mean")
@@ -276,8 +278,8 @@ def test_a_run_with_mean_pooling_trains_and_exports_it(tmp_path, tiny_model, glu
     import json
     from pathlib import Path
 
-    from rome_jax import checkpoints, trainer
-    from rome_jax.api import load_pretrained
+    from rome_jax.serving.api import load_pretrained
+    from rome_jax.training import checkpoints, trainer
 
     repo = Path(__file__).resolve().parent.parent
     config = run_config.load(

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rome_jax import exits
-from rome_jax.exits import Criterion, init_state, simulate, simulate_sweep
-from rome_jax.exits import step as _step
+from rome_jax.exits import criteria as exits
+from rome_jax.exits.criteria import Criterion, init_state, simulate, simulate_sweep
+from rome_jax.exits.criteria import step as _step
 
 step = jax.jit(_step, static_argnums=0)  # pure jnp: jits as is (and eager dispatch is slow)
 

@@ -19,8 +19,8 @@ import pytest
 from test_inference import spread_exits, thresholds_between
 from test_predict import MARGIN, SENTENCES
 
-from rome_jax import exits
-from rome_jax.export import export_predictor, load_predictor, run_predictor
+from rome_jax.exits import criteria as exits
+from rome_jax.serving.export import export_predictor, load_predictor, run_predictor
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers")
 

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rome_jax import flops
-from rome_jax.model import apply_embeddings, apply_layer_with_exit, init_params, layer_params
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder import flops
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import apply_embeddings, apply_layer_with_exit, init_params, layer_params
 
 MINILM = ModelConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
 SMALL = ModelConfig(

@@ -13,10 +13,12 @@ import pytest
 
 import rome_jax
 import tiny_hf
-from rome_jax import exits, glue_runner, leaderboard, run_config
+from rome_jax.config import run_config
 from rome_jax.data import load_examples, tokenize_examples
+from rome_jax.data.glue import get_task
 from rome_jax.errors import ConfigError
-from rome_jax.glue import get_task
+from rome_jax.exits import criteria as exits
+from rome_jax.experiments import glue_runner, leaderboard
 
 FIXTURES = {
     # task dir, file, header, rows (index + texts), task name, split

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rome_jax import inference
-from rome_jax.exits import Criterion, entropy, max_prob, simulate
-from rome_jax.inference import BatchedEarlyExit, per_example_exit, simulated_exit, while_loop_exit
-from rome_jax.model import init_params
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import init_params
+from rome_jax.exits import executors as inference
+from rome_jax.exits.criteria import Criterion, entropy, max_prob, simulate
+from rome_jax.exits.executors import BatchedEarlyExit, per_example_exit, simulated_exit, while_loop_exit
 
 TINY = ModelConfig(
     vocab_size=99,
@@ -240,7 +240,7 @@ def test_timer_baseline_computes_the_rows_early_exit_computes(tiny):
     batch's real rows in the bucket the per-example executor uses, not a whole
     padded batch (which would credit early exit with skipping the padding)."""
     from rome_jax.data import Features
-    from rome_jax.evaluation import Timer
+    from rome_jax.exits.evaluation import Timer
 
     params, batch = tiny
     n, T = 11, batch["input_ids"].shape[1]
@@ -273,7 +273,7 @@ def test_timer_baseline_computes_the_rows_early_exit_computes(tiny):
 @pytest.fixture(scope="module")
 def minilm_rte(minilm_path, glue_dir):
     import rome_jax
-    from rome_jax.api import tokenize
+    from rome_jax.serving.api import tokenize
 
     path = os.path.join(glue_dir, "RTE", "dev.tsv")
     with open(path, encoding="utf-8") as f:
@@ -309,8 +309,8 @@ def test_minilm_executors_agree_on_rte(minilm_rte):
 
 def test_default_sweeps_follow_the_depth_and_the_method(tiny):
     from rome_jax.data import Features
-    from rome_jax.evaluation import default_sweeps, evaluate_split, parse_sweeps
-    from rome_jax.glue import get_task
+    from rome_jax.data.glue import get_task
+    from rome_jax.exits.evaluation import default_sweeps, evaluate_split, parse_sweeps
 
     assert default_sweeps(12)["patience"] == (1, 2, 3, 4, 5, 6, 7, 8)  # PABEE's 3..8 included
     assert default_sweeps(6)["patience"] == (1, 2, 3, 4)
@@ -353,7 +353,7 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
         rows.setdefault(row["criterion"], []).append(row["threshold"])
     assert rows["patience"] == [1, 2, 3, 4] and len(rows["normalized_entropy"]) == 9
     assert set(rows) == {"entropy", "max_prob", "patience", "normalized_entropy"}
-    from rome_jax.evaluation import format_table
+    from rome_jax.exits.evaluation import format_table
 
     table = format_table(results).splitlines()
     head = table.index(next(line for line in table if line.startswith("criterion")))
@@ -364,7 +364,7 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
 
 
 def test_bad_batches_are_one_error_naming_the_key(tiny):
-    from rome_jax.api import MultiExitModel
+    from rome_jax.serving.api import MultiExitModel
 
     params, batch = tiny
     model = MultiExitModel(TINY, params)
@@ -429,8 +429,8 @@ def test_bad_batches_are_one_error_naming_the_key(tiny):
 
 
 def test_save_pretrained_refuses_parameters_that_do_not_fit(tiny, tmp_path):
-    from rome_jax.api import MultiExitModel
     from rome_jax.errors import CheckpointError
+    from rome_jax.serving.api import MultiExitModel
 
     params, _ = tiny
     with pytest.raises(CheckpointError, match="do not fit the model's config .* nothing written"):
@@ -440,7 +440,7 @@ def test_save_pretrained_refuses_parameters_that_do_not_fit(tiny, tmp_path):
 
 def test_evaluate_split_refuses_a_task_with_other_labels(tiny):
     from rome_jax.data import Features
-    from rome_jax.evaluation import evaluate_split
+    from rome_jax.exits.evaluation import evaluate_split
 
     params, batch = tiny
     ids = np.asarray(batch["input_ids"])
@@ -482,8 +482,8 @@ def test_cut_to_bucket_cuts_the_token_arrays_to_the_smallest_bucket_holding_the_
 
 
 def test_flops_counted_at_each_examples_length():
-    from rome_jax import flops
-    from rome_jax.evaluation import flops_speedup_at
+    from rome_jax.encoder import flops
+    from rome_jax.exits.evaluation import flops_speedup_at
 
     index = np.array([0, 2, 5, 5, 1])
     assert flops_speedup_at(TINY, np.full(5, 16), index) == pytest.approx(flops.flops_speedup(TINY, 16, index))

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from rome_jax.leaderboard import format_predictions, glue_average, task_score, write_submission
+from rome_jax.experiments.leaderboard import format_predictions, glue_average, task_score, write_submission
 
 
 def test_task_scores_follow_the_glue_rules():
@@ -91,8 +91,8 @@ def test_submission_files(tmp_path, task, split, name, n_labels):
 
 
 def test_submission_needs_a_test_split(tmp_path):
+    from rome_jax.data.glue import get_task
     from rome_jax.errors import DataError
-    from rome_jax.glue import get_task
 
     # MNLI has no "test": the leaderboard wants MNLI-m.tsv / MNLI-mm.tsv, never MNLI.tsv.
     with pytest.raises(DataError, match="no split 'test' .*test_matched, test_mismatched"):

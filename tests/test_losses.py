@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rome_jax import losses
+from rome_jax.training import losses
 
 E, B, C = 4, 5, 3
 T = 3.0

@@ -8,8 +8,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from rome_jax.data.metrics import compute_metrics, glue_score, primary_metric, rankdata
 from rome_jax.errors import ConfigError, DataError
-from rome_jax.metrics import compute_metrics, glue_score, primary_metric, rankdata
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -90,7 +90,7 @@ def test_bad_inputs():
 
 def test_metrics_do_not_import_sklearn_or_scipy():
     code = (
-        "import sys, rome_jax.metrics as m, numpy as np; m.compute_metrics('stsb', np.arange(3.), "
+        "import sys, rome_jax.data.metrics as m, numpy as np; m.compute_metrics('stsb', np.arange(3.), "
         "np.arange(3.)); bad = {'sklearn', 'scipy'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,10 +11,10 @@ import pytest
 
 import rome_jax
 import tiny_hf
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
+from rome_jax.encoder.ops import Dropout, attention, dense_matmul, dropout_bits, softmax, training_attention
 from rome_jax.errors import CheckpointError
-from rome_jax.model import MultiExitEncoder, apply_embeddings, apply_layer_with_exit, init_params, layer_params
-from rome_jax.model_config import ModelConfig
-from rome_jax.ops import Dropout, attention, dense_matmul, dropout_bits, softmax, training_attention
 
 torch = pytest.importorskip("torch")
 
@@ -179,7 +179,7 @@ def test_final_exit_fine_tuned_in_transformers_wins_over_the_exits_file(bert_dir
 def test_sharded_weights_errors_name_the_shard(bert_dir, tmp_path):
     from safetensors.numpy import save_file
 
-    from rome_jax.hf_io import read_state_dict
+    from rome_jax.encoder.hf_io import read_state_dict
 
     path, hf_model = bert_dir
     state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
@@ -375,7 +375,7 @@ def test_tokenizer_pairs_and_truncation(minilm_path):
 def test_dense_matmul_gradients_equal_autodiff_of_the_plain_product(in_out, cpu_layout, monkeypatch):
     """The hand-laid-out backward of the encoder's Dense layers against jax's own VJP of x @ W,
     for one cotangent and for two under vmap (as the GR step pulls back two losses)."""
-    monkeypatch.setattr(rome_jax.ops, "_lay_out_for_cpu", lambda: cpu_layout)
+    monkeypatch.setattr(rome_jax.encoder.ops, "_lay_out_for_cpu", lambda: cpu_layout)
     n_in, n_out = in_out
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.randn(3, 5, n_in), jnp.float32)

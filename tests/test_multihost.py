@@ -170,7 +170,7 @@ def metric_lines(workdir):
 def leaves(workdir):
     import jax
 
-    from rome_jax import checkpoints
+    from rome_jax.training import checkpoints
 
     step, params = checkpoints.load_params(workdir, "latest")
     return step, [np.asarray(x) for x in jax.tree.leaves(params)]
@@ -238,7 +238,7 @@ def test_kill_9_of_one_then_all_then_rerun_ends_as_uninterrupted(romebert, env, 
     finally:
         procs.kill()
     assert not (workdir / "model").exists()
-    from rome_jax import checkpoints
+    from rome_jax.training import checkpoints
 
     killed_at = checkpoints.Checkpoints(workdir / "checkpoints").latest_step()
     assert killed_at is not None and 2 <= killed_at < 12
@@ -267,7 +267,7 @@ def test_deebert_sigterm_to_one_process_stops_all_at_one_step(env, tiny_model, t
     assert len(stops[0]) == len(stops[1]) == 1
     step = int(stops[0][0].split("stopped at step ")[1].split()[0])
     assert f"stopped at step {step} " in stops[1][0]
-    from rome_jax import checkpoints
+    from rome_jax.training import checkpoints
 
     assert checkpoints.Checkpoints(workdir / "checkpoints").latest_step() == step
     assert "Traceback" not in procs.log(0) + procs.log(1)
@@ -315,7 +315,7 @@ def test_inference_on_every_local_device_decides_as_one_device(env, tmp_path):
     import multidevice_inference
     import test_inference
 
-    from rome_jax import inference
+    from rome_jax.exits import executors as inference
 
     if jax.local_device_count() != 1:
         pytest.skip("the test process itself must have one device")

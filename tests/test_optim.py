@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from rome_jax.optim import learning_rate_schedule, make_optimizer, uncorrected_adamw
+from rome_jax.training.optim import learning_rate_schedule, make_optimizer, uncorrected_adamw
 
 
 def uer_adamw(

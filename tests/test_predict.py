@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from test_inference import spread_exits, thresholds_between
 
-from rome_jax import exits, predict_io
 from rome_jax.errors import DataError
-from rome_jax.predict import Predictions, resolve_criterion
+from rome_jax.exits import criteria as exits
+from rome_jax.serving import files as predict_io
+from rome_jax.serving.predict import Predictions, resolve_criterion
 
 T = 64
 ATOL = 5e-3
@@ -311,7 +312,7 @@ def test_command_streams_in_chunks_with_the_same_output(model, tmp_path, monkeyp
     _, whole = _run(model, tmp_path, "all.tsv", tsv)
     monkeypatch.setattr(predict_io, "CHUNK_ROWS", 5)
     seen = []
-    from rome_jax import predict as predict_lib
+    from rome_jax.serving import predict as predict_lib
 
     original = predict_lib.predict
     monkeypatch.setattr(predict_lib, "predict", lambda m, a, *r, **k: seen.append(len(a)) or original(m, a, *r, **k))

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rome_jax.projection import all_selection, project_gradients, reference_selection
+from rome_jax.training.projection import all_selection, project_gradients, reference_selection
 
 L, H, I, C, V, P = 3, 4, 8, 2, 10, 6
 

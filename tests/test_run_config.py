@@ -6,10 +6,10 @@ import pathlib
 
 import pytest
 
-from rome_jax import run_config
+from rome_jax.config import run_config
+from rome_jax.encoder.config import ModelConfig
 from rome_jax.errors import ConfigError, DataError
-from rome_jax.model_config import ModelConfig
-from rome_jax.train_step import MODES
+from rome_jax.training.step import MODES
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -278,8 +278,10 @@ def test_parse_task_mode_is_the_one_reader_of_task_mode_arguments():
 
 
 def test_allowed_values_come_from_the_modules_that_use_them():
-    from rome_jax import data, losses, projection, train_step
-    from rome_jax.model_config import DTYPES
+    from rome_jax import data
+    from rome_jax.encoder.config import DTYPES
+    from rome_jax.training import losses, projection
+    from rome_jax.training import step as train_step
 
     check = lambda key, value: run_config.KEYS[key](value)
     for key, known in [

@@ -18,10 +18,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bench import torch_reference as ref  # noqa: E402
-from rome_jax import train_step as ts  # noqa: E402
-from rome_jax.hf_io import state_dict_from_params  # noqa: E402
-from rome_jax.model import init_params  # noqa: E402
-from rome_jax.model_config import ModelConfig  # noqa: E402
+from rome_jax.encoder.config import ModelConfig  # noqa: E402
+from rome_jax.encoder.hf_io import state_dict_from_params  # noqa: E402
+from rome_jax.encoder.model import init_params  # noqa: E402
+from rome_jax.training import step as ts  # noqa: E402
 
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import tiny_hf
-from rome_jax import checkpoints
-from rome_jax.train_step import MODES
+from rome_jax.training import checkpoints
+from rome_jax.training.step import MODES
 
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 
@@ -240,8 +240,9 @@ def test_stage_2_from_stage_1s_best_evaluation_at_a_scaled_rate(env, tiny_model,
     10x the rate. In process, with the final exit's stage-1 dev scores scripted."""
     import jax
 
-    from rome_jax import run_config, trainer
-    from rome_jax import train_step as ts
+    from rome_jax.config import run_config
+    from rome_jax.training import step as ts
+    from rome_jax.training import trainer
 
     scripted = iter([0.6, 0.9, 0.9])  # stage 1's evaluations at steps 2, 4, 6: step 4 wins
     real_metrics = trainer.exit_metrics

@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rome_jax import losses
-from rome_jax import train_step as ts
-from rome_jax.model import MultiExitEncoder, init_params
-from rome_jax.model_config import ModelConfig
-from rome_jax.optim import make_optimizer, weight_decay_mask
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import MultiExitEncoder, init_params
+from rome_jax.training import losses
+from rome_jax.training import step as ts
+from rome_jax.training.optim import make_optimizer, weight_decay_mask
 
 CFG = ModelConfig(
     vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32, max_position_embeddings=32
@@ -240,7 +240,7 @@ def test_eight_fake_devices_equal_one_device():
         import jax, numpy as np, sys
         sys.path.insert(0, "tests")
         from test_train_step import run_steps, make_batch
-        from rome_jax import train_step as ts
+        from rome_jax.training import step as ts
         assert len(jax.devices()) == 8
         for settings in (ts.StepSettings(mode="romebert"), ts.StepSettings(mode="joint"),
                          ts.StepSettings(mode="romebert", grad_accum_steps=2)):
@@ -254,7 +254,7 @@ def test_eight_fake_devices_equal_one_device():
         # Micro-batches are split over all devices: the batch is never gathered
         # (each device would compute grad_accum_steps times its share).
         from test_train_step import compiled, CFG
-        from rome_jax.model import init_params
+        from rome_jax.encoder.model import init_params
         step, tx, mesh = compiled(ts.StepSettings(mode="romebert", grad_accum_steps=2), CFG, 1e-3, 8)
         state = ts.replicate(ts.create_train_state(init_params(CFG, 0), tx, 0), mesh)
         hlo = step.lower(state, ts.shard_batch(make_batch(n=16), mesh)).compile().as_text()

@@ -14,8 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from rome_jax import checkpoints, run_config, trainer
-from rome_jax import train_step as ts
+from rome_jax.config import run_config
+from rome_jax.training import checkpoints, trainer
+from rome_jax.training import step as ts
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -128,7 +129,7 @@ def test_a_run_trains_evaluates_saves_and_exports(straight):
 def test_rerunning_a_finished_run_runs_no_step(straight, config, steps_run, caplog):
     workdir, result = straight
     before = (workdir / "metrics.jsonl").read_bytes()
-    with caplog.at_level(logging.INFO, logger="rome_jax.trainer"):
+    with caplog.at_level(logging.INFO, logger="rome_jax.training.trainer"):
         again = trainer.train_and_evaluate(config, workdir, progress=False)
     assert steps_run[0] == 0
     assert "resuming from the checkpoint of step 6 (of 6)" in caplog.text

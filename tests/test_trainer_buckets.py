@@ -12,10 +12,11 @@ import pathlib
 
 import pytest
 
-from rome_jax import run_config, trainer
-from rome_jax import train_step as ts
+from rome_jax.config import run_config
 from rome_jax.data import BatchIterator
 from rome_jax.errors import ConfigError
+from rome_jax.training import step as ts
+from rome_jax.training import trainer
 
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 
@@ -53,7 +54,7 @@ def test_the_train_step_is_traced_once_per_bucket_and_stage(tiny_model, glue_dir
             "train.log_every": 5,
         },
     )
-    with caplog.at_level(logging.INFO, logger="rome_jax.trainer"):
+    with caplog.at_level(logging.INFO, logger="rome_jax.training.trainer"):
         result = trainer.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert result.step == 20
 
@@ -97,7 +98,7 @@ def test_stopped_mid_epoch_then_resumed_with_several_buckets_gives_the_same_run(
     import jax
     import numpy as np
 
-    from rome_jax import checkpoints
+    from rome_jax.training import checkpoints
 
     config = run_config.load(
         f"{REPO}/configs/tiny.py:sst2",

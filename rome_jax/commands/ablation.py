@@ -39,9 +39,10 @@ from pathlib import Path
 
 from absl import flags
 
-from rome_jax import ablation, cli
+from rome_jax.commands import cli
+from rome_jax.encoder.config import EXIT_POOLINGS
 from rome_jax.errors import ConfigError
-from rome_jax.model_config import EXIT_POOLINGS
+from rome_jax.experiments import ablation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go.")
 _CONFIG = flags.DEFINE_string(

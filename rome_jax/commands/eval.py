@@ -18,7 +18,7 @@ pay for tokens, not padding. results.json records the buckets and padded_share.
 
 --calibrate=0.5 chooses, on the first split, each criterion's threshold with the
 fewest mean layers within 0.5 percentage points of the full-depth metric
-(`rome_jax.calibration`): results.json gains `calibration`; it is stored in
+(`rome_jax.exits.calibration`): results.json gains `calibration`; it is stored in
 WORKDIR/calibration.json and beside the model (WORKDIR/model, when the evaluated
 checkpoint is the run's last, or the --model directory) as rome_jax_calibration.json,
 which `load_pretrained` reads and `predict` uses by default.
@@ -39,9 +39,9 @@ import os
 
 from absl import flags
 
-from rome_jax import cli
+from rome_jax.commands import cli
+from rome_jax.encoder.config import ATTENTION_KERNELS, DTYPES
 from rome_jax.errors import CheckpointError, ConfigError
-from rome_jax.model_config import ATTENTION_KERNELS, DTYPES
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (its config and checkpoints).")
 _CHECKPOINT = flags.DEFINE_string(
@@ -89,10 +89,12 @@ _CALIBRATE = flags.DEFINE_float(
 
 
 def _model_from_workdir(workdir: str):
-    from rome_jax import checkpoints, run_config
-    from rome_jax.api import MultiExitModel, load_tokenizer, resolve_model_dir
-    from rome_jax.model_config import ModelConfig
-    from rome_jax.tasks import task_from_config
+    from rome_jax.config import run_config
+    from rome_jax.data.tasks import task_from_config
+    from rome_jax.encoder.config import ModelConfig
+    from rome_jax.encoder.params import params_mismatch
+    from rome_jax.serving.api import MultiExitModel, load_tokenizer, resolve_model_dir
+    from rome_jax.training import checkpoints
 
     config = run_config.read_workdir_config(workdir)
     task = task_from_config(config)  # a GLUE task, or the run's data.custom task
@@ -107,7 +109,7 @@ def _model_from_workdir(workdir: str):
         attention_kernel=_ATTENTION.value or config.model.get("attention", "xla"),
         exit_pooling=config.model.get("exit_pooling", "cls"),
     )  # runs without the key pooled [CLS]
-    mismatch = checkpoints.params_mismatch(params, model_config)
+    mismatch = params_mismatch(params, model_config)
     if mismatch:
         raise CheckpointError(
             f"checkpoint {os.path.join(workdir, 'checkpoints', str(step))} does not fit "
@@ -132,11 +134,11 @@ def main(argv):
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if bool(_WORKDIR.value) == bool(_MODEL.value):
         raise ConfigError("give either --workdir (a train.py run) or --model with --task")
-    from rome_jax import evaluation
-    from rome_jax.api import load_pretrained
     from rome_jax.data import load_examples, tokenize_examples
     from rome_jax.data.buckets import check_spec
-    from rome_jax.glue import get_task
+    from rome_jax.data.glue import get_task
+    from rome_jax.exits import evaluation
+    from rome_jax.serving.api import load_pretrained
 
     if _WORKDIR.value:
         model, task, data, origin = _model_from_workdir(_WORKDIR.value)
@@ -220,8 +222,8 @@ def main(argv):
 
 
 def _calibrate(results: dict, origin: str) -> dict:
-    """The thresholds chosen on this split (`rome_jax.calibration`), printed."""
-    from rome_jax import calibration
+    """The thresholds chosen on this split (`rome_jax.exits.calibration`), printed."""
+    from rome_jax.exits import calibration
 
     if _CALIBRATE.value < 0:
         raise ConfigError(f"--calibrate {_CALIBRATE.value}: percentage points must be >= 0")
@@ -235,7 +237,7 @@ def _store_calibration(chosen: dict, step: int | None) -> list[str]:
     """Writes the calibration beside the model: --model: MODEL/rome_jax_calibration.json;
     --workdir: WORKDIR/calibration.json, and WORKDIR/model/rome_jax_calibration.json
     when the evaluated checkpoint is the run's last (the one model/ holds)."""
-    from rome_jax import calibration
+    from rome_jax.exits import calibration
 
     if _MODEL.value:
         path = os.path.join(_MODEL.value, calibration.FILE_NAME)
@@ -245,7 +247,7 @@ def _store_calibration(chosen: dict, step: int | None) -> list[str]:
     calibration.write(paths[0], chosen)
     model_dir = os.path.join(_WORKDIR.value, "model")
     if os.path.isfile(os.path.join(model_dir, "config.json")):
-        from rome_jax.checkpoints import Checkpoints
+        from rome_jax.training.checkpoints import Checkpoints
 
         store = Checkpoints(os.path.join(_WORKDIR.value, "checkpoints"), read_only=True)
         try:

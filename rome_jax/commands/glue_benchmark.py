@@ -1,4 +1,4 @@
-"""The GLUE benchmark in one command (see rome_jax/glue_runner.py).
+"""The GLUE benchmark in one command (see rome_jax/experiments/glue_runner.py).
 
     python scripts/glue_benchmark.py --workdir=runs/glue \
         --override=model.name_or_path=/models/bert-base-uncased
@@ -13,7 +13,7 @@ Re-running skips finished tasks and resumes an interrupted one.
 
 from absl import flags
 
-from rome_jax import cli
+from rome_jax.commands import cli
 from rome_jax.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the per-task runs and the summary go.")
@@ -51,7 +51,7 @@ def main(argv):
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required")
-    from rome_jax import glue_runner
+    from rome_jax.experiments import glue_runner
 
     for o in _OVERRIDE.value:
         if "=" not in o:

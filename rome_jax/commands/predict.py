@@ -37,9 +37,9 @@ import sys
 
 from absl import flags
 
-from rome_jax import cli
+from rome_jax.commands import cli
 from rome_jax.errors import CheckpointError, ConfigError
-from rome_jax.predict_io import predict_file, summary_line
+from rome_jax.serving.files import predict_file, summary_line
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir: its exported model (WORKDIR/model).")
 _MODEL = flags.DEFINE_string("model", None, "Instead of --workdir: an HF model directory.")
@@ -69,12 +69,12 @@ _MAX_LENGTH = flags.DEFINE_integer(
 
 def _load(workdir: str | None, model_dir: str | None, task_name: str | None):
     """(model, task columns, origin)."""
-    from rome_jax.api import load_pretrained
+    from rome_jax.serving.api import load_pretrained
 
     columns: tuple[str, ...] = ()
     if workdir:
-        from rome_jax import run_config
-        from rome_jax.tasks import task_from_config
+        from rome_jax.config import run_config
+        from rome_jax.data.tasks import task_from_config
 
         path = os.path.join(workdir, "model")
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -87,7 +87,7 @@ def _load(workdir: str | None, model_dir: str | None, task_name: str | None):
             columns = ()
         return load_pretrained(path), columns, path
     if task_name:
-        from rome_jax.glue import get_task
+        from rome_jax.data.glue import get_task
 
         columns = tuple(get_task(task_name).text_columns)
     return load_pretrained(model_dir), columns, model_dir
@@ -109,7 +109,7 @@ def main(argv):
         raise ConfigError(
             f"--max_length {_MAX_LENGTH.value}: 1 to the model's {model.config.max_length} positions ({origin})"
         )
-    from rome_jax import predict as predict_lib
+    from rome_jax.serving import predict as predict_lib
 
     try:
         predict_lib.resolve_criterion(_CRITERION.value, model.config, model.calibration)

@@ -5,7 +5,7 @@ r"""Fine-tunes a multi-exit BERT on a GLUE task.
         --config.train.learning_rate=5e-5
 
 Re-running the same command resumes from the latest checkpoint. See
-rome_jax/trainer.py for what the workdir holds and rome_jax/cli.py for the exit
+rome_jax/training/trainer.py for what the workdir holds and rome_jax/commands/cli.py for the exit
 statuses (0 done, 2 a user error, 3 a non-finite loss, 75 stopped by a signal
 after saving: run again to resume).
 """
@@ -22,7 +22,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from rome_jax import cli
+from rome_jax.commands import cli
 from rome_jax.errors import ConfigError, RomeError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -82,10 +82,10 @@ def main(argv: list[str]) -> int:
 
     explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _MULTIHOST.value or config.train.multihost or any(v is not None for v in explicit):
-        from rome_jax import distributed
+        from rome_jax.training import distributed
 
         distributed.initialize(*explicit, timeout_s=_INIT_TIMEOUT.value, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
-    from rome_jax import trainer
+    from rome_jax.training import trainer
 
     try:
         result = trainer.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)

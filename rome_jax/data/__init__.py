@@ -6,7 +6,7 @@ Pipeline, one module a step:
   Hugging Face `datasets` or tensorflow-datasets; `read_text_file` for unlabeled
   lines) into `Examples` (columns of texts, label ids, row ids);
 - `rome_jax.data.custom`: `read_custom`, the files (CSV, TSV, JSON Lines, Parquet)
-  or HF dataset of a task described in the config (`rome_jax.tasks`), which
+  or HF dataset of a task described in the config (`rome_jax.data.tasks`), which
   `load_examples` reads for such a task;
 - `rome_jax.data.features`: `tokenize_examples` -> `Features` ([N, max_length]
   int32 arrays, cached as .npz keyed by `tokenizer_fingerprint`);

@@ -1,4 +1,4 @@
-"""Examples of a task described in the config (`rome_jax.tasks.CustomTask`).
+"""Examples of a task described in the config (`rome_jax.data.tasks.CustomTask`).
 
 Files with a header row, the format from the extension or `data.custom.format`:
 
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from rome_jax.data.examples import Examples, _read_lines
+from rome_jax.data.tasks import HF_SPLITS, CustomTask, label_order
 from rome_jax.errors import DataError, first_line
-from rome_jax.tasks import HF_SPLITS, CustomTask, label_order
 
 
 class _Table:

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from rome_jax.data.glue import Task, check_split, get_task
+from rome_jax.data.tasks import CustomTask
 from rome_jax.errors import ConfigError, DataError, first_line
-from rome_jax.glue import Task, check_split, get_task
-from rome_jax.tasks import CustomTask
 
 SOURCES = ("dir", "hf", "tfds")
 
@@ -513,7 +513,7 @@ def load_examples(
 ) -> Examples:
     """The examples of one split from `source` ("dir", "hf" or "tfds").
 
-    A task described in the config (`rome_jax.tasks.CustomTask`) reads its own
+    A task described in the config (`rome_jax.data.tasks.CustomTask`) reads its own
     files (`rome_jax.data.custom`) whatever the source. Otherwise
     source="dir" reads `data_dir` (default: the GLUE_DIR environment variable);
     "hf" reads `data_files` or the hub; "tfds" reads tensorflow-datasets with

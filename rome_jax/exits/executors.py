@@ -1,7 +1,7 @@
-"""Three early-exit executors that make the same decisions (`rome_jax.exits.step`).
+"""Three early-exit executors that make the same decisions (`rome_jax.exits.criteria.step`).
 
 - `simulated_exit`: every exit computed (`all_exits`), the exit replayed afterwards
-  (`rome_jax.exits.simulate`). No saving; the reference, and what threshold sweeps use.
+  (`rome_jax.exits.criteria.simulate`). No saving; the reference, and what threshold sweeps use.
 - `while_loop_exit`: one compiled `lax.while_loop` over the stacked layers that stops
   when every example of the batch has exited. At batch 1 it runs exactly the layers
   the example needs; in a batch, the slowest example sets the depth.
@@ -66,9 +66,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rome_jax.data.buckets import bucket_index, sequence_lengths
-from rome_jax.exits import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
-from rome_jax.model import INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, layer_params
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, layer_params
+from rome_jax.exits.criteria import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
 
 Array = jax.Array
 Params = Any

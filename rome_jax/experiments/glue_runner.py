@@ -22,10 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from rome_jax import commands, exits, files, flops, inference, leaderboard, run_config
+from rome_jax import files, programs
+from rome_jax.config import run_config
 from rome_jax.data import BatchIterator, Features, load_examples, tokenize_examples
+from rome_jax.data.glue import Task, get_task
+from rome_jax.encoder import flops
 from rome_jax.errors import DataError, RomeError
-from rome_jax.glue import Task, get_task
+from rome_jax.exits import criteria as exits
+from rome_jax.exits import executors as inference
+from rome_jax.experiments import leaderboard
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 DEFAULT_CONFIG = "configs/glue.py"
@@ -41,7 +46,7 @@ class Setting:
     regression_threshold: float = 6.0
     calibrate_points: float | None = None
     """When set: per task, the threshold is chosen on the first dev split instead
-    (`rome_jax.calibration`: the default criterion's threshold with the fewest mean
+    (`rome_jax.exits.calibration`: the default criterion's threshold with the fewest mean
     layers within this many percentage points of the final exit)."""
 
     def for_task(self, task: Task) -> exits.Criterion:
@@ -85,10 +90,10 @@ def predict(config: Any, params: Any, features: Features, criterion: exits.Crite
 
 
 def calibrate_on_dev(task: Task, logits: np.ndarray, labels: np.ndarray, points: float) -> dict:
-    """`rome_jax.calibration.choose_thresholds` on every exit's dev logits [E, N, C]:
+    """`rome_jax.exits.calibration.choose_thresholds` on every exit's dev logits [E, N, C]:
     the default sweeps (`evaluation.default_sweeps`) simulated, no timing."""
-    from rome_jax import calibration, evaluation
-    from rome_jax.metrics import compute_metrics, primary_metric
+    from rome_jax.data.metrics import compute_metrics, primary_metric
+    from rome_jax.exits import calibration, evaluation
 
     num_layers, regression = logits.shape[0], logits.shape[-1] == 1
     metric = primary_metric(task.name)
@@ -117,7 +122,7 @@ def train_command(task: str, workdir: Path, config: str, mode: str | None, overr
     """`python -m rome_jax.commands.train --config=CONFIG:TASK[,MODE] --workdir=... --config.KEY=VALUE...`"""
     spec = run_config.task_mode_spec(config, task, mode)
     return [
-        *commands.command("train"),
+        *programs.command("train"),
         f"--config={spec}",
         f"--workdir={workdir}",
         *[f"--config.{o}" for o in overrides],
@@ -126,11 +131,12 @@ def train_command(task: str, workdir: Path, config: str, mode: str | None, overr
 
 def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: Path, ax_too: bool) -> dict:
     """Dev metrics (final exit and early exit) and test predictions of a trained task."""
-    from rome_jax import evaluation, run_config
-    from rome_jax.api import load_tokenizer
-    from rome_jax.checkpoints import load_params
-    from rome_jax.metrics import compute_metrics
-    from rome_jax.model_config import ModelConfig
+    from rome_jax.config import run_config
+    from rome_jax.data.metrics import compute_metrics
+    from rome_jax.encoder.config import ModelConfig
+    from rome_jax.exits import evaluation
+    from rome_jax.serving.api import load_tokenizer
+    from rome_jax.training.checkpoints import load_params
 
     config = run_config.read_workdir_config(workdir)
     model_config = ModelConfig.from_json_file(
@@ -156,7 +162,7 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
         logits = evaluation.exit_logits_of(model_config, params, features, 64)
         labels = np.asarray(features.labels)
         if setting.calibrate_points is not None and split == task.dev_splits[0]:
-            from rome_jax import calibration
+            from rome_jax.exits import calibration
 
             chosen = calibrate_on_dev(task, logits, labels, setting.calibrate_points)
             chosen.update(task=task.name, split=split, num_examples=len(features), max_length=config.data.max_length)
@@ -293,7 +299,7 @@ def run(
             records[task.name] = json.loads(done.read_text())
             continue
         log(f"{task.name}: training in {task_dir}")
-        proc = subprocess.run(train_command(task.name, task_dir, config, mode, overrides), env=commands.child_env())
+        proc = subprocess.run(train_command(task.name, task_dir, config, mode, overrides), env=programs.child_env())
         if proc.returncode != 0:
             raise RomeError(
                 f"{task.name}: train.py exited with status {proc.returncode}; re-run to resume (see {task_dir})"

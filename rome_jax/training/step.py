@@ -32,9 +32,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rome_jax import losses, projection
-from rome_jax.model import INPUT_KEYS, MultiExitEncoder
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder
+from rome_jax.training import losses, projection
 
 Params = Any
 
@@ -116,7 +116,7 @@ def create_train_state(params: Params, tx: optax.GradientTransformation, seed: i
 
 def trainable_mask(params: Params, settings: StepSettings) -> Params | None:
     """Which parameters a stage updates (None: all of them)."""
-    from rome_jax.optim import exit_mask
+    from rome_jax.training.optim import exit_mask
 
     if settings.mode not in TWO_STAGE_MODES:
         return None

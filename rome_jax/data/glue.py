@@ -246,7 +246,7 @@ def _normalise(name: str) -> str:
 
 
 _REGISTERED: dict[str, Task] = {}
-"""Tasks built at run time (`rome_jax.tasks`: a task described in the config), by name."""
+"""Tasks built at run time (`rome_jax.data.tasks`: a task described in the config), by name."""
 
 
 def register_task(task: Task) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rome_jax.errors import CheckpointError
-from rome_jax.exits import CRITERIA, Criterion
+from rome_jax.exits.criteria import CRITERIA, Criterion
 
 FILE_NAME = "rome_jax_calibration.json"
 """The calibration beside a model directory's weights."""

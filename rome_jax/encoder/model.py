@@ -34,8 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rome_jax.model_config import ModelConfig
-from rome_jax.ops import Dense, Dropout, activation, attention, cudnn_attention, normal_init, training_attention
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.ops import Dense, Dropout, activation, attention, cudnn_attention, normal_init, training_attention
 
 Array = jax.Array
 Params = Any

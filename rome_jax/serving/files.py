@@ -271,7 +271,7 @@ def predict_stream(
     Returns {"examples", "seconds", "examples_per_s", "mean_layers", "num_layers",
     "criterion"}. A bad row raises DataError after the rows before it are written.
     """
-    from rome_jax import predict as predict_lib
+    from rome_jax.serving import predict as predict_lib
 
     column_a, column_b = text_columns(rows, text_a, text_b, task_columns)
     id_column = next((rows.find(n) for n in ID_COLUMNS if rows.find(n)), None)

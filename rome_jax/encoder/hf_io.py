@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from rome_jax.encoder.config import EXIT_POOLING_KEY, ModelConfig
 from rome_jax.errors import CheckpointError
-from rome_jax.model_config import EXIT_POOLING_KEY, ModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rome_jax import commands, files, run_config
+from rome_jax import files, programs
+from rome_jax.config import run_config
+from rome_jax.encoder.config import EXIT_POOLINGS
 from rome_jax.errors import ConfigError, RomeError
-from rome_jax.model_config import EXIT_POOLINGS
 
 DEFAULT_CONFIG = "configs/ablation.py"
-CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_ROOT = Path(__file__).resolve().parents[2]
 """Where provenance() asks git for the commit: the directory holding the rome_jax
 package (the source checkout, when it is one)."""
 
@@ -186,12 +187,12 @@ def run_one(
         spec = run_config.task_mode_spec(run_config.find_config_file(config), task, mode)
         where = provenance()
         start = time.time()
-        train = [*commands.command("train"), f"--config={spec}", f"--workdir={workdir}", *flags]
-        if subprocess.run(train, env=commands.child_env()).returncode != 0:
+        train = [*programs.command("train"), f"--config={spec}", f"--workdir={workdir}", *flags]
+        if subprocess.run(train, env=programs.child_env()).returncode != 0:
             raise RomeError(f"{workdir}: train.py failed; re-run to resume")
         train_seconds = time.time() - start
-        evaluate = [*commands.command("eval"), f"--workdir={workdir}", f"--sweeps={ENTROPY}", "--no_timing"]
-        if subprocess.run(evaluate, env=commands.child_env(), stdout=subprocess.DEVNULL).returncode != 0:
+        evaluate = [*programs.command("eval"), f"--workdir={workdir}", f"--sweeps={ENTROPY}", "--no_timing"]
+        if subprocess.run(evaluate, env=programs.child_env(), stdout=subprocess.DEVNULL).returncode != 0:
             raise RomeError(f"{workdir}: eval.py failed")
         record = make_record(task, mode, seed, workdir, train_seconds, resumed, where, config, overrides, exit_pooling)
     record_path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,11 +236,11 @@ CALIBRATION_POINTS = (0.5, 1.0)
 def _calibrated_table(rows: list[dict], modes: list[str], metric: str) -> list[str]:
     """Markdown lines: per mode, the entropy threshold `calibration.calibrate` chooses on
     each run's dev sweep within each of CALIBRATION_POINTS, its metric and speed-up."""
-    from rome_jax import calibration
+    from rome_jax.exits import calibration
 
     lines = [
         "",
-        "Entropy thresholds chosen on dev (`rome_jax.calibration`, the rule of `eval.py "
+        "Entropy thresholds chosen on dev (`rome_jax.exits.calibration`, the rule of `eval.py "
         "--calibrate=P`): for each run, the threshold of the sweep above with the fewest mean "
         f"layers whose dev {metric} is at least that run's final exit's minus P points. The "
         "threshold is chosen on the same dev set it is reported on (these tasks' test labels "

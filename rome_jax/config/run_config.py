@@ -28,9 +28,9 @@ from typing import Any
 
 import ml_collections
 
+from rome_jax.data.tasks import CUSTOM_DEFAULTS
+from rome_jax.encoder.config import ATTENTION_KERNELS, DTYPES, EXIT_POOLINGS
 from rome_jax.errors import ConfigError, DataError
-from rome_jax.model_config import ATTENTION_KERNELS, DTYPES, EXIT_POOLINGS
-from rome_jax.tasks import CUSTOM_DEFAULTS
 
 Check = Callable[[Any], "str | None"]
 
@@ -89,8 +89,8 @@ def _model_name(v: str) -> str | None:
 
 
 def _task(v: str) -> str | None:
-    from rome_jax.glue import get_task
-    from rome_jax.tasks import is_custom
+    from rome_jax.data.glue import get_task
+    from rome_jax.data.tasks import is_custom
 
     if is_custom(v):  # a task described by data.custom.*: checked when built (resolve)
         return None
@@ -105,7 +105,7 @@ def _task(v: str) -> str | None:
 
 STAGE2_STARTS = ("last", "best")
 """train.stage2_start: where stage 2 of a two-stage mode starts (stage 1's last
-step or its best evaluation). Defined here because rome_jax.trainer is its only user."""
+step or its best evaluation). Defined here because rome_jax.training.trainer is its only user."""
 
 
 def _bucket_spec(v: Any) -> str | None:
@@ -130,7 +130,7 @@ KEYS: dict[str, Check] = {
     "data.cache_dir": _typed(str),
     "data.stage2_unlabeled": _typed(str),
     **{f"data.custom.{k}": _typed(type(v)) for k, v in CUSTOM_DEFAULTS.items()},
-    "train.mode": _one_of_defined("rome_jax.train_step", "MODES"),
+    "train.mode": _one_of_defined("rome_jax.training.step", "MODES"),
     "train.batch_size": _positive(),
     "train.eval_batch_size": _positive(),
     "train.learning_rate": _positive(float),
@@ -148,12 +148,12 @@ KEYS: dict[str, Check] = {
     "train.seed": _typed(int),
     "train.gamma": _between(0.0, 1.0),
     "train.temperature": _positive(float),
-    "train.kl_reduction": _one_of_defined("rome_jax.losses", "REDUCTIONS"),
-    "train.anchor": _one_of_defined("rome_jax.projection", "ANCHORS", "auto"),
-    "train.gr_scope": _one_of_defined("rome_jax.train_step", "GR_SCOPES"),
-    "train.gr_granularity": _one_of_defined("rome_jax.projection", "GRANULARITIES"),
+    "train.kl_reduction": _one_of_defined("rome_jax.training.losses", "REDUCTIONS"),
+    "train.anchor": _one_of_defined("rome_jax.training.projection", "ANCHORS", "auto"),
+    "train.gr_scope": _one_of_defined("rome_jax.training.step", "GR_SCOPES"),
+    "train.gr_granularity": _one_of_defined("rome_jax.training.projection", "GRANULARITIES"),
     "train.gr_symmetric": _typed(bool),
-    "train.stage2_clip": _one_of_defined("rome_jax.train_step", "STAGE2_CLIPS"),
+    "train.stage2_clip": _one_of_defined("rome_jax.training.step", "STAGE2_CLIPS"),
     "train.log_every": _positive(),
     "train.eval_every": _at_least(0),
     "train.checkpoint_every": _at_least(0),
@@ -255,7 +255,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                 f"config train.eval_batch_size {train.eval_batch_size} is not "
                 f"divisible by the device count ({num_devices})"
             )
-    from rome_jax.train_step import TWO_STAGE_MODES
+    from rome_jax.training.step import TWO_STAGE_MODES
 
     if train.mode not in TWO_STAGE_MODES:
         for key, default in (("stage2_lr_scale", 1.0), ("stage2_start", "last")):
@@ -273,7 +273,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         length_buckets(config.data.max_length, config.data.buckets)  # lengths above max_length
     except ConfigError as e:
         raise ConfigError(f"config {e}") from None
-    from rome_jax.tasks import is_custom
+    from rome_jax.data.tasks import is_custom
 
     custom = [k for k, v in CUSTOM_DEFAULTS.items() if config.data.custom[k] != v]
     if custom and not is_custom(config.data.task):
@@ -303,7 +303,7 @@ def check_model_fit(config: ml_collections.ConfigDict, model_config: Any) -> Non
 
 def reference_anchor(task: str) -> str:
     """The reference code's anchor: "A" (final exit kept) for MNLI and QQP, else "B"."""
-    from rome_jax.glue import get_task
+    from rome_jax.data.glue import get_task
 
     return "A" if get_task(task).name in ("mnli", "qqp") else "B"
 
@@ -318,8 +318,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ConfigError names a problem), and data.custom records absolute file paths, the
     label names (a JSON list) and the metric.
     """
-    from rome_jax.glue import get_task
-    from rome_jax.tasks import CUSTOM, build_task, custom_settings, is_custom, resolved_settings
+    from rome_jax.data.glue import get_task
+    from rome_jax.data.tasks import CUSTOM, build_task, custom_settings, is_custom, resolved_settings
 
     resolved = ml_collections.ConfigDict(config.to_dict())
     try:
@@ -379,9 +379,9 @@ def parse_task_mode(arg: str | None, file: str, *, default_task: str | None = No
 
     `file` names the config file in the messages ("configs/glue.py"). Without an
     argument, `default_task` is the task; with neither, ConfigError. An unknown task
-    is the DataError of `rome_jax.glue.get_task`; the mode is checked by `validate`.
+    is the DataError of `rome_jax.data.glue.get_task`; the mode is checked by `validate`.
     """
-    from rome_jax.glue import get_task
+    from rome_jax.data.glue import get_task
 
     if not arg:
         if default_task is None:
@@ -432,7 +432,7 @@ def add_config_root(path: str | os.PathLike) -> None:
 def source_checkout() -> Path | None:
     """The rome_jax source checkout beside this package (the directory holding
     rome_jax/ and configs/), or None for an installed package."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "configs" / "default.py").is_file() else None
 
 

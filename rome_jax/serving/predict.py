@@ -16,7 +16,7 @@ Results are scattered back to input order. Compiled programs depend on shapes on
 
 Criterion (`resolve_criterion`): a `exits.Criterion`; a string "entropy:0.3",
 "max_prob:0.9", "normalized_entropy:0.5", "patience:2", "fixed:3"; "calibrated"
-(the model's calibrated default, `rome_jax.calibration`; "calibrated:patience" for
+(the model's calibrated default, `rome_jax.exits.calibration`; "calibrated:patience" for
 another calibrated criterion); None or "none" for full depth (every example
 answers at the last exit); "auto", the default: "calibrated" when the model
 carries a calibration, else full depth. The regression flag of patience is set
@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from rome_jax import calibration as calibration_lib
 from rome_jax.data.buckets import bucket_batches, length_buckets, sequence_lengths
-from rome_jax.exits import CRITERIA, Criterion, check_criterion
-from rome_jax.inference import BatchedEarlyExit, default_buckets, smallest_bucket
-from rome_jax.model import INPUT_KEYS
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import INPUT_KEYS
+from rome_jax.exits import calibration as calibration_lib
+from rome_jax.exits.criteria import CRITERIA, Criterion, check_criterion
+from rome_jax.exits.executors import BatchedEarlyExit, default_buckets, smallest_bucket
 
 AUTO = "auto"
 """The default criterion: the model's calibrated one, else full depth."""

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rome_jax.encoder.params import tree_mismatch
 from rome_jax.errors import CheckpointError, first_line
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class Checkpoints:
     def prune(self, preserve: Iterable[int] = ()) -> None:
         steps = self.steps()
         if jax.process_count() > 1:  # orbax's deletes (process 0's) wait until every process
-            from rome_jax import distributed  # has listed the steps: a listing racing a
+            from rome_jax.training import distributed  # has listed the steps: a listing racing a
 
             distributed.barrier("checkpoints listed")  # deletion fails on the vanished step
         keep = set(steps[-self.keep :]) | {int(s) for s in preserve if s is not None}
@@ -233,52 +234,6 @@ def _drop_orbax_leftovers() -> None:
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_OrbaxLeftovers())
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning, r"(orbax|asyncio)\.")
-
-
-def params_mismatch(params: PyTree, config: Any) -> str | None:
-    """`tree_mismatch` of `params` against the parameters a `ModelConfig` needs
-    (shapes only: nothing is initialised)."""
-    from rome_jax.model import init_params
-
-    return tree_mismatch(params, jax.eval_shape(lambda: init_params(config, 0)))
-
-
-def tree_mismatch(saved: PyTree, wanted: PyTree) -> str | None:
-    """The first difference of structure or shape between a saved tree and the one a
-    model needs (leaves: anything with `.shape`), said for the user, or None."""
-    params_first = lambda item: (not item[0].startswith("params"), item[0])
-    saved = dict(sorted(_leaves_by_path(saved), key=params_first))
-    wanted = dict(sorted(_leaves_by_path(wanted), key=params_first))
-    for name in wanted:
-        if name not in saved:
-            return f"it has no {name}"
-    for name in saved:
-        if name not in wanted:
-            return f"it holds {name}, which this model does not have"
-    for name, leaf in wanted.items():
-        got = tuple(getattr(saved[name], "shape", ()) or ())
-        if tuple(leaf.shape) != got:
-            return f"{name} has shape {got}, this model needs {tuple(leaf.shape)}"
-    return None
-
-
-def _leaves_by_path(tree: PyTree) -> list[tuple[str, Any]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, (dict, list, tuple))
-    )
-    return [(_path_name(path), leaf) for path, leaf in flat]
-
-
-def _path_name(path: tuple) -> str:
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def _first_line(e: BaseException) -> str:

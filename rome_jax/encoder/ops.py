@@ -1,4 +1,4 @@
-"""Speed-tuned operators of the encoder, apart from its architecture (`rome_jax.model`).
+"""Speed-tuned operators of the encoder, apart from its architecture (`rome_jax.encoder.model`).
 
 Each computes what its textbook form computes (float32 reassociation aside); each is
 written out by hand because the form JAX or Flax would pick was measurably slower, or

@@ -79,13 +79,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rome_jax import checkpoints as checkpoints_lib
-from rome_jax import distributed, files, run_config
+from rome_jax import files
+from rome_jax.config import run_config
 from rome_jax.errors import ConfigError, RomeError, TrainingError
+from rome_jax.training import checkpoints as checkpoints_lib
+from rome_jax.training import distributed
 
 if TYPE_CHECKING:
     from rome_jax.data import BatchIterator
-    from rome_jax.train_step import StepSettings, TrainState
+    from rome_jax.training.step import StepSettings, TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ class Result:
 
 
 def step_settings(config: ml_collections.ConfigDict, stage: int, regression: bool) -> StepSettings:
-    from rome_jax.train_step import StepSettings
+    from rome_jax.training.step import StepSettings
 
     t = config.train
     return StepSettings(
@@ -166,7 +168,7 @@ def plan_stages(
     `steps_per_epoch`: one number, or one per stage (FastBERT's stage 2 may read
     other, unlabeled data).
     """
-    from rome_jax.train_step import TWO_STAGE_MODES
+    from rome_jax.training.step import TWO_STAGE_MODES
 
     t = config.train
     epochs = [t.num_epochs] + ([t.stage2_epochs or t.num_epochs] if t.mode in TWO_STAGE_MODES else [])
@@ -187,7 +189,7 @@ def plan_stages(
 
 
 def make_stage_optimizer(config: ml_collections.ConfigDict, stage: Stage, params: Any):
-    from rome_jax.optim import learning_rate_schedule, make_optimizer
+    from rome_jax.training.optim import learning_rate_schedule, make_optimizer
 
     t = config.train
     warmup = int(t.warmup_ratio * stage.num_steps)
@@ -215,7 +217,7 @@ def is_eval_step(config: ml_collections.ConfigDict, stage: Stage, step: int) -> 
 
 def exit_metrics(task: Any, logits: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
     """{"exit_i/<metric>": value, "exit_i/loss": value} for every exit (logits [E, N, C])."""
-    from rome_jax.metrics import compute_metrics
+    from rome_jax.data.metrics import compute_metrics
 
     record: dict[str, float] = {}
     keep = np.asarray(mask, bool)
@@ -235,7 +237,7 @@ def _loss(logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
 
 
 def _eval_logits(model_config: Any, params: Any, batch: dict):
-    from rome_jax.model import MultiExitEncoder
+    from rome_jax.encoder.model import MultiExitEncoder
 
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     logits = MultiExitEncoder(model_config).apply({"params": params}, **inputs)["logits"]
@@ -478,7 +480,7 @@ def _state_tree(state) -> dict:
 
 
 def _state_from_tree(tree: dict):
-    from rome_jax.train_step import TrainState
+    from rome_jax.training.step import TrainState
 
     return TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=tree["rng"])
 
@@ -562,11 +564,11 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, ove
 
     Returns the `Run` and the pretrained parameters (where a fresh run starts).
     """
-    from rome_jax import train_step as ts
-    from rome_jax.api import load_pretrained, resolve_model_dir
-    from rome_jax.metrics import primary_metric
-    from rome_jax.model_config import ModelConfig
-    from rome_jax.tasks import task_from_config
+    from rome_jax.data.metrics import primary_metric
+    from rome_jax.data.tasks import task_from_config
+    from rome_jax.encoder.config import ModelConfig
+    from rome_jax.serving.api import load_pretrained, resolve_model_dir
+    from rome_jax.training import step as ts
 
     config = run_config.resolve(config)
     run_config.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
@@ -845,7 +847,7 @@ def start_stage(
     It starts from `params`, or in stage 2 with `train.stage2_start="best"` from the
     checkpoint of stage 1's best evaluation.
     """
-    from rome_jax import train_step as ts
+    from rome_jax.training import step as ts
 
     if (
         stage.number == 2
@@ -872,7 +874,7 @@ def start_stage(
 
 def make_eval_fn(model_config: Any, mesh: jax.sharding.Mesh) -> Callable:
     """(params, batch) -> (logits [E, B, C] f32, labels [B], example_mask [B]), jitted over `mesh`."""
-    from rome_jax import train_step as ts
+    from rome_jax.training import step as ts
 
     return jax.jit(
         functools.partial(_eval_logits, model_config),
@@ -883,8 +885,8 @@ def make_eval_fn(model_config: Any, mesh: jax.sharding.Mesh) -> Callable:
 
 def evaluate(run: Run, eval_fn: Any, params: Any, *, step: int, stage: Stage, log: MetricsLog) -> dict:
     """Evaluates every exit on every dev split; writes and returns the records, by split."""
-    from rome_jax import train_step as ts
     from rome_jax.data import BatchIterator
+    from rome_jax.training import step as ts
 
     records = {}
     for split, features in run.dev_features.items():
@@ -953,7 +955,7 @@ def train_stage(
 ) -> StageRun:
     """Runs `sr.stage`'s remaining steps: logging, evaluations, checkpoints; stops early
     (`preempted`) after saving a checkpoint when a signal arrived."""
-    from rome_jax import train_step as ts
+    from rome_jax.training import step as ts
 
     t, stage = run.config.train, sr.stage
     state, step, window, evals = sr.state, sr.step, sr.window, sr.evals
@@ -1066,7 +1068,7 @@ def train_and_evaluate(
     TrainingError for a non-finite loss. Returns a `Result`; `preempted` is True
     when a signal stopped the run after saving a checkpoint.
     """
-    from rome_jax import train_step as ts
+    from rome_jax.training import step as ts
 
     run, params = set_up(config, workdir, overwrite=overwrite)
     log_padding(run)
@@ -1137,7 +1139,7 @@ def train_and_evaluate(
 
 def export_model(run: Run, params: Any) -> None:
     """Writes the final model (every exit) and the tokenizer as an HF directory: workdir/model."""
-    from rome_jax.api import MultiExitModel
+    from rome_jax.serving.api import MultiExitModel
 
     MultiExitModel(run.model.config, jax.device_get(params), run.model.tokenizer, run.label_names).save_pretrained(
         str(run.workdir / "model")

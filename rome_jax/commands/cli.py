@@ -1,6 +1,6 @@
 """Shared command-line plumbing for the programs of rome_jax/commands/ (train, eval, ...).
 
-    from rome_jax import cli
+    from rome_jax.commands import cli
 
     def main(argv):          # argv: what absl left after parsing the flags
         ...                  # raise RomeError subclasses for what the user can fix
@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from absl import flags  # noqa: E402
 
-from rome_jax import run_config  # noqa: E402
+from rome_jax.config import run_config  # noqa: E402
 from rome_jax.errors import ConfigError, RomeError  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rome_jax.data.glue import check_split, get_task
+from rome_jax.data.metrics import glue_score
 from rome_jax.errors import DataError
-from rome_jax.glue import check_split, get_task
-from rome_jax.metrics import glue_score
 
 # Tasks that make up the GLUE average (AX is diagnostic only).
 AVERAGED_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")

@@ -1,6 +1,6 @@
 """The early-exit predictor as one serialized program (`jax.export`, StableHLO).
 
-    from rome_jax.export import export_predictor
+    from rome_jax.serving.export import export_predictor
     export_predictor(model, "runs/sst2/model", batch_size=8, length=64)
     # -> runs/sst2/model/rome_jax_predictor_b8_t64.bin and .json
 
@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rome_jax import files
-from rome_jax.exits import Criterion
-from rome_jax.inference import _while_loop_exit
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.exits.criteria import Criterion
+from rome_jax.exits.executors import _while_loop_exit
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -111,7 +111,7 @@ def export_predictor(
     """Writes `DIRECTORY/rome_jax_predictor_b{B}_t{T}.bin` (the serialized program)
     and `.json` (its description). criterion: as `MultiExitModel.predict`'s ("auto":
     the model's calibrated one, else full depth). Returns the two paths."""
-    from rome_jax.predict import describe, resolve_criterion
+    from rome_jax.serving.predict import describe, resolve_criterion
 
     chosen = resolve_criterion(criterion, model.config, getattr(model, "calibration", None))
     exported = export_program(model.config, model.params, chosen, batch_size, length, platforms)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rome_jax.data.glue import Task, get_task
 from rome_jax.errors import ConfigError, DataError
-from rome_jax.glue import Task, get_task
 
 # Each primary metric and the metrics reported with it.
 _FAMILIES = {

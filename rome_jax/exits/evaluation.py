@@ -29,12 +29,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from rome_jax import exits, files, flops, inference
+from rome_jax import files
 from rome_jax.data import BatchIterator, Features
 from rome_jax.data.buckets import bucket_batches, bucket_index, length_buckets, padded_share, sequence_lengths
-from rome_jax.metrics import compute_metrics, primary_metric
-from rome_jax.model import INPUT_KEYS
-from rome_jax.model_config import ModelConfig
+from rome_jax.data.metrics import compute_metrics, primary_metric
+from rome_jax.encoder import flops
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import INPUT_KEYS
+from rome_jax.exits import criteria as exits
+from rome_jax.exits import executors as inference
 
 Params = Any
 
@@ -338,7 +341,7 @@ def evaluate_split(
     bucket's length)}, timing {...}, executors_agree.
     """
     if isinstance(task, str):
-        from rome_jax.glue import get_task
+        from rome_jax.data.glue import get_task
 
         task = get_task(task)
     if task.num_labels != config.num_labels:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rome_jax.model_config import ModelConfig
+from rome_jax.encoder.config import ModelConfig
 
 # Per-element FLOPs of composite elementwise ops, as XLA's CPU cost analysis counts them.
 _LAYER_NORM = 8  # mean, centre, square, variance, (+eps), scale by rsqrt, gamma, beta

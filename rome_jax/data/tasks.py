@@ -12,9 +12,9 @@
                               training file (see `label_order`)
     data.custom.regression    one output and float labels
     data.custom.metric        "" : accuracy (classification), pearson_and_spearman
-                              (regression); else one of `rome_jax.metrics.METRIC_NAMES`
+                              (regression); else one of `rome_jax.data.metrics.METRIC_NAMES`
 
-`task_from_config` builds a `CustomTask`, a `rome_jax.glue.Task` with the files
+`task_from_config` builds a `CustomTask`, a `rome_jax.data.glue.Task` with the files
 and format added, registered under its name so that `get_task("custom")` (what
 the metrics, the evaluation and the leaderboard-free paths call) returns it.
 The GLUE registry itself is unchanged.
@@ -30,8 +30,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rome_jax.data.glue import Task, get_task, register_task
 from rome_jax.errors import ConfigError
-from rome_jax.glue import Task, get_task, register_task
 
 CUSTOM = "custom"
 """The `data.task` value that reads the task from `data.custom.*`."""
@@ -175,7 +175,7 @@ def default_metric(regression: bool) -> str:
 
 
 def _check_metric(metric: str, regression: bool, num_labels: int) -> None:
-    from rome_jax.metrics import METRIC_NAMES, REGRESSION_METRICS
+    from rome_jax.data.metrics import METRIC_NAMES, REGRESSION_METRICS
 
     if metric not in METRIC_NAMES:
         raise ConfigError(

@@ -1,7 +1,7 @@
 """Exit criteria as pure functions, and the simulation of early exit over all exits.
 
 A criterion looks at the logits of exit `i` (0-based) and says, per example, whether
-to stop there. Every executor (`rome_jax.inference`) and the simulation below drive
+to stop there. Every executor (`rome_jax.exits.executors`) and the simulation below drive
 the same stateful `step`, so they all make the same decisions:
 
     state = init_state(criterion, batch_size, num_labels)

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rome_jax import hf_io
+from rome_jax.encoder import hf_io
+from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.model import MultiExitEncoder, init_exit_params
 from rome_jax.errors import CheckpointError
-from rome_jax.model import MultiExitEncoder, init_exit_params
-from rome_jax.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class MultiExitModel:
     tokenizer: Any = None
     label_names: list[str] | None = None
     calibration: dict | None = None
-    """Early-exit thresholds chosen on dev (`rome_jax.calibration`), read from and
+    """Early-exit thresholds chosen on dev (`rome_jax.exits.calibration`), read from and
     written to `rome_jax_calibration.json` beside the weights; `predict` uses its
     default criterion unless told otherwise."""
 
@@ -46,7 +46,7 @@ class MultiExitModel:
         ValueError, see `inference.check_batch`). Returns [num_exits, B, num_labels]
         float32; row -1 is the final classifier.
         """
-        from rome_jax.inference import all_exits
+        from rome_jax.exits.executors import all_exits
 
         return all_exits(self.config, self.params, batch)
 
@@ -75,16 +75,16 @@ class MultiExitModel:
         max_length: int | None = None,
     ):
         """Early-exit predictions on sentences (or pairs), in input order: a
-        `rome_jax.predict.Predictions` (labels, label_ids / scores, probabilities,
+        `rome_jax.serving.predict.Predictions` (labels, label_ids / scores, probabilities,
         exit_layer 1-based, mean_layers; iterating yields one dict per example).
 
         criterion: an `exits.Criterion`, "entropy:0.3", "patience:2", ...,
         "calibrated", None (full depth), or "auto" (the default: the calibrated
         threshold when the model carries a calibration, else full depth). Examples
         run in length buckets through the per-example batched executor; see
-        `rome_jax.predict`.
+        `rome_jax.serving.predict`.
         """
-        from rome_jax.predict import predict
+        from rome_jax.serving.predict import predict
 
         return predict(self, text_a, text_b, criterion=criterion, batch_size=batch_size, max_length=max_length)
 
@@ -100,7 +100,7 @@ class MultiExitModel:
         but its logits do NOT reproduce the final exit (a one-line warning says so)."""
         from safetensors.numpy import save_file
 
-        from rome_jax.checkpoints import params_mismatch
+        from rome_jax.encoder.params import params_mismatch
 
         mismatch = params_mismatch(self.params, self.config)
         if mismatch:
@@ -126,7 +126,7 @@ class MultiExitModel:
             os.replace(tmp(name), os.path.join(path, name))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
-        from rome_jax import calibration as calibration_lib
+        from rome_jax.exits import calibration as calibration_lib
 
         calibration_path = os.path.join(path, calibration_lib.FILE_NAME)
         if self.calibration is not None:
@@ -250,7 +250,7 @@ def load_pretrained(
     if id2label and len(id2label) == config.num_labels and all(str(i) in id2label for i in range(config.num_labels)):
         label_names = [id2label[str(i)] for i in range(config.num_labels)]
     tokenizer = load_tokenizer(directory) if with_tokenizer else None
-    from rome_jax import calibration as calibration_lib
+    from rome_jax.exits import calibration as calibration_lib
 
     calibration = calibration_lib.read(os.path.join(directory, calibration_lib.FILE_NAME))
     return MultiExitModel(config, params, tokenizer, label_names, calibration)

@@ -1,0 +1,11 @@
+"""The encoder: a multi-exit BERT-family transformer as pure functions over a params pytree.
+
+- `config`: `ModelConfig` (architecture, exits, dtype), read from an HF config;
+- `ops`: the operators (dense, attention kernels, activations, dropout);
+- `model`: the Flax module, every exit's logits, layer-by-layer application for the
+  executors, parameter initialisation and shape checks;
+- `hf_io`: HF checkpoints in (BERT, RoBERTa, ALBERT) and out;
+- `flops`: the FLOPs of each layer and exit.
+
+May import: `rome_jax.errors` (and the libraries). Nothing above it.
+"""

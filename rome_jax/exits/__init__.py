@@ -1,0 +1,50 @@
+"""Early exit: when to stop, how to run until then, and how to choose a threshold.
+
+- `criteria`: exit criteria as pure functions (`Criterion`, `CRITERIA`, `simulate`);
+- `executors`: compiled executors (`lax.while_loop` per batch, per example inside
+  batches) and every exit's logits of a batch;
+- `outputs`: every exit's outputs for a whole dataset, in input order, over length
+  buckets and the local devices: the one evaluation path;
+- `calibration`: choosing a criterion and threshold from dev outputs;
+- `evaluation`: eval.py's sweeps, timing, tables and plots.
+
+May import: `rome_jax.data`, `rome_jax.encoder` and the core modules.
+
+The criteria's names are re-exported here (`from rome_jax.exits import Criterion`).
+"""
+
+from rome_jax.exits.criteria import (
+    CRITERIA,
+    DEFAULT_TOLERANCE,
+    Criterion,
+    ExitState,
+    Rule,
+    check_criterion,
+    entropy,
+    exit_counts,
+    init_state,
+    max_prob,
+    normalized_entropy,
+    simulate,
+    simulate_sweep,
+    step,
+    step_rule,
+)
+
+__all__ = [
+    "CRITERIA",
+    "DEFAULT_TOLERANCE",
+    "Criterion",
+    "ExitState",
+    "Rule",
+    "check_criterion",
+    "entropy",
+    "exit_counts",
+    "init_state",
+    "max_prob",
+    "normalized_entropy",
+    "simulate",
+    "simulate_sweep",
+    "step",
+    "step_rule",
+]
