@@ -241,11 +241,12 @@ def test_stage_2_from_stage_1s_best_evaluation_at_a_scaled_rate(env, tiny_model,
     import jax
 
     from rome_jax.config import run_config
+    from rome_jax.training import evaluate as training_evaluate
     from rome_jax.training import step as ts
     from rome_jax.training import trainer
 
     scripted = iter([0.6, 0.9, 0.9])  # stage 1's evaluations at steps 2, 4, 6: step 4 wins
-    real_metrics = trainer.exit_metrics
+    real_metrics = training_evaluate.exit_metrics
 
     def exit_metrics(task, logits, labels, mask):
         record = real_metrics(task, logits, labels, mask)
@@ -262,7 +263,7 @@ def test_stage_2_from_stage_1s_best_evaluation_at_a_scaled_rate(env, tiny_model,
             starts.append(jax.device_get(params))
         return real_create(params, tx, seed)
 
-    monkeypatch.setattr(trainer, "exit_metrics", exit_metrics)
+    monkeypatch.setattr(training_evaluate, "exit_metrics", exit_metrics)
     monkeypatch.setattr(ts, "create_train_state", create_train_state)
     config = run_config.load(
         f"{REPO}/configs/tiny.py:wnli,fastbert",
