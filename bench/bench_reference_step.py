@@ -2,7 +2,7 @@
 
     python bench/bench_reference_step.py                                   # CPU: MiniLM dims, float32
     python bench/bench_reference_step.py --preset bert-base --batch 256 --dtype bfloat16 \
-        --torch fp32,bf16 --out bench/results/reference_step_gpu.json      # the H200 run (issue 7)
+        --torch fp32,bf16 --out bench/results/reference_step_gpu.json      # a GPU (bench/gpu_checks.sh)
 
 In one run, for the same dimensions, batch and length:
 - our jitted `joint` and `romebert` (SD + GR) steps, at `--dtype`;

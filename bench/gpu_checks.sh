@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's GPU checks in one command, for a session that is lent a GPU (H200):
+# The GPU checks in one command (one CUDA GPU; the sizes are chosen to fill an H100-class chip):
 #
 #   bash bench/gpu_checks.sh            # writes logs and JSON to $OUT (or bench/results/gpu)
 #
@@ -11,26 +11,26 @@
 # 4. our two steps at batch 512 (does a larger batch fill the chip better?), and
 #    early exit at batch 256.
 #
-# Each part has its own time limit and a failure does not stop the rest; expected
-# about 5-8 minutes (not yet measured on a GPU: compiling dominates; an early-exit run
-# compiles ~130 small programs, 37 s on a 2-core CPU), at most 13.5 if every part runs
-# to its limit (run it with the device's 10-minute limit: the files of the parts done
-# come back; the train-step and early-exit JSON are written as each mode / batch 1 ends). Needs JAX with CUDA, torch and
-# transformers (the lent machine's image has them), and SST-2's TSV files under
-# $GLUE_DIR (default ../shared/glue, else .gpu_data). On the lent machine, where ../shared
-# does not travel: `mkdir -p .gpu_data && cp -r ../shared/glue/SST-2 .gpu_data/` here
-# (ignored by git), then run `bash bench/gpu_checks.sh` with `.gpu_data` carried.
-# Without the pretrained MiniLM installed there, the early-exit runs use a random
-# model of its shape (see bench_early_exit.py). Files written: log.txt, machine.txt
-# and five JSON records. GPU_CHECKS_SMOKE=1 runs every part at toy sizes (on a CPU
-# too) to check the script itself; there early_exit_cudnn fails by design (no cuDNN on
-# a CPU: "attention_kernel 'cudnn' is unavailable on cpu").
+# Each part runs under its own `timeout` (the second argument of `part` below) and a
+# failure does not stop the rest. Compiling dominates the run time (an early-exit run
+# compiles ~130 small programs, 37 s on a 2-core CPU); if every part ran to its limit
+# the script would take 13.5 minutes. The parts run most wanted first, and the
+# train-step and early-exit JSON are written as each mode / batch 1 ends, so a script
+# stopped early keeps the files of the parts done.
+# Needs JAX with CUDA, torch and transformers, and SST-2's TSV files under $GLUE_DIR
+# (default ../shared/glue, else .gpu_data: `mkdir -p .gpu_data && cp -r
+# ../shared/glue/SST-2 .gpu_data/`, ignored by git, for a machine without ../shared).
+# Without the pretrained MiniLM installed, the early-exit runs use a random model of
+# its shape (see bench_early_exit.py). Files written: log.txt, machine.txt and five
+# JSON records. GPU_CHECKS_SMOKE=1 runs every part at toy sizes (on a CPU too) to
+# check the script itself; there early_exit_cudnn fails by design (no cuDNN on a CPU:
+# "attention_kernel 'cudnn' is unavailable on cpu").
 # JAX_PLATFORMS is set (cuda; cpu for the smoke run) so that a JAX that cannot start its
 # GPU fails loudly instead of timing on the CPU, and the parts share a compilation cache
 # under /tmp (compiling is outside every timed region).
 # GPU_CHECKS_PARTS=name,name runs only those parts (names as below: reference_step,
 # early_exit_xla, early_exit_cudnn, cudnn_test, train_step_big, early_exit_batch256),
-# to split the checks over two calls when one call's limit would cut the last parts.
+# e.g. to split the checks over two shorter runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results/gpu}"
@@ -71,7 +71,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, append to $out/log.t
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
     $py -c "import jax, torch, transformers; print('jax', jax.__version__, jax.devices()); print('torch', torch.__version__, torch.cuda.is_available(), 'transformers', transformers.__version__)" 2>&1
-    [ -f "$glue/SST-2/dev.tsv" ] && echo "SST-2 from $glue" || echo "NO SST-2 under $glue: the early-exit parts will fail (set GLUE_DIR, carry .gpu_data)"
+    [ -f "$glue/SST-2/dev.tsv" ] && echo "SST-2 from $glue" || echo "NO SST-2 under $glue: the early-exit parts will fail (set GLUE_DIR or copy SST-2 into .gpu_data)"
 } | tee "$out/machine.txt"
 
 # Most wanted first: a run stopped at its limit still leaves the earlier parts' files.

@@ -49,8 +49,8 @@ class ModelConfig:
     dtype: str = "float32"
     # Attention at inference (deterministic): "xla", `model.attention` (any backend);
     # "cudnn", cuDNN's fused flash attention through jax.nn.dot_product_attention (CUDA GPUs,
-    # bfloat16 only; not measured yet: no GPU lent). Training always uses
-    # `model.training_attention`.
+    # bfloat16 only; its speed is not measured yet: bench/gpu_checks.sh does). Training always
+    # uses `model.training_attention`.
     attention_kernel: str = "xla"
     unroll_layers: bool = True  # unroll the layer scan in training: ~6% faster step on CPU (inference stays rolled)
     embedding_size: int | None = None  # ALBERT's factorised embeddings; None: hidden_size
