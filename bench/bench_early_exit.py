@@ -315,7 +315,7 @@ def main(argv=None) -> dict:
             float(x) for x in np.asarray(simulate_sweep("entropy", thresholds, all_logits)[0]).mean(1) + 1
         ],
         "batch1": {"examples": args.single_examples, "repeats": args.repeats, "rows": rows1},
-        "batched": None,  # filled below; a run stopped at its time limit keeps batch 1's rows
+        "batched": None,  # filled below; a run stopped early (e.g. by `timeout`) keeps batch 1's rows
     }
     write_report(args.out, report, load_start)
     rows_b = bench_batched(config, params, batched, thresholds, args.batch_size, args.batched_repeats)

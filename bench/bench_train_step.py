@@ -124,7 +124,7 @@ def main() -> None:
     results = {}
     for mode in modes:
         results[mode] = time_mode(config, mode, batch, args.repeats)
-        # Written after each mode: a run stopped at its time limit keeps the modes done.
+        # Written after each mode: a run stopped early (e.g. by `timeout`) keeps the modes done.
         record = _record(args, config, results)
         write_record(args.out, record)
     print(
