@@ -34,6 +34,7 @@ Pure numpy/math: no scipy needed at run time (the tests check against scipy).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -235,6 +236,85 @@ def _answers(logits_at_exit: np.ndarray, regression: bool) -> np.ndarray:
     return values[..., 0].astype(np.float64) if regression else values.argmax(axis=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One criterion's thresholds replayed on some rows.
+
+    thresholds [S] (most conservative first); exit_index [S, N] (0-based exits);
+    answers [S, N] (class ids, or regression scores)."""
+
+    name: str
+    thresholds: tuple[float, ...]
+    exit_index: np.ndarray
+    answers: np.ndarray
+
+    @property
+    def mean_layers(self) -> np.ndarray:
+        """[S]: the mean number of layers run per example at each threshold."""
+        return self.exit_index.astype(np.float64).mean(axis=1) + 1
+
+
+def sweep(
+    name: str,
+    thresholds: Sequence[float],
+    all_logits: np.ndarray,
+    *,
+    regression: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Sweep:
+    """`criteria.simulate_sweep` of the thresholds (sorted most conservative first) on
+    all_logits [E, N, C]."""
+    grid = conservative_first(name, thresholds)
+    exit_index, at_exit = simulate_sweep(name, grid, all_logits, regression=regression, tolerance=tolerance)
+    return Sweep(name, tuple(grid), np.asarray(exit_index), _answers(np.asarray(at_exit), regression))
+
+
+def certify(
+    result: Sweep,
+    full: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    target: str,
+    eps: float,
+    delta: float,
+    num_exits: int,
+    regression: bool = False,
+    scale: float = 1.0,
+) -> dict | None:
+    """The certified threshold of one criterion with the fewest mean layers, or None.
+
+    Fixed-sequence testing at level `delta` over the thresholds that exit somebody early
+    (the others have zero risk and need no test), most conservative first; among the
+    rejected nulls, the fewest mean layers (ties: the more conservative threshold).
+    full: the full-depth answers [N]; labels [N] or None."""
+    loss = losses(target, result.answers, full, labels, regression=regression, scale=scale)
+    layers = result.mean_layers
+    saves = np.flatnonzero(layers < num_exits - 1e-9)
+    pvals = pvalues(loss[saves], eps, binary=not regression)
+    certified = fixed_sequence(pvals, delta)
+    if certified == 0:
+        return None
+    position = min(range(certified), key=lambda i: (round(float(layers[saves[i]]), 9), i))
+    best = int(saves[position])
+    return {
+        "threshold": float(result.thresholds[best]),
+        "mean_layers": float(layers[best]),
+        "layer_speedup": float(num_exits / layers[best]),
+        "calibration_risk": float(loss[best].mean()),
+        "pvalue": float(pvals[position]),
+    }
+
+
+def default_of(criteria: dict[str, dict | None]) -> dict | None:
+    """{"criterion", "threshold"} of the calibrated criterion with the fewest mean layers
+    (ties: the first in the dict's order), or None when none was calibrated."""
+    fitting = [name for name, chosen in criteria.items() if chosen is not None]
+    if not fitting:
+        return None
+    best = min(fitting, key=lambda name: round(criteria[name]["mean_layers"], 9))  # type: ignore[index]
+    return {"criterion": best, "threshold": criteria[best]["threshold"]}  # type: ignore[index]
+
+
 def choose(
     all_logits: np.ndarray,
     labels: np.ndarray | None = None,
@@ -275,34 +355,21 @@ def choose(
         source = np.asarray(labels if labels is not None else logits[-1, :, 0], np.float64)
         scale = float(source.max() - source.min()) or 1.0
     full = _answers(logits[-1], regression)
-    each_delta = delta / len(names)
     chosen: dict[str, dict | None] = {}
     for name in names:
-        grid = conservative_first(name, grids[name] if grids and name in grids else threshold_grid(name, logits))
-        exit_index, at_exit = simulate_sweep(name, grid, logits, regression=regression, tolerance=tolerance)
-        layers = np.asarray(exit_index, np.float64).mean(axis=1) + 1  # [S]
-        early = np.asarray(at_exit)
-        loss = losses(target, _answers(early, regression), full, labels, regression=regression, scale=scale or 1.0)
-        saves = layers < num_exits - 1e-9  # thresholds that exit somebody early
-        pvals = pvalues(loss[saves], eps, binary=not regression)
-        certified = fixed_sequence(pvals, each_delta)
-        if certified == 0:
-            chosen[name] = None
-            continue
-        rows = np.flatnonzero(saves)[:certified]
-        best = min(rows, key=lambda j: (round(float(layers[j]), 9), j))  # ties: the more conservative
-        chosen[name] = {
-            "threshold": float(grid[best]),
-            "mean_layers": float(layers[best]),
-            "layer_speedup": float(num_exits / layers[best]),
-            "calibration_risk": float(loss[best].mean()),
-            "pvalue": float(pvals[list(rows).index(best)]),
-        }
-    fitting = [name for name in names if chosen[name] is not None]
-    default = None
-    if fitting:
-        best_name = min(fitting, key=lambda m: (round(chosen[m]["mean_layers"], 9), names.index(m)))
-        default = {"criterion": best_name, "threshold": chosen[best_name]["threshold"]}
+        grid = grids[name] if grids and name in grids else threshold_grid(name, logits)
+        result = sweep(name, grid, logits, regression=regression, tolerance=tolerance)
+        chosen[name] = certify(
+            result,
+            full,
+            labels,
+            target=target,
+            eps=eps,
+            delta=delta / len(names),
+            num_exits=num_exits,
+            regression=regression,
+            scale=scale or 1.0,
+        )
     return {
         "rule": RULE,
         "target": target,
@@ -314,5 +381,5 @@ def choose(
         "regression": bool(regression),
         "num_examples": int(n),
         "criteria": chosen,
-        "default": default,
+        "default": default_of(chosen),
     }
