@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rome_jax.config import run_config
-from rome_jax.training import checkpoints, trainer
+from rome_jax.training import checkpoints, preemption, stages, trainer
 from rome_jax.training import step as ts
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_a_run_trains_evaluates_saves_and_exports(straight):
 def test_rerunning_a_finished_run_runs_no_step(straight, config, steps_run, caplog):
     workdir, result = straight
     before = (workdir / "metrics.jsonl").read_bytes()
-    with caplog.at_level(logging.INFO, logger="rome_jax.training.trainer"):
+    with caplog.at_level(logging.INFO, logger="rome_jax.training"):
         again = trainer.train_and_evaluate(config, workdir, progress=False)
     assert steps_run[0] == 0
     assert "resuming from the checkpoint of step 6 (of 6)" in caplog.text
@@ -143,7 +143,7 @@ def test_stopped_by_a_signal_then_resumed_in_process_gives_the_same_run(
     reference, _ = straight
     workdir = tmp_path / "run"
     # A signal seen at step 5: mid logging window, after the evaluation of step 3.
-    monkeypatch.setattr(trainer._Signals, "should_stop", lambda self, step: step == 5)
+    monkeypatch.setattr(preemption.StopSignals, "should_stop", lambda self, step: step == 5)
     stopped = trainer.train_and_evaluate(config, workdir, progress=False)
     assert stopped.step == 5 and stopped.preempted and steps_run[0] == 5
     assert not (workdir / "model").exists()
@@ -154,7 +154,7 @@ def test_stopped_by_a_signal_then_resumed_in_process_gives_the_same_run(
     finally:
         store.close()
 
-    monkeypatch.setattr(trainer._Signals, "should_stop", lambda self, step: False)
+    monkeypatch.setattr(preemption.StopSignals, "should_stop", lambda self, step: False)
     resumed = trainer.train_and_evaluate(config, workdir, progress=False)
     assert resumed.step == 6 and not resumed.preempted
     assert steps_run[0] == 6  # only step 6 ran again
@@ -168,7 +168,7 @@ def test_stopped_by_a_signal_then_resumed_in_process_gives_the_same_run(
 
 
 def stage(number, last_of_run):
-    return trainer.Stage(number, None, 0, 6, 6, last_of_run)
+    return stages.Stage(number, None, 0, 6, 6, last_of_run)
 
 
 def evaluation(score):

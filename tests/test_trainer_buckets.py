@@ -15,8 +15,8 @@ import pytest
 from rome_jax.config import run_config
 from rome_jax.data import BatchIterator
 from rome_jax.errors import ConfigError
+from rome_jax.training import preemption, trainer
 from rome_jax.training import step as ts
-from rome_jax.training import trainer
 
 pytestmark = pytest.mark.slow  # subprocess runs / long training: deselected by -m "not slow"
 
@@ -54,7 +54,7 @@ def test_the_train_step_is_traced_once_per_bucket_and_stage(tiny_model, glue_dir
             "train.log_every": 5,
         },
     )
-    with caplog.at_level(logging.INFO, logger="rome_jax.training.trainer"):
+    with caplog.at_level(logging.INFO, logger="rome_jax.training"):
         result = trainer.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert result.step == 20
 
@@ -115,9 +115,9 @@ def test_stopped_mid_epoch_then_resumed_with_several_buckets_gives_the_same_run(
     reference = tmp_path / "straight"
     trainer.train_and_evaluate(config, reference, progress=False)
     workdir = tmp_path / "stopped"
-    monkeypatch.setattr(trainer._Signals, "should_stop", lambda self, step: step == 5)
+    monkeypatch.setattr(preemption.StopSignals, "should_stop", lambda self, step: step == 5)
     assert trainer.train_and_evaluate(config, workdir, progress=False).preempted
-    monkeypatch.setattr(trainer._Signals, "should_stop", lambda self, step: False)
+    monkeypatch.setattr(preemption.StopSignals, "should_stop", lambda self, step: False)
     assert trainer.train_and_evaluate(config, workdir, progress=False).step == 8
     assert (workdir / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
     (_, got), (_, want) = (checkpoints.load_params(d, "latest") for d in (workdir, reference))

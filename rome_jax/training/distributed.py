@@ -12,7 +12,7 @@ metrics.jsonl, tensorboard/, tokenizer/, model/, eval/); every process takes par
 in orbax's checkpoint saves. `barrier(name)` lines the processes up where process 0
 changes files the others then read. A stop requested by SIGTERM goes through JAX's
 preemption service: every process stops at the same step (see
-`trainer._Signals.should_stop`). Launching: docs/multihost.md.
+`preemption.StopSignals.should_stop`). Launching: docs/multihost.md.
 """
 
 from __future__ import annotations

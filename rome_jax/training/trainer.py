@@ -14,33 +14,8 @@ number (stage 2's first step is stage 1's last + 1). Stage 2 starts from stage 1
 last step, or with `train.stage2_start="best"` from its best evaluation (the first of
 equal final-exit scores, as FastBERT's script keeps it).
 
-The workdir (everything a run writes; eval.py reads it):
-
-    config.json            the resolved config (train.anchor, stage2_epochs, data.source
-                           made explicit); a re-run with a different config is refused
-                           once the run has saved a checkpoint or a metric
-    metrics.jsonl          one JSON object per line: training records
-                           {"step", "stage", "split": "train", "epoch", "loss", "loss_A",
-                           "loss_B", "exit_loss/i", "gr/*", "grad_norm", "update_norm",
-                           "param_norm", "learning_rate"} (means over the steps since the
-                           previous record) and evaluation records {"step", "stage",
-                           "split": "dev", "num_examples", "exit_i/<metric>", "exit_i/loss"}
-                           for every exit i (1-based; the last is the final classifier).
-                           No timing fields: the file is a deterministic function of the
-                           config, so a resumed run writes exactly the same bytes.
-    tensorboard/           the same scalars (train/*, dev/*) plus perf/steps_per_sec
-    checkpoints/<step>/    orbax: state (params, opt_state, step, rng) and meta (stage,
-                           data iterator position, metrics.jsonl length, the partial
-                           logging window, the best evaluation so far); the latest
-                           train.keep_checkpoints steps and the best one are kept
-                           (and stage 1's best, with train.stage2_start="best").
-                           "Best": the highest primary metric of the final exit on the
-                           task's first dev split (MNLI: dev_matched), ties going to the
-                           later step; in two-stage modes only stage 2's evaluations
-                           compete (its final exit is frozen, so the last one wins).
-    tokenizer/             the tokenizer's files (written once, at the start)
-    model/                 the final model: an HF directory with every exit
-                           (`MultiExitModel.save_pretrained`), written at the end
+The workdir's layout (what a run writes; eval.py reads it) is described in
+rome_jax/training/workdir.py.
 
 Never losing work: checkpoints are written after every evaluation, every
 `train.checkpoint_every` steps, at the end of each stage and on SIGTERM/SIGINT.
@@ -60,17 +35,15 @@ Nothing is saved after a non-finite step: the last checkpoint stays the last goo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,53 +52,25 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rome_jax import files
 from rome_jax.config import run_config
 from rome_jax.errors import ConfigError, RomeError, TrainingError
 from rome_jax.training import checkpoints as checkpoints_lib
 from rome_jax.training import distributed
+from rome_jax.training.compiled import StepPerLength
 from rome_jax.training.evaluate import evaluate, make_eval_fn
+from rome_jax.training.preemption import PREEMPTED_EXIT_CODE, StopSignals
+from rome_jax.training.stages import Stage, is_eval_step, make_stage_optimizer, plan_stages
+from rome_jax.training.workdir import prepare_workdir
 
 if TYPE_CHECKING:
     from rome_jax.data import BatchIterator
-    from rome_jax.training.step import StepSettings, TrainState
+    from rome_jax.training.step import TrainState
+
+__all__ = ["PREEMPTED_EXIT_CODE", "Result", "train_and_evaluate"]
 
 logger = logging.getLogger(__name__)
 
-PREEMPTED_EXIT_CODE = 75
-"""train.py's exit status after SIGTERM/SIGINT: a checkpoint was saved, re-run to resume
-(EX_TEMPFAIL: "try again")."""
-
-WORKDIR_ENTRIES = (
-    "config.json",
-    "metrics.jsonl",
-    "tensorboard",
-    "checkpoints",
-    "tokenizer",
-    "model",
-    "eval",
-    "calibration.json",
-)
-"""What a run writes in its workdir, with eval.py's default output and calibration (`overwrite=True`
-deletes them: eval results of a deleted run would describe a model no longer there)."""
-
 _META_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One stage of a run: steps `first_step + 1 ... last_step` (global numbers)."""
-
-    number: int
-    settings: Any  # train_step.StepSettings
-    first_step: int
-    num_steps: int
-    steps_per_epoch: int
-    last_of_run: bool
-
-    @property
-    def last_step(self) -> int:
-        return self.first_step + self.num_steps
 
 
 @dataclasses.dataclass
@@ -139,81 +84,6 @@ class Result:
 
 
 # ------------------------------------------------------------------- pure pieces
-
-
-def step_settings(config: ml_collections.ConfigDict, stage: int, regression: bool) -> StepSettings:
-    from rome_jax.training.step import StepSettings
-
-    t = config.train
-    return StepSettings(
-        mode=t.mode,
-        stage=stage,
-        gamma=t.gamma,
-        temperature=t.temperature,
-        kl_reduction=t.kl_reduction,
-        anchor=t.anchor,
-        gr_scope=t.gr_scope,
-        gr_granularity=t.gr_granularity,
-        gr_symmetric=t.gr_symmetric,
-        regression=regression,
-        grad_accum_steps=t.grad_accum_steps,
-        stage2_clip=t.stage2_clip,
-    )
-
-
-def plan_stages(
-    config: ml_collections.ConfigDict, steps_per_epoch: int | Sequence[int], regression: bool
-) -> list[Stage]:
-    """The run's stages: steps per stage = epochs x batches per epoch, capped by max_steps.
-
-    `steps_per_epoch`: one number, or one per stage (FastBERT's stage 2 may read
-    other, unlabeled data).
-    """
-    from rome_jax.training.step import TWO_STAGE_MODES
-
-    t = config.train
-    epochs = [t.num_epochs] + ([t.stage2_epochs or t.num_epochs] if t.mode in TWO_STAGE_MODES else [])
-    per_stage = [steps_per_epoch] * 2 if isinstance(steps_per_epoch, int) else list(steps_per_epoch)
-    stages, first = [], 0
-    for number, n_epochs in enumerate(epochs, start=1):
-        steps_per_epoch = per_stage[number - 1]
-        steps = n_epochs * steps_per_epoch
-        if t.max_steps:
-            steps = min(steps, t.max_steps)
-        stages.append(
-            Stage(
-                number, step_settings(config, number, regression), first, steps, steps_per_epoch, number == len(epochs)
-            )
-        )
-        first += steps
-    return stages
-
-
-def make_stage_optimizer(config: ml_collections.ConfigDict, stage: Stage, params: Any):
-    from rome_jax.training.optim import learning_rate_schedule, make_optimizer
-
-    t = config.train
-    warmup = int(t.warmup_ratio * stage.num_steps)
-    peak = t.learning_rate * (t.stage2_lr_scale if stage.number == 2 else 1.0)
-    tx = make_optimizer(
-        peak,
-        stage.num_steps,
-        warmup_steps=warmup,
-        weight_decay=t.weight_decay,
-        eps=t.adam_eps,
-        clip_norm=t.clip_norm,
-        bias_correction=t.adam_bias_correction,
-        params=params,
-    )
-    return tx, learning_rate_schedule(peak, stage.num_steps, warmup)
-
-
-def is_eval_step(config: ml_collections.ConfigDict, stage: Stage, step: int) -> bool:
-    if step == stage.last_step:
-        return True
-    if config.train.eval_every:
-        return step % config.train.eval_every == 0
-    return (step - stage.first_step) % stage.steps_per_epoch == 0
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -317,102 +187,6 @@ class MetricsLog:
         if self.enabled:
             self._file.close()
             self._board.close()
-
-
-class _Signals:
-    """SIGTERM / SIGINT set a flag; the loop saves and stops at the next step boundary.
-
-    A second SIGINT interrupts at once (KeyboardInterrupt). With several processes
-    the handlers are left to JAX's preemption service (on by default with
-    `jax.distributed.initialize()`), and every host asks it each step whether all
-    hosts reached the step at which to save (`reached_preemption_sync_point`).
-    """
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame):
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-        logger.warning("received %s: saving a checkpoint at the next step", signal.Signals(signum).name)
-
-    def __enter__(self):
-        if jax.process_count() == 1:
-            with contextlib.suppress(ValueError):  # not the main thread: no handlers
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            try:
-                return bool(multihost_utils.reached_preemption_sync_point(step))
-            except RuntimeError:  # the preemption service is off: no coordinated stop
-                return False
-        return self.received is not None
-
-
-def _delete_run(workdir: Path) -> None:
-    for name in WORKDIR_ENTRIES:
-        path = workdir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def _holds_results(workdir: Path) -> bool:
-    """Whether a run in `workdir` saved anything: a checkpoint, a metric or a model."""
-    checkpoints, metrics = workdir / "checkpoints", workdir / "metrics.jsonl"
-    return (
-        (checkpoints.is_dir() and any(checkpoints.iterdir()))
-        or (metrics.is_file() and metrics.stat().st_size > 0)
-        or (workdir / "model").exists()
-    )
-
-
-def prepare_workdir(
-    workdir: Path, config: ml_collections.ConfigDict, *, overwrite: bool, is_writer: bool = True
-) -> None:
-    """Creates the workdir and its config.json, or checks that it holds this config.
-
-    `overwrite` deletes what a previous run wrote there (`WORKDIR_ENTRIES`, nothing
-    else) and starts afresh.
-    """
-    stored_path = workdir / "config.json"
-    if overwrite and is_writer:
-        _delete_run(workdir)
-    if stored_path.is_file():
-        try:
-            stored = json.loads(stored_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{stored_path} is not valid JSON ({e}); pass --overwrite to start afresh") from None
-        changed = run_config.differences(stored, config.to_dict())
-        if changed and not _holds_results(workdir):
-            # a start that failed before the first checkpoint (a wrong path, a bad
-            # file): nothing to lose, so the corrected config simply replaces it
-            logger.info("workdir %s: replacing the config of a run that saved nothing", workdir)
-            if is_writer:
-                _delete_run(workdir)
-        elif changed:
-            shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
-            raise ConfigError(
-                f"workdir {workdir} holds a run with a different config ({shown}); "
-                "use another --workdir, or --overwrite to delete that run"
-            )
-    elif (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
-        raise ConfigError(f"workdir {workdir} has checkpoints but no config.json; pass --overwrite to delete them")
-    if is_writer:
-        workdir.mkdir(parents=True, exist_ok=True)
-        files.write_text(stored_path, run_config.to_json(config))
 
 
 def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
@@ -874,7 +648,7 @@ def train_stage(
     eval_fn: Any,
     log: MetricsLog,
     store: checkpoints_lib.Checkpoints,
-    signals: _Signals,
+    signals: StopSignals,
     bar: Any,
 ) -> StageRun:
     """Runs `sr.stage`'s remaining steps: logging, evaluations, checkpoints; stops early
@@ -932,32 +706,6 @@ def train_stage(
     return dataclasses.replace(sr, state=state, step=step, window=window, evals=evals)
 
 
-class StepPerLength:
-    """A jitted train step compiled ahead of time once per sequence length (one per
-    length bucket), each compilation logged once; the stage's steps reuse them.
-
-    `jitted(state, batch)` as `train_step.compile_train_step` returns it (state
-    donated, shardings fixed): `.lower(state, batch).compile()` for each new length.
-    """
-
-    def __init__(self, jitted: Callable):
-        self.jitted = jitted
-        self.compiled: dict[int, Callable] = {}
-
-    def __call__(self, state: Any, batch: dict) -> Any:
-        length = batch["input_ids"].shape[1]
-        step = self.compiled.get(length)
-        if step is None:
-            if hasattr(self.jitted, "lower"):
-                start = time.time()
-                step = self.jitted.lower(state, batch).compile()
-                logger.info("compiled the train step for length %d in %.1f s", length, time.time() - start)
-            else:  # a plain function (tests wrap the step): called as it is
-                step = self.jitted
-            self.compiled[length] = step
-        return step(state, batch)
-
-
 def log_padding(run: Run) -> None:
     """One info line: the share of padded token positions in an epoch of training
     batches, with the run's length buckets and with every batch padded to max_length."""
@@ -1011,7 +759,7 @@ def train_and_evaluate(
     eval_fn = make_eval_fn(run.model.config, run.mesh)
     bar = None
     try:
-        with _Signals() as signals:
+        with StopSignals() as signals:
             if progress and run.is_writer:
                 bar = _progress_bar(run.total_steps, start_step)
             for stage in run.stages:
