@@ -4,6 +4,7 @@ to the more conservative threshold."""
 
 import json
 
+import numpy as np
 import pytest
 
 from rome_jax.errors import CheckpointError
@@ -72,11 +73,14 @@ def test_ties_go_to_the_more_conservative_threshold():
     }
 
 
-def test_default_follows_the_preference_order():
+def test_default_is_the_criterion_that_saves_most():
     sweep = [row("entropy", 0.5, 0.5, 2.0), row("max_prob", 0.9, 0.85, 4.0), row("patience", 2, 0.85, 3.0)]
     out = calibration.choose_thresholds(sweep, 0.85, metric="accuracy")
     assert out["criteria"]["entropy"] is None
-    assert out["default"] == {"criterion": "max_prob", "threshold": 0.9}  # before patience, though slower
+    assert out["default"] == {"criterion": "patience", "threshold": 2}  # 3 layers against max_prob's 4
+    assert out["in_sample"] is True
+    tied = [row("patience", 2, 0.85, 4.0), row("max_prob", 0.9, 0.85, 4.0)]
+    assert calibration.choose_thresholds(tied, 0.85, metric="accuracy")["default"]["criterion"] == "max_prob"
     nothing = calibration.choose_thresholds([row("entropy", 0.5, 0.5, 2.0)], 0.85, metric="accuracy")
     assert nothing["default"] is None
     with pytest.raises(ValueError, match="no threshold within"):
@@ -210,3 +214,61 @@ def test_glue_runner_calibrates_on_dev_logits():
             assert np.mean(answer.argmax(-1) == labels) < full - 0.01
     reg = calibrate_on_dev(get_task("stsb"), logits[..., :1] + 2.5, rng.uniform(0, 5, 200), 0.5)
     assert set(reg["criteria"]) == {"patience"} and reg["regression"]
+
+
+def test_a_classification_sweep_of_patience_alone_is_not_regression():
+    results = {
+        "metric": "accuracy",
+        "num_exits": 6,
+        "per_exit": [{"exit": 6, "accuracy": 0.85}],
+        "sweep": [row("patience", 2, 0.85, 4.0)],
+    }
+    assert calibration.calibrate(results)["regression"] is False
+    results["metric"] = "pearson_and_spearman"
+    results["per_exit"] = [{"exit": 6, "pearson_and_spearman": 0.8}]
+    results["sweep"] = [{**row("patience", 2, 0.8, 4.0), "pearson_and_spearman": 0.8}]
+    assert calibration.calibrate(results)["regression"] is True
+
+
+def test_split_rows_is_disjoint_seeded_and_complete():
+    cal, test = calibration.split_rows(101, 0.5, seed=3)
+    assert len(cal) == 50 and len(test) == 51  # round(50.5) = 50
+    assert not set(cal) & set(test) and sorted([*cal, *test]) == list(range(101))
+    again = calibration.split_rows(101, 0.5, seed=3)
+    np.testing.assert_array_equal(again[0], cal)
+    assert not np.array_equal(calibration.split_rows(101, 0.5, seed=4)[0], cal)
+    with pytest.raises(ValueError, match="fraction"):
+        calibration.split_rows(10, 1.0)
+
+
+def test_ltt_calibration_scored_on_other_rows():
+    rng = np.random.default_rng(0)
+    n = 1200
+    final = rng.integers(0, 2, n)
+    margin = rng.uniform(0, 4, n)
+    first = np.where(rng.random(n) > 0.3 * np.exp(-margin), final, 1 - final)
+    logits = np.zeros((2, n, 2), np.float32)
+    logits[0, np.arange(n), first] = margin
+    logits[1, np.arange(n), final] = 5.0
+    cal, test = calibration.split_rows(n, 0.5, seed=0)
+    chosen = calibration.calibrate_outputs(logits[:, cal], target="consistency", eps=0.05, delta=0.1)
+    assert chosen["rule"] == "ltt" and chosen["num_examples"] == len(cal)
+    assert chosen["default"] is not None
+    accuracy = lambda z: float((np.asarray(z).argmax(-1) == final[test]).mean())
+    scored = calibration.score(chosen, logits[:, test], accuracy, metric="accuracy")
+    name = chosen["default"]["criterion"]
+    # an independent replay of the chosen threshold on the test rows
+    threshold = chosen["criteria"][name]["threshold"]
+    assert name in ("entropy", "normalized_entropy", "max_prob")
+    p = np.exp(logits[0, test]) / np.exp(logits[0, test]).sum(-1, keepdims=True)
+    entropy = -(p * np.log(p)).sum(-1)
+    stat = {"entropy": entropy < threshold, "normalized_entropy": entropy / np.log(2) < threshold}
+    stat["max_prob"] = p.max(-1) >= threshold
+    early = stat[name]
+    answers = np.where(early, logits[0, test].argmax(-1), final[test])
+    assert scored["criteria"][name]["mean_layers"] == pytest.approx(2 - early.mean(), abs=1e-6)
+    assert scored["criteria"][name]["consistency"] == pytest.approx((answers == final[test]).mean(), abs=1e-6)
+    assert scored["full_depth_metric"] == 1.0
+    assert "read on" in calibration.summary({**chosen, "test": scored, "metric": "accuracy"})
+    with pytest.raises(ValueError, match="needs labels"):
+        calibration.calibrate_outputs(logits[:, cal], target="risk")

@@ -1,30 +1,36 @@
-"""Early-exit thresholds chosen on dev: the fewest layers within a tolerance of full depth.
+"""Early-exit thresholds: chosen on calibration rows, reported on rows that did not choose them.
 
-The rule (`choose_thresholds`), per criterion, over the sweep rows of
-`evaluation.evaluate_split` (each {criterion, threshold, <metric>, mean_layers}):
+Two rules, each per criterion over a grid of thresholds:
 
-- candidates: the thresholds whose dev metric is at least the full-depth (final
-  exit) metric minus `points` percentage points (`points=0.5`: 0.849 -> >= 0.844);
-- the choice: the candidate with the fewest mean layers; ties (the same mean
-  layers) go to the more conservative threshold, the one that exits later: the
-  lower entropy / normalised-entropy bound, the higher max-probability or
-  patience or fixed exit;
-- a criterion with no candidate is recorded as None (with its best metric).
+- "ltt" (the default; `calibrate_outputs`): Learn-then-Test with a finite-sample
+  guarantee (`rome_jax.exits.guarantee`): with probability at least `1 - delta` over
+  the calibration rows, the chosen threshold's answers differ from full depth's on at
+  most `eps` of new rows (target "consistency", no labels needed), or its metric drops
+  by at most `eps` against full depth (target "risk"). Among the certified thresholds,
+  the one with the fewest mean layers; none certified: full depth.
+- "in_sample" (`choose_thresholds`, `calibrate`): the fewest mean layers whose metric
+  on the calibration rows is at least the full-depth metric minus `points` percentage
+  points (`points=0.5`: 0.849 -> >= 0.844); ties go to the more conservative
+  threshold. No guarantee: figures read on the rows that chose the threshold are
+  optimistic, so they are labelled in-sample wherever they appear.
 
-The result is a JSON-able dict (`calibrate` adds where it was chosen):
+Either way the result is a JSON-able dict; `default` is the calibrated criterion with
+the fewest mean layers (what `MultiExitModel.predict` uses when the model carries the
+calibration):
 
-    {"rule": "...", "points": 0.5, "metric": "accuracy", "full_depth_metric": 0.849,
-     "num_layers": 6, "regression": false,
-     "criteria": {"entropy": {"threshold": 0.5, "accuracy": 0.849, "mean_layers": 4.41,
-                              "layer_speedup": 1.36}, "patience": {...}, "max_prob": null},
-     "default": {"criterion": "entropy", "threshold": 0.5},
-     "task": "sst2", "split": "dev", "num_examples": 872, "max_length": 64}
+    {"rule": "ltt", "target": "consistency", "eps": 0.02, "delta": 0.1, "num_layers": 6,
+     "regression": false, "num_examples": 436,
+     "criteria": {"entropy": {"threshold": 0.41, "mean_layers": 3.9, "layer_speedup": 1.54,
+                              "calibration_risk": 0.005, "pvalue": 0.01}, "patience": null},
+     "default": {"criterion": "entropy", "threshold": 0.41},
+     "rows": {"calibration": "dev[fraction 0.5, seed 0]: 436 rows", ...},
+     "test": {"num_examples": 436, "full_depth_metric": 0.85, "criteria": {"entropy":
+              {"accuracy": 0.848, "mean_layers": 3.95, "layer_speedup": 1.52, ...}}}}
 
-`default` is the first criterion of `PREFERENCE` that has a choice (entropy first
-for classification; regression models exit by patience): what
-`MultiExitModel.predict` uses when it carries a calibration. `FILE_NAME` is the
-file stored beside an HF model directory (`save_pretrained` writes it,
-`load_pretrained` reads it); a run keeps the same dict as `WORKDIR/calibration.json`.
+`split_rows` draws the seeded calibration/test split; `score` reads a calibration's
+thresholds on other rows. `FILE_NAME` is the file stored beside an HF model directory
+(`save_pretrained` writes it, `load_pretrained` reads it); a run keeps the same dict
+as `WORKDIR/calibration.json`.
 """
 
 from __future__ import annotations
@@ -35,8 +41,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from rome_jax import files
+from rome_jax.data.metrics import REGRESSION_METRICS
 from rome_jax.errors import CheckpointError
-from rome_jax.exits.criteria import CRITERIA, Criterion
+from rome_jax.exits import guarantee
+from rome_jax.exits.criteria import CRITERIA, Criterion, simulate
 
 FILE_NAME = "rome_jax_calibration.json"
 """The calibration beside a model directory's weights."""
@@ -45,7 +56,10 @@ RUN_FILE_NAME = "calibration.json"
 """The calibration in a train.py workdir."""
 
 PREFERENCE = ("entropy", "normalized_entropy", "max_prob", "patience", "fixed")
-"""The order in which a calibrated criterion becomes the default."""
+"""The order that breaks ties between criteria with the same mean layers."""
+
+RULES = ("ltt", "in_sample")
+"""How thresholds are chosen: with a guarantee (Learn-then-Test), or within points in-sample."""
 
 RULE = (
     "per criterion, the threshold with the fewest mean layers whose dev metric is at least the "
@@ -100,10 +114,7 @@ def choose_thresholds(
         elif num_layers:
             chosen["layer_speedup"] = num_layers / float(best["mean_layers"])
         criteria[name] = chosen
-    default = next(
-        ({"criterion": n, "threshold": criteria[n]["threshold"]} for n in PREFERENCE if criteria.get(n) is not None),
-        None,
-    )
+    ordered = {n: criteria[n] for n in sorted(criteria, key=lambda n: PREFERENCE.index(n))}
     return {
         "rule": RULE,
         "points": float(points),
@@ -112,7 +123,8 @@ def choose_thresholds(
         "num_layers": num_layers,
         "regression": bool(regression),
         "criteria": criteria,
-        "default": default,
+        "default": guarantee.default_of(ordered),
+        "in_sample": True,
     }
 
 
@@ -120,13 +132,14 @@ def calibrate(results: Mapping[str, Any], points: float = 0.5, *, regression: bo
     """`choose_thresholds` on one `evaluation.evaluate_split` result (its sweep and
     its final exit's metric), with the task, split, examples and max_length added.
 
-    regression: whether the model has one output; None: read from the sweep (no
-    entropy or probability criterion in it, as `evaluate_split` leaves them out
-    for regression)."""
+    regression: whether the model has one output; None: the result's `regression`,
+      else whether its metric is a regression metric (never guessed from which
+      criteria the sweep holds: a classification sweep may hold only patience)."""
     metric = results["metric"]
     if regression is None:
-        named = {r.get("criterion") for r in results["sweep"]}
-        regression = bool(named) and not named & {"entropy", "max_prob", "normalized_entropy"}
+        regression = results.get("regression")
+    if regression is None:
+        regression = metric in REGRESSION_METRICS
     calibration = choose_thresholds(
         results["sweep"],
         results["per_exit"][-1][metric],
@@ -148,6 +161,8 @@ def criterion_of(
     if name is None:
         default = calibration.get("default")
         if not default:
+            if calibration.get("rule") == guarantee.RULE:
+                raise ValueError(f"the calibration ({describe(calibration)}) certified no threshold for any criterion")
             raise ValueError(
                 f"the calibration has no threshold within {calibration.get('points')} points "
                 "of full depth for any criterion"
@@ -204,25 +219,110 @@ def read(path: str | os.PathLike) -> dict | None:
 
 def write(path: str | os.PathLike, calibration: Mapping[str, Any]) -> None:
     """Writes the calibration atomically."""
-    from rome_jax import files
-
     files.write_json(path, dict(calibration))
 
 
+def describe(calibration: Mapping[str, Any]) -> str:
+    """The rule in a few words: "eps 0.02, delta 0.1 (consistency)" or "within 0.5 points (in-sample)"."""
+    if calibration.get("rule") == guarantee.RULE:
+        return f"{calibration.get('target')} eps {calibration.get('eps'):g}, delta {calibration.get('delta'):g}"
+    return f"within {calibration.get('points')} points of full depth, in-sample"
+
+
 def summary(calibration: Mapping[str, Any]) -> str:
-    """One line per calibrated criterion, for terminal reports."""
-    metric = calibration["metric"]
-    lines = [
-        f"calibration (within {calibration['points']:g} points of full depth "
-        f"{calibration['full_depth_metric']:.4f} {metric}):"
-    ]
+    """One line per calibrated criterion, for terminal reports; the figures read on the
+    test rows when the calibration was scored on rows that did not choose it."""
+    test = calibration.get("test") or {}
+    metric = calibration.get("metric") or test.get("metric") or "metric"
+    if calibration.get("rule") == guarantee.RULE:
+        head = (
+            f"calibration ({describe(calibration)}; chosen on {calibration.get('num_examples')} rows"
+            + (f", read on {test['num_examples']} others" if test else "")
+            + "):"
+        )
+    else:
+        head = f"calibration (within {calibration['points']:g} points of full depth "
+        head += f"{calibration['full_depth_metric']:.4f} {metric}, in-sample):"
+    lines = [head]
+    scored = test.get("criteria") or {}
     for name, chosen in calibration["criteria"].items():
         if chosen is None:
-            lines.append(f"  {name}: no threshold within {calibration['points']:g} points")
-        else:
-            lines.append(
-                f"  {name} {chosen['threshold']:g}: {metric} {chosen[metric]:.4f}, {chosen['mean_layers']:.2f} layers"
-            )
+            lines.append(f"  {name}: no threshold qualifies")
+            continue
+        figures = scored.get(name) or chosen
+        value = figures.get(metric)
+        shown = f"{metric} {value:.4f}, " if isinstance(value, (int, float)) else ""
+        lines.append(f"  {name} {chosen['threshold']:g}: {shown}{figures['mean_layers']:.2f} layers")
+    if test.get("full_depth_metric") is not None:
+        lines.append(f"  full depth on the test rows: {metric} {test['full_depth_metric']:.4f}")
     default = calibration.get("default")
     lines.append(f"  default: {default['criterion']} {default['threshold']:g}" if default else "  default: none")
     return "\n".join(lines)
+
+
+def split_rows(num_rows: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of `num_rows` rows: (calibration rows, test rows), each sorted,
+    disjoint, together every row; `fraction` of them (rounded, at least 1) calibrate."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"calibration fraction must be in (0, 1), not {fraction!r}")
+    if num_rows < 2:
+        raise ValueError(f"a calibration split needs at least 2 rows, got {num_rows}")
+    count = min(max(int(round(num_rows * fraction)), 1), num_rows - 1)
+    order = np.random.default_rng(seed).permutation(num_rows)
+    return np.sort(order[:count]), np.sort(order[count:])
+
+
+def calibrate_outputs(
+    all_logits: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    target: str = "consistency",
+    eps: float = 0.02,
+    delta: float = 0.1,
+    regression: bool = False,
+    criteria: Sequence[str] | None = None,
+) -> dict:
+    """Learn-then-Test thresholds (`guarantee.choose`) from every exit's outputs on the
+    calibration rows: all_logits [E, N, C]; labels [N] (needed for target "risk")."""
+    if target not in guarantee.TARGETS:
+        raise ValueError(f"unknown calibration target {target!r}; known: {', '.join(guarantee.TARGETS)}")
+    return guarantee.choose(
+        all_logits, labels, target=target, eps=eps, delta=delta, regression=regression, criteria=criteria
+    )
+
+
+def score(
+    calibration: Mapping[str, Any],
+    all_logits: np.ndarray,
+    metric_fn: Any,
+    *,
+    metric: str,
+) -> dict:
+    """Each calibrated threshold read on other rows: {"num_examples", "metric",
+    "full_depth_metric", "criteria": {name: {metric, "mean_layers", "layer_speedup",
+    "consistency"}}}. all_logits [E, N, C]; metric_fn(logits [N, C]) -> the metric."""
+    logits = np.asarray(all_logits, np.float32)
+    num_exits = logits.shape[0]
+    regression = bool(calibration.get("regression"))
+    full = logits[-1][..., 0] if regression else logits[-1].argmax(-1)
+    scored: dict[str, dict | None] = {}
+    for name, chosen in calibration["criteria"].items():
+        if chosen is None:
+            scored[name] = None
+            continue
+        exit_index, at_exit = simulate(Criterion(name, float(chosen["threshold"]), regression=regression), logits)
+        at_exit = np.asarray(at_exit)
+        layers = float(np.asarray(exit_index).mean() + 1)
+        answers = at_exit[..., 0] if regression else at_exit.argmax(-1)
+        scored[name] = {
+            metric: float(metric_fn(at_exit)),
+            "mean_layers": layers,
+            "layer_speedup": num_exits / layers,
+            "consistency": float(np.mean(np.isclose(answers, full) if regression else answers == full)),
+        }
+    return {
+        "num_examples": int(logits.shape[1]),
+        "metric": metric,
+        "full_depth_metric": float(metric_fn(logits[-1])),
+        "criteria": scored,
+    }
