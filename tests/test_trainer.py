@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rome_jax.config import run_config
-from rome_jax.training import checkpoints, preemption, stages, trainer
+from rome_jax.training import best, checkpoints, preemption, stages, trainer
 from rome_jax.training import step as ts
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -176,16 +176,16 @@ def evaluation(score):
 
 
 def test_best_checkpoint_rule():
-    rule = lambda evals, score, step, st, n: trainer.update_best(
+    rule = lambda evals, score, step, st, n: best.update_best(
         evals, evaluation(score), step=step, stage=st, num_stages=n, split="dev", metric_key="exit_2/accuracy"
     )
-    one = trainer.Evaluations()
+    one = best.Evaluations()
     for step, score in ((2, 0.5), (4, 0.7), (6, 0.7)):
         one = rule(one, score, step, stage(1, True), 1)
     assert one.best == {"step": 6, "score": 0.7, "metric": "exit_2/accuracy", "split": "dev"}
     assert one.stage1_best is None and one.last == evaluation(0.7)
     # Two stages: stage 1 competes only for stage1_best (the first of equal scores).
-    two = trainer.Evaluations()
+    two = best.Evaluations()
     for step, score in ((2, 0.5), (4, 0.7), (6, 0.7)):
         two = rule(two, score, step, stage(1, False), 2)
     assert two.best is None and two.stage1_best == {"step": 4, "score": 0.7, "metric": "exit_2/accuracy"}

@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,15 +51,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rome_jax.config import run_config
-from rome_jax.errors import ConfigError, RomeError, TrainingError
+from rome_jax.errors import TrainingError
 from rome_jax.training import checkpoints as checkpoints_lib
-from rome_jax.training import distributed
+from rome_jax.training.best import Evaluations, record_evaluation
 from rome_jax.training.compiled import StepPerLength
 from rome_jax.training.evaluate import evaluate, make_eval_fn
 from rome_jax.training.preemption import PREEMPTED_EXIT_CODE, StopSignals
-from rome_jax.training.stages import Stage, is_eval_step, make_stage_optimizer, plan_stages
-from rome_jax.training.workdir import prepare_workdir
+from rome_jax.training.setup import Run, set_up
+from rome_jax.training.stages import Stage, is_eval_step, make_stage_optimizer
 
 if TYPE_CHECKING:
     from rome_jax.data import BatchIterator
@@ -189,38 +187,6 @@ class MetricsLog:
             self._board.close()
 
 
-def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
-    if tokenizer is None or directory.is_dir():
-        return
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tokenizer."))
-    tokenizer.save_pretrained(str(tmp))
-    os.replace(tmp, directory)
-
-
-def _load_data(config: ml_collections.ConfigDict, task: Any, tokenizer: Any):
-    from rome_jax.data import load_examples, read_text_file, tokenize_examples
-
-    d = config.data
-    source_args = dict(source=d.source, data_dir=d.dir or None)
-    cache = d.cache_dir or None
-    train = load_examples(task, "train", max_examples=d.train_max_examples, **source_args)
-    train_features = tokenize_examples(train, tokenizer, d.max_length, cache_dir=cache)
-    dev = {}
-    for split in task.dev_splits:
-        examples = load_examples(task, split, max_examples=d.eval_max_examples, **source_args)
-        if not examples.has_labels:
-            raise ConfigError(f"dev split {split} of task {task.name} has no labels")
-        dev[split] = tokenize_examples(examples, tokenizer, d.max_length, cache_dir=cache)
-    stage2 = None
-    if d.stage2_unlabeled:  # FastBERT: stage 2 learns from the final exit, not from labels
-        if d.stage2_unlabeled in task.splits:
-            unlabeled = load_examples(task, d.stage2_unlabeled, max_examples=d.train_max_examples, **source_args)
-        else:
-            unlabeled = read_text_file(task, d.stage2_unlabeled)
-        stage2 = tokenize_examples(unlabeled, tokenizer, d.max_length, cache_dir=cache)
-    return train_features, dev, stage2
-
-
 def _state_tree(state) -> dict:
     return {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
 
@@ -235,192 +201,7 @@ def _fetch(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-# ------------------------------------------------------------------ the set-up
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What the set-up prepares and the stages read; nothing in it changes while training."""
-
-    config: ml_collections.ConfigDict  # resolved and validated
-    workdir: Path  # absolute
-    is_writer: bool  # process 0 writes the workdir's files
-    task: Any  # glue.Task
-    model: Any  # api.MultiExitModel without params (the run's parameters live in the train state)
-    train_features: Any  # data.Features
-    dev_features: dict  # split -> data.Features
-    stage2_features: Any  # data.Features of FastBERT's unlabeled stage-2 data, or None
-    mesh: jax.sharding.Mesh
-    stages: list[Stage]
-    metric: str  # the task's primary metric
-    target: Any  # the restore target: the state tree's shapes, dtypes and shardings
-
-    @property
-    def total_steps(self) -> int:
-        return self.stages[-1].last_step
-
-    @property
-    def num_exits(self) -> int:
-        return self.model.config.num_exits
-
-    @property
-    def best_split(self) -> str:
-        """The dev split whose final-exit score picks the best checkpoint."""
-        return self.task.dev_splits[0]
-
-    @property
-    def label_names(self) -> list[str] | None:
-        return list(self.task.label_names) if self.task.label_names else None
-
-    @property
-    def buckets(self) -> tuple[int, ...]:
-        """The sequence lengths batches are cut to (data.buckets; see rome_jax.data.buckets)."""
-        from rome_jax.data import length_buckets
-
-        return length_buckets(self.config.data.max_length, self.config.data.buckets)
-
-    def iterator(self, stage_number: int = 1) -> BatchIterator:
-        """The shuffled training batches of a stage (stage 2 may read other data)."""
-        from rome_jax.data import BatchIterator
-
-        t = self.config.train
-        features = (
-            self.stage2_features if stage_number == 2 and self.stage2_features is not None else self.train_features
-        )
-        return BatchIterator(
-            features,
-            t.batch_size,
-            shuffle=True,
-            seed=t.seed,
-            drop_remainder=True,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            buckets=self.buckets,
-        )
-
-
-def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, overwrite: bool) -> tuple[Run, Any]:
-    """Resolves and checks the config, prepares the workdir, loads the model, tokenizer and data.
-
-    Returns the `Run` and the pretrained parameters (where a fresh run starts).
-    """
-    from rome_jax.data.metrics import primary_metric
-    from rome_jax.data.tasks import task_from_config
-    from rome_jax.encoder.config import ModelConfig
-    from rome_jax.serving.api import load_pretrained, resolve_model_dir
-    from rome_jax.training import step as ts
-
-    config = run_config.resolve(config)
-    run_config.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
-    workdir = Path(workdir).absolute()
-    is_writer = jax.process_index() == 0
-    if jax.process_count() > 1 and not overwrite:
-        # every process checks the workdir (reading only) before process 0 changes it:
-        # a workdir holding another run fails every process alike, together (after the
-        # barrier: process 0 leaving first would end the runtime under the others)
-        problem = None
-        try:
-            prepare_workdir(workdir, config, overwrite=False, is_writer=False)
-        except RomeError as e:
-            problem = e
-        distributed.barrier("workdir checked")
-        if problem is not None:
-            raise problem
-    if is_writer:
-        prepare_workdir(workdir, config, overwrite=overwrite, is_writer=True)
-    distributed.barrier("workdir prepared")
-
-    task = task_from_config(config)  # a GLUE task, or one described by data.custom.*
-    model_dir = resolve_model_dir(config.model.name_or_path)
-    run_config.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
-    model = load_pretrained(
-        model_dir,
-        task.num_labels,
-        dtype=config.model.dtype,
-        seed=config.train.seed,
-        ignore_mismatched_sizes=config.model.reinit_classifier,
-        attention_kernel=config.model.attention,
-        exit_pooling=config.model.exit_pooling,
-    )
-    if model.tokenizer is None:
-        raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files (tokenizer.json or vocab.txt)")
-    if is_writer:
-        _save_tokenizer(model.tokenizer, workdir / "tokenizer")
-    train_features, dev_features, stage2_features = _load_data(config, task, model.tokenizer)
-
-    mesh = ts.make_mesh()
-    logger.info(
-        "data-parallel over %d %s device(s) in %d process(es)",
-        mesh.size,
-        jax.devices()[0].platform,
-        jax.process_count(),
-    )
-    run = Run(
-        config=config,
-        workdir=workdir,
-        is_writer=is_writer,
-        task=task,
-        model=dataclasses.replace(model, params=None),
-        train_features=train_features,
-        dev_features=dev_features,
-        stage2_features=stage2_features,
-        mesh=mesh,
-        stages=[],
-        metric=primary_metric(task),
-        target=None,
-    )
-    stages = plan_stages(config, [run.iterator(1).steps_per_epoch, run.iterator(2).steps_per_epoch], task.is_regression)
-    # The restore target: the state's structure, shapes and shardings (nothing allocated).
-    tx, _ = make_stage_optimizer(config, stages[0], model.params)
-    shapes = jax.eval_shape(lambda p: _state_tree(ts.create_train_state(p, tx, config.train.seed)), model.params)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ts.replicated(mesh)), shapes)
-    return dataclasses.replace(run, stages=stages, target=target), model.params
-
-
 # ------------------------------------------------- what a checkpoint remembers
-
-
-@dataclasses.dataclass(frozen=True)
-class Evaluations:
-    """The evaluations a run remembers (and its checkpoints' meta holds).
-
-    best: {"step", "score", "metric", "split"} of the best checkpoint (see the module doc);
-    stage1_best: {"step", "score", "metric"} of stage 1's best evaluation in two-stage
-    runs (where `train.stage2_start="best"` starts stage 2); last: the latest
-    evaluation's records, by split.
-    """
-
-    best: dict | None = None
-    stage1_best: dict | None = None
-    last: dict | None = None
-
-    def kept_steps(self, stage2_from_best: bool) -> list[int]:
-        """The checkpoints retention must keep besides the latest ones."""
-        return [b["step"] for b in (self.best, self.stage1_best if stage2_from_best else None) if b]
-
-
-def update_best(
-    evals: Evaluations, records: dict, *, step: int, stage: Stage, num_stages: int, split: str, metric_key: str
-) -> Evaluations:
-    """The best-checkpoint rule, after the evaluation `records` (by split) of `step`.
-
-    The score is `records[split][metric_key]` (the final exit's primary metric). In
-    two-stage modes stage 1 leaves the intermediate exits untrained, so only stage 2
-    evaluations compete for `best` (ties going to the later step); stage 1's best
-    keeps the first of equal scores, as FastBERT's script does.
-    """
-    best, stage1_best = evals.best, evals.stage1_best
-    score = records[split].get(metric_key)
-    if score is not None and (stage.last_of_run or num_stages == 1) and (best is None or score >= best["score"]):
-        best = {"step": step, "score": score, "metric": metric_key, "split": split}
-    if (
-        score is not None
-        and stage.number == 1
-        and num_stages > 1
-        and (stage1_best is None or score > stage1_best["score"])
-    ):
-        stage1_best = {"step": step, "score": score, "metric": metric_key}
-    return Evaluations(best=best, stage1_best=stage1_best, last=records)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,7 +296,7 @@ class CheckpointMeta:
 
 def restore_checkpoint(run: Run, store: checkpoints_lib.Checkpoints) -> tuple[int, Any, CheckpointMeta]:
     """(start step, train state or None, meta) of the latest checkpoint; (0, None, empty) if none."""
-    restored = store.restore_latest(run.target)
+    restored = store.restore_latest(_state_tree(run.target))
     if restored is None:
         logger.info("workdir %s: starting (%d steps)", run.workdir, run.total_steps)
         return 0, None, CheckpointMeta()
@@ -595,7 +376,7 @@ def start_stage(
         and stage1_best is not None
         and stage1_best["step"] != stage.first_step
     ):
-        tree, _ = store.restore(stage1_best["step"], run.target)
+        tree, _ = store.restore(stage1_best["step"], _state_tree(run.target))
         params = _state_from_tree(tree).params
         logger.info(
             "stage 2 starts from stage 1's best evaluation: step %d (%s %.4f)",
@@ -684,15 +465,7 @@ def train_stage(
         if evaluated:
             check_finite(window, store)
             records = evaluate(run, eval_fn, state.params, step=step, stage=stage, log=log)
-            evals = update_best(
-                evals,
-                records,
-                step=step,
-                stage=stage,
-                num_stages=len(run.stages),
-                split=run.best_split,
-                metric_key=f"exit_{run.num_exits}/{run.metric}",
-            )
+            evals = record_evaluation(evals, records, run, step=step, stage=stage)
         checkpoint = functools.partial(
             save_checkpoint, run, store, log, step=step, stage=stage, state=state, window=window, evals=evals
         )
