@@ -28,6 +28,7 @@ if __name__ == "__main__":  # before JAX starts: see rome_jax/host_memory.py
 import jax
 import numpy as np
 
+from rome_jax import sharding
 from rome_jax.encoder import flops
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import init_params
@@ -58,11 +59,11 @@ def step_runner(config: ModelConfig, mode: str, batch: dict):
     """
     params = init_params(config, 0)
     tx = make_optimizer(2e-5, 1000, params=params)
-    mesh = ts.make_mesh()
+    mesh = sharding.make_mesh()
     stage = 2 if mode in ts.TWO_STAGE_MODES else 1
     step = ts.compile_train_step(config, ts.StepSettings(mode=mode, stage=stage), tx, mesh, params)
-    holder = {"state": ts.replicate(ts.create_train_state(params, tx, 0), mesh)}
-    device_batch = ts.shard_batch(batch, mesh)
+    holder = {"state": sharding.replicate(ts.create_train_state(params, tx, 0), mesh)}
+    device_batch = sharding.shard_batch(batch, mesh)
 
     def run() -> None:
         holder["state"], metrics = step(holder["state"], device_batch)

@@ -59,11 +59,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.bench_train_step import PRESETS, random_batch, step_runner, write_record
+from rome_jax import sharding
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS, init_params
 from rome_jax.encoder.ops import attention
 from rome_jax.exits.executors import all_exits
-from rome_jax.training import step as ts
 
 
 def layer_gemms(dims: dict, rows: int):
@@ -173,9 +173,9 @@ def main() -> None:
     batch = random_batch(args.batch, args.length)
     torch_batch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
-    mesh = ts.make_mesh()  # the step's mesh: all devices, the batch split on them
-    params = ts.replicate(init_params(config, 0), mesh)
-    inputs = ts.shard_batch({k: batch[k] for k in INPUT_KEYS}, mesh)
+    mesh = sharding.make_mesh()  # the step's mesh: all devices, the batch split on them
+    params = sharding.replicate(init_params(config, 0), mesh)
+    inputs = sharding.shard_batch({k: batch[k] for k in INPUT_KEYS}, mesh)
     jax_step = step_runner(config, "joint", batch)
     optimizer = torch.optim.AdamW(hf.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
 

@@ -40,7 +40,7 @@ since the model would silently read no mask. Every executor checks a batch first
 
 With several local devices (a GPU host, a TPU VM, fake CPU devices), every executor
 splits a batch whose rows divide evenly over them on a `data` mesh axis, parameters
-replicated (`shard_rows`, `replicate_params`): data-parallel inference, the same
+replicated (`rome_jax.sharding.place`): data-parallel inference, the same
 decisions and logits up to float rounding. With one device nothing changes.
 
 "The same decisions" holds in float32. In bfloat16 the per-example executor computes
@@ -62,13 +62,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from rome_jax.data.buckets import bucket_index, sequence_lengths
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, layer_params
 from rome_jax.exits.criteria import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
+from rome_jax.sharding import place, replicate_params, shard_rows
 
 Array = jax.Array
 Params = Any
@@ -179,56 +178,6 @@ def _padding_rows(batch: dict) -> Array:
     return ~jnp.asarray(batch["example_mask"]).astype(bool)
 
 
-# ---------------------------------------------------------------- every local device
-
-
-@functools.lru_cache(maxsize=1)
-def _local_mesh() -> Mesh | None:
-    """A one-axis `data` mesh over this process's devices, or None with one device."""
-    devices = jax.local_devices()
-    return Mesh(np.asarray(devices), ("data",)) if len(devices) > 1 else None
-
-
-def shard_rows(arrays: dict) -> dict:
-    """Batch arrays split on their rows over every local device (data-parallel) where
-    there are several and the rows divide evenly; else unchanged (one device: the
-    executors' one-device path, untouched)."""
-    mesh = _local_mesh()
-    if mesh is None or not arrays:
-        return arrays
-    rows = next(iter(arrays.values())).shape[0]
-    if rows % mesh.size:
-        return arrays
-    return jax.device_put(arrays, NamedSharding(mesh, P("data")))
-
-
-_REPLICATED: dict[int, tuple[Any, Any]] = {}
-
-
-def replicate_params(params: Params) -> Params:
-    """`params` replicated on every local device (cached: the latest few trees), or
-    unchanged with one device."""
-    mesh = _local_mesh()
-    if mesh is None:
-        return params
-    hit = _REPLICATED.get(id(params))
-    if hit is not None and hit[0] is params:
-        return hit[1]
-    if len(_REPLICATED) >= 4:
-        _REPLICATED.pop(next(iter(_REPLICATED)))
-    replicated = jax.device_put(params, NamedSharding(mesh, P()))
-    _REPLICATED[id(params)] = (params, replicated)
-    return replicated
-
-
-def _place(params: Params, arrays: dict) -> tuple[Params, dict]:
-    """(params, batch) for a jitted executor: split and replicated over the local
-    devices when the batch divides evenly, else as given (one device runs it, e.g.
-    batch 1, rather than every device the same rows)."""
-    sharded = shard_rows(arrays)
-    return (params, arrays) if sharded is arrays else (replicate_params(params), sharded)
-
-
 def cut_to_bucket(batch: Mapping[str, Any], buckets: Sequence[int]) -> dict:
     """The batch with its token arrays cut to the smallest length bucket that holds
     its longest row.
@@ -263,7 +212,7 @@ def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
 def all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
     """Logits of every exit (full depth, jitted): [E, B, C] float32. The batch is
     checked first (`check_batch`)."""
-    return _all_exits(config, *_place(params, _batch_arrays(check_batch(config, batch), INPUT_KEYS)))
+    return _all_exits(config, *place(params, _batch_arrays(check_batch(config, batch), INPUT_KEYS)))
 
 
 def simulated_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion) -> dict:
@@ -383,7 +332,7 @@ def while_loop_exit(config: ModelConfig, params: Params, batch: dict, criterion:
     carried in the loop).
     """
     check_criterion(criterion, config.num_labels, config.num_exits)
-    return _while_loop_exit(config, *_place(params, _batch_arrays(check_batch(config, batch))), criterion.rule)
+    return _while_loop_exit(config, *place(params, _batch_arrays(check_batch(config, batch))), criterion.rule)
 
 
 # ---------------------------------------------------------------- per example inside batches

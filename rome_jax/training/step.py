@@ -27,22 +27,17 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
+# The modes and choices live with the config's checks (still importable from here).
+from rome_jax.config.choices import GR_MODES, GR_SCOPES, MODES, STAGE2_CLIPS, TWO_STAGE_MODES
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder
+from rome_jax.sharding import batch_sharding, make_mesh, replicate, replicated, shard_batch  # noqa: F401 (also ts.*)
 from rome_jax.training import losses, projection
 
 Params = Any
-
-MODES = ("romebert", "sd", "gr", "joint", "pabee", "deebert", "deebert_sd", "fastbert")
-TWO_STAGE_MODES = ("deebert", "deebert_sd", "fastbert")
-GR_MODES = ("romebert", "gr")
-GR_SCOPES = ("reference", "all")  # the parameters GR projects: see selection_for
-STAGE2_CLIPS = ("reference", "trainable")  # see StepSettings.stage2_clip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,22 +316,6 @@ def train_step(
     return new_state, metrics
 
 
-def make_mesh(devices: list | None = None) -> Mesh:
-    """A one-axis mesh `data` over the given devices (default: all, every host), process
-    by process: each process's devices hold a contiguous part of the batch (its own)."""
-    devices = jax.devices() if devices is None else devices
-    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
-    return Mesh(np.asarray(devices), ("data",))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
 def compile_train_step(
     config: ModelConfig, settings: StepSettings, tx: optax.GradientTransformation, mesh: Mesh, params: Params
 ):
@@ -348,25 +327,3 @@ def compile_train_step(
     )
     rep = replicated(mesh)
     return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0)
-
-
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Puts a host batch of numpy arrays on the mesh, split on the leading axis.
-
-    With several hosts each passes its own shard (`process_count` rows fewer)
-    and the global array is assembled from the hosts' pieces.
-    """
-    sharding = batch_sharding(mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """A replicated copy on the mesh (a copy: the step donates its state).
-
-    `device_put(may_alias=False)` alone is not enough: with several devices the
-    array already on the first one becomes that device's shard, and donating the
-    result would delete the caller's array.
-    """
-    return jax.device_put(jax.tree.map(lambda x: jnp.array(x, copy=True), tree), replicated(mesh))
