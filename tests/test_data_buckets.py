@@ -100,3 +100,26 @@ def test_padded_share():
     lengths = np.array([10, 20, 30, 40])
     batches = [(np.array([0, 1]), 32), (np.array([2, -1]), 64)]
     assert B.padded_share(lengths, batches) == pytest.approx(1 - 60 / 192)
+
+
+def test_length_buckets_is_one_typed_value_with_one_meaning_of_none():
+    for spec in ("none", "NONE", None, [128], "128"):
+        value = B.length_buckets(128, spec)
+        assert isinstance(value, B.LengthBuckets) and value == (128,) and value.padded
+        assert value == B.LengthBuckets.none(128)
+    auto = B.length_buckets(128, "auto")
+    assert isinstance(auto, B.LengthBuckets) and not auto.padded and auto.max_length == 128
+    assert B.length_buckets(128, auto) is auto  # already resolved: passed through
+    with pytest.raises(ConfigError, match="end at 128, not at max_length 64"):
+        B.length_buckets(64, auto)
+    for bad in ((), (32, 16), (16, 16), (0, 16)):
+        with pytest.raises(ConfigError, match="ascending distinct positive"):
+            B.LengthBuckets(bad)
+    # one bucket cuts the rows exactly as no bucket at all: the file's order, the last batch padded
+    lengths = np.array([3, 9, 1, 7, 5])
+    one = B.bucket_batches(np.arange(5), lengths, B.LengthBuckets.none(9), 2, drop_remainder=False)
+    assert [(r.tolist(), n) for r, n in one] == [
+        ([0, 1], 9),
+        ([2, 3], 9),
+        ([4, -1], 9),
+    ]

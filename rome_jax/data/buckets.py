@@ -27,7 +27,7 @@ run computes the same batches, so all take the same bucket at the same step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -40,23 +40,66 @@ BUCKET_SPECS = ("auto", "none")
 """The named values of `data.buckets`; it also takes a list of lengths, "32,64,128"."""
 
 
-def length_buckets(max_length: int, spec: str | Sequence[int] | None = "auto") -> tuple[int, ...]:
+class LengthBuckets(tuple[int, ...]):
+    """The sequence lengths batches are cut to: ascending, distinct, positive; the
+    last is `max_length` and holds every row.
+
+    The one form of the `data.buckets` setting below the edges that read it (the
+    config, eval.py's --buckets, `MultiExitModel.predict`), made by `length_buckets`.
+    A tuple, so it is used wherever lengths are: `for length in buckets`,
+    `buckets[-1]`, `np.asarray(buckets)`. "none" is `(max_length,)`: one bucket,
+    every batch padded to `max_length` (`padded`).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, lengths: Iterable[int]) -> LengthBuckets:
+        values = tuple(int(v) for v in lengths)
+        if not values or any(v <= 0 for v in values) or list(values) != sorted(set(values)):
+            raise ConfigError(f"length buckets must be ascending distinct positive lengths, got {list(values)}")
+        return super().__new__(cls, values)
+
+    @classmethod
+    def none(cls, max_length: int) -> LengthBuckets:
+        """One bucket: every batch padded to `max_length`."""
+        return cls((max_length,))
+
+    @property
+    def max_length(self) -> int:
+        """The longest bucket, the length the features are padded to."""
+        return self[-1]
+
+    @property
+    def padded(self) -> bool:
+        """True for one bucket ("none"): every batch runs all `max_length` positions."""
+        return len(self) == 1
+
+    def __repr__(self) -> str:
+        return f"LengthBuckets({list(self)})"
+
+
+def length_buckets(max_length: int, spec: str | Sequence[int] | None = "auto") -> LengthBuckets:
     """The sequence lengths batches are cut to, ascending; the last is `max_length`.
 
     spec: "auto" (the powers of two from 16 below `max_length`, then `max_length`:
       128 -> (16, 32, 64, 128), 100 -> (16, 32, 64, 100)); "none" or None (one
       shape: `(max_length,)`, every batch padded to it); or lengths, as a sequence or
-      a comma-separated string ("32,64"), to which `max_length` is added.
+      a comma-separated string ("32,64"), to which `max_length` is added. A
+      `LengthBuckets` is returned as it is when it ends at `max_length`.
     """
+    if isinstance(spec, LengthBuckets):
+        if spec.max_length != max_length:
+            raise ConfigError(f"length buckets {list(spec)} end at {spec.max_length}, not at max_length {max_length}")
+        return spec
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
-        return (int(max_length),)
+        return LengthBuckets.none(max_length)
     if isinstance(spec, str) and spec.strip().lower() == "auto":
         lengths = []
         size = MIN_BUCKET
         while size < max_length:
             lengths.append(size)
             size *= 2
-        return (*lengths, int(max_length))
+        return LengthBuckets((*lengths, int(max_length)))
     if isinstance(spec, str):
         try:
             values = [int(part) for part in spec.replace(" ", "").split(",") if part]
@@ -68,7 +111,7 @@ def length_buckets(max_length: int, spec: str | Sequence[int] | None = "auto") -
         raise ConfigError(f"data.buckets lengths must be positive; got {spec!r}")
     if any(v > max_length for v in values):
         raise ConfigError(f"data.buckets {spec!r} has a length above data.max_length {max_length}")
-    return tuple(sorted(set(values) | {int(max_length)}))
+    return LengthBuckets(sorted(set(values) | {int(max_length)}))
 
 
 def check_spec(spec: object) -> str | None:
