@@ -22,11 +22,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+# KL reductions: "reference" is PyTorch `KLDivLoss()`'s default (mean over batch x
+# classes, the reference code's choice, and our default); "batchmean" divides by B.
+# Defined with the config's checks (still importable from here).
+from rome_jax.config.choices import REDUCTIONS
 
-REDUCTIONS = ("reference", "batchmean")
-"""KL reductions: "reference" is PyTorch `KLDivLoss()`'s default (mean over batch x
-classes, the reference code's choice, and our default); "batchmean" divides by B."""
+Array = jax.Array
 
 
 def _check_reduction(reduction: str) -> None:

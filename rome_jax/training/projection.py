@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Defined with the config's checks (still importable from here).
+from rome_jax.config.choices import ANCHORS, GRANULARITIES
+
 Array = jax.Array
 PyTree = Any
-
-ANCHORS = ("A", "B")
-GRANULARITIES = ("global", "per_tensor")
 
 
 def _key_name(entry: Any) -> Any:
