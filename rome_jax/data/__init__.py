@@ -4,10 +4,10 @@ Pipeline, one module a step:
 
 - `rome_jax.data.examples`: `load_examples` reads one split (original GLUE TSVs,
   Hugging Face `datasets` or tensorflow-datasets; `read_text_file` for unlabeled
-  lines) into `Examples` (columns of texts, label ids, row ids);
-- `rome_jax.data.custom`: `read_custom`, the files (CSV, TSV, JSON Lines, Parquet)
-  or HF dataset of a task described in the config (`rome_jax.data.tasks`), which
-  `load_examples` reads for such a task;
+  lines) into `Examples` (`rome_jax.data.rows`: columns of texts, label ids, row ids);
+- `rome_jax.data.custom`: `CustomTask` and `read_custom`, the files (CSV, TSV, JSON
+  Lines, Parquet) or HF dataset of a task described in the config (built by
+  `rome_jax.data.tasks`), which `load_examples` reads for such a task;
 - `rome_jax.data.features`: `tokenize_examples` -> `Features` ([N, max_length]
   int32 arrays, cached as .npz keyed by `tokenizer_fingerprint`);
 - `rome_jax.data.batching`: `BatchIterator` (static-shape numpy batches, sharded

@@ -1,4 +1,4 @@
-"""Examples of a task described in the config (`rome_jax.data.tasks.CustomTask`).
+"""A task described in the config (`CustomTask`) and its examples.
 
 Files with a header row, the format from the extension or `data.custom.format`:
 
@@ -17,17 +17,87 @@ label the training labels lack, a regression label that is not a number.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rome_jax.data.examples import Examples, _read_lines
-from rome_jax.data.tasks import HF_SPLITS, CustomTask, label_order
-from rome_jax.errors import DataError, first_line
+from rome_jax.data.glue import Task
+from rome_jax.data.rows import Examples
+from rome_jax.errors import ConfigError, DataError, first_line
+from rome_jax.files import read_lines
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+HF_SPLITS = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
+"""Our split -> the dataset split names tried, in order, for data.custom.hf_dataset."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomTask(Task):
+    """A task read from your own files (or a Hugging Face dataset) as the config describes it
+    (`rome_jax.data.tasks.build_task` makes one).
+
+    data_files: split ("train", "dev", "test") -> path; empty with `hf_dataset`.
+    data_format: csv, tsv, jsonl or parquet; "" to take each file's extension.
+    hf_dataset: a hub dataset name or a local dataset directory ("" with files).
+    label_source: where the label names came from (for messages).
+    """
+
+    data_files: Mapping[str, str] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}), hash=False)
+    data_format: str = ""
+    hf_dataset: str = ""
+    label_source: str = "data.custom.label_names"
+
+    def file_format(self, path: str) -> str:
+        return file_format(path, self.data_format)
+
+
+def file_format(path: str, given: str = "") -> str:
+    """csv, tsv, jsonl or parquet: `given` if set, else from the file's extension."""
+    if given:
+        name = given.strip().lower().lstrip(".")
+        name = {"json": "jsonl", "ndjson": "jsonl", "tab": "tsv", "pq": "parquet"}.get(name, name)
+        if name not in FORMATS:
+            raise ConfigError(
+                f"config data.custom.format must be one of {', '.join(FORMATS)} "
+                f"(or empty: from the extension); got {given!r}"
+            )
+        return name
+    suffix = Path(path).suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise ConfigError(
+            f"{path}: unknown data format {suffix or '(no extension)'!r} (known: "
+            f"{', '.join(EXTENSIONS)}); set data.custom.format to one of "
+            f"{', '.join(FORMATS)}"
+        )
+    return EXTENSIONS[suffix]
+
+
+def label_order(values: Iterable[str]) -> tuple[str, ...]:
+    """Label names read from a training file, in a deterministic order: numeric when every
+    label is an integer ("2" before "10"), else sorted as strings."""
+    distinct = set(values)
+    try:
+        return tuple(sorted(distinct, key=lambda v: (int(v), v)))
+    except ValueError:
+        return tuple(sorted(distinct))
 
 
 class _Table:
@@ -72,7 +142,7 @@ class _Table:
 
 def _read_csv(path: Path, delimiter: str) -> _Table:
     if delimiter == "\t":  # no quoting: split lines on tabs
-        lines = _read_lines(path)
+        lines = read_lines(path)
         records = [(n, line.split("\t")) for n, line in enumerate(lines, start=1) if line]
     else:
         try:
@@ -113,7 +183,7 @@ def _read_csv(path: Path, delimiter: str) -> _Table:
 def _read_jsonl(path: Path) -> _Table:
     columns: list[str] = []
     rows, line_numbers = [], []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         try:

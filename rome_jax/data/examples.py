@@ -4,13 +4,12 @@
 "hf" (`read_hf_datasets`, Hugging Face `datasets`: the hub or local
 .parquet/.csv/.tsv files) or "tfds" (`read_tfds`, tensorflow-datasets).
 `read_text_file` reads unlabeled sentences, one per line. Every reader returns
-`Examples`: columns of texts, label ids (or scores) and row ids.
+`Examples` (`rome_jax.data.rows`): columns of texts, label ids (or scores) and row ids.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -19,47 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from rome_jax.data.custom import CustomTask, read_custom
 from rome_jax.data.glue import Task, check_split, get_task
-from rome_jax.data.tasks import CustomTask
+from rome_jax.data.rows import Examples
 from rome_jax.errors import ConfigError, DataError, first_line
+from rome_jax.files import read_lines
 
 SOURCES = ("dir", "hf", "tfds")
-
-
-@dataclasses.dataclass
-class Examples:
-    """The rows of one split, column by column (N rows).
-
-    text_a / text_b: the texts, exactly as in the source (no stripping);
-      text_b is None for single-sentence tasks.
-    labels: [N] int32 label ids, or float32 scores for STS-B; -1 / NaN where the
-      split has no labels (`has_labels` False).
-    index: [N] int64, the source's index/id column where there is one, else the
-      0-based row number.
-    source_files: the files read (empty for the hub).
-    """
-
-    text_a: list[str]
-    text_b: list[str] | None
-    labels: np.ndarray
-    index: np.ndarray
-    has_labels: bool = True
-    source_files: tuple[str, ...] = ()
-    task: str = ""
-    split: str = ""
-
-    def __len__(self) -> int:
-        return len(self.text_a)
-
-    def head(self, n: int) -> Examples:
-        """The first `n` rows."""
-        return dataclasses.replace(
-            self,
-            text_a=self.text_a[:n],
-            text_b=None if self.text_b is None else self.text_b[:n],
-            labels=self.labels[:n],
-            index=self.index[:n],
-        )
 
 
 def _unlabeled(task: Task, n: int) -> np.ndarray:
@@ -126,21 +91,6 @@ def _split_file(task: Task, split: str, data_dir: str | os.PathLike) -> Path:
     )
 
 
-def _read_lines(path: Path) -> list[str]:
-    """The file's lines. Only "\\n" ends a line: texts may hold other line breaks."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}, line {line}: not valid UTF-8 ({e.reason})") from None
-    text = text.removeprefix("\ufeff")  # MRPC train/dev headers start with a BOM
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
 def _find_column(columns: list[str], name: str) -> int | None:
     lowered = [c.strip().lower() for c in columns]
     try:
@@ -158,7 +108,7 @@ def read_glue_dir(task: Task | str, split: str, data_dir: str | os.PathLike) -> 
     task = get_task(task)
     split = check_split(task, split)
     path = _split_file(task, split, data_dir)
-    lines = _read_lines(path)
+    lines = read_lines(path)
     headerless = task.headerless_columns.get(split)
     if headerless is not None:
         columns, first = list(headerless), 0
@@ -476,7 +426,7 @@ def read_text_file(task: Task | str, path: str | os.PathLike) -> Examples:
     if not path.is_file():
         raise DataError(f"{path}: no such text file")
     pairs = []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -523,8 +473,6 @@ def load_examples(
         raise ConfigError(f"max_examples must be >= 0, got {max_examples}")
     task = get_task(task_name)
     if isinstance(task, CustomTask):  # the config names its files: source and data_dir unused
-        from rome_jax.data.custom import read_custom
-
         examples = read_custom(task, check_split(task, split))
     elif source == "dir":
         if data_dir is None:

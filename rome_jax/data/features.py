@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rome_jax.data.examples import Examples
+from rome_jax.data.rows import Examples
 from rome_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

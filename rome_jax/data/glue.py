@@ -14,6 +14,7 @@ import dataclasses
 import types
 from collections.abc import Mapping
 
+from rome_jax.data.built_tasks import find_task, record_task, task_key
 from rome_jax.errors import DataError
 
 
@@ -241,21 +242,14 @@ TASKS: Mapping[str, Task] = types.MappingProxyType(
 _ALIASES = {"diagnostic": "ax", "stsbenchmark": "stsb"}
 
 
-def _normalise(name: str) -> str:
-    return "".join(c for c in name.lower() if c.isalnum())
-
-
-_REGISTERED: dict[str, Task] = {}
-"""Tasks built at run time (`rome_jax.data.tasks`: a task described in the config), by name."""
-
-
 def register_task(task: Task) -> None:
     """Makes `get_task(task.name)` return `task` in this process (the latest one
-    registered under that name). GLUE names cannot be replaced."""
-    key = _normalise(task.name)
+    recorded under that name, `rome_jax.data.built_tasks`). GLUE names cannot be
+    replaced; `TASKS` does not change."""
+    key = task_key(task.name)
     if _ALIASES.get(key, key) in TASKS:
         raise DataError(f"task name {task.name!r} is a GLUE task's")
-    _REGISTERED[key] = task
+    record_task(task.name, task)
 
 
 def task_names() -> tuple[str, ...]:
@@ -263,17 +257,22 @@ def task_names() -> tuple[str, ...]:
 
 
 def get_task(name: str | Task) -> Task:
-    """The task called `name`, in any case, with or without dashes ("SST-2", "sst2")."""
+    """The task called `name`, in any case, with or without dashes ("SST-2", "sst2").
+
+    A GLUE task, or one built at run time (`rome_jax.data.tasks.build_task`:
+    "custom", the task described in the config); a `Task` is returned as is.
+    """
     if isinstance(name, Task):
         return name
-    key = _normalise(str(name))
+    key = task_key(str(name))
     key = _ALIASES.get(key, key)
-    if key not in TASKS:
-        if key in _REGISTERED:
-            return _REGISTERED[key]
-        hint = "; or 'custom' with data.custom.* keys for your own data" if key == "custom" else ""
-        raise DataError(f"unknown GLUE task {name!r} (known: {', '.join(TASKS)}{hint})")
-    return TASKS[key]
+    if key in TASKS:
+        return TASKS[key]
+    built = find_task(key)
+    if isinstance(built, Task):
+        return built
+    hint = "; or 'custom' with data.custom.* keys for your own data" if key == "custom" else ""
+    raise DataError(f"unknown GLUE task {name!r} (known: {', '.join(TASKS)}{hint})")
 
 
 def check_split(task: Task, split: str) -> str:

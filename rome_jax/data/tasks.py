@@ -14,10 +14,11 @@
     data.custom.metric        "" : accuracy (classification), pearson_and_spearman
                               (regression); else one of `rome_jax.data.metrics.METRIC_NAMES`
 
-`task_from_config` builds a `CustomTask`, a `rome_jax.data.glue.Task` with the files
-and format added, registered under its name so that `get_task("custom")` (what
-the metrics, the evaluation and the leaderboard-free paths call) returns it.
-The GLUE registry itself is unchanged.
+`task_from_config` builds a `CustomTask` (`rome_jax.data.custom`: a
+`rome_jax.data.glue.Task` with the files and format added), recorded under its name
+(`rome_jax.data.built_tasks`) so that `get_task("custom")` (what the metrics, the
+evaluation and the leaderboard-free paths call) returns it. The GLUE registry
+itself is unchanged.
 """
 
 from __future__ import annotations
@@ -26,27 +27,44 @@ import dataclasses
 import json
 import os
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rome_jax.data.glue import Task, get_task, register_task
+from rome_jax.data.built_tasks import record_task
+from rome_jax.data.custom import (
+    EXTENSIONS,
+    FORMATS,
+    HF_SPLITS,
+    CustomTask,
+    file_format,
+    label_order,
+    training_label_names,
+)
+from rome_jax.data.glue import Task, get_task
+from rome_jax.data.metrics import METRIC_NAMES, REGRESSION_METRICS
 from rome_jax.errors import ConfigError
+
+__all__ = [
+    "CUSTOM",
+    "CUSTOM_DEFAULTS",
+    "EXTENSIONS",
+    "FORMATS",
+    "HF_SPLITS",
+    "CustomTask",
+    "build_task",
+    "custom_settings",
+    "default_metric",
+    "file_format",
+    "is_custom",
+    "label_order",
+    "parse_label_names",
+    "resolved_settings",
+    "task_from_config",
+]
 
 CUSTOM = "custom"
 """The `data.task` value that reads the task from `data.custom.*`."""
-
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
-EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 
 CUSTOM_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
     {
@@ -67,27 +85,6 @@ CUSTOM_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
 """Every `data.custom.*` key and its default (configs/default.py holds the same)."""
 
 _SPLIT_KEYS = {"train": "train_file", "dev": "dev_file", "test": "test_file"}
-HF_SPLITS = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
-"""Our split -> the dataset split names tried, in order, for data.custom.hf_dataset."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CustomTask(Task):
-    """A task read from your own files (or a Hugging Face dataset) as the config describes it.
-
-    data_files: split ("train", "dev", "test") -> path; empty with `hf_dataset`.
-    data_format: csv, tsv, jsonl or parquet; "" to take each file's extension.
-    hf_dataset: a hub dataset name or a local dataset directory ("" with files).
-    label_source: where the label names came from (for messages).
-    """
-
-    data_files: Mapping[str, str] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}), hash=False)
-    data_format: str = ""
-    hf_dataset: str = ""
-    label_source: str = "data.custom.label_names"
-
-    def file_format(self, path: str) -> str:
-        return file_format(path, self.data_format)
 
 
 def is_custom(name: Any) -> bool:
@@ -104,27 +101,6 @@ def custom_settings(data: Any) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown config key data.custom.{unknown[0]} (known: {', '.join(CUSTOM_DEFAULTS)})")
     return values
-
-
-def file_format(path: str, given: str = "") -> str:
-    """csv, tsv, jsonl or parquet: `given` if set, else from the file's extension."""
-    if given:
-        name = given.strip().lower().lstrip(".")
-        name = {"json": "jsonl", "ndjson": "jsonl", "tab": "tsv", "pq": "parquet"}.get(name, name)
-        if name not in FORMATS:
-            raise ConfigError(
-                f"config data.custom.format must be one of {', '.join(FORMATS)} "
-                f"(or empty: from the extension); got {given!r}"
-            )
-        return name
-    suffix = Path(path).suffix.lower()
-    if suffix not in EXTENSIONS:
-        raise ConfigError(
-            f"{path}: unknown data format {suffix or '(no extension)'!r} (known: "
-            f"{', '.join(EXTENSIONS)}); set data.custom.format to one of "
-            f"{', '.join(FORMATS)}"
-        )
-    return EXTENSIONS[suffix]
 
 
 def parse_label_names(value: Any, key: str = "data.custom.label_names") -> tuple[str, ...] | None:
@@ -160,23 +136,11 @@ def parse_label_names(value: Any, key: str = "data.custom.label_names") -> tuple
     return tuple(names)
 
 
-def label_order(values: Iterable[str]) -> tuple[str, ...]:
-    """Label names read from a training file, in a deterministic order: numeric when every
-    label is an integer ("2" before "10"), else sorted as strings."""
-    distinct = set(values)
-    try:
-        return tuple(sorted(distinct, key=lambda v: (int(v), v)))
-    except ValueError:
-        return tuple(sorted(distinct))
-
-
 def default_metric(regression: bool) -> str:
     return "pearson_and_spearman" if regression else "accuracy"
 
 
 def _check_metric(metric: str, regression: bool, num_labels: int) -> None:
-    from rome_jax.data.metrics import METRIC_NAMES, REGRESSION_METRICS
-
     if metric not in METRIC_NAMES:
         raise ConfigError(
             f"config data.custom.metric must be one of {', '.join(METRIC_NAMES)} "
@@ -219,7 +183,9 @@ def build_task(settings: Mapping[str, Any], *, register: bool = True) -> CustomT
     """The `CustomTask` of `data.custom` settings (a dict of `CUSTOM_DEFAULTS`' keys).
 
     Without label names (classification), the training data's labels give them
-    (`label_order`; a Hugging Face ClassLabel column gives its own order).
+    (`label_order`; a Hugging Face ClassLabel column gives its own order). With
+    `register`, `rome_jax.data.glue.get_task(task.name)` finds the task afterwards
+    (`rome_jax.data.built_tasks`).
     """
     settings = {**CUSTOM_DEFAULTS, **settings}
     files = _sources(settings)
@@ -260,8 +226,6 @@ def build_task(settings: Mapping[str, Any], *, register: bool = True) -> CustomT
         hf_dataset=hf,
     )
     if not regression and not names:
-        from rome_jax.data.custom import training_label_names
-
         names = training_label_names(task)
         task = dataclasses.replace(task, label_source="the training labels")
     if not regression:
@@ -275,7 +239,7 @@ def build_task(settings: Mapping[str, Any], *, register: bool = True) -> CustomT
     _check_metric(metric, regression, task.num_labels)
     task = dataclasses.replace(task, metric=metric)
     if register:
-        register_task(task)
+        record_task(task.name, task)
     return task
 
 
