@@ -36,6 +36,7 @@ MFU is usually counted (`6 N T` plus attention's `12 L T^2 H`).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from rome_jax.encoder.config import ModelConfig
 
@@ -114,7 +115,7 @@ def exit_flops(config: ModelConfig, seq_len: int | None = None) -> int:
     return pooling_flops(config, seq_len) + _dense(1, H, H) + _dense(1, H, C)
 
 
-def flops_to_exit(config: ModelConfig, seq_len: int, exit_index) -> np.ndarray | int:
+def flops_to_exit(config: ModelConfig, seq_len: int, exit_index: int | npt.ArrayLike) -> np.ndarray | int:
     """FLOPs one example spends to answer at `exit_index` (0-based, int or array of ints).
 
     Embeddings + layers `0..i` + the heads of exits `0..i`.
@@ -127,10 +128,10 @@ def flops_to_exit(config: ModelConfig, seq_len: int, exit_index) -> np.ndarray |
 
 def full_flops(config: ModelConfig, seq_len: int) -> int:
     """FLOPs of the full-depth forward of one example (every layer and every exit)."""
-    return flops_to_exit(config, seq_len, config.num_layers - 1)
+    return int(flops_to_exit(config, seq_len, config.num_layers - 1))
 
 
-def flops_speedup(config: ModelConfig, seq_len: int, exit_indices) -> float:
+def flops_speedup(config: ModelConfig, seq_len: int, exit_indices: npt.ArrayLike) -> float:
     """`full / mean(flops_to_exit)` over examples answering at `exit_indices` [N] (0-based)."""
     spent = np.asarray(flops_to_exit(config, seq_len, np.asarray(exit_indices)), dtype=np.float64)
     return float(full_flops(config, seq_len) / spent.mean())

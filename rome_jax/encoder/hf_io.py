@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rome_jax.encoder.config import EXIT_POOLING_KEY, ModelConfig
+from rome_jax.encoder.pytree import Params, PyTree
 from rome_jax.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -211,12 +212,12 @@ def _classifier(reader: _Reader, name: str, H: int, C: int, ignore_mismatched_si
 def params_from_state_dict(
     state: dict[str, np.ndarray],
     cfg: ModelConfig,
-    fresh_exits: dict,
+    fresh_exits: Params,
     source: str,
     exits_state: dict[str, np.ndarray] | None = None,
     *,
     ignore_mismatched_sizes: bool = False,
-) -> tuple[dict, dict]:
+) -> tuple[Params, dict]:
     """Our parameter tree from a normalised HF state dict.
 
     `fresh_exits` holds freshly initialised stacked exit parameters ({'pooler',
@@ -321,7 +322,7 @@ def params_from_state_dict(
     return params, report
 
 
-def state_dict_from_params(params: dict, cfg: ModelConfig) -> tuple[dict, dict]:
+def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """HF `*ForSequenceClassification` tensors for the final exit, and the exits' tensors.
 
     Returns (model_state, exits_state), numpy float32, HF [out, in] layout.
@@ -339,7 +340,7 @@ def state_dict_from_params(params: dict, cfg: ModelConfig) -> tuple[dict, dict]:
         state[f"{p}.encoder.embedding_hidden_mapping_in.weight"] = host(mapping["kernel"].T)
         state[f"{p}.encoder.embedding_hidden_mapping_in.bias"] = host(mapping["bias"])
 
-    def get(tree, path):
+    def get(tree: PyTree, path: tuple[str, ...]) -> PyTree:
         for k in path:
             tree = tree[k]
         return tree

@@ -28,23 +28,24 @@ mapped to the hidden size by `embeddings/embedding_hidden_mapping_in`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.ops import Dense, Dropout, activation, attention, cudnn_attention, normal_init, training_attention
+from rome_jax.encoder.pytree import Params
 
 Array = jax.Array
-Params = Any
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 """The model's inputs in a batch dict, each [B, T] int."""
 
 
-def _dtype(config: ModelConfig):
+def _dtype(config: ModelConfig) -> DTypeLike:
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
 
 
@@ -199,8 +200,11 @@ class LayerWithExit(nn.Module):
             hidden = TransformerLayer(self.config, name="layer")(hidden, attention_mask, self.deterministic)
         else:  # ALBERT: the same weights at every layer
             rngs = None if self.deterministic else {"dropout": self.make_rng("dropout")}
-            hidden = TransformerLayer(self.config).apply(
-                {"params": shared_layer}, hidden, attention_mask, self.deterministic, rngs=rngs
+            hidden = cast(  # apply returns the output alone: no collection is mutable
+                Array,
+                TransformerLayer(self.config).apply(
+                    {"params": shared_layer}, hidden, attention_mask, self.deterministic, rngs=rngs
+                ),
             )
         logits, pooled = ExitHead(self.config, name="exit")(hidden, self.deterministic, attention_mask)
         return hidden, (logits, pooled)
@@ -254,7 +258,7 @@ def apply_embeddings(config: ModelConfig, params: Params, batch: dict) -> Array:
     input_ids = batch["input_ids"]
     mask = batch.get("attention_mask", jnp.ones_like(input_ids))
     types = batch.get("token_type_ids", jnp.zeros_like(input_ids))
-    return Embeddings(config).apply({"params": params["embeddings"]}, input_ids, types, mask)
+    return cast(Array, Embeddings(config).apply({"params": params["embeddings"]}, input_ids, types, mask))
 
 
 def layer_params(params: Params, index: Array | int) -> Params:
@@ -270,9 +274,8 @@ def apply_layer_with_exit(
 ) -> tuple[Array, Array]:
     """Layer i and exit i (inference): hidden [B, T, H] -> (hidden, logits [B, C])."""
     own = {k: v for k, v in params_i.items() if k != "shared_layer"}
-    hidden, (logits, _) = LayerWithExit(config).apply(
-        {"params": own}, hidden, attention_mask, params_i.get("shared_layer")
-    )
+    out = LayerWithExit(config).apply({"params": own}, hidden, attention_mask, params_i.get("shared_layer"))
+    hidden, (logits, _) = cast(tuple[Array, tuple[Array, Array]], out)
     return hidden, logits
 
 

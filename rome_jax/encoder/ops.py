@@ -39,6 +39,7 @@ import jax
 import jax.extend.random as jex_random
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from rome_jax.errors import CheckpointError, first_line
 
@@ -109,11 +110,11 @@ def _lay_out_for_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def _dense_matmul_fwd(x: Array, kernel: Array):
+def _dense_matmul_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
     return _matmul(x, kernel), (x, kernel)
 
 
-def _dense_matmul_bwd(residuals, g: Array):
+def _dense_matmul_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     x, kernel = residuals
     dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
     x2 = x.reshape(-1, x.shape[-1])
@@ -141,7 +142,7 @@ def _dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None
     return dense_matmul(lhs, rhs)
 
 
-def Dense(features: int, dtype, name: str) -> nn.Dense:
+def Dense(features: int, dtype: DTypeLike, name: str) -> nn.Dense:
     """`nn.Dense` with HF's normal(0.02) init and the CPU-friendly backward of `dense_matmul`.
 
     x [..., I] -> [..., features] (`dtype`); kernel [I, features], bias [features].
@@ -209,7 +210,7 @@ def softmax(x: Array) -> Array:
 
 
 @softmax.defjvp
-def _softmax_jvp(primals, tangents):
+def _softmax_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
     (x,), (x_dot,) = primals, tangents
     y = softmax(x)
     return y, y * (x_dot - (y * x_dot).sum(-1, keepdims=True))

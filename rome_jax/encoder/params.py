@@ -6,12 +6,12 @@ from typing import Any
 
 import jax
 
+from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import init_params
+from rome_jax.encoder.pytree import Params, PyTree
 
-PyTree = Any
 
-
-def params_mismatch(params: PyTree, config: Any) -> str | None:
+def params_mismatch(params: Params, config: ModelConfig) -> str | None:
     """`tree_mismatch` of `params` against the parameters a `ModelConfig` needs
     (shapes only: nothing is initialised)."""
     return tree_mismatch(params, jax.eval_shape(lambda: init_params(config, 0)))
@@ -43,7 +43,7 @@ def _leaves_by_path(tree: PyTree) -> list[tuple[str, Any]]:
     return [(_path_name(path), leaf) for path, leaf in flat]
 
 
-def _path_name(path: tuple) -> str:
+def _path_name(path: tuple[Any, ...]) -> str:
     parts = []
     for entry in path:
         for attr in ("key", "name", "idx"):
