@@ -145,6 +145,7 @@ class BatchIterator:
 
     def _epoch_batches(self, epoch: int) -> list[tuple[np.ndarray, int]]:
         """With buckets: the epoch's global batches, (rows, length)."""
+        assert self.buckets is not None and self._lengths is not None, "only with buckets"
         if self._batches is None or self._batches[0] != epoch:
             batches = bucket_batches(
                 self._epoch_order(epoch),

@@ -60,6 +60,7 @@ class CustomTask(Task):
     label_source: where the label names came from (for messages).
     """
 
+    label_column: str  # a task from the config always has labels (possibly not in its test file)
     data_files: Mapping[str, str] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}), hash=False)
     data_format: str = ""
     hf_dataset: str = ""
@@ -107,7 +108,7 @@ class _Table:
         self,
         origin: str,
         columns: list[str],
-        data: dict[str, list],
+        data: dict[str, list[Any]],
         lines: list[int] | None = None,
         class_names: dict[str, list[str]] | None = None,
     ):
@@ -127,7 +128,12 @@ class _Table:
         lowered = {c.strip().lstrip("\ufeff").lower(): c for c in self.columns}
         return lowered.get(name.strip().lower())
 
-    def column(self, name: str, key: str) -> list:
+    def classes(self, name: str) -> list[str] | None:
+        """The class names of a HF ClassLabel column (its values are ids into them), or None."""
+        found = self.find(name)
+        return None if found is None else self.class_names.get(found)
+
+    def column(self, name: str, key: str) -> list[Any]:
         found = self.find(name)
         if found is None:
             raise DataError(
@@ -162,11 +168,11 @@ def _read_csv(path: Path, delimiter: str) -> _Table:
     header = [c.strip() for c in records[0][1]]
     header[0] = header[0].lstrip("\ufeff")
     kind = "tab" if delimiter == "\t" else "comma"
-    data: dict[str, list] = {c: [] for c in header}
+    data: dict[str, list[Any]] = {c: [] for c in header}
     if len(data) != len(header):
         twice = next(c for c in header if header.count(c) > 1)
         raise DataError(f"{path}, line 1: the header names column {twice!r} twice")
-    line_numbers = []
+    line_numbers: list[int] = []
     for number, fields in records[1:]:
         if len(fields) != len(header):
             raise DataError(
@@ -182,7 +188,8 @@ def _read_csv(path: Path, delimiter: str) -> _Table:
 
 def _read_jsonl(path: Path) -> _Table:
     columns: list[str] = []
-    rows, line_numbers = [], []
+    rows: list[dict[str, Any]] = []
+    line_numbers: list[int] = []
     for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
@@ -312,7 +319,7 @@ def label_key(value: Any) -> str:
 
 def _labels(table: _Table, task: CustomTask) -> list[Any]:
     values = table.column(task.label_column, "label")
-    names = table.class_names.get(table.find(task.label_column))
+    names = table.classes(task.label_column)
     if names:  # a HF ClassLabel column holds ids: give their names (-1: no label)
         return [None if v is None or v < 0 else names[v] for v in values]
     return values
@@ -322,7 +329,7 @@ def training_label_names(task: CustomTask) -> tuple[str, ...]:
     """The label names of the training data: a ClassLabel's own order, else `label_order`."""
     table = split_table(task, "train")
     raw = table.column(task.label_column, "label")
-    names = table.class_names.get(table.find(task.label_column))
+    names = table.classes(task.label_column)
     if names:
         return tuple(names)
     keys = []
@@ -351,13 +358,11 @@ def read_custom(task: CustomTask, split: str) -> Examples:
     keys = ("text_a", "text_b")
     texts = []
     for column, key in zip(task.text_columns, keys):
-        values = [_text(v) for v in table.column(column, key)]
+        raw_texts = table.column(column, key)
+        values = [_text(v) for v in raw_texts]
         for row, text in enumerate(values):
             if not text.strip():
-                raise DataError(
-                    f"{table.where(row)}: empty text in column {column!r} "
-                    f"(value {_show(table.data[table.find(column)][row])})"
-                )
+                raise DataError(f"{table.where(row)}: empty text in column {column!r} (value {_show(raw_texts[row])})")
         texts.append(values)
 
     regression = task.is_regression
@@ -390,7 +395,7 @@ def read_custom(task: CustomTask, split: str) -> Examples:
             else:
                 raise DataError(
                     f"{table.where(row)}: label {_show(value)} is not one of the "
-                    f"task's labels ({', '.join(task.label_names)})"
+                    f"task's labels ({', '.join(task.label_names or ())})"
                 )
         has_labels = n > 0
     index = np.arange(n, dtype=np.int64)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ def _unlabeled(task: Task, n: int) -> np.ndarray:
     return np.full(n, -1, np.int32)
 
 
-def _label_parser(task: Task):
+def _label_parser(task: Task) -> Callable[[str], float | int]:
     """A function from a label string to its id (or score); raises ValueError."""
     if task.is_regression:
 
@@ -44,14 +44,14 @@ def _label_parser(task: Task):
             return value
 
         return parse_score
-    ids = {name: i for i, name in enumerate(task.label_names)}
+    ids = {name: i for i, name in enumerate(task.label_names or ())}
     return lambda text: ids[text.strip()]
 
 
 def _describe_label_error(task: Task, value: str) -> str:
     if task.is_regression:
         return f"score {value!r} is not a finite number"
-    return f"unknown label {value!r} (known: {', '.join(task.label_names)})"
+    return f"unknown label {value!r} (known: {', '.join(task.label_names or ())})"
 
 
 def _listing(directory: Path, *, dirs: bool) -> str:
@@ -125,7 +125,7 @@ def read_glue_dir(task: Task | str, split: str, data_dir: str | os.PathLike) -> 
 
     text_pos = [required(name) for name in task.text_columns]
     label_pos = None if task.label_column is None else _find_column(columns, task.label_column)
-    if label_pos is None and split not in task.test_splits:
+    if label_pos is None and split not in task.test_splits and task.label_column is not None:
         required(task.label_column)
     index_pos = (
         None
@@ -200,7 +200,7 @@ def _label_id(task: Task, value: Any) -> float | int | None:
         value = value.decode("utf-8")
     if isinstance(value, str):
         text = value.strip()
-        if not task.is_regression and text in task.label_names:
+        if task.label_names is not None and text in task.label_names:
             return task.label_names.index(text)
         value = float(text)  # ValueError is reported by the caller
     if value is None:
@@ -267,17 +267,17 @@ def _from_columns(
 
 
 def _local_files(data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    paths = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
-    if not paths:
+    given = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
+    if not given:
         raise DataError("data_files is empty")
-    paths = [Path(p) for p in paths]
+    paths = [Path(p) for p in given]
     for path in paths:
         if not path.is_file():
             raise DataError(f"missing data file {path}; files there: {_listing(path.parent, dirs=False)}")
     return paths
 
 
-def _load_local(paths: list[Path], task: Task, cache_dir: str | None):
+def _load_local(paths: list[Path], task: Task, cache_dir: str | None) -> Any:
     import datasets  # heavy; only this source needs it
 
     kinds = {p.suffix.lower() for p in paths}

@@ -109,24 +109,21 @@ def tokenize_texts(
     and padded to `max_length`: int32 `input_ids`, `attention_mask`,
     `token_type_ids` [N, max_length] (zeros where the tokenizer has no types)."""
     if isinstance(text_a, str) or isinstance(text_b, str):
-        raise ValueError(
-            "give lists of sentences (one string would be read one character a sentence): "
-            f"[{(text_a if isinstance(text_a, str) else text_b)[:40]!r}]"
-        )
-    text_a = list(text_a)
-    n = len(text_a)
-    if text_b is not None and len(text_b := list(text_b)) != n:
-        raise ValueError(f"pairs need as many second sentences as first ones: {len(text_b)} against {n}")
+        one = text_a if isinstance(text_a, str) else str(text_b)
+        raise ValueError(f"give lists of sentences (one string would be read one character a sentence): [{one[:40]!r}]")
+    first = list(text_a)
+    second = None if text_b is None else list(text_b)
+    n = len(first)
+    if second is not None and len(second) != n:
+        raise ValueError(f"pairs need as many second sentences as first ones: {len(second)} against {n}")
     out = {k: np.zeros((n, max_length), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    pair = text_b is not None
-    text_b = list(text_b) if pair else None
     for start in range(0, n, _TOKENIZE_CHUNK):
         stop = min(n, start + _TOKENIZE_CHUNK)
         encoded = tokenizer(
-            text_a[start:stop],
-            text_b[start:stop] if pair else None,
+            first[start:stop],
+            None if second is None else second[start:stop],
             max_length=max_length,
-            truncation="longest_first" if pair else True,
+            truncation="longest_first" if second is not None else True,
             padding="max_length",
             return_attention_mask=True,
             return_tensors="np",
@@ -154,7 +151,8 @@ def tokenize_examples(
     minimum = 3 if examples.text_b is not None else 2
     if max_length < minimum:
         raise ConfigError(f"max_length must be at least {minimum} for task {examples.task or '?'}, got {max_length}")
-    path = key = None
+    path: Path | None = None
+    key = ""
     if cache_dir is not None:
         key = hashlib.sha256(
             json.dumps(
@@ -205,7 +203,8 @@ def _save_cache(path: Path, key: str, features: Features) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, cache_key=np.asarray(key), has_labels=np.asarray(features.has_labels), **features.arrays())
+            arrays = {"cache_key": np.asarray(key), "has_labels": np.asarray(features.has_labels), **features.arrays()}
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **arrays as maybe allow_pickle
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

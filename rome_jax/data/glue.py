@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Mapping
+from typing import Any
 
 from rome_jax.data.built_tasks import find_task, record_task, task_key
 from rome_jax.errors import DataError
@@ -108,7 +109,7 @@ def _task(
     hf_text_columns: tuple[str, ...],
     *,
     leaderboard: str | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> Task:
     """A task with the usual train/dev/test layout unless `kwargs` say otherwise."""
     train = kwargs.pop("train_splits", ("train",))
@@ -143,7 +144,7 @@ _NLI3 = ("entailment", "neutral", "contradiction")
 _NLI2 = ("entailment", "not_entailment")
 _COLA_COLUMNS = ("source", "label", "original_label", "sentence")
 
-_MNLI_SPLITS = dict(
+_MNLI_SPLITS: dict[str, Any] = dict(
     dev_splits=("dev_matched", "dev_mismatched"),
     test_splits=("test_matched", "test_mismatched"),
     leaderboard_names={

@@ -225,10 +225,10 @@ def build_task(settings: Mapping[str, Any], *, register: bool = True) -> CustomT
         data_format=str(settings["format"]).strip(),
         hf_dataset=hf,
     )
-    if not regression and not names:
-        names = training_label_names(task)
-        task = dataclasses.replace(task, label_source="the training labels")
     if not regression:
+        if not names:
+            names = training_label_names(task)
+            task = dataclasses.replace(task, label_source="the training labels")
         task = dataclasses.replace(task, label_names=tuple(names))
         if len(names) < 2:
             raise ConfigError(
@@ -259,6 +259,6 @@ def resolved_settings(task: CustomTask, settings: Mapping[str, Any]) -> dict[str
     for split, key in _SPLIT_KEYS.items():
         if split in task.data_files:
             out[key] = str(Path(task.data_files[split]).absolute())
-    out["label_names"] = "" if task.is_regression else json.dumps(list(task.label_names))
+    out["label_names"] = "" if task.is_regression else json.dumps(list(task.label_names or ()))
     out["metric"] = task.metric
     return out
