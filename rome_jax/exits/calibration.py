@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -294,7 +294,7 @@ def calibrate_outputs(
 def score(
     calibration: Mapping[str, Any],
     all_logits: np.ndarray,
-    metric_fn: Any,
+    metric_fn: Callable[[np.ndarray], float],
     *,
     metric: str,
 ) -> dict:
@@ -310,8 +310,9 @@ def score(
         if chosen is None:
             scored[name] = None
             continue
-        exit_index, at_exit = simulate(Criterion(name, float(chosen["threshold"]), regression=regression), logits)
-        at_exit = np.asarray(at_exit)
+        criterion = Criterion(name, float(chosen["threshold"]), regression=regression)
+        exit_index, logits_at_exit = simulate(criterion, logits)
+        at_exit = np.asarray(logits_at_exit)
         layers = float(np.asarray(exit_index).mean() + 1)
         answers = at_exit[..., 0] if regression else at_exit.argmax(-1)
         scored[name] = {

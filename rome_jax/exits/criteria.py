@@ -33,12 +33,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 Array = jax.Array
 
@@ -137,13 +139,14 @@ class Rule(NamedTuple):
     compilation of an executor serves every criterion and threshold.
 
     code: int32 index of the name in CRITERIA; threshold, tolerance: float32;
-    regression: bool.
+    regression: bool. Scalars (numpy's from `Criterion.rule`, traced inside jit) or,
+    stacked, [S] arrays (`simulate_sweep`).
     """
 
-    code: Array
-    threshold: Array
-    regression: Array
-    tolerance: Array
+    code: ArrayLike
+    threshold: ArrayLike
+    regression: ArrayLike
+    tolerance: ArrayLike
 
 
 class ExitState(NamedTuple):
@@ -223,11 +226,16 @@ def step_rule(rule: Rule, state: ExitState, logits: Array, index: Array | int) -
     return ExitState(counter=counter, previous=logits), exit_now
 
 
-def _simulate(step_fn, all_logits: Array, example_mask: Array | None) -> tuple[Array, Array]:
+StepFn = Callable[[ExitState, Array, Array], tuple[ExitState, Array]]
+
+
+def _simulate(step_fn: StepFn, all_logits: Array, example_mask: ArrayLike | None) -> tuple[Array, Array]:
     num_exits, batch_size, num_labels = all_logits.shape
     forced = jnp.zeros((batch_size,), bool) if example_mask is None else ~jnp.asarray(example_mask).astype(bool)
 
-    def body(carry, inputs):
+    def body(
+        carry: tuple[ExitState, Array, Array, Array], inputs: tuple[Array, Array]
+    ) -> tuple[tuple[ExitState, Array, Array, Array], None]:
         state, done, exit_index, answer = carry
         logits, index = inputs
         state, exit_now = step_fn(state, logits, index)
@@ -248,7 +256,7 @@ def _simulate(step_fn, all_logits: Array, example_mask: Array | None) -> tuple[A
     return exit_index, answer
 
 
-def simulate(criterion: Criterion, all_logits: Array, example_mask: Array | None = None) -> tuple[Array, Array]:
+def simulate(criterion: Criterion, all_logits: ArrayLike, example_mask: ArrayLike | None = None) -> tuple[Array, Array]:
     """Early exit replayed on the logits of every exit (a lax.scan of `step` over E).
 
     all_logits [E, B, C] -> (exit_index [B] int32, 0-based; logits_at_exit [B, C]).
@@ -261,12 +269,12 @@ def simulate(criterion: Criterion, all_logits: Array, example_mask: Array | None
 
 def simulate_sweep(
     name: str,
-    thresholds,
-    all_logits: Array,
+    thresholds: Sequence[float] | np.ndarray,
+    all_logits: ArrayLike,
     *,
     regression: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
-    example_mask: Array | None = None,
+    example_mask: ArrayLike | None = None,
 ) -> tuple[Array, Array]:
     """`simulate` for many thresholds of one criterion at once (vmap over thresholds).
 
@@ -282,7 +290,7 @@ def simulate_sweep(
     return _sweep_jit(stacked, jnp.asarray(all_logits), example_mask)
 
 
-def _check_logits(all_logits: Array, example_mask: Array | None) -> None:
+def _check_logits(all_logits: ArrayLike, example_mask: ArrayLike | None) -> None:
     shape = np.shape(all_logits)
     if len(shape) != 3:
         raise ValueError(f"all_logits must be [exits, batch, classes], got shape {shape}")
@@ -291,15 +299,15 @@ def _check_logits(all_logits: Array, example_mask: Array | None) -> None:
 
 
 @jax.jit
-def _simulate_jit(rule: Rule, all_logits: Array, example_mask: Array | None):
+def _simulate_jit(rule: Rule, all_logits: Array, example_mask: ArrayLike | None) -> tuple[Array, Array]:
     return _simulate(lambda s, z, i: step_rule(rule, s, z, i), all_logits, example_mask)
 
 
 @jax.jit
-def _sweep_jit(rules: Rule, all_logits: Array, example_mask: Array | None):
+def _sweep_jit(rules: Rule, all_logits: Array, example_mask: ArrayLike | None) -> tuple[Array, Array]:
     return jax.vmap(lambda rule: _simulate_jit(rule, all_logits, example_mask))(rules)
 
 
-def exit_counts(exit_index, num_exits: int) -> np.ndarray:
+def exit_counts(exit_index: ArrayLike, num_exits: int) -> np.ndarray:
     """How many examples answered at each exit: [N] (0-based) -> [num_exits] int."""
     return np.bincount(np.asarray(exit_index).ravel(), minlength=num_exits)

@@ -125,7 +125,7 @@ def pvalues(loss_matrix: np.ndarray, eps: float, *, binary: bool | None = None) 
     return np.array([hoeffding_bentkus_pvalue(float(row.mean()) if n else 1.0, n, eps) for row in losses])
 
 
-def fixed_sequence(pvals: Sequence[float], delta: float) -> int:
+def fixed_sequence(pvals: Sequence[float] | np.ndarray, delta: float) -> int:
     """How many hypotheses fixed-sequence testing rejects: the length of the leading run
     of `p <= delta` (the hypotheses in the order given, most conservative first)."""
     if not 0 < delta < 1:
