@@ -40,6 +40,8 @@ def test_sequence_lengths_against_a_loop():
 
 def _reference_batches(order, lengths, buckets, batch_size, drop_remainder):
     """The module docstring's rule, written row by row."""
+    if drop_remainder:  # training leaves out the order's last n mod batch_size rows
+        order = list(order)[: len(order) - len(order) % batch_size]
     pools = {k: [] for k in range(len(buckets))}
     for row in order:
         k = next(i for i, b in enumerate(buckets) if lengths[row] <= b)
@@ -94,6 +96,25 @@ def test_shuffled_batches_mix_lengths_and_are_seeded():
     assert [L for _, L in plain] == sorted(L for _, L in plain)  # unshuffled: shortest first
     assert [L for _, L in a] != [L for _, L in plain]  # shuffled: lengths mixed
     assert sorted(map(tuple, (r for r, _ in a))) == sorted(map(tuple, (r for r, _ in plain)))
+
+
+def test_the_rows_an_epoch_leaves_out_are_random_rows_of_every_length():
+    """Training leaves out N mod batch_size rows an epoch: the same rows as batches padded
+    to one length (the tail of the epoch's permutation), so long rows are kept as often
+    as short ones, not always the longest bucket's partial batch."""
+    lengths = np.where(np.arange(47) < 40, 10, 60)  # 40 short rows, 7 long ones (one bucket)
+    buckets = B.length_buckets(64)
+    batch_size = 8  # 47 = 5 x 8 + 7: seven rows left out each epoch
+    kept_long = []
+    for epoch in range(400):
+        order = np.random.default_rng([5, epoch]).permutation(47)
+        batches = B.bucket_batches(order, lengths, buckets, batch_size, drop_remainder=True, shuffle_seed=[5, epoch, 1])
+        rows = np.concatenate([r for r, _ in batches])
+        assert len(batches) == 47 // batch_size and len(set(rows.tolist())) == 40
+        np.testing.assert_array_equal(np.sort(rows), np.sort(order[:40]))  # as the padded path keeps
+        kept_long.append(int((lengths[rows] == 60).sum()))
+    share_long = np.mean(kept_long) / 7
+    assert share_long == pytest.approx(40 / 47, abs=0.03)  # the share every row is kept with
 
 
 def test_padded_share():

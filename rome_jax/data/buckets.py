@@ -10,14 +10,16 @@ compilation to one program per bucket and still drops most of the padding.
 How rows become batches (`bucket_batches`), for an order of the rows (an epoch's
 seeded permutation in training, the file's order in evaluation):
 
-1. each row goes to the smallest bucket that holds its length, keeping the order;
-2. buckets are filled from the shortest: full batches of `batch_size` rows are cut
+1. in training (`drop_remainder`), the last `N mod batch_size` rows of the order are
+   left out of the epoch, as batches padded to one length leave them out: the order
+   is the epoch's seeded permutation, so these are random rows of every length, and
+   an epoch has N // batch_size batches that visit every other row once;
+2. each row goes to the smallest bucket that holds its length, keeping the order;
+3. buckets are filled from the shortest: full batches of `batch_size` rows are cut
    from each, and a bucket's partial batch is carried up into the next bucket (its
-   rows fit there), so only the longest bucket can be left with a partial batch;
-3. that last partial batch is dropped in training (as one static-shape batch per
-   step always dropped the epoch's last partial batch: an epoch still has
-   N // batch_size batches and visits every other row once) or padded with masked
-   rows in evaluation;
+   rows fit there), so only the longest bucket can be left with a partial batch:
+   never in training (the rows left add up to whole batches); in evaluation it is
+   padded with masked rows;
 4. in training, the batches' order is then shuffled (seeded by the epoch), so
    consecutive steps mix lengths.
 
@@ -163,12 +165,15 @@ def bucket_batches(
     order: [M] row numbers in visiting order; lengths: [N] each row's length
     (`sequence_lengths`); buckets: ascending, the last holding every row. `rows`
     are row numbers, -1 for the padding of the last partial batch (only without
-    `drop_remainder`); `length` is the bucket the batch is cut to. Rows keep their
+    `drop_remainder`, which first leaves out the order's last `M mod batch_size`
+    rows); `length` is the bucket the batch is cut to. Rows keep their
     relative order within a batch. With `shuffle_seed`, the batches' order is a
     permutation drawn from `np.random.default_rng(shuffle_seed)`; else batches come
     shortest bucket first. See the module docstring for the rule.
     """
     order = np.asarray(order, np.int64)
+    if drop_remainder:  # the rows padded batches would leave out, whatever their length
+        order = order[: len(order) // batch_size * batch_size]
     of_row = bucket_index(np.asarray(lengths)[order], buckets)
     batches: list[tuple[np.ndarray, int]] = []
     carried = np.zeros(0, np.int64)
