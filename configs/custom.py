@@ -14,6 +14,13 @@ Point it at your own files on the command line:
         --config.data.custom.dev_file=reviews/dev.csv \
         --config.data.custom.text_a=review --config.data.custom.label=stars
 
+Its exits pool the mean of the tokens (`model.exit_pooling = "mean"`), as the demo's:
+this MiniLM's [CLS] vector below layer 4 barely depends on the input, so [CLS] exits
+1-3 (often 1-5 on sentence pairs) answer the majority class and a calibrated
+threshold saves no layers; mean-pooled exits answer from layer 1 (docs/custom_data.md
+has a QNLI example). For a backbone whose [CLS] carries the sentence at every layer (as
+the papers' BERT-base), `--config.model.exit_pooling=cls` is the papers' design.
+
 CSV (quoted fields), TSV (no quoting), JSON Lines and Parquet files with a header;
 the format comes from the extension, or set data.custom.format. Label names come
 from the training file (numeric order when every label is an integer, else sorted
@@ -65,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     custom.metric = ""
     # A model already fine-tuned for another label count: start its classifier afresh.
     config.model.reinit_classifier = False
+    config.model.exit_pooling = "mean"  # exits that can leave early on this backbone (see above)
 
     config.data.max_length = 48
     config.data.train_max_examples = 8000

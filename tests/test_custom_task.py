@@ -365,3 +365,13 @@ def test_offline_hub_says_how_to_point_at_a_local_copy(monkeypatch):
         read_hf_datasets("sst2", "train")
     msg = _one_line(e)
     assert "--config.data.dir=/path/to/glue" in msg and "GLUE_DIR=" in msg
+
+
+def test_the_own_data_preset_has_exits_that_can_leave_early():
+    """configs/custom.py pools the mean of the tokens for its MiniLM, whose [CLS] exits
+    below layer 4 answer the majority class (docs/custom_data.md)."""
+    from rome_jax.config import run_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = run_config.load(os.path.join(repo, "configs", "custom.py"))
+    assert config.model.exit_pooling == "mean"
