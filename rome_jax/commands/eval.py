@@ -135,7 +135,7 @@ def main(argv):
     if bool(_WORKDIR.value) == bool(_MODEL.value):
         raise ConfigError("give either --workdir (a train.py run) or --model with --task")
     from rome_jax.data import load_examples, tokenize_examples
-    from rome_jax.data.buckets import check_spec
+    from rome_jax.data.buckets import check_spec, length_buckets
     from rome_jax.data.glue import get_task
     from rome_jax.exits import evaluation
     from rome_jax.serving.api import load_pretrained
@@ -173,7 +173,7 @@ def main(argv):
     if problem:
         raise ConfigError(f"{bucket_source} {problem}")
     try:
-        buckets = evaluation.resolve_buckets(max_length, bucket_spec)
+        buckets = length_buckets(max_length, bucket_spec)
     except ConfigError as e:  # a length above max_length
         raise ConfigError(str(e).replace("data.buckets", bucket_source, 1)) from None
     try:
@@ -187,7 +187,7 @@ def main(argv):
     splits = _SPLITS.value or list(task.dev_splits)
     print(
         f"evaluating {origin} on {task.name} ({', '.join(splits)}), length buckets "
-        f"{','.join(map(str, buckets)) if buckets else 'none'}",
+        f"{'none' if buckets.padded else ','.join(map(str, buckets))}",
         flush=True,
     )
     for split in splits:

@@ -9,13 +9,14 @@ seconds per example, at batch 1 (`inference.while_loop_exit`, one compiled
 batch as they exit), each against the full-depth model timed the same way. The
 timed executors' decisions are checked against the simulation.
 
-Length buckets (`buckets`, see `rome_jax.data.buckets`): every batch is cut to the
-smallest bucket length that holds its rows instead of running all `max_length`
-positions. The full pass groups rows by bucket (`bucket_batches`) and scatters the
-logits back to the split's order; at batch 1 each example runs at its own bucket's
-length; batched, the early-exit executor and the full-depth baseline run the same
-bucket-grouped batches (one `run_dataset` call per length). FLOPs then count each
-example at its bucket's length. `buckets=None` pads every batch to `max_length`.
+Length buckets (`buckets`, a `data.buckets.LengthBuckets`): every batch is cut to
+the smallest bucket length that holds its rows instead of running all `max_length`
+positions. The full pass is `outputs.all_exit_logits` (rows grouped by bucket,
+logits scattered back to the split's order); at batch 1 each example runs at its
+own bucket's length; batched, the early-exit executor and the full-depth baseline
+run the same bucket-grouped batches (one `run_dataset` call per length). FLOPs then
+count each example at its bucket's length. One bucket ("none") pads every batch to
+`max_length`.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ import jax
 import numpy as np
 
 from rome_jax import files
-from rome_jax.data import BatchIterator, Features
-from rome_jax.data.buckets import bucket_batches, bucket_index, length_buckets, padded_share, sequence_lengths
+from rome_jax.data import Features
+from rome_jax.data.buckets import LengthBuckets, bucket_index, length_buckets, padded_share, sequence_lengths
 from rome_jax.data.metrics import compute_metrics, primary_metric
 from rome_jax.encoder import flops
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS
 from rome_jax.exits import criteria as exits
 from rome_jax.exits import executors as inference
+from rome_jax.exits import outputs
 
 Params = Any
 
@@ -101,67 +103,26 @@ def parse_sweeps(spec: str, num_layers: int | None = None) -> dict[str, tuple[fl
     return sweeps
 
 
-def resolve_buckets(max_length: int, buckets: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """The bucket lengths for `buckets` (a `data.buckets` value: "auto", "none",
-    "32,64" or lengths), None for "none"/None: every batch padded to `max_length`."""
-    if buckets is None or (isinstance(buckets, str) and buckets.strip().lower() == "none"):
-        return None
-    return length_buckets(max_length, buckets)
-
-
-def _take(features: Features, rows: np.ndarray, length: int) -> dict[str, np.ndarray]:
-    """Rows (-1: a masked copy of the batch's first real row) cut to `length`, with example_mask."""
-    real = rows >= 0
-    take = np.where(real, rows, rows[real][0] if real.any() else 0)
-    batch = {k: getattr(features, k)[take, :length] for k in INPUT_KEYS}
-    batch["example_mask"] = real
-    return batch
-
-
-def split_batches(
-    features: Features, batch_size: int, buckets: Sequence[int] | None, limit: int = 0
-) -> list[tuple[np.ndarray, int]]:
-    """The evaluation batches of the split's first `limit` examples (0: all), as
-    `bucket_batches` gives them: (rows [batch_size], length) pairs, -1 for padding
-    rows. Without buckets, the split's order cut into batches of `max_length`
-    (the last padded)."""
-    n = len(features) if limit <= 0 else min(limit, len(features))
-    lengths = sequence_lengths(features.attention_mask)
-    return bucket_batches(np.arange(n), lengths, buckets or (features.max_length,), batch_size, drop_remainder=False)
-
-
 def exit_logits_of(
-    config: ModelConfig, params: Params, features: Features, batch_size: int, buckets: str | Sequence[int] | None = None
+    config: ModelConfig,
+    params: Params,
+    features: Features,
+    batch_size: int,
+    buckets: LengthBuckets | str | Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Every exit's logits on every example: [E, N, C] float32 (padding rows dropped),
-    in the features' order.
+    """Every exit's logits on every example: [E, N, C] float32, in the features' order
+    (`outputs.all_exit_logits`).
 
-    buckets: length buckets (see `resolve_buckets`); the rows are then batched by
-    bucket and each batch cut to its bucket's length; None pads every batch to
-    `max_length`.
+    buckets: a `LengthBuckets`, or a `data.buckets` value resolved by `length_buckets`
+    at the features' `max_length` (None or "none": every batch padded to it).
     """
-    buckets = resolve_buckets(features.max_length, buckets)
-    if buckets is None:
-        iterator = BatchIterator(features, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
-        chunks = []
-        for batch in iterator:
-            logits = np.asarray(inference.all_exits(config, params, {k: batch[k] for k in INPUT_KEYS}))
-            chunks.append(logits[:, batch["example_mask"].astype(bool)])
-        return np.concatenate(chunks, axis=1)
-    out = np.zeros((config.num_exits, len(features), config.num_labels), np.float32)
-    for rows, length in split_batches(features, batch_size, buckets):
-        batch = _take(features, rows, length)
-        logits = np.asarray(inference.all_exits(config, params, {k: batch[k] for k in INPUT_KEYS}))
-        real = rows >= 0
-        out[:, rows[real]] = logits[:, real]
-    return out
+    buckets = length_buckets(features.max_length, buckets)
+    return outputs.all_exit_logits(config, params, features, batch_size=batch_size, buckets=buckets)
 
 
-def example_lengths(features: Features, buckets: Sequence[int] | None) -> np.ndarray:
+def example_lengths(features: Features, buckets: LengthBuckets) -> np.ndarray:
     """[N] the length each example runs at alone: its bucket (the smallest holding
-    it), or `max_length` without buckets."""
-    if buckets is None:
-        return np.full(len(features), features.max_length, np.int64)
+    it; `max_length` with one bucket)."""
     ascending = np.asarray(sorted(buckets), np.int64)
     return ascending[bucket_index(sequence_lengths(features.attention_mask), ascending)]
 
@@ -183,20 +144,6 @@ def _subset(features: Features, n: int) -> dict[str, np.ndarray]:
     return {k: getattr(features, k)[:n] for k in INPUT_KEYS}
 
 
-def _batches(inputs: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Fixed-shape batches; the last one padded with masked copies of its first row."""
-    n = len(inputs["input_ids"])
-    out = []
-    for start in range(0, n, batch_size):
-        rows = {k: v[start : start + batch_size] for k, v in inputs.items()}
-        real = len(rows["input_ids"])
-        if real < batch_size:
-            rows = {k: np.concatenate([v, np.repeat(v[:1], batch_size - real, axis=0)]) for k, v in rows.items()}
-        rows["example_mask"] = np.arange(batch_size) < real
-        out.append(rows)
-    return out
-
-
 def _clock(fn) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn())
@@ -210,9 +157,10 @@ class Timer:
     compiling warm-up), so a burst of load on a shared machine spoils one pass,
     not the figure.
 
-    buckets: length buckets (see `resolve_buckets`). At batch 1 each example is cut
-    to its own bucket (`inference.cut_to_bucket`); batched, the examples are grouped
-    by bucket (`split_batches`) and each batch cut to its bucket's length.
+    buckets: a `LengthBuckets` (or a `data.buckets` value, see `exit_logits_of`). At
+    batch 1 each example is cut to its own bucket (`inference.cut_to_bucket`);
+    batched, the examples are grouped by bucket (`outputs.batch_plan`) and each
+    batch cut to its bucket's length (one bucket: every batch padded to `max_length`).
     `batched_rows` [b] gives the example each row of `batched[b]` holds (-1: padding).
     """
 
@@ -226,24 +174,18 @@ class Timer:
         batched_examples: int,
         batch_size: int,
         rounds: int = 2,
-        buckets: str | Sequence[int] | None = None,
+        buckets: LengthBuckets | str | Sequence[int] | None = None,
     ):
         self.config, self.params, self.rounds = config, params, rounds
-        self.buckets = resolve_buckets(features.max_length, buckets)
+        self.buckets = length_buckets(features.max_length, buckets)
         single = _subset(features, batch1_examples)
-        self.singles = [{k: v[i : i + 1] for k, v in single.items()} for i in range(len(single["input_ids"]))]
-        n = len(features) if batched_examples <= 0 else min(batched_examples, len(features))
-        if self.buckets is None:
-            self.batched = _batches(_subset(features, batched_examples), batch_size)
-            self.batched_rows = [
-                np.where(b["example_mask"], start + np.arange(batch_size), -1)
-                for start, b in zip(range(0, n, batch_size), self.batched)
-            ]
-        else:
-            self.singles = [inference.cut_to_bucket(b, self.buckets) for b in self.singles]
-            plan = split_batches(features, batch_size, self.buckets, n)
-            self.batched = [_take(features, rows, length) for rows, length in plan]
-            self.batched_rows = [rows for rows, _ in plan]
+        self.singles = [
+            inference.cut_to_bucket({k: v[i : i + 1] for k, v in single.items()}, self.buckets)
+            for i in range(len(single["input_ids"]))
+        ]
+        plan = outputs.batch_plan(features, batch_size, self.buckets, batched_examples)
+        self.batched = [outputs.take(features, rows, length) for rows, length in plan]
+        self.batched_rows = [rows for rows, _ in plan]
         # the baseline computes the filler rows the early-exit executor computes
         row_buckets = inference.default_buckets(batch_size)
         self.baseline = [inference.fit_to_bucket(b, row_buckets) for b in self.batched]
@@ -321,18 +263,18 @@ def evaluate_split(
     batched_examples: int = 0,
     timing: bool = True,
     mode: str | None = None,
-    buckets: str | Sequence[int] | None = None,
+    buckets: LengthBuckets | str | Sequence[int] | None = None,
     log=print,
 ) -> dict:
     """Per-exit metrics and the early-exit sweeps of one labelled split (see module doc).
 
     sweeps: {criterion: thresholds}; default `default_sweeps(num_layers, mode)`
     (`mode`: the run's `train.mode`, which adds its method's criterion).
-    buckets: length buckets ("auto", "none", "32,64" or lengths; see
-    `resolve_buckets`); None or "none": every batch padded to `max_length`.
+    buckets: a `LengthBuckets` (or a `data.buckets` value, see `exit_logits_of`);
+    one bucket ("none", None): every batch padded to `max_length`.
 
     Returns the `results.json` dict: task, split, metric, num_examples, num_exits,
-    max_length, buckets (the lengths, or None), padded_share (the share of token
+    max_length, buckets (the lengths, or None for one bucket), padded_share (the share of token
     positions of the full pass's batches that are padding), per_exit [{exit,
     <metrics>}], sweep [{criterion, threshold, <metrics>, mean_layers,
     layer_speedup, flops_speedup, wall_s_batch1, wall_s_batched,
@@ -350,12 +292,12 @@ def evaluate_split(
     regression = config.num_labels == 1
     L, T = config.num_layers, features.max_length
     labels = np.asarray(features.labels)
-    buckets = resolve_buckets(T, buckets)
-    share = padded_share(sequence_lengths(features.attention_mask), split_batches(features, batch_size, buckets))
+    buckets = length_buckets(T, buckets)
+    share = padded_share(sequence_lengths(features.attention_mask), outputs.batch_plan(features, batch_size, buckets))
     seq_lens = example_lengths(features, buckets)
     log(
         f"{task.name}/{split}: every exit on {len(features)} examples"
-        + (f", length buckets {','.join(map(str, buckets))}" if buckets else "")
+        + (f", length buckets {','.join(map(str, buckets))}" if not buckets.padded else "")
         + f" ({share:.0%} of token positions padding)"
     )
     logits = exit_logits_of(config, params, features, batch_size, buckets)
@@ -386,7 +328,7 @@ def evaluate_split(
             mean_layers = float(np.mean(exit_index + 1))
             speedup = (
                 flops.flops_speedup(config, T, exit_index)
-                if buckets is None
+                if buckets.padded
                 else flops_speedup_at(config, seq_lens, exit_index)
             )
             row.update(mean_layers=mean_layers, layer_speedup=L / mean_layers, flops_speedup=float(speedup))
@@ -405,7 +347,7 @@ def evaluate_split(
         "num_examples": int(len(features)),
         "num_exits": L,
         "max_length": int(T),
-        "buckets": list(buckets) if buckets else None,
+        "buckets": None if buckets.padded else list(buckets),
         "padded_share": float(share),
         "per_exit": per_exit,
         "sweep": sweep,
@@ -414,7 +356,7 @@ def evaluate_split(
             "wall_s_batched": fullb,
             "flops_per_example": (
                 int(flops.full_flops(config, T))
-                if buckets is None
+                if buckets.padded
                 else int(round(np.mean([flops.full_flops(config, int(n)) for n in seq_lens])))
             ),
         },
