@@ -5,7 +5,7 @@ r"""A GLUE task with the reference hyper-parameters: `configs/glue.py:TASK[,MODE
         --config.model.name_or_path=/models/bert-base-uncased
 
 TASK is a GLUE task name in any spelling (rte, SST-2, mnli, ...); MODE one of
-`rome_jax.training.step.MODES` (default romebert). The model defaults to
+`rome_jax.config.choices.MODES` (default romebert). The model defaults to
 bert-base-uncased from the hub; point model.name_or_path at a local HF
 directory to work offline.
 """

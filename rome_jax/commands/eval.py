@@ -106,9 +106,9 @@ def _model_from_workdir(workdir: str):
         model_json,
         num_labels=task.num_labels,
         dtype=_DTYPE.value or config.model.dtype,
-        attention_kernel=_ATTENTION.value or config.model.get("attention", "xla"),
-        exit_pooling=config.model.get("exit_pooling", "cls"),
-    )  # runs without the key pooled [CLS]
+        attention_kernel=_ATTENTION.value or config.model.attention,
+        exit_pooling=config.model.exit_pooling,
+    )  # keys added since a run was written read as that run's values (read_workdir_config)
     mismatch = params_mismatch(params, model_config)
     if mismatch:
         raise CheckpointError(
@@ -123,7 +123,7 @@ def _model_from_workdir(workdir: str):
         "source": config.data.source,
         "max_length": config.data.max_length,
         "mode": config.train.mode,
-        "buckets": config.data.get("buckets", "none"),
+        "buckets": config.data.buckets,
         "step": step,
     }
     return MultiExitModel(model_config, params, tokenizer), task, data, f"{workdir} step {step}"

@@ -1,9 +1,12 @@
 """The run's training config: checking, resolving, comparing and loading `ml_collections` configs.
 
-The configs themselves are code (`configs/*.py`, each with `get_config()`); this
-module knows every key they may hold (`KEYS`) and what values make sense, so a
-config is rejected at start with one `ConfigError` line naming the key rather
-than failing later inside the training loop.
+The configs themselves are code (`configs/*.py`, each with `get_config()`, starting
+from `configs/default.py`, which is `rome_jax.config.schema.default_config()`); the
+schema declares every key they may hold with its check (`KEYS`), so a config is
+rejected at start with one `ConfigError` line naming the key rather than failing
+later inside the training loop. This module adds the rules across keys
+(`validate`), the "auto" conventions (`resolve`), the comparison with a workdir's
+stored config (`differences`) and the loading of config files and workdirs.
 
     config = run_config.load("configs/glue.py:rte", {"train.learning_rate": 3e-5})
     config = run_config.resolve(config)             # "auto" values made explicit
@@ -19,176 +22,55 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
-import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from rome_jax.data.tasks import CUSTOM_DEFAULTS
-from rome_jax.encoder.config import ATTENTION_KERNELS, DTYPES, EXIT_POOLINGS
+from rome_jax.config.choices import STAGE2_STARTS, TWO_STAGE_MODES
+from rome_jax.config.schema import (
+    ADDED_KEYS,
+    KEYS,
+    RUN_ONLY_KEYS,
+    SCHEMA,
+    flatten,
+    nest,
+    with_added_keys,
+)
+from rome_jax.data.buckets import length_buckets
+from rome_jax.data.glue import get_task
+from rome_jax.data.tasks import CUSTOM, CUSTOM_DEFAULTS, build_task, custom_settings, is_custom, resolved_settings
 from rome_jax.errors import ConfigError, DataError
 
-Check = Callable[[Any], "str | None"]
-
-
-# ---------------------------------------------------------------------------- rules
-
-
-def _typed(kind: type, extra: Check | None = None) -> Check:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            return f"must be {kind.__name__}, got {value!r}"
-        if kind is float and not math.isfinite(value):
-            return f"must be a finite number, got {value!r}"
-        return extra(value) if extra else None
-
-    return check
-
-
-def _at_least(low: float, kind: type = int) -> Check:
-    return _typed(kind, lambda v: None if v >= low else f"must be >= {low}, got {v!r}")
-
-
-def _positive(kind: type = int) -> Check:
-    return _typed(kind, lambda v: None if v > 0 else f"must be > 0, got {v!r}")
-
-
-def _between(low: float, high: float, *, high_open: bool = False) -> Check:
-    def check(v: float) -> str | None:
-        if low <= v and (v < high if high_open else v <= high):
-            return None
-        return f"must be in [{low}, {high}{')' if high_open else ']'}, got {v!r}"
-
-    return _typed(float, check)
-
-
-def _one_of(*choices: str) -> Check:
-    return _typed(str, lambda v: None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}")
-
-
-def _one_of_defined(module: str, name: str, *extra: str) -> Check:
-    """`_one_of(*extra, *module.name)`: the choices as the module that uses them
-    defines them, imported at the first check (those modules import JAX; this one
-    must stay cheap to import)."""
-
-    def check(value: Any) -> str | None:
-        return _one_of(*extra, *getattr(importlib.import_module(module), name))(value)
-
-    return check
-
-
-def _model_name(v: str) -> str | None:
-    return None if v.strip() else "must not be empty (a local HF directory or a hub name)"
-
-
-def _task(v: str) -> str | None:
-    from rome_jax.data.glue import get_task
-    from rome_jax.data.tasks import is_custom
-
-    if is_custom(v):  # a task described by data.custom.*: checked when built (resolve)
-        return None
-    try:
-        task = get_task(v)
-    except DataError as e:
-        return str(e)
-    if not task.train_splits:
-        return f"task {task.name} has no training split"
-    return None
-
-
-STAGE2_STARTS = ("last", "best")
-"""train.stage2_start: where stage 2 of a two-stage mode starts (stage 1's last
-step or its best evaluation). Defined here because rome_jax.training.trainer is its only user."""
-
-
-def _bucket_spec(v: Any) -> str | None:
-    from rome_jax.data.buckets import check_spec
-
-    return check_spec(v)
-
-
-KEYS: dict[str, Check] = {
-    "model.name_or_path": _typed(str, _model_name),
-    "model.dtype": _one_of(*DTYPES),
-    "model.attention": _one_of(*ATTENTION_KERNELS),
-    "model.reinit_classifier": _typed(bool),
-    "model.exit_pooling": _one_of(*EXIT_POOLINGS),
-    "data.task": _typed(str, _task),
-    "data.dir": _typed(str),
-    "data.source": _one_of_defined("rome_jax.data", "SOURCES"),
-    "data.max_length": _at_least(3),
-    "data.buckets": _bucket_spec,
-    "data.train_max_examples": _at_least(0),
-    "data.eval_max_examples": _at_least(0),
-    "data.cache_dir": _typed(str),
-    "data.stage2_unlabeled": _typed(str),
-    **{f"data.custom.{k}": _typed(type(v)) for k, v in CUSTOM_DEFAULTS.items()},
-    "train.mode": _one_of_defined("rome_jax.training.step", "MODES"),
-    "train.batch_size": _positive(),
-    "train.eval_batch_size": _positive(),
-    "train.learning_rate": _positive(float),
-    "train.warmup_ratio": _between(0.0, 1.0, high_open=True),
-    "train.weight_decay": _at_least(0.0, float),
-    "train.adam_eps": _positive(float),
-    "train.adam_bias_correction": _typed(bool),
-    "train.clip_norm": _at_least(0.0, float),
-    "train.num_epochs": _positive(),
-    "train.stage2_epochs": _at_least(0),
-    "train.stage2_lr_scale": _positive(float),
-    "train.stage2_start": _one_of(*STAGE2_STARTS),
-    "train.max_steps": _at_least(0),
-    "train.grad_accum_steps": _positive(),
-    "train.seed": _typed(int),
-    "train.gamma": _between(0.0, 1.0),
-    "train.temperature": _positive(float),
-    "train.kl_reduction": _one_of_defined("rome_jax.training.losses", "REDUCTIONS"),
-    "train.anchor": _one_of_defined("rome_jax.training.projection", "ANCHORS", "auto"),
-    "train.gr_scope": _one_of_defined("rome_jax.training.step", "GR_SCOPES"),
-    "train.gr_granularity": _one_of_defined("rome_jax.training.projection", "GRANULARITIES"),
-    "train.gr_symmetric": _typed(bool),
-    "train.stage2_clip": _one_of_defined("rome_jax.training.step", "STAGE2_CLIPS"),
-    "train.log_every": _positive(),
-    "train.eval_every": _at_least(0),
-    "train.checkpoint_every": _at_least(0),
-    "train.keep_checkpoints": _positive(),
-    "train.multihost": _typed(bool),
-    "train.debug_nan_at_step": _at_least(0),
-}
-"""Every config key and its check (a function returning a problem or None)."""
-
-RUN_ONLY_KEYS = frozenset(
-    {
-        "data.cache_dir",
-        "train.checkpoint_every",
-        "train.keep_checkpoints",
-        "train.multihost",
-        "train.debug_nan_at_step",
-    }
-)
-"""Keys that do not change what a run computes: a workdir may be resumed with other values."""
+__all__ = [  # with the schema's tables, importable from here as before they moved
+    "ADDED_KEYS",
+    "KEYS",
+    "RUN_ONLY_KEYS",
+    "STAGE2_STARTS",
+    "add_config_root",
+    "check_model_fit",
+    "differences",
+    "find_config_file",
+    "flatten",
+    "from_dict",
+    "load",
+    "parse_task_mode",
+    "read_workdir_config",
+    "reference_anchor",
+    "resolve",
+    "set_value",
+    "source_checkout",
+    "suggest",
+    "task_mode_spec",
+    "to_json",
+    "validate",
+]
 
 
 # ------------------------------------------------------------------------- helpers
-
-
-def flatten(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train.learning_rate": 2e-05, ...}: the leaves under dotted names."""
-    items = config.items() if isinstance(config, (Mapping, ml_collections.ConfigDict)) else ()
-    flat: dict[str, Any] = {}
-    for key, value in items:
-        name = f"{prefix}{key}"
-        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def suggest(key: str, known: Iterable[str] = KEYS) -> str:
@@ -255,11 +137,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                 f"config train.eval_batch_size {train.eval_batch_size} is not "
                 f"divisible by the device count ({num_devices})"
             )
-    from rome_jax.training.step import TWO_STAGE_MODES
-
     if train.mode not in TWO_STAGE_MODES:
-        for key, default in (("stage2_lr_scale", 1.0), ("stage2_start", "last")):
-            if train[key] != default:
+        for key in ("stage2_lr_scale", "stage2_start"):
+            if train[key] != SCHEMA[f"train.{key}"].default:
                 raise ConfigError(
                     f"config train.{key} is for the two-stage modes ({', '.join(TWO_STAGE_MODES)}), not {train.mode!r}"
                 )
@@ -267,14 +147,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         raise ConfigError(
             f"config data.stage2_unlabeled is for train.mode fastbert (its stage 2 needs no labels), not {train.mode!r}"
         )
-    from rome_jax.data.buckets import length_buckets
-
     try:
         length_buckets(config.data.max_length, config.data.buckets)  # lengths above max_length
     except ConfigError as e:
         raise ConfigError(f"config {e}") from None
-    from rome_jax.data.tasks import is_custom
-
     custom = [k for k, v in CUSTOM_DEFAULTS.items() if config.data.custom[k] != v]
     if custom and not is_custom(config.data.task):
         raise ConfigError(f"config data.custom.{custom[0]} is for data.task 'custom', not {config.data.task!r}")
@@ -303,8 +179,6 @@ def check_model_fit(config: ml_collections.ConfigDict, model_config: Any) -> Non
 
 def reference_anchor(task: str) -> str:
     """The reference code's anchor: "A" (final exit kept) for MNLI and QQP, else "B"."""
-    from rome_jax.data.glue import get_task
-
     return "A" if get_task(task).name in ("mnli", "qqp") else "B"
 
 
@@ -318,9 +192,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ConfigError names a problem), and data.custom records absolute file paths, the
     label names (a JSON list) and the metric.
     """
-    from rome_jax.data.glue import get_task
-    from rome_jax.data.tasks import CUSTOM, build_task, custom_settings, is_custom, resolved_settings
-
     resolved = ml_collections.ConfigDict(config.to_dict())
     try:
         if is_custom(resolved.data.task):
@@ -344,24 +215,12 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return resolved
 
 
-ADDED_KEYS: dict[str, Any] = {
-    "train.adam_bias_correction": True,
-    "train.stage2_lr_scale": 1.0,
-    "data.buckets": "none",
-    "train.stage2_start": "last",
-    "model.reinit_classifier": False,
-    "model.exit_pooling": "cls",
-    **{f"data.custom.{k}": v for k, v in CUSTOM_DEFAULTS.items()},
-}
-"""Keys added after runs were written, with the value that computes what runs
-without the key computed: a stored config lacking one is read as having it."""
-
-
 def differences(
     stored: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = RUN_ONLY_KEYS
 ) -> list[str]:
-    """'key: old -> new' for each differing key (both flattened or nested)."""
-    a, b = {**ADDED_KEYS, **flatten(stored)}, flatten(current)
+    """'key: old -> new' for each differing key (both flattened or nested); a key that
+    `stored` lacks compares as its `ADDED_KEYS` value."""
+    a, b = with_added_keys(stored), flatten(current)
     ignore = set(ignore)
     changed = []
     for key in sorted(set(a) | set(b)):
@@ -381,8 +240,6 @@ def parse_task_mode(arg: str | None, file: str, *, default_task: str | None = No
     argument, `default_task` is the task; with neither, ConfigError. An unknown task
     is the DataError of `rome_jax.data.glue.get_task`; the mode is checked by `validate`.
     """
-    from rome_jax.data.glue import get_task
-
     if not arg:
         if default_task is None:
             raise ConfigError(f"{file} needs a task: --config={file}:rte (or {file}:rte,deebert)")
@@ -412,6 +269,8 @@ def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collection
         raise ConfigError(f"config file {path} does not exist")
     add_config_root(path)
     module_spec = importlib.util.spec_from_file_location(f"_rome_config_{Path(path).stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"config file {path} is not a Python file")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     config = module.get_config(arg) if arg else module.get_config()
@@ -474,7 +333,9 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
 
 
 def read_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The resolved config a training run wrote to `workdir/config.json`."""
+    """The resolved config a training run wrote to `workdir/config.json`, with each key
+    added since at the value the run computed with (`schema.ADDED_KEYS`): readers
+    take every key of the schema as it is."""
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist (not a train.py workdir?)")
@@ -482,4 +343,6 @@ def read_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    return from_dict(values)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: not a JSON object of config sections")
+    return from_dict(nest(with_added_keys(values)))
