@@ -32,7 +32,7 @@ platforms it was exported for (default: the backend running the export).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -41,8 +41,13 @@ import numpy as np
 
 from rome_jax import files
 from rome_jax.encoder.config import ModelConfig
+from rome_jax.encoder.pytree import Params
 from rome_jax.exits.criteria import Criterion
 from rome_jax.exits.executors import _while_loop_exit
+from rome_jax.serving.api import MultiExitModel
+from rome_jax.serving.predict import describe, resolve_criterion
+
+Array = jax.Array
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -52,7 +57,9 @@ def file_stem(batch_size: int, length: int) -> str:
     return f"rome_jax_predictor_b{batch_size}_t{length}"
 
 
-def predictor_fn(config: ModelConfig, params: Any, criterion: Criterion | None):
+def predictor_fn(
+    config: ModelConfig, params: Params, criterion: Criterion | None
+) -> Callable[[Array, Array, Array], dict[str, Array]]:
     """fn(input_ids, attention_mask, token_type_ids) -> dict (see the module doc),
     with `params` and `criterion` (None: full depth) closed over."""
     if criterion is None:
@@ -60,7 +67,7 @@ def predictor_fn(config: ModelConfig, params: Any, criterion: Criterion | None):
     rule = jax.tree.map(jnp.asarray, criterion.rule)
     params = jax.tree.map(jnp.asarray, params)
 
-    def fn(input_ids, attention_mask, token_type_ids):
+    def fn(input_ids: Array, attention_mask: Array, token_type_ids: Array) -> dict[str, Array]:
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -82,7 +89,7 @@ def predictor_fn(config: ModelConfig, params: Any, criterion: Criterion | None):
 
 def export_program(
     config: ModelConfig,
-    params: Any,
+    params: Params,
     criterion: Criterion | None,
     batch_size: int,
     length: int,
@@ -95,24 +102,21 @@ def export_program(
         raise ValueError(f"batch_size and length must be >= 1, not {batch_size}, {length}")
     spec = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
     fn = jax.jit(predictor_fn(config, params, criterion))
-    kwargs = {"platforms": tuple(platforms)} if platforms else {}
-    return jax.export.export(fn, **kwargs)(spec, spec, spec)
+    return jax.export.export(fn, platforms=tuple(platforms) if platforms else None)(spec, spec, spec)
 
 
 def export_predictor(
-    model: Any,
+    model: MultiExitModel,
     directory: str,
     *,
     batch_size: int,
     length: int,
-    criterion: Any = "auto",
+    criterion: Criterion | str | None = "auto",
     platforms: Sequence[str] | None = None,
 ) -> tuple[str, str]:
     """Writes `DIRECTORY/rome_jax_predictor_b{B}_t{T}.bin` (the serialized program)
     and `.json` (its description). criterion: as `MultiExitModel.predict`'s ("auto":
     the model's calibrated one, else full depth). Returns the two paths."""
-    from rome_jax.serving.predict import describe, resolve_criterion
-
     chosen = resolve_criterion(criterion, model.config, getattr(model, "calibration", None))
     exported = export_program(model.config, model.params, chosen, batch_size, length, platforms)
     os.makedirs(directory, exist_ok=True)
@@ -164,7 +168,7 @@ def export_predictor(
     return f"{stem}.bin", f"{stem}.json"
 
 
-def load_predictor(path: str):
+def load_predictor(path: str) -> Callable[..., Any]:
     """The deserialized program of a `.bin` file: call it with int32 numpy arrays
     (`jax.export.deserialize(...).call`)."""
     with open(path, "rb") as f:
@@ -172,7 +176,7 @@ def load_predictor(path: str):
     return exported.call
 
 
-def run_predictor(call, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_predictor(call: Callable[..., Any], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Runs a loaded predictor on a dict of [B, T] arrays; numpy outputs."""
     out = call(*(np.asarray(inputs[n], np.int32) for n in INPUT_NAMES))
     return {k: np.asarray(v) for k, v in out.items()}

@@ -15,9 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rome_jax.errors import DataError
+
+if TYPE_CHECKING:  # for annotations only: this module stays free of JAX (commands/predict.py imports it first)
+    from rome_jax.exits.criteria import Criterion
+    from rome_jax.serving.api import MultiExitModel
+    from rome_jax.serving.predict import Predictions
 
 CHUNK_ROWS = 4096
 """Rows read, predicted and written at a time."""
@@ -74,10 +79,11 @@ class Rows:
             self._first = self._json(first, 1)
             self.columns = list(self._first) if self._first is not None else []
         else:
-            delimiter = "\t" if self.format == "tsv" else ","
-            quoting = csv.QUOTE_NONE if self.format == "tsv" else csv.QUOTE_MINIMAL
-            source = (line.rstrip("\n").rstrip("\r") if self.format == "tsv" else line for line in self._lines)
-            self._reader = csv.reader(source, delimiter=delimiter, quoting=quoting)
+            if self.format == "tsv":  # tab-separated, no quoting (texts may hold bare quotes)
+                source = (line.rstrip("\n").rstrip("\r") for line in self._lines)
+                self._reader = csv.reader(source, delimiter="\t", quoting=csv.QUOTE_NONE)
+            else:
+                self._reader = csv.reader(self._lines, delimiter=",", quoting=csv.QUOTE_MINIMAL)
             try:
                 header = next(self._reader)
             except csv.Error as e:
@@ -89,7 +95,7 @@ class Rows:
             return None
         try:
             value = json.loads(line)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             raise DataError(f"{self.origin}, line {number}: not a JSON object ({e.msg})") from None
         if not isinstance(value, dict):
             raise DataError(f"{self.origin}, line {number}: a JSON object expected, got {type(value).__name__}")
@@ -149,12 +155,13 @@ def text_columns(
     elif task_columns:
         a = need(task_columns[0], "the task's first text column; or give --text_a")
     else:
-        a = next((rows.find(n) for n in DEFAULT_TEXT_COLUMNS if rows.find(n)), None)
-        if a is None:
+        found = next((rows.find(n) for n in DEFAULT_TEXT_COLUMNS if rows.find(n)), None)
+        if found is None:
             raise DataError(
                 f"{rows.origin}: no column 'sentence' or 'text'; give --text_a (columns there: "
                 f"{', '.join(map(repr, rows.columns)) or 'none'})"
             )
+        a = found
     if text_b:
         b = need(text_b, "--text_b")
     elif not text_a and len(task_columns) > 1:
@@ -192,7 +199,7 @@ class Writer:
         middle = ["score"] if self.regression else [f"p_{n}" for n in self.names]
         return ["id", "label", *middle, "exit_layer"]
 
-    def write(self, ids: Sequence[Any], predictions: Any) -> None:
+    def write(self, ids: Sequence[Any], predictions: Predictions | _NoPredictions) -> None:
         buffer = io.StringIO()
         if self.format == "jsonl":
             for i, row in zip(ids, predictions.rows()):
@@ -220,7 +227,7 @@ class Writer:
 
 
 class _NoPredictions:
-    def rows(self):
+    def rows(self) -> Iterator[dict]:
         return iter(())
 
 
@@ -254,14 +261,14 @@ def _chunks(rows: Rows, size: int) -> Iterator[tuple[list, DataError | None]]:
 
 
 def predict_stream(
-    model: Any,
+    model: MultiExitModel,
     rows: Rows,
     writer: Writer,
     *,
     text_a: str | None = None,
     text_b: str | None = None,
     task_columns: Sequence[str] = (),
-    criterion: Any = "auto",
+    criterion: Criterion | str | None = "auto",
     batch_size: int = 64,
     max_length: int | None = None,
     progress: bool = False,
@@ -271,7 +278,7 @@ def predict_stream(
     Returns {"examples", "seconds", "examples_per_s", "mean_layers", "num_layers",
     "criterion"}. A bad row raises DataError after the rows before it are written.
     """
-    from rome_jax.serving import predict as predict_lib
+    from rome_jax.serving import predict as predict_lib  # JAX: loaded when predicting, not on import
 
     column_a, column_b = text_columns(rows, text_a, text_b, task_columns)
     id_column = next((rows.find(n) for n in ID_COLUMNS if rows.find(n)), None)
@@ -279,19 +286,21 @@ def predict_stream(
     length = predict_lib.default_max_length(model.config, model.calibration) if max_length is None else max_length
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # only for a terminal
 
         bar = tqdm(unit="ex", file=sys.stderr, dynamic_ncols=True, desc="predicting")
     start = time.perf_counter()
     count, layers, row_number = 0, 0, 0
     try:
         for chunk, error in _chunks(rows, CHUNK_ROWS):
-            texts_a, texts_b, ids = [], [] if column_b else None, []
+            texts_a: list[str] = []
+            texts_b: list[str] | None = [] if column_b else None
+            ids: list[Any] = []
             good = 0
             for line, row in chunk:
                 try:
                     texts_a.append(_text(rows, line, row, column_a))
-                    if column_b:
+                    if column_b and texts_b is not None:
                         texts_b.append(_text(rows, line, row, column_b))
                 except DataError as e:  # predict the rows before it, then stop
                     error = e
@@ -336,7 +345,7 @@ def summary_line(summary: dict) -> str:
 
 
 def predict_file(
-    model: Any,
+    model: MultiExitModel,
     input_path: str,
     output_path: str = "-",
     *,
