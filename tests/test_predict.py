@@ -135,6 +135,34 @@ def test_order_preserved_and_batch_size_free(model, all_logits):
     np.testing.assert_allclose(shuffled.logits, ref.logits[order], atol=ATOL, rtol=0)
 
 
+def test_buckets_argument_runs_other_lengths_with_the_same_answers(model, all_logits, monkeypatch):
+    from rome_jax.data.buckets import LengthBuckets
+    from rome_jax.errors import ConfigError
+    from rome_jax.exits import executors
+
+    criterion = criteria(all_logits)[1]
+    ref = model.predict(SENTENCES, criterion=criterion, max_length=T)
+    lengths = []
+    real = executors.BatchedEarlyExit.run_dataset
+
+    def run_dataset(self, batches, *args, **kwargs):
+        lengths.extend(b["input_ids"].shape[1] for b in batches)
+        return real(self, batches, *args, **kwargs)
+
+    monkeypatch.setattr(executors.BatchedEarlyExit, "run_dataset", run_dataset)
+    for buckets in ("none", None, LengthBuckets.none(T), "16"):
+        lengths.clear()
+        out = model.predict(SENTENCES, criterion=criterion, max_length=T, buckets=buckets, batch_size=4)
+        np.testing.assert_array_equal(out.exit_layer, ref.exit_layer, err_msg=str(buckets))
+        np.testing.assert_allclose(out.logits, ref.logits, atol=ATOL, rtol=0)
+        if buckets == "16":  # (16, 64): the short sentences run 16 positions
+            assert 16 in lengths and set(lengths) <= {16, T}
+        else:  # one bucket: every batch padded to max_length
+            assert set(lengths) == {T}
+    with pytest.raises(ConfigError, match="data.buckets"):
+        model.predict(SENTENCES[:2], criterion=criterion, max_length=T, buckets="short")
+
+
 def test_none_is_full_depth(model, all_logits):
     out = model.predict(SENTENCES, criterion=None, max_length=T)
     assert (out.exit_layer == model.config.num_layers).all() and out.mean_layers == model.config.num_layers

@@ -24,12 +24,13 @@ import numpy as np
 
 from rome_jax import files, programs
 from rome_jax.config import run_config
-from rome_jax.data import BatchIterator, Features, load_examples, tokenize_examples
+from rome_jax.data import Features, load_examples, tokenize_examples
+from rome_jax.data.buckets import LengthBuckets
 from rome_jax.data.glue import Task, get_task
 from rome_jax.encoder import flops
 from rome_jax.errors import DataError, RomeError
 from rome_jax.exits import criteria as exits
-from rome_jax.exits import executors as inference
+from rome_jax.exits import outputs
 from rome_jax.experiments import leaderboard
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -67,16 +68,15 @@ def missing_data(task: Task, data_dir: str, source: str) -> str | None:
 
 
 def predict(config: Any, params: Any, features: Features, criterion: exits.Criterion, batch_size: int = 64) -> dict:
-    """Early-exit predictions of a split with the per-example batched executor.
+    """Early-exit predictions of a split with the per-example batched executor, every
+    batch padded to `max_length` (`exits.outputs.early_exits`, one bucket).
 
     Returns {"logits" [N, C], "predictions" [N] (ids, or scores for regression),
     "exit_index" [N], "mean_layers", "layer_speedup", "flops_speedup"}.
     """
-    iterator = BatchIterator(features, batch_size, shuffle=False, drop_remainder=False, num_epochs=1)
-    batches = [{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids", "example_mask")} for b in iterator]
-    out = inference.BatchedEarlyExit(config, params, criterion).run_dataset(batches)
-    keep = np.concatenate([b["example_mask"] for b in batches]).astype(bool)
-    logits, exit_index = out["logits"][keep], out["exit_index"][keep]
+    exit_index, logits = outputs.early_exits(
+        config, params, features, criterion, batch_size=batch_size, buckets=LengthBuckets.none(features.max_length)
+    )
     predictions = logits[:, 0] if config.num_labels == 1 else logits.argmax(-1)
     mean_layers = float(np.mean(exit_index + 1))
     return {
@@ -134,7 +134,6 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
     from rome_jax.config import run_config
     from rome_jax.data.metrics import compute_metrics
     from rome_jax.encoder.config import ModelConfig
-    from rome_jax.exits import evaluation
     from rome_jax.serving.api import load_tokenizer
     from rome_jax.training.checkpoints import load_params
 
@@ -159,7 +158,9 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
     }
     for split in task.dev_splits:
         features = tokenize_examples(load_examples(task.name, split, **data), tokenizer, config.data.max_length)
-        logits = evaluation.exit_logits_of(model_config, params, features, 64)
+        logits = outputs.all_exit_logits(
+            model_config, params, features, batch_size=64, buckets=LengthBuckets.none(features.max_length)
+        )
         labels = np.asarray(features.labels)
         if setting.calibrate_points is not None and split == task.dev_splits[0]:
             from rome_jax.exits import calibration

@@ -73,6 +73,7 @@ class MultiExitModel:
         criterion: Any = "auto",
         batch_size: int = 64,
         max_length: int | None = None,
+        buckets: Any = "auto",
     ):
         """Early-exit predictions on sentences (or pairs), in input order: a
         `rome_jax.serving.predict.Predictions` (labels, label_ids / scores, probabilities,
@@ -82,11 +83,15 @@ class MultiExitModel:
         "calibrated", None (full depth), or "auto" (the default: the calibrated
         threshold when the model carries a calibration, else full depth). Examples
         run in length buckets through the per-example batched executor; see
-        `rome_jax.serving.predict`.
+        `rome_jax.serving.predict`. buckets: "auto" (the default), "none" (every
+        batch padded to `max_length`), lengths like "32,64", or a
+        `data.buckets.LengthBuckets`.
         """
         from rome_jax.serving.predict import predict
 
-        return predict(self, text_a, text_b, criterion=criterion, batch_size=batch_size, max_length=max_length)
+        return predict(
+            self, text_a, text_b, criterion=criterion, batch_size=batch_size, max_length=max_length, buckets=buckets
+        )
 
     def save_pretrained(self, path: str) -> None:
         """Writes an HF directory that `transformers` loads as

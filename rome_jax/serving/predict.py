@@ -6,13 +6,14 @@
     for row in out: ...   # {"label", "label_id", "probabilities", "exit_layer"}
 
 How (`predict`): the texts are tokenized to `max_length`, grouped into length
-buckets (`data.buckets.length_buckets(max_length, "auto")`: 16, 32, 64, ... and
-`max_length`) by `bucket_batches` (examples keep their order inside a bucket; the
-last partial batch is padded with masked rows), each batch cut to its bucket's
-length, and every group of one length runs through the per-example executor
-(`inference.BatchedEarlyExit.run_dataset`: examples leave the batch as they exit).
-Results are scattered back to input order. Compiled programs depend on shapes only
-(batch rows, bucket length), so repeated calls and other thresholds reuse them.
+buckets (by default `data.buckets.length_buckets(max_length, "auto")`: 16, 32, 64,
+... and `max_length`) by `bucket_batches` (examples keep their order inside a
+bucket; the last partial batch is padded with masked rows), each batch cut to its
+bucket's length, and every group of one length runs through the per-example
+executor (`inference.BatchedEarlyExit.run_dataset`: examples leave the batch as
+they exit). Results are scattered back to input order (`exits.outputs.early_exits`).
+Compiled programs depend on shapes only (batch rows, bucket length), so repeated
+calls and other thresholds reuse them.
 
 Criterion (`resolve_criterion`): a `exits.Criterion`; a string "entropy:0.3",
 "max_prob:0.9", "normalized_entropy:0.5", "patience:2", "fixed:3"; "calibrated"
@@ -31,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from rome_jax.data.buckets import bucket_batches, length_buckets, sequence_lengths
+from rome_jax.data.buckets import LengthBuckets, length_buckets
 from rome_jax.encoder.config import ModelConfig
-from rome_jax.encoder.model import INPUT_KEYS
 from rome_jax.exits import calibration as calibration_lib
 from rome_jax.exits.criteria import CRITERIA, Criterion, check_criterion
-from rome_jax.exits.executors import BatchedEarlyExit, default_buckets, smallest_bucket
+from rome_jax.exits.executors import default_buckets, smallest_bucket
+from rome_jax.exits.outputs import early_exits
 
 AUTO = "auto"
 """The default criterion: the model's calibrated one, else full depth."""
@@ -176,58 +177,34 @@ class Predictions:
         return self.rows()
 
 
-def _take(inputs: Mapping[str, np.ndarray], rows: np.ndarray, length: int) -> dict[str, np.ndarray]:
-    """Rows (-1: a masked copy of the batch's first real row) cut to `length`, with example_mask."""
-    real = rows >= 0
-    take = np.where(real, rows, rows[real][0] if real.any() else 0)
-    batch = {k: np.asarray(inputs[k])[take, :length] for k in INPUT_KEYS if k in inputs}
-    batch["example_mask"] = real
-    return batch
-
-
 def run_early_exit(
     config: ModelConfig,
     params: Any,
     inputs: Mapping[str, np.ndarray],
     criterion: Criterion | None,
     *,
+    buckets: LengthBuckets,
     batch_size: int = 64,
-    buckets: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-example early exit of tokenized rows, bucketed by length, in input order.
 
     inputs: `input_ids`, `attention_mask`, `token_type_ids` [N, T] (right-padded);
-    criterion: None runs full depth; buckets: ascending lengths (default
-    `length_buckets(T, "auto")`). Batches have `batch_size` rows, or for fewer
+    criterion: None runs full depth; buckets: the length buckets, ending at T.
+    Batches have `batch_size` rows, or for fewer
     examples the smallest of `inference.default_buckets(batch_size)` holding them
     (so a call on three sentences computes three rows, and compiled shapes stay few).
-    Returns (exit_index [N] int32 0-based, logits [N, C] float32).
+    Returns (exit_index [N] int32 0-based, logits [N, C] float32)
+    (`exits.outputs.early_exits`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    ids = np.asarray(inputs["input_ids"])
-    n, width = ids.shape
-    exit_index = np.zeros(n, np.int32)
-    logits = np.zeros((n, config.num_labels), np.float32)
+    n = len(inputs["input_ids"])
     if n == 0:
-        return exit_index, logits
-    mask = np.asarray(inputs["attention_mask"]) if "attention_mask" in inputs else np.ones_like(ids)
-    buckets = tuple(buckets) if buckets is not None else length_buckets(width, "auto")
+        return np.zeros(0, np.int32), np.zeros((0, config.num_labels), np.float32)
     rows_per_batch = smallest_bucket(min(n, batch_size), default_buckets(batch_size))
-    plan = bucket_batches(np.arange(n), sequence_lengths(mask), buckets, rows_per_batch, drop_remainder=False)
     if criterion is None:
         criterion = Criterion("fixed", config.num_exits, regression=config.num_labels == 1)
-    executor = BatchedEarlyExit(config, params, criterion)
-    groups: dict[int, list[np.ndarray]] = {}
-    for rows, length in plan:  # one run_dataset per length: it takes one sequence length
-        groups.setdefault(length, []).append(rows)
-    for length, batch_rows in groups.items():
-        out = executor.run_dataset([_take(inputs, rows, length) for rows in batch_rows])
-        rows = np.concatenate(batch_rows)
-        real = rows >= 0
-        exit_index[rows[real]] = np.asarray(out["exit_index"])[real]
-        logits[rows[real]] = np.asarray(out["logits"])[real]
-    return exit_index, logits
+    return early_exits(config, params, inputs, criterion, batch_size=rows_per_batch, buckets=buckets)
 
 
 def _texts(values: Any, name: str) -> list[str]:
@@ -256,11 +233,15 @@ def predict(
     criterion: Criterion | str | None = AUTO,
     batch_size: int = 64,
     max_length: int | None = None,
+    buckets: LengthBuckets | str | Sequence[int] | None = "auto",
 ) -> Predictions:
     """Early-exit predictions of a `MultiExitModel` (with a tokenizer) on sentences or pairs.
 
     criterion: see `resolve_criterion` ("auto": the model's calibrated threshold, else
-    full depth); max_length: tokens kept per example (default `default_max_length`).
+    full depth); max_length: tokens kept per example (default `default_max_length`);
+    buckets: the length buckets the rows run in, a `data.buckets` value resolved
+    here at `max_length` (`length_buckets`: "auto", the default; "none" or None: one
+    bucket, every batch padded to `max_length`; "32,64" or lengths).
     """
     text_a = _texts(text_a, "text_a")
     if text_b is not None:
@@ -270,6 +251,7 @@ def predict(
     calibration = getattr(model, "calibration", None)
     chosen = resolve_criterion(criterion, model.config, calibration)
     length = default_max_length(model.config, calibration) if max_length is None else int(max_length)
+    buckets = length_buckets(length, buckets)
     if not text_a:
         return Predictions(
             np.zeros((0, model.config.num_labels), np.float32),
@@ -279,7 +261,9 @@ def predict(
             chosen,
         )
     inputs = model.tokenize(text_a, text_b, max_length=length)
-    exit_index, logits = run_early_exit(model.config, model.params, inputs, chosen, batch_size=batch_size)
+    exit_index, logits = run_early_exit(
+        model.config, model.params, inputs, chosen, buckets=buckets, batch_size=batch_size
+    )
     return Predictions(
         logits=logits,
         exit_layer=exit_index + 1,
