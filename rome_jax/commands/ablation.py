@@ -121,8 +121,8 @@ def main(argv):
         ]
     if not records:
         raise ConfigError(f"{root}, {_RECORDS.value}: no finished runs to report")
-    findings = Path(_FINDINGS.value)
-    findings = findings.read_text(encoding="utf-8") if _FINDINGS.value and findings.is_file() else ""
+    findings_file = Path(_FINDINGS.value)
+    findings = findings_file.read_text(encoding="utf-8") if _FINDINGS.value and findings_file.is_file() else ""
     out = Path(_REPORT.value)
     grid_note = _GRID_NOTE.value or ablation.previous_grid_note(out)
     print(ablation.report(records, out, grid_note, missing, findings, _RECORDS.value))

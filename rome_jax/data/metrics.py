@@ -7,6 +7,8 @@ correlations instead of NaN, as scikit-learn does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from rome_jax.data.glue import Task, get_task
@@ -160,7 +162,7 @@ def primary_metric(task: str | Task) -> str:
     return get_task(task).metric
 
 
-def glue_score(task: str | Task, metrics: dict[str, float]) -> float:
+def glue_score(task: str | Task, metrics: Mapping[str, float]) -> float:
     """The single number the GLUE benchmark reports for `task` (0..1 scale).
 
     The mean of the two metrics for MRPC/QQP (F1, accuracy) and STS-B (Pearson,

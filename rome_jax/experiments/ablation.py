@@ -18,7 +18,10 @@ import platform
 import subprocess
 import time
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
+
+import numpy as np
 
 from rome_jax import files, programs
 from rome_jax.config import run_config
@@ -68,7 +71,6 @@ def provenance() -> dict:
     train equal models whatever else the commit changed), versions and the machine.
     (Only jax's version is read: initialising a backend here would take a GPU's memory
     from the train.py that runs next.)"""
-    from importlib.metadata import version
 
     def git(*args: str) -> str | None:
         try:
@@ -184,10 +186,10 @@ def run_one(
     else:
         resumed = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
         flags = [f"--config.{o}" for o in run_spec(task, mode, seed, config, overrides, exit_pooling)["overrides"]]
-        spec = run_config.task_mode_spec(run_config.find_config_file(config), task, mode)
+        config_spec = run_config.task_mode_spec(run_config.find_config_file(config), task, mode)
         where = provenance()
         start = time.time()
-        train = [*programs.command("train"), f"--config={spec}", f"--workdir={workdir}", *flags]
+        train = [*programs.command("train"), f"--config={config_spec}", f"--workdir={workdir}", *flags]
         if subprocess.run(train, env=programs.child_env()).returncode != 0:
             raise RomeError(f"{workdir}: train.py failed; re-run to resume")
         train_seconds = time.time() - start
@@ -213,19 +215,15 @@ def gr_stats(rows: list[dict]) -> dict | None:
     return {"projected_fraction": mean("gr/projected"), "cosine": mean("gr/cosine")}
 
 
-def _cell(values, digits: int = 1) -> str:
+def _cell(values: Sequence[float] | np.ndarray, digits: int = 1) -> str:
     """'mean ± std' over seeds (population std), or the one value."""
-    import numpy as np
-
-    values = np.asarray(values, dtype=float)
-    mean, std = f"{values.mean():.{digits}f}", f"{values.std():.{digits}f}"
-    return f"{mean} ± {std}" if len(values) > 1 else mean
+    array = np.asarray(values, dtype=float)
+    mean, std = f"{array.mean():.{digits}f}", f"{array.std():.{digits}f}"
+    return f"{mean} ± {std}" if len(array) > 1 else mean
 
 
-def _per_exit(runs: list[dict], key: str):
+def _per_exit(runs: list[dict], key: str) -> np.ndarray:
     """[seeds, exits] array of one metric x100 from the runs' eval results."""
-    import numpy as np
-
     return np.array([[e[key] for e in r["results"]["per_exit"]] for r in runs]) * 100
 
 
@@ -236,7 +234,7 @@ CALIBRATION_POINTS = (0.5, 1.0)
 def _calibrated_table(rows: list[dict], modes: list[str], metric: str) -> list[str]:
     """Markdown lines: per mode, the entropy threshold `calibration.calibrate` chooses on
     each run's dev sweep within each of CALIBRATION_POINTS, its metric and speed-up."""
-    from rome_jax.exits import calibration
+    from rome_jax.exits import calibration  # JAX: the runner that starts train.py never loads it
 
     lines = [
         "",
@@ -305,8 +303,7 @@ def report(
     findings: str = "",
     records_dir: str = "docs/ablation_runs",
 ) -> str:
-    import matplotlib
-    import numpy as np
+    import matplotlib  # only the report draws (and pyplot must follow the backend's choice)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -440,8 +437,8 @@ def report(
             "|---" * (len(modes) + 1) + "|",
         ]
         for threshold in dict.fromkeys(t for t, *_ in sweep_lines):
-            cells = {m: f"{a} ({x}x)" for t, m, a, x in sweep_lines if t == threshold}
-            lines.append(f"| {threshold:g} | " + " | ".join(cells.get(m, "") for m in modes) + " |")
+            by_mode = {m: f"{a} ({x}x)" for t, m, a, x in sweep_lines if t == threshold}
+            lines.append(f"| {threshold:g} | " + " | ".join(by_mode.get(m, "") for m in modes) + " |")
         lines += _calibrated_table(rows, modes, metric)
         gr_rows = [(m, [r["gr"] for r in rows if r["mode"] == m and r.get("gr")]) for m in modes]
         if any(stats for _, stats in gr_rows):

@@ -77,7 +77,7 @@ def format_predictions(task: str, predictions: np.ndarray) -> list[str]:
         raise DataError(
             f"{t.name}: prediction {ids[row].item()!r} of row {row} is not a class id in 0..{t.num_labels - 1}"
         )
-    names = t.label_names
+    names = t.label_names or ()  # a classification task's
     uses_names = not all(n.isdigit() for n in names)
     return [names[int(i)] if uses_names else str(int(i)) for i in ids]
 

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import types
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,14 +29,13 @@ import jax
 import numpy as np
 
 from rome_jax.encoder.params import tree_mismatch
+from rome_jax.encoder.pytree import PyTree
 from rome_jax.errors import CheckpointError, first_line
 
 logger = logging.getLogger(__name__)
 
-PyTree = Any
 
-
-def _ocp():
+def _ocp() -> types.ModuleType:
     import orbax.checkpoint as ocp  # heavy: imported on first use
 
     return ocp
@@ -44,7 +44,7 @@ def _ocp():
 def abstract_like(tree: PyTree) -> PyTree:
     """Shapes, dtypes and shardings of a pytree of arrays (a restore target)."""
 
-    def leaf(x):
+    def leaf(x: jax.Array) -> jax.ShapeDtypeStruct:
         sharding = getattr(x, "sharding", None)
         return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
@@ -224,13 +224,13 @@ def _drop_orbax_leftovers() -> None:
     if getattr(previous, "drops_orbax_leftovers", False):
         return
 
-    def hook(unraisable: Any) -> None:
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
         error, source = unraisable.exc_value, unraisable.object
         closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
         if not (closed_loop or _from_orbax(getattr(source, "cr_code", None))):
             previous(unraisable)
 
-    hook.drops_orbax_leftovers = True
+    hook.drops_orbax_leftovers = True  # type: ignore[attr-defined]  # marks the hook installed
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_OrbaxLeftovers())
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning, r"(orbax|asyncio)\.")

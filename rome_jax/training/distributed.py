@@ -18,6 +18,13 @@ preemption service: every process stops at the same step (see
 from __future__ import annotations
 
 import logging
+import socket
+import time
+from typing import Any
+
+import jax
+from jax._src import distributed as jax_distributed  # the runtime's client and address
+from jax.experimental import multihost_utils
 
 from rome_jax.errors import ConfigError, first_line
 
@@ -40,17 +47,16 @@ def initialize(
     Raises ConfigError (one line, naming the coordinator's address) when the settings
     are incomplete or the runtime cannot be joined within `timeout_s` seconds.
     """
-    import jax
-
     if num_processes is not None and num_processes < 1:
         raise ConfigError(f"--num_processes must be >= 1, got {num_processes}")
     if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
         raise ConfigError(f"--process_id must be in [0, {num_processes}), got {process_id}")
     if timeout_s < 1:
         raise ConfigError(f"--initialization_timeout must be >= 1 second, got {timeout_s}")
-    if jax.config.jax_cpu_collectives_implementation is None:
+    # a flag with a context manager: read as an attribute, which JAX's type stubs do not list
+    if jax.config.jax_cpu_collectives_implementation is None:  # type: ignore[attr-defined]
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
@@ -87,9 +93,6 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
     """Waits until `address` (HOST:PORT) accepts a TCP connection, or raises ConfigError
     naming it once `timeout_s` seconds have passed (JAX's own client would instead
     abort the process, a core dump and no word of the address, when it times out)."""
-    import socket
-    import time
-
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit():
@@ -119,8 +122,6 @@ def _reason(error: BaseException) -> str:
 
 
 def is_multiprocess() -> bool:
-    import jax
-
     return jax.process_count() > 1
 
 
@@ -129,14 +130,10 @@ _BARRIERS: dict[str, int] = {}
 
 def barrier(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
     """Waits until every process reaches the barrier `name` (a no-op with one process)."""
-    import jax
-
     if jax.process_count() == 1:
         return
     client = _global_state().client
     if client is None:  # processes without the runtime's client: a collective barrier
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
         return
     count = _BARRIERS[name] = _BARRIERS.get(name, 0) + 1  # every process passes the same ones
@@ -150,7 +147,5 @@ def barrier(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
         ) from None
 
 
-def _global_state():
-    from jax._src import distributed as jax_distributed  # the runtime's client and address
-
+def _global_state() -> jax_distributed.State:
     return jax_distributed.global_state

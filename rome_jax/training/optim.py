@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-Params = Any
+from rome_jax.encoder.pytree import Params
 
 
 def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
@@ -24,7 +25,7 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_steps:
 def weight_decay_mask(params: Params) -> Params:
     """True where AdamW's weight decay applies: never on LayerNorm or biases."""
 
-    def decays(path, _):
+    def decays(path: tuple[Any, ...], _: jax.Array) -> bool:
         names = [getattr(p, "key", getattr(p, "name", p)) for p in path]
         return not (names[-1] == "bias" or "LayerNorm" in names)
 
@@ -32,7 +33,7 @@ def weight_decay_mask(params: Params) -> Params:
 
 
 class UncorrectedAdamWState(NamedTuple):
-    count: jax.Array  # int32 scalar: steps taken
+    count: jax.Array  # type: ignore[assignment]  # int32 scalar: steps taken (a field named as optax's, over tuple.count)
     mu: Params  # first moments, float32, like the parameters
     nu: Params  # second moments
 
@@ -44,7 +45,7 @@ def uncorrected_adamw(
     b2: float = 0.999,
     eps: float = 1e-6,
     weight_decay: float = 0.0,
-    mask: Any = None,
+    mask: Params | Callable[[Params], Params] | None = None,
 ) -> optax.GradientTransformation:
     """AdamW without bias correction, step for step as the `AdamW(correct_bias=False)`
     of FastBERT's code (uer; the same class as transformers 2.x):
@@ -61,7 +62,9 @@ def uncorrected_adamw(
         zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
         return UncorrectedAdamWState(jnp.zeros((), jnp.int32), zeros, zeros)
 
-    def update(grads: Params, state: UncorrectedAdamWState, params: Params = None):
+    def update(
+        grads: Params, state: UncorrectedAdamWState, params: Params = None
+    ) -> tuple[Params, UncorrectedAdamWState]:
         if params is None and weight_decay:
             raise ValueError("uncorrected_adamw with weight decay needs the parameters")
         lr = schedule(state.count)
@@ -116,7 +119,7 @@ def exit_mask(params: Params, *, intermediate: bool, backbone: bool, final_exit:
     backbone and final exit, stage 2 only the intermediate exits.
     """
 
-    def mask(path, leaf):
+    def mask(path: tuple[Any, ...], leaf: jax.Array) -> jax.Array:
         names = [getattr(p, "key", getattr(p, "name", p)) for p in path]
         ones = (1,) * (leaf.ndim - 1)
         if len(names) >= 2 and names[0] == "layers" and names[1] == "exit":

@@ -28,12 +28,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import PyTreeDef
 
 # Defined with the config's checks (still importable from here).
 from rome_jax.config.choices import ANCHORS, GRANULARITIES
+from rome_jax.encoder.pytree import PyTree
 
 Array = jax.Array
-PyTree = Any
 
 
 def _key_name(entry: Any) -> Any:
@@ -130,6 +131,7 @@ def project_gradients(
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; accepted values: 'global', 'per_tensor'")
 
+    treedef: PyTreeDef  # named: mypy cannot resolve the name jax.tree.flatten's stub returns
     leaves_a, treedef = jax.tree.flatten(g_A)
     leaves_b = treedef.flatten_up_to(g_B)
     masks = treedef.flatten_up_to(selection)
@@ -158,7 +160,7 @@ def project_gradients(
         prepared.append((a, b, selected, products))
 
     def total(key: str) -> Array:
-        return sum(jnp.sum(p[key]).astype(jnp.float32) for *_, p in prepared)
+        return sum((jnp.sum(p[key]).astype(jnp.float32) for *_, p in prepared), jnp.zeros((), jnp.float32))
 
     dot, norm_a2, norm_b2 = total("ab"), total("aa"), total("bb")
 
