@@ -177,7 +177,7 @@ def test_tokenizer_and_metrics_writer_load_without_importing_pytorch(minilm_path
 
     code = (
         "import sys; from rome_jax.serving.api import load_tokenizer; "
-        "from rome_jax.training.trainer import _summary_writer_class; "
+        "from rome_jax.training.metrics_log import _summary_writer_class; "
         f"load_tokenizer({minilm_path!r}); w = _summary_writer_class()({str(tmp_path / 'tb')!r}); "
         "w.add_scalar('x', 1.0, 1); w.close(); print('torch' in sys.modules); import torch; print(torch.ones(1).item())"
     )

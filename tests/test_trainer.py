@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rome_jax.config import run_config
-from rome_jax.training import best, checkpoints, preemption, stages, trainer
+from rome_jax.training import best, checkpoints, metrics_log, preemption, resume, stages, trainer
 from rome_jax.training import step as ts
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -208,8 +208,8 @@ def test_checkpoint_meta_keeps_its_layout():
         "total_steps": 12,
         "stage1_best": None,
     }
-    parsed = trainer.CheckpointMeta.from_json(meta)
+    parsed = resume.CheckpointMeta.from_json(meta)
     assert parsed.to_json() == meta and list(parsed.to_json()) == list(meta)
-    window = trainer.LogWindow.from_meta(parsed.window)
+    window = metrics_log.LogWindow.from_meta(parsed.window)
     assert (window.count, window.saved_sums, window.arrays) == (1, {"loss": 0.5}, None)
-    assert trainer.LogWindow.from_meta(None) == trainer.LogWindow()
+    assert metrics_log.LogWindow.from_meta(None) == metrics_log.LogWindow()

@@ -21,12 +21,14 @@ from jax.sharding import Mesh
 
 from rome_jax.config import run_config
 from rome_jax.data import BatchIterator, Features, length_buckets, load_examples, read_text_file, tokenize_examples
+from rome_jax.data.buckets import LengthBuckets
 from rome_jax.data.glue import Task
 from rome_jax.data.metrics import primary_metric
 from rome_jax.data.tasks import task_from_config
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.errors import ConfigError, RomeError
 from rome_jax.serving.api import MultiExitModel, load_pretrained, resolve_model_dir
+from rome_jax.sharding import make_mesh, replicated
 from rome_jax.training import distributed
 from rome_jax.training import step as ts
 from rome_jax.training.stages import Stage, make_stage_optimizer, plan_stages
@@ -52,7 +54,7 @@ class Run:
     dev_features: dict[str, Features]  # by dev split
     stage2_features: Features | None  # FastBERT's unlabeled stage-2 data, or None
     mesh: Mesh
-    buckets: tuple[int, ...]  # the sequence lengths batches are cut to (data.buckets; rome_jax.data.buckets)
+    buckets: LengthBuckets  # the sequence lengths batches are cut to (data.buckets)
     stages: tuple[Stage, ...]
     metric: str  # the task's primary metric
     target: TrainState  # the restore target: jax.ShapeDtypeStruct leaves (shapes, dtypes, replicated shardings)
@@ -77,7 +79,7 @@ class Run:
         return _training_batches(self.config, features, self.buckets)
 
 
-def _training_batches(config: ml_collections.ConfigDict, features: Features, buckets: tuple[int, ...]) -> BatchIterator:
+def _training_batches(config: ml_collections.ConfigDict, features: Features, buckets: LengthBuckets) -> BatchIterator:
     t = config.train
     return BatchIterator(
         features,
@@ -134,7 +136,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, ove
         save_tokenizer(model.tokenizer, workdir / "tokenizer")
     train_features, dev_features, stage2_features = load_data(config, task, model.tokenizer)
 
-    mesh = ts.make_mesh()
+    mesh = make_mesh()
     logger.info(
         "data-parallel over %d %s device(s) in %d process(es)",
         mesh.size,
@@ -150,7 +152,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, ove
     # The restore target: the state's structure, shapes and shardings (nothing allocated).
     tx, _ = make_stage_optimizer(config, stages[0], model.params)
     shapes = jax.eval_shape(lambda p: ts.create_train_state(p, tx, config.train.seed), model.params)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ts.replicated(mesh)), shapes)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
     run = Run(
         config=config,
         workdir=workdir,

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 import ml_collections
 import optax
 
+from rome_jax.config.choices import TWO_STAGE_MODES
 from rome_jax.training.optim import learning_rate_schedule, make_optimizer
-from rome_jax.training.step import TWO_STAGE_MODES, Params, StepSettings
+from rome_jax.training.step import Params, StepSettings
 
 
 @dataclasses.dataclass(frozen=True)
