@@ -78,7 +78,7 @@ _EXIT_POOLING = flags.DEFINE_enum(
 )
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:

@@ -34,7 +34,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # XLA's C++ INFO lines
 # PyTorch is a test dependency only, and an error must stay one line.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+import ml_collections  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+from ml_collections.config_flags.config_flags import is_config_flag  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from rome_jax.config import run_config  # noqa: E402
 from rome_jax.errors import ConfigError, RomeError  # noqa: E402
@@ -59,8 +64,6 @@ class _TqdmHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
-
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must not raise
             self.handleError(record)
@@ -79,14 +82,9 @@ def setup_logging(verbose: bool = False) -> None:
         # huggingface_hub/datasets log every retry of an unreachable hub twice.
         for name in ("absl", "jax", "orbax", "transformers", "tensorboardX", "huggingface_hub", "datasets"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
     try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import transformers
+        import transformers  # only when a program runs: importing this module stays cheap
 
         transformers.logging.set_verbosity_error()
     except ImportError:  # pragma: no cover
@@ -97,8 +95,6 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _config_flag_names() -> list[str]:
-    from ml_collections.config_flags.config_flags import is_config_flag
-
     return [name for name in FLAGS if is_config_flag(FLAGS[name])]
 
 
@@ -164,8 +160,6 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     Returns the arguments absl did not consume (argv[0] first). `--help` / `-h`
     (`--helpfull`) print the help and exit with status 0.
     """
-    from ml_collections import config_flags
-
     if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv[1:]):
         print_help(full="--helpfull" in argv)
         sys.exit(0)
@@ -199,7 +193,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     return rest
 
 
-def config_from_flag(holder: Any, name: str = "config"):
+def config_from_flag(holder: Any, name: str = "config") -> ml_collections.ConfigDict:
     """The ConfigDict of a config flag; ConfigError if it was not given."""
     config = holder.value if hasattr(holder, "value") else holder
     if config is None:

@@ -46,12 +46,12 @@ _POINTS = flags.DEFINE_float(
 )
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required")
-    from rome_jax.experiments import glue_runner
+    from rome_jax.experiments import glue_runner  # JAX: loaded once the flags are checked
 
     for o in _OVERRIDE.value:
         if "=" not in o:

@@ -34,12 +34,20 @@ if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from absl import flags
 
 from rome_jax.commands import cli
+from rome_jax.config import run_config
+from rome_jax.data.glue import get_task
+from rome_jax.data.tasks import task_from_config
 from rome_jax.errors import CheckpointError, ConfigError
+from rome_jax.host_memory import reexec_with_malloc_tunables
 from rome_jax.serving.files import predict_file, summary_line
+
+if TYPE_CHECKING:  # annotations only: JAX loads after the re-exec (run), in _load
+    from rome_jax.serving.api import MultiExitModel
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir: its exported model (WORKDIR/model).")
 _MODEL = flags.DEFINE_string("model", None, "Instead of --workdir: an HF model directory.")
@@ -67,15 +75,14 @@ _MAX_LENGTH = flags.DEFINE_integer(
 # ------------------------------------------------------------------------- the program
 
 
-def _load(workdir: str | None, model_dir: str | None, task_name: str | None):
+def _load(
+    workdir: str | None, model_dir: str | None, task_name: str | None
+) -> tuple["MultiExitModel", tuple[str, ...], str]:
     """(model, task columns, origin)."""
-    from rome_jax.serving.api import load_pretrained
+    from rome_jax.serving.api import load_pretrained  # JAX: only now, after the re-exec (run)
 
     columns: tuple[str, ...] = ()
     if workdir:
-        from rome_jax.config import run_config
-        from rome_jax.data.tasks import task_from_config
-
         path = os.path.join(workdir, "model")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise CheckpointError(
@@ -86,14 +93,14 @@ def _load(workdir: str | None, model_dir: str | None, task_name: str | None):
         except Exception:  # noqa: BLE001 - columns are a default only
             columns = ()
         return load_pretrained(path), columns, path
+    if not model_dir:
+        raise ConfigError("give either --workdir (a train.py run) or --model (an HF directory)")
     if task_name:
-        from rome_jax.data.glue import get_task
-
         columns = tuple(get_task(task_name).text_columns)
     return load_pretrained(model_dir), columns, model_dir
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if bool(_WORKDIR.value) == bool(_MODEL.value):
@@ -109,7 +116,7 @@ def main(argv):
         raise ConfigError(
             f"--max_length {_MAX_LENGTH.value}: 1 to the model's {model.config.max_length} positions ({origin})"
         )
-    from rome_jax.serving import predict as predict_lib
+    from rome_jax.serving import predict as predict_lib  # JAX, as in _load
 
     try:
         predict_lib.resolve_criterion(_CRITERION.value, model.config, model.calibration)
@@ -135,8 +142,6 @@ def main(argv):
 
 def run() -> None:
     """The entry point: `python predict.py`, `python -m rome_jax.commands.predict`."""
-    from rome_jax.host_memory import reexec_with_malloc_tunables
-
     reexec_with_malloc_tunables()  # a no-op when the module's first lines did it
     cli.run_main(main)
 

@@ -17,13 +17,16 @@ if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory
 
 
 import os
+import sys
 import time
+import traceback
 
 from absl import flags
 from ml_collections import config_flags
 
 from rome_jax.commands import cli
 from rome_jax.errors import ConfigError, RomeError
+from rome_jax.host_memory import reexec_with_malloc_tunables
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -78,6 +81,7 @@ def main(argv: list[str]) -> int:
     config = cli.config_from_flag(_CONFIG)
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required")
+    # JAX and the library load only now: the process re-executed itself first (run)
     import jax
 
     explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -119,9 +123,6 @@ def main(argv: list[str]) -> int:
 def _exit_alone(error: BaseException) -> None:
     """Reports `error` as run_main would (one line, or a traceback for a bug) and ends this
     process at once."""
-    import sys
-    import traceback
-
     if isinstance(error, RomeError):
         cli.report(error, verbose=cli.VERBOSE.value)
         code = error.exit_code
@@ -135,7 +136,7 @@ def _exit_alone(error: BaseException) -> None:
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    import jax
+    import jax  # loaded already by main (this module imports it there, after the re-exec)
 
     if jax.process_index() == 0:  # it hosts the runtime's coordinator: leaving at once would
         time.sleep(1.0)  # abort processes still printing the same error (a C++ stack dump)
@@ -144,8 +145,6 @@ def _exit_alone(error: BaseException) -> None:
 
 def run() -> None:
     """The entry point: `python train.py`, `python -m rome_jax.commands.train`."""
-    from rome_jax.host_memory import reexec_with_malloc_tunables
-
     reexec_with_malloc_tunables()  # a no-op when the module's first lines did it
     cli.run_main(main)
 
