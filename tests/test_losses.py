@@ -266,3 +266,22 @@ def test_losses_jit(data):
     loss_a, loss_b = fn(jnp.asarray(logits), jnp.asarray(labels))
     ref_a, ref_b, _ = losses.romebert_groups(jnp.asarray(logits), jnp.asarray(labels))
     np.testing.assert_allclose([loss_a, loss_b], [ref_a, ref_b], rtol=1e-6)
+
+
+def test_training_evaluation_logs_the_training_loss(data):
+    """The dev loss of training's evaluation is `exit_losses` on the rows kept, equal to
+    the loop-written cross-entropy (and MSE for regression)."""
+    from rome_jax.data.glue import get_task
+    from rome_jax.training.evaluate import exit_metrics
+
+    logits, labels = data
+    keep = np.array([True, True, False, True, True])
+    record = exit_metrics(get_task("mnli"), logits, labels, keep)
+    expected = _np_cross_entropy(logits[:, keep], labels[keep])
+    for i in range(E):
+        assert record[f"exit_{i + 1}/loss"] == pytest.approx(expected[i], rel=1e-5)
+    scores = logits[..., :1]
+    targets = np.linspace(0.0, 5.0, B).astype(np.float32)
+    record = exit_metrics(get_task("stsb"), scores, targets, keep)
+    for i in range(E):
+        assert record[f"exit_{i + 1}/loss"] == pytest.approx(_np_mse(scores[i, keep, 0], targets[keep]), rel=1e-5)
