@@ -86,10 +86,10 @@ def main(argv: list[str]) -> int:
 
     explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _MULTIHOST.value or config.train.multihost or any(v is not None for v in explicit):
-        from rome_jax.training import distributed
+        from rome_jax.training import distributed  # JAX, as above
 
         distributed.initialize(*explicit, timeout_s=_INIT_TIMEOUT.value, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
-    from rome_jax.training import trainer
+    from rome_jax.training import trainer  # JAX, as above
 
     try:
         result = trainer.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)

@@ -212,7 +212,7 @@ def _read_jsonl(path: Path) -> _Table:
 
 def _read_parquet(path: Path) -> _Table:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # optional: only Parquet files need it
 
         table = pq.read_table(path)
     except ImportError:
@@ -259,7 +259,7 @@ _HF_CACHE: dict[tuple[str, str], Any] = {}
 def _hf_table(task: CustomTask, split: str) -> _Table:
     key = (task.hf_dataset, task.hf_config)
     if key not in _HF_CACHE:
-        import datasets
+        import datasets  # heavy: only a task read from a Hugging Face dataset needs it
 
         try:
             _HF_CACHE[key] = datasets.load_dataset(task.hf_dataset, task.hf_config or None)

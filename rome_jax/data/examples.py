@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import math
 import os
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -278,7 +280,7 @@ def _local_files(data_files: str | os.PathLike | Sequence[str | os.PathLike]) ->
 
 
 def _load_local(paths: list[Path], task: Task, cache_dir: str | None) -> Any:
-    import datasets  # heavy; only this source needs it
+    import datasets  # heavy: only this source needs it
 
     kinds = {p.suffix.lower() for p in paths}
     if len(kinds) != 1 or kinds.pop() not in (".parquet", ".csv", ".tsv"):
@@ -330,9 +332,6 @@ def _hub_unreachable() -> str | None:
     """Why the Hugging Face hub cannot be reached (its host name does not resolve), or
     None: when it may be. Skipped (None) in offline mode (`HF_HUB_OFFLINE`), where
     `datasets` reads its local cache."""
-    import socket
-    from urllib.parse import urlparse
-
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return None
     host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
@@ -371,7 +370,7 @@ def read_hf_datasets(
             ) from None
         origin, files = ", ".join(map(str, paths)), tuple(map(str, paths))
     else:
-        import datasets
+        import datasets  # heavy: only this source needs it
 
         hub_split = task.hf_splits[split]
         try:
@@ -394,13 +393,13 @@ def read_tfds(task: Task | str, split: str, *, data_dir: str | None = None) -> E
     """One split from tensorflow-datasets' `glue/<config>` (needs TensorFlow)."""
     task = get_task(task)
     split = check_split(task, split)
-    try:
+    try:  # optional, and heavy: only this source needs TensorFlow
         import tensorflow  # noqa: F401
     except ImportError:
         raise DataError(
             "tensorflow-datasets' GLUE needs TensorFlow: pip install tensorflow (or use data.source=dir)"
         ) from None
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy: only this source needs it
 
     name, tfds_split = f"glue/{task.hf_config}", task.hf_splits[split]
     try:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from rome_jax.encoder.config import EXIT_POOLING_KEY, ModelConfig
 from rome_jax.encoder.pytree import Params, PyTree
@@ -72,8 +73,6 @@ def find_weight_file(directory: str) -> str:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
     out = {}
     with safe_open(path, framework="flax") as f:
         for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
@@ -83,7 +82,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
     try:
-        import torch
+        import torch  # optional (a test dependency), and heavy: only pytorch_model.bin needs it
     except ImportError:
         raise CheckpointError(
             f"{path}: reading pytorch_model.bin needs PyTorch (pip install torch), "

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from tqdm import tqdm
+
 from rome_jax.errors import DataError
 
 if TYPE_CHECKING:  # for annotations only: this module stays free of JAX (commands/predict.py imports it first)
@@ -286,8 +288,6 @@ def predict_stream(
     length = predict_lib.default_max_length(model.config, model.calibration) if max_length is None else max_length
     bar = None
     if progress:
-        from tqdm import tqdm  # only for a terminal
-
         bar = tqdm(unit="ex", file=sys.stderr, dynamic_ncols=True, desc="predicting")
     start = time.perf_counter()
     count, layers, row_number = 0, 0, 0
@@ -379,3 +379,63 @@ def predict_file(
     finally:
         if close_in:
             in_stream.close()
+
+
+# ------------------------------------------------------------------ calibration rows
+
+
+def read_calibration_rows(
+    path: str,
+    *,
+    task_columns: Sequence[str] = (),
+    label_column: str | None = "label",
+    label_names: Sequence[str] | None = None,
+    regression: bool = False,
+    text_a: str | None = None,
+    text_b: str | None = None,
+) -> tuple[list[str], list[str] | None, list[Any] | None]:
+    """The texts (and labels, where the file has them) of a calibration file: TSV, CSV or
+    JSON Lines with a header, read whole.
+
+    Text columns as `text_columns` finds them (those given, else the task's, else
+    `sentence` / `text`). Labels: the `label_column` when the file has it (a label
+    name of `label_names`, or its id; a number for regression), else None: an
+    unlabelled file calibrates the consistency target only. A row with a missing or
+    unknown label is a DataError naming the file and line.
+    -> (texts_a, texts_b or None, labels or None).
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such calibration file")
+    with open(path, encoding="utf-8", newline="") as stream:
+        rows = Rows(stream, path)
+        a, b = text_columns(rows, text_a, text_b, task_columns)
+        found = rows.find(label_column) if label_column else None
+        texts_a: list[str] = []
+        texts_b: list[str] = []
+        labels: list[Any] = []
+        for line, row in rows:
+            texts_a.append(_text(rows, line, row, a))
+            if b is not None:
+                texts_b.append(_text(rows, line, row, b))
+            if found is not None:
+                labels.append(_label(rows.origin, line, row.get(found), label_names, regression))
+    if not texts_a:
+        raise DataError(f"{path}: no rows below the header")
+    return texts_a, (texts_b if b is not None else None), (labels if found is not None else None)
+
+
+def _label(origin: str, line: int, value: Any, names: Sequence[str] | None, regression: bool) -> Any:
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise DataError(f"{origin}, line {line}: no label (leave the label column out to calibrate without labels)")
+    if regression:
+        try:
+            return float(text)
+        except ValueError:
+            raise DataError(f"{origin}, line {line}: label {text!r} is not a number") from None
+    if names and text in names:
+        return list(names).index(text)
+    if text.lstrip("-").isdigit() and (not names or 0 <= int(text) < len(names)):
+        return int(text)
+    known = ", ".join(map(repr, names or ()))
+    raise DataError(f"{origin}, line {line}: unknown label {text!r} (labels: {known or 'integer ids'})")
