@@ -12,11 +12,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from huggingface_hub import snapshot_download
+from safetensors.numpy import save_file
 
+from rome_jax.data import tokenize_texts
 from rome_jax.encoder import hf_io
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import MultiExitEncoder, init_exit_params
+from rome_jax.encoder.params import params_mismatch
+from rome_jax.encoder.pytree import Params
 from rome_jax.errors import CheckpointError
+from rome_jax.exits import calibration as calibration_lib
+from rome_jax.exits.executors import all_exits
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +33,7 @@ class MultiExitModel:
     """A multi-exit encoder: its config, parameters and (optional) tokenizer."""
 
     config: ModelConfig
-    params: Any
+    params: Params
     tokenizer: Any = None
     label_names: list[str] | None = None
     calibration: dict | None = None
@@ -46,8 +53,6 @@ class MultiExitModel:
         ValueError, see `inference.check_batch`). Returns [num_exits, B, num_labels]
         float32; row -1 is the final classifier.
         """
-        from rome_jax.exits.executors import all_exits
-
         return all_exits(self.config, self.params, batch)
 
     def tokenize(
@@ -103,10 +108,6 @@ class MultiExitModel:
         transformers' `*ForSequenceClassification` always pools the first token and
         ignores the key: it loads the same weights, and its hidden states match ours,
         but its logits do NOT reproduce the final exit (a one-line warning says so)."""
-        from safetensors.numpy import save_file
-
-        from rome_jax.encoder.params import params_mismatch
-
         mismatch = params_mismatch(self.params, self.config)
         if mismatch:
             raise CheckpointError(
@@ -131,8 +132,6 @@ class MultiExitModel:
             os.replace(tmp(name), os.path.join(path, name))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
-        from rome_jax.exits import calibration as calibration_lib
-
         calibration_path = os.path.join(path, calibration_lib.FILE_NAME)
         if self.calibration is not None:
             calibration_lib.write(calibration_path, self.calibration)
@@ -144,8 +143,6 @@ def tokenize(
     tokenizer: Any, text_a: Sequence[str], text_b: Sequence[str] | None, max_length: int
 ) -> dict[str, np.ndarray]:
     """HF fast tokenizer on sentences or pairs -> int32 [B, max_length] arrays."""
-    from rome_jax.data import tokenize_texts
-
     return tokenize_texts(tokenizer, text_a, text_b, max_length)
 
 
@@ -157,8 +154,6 @@ def resolve_model_dir(name_or_path: str) -> str:
     if os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") > 1:
         raise CheckpointError(f"{name_or_path}: no such model directory")
     try:
-        from huggingface_hub import snapshot_download
-
         return snapshot_download(
             name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model.bin"]
         )
@@ -182,7 +177,7 @@ def load_tokenizer(directory: str) -> Any:
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
     if not any(os.path.isfile(os.path.join(directory, n)) for n in names):
         return None
-    import transformers
+    import transformers  # when a model is loaded, not on import (see above: PyTorch)
 
     name = None
     try:
@@ -198,7 +193,7 @@ def load_tokenizer(directory: str) -> Any:
                 continue
             if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
                 return cls.from_pretrained(directory)
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # PyTorch, as above
 
     return AutoTokenizer.from_pretrained(directory)
 
@@ -255,7 +250,5 @@ def load_pretrained(
     if id2label and len(id2label) == config.num_labels and all(str(i) in id2label for i in range(config.num_labels)):
         label_names = [id2label[str(i)] for i in range(config.num_labels)]
     tokenizer = load_tokenizer(directory) if with_tokenizer else None
-    from rome_jax.exits import calibration as calibration_lib
-
     calibration = calibration_lib.read(os.path.join(directory, calibration_lib.FILE_NAME))
     return MultiExitModel(config, params, tokenizer, label_names, calibration)
