@@ -5,7 +5,8 @@
 - `model`: the Flax module, every exit's logits, layer-by-layer application for the
   executors, parameter initialisation and shape checks;
 - `hf_io`: HF checkpoints in (BERT, RoBERTa, ALBERT) and out;
-- `flops`: the FLOPs of each layer and exit.
+- `flops`: the FLOPs of each layer and exit;
+- `pytree`: the type names `PyTree` and `Params` (annotations of parameter trees).
 
 May import: `rome_jax.errors` (and the libraries). Nothing above it.
 """
