@@ -5,7 +5,7 @@ r"""Fine-tunes a multi-exit BERT on a GLUE task.
         --config.train.learning_rate=5e-5
 
 Re-running the same command resumes from the latest checkpoint. See
-rome_jax/training/trainer.py for what the workdir holds and rome_jax/commands/cli.py for the exit
+rome_jax/training/workdir.py for what the workdir holds and rome_jax/commands/cli.py for the exit
 statuses (0 done, 2 a user error, 3 a non-finite loss, 75 stopped by a signal
 after saving: run again to resume).
 """

@@ -24,7 +24,9 @@ from rome_jax.exits import outputs
 from rome_jax.training import losses
 
 if TYPE_CHECKING:
-    from rome_jax.training.trainer import MetricsLog, Run, Stage
+    from rome_jax.training.metrics_log import MetricsLog
+    from rome_jax.training.setup import Run
+    from rome_jax.training.stages import Stage
 
 logger = logging.getLogger(__name__)
 
