@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rome_jax.data.glue import check_split, get_task
+from rome_jax.data.glue import Task, check_split, get_task
 from rome_jax.data.metrics import glue_score
 from rome_jax.errors import DataError
 
@@ -22,7 +22,7 @@ from rome_jax.errors import DataError
 AVERAGED_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
 
-def task_score(task: str, metrics_by_split: Mapping[str, Mapping[str, float]]) -> float:
+def task_score(task: str | Task, metrics_by_split: Mapping[str, Mapping[str, float]]) -> float:
     """One task's GLUE score (0..1) from its dev metrics, split by split.
 
     metrics_by_split: dev split name -> metrics dict; MNLI needs both
@@ -54,7 +54,7 @@ def glue_average(per_task: Mapping[str, Mapping[str, Mapping[str, float]]]) -> d
     }
 
 
-def format_predictions(task: str, predictions: np.ndarray) -> list[str]:
+def format_predictions(task: str | Task, predictions: np.ndarray) -> list[str]:
     """Leaderboard strings: label names where the task uses names (MNLI, RTE,
     QNLI, AX), the label id otherwise, STS-B scores clipped to 0..5.
 
@@ -82,7 +82,9 @@ def format_predictions(task: str, predictions: np.ndarray) -> list[str]:
     return [names[int(i)] if uses_names else str(int(i)) for i in ids]
 
 
-def write_submission(task: str, split: str, index: Sequence[int], predictions: np.ndarray, out_dir: str) -> str:
+def write_submission(
+    task: str | Task, split: str, index: Sequence[int] | np.ndarray, predictions: np.ndarray, out_dir: str
+) -> str:
     """Writes `<leaderboard name>.tsv` (`index`, `prediction`) and returns its path.
 
     split: one of the task's test splits ("test", MNLI's "test_matched" /
