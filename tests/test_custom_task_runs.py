@@ -186,6 +186,26 @@ def test_another_label_count_without_reinit_is_one_line(env, data, tiny_model, t
     assert line.startswith("train.py: error: ") and "model.reinit_classifier=True" in line
     assert "(2, 32)" in line
     assert "(3, 32)" in line
+    assert not (tmp_path / "run").exists()  # the model is checked before the workdir is written
+
+
+def test_a_bad_training_file_leaves_no_trace(env, data, tiny_model, tmp_path):
+    """An empty text on row 7 of a JSON Lines training file: one line naming the file and
+    row, and the workdir is not created (a re-run with the fixed file starts cleanly)."""
+    rows = pathlib.Path(data["train_jsonl"]).read_text().splitlines()
+    bad = tmp_path / "train.jsonl"
+    rows[6] = json.dumps({"review": "", "score": 0.5})
+    bad.write_text("\n".join(rows) + "\n")
+    workdir = tmp_path / "run"
+    proc = _run(
+        env,
+        "train.py",
+        *_train_args(workdir, _regression(data, tiny_model, **{"data.custom.train_file": str(bad)})),
+        expect=2,
+    )
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("train.py: error: ") and str(bad) in line and "row 7" in line, proc.stderr
+    assert not workdir.exists()
 
 
 def _config(overrides):

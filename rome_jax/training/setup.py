@@ -102,22 +102,22 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, ove
     run_config.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
     workdir = Path(workdir).absolute()
     is_writer = jax.process_index() == 0
-    if jax.process_count() > 1 and not overwrite:
-        # every process checks the workdir (reading only) before process 0 changes it:
-        # a workdir holding another run fails every process alike, together (after the
-        # barrier: process 0 leaving first would end the runtime under the others)
+    if not overwrite:
+        # every process checks the workdir (reading only) before anything is loaded or
+        # written: a workdir holding another run fails every process alike, together
+        # (after the barrier: process 0 leaving first would end the runtime under the others)
         problem = None
         try:
             prepare_workdir(workdir, config, overwrite=False, is_writer=False)
         except RomeError as e:
             problem = e
-        distributed.barrier("workdir checked")
+        if jax.process_count() > 1:
+            distributed.barrier("workdir checked")
         if problem is not None:
             raise problem
-    if is_writer:
-        prepare_workdir(workdir, config, overwrite=overwrite, is_writer=True)
-    distributed.barrier("workdir prepared")
 
+    # The model and the data before the workdir is written: a missing model, a bad row
+    # in the training or dev file leaves no trace there (and --overwrite deletes nothing).
     task = task_from_config(config)  # a GLUE task, or one described by data.custom.*
     model_dir = resolve_model_dir(config.model.name_or_path)
     run_config.check_model_fit(config, ModelConfig.from_json_file(os.path.join(model_dir, "config.json")))
@@ -132,9 +132,12 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, ove
     )
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files (tokenizer.json or vocab.txt)")
-    if is_writer:
-        save_tokenizer(model.tokenizer, workdir / "tokenizer")
     train_features, dev_features, stage2_features = load_data(config, task, model.tokenizer)
+
+    if is_writer:
+        prepare_workdir(workdir, config, overwrite=overwrite, is_writer=True)
+        save_tokenizer(model.tokenizer, workdir / "tokenizer")
+    distributed.barrier("workdir prepared")
 
     mesh = make_mesh()
     logger.info(
