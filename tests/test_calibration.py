@@ -147,8 +147,9 @@ def test_malformed_files_are_one_line_errors(tmp_path):
 
 
 def test_eval_calibrate_stores_the_thresholds_with_the_model(minilm_path, glue_dir, tmp_path):
-    """eval.py --calibrate on an HF directory: results.json gains the calibration, the
-    directory gains rome_jax_calibration.json, and load_pretrained/predict use it."""
+    """eval.py --calibrate=0.5 --calibration_fraction=0 (the in-sample rule on every row)
+    on an HF directory: results.json gains the calibration, the directory gains
+    rome_jax_calibration.json, and load_pretrained/predict use it."""
     import subprocess
     import sys
 
@@ -169,6 +170,7 @@ def test_eval_calibrate_stores_the_thresholds_with_the_model(minilm_path, glue_d
             "--max_length=64",
             "--sweeps=entropy:0,0.3;patience:1",
             "--calibrate=0.5",
+            "--calibration_fraction=0",
             f"--output_dir={tmp_path / 'eval'}",
         ],
         capture_output=True,
@@ -180,6 +182,7 @@ def test_eval_calibrate_stores_the_thresholds_with_the_model(minilm_path, glue_d
     chosen = results["calibration"]
     expected = calibration.calibrate(results, 0.5)
     assert {k: chosen[k] for k in expected} == expected and chosen["max_length"] == 64
+    assert chosen["in_sample"] is True and chosen["rows"]["num_rows"] == 32
     loaded = rome_jax.load_pretrained(str(tmp_path / "m"))
     assert loaded.calibration == chosen
     assert loaded.predict(["a gem"]).criterion == calibration.criterion_of(chosen)
@@ -272,3 +275,154 @@ def test_ltt_calibration_scored_on_other_rows():
     assert "read on" in calibration.summary({**chosen, "test": scored, "metric": "accuracy"})
     with pytest.raises(ValueError, match="needs labels"):
         calibration.calibrate_outputs(logits[:, cal], target="risk")
+
+
+def _eval(args, timeout=600):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "rome_jax.commands.eval", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_eval_calibrates_on_one_part_and_reports_on_the_other(minilm_path, glue_dir, tmp_path):
+    """eval.py --calibrate=ltt: a seeded half of the rows calibrates, the other half is
+    scored (disjoint, recorded); the choice and every figure recomputed independently
+    from the saved per-example exit outputs. Then an unlabelled calibration file."""
+    import rome_jax
+
+    model = rome_jax.load_pretrained(minilm_path, num_labels=2)
+    model.save_pretrained(str(tmp_path / "m"))
+    common = [
+        f"--model={tmp_path / 'm'}",
+        "--task=sst2",
+        f"--data_dir={glue_dir}",
+        "--max_examples=64",
+        "--no_timing",
+        "--max_length=64",
+        "--sweeps=entropy:0,0.69;patience:1,2",
+    ]
+    proc = _eval([*common, "--calibrate=ltt", "--eps=0.3", "--calibration_seed=3", f"--output_dir={tmp_path / 'a'}"])
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    chosen = results["calibration"]
+    cal_ids, scored_ids = chosen["rows"]["row_ids"], results["scored_rows"]["row_ids"]
+    assert len(cal_ids) == len(scored_ids) == 32 and results["num_examples"] == 32
+    assert sorted(cal_ids + scored_ids) == list(range(64))
+    expected_cal, expected_scored = calibration.split_rows(64, 0.5, seed=3)
+    assert cal_ids == expected_cal.tolist() and scored_ids == expected_scored.tolist()
+    with np.load(tmp_path / "a" / "exit_logits.npz") as saved:
+        logits, labels = saved["dev/logits"], saved["dev/labels"]
+        np.testing.assert_array_equal(saved["dev/row_ids"], np.arange(64))
+    assert logits.shape == (6, 64, 2)
+    again = calibration.calibrate_outputs(logits[:, cal_ids], target="consistency", eps=0.3, delta=0.1)
+    assert chosen["criteria"] == again["criteria"] and chosen["default"] == again["default"]
+    final_accuracy = float((logits[-1, scored_ids].argmax(-1) == labels[scored_ids]).mean())
+    assert results["per_exit"][-1]["accuracy"] == pytest.approx(final_accuracy)
+    assert chosen["test"]["full_depth_metric"] == pytest.approx(final_accuracy)
+    if chosen["default"] is None:
+        assert "no threshold saves layers" in proc.stdout
+    assert "read on 32 others" in proc.stdout
+
+    unlabelled = tmp_path / "traffic.jsonl"
+    unlabelled.write_text("".join(json.dumps({"sentence": s}) + "\n" for s in ["a gem", "dull", "fine", "bad"] * 10))
+    proc = _eval([*common, "--calibrate=ltt", f"--calibration_file={unlabelled}", f"--output_dir={tmp_path / 'b'}"])
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    rows = results["calibration"]["rows"]
+    assert rows["source"] == "file" and rows["num_rows"] == 40 and rows["labelled"] is False
+    assert results["num_examples"] == 64 and "scored_rows" not in results  # every dev row scored
+
+
+def test_calibration_rows_from_a_file(tmp_path):
+    from rome_jax.errors import DataError
+    from rome_jax.serving.files import read_calibration_rows
+
+    path = tmp_path / "rows.tsv"
+    path.write_text("sentence\tlabel\na gem\t1\ndull\t0\n")
+    texts, pairs, labels = read_calibration_rows(str(path), task_columns=("sentence",), label_names=("0", "1"))
+    assert texts == ["a gem", "dull"] and pairs is None and labels == [1, 0]
+    path.write_text("sentence\na gem\n")
+    assert read_calibration_rows(str(path), task_columns=("sentence",))[2] is None  # unlabelled
+    path.write_text("sentence\tlabel\na gem\t7\n")
+    with pytest.raises(DataError, match=r"rows.tsv, line 2: unknown label '7'"):
+        read_calibration_rows(str(path), task_columns=("sentence",), label_names=("negative", "positive"))
+    with pytest.raises(DataError, match="no such calibration file"):
+        read_calibration_rows(str(tmp_path / "absent.tsv"))
+
+
+def test_model_calibrate_keeps_a_guaranteed_default_that_predict_uses(minilm_path, tmp_path):
+    """MultiExitModel.calibrate on unlabelled texts: the default is the certified criterion
+    with the fewest layers, predict ("auto") answers with it, and save/load keep it."""
+    import rome_jax
+
+    model = rome_jax.load_pretrained(minilm_path, num_labels=2)
+    texts = [f"review number {i}: {'good' if i % 3 else 'bad'} film" for i in range(60)]
+    chosen = model.calibrate(texts, eps=0.9, delta=0.1, max_length=32)  # a loose bound: something qualifies
+    assert model.calibration is chosen and chosen["rule"] == "ltt" and chosen["rows"]["num_rows"] == 60
+    fitting = {n: c["mean_layers"] for n, c in chosen["criteria"].items() if c}
+    assert fitting and chosen["default"]["criterion"] == min(fitting, key=fitting.get)
+    out = model.predict(texts[:8])
+    assert out.criterion == calibration.criterion_of(chosen)
+    model.save_pretrained(str(tmp_path / "m"))
+    assert rome_jax.load_pretrained(str(tmp_path / "m")).calibration == chosen
+    strict = model.calibrate(texts[:10], eps=0.01, delta=0.1, max_length=32)  # 10 rows cannot certify 1%
+    assert strict["default"] is None and model.predict(texts[:4]).criterion is None  # full depth
+    with pytest.raises(ValueError, match="needs labels"):
+        model.calibrate(texts, target="risk", max_length=32)
+
+
+def test_predict_calibrates_on_an_unlabelled_file(minilm_path, tmp_path):
+    import subprocess
+    import sys
+
+    import rome_jax
+
+    rome_jax.load_pretrained(minilm_path, num_labels=2).save_pretrained(str(tmp_path / "m"))
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text(
+        "".join(json.dumps({"text": f"film {i} was {'fine' if i % 2 else 'dull'}"}) + "\n" for i in range(50))
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rome_jax.commands.predict",
+            f"--model={tmp_path / 'm'}",
+            f"--input={traffic}",
+            f"--calibration_file={traffic}",
+            "--eps=0.9",
+            "--max_length=32",
+            f"--output={tmp_path / 'out.jsonl'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "calibration (consistency eps 0.9, delta 0.1; chosen on 50 rows" in proc.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 50 and min(r["exit_layer"] for r in rows) < 6
+
+
+def test_glue_runner_calibrates_on_a_part_and_scores_the_rest():
+    from rome_jax.data.glue import get_task
+    from rome_jax.experiments.glue_runner import Setting, calibrate_split
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(0, 2, n)
+    margin = rng.uniform(0, 4, n)
+    first = np.where(rng.random(n) > 0.3 * np.exp(-margin), labels, 1 - labels)
+    logits = np.zeros((2, n, 2), np.float32)
+    logits[0, np.arange(n), first] = margin
+    logits[1, np.arange(n), labels] = 5.0
+    setting = Setting(calibrate="ltt", eps=0.1, calibration_seed=1)
+    chosen, scored = calibrate_split(get_task("sst2"), logits, labels, setting)
+    cal = chosen["rows"]["row_ids"]
+    assert len(cal) == 200 and not set(cal) & set(scored.tolist()) and len(scored) == 200
+    expected = calibration.calibrate_outputs(logits[:, cal], labels[cal], eps=0.1, delta=0.1)
+    assert chosen["criteria"] == expected["criteria"] and chosen["default"] is not None
+    in_sample, _ = calibrate_split(get_task("sst2"), logits, labels, Setting(calibrate="in_sample"))
+    assert in_sample["in_sample"] is True and in_sample["rows"]["num_rows"] == 200

@@ -351,13 +351,34 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
     rows = {}
     for row in results["sweep"]:
         rows.setdefault(row["criterion"], []).append(row["threshold"])
-    assert rows["patience"] == [1, 2, 3, 4] and len(rows["normalized_entropy"]) == 9
+    assert rows["patience"] == [1, 2, 3, 4]
+    reference = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}  # FastBERT's, and where the exits' values lie:
+    assert reference < set(rows["normalized_entropy"]) and len(rows["normalized_entropy"]) <= 9 + 8
     assert set(rows) == {"entropy", "max_prob", "patience", "normalized_entropy"}
     from rome_jax.exits.evaluation import format_table
 
     table = format_table(results).splitlines()
     head = table.index(next(line for line in table if line.startswith("criterion")))
     assert len({len(line) for line in table[head:]}) == 1  # columns line up, normalized_entropy too
+
+
+def test_default_sweeps_reach_where_the_exits_confidence_lies():
+    """Exits whose entropies all lie between 0.6 and ln 2 (a weak model on two classes):
+    the reference grid offers only full depth (<= 0.6) or everything at exit 1 (0.7);
+    the default sweep adds thresholds in between, at quantiles of the observed values."""
+    from rome_jax.exits.evaluation import default_sweeps
+
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(6, 300, 2)) * 0.2).astype(np.float32)
+    p = np.exp(logits[:-1]) / np.exp(logits[:-1]).sum(-1, keepdims=True)
+    entropy = -(p * np.log(p)).sum(-1)
+    assert entropy.min() > 0.6 and entropy.max() < np.log(2) + 1e-6
+    sweeps = default_sweeps(6, None, logits)
+    inside = [t for t in sweeps["entropy"] if entropy.min() <= t <= entropy.max()]
+    assert len(inside) >= 6
+    shares = [float((entropy[0] < t).mean()) for t in inside]  # exit 1's share at each threshold
+    assert min(shares) < 0.2 and max(shares) > 0.8  # from almost nobody to almost everybody
+    assert default_sweeps(6, None) == default_sweeps(6)  # without logits: the reference grids
 
 
 # ---- batches the model cannot read -----------------------------------------------------------

@@ -16,12 +16,32 @@ run whose config predates it, and "auto" with --model: 16, 32, 64, ... up to
 max_length). Answers are the same up to float rounding; timings and FLOPs then
 pay for tokens, not padding. results.json records the buckets and padded_share.
 
---calibrate=0.5 chooses, on the first split, each criterion's threshold with the
-fewest mean layers within 0.5 percentage points of the full-depth metric
-(`rome_jax.exits.calibration`): results.json gains `calibration`; it is stored in
-WORKDIR/calibration.json and beside the model (WORKDIR/model, when the evaluated
-checkpoint is the run's last, or the --model directory) as rome_jax_calibration.json,
-which `load_pretrained` reads and `predict` uses by default.
+Every exit's outputs per example go to DIR/eval/exit_logits.npz (`<split>/logits`,
+`<split>/labels`, `<split>/row_ids`), so calibration, bench/bench_guarantee.py and a
+study run without the model.
+
+--calibrate chooses early-exit thresholds on calibration rows and reports them on
+rows that did not choose them (`rome_jax.exits.calibration`, docs/methods.md):
+
+    python eval.py --workdir=runs/sst2 --calibrate=ltt --eps=0.02 --delta=0.1
+    python eval.py --workdir=runs/sst2 --calibrate=ltt --target=risk --calibration_fraction=0.3
+    python eval.py --workdir=runs/sst2 --calibrate=ltt --calibration_file=traffic.jsonl
+
+The calibration rows are a seeded random `--calibration_fraction` of the first split
+(default half), or every row of `--calibration_file` (the task's text columns; labels
+optional: without them only the consistency target applies), and everything
+results.json reports (per exit, the sweeps, the timing, the calibration's `test`
+figures) is read on the other rows; results.json records which rows did what.
+`--calibrate=ltt` uses Learn-then-Test with a guarantee: with
+probability >= 1 - delta the answers differ from full depth on at most eps of new
+rows (`--target=consistency`) or the metric drops by at most eps (`--target=risk`).
+`--calibrate=0.5` uses the in-sample rule of earlier versions (the fewest layers
+within 0.5 percentage points of full depth on the calibration rows; no guarantee),
+and with `--calibration_fraction=0` chooses and reports on the same rows, labelled
+in-sample. The calibration is stored in WORKDIR/calibration.json and beside the
+model (WORKDIR/model, when the evaluated checkpoint is the run's last, or the
+--model directory) as rome_jax_calibration.json, which `load_pretrained` reads and
+`predict` uses by default.
 
 "best" is the checkpoint with the highest final-exit score on the first dev split,
 so the dev figures of a run that evaluated more than once are chosen on the set
@@ -37,6 +57,7 @@ if __name__ == "__main__":  # first, before JAX starts: see rome_jax/host_memory
 
 import os
 
+import numpy as np
 from absl import flags
 
 from rome_jax.commands import cli
@@ -78,13 +99,34 @@ _BUCKETS = flags.DEFINE_string(
     "(none if its config has no such key), or auto with --model.",
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/eval or MODEL/eval.")
-_CALIBRATE = flags.DEFINE_float(
+_CALIBRATE = flags.DEFINE_string(
     "calibrate",
     None,
-    "Choose early-exit thresholds on the first split: per criterion, the fewest mean "
-    "layers whose metric is within this many percentage points of full depth (e.g. 0.5). Written to "
-    "results.json (calibration), WORKDIR/calibration.json and the model directory "
-    "(rome_jax_calibration.json, which predict uses by default).",
+    "Choose early-exit thresholds on calibration rows: 'ltt' (Learn-then-Test with a guarantee: "
+    "--target, --eps, --delta) or a number of percentage points (the in-sample rule). Written "
+    "to results.json, WORKDIR/calibration.json and the model directory (rome_jax_calibration.json, "
+    "which predict uses by default).",
+)
+_TARGET = flags.DEFINE_enum(
+    "target",
+    "consistency",
+    ["consistency", "risk"],
+    "What --calibrate=ltt bounds: answers that differ from full depth, or the metric's drop.",
+)
+_EPS = flags.DEFINE_float("eps", 0.02, "The bound: at most this share of differing answers (or metric drop).")
+_DELTA = flags.DEFINE_float("delta", 0.1, "The bound holds with probability >= 1 - delta over the calibration rows.")
+_CALIBRATION_FRACTION = flags.DEFINE_float(
+    "calibration_fraction",
+    0.5,
+    "Share of the first split's rows (seeded random) that calibrate; the rest are scored. 0: the "
+    "in-sample rule on every row (with --calibrate=POINTS only).",
+)
+_CALIBRATION_SEED = flags.DEFINE_integer("calibration_seed", 0, "Seed of the calibration rows' draw.")
+_CALIBRATION_FILE = flags.DEFINE_string(
+    "calibration_file",
+    None,
+    "Calibrate on this file's rows (TSV, CSV or JSON Lines with the task's text columns; labels "
+    "optional) instead of a part of the split; every row of the split is then scored.",
 )
 
 
@@ -137,6 +179,7 @@ def main(argv):
     from rome_jax.data import load_examples, tokenize_examples
     from rome_jax.data.buckets import check_spec, length_buckets
     from rome_jax.data.glue import get_task
+    from rome_jax.exits import calibration as calibration_lib
     from rome_jax.exits import evaluation
     from rome_jax.serving.api import load_pretrained
 
@@ -190,17 +233,29 @@ def main(argv):
         f"{'none' if buckets.padded else ','.join(map(str, buckets))}",
         flush=True,
     )
+    calibrating = _calibration_rule()
     for split in splits:
         examples = load_examples(
             task, split, source=source, data_dir=data_dir or None, max_examples=_MAX_EXAMPLES.value
         )
         features = tokenize_examples(examples, model.tokenizer, max_length)
+        split_dir = out_dir if len(splits) == 1 else os.path.join(out_dir, split)
+        logits = evaluation.exit_logits_of(model.config, model.params, features, _BATCH_SIZE.value, buckets)
+        labels = np.asarray(features.labels) if features.has_labels else None
+        saved = evaluation.save_exit_logits(
+            os.path.join(split_dir, evaluation.EXIT_LOGITS_FILE), split, logits, labels, np.asarray(features.index)
+        )
+        chosen, scored_rows = None, np.arange(len(features))
+        if calibrating and split == splits[0]:
+            chosen, scored_rows = _calibrate(
+                calibrating, model, task, split, features, logits, max_length, buckets, sweeps, origin
+            )
         results = evaluation.evaluate_split(
             model.config,
             model.params,
             task,
             split,
-            features,
+            features.subset(scored_rows),
             sweeps=sweeps,
             batch_size=_BATCH_SIZE.value,
             batch1_examples=_BATCH1.value,
@@ -208,29 +263,144 @@ def main(argv):
             timing=not _NO_TIMING.value,
             buckets=buckets,
             log=lambda m: print(m, flush=True),
+            logits=logits[:, scored_rows],
         )
         results["model"] = origin
-        if _CALIBRATE.value is not None and split == splits[0]:
-            results["calibration"] = _calibrate(results, origin)
-        split_dir = out_dir if len(splits) == 1 else os.path.join(out_dir, split)
-        paths = evaluation.write_outputs(results, split_dir)
+        if len(scored_rows) < len(features):
+            results["scored_rows"] = {"of": len(features), "row_ids": [int(i) for i in scored_rows]}
+        if chosen is not None:
+            chosen["test"] = calibration_lib.score(
+                chosen,
+                logits[:, scored_rows],
+                _metric_fn(task, np.asarray(features.labels)[scored_rows]),
+                metric=results["metric"],
+            )
+            chosen["test"]["row_ids"] = results.get("scored_rows", {}).get("row_ids", "all")
+            results["calibration"] = chosen
+            print(calibration_lib.summary(chosen), flush=True)
+            if chosen.get("default") is None:
+                print(calibration_lib.no_saving_reason(chosen, logits), flush=True)
+        paths = evaluation.write_outputs(results, split_dir) + [saved]
         print(evaluation.format_table(results))
-        if "calibration" in results:
-            paths += _store_calibration(results["calibration"], data.get("step"))
+        if chosen is not None:
+            paths += _store_calibration(chosen, data.get("step"))
         print(f"wrote {', '.join(os.path.relpath(p) for p in paths)}", flush=True)
     return 0
 
 
-def _calibrate(results: dict, origin: str) -> dict:
-    """The thresholds chosen on this split (`rome_jax.exits.calibration`), printed."""
-    from rome_jax.exits import calibration
+def _calibration_rule() -> str | float | None:
+    """--calibrate: None, "ltt", or the in-sample rule's percentage points."""
+    value = _CALIBRATE.value
+    if value is None:
+        return None
+    if value.strip().lower() == "ltt":
+        if _CALIBRATION_FRACTION.value == 0 and not _CALIBRATION_FILE.value:
+            raise ConfigError(
+                "--calibrate=ltt --calibration_fraction=0: the guarantee needs rows that did not "
+                "choose the threshold; give a fraction in (0, 1) or --calibration_file"
+            )
+        for name, flag in (("eps", _EPS.value), ("delta", _DELTA.value)):
+            if not 0 < flag < 1:
+                raise ConfigError(f"--{name} {flag}: must be in (0, 1)")
+        return "ltt"
+    try:
+        points = float(value)
+    except ValueError:
+        raise ConfigError(f"--calibrate {value!r}: give ltt or a number of percentage points (e.g. 0.5)") from None
+    if not points >= 0:
+        raise ConfigError(f"--calibrate {value}: percentage points must be >= 0")
+    return points
 
-    if _CALIBRATE.value < 0:
-        raise ConfigError(f"--calibrate {_CALIBRATE.value}: percentage points must be >= 0")
-    chosen = calibration.calibrate(results, _CALIBRATE.value)
-    chosen["model"] = origin
-    print(calibration.summary(chosen), flush=True)
-    return chosen
+
+def _metric_fn(task, labels: np.ndarray):
+    """logits [N, C] -> the task's primary metric on `labels`."""
+    from rome_jax.data.metrics import compute_metrics, primary_metric
+
+    metric = primary_metric(task.name)
+    return lambda logits: compute_metrics(task.name, np.asarray(logits), labels)[metric]
+
+
+def _calibrate(
+    rule, model, task, split, features, logits, max_length, buckets, sweeps, origin
+) -> tuple[dict, np.ndarray]:
+    """The calibration (chosen on the calibration rows) and the rows left to score."""
+    from rome_jax.data import Features, tokenize_texts
+    from rome_jax.exits import calibration as calibration_lib
+    from rome_jax.exits import evaluation
+    from rome_jax.serving import files as serving_files
+
+    regression = model.config.num_labels == 1
+    n = len(features)
+    labels = np.asarray(features.labels) if features.has_labels else None
+    if _CALIBRATION_FILE.value:
+        path = _CALIBRATION_FILE.value
+        texts_a, texts_b, file_labels = serving_files.read_calibration_rows(
+            path,
+            task_columns=task.text_columns,
+            label_column=task.label_column,
+            label_names=task.label_names,
+            regression=regression,
+        )
+        arrays = tokenize_texts(model.tokenizer, texts_a, texts_b, max_length)
+        count = len(texts_a)
+        cal_labels = None if file_labels is None else np.asarray(file_labels, np.float32 if regression else np.int32)
+        cal_features = Features(
+            **arrays,
+            labels=cal_labels if cal_labels is not None else np.full(count, -1, np.int32),
+            index=np.arange(count),
+            has_labels=cal_labels is not None,
+        )
+        cal_logits = evaluation.exit_logits_of(model.config, model.params, cal_features, _BATCH_SIZE.value, buckets)
+        scored = np.arange(n)
+        rows = {"source": "file", "file": os.path.abspath(path), "num_rows": count, "labelled": cal_labels is not None}
+    else:
+        fraction = _CALIBRATION_FRACTION.value
+        if fraction == 0:  # the in-sample rule on every row (refused for ltt above)
+            cal, scored = np.arange(n), np.arange(n)
+        else:
+            try:
+                cal, scored = calibration_lib.split_rows(n, fraction, _CALIBRATION_SEED.value)
+            except ValueError as e:
+                raise ConfigError(f"--calibration_fraction: {e}") from None
+        cal_features, cal_logits, cal_labels = (
+            features.subset(cal),
+            logits[:, cal],
+            None if labels is None else labels[cal],
+        )
+        rows = {
+            "source": "split",
+            "fraction": fraction,
+            "seed": _CALIBRATION_SEED.value,
+            "num_rows": int(len(cal)),
+            "row_ids": [int(i) for i in np.asarray(features.index)[cal]],
+        }
+    if rule == "ltt":
+        if _TARGET.value == "risk" and cal_labels is None:
+            raise ConfigError(
+                f"--target=risk needs labels; {_CALIBRATION_FILE.value or 'the split'} has none "
+                "(calibrate unlabelled rows with --target=consistency)"
+            )
+        chosen = calibration_lib.calibrate_outputs(
+            cal_logits, cal_labels, target=_TARGET.value, eps=_EPS.value, delta=_DELTA.value, regression=regression
+        )
+    else:
+        if cal_labels is None:
+            raise ConfigError(f"--calibrate={rule}: the in-sample rule needs labelled calibration rows")
+        cal_results = evaluation.evaluate_split(
+            model.config,
+            model.params,
+            task,
+            split,
+            cal_features,
+            sweeps=sweeps,
+            timing=False,
+            buckets=buckets,
+            log=lambda _: None,
+            logits=cal_logits,
+        )
+        chosen = calibration_lib.calibrate(cal_results, float(rule))
+    chosen.update(model=origin, task=task.name, max_length=int(max_length), rows=rows)
+    return chosen, scored
 
 
 def _store_calibration(chosen: dict, step: int | None) -> list[str]:

@@ -35,14 +35,26 @@ _PATIENCE = flags.DEFINE_integer("regression_patience", 6, "STS-B exits by patie
 _CALIBRATED = flags.DEFINE_bool(
     "calibrated",
     False,
-    "Instead of --criterion/--threshold: per task, the threshold chosen on the first "
-    "dev split (the fewest mean layers within --calibration_points of the final exit; entropy first, "
-    "patience for STS-B), used for the dev early-exit figures and the test files (TASK/calibration.json).",
+    "Instead of --criterion/--threshold: per task, the threshold chosen on a seeded random "
+    "--calibration_fraction of the first dev split (--calibration_rule), used for the test files; "
+    "that split's dev figures are read on its other rows (TASK/calibration.json).",
 )
+_RULE = flags.DEFINE_enum(
+    "calibration_rule",
+    "ltt",
+    ["ltt", "in_sample"],
+    "With --calibrated: ltt (Learn-then-Test: --target, --eps, --delta) or in_sample (the fewest "
+    "layers within --calibration_points of the final exit on the calibration rows).",
+)
+_TARGET = flags.DEFINE_enum("target", "consistency", ["consistency", "risk"], "What ltt bounds.")
+_EPS = flags.DEFINE_float("eps", 0.02, "ltt's bound on differing answers (or the metric's drop).")
+_DELTA = flags.DEFINE_float("delta", 0.1, "ltt's bound holds with probability >= 1 - delta.")
+_FRACTION = flags.DEFINE_float("calibration_fraction", 0.5, "Share of the first dev split that calibrates.")
+_SEED = flags.DEFINE_integer("calibration_seed", 0, "Seed of the calibration rows' draw.")
 _POINTS = flags.DEFINE_float(
     "calibration_points",
     0.5,
-    "With --calibrated: percentage points below the final exit's dev metric a threshold may cost.",
+    "With --calibration_rule=in_sample: percentage points below the final exit's metric a threshold may cost.",
 )
 
 
@@ -58,12 +70,21 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"--override {o!r} is not KEY=VALUE")
     if _POINTS.value < 0:
         raise ConfigError(f"--calibration_points {_POINTS.value}: must be >= 0")
+    for name, value in (("eps", _EPS.value), ("delta", _DELTA.value), ("calibration_fraction", _FRACTION.value)):
+        if not 0 < value < 1:
+            raise ConfigError(f"--{name} {value}: must be in (0, 1)")
     setting = glue_runner.Setting(
         _CRITERION.value,
         _THRESHOLD.value,
         "patience",
         float(_PATIENCE.value),
-        calibrate_points=_POINTS.value if _CALIBRATED.value else None,
+        calibrate=_RULE.value if _CALIBRATED.value else None,
+        calibrate_points=_POINTS.value,
+        target=_TARGET.value,
+        eps=_EPS.value,
+        delta=_DELTA.value,
+        calibration_fraction=_FRACTION.value,
+        calibration_seed=_SEED.value,
     )
     summary = glue_runner.run(
         _WORKDIR.value,

@@ -7,7 +7,10 @@
 
 --workdir reads the run's exported model (WORKDIR/model, written by train.py at
 the end of training) and its calibration (`eval.py --calibrate`); --model any HF
-directory. The input is a TSV (tab-separated, no quoting, as GLUE), CSV or JSON
+directory. `--calibration_file=FILE [--eps=0.02 --delta=0.1]` first chooses thresholds
+with a guarantee on FILE's texts (unlabelled texts from your own traffic do: answers
+differ from full depth on at most eps of new rows with probability >= 1 - delta).
+The input is a TSV (tab-separated, no quoting, as GLUE), CSV or JSON
 Lines file with a header (the format from the extension, else --input_format,
 else sniffed from the first line), or `-` for standard input. Text columns:
 --text_a / --text_b, by default the task's (the run's, or --task's), else
@@ -65,6 +68,15 @@ _CRITERION = flags.DEFINE_string(
     "entropy:0.3, max_prob:0.9, patience:2, ..., calibrated, none (full depth), or "
     "auto: calibrated when the model carries a calibration, else none.",
 )
+_CALIBRATION_FILE = flags.DEFINE_string(
+    "calibration_file",
+    None,
+    "Before predicting, choose thresholds with a guarantee on this file's texts (same columns as "
+    "--input; no labels needed): answers differ from full depth on at most --eps of new rows, with "
+    "probability >= 1 - --delta. Used by --criterion=auto; not stored.",
+)
+_EPS = flags.DEFINE_float("eps", 0.02, "With --calibration_file: the share of answers that may differ from full depth.")
+_DELTA = flags.DEFINE_float("delta", 0.1, "With --calibration_file: the guarantee fails with probability <= delta.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows per batch.")
 _MAX_LENGTH = flags.DEFINE_integer(
     "max_length",
@@ -118,6 +130,8 @@ def main(argv: list[str]) -> int:
         )
     from rome_jax.serving import predict as predict_lib  # JAX, as in _load
 
+    if _CALIBRATION_FILE.value:
+        _calibrate_on_file(model, columns)
     try:
         predict_lib.resolve_criterion(_CRITERION.value, model.config, model.calibration)
     except ValueError as e:
@@ -138,6 +152,23 @@ def main(argv: list[str]) -> int:
     )
     print(summary_line(summary), file=sys.stderr if to_stdout else sys.stdout, flush=True)
     return 0
+
+
+def _calibrate_on_file(model: "MultiExitModel", columns: tuple[str, ...]) -> None:
+    """--calibration_file: the model's calibration for this run (consistency target)."""
+    from rome_jax.exits import calibration as calibration_lib
+    from rome_jax.serving.files import read_calibration_rows
+
+    for name, value in (("eps", _EPS.value), ("delta", _DELTA.value)):
+        if not 0 < value < 1:
+            raise ConfigError(f"--{name} {value}: must be in (0, 1)")
+    texts_a, texts_b, _ = read_calibration_rows(
+        _CALIBRATION_FILE.value, task_columns=columns, label_column=None, text_a=_TEXT_A.value, text_b=_TEXT_B.value
+    )
+    chosen = model.calibrate(
+        texts_a, texts_b, eps=_EPS.value, delta=_DELTA.value, batch_size=_BATCH_SIZE.value, max_length=_MAX_LENGTH.value
+    )
+    print(calibration_lib.summary(chosen), file=sys.stderr, flush=True)
 
 
 def run() -> None:

@@ -58,6 +58,13 @@ class Features:
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "has_labels"}
 
+    def subset(self, rows: np.ndarray) -> Features:
+        """The features of `rows` [M] (positions, in that order); all rows: self."""
+        rows = np.asarray(rows)
+        if len(rows) == len(self) and np.array_equal(rows, np.arange(len(self))):
+            return self
+        return Features(**{k: v[rows] for k, v in self.arrays().items()}, has_labels=self.has_labels)
+
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of what decides the tokenizer's output (not its transient padding state)."""

@@ -327,3 +327,32 @@ def score(
         "full_depth_metric": float(metric_fn(logits[-1])),
         "criteria": scored,
     }
+
+
+def no_saving_reason(calibration: Mapping[str, Any], all_logits: np.ndarray) -> str:
+    """One line: no threshold saves layers, the likely reason and what to try.
+
+    all_logits: every exit's outputs on the evaluated rows [E, N, C]."""
+    logits = np.asarray(all_logits)
+    head = f"no threshold saves layers ({describe(calibration)}): the model runs at full depth"
+    if not calibration.get("regression") and logits.shape[0] > 1:
+        answers = logits[:-1].argmax(-1)  # [E-1, N]
+        counts = np.stack([np.bincount(row, minlength=logits.shape[-1]) for row in answers])
+        one_class = counts.max(axis=1) / answers.shape[1] >= 0.95
+        if one_class.any():
+            stuck = np.flatnonzero(one_class) + 1
+            shown = f"exit {stuck[0]}" if len(stuck) == 1 else f"exits {', '.join(map(str, stuck))}"
+            return (
+                f"{head}; {shown} answer one class for at least 95% of rows (the exits' pooled vectors "
+                "carry little of the input there): try model.exit_pooling=mean, or train longer"
+            )
+    n = calibration.get("num_examples")
+    eps, delta = calibration.get("eps"), calibration.get("delta")
+    if calibration.get("rule") == guarantee.RULE and n and eps and delta:
+        needed = math.ceil(math.log(delta / max(len(calibration.get("criteria") or {}), 1)) / math.log(1 - eps))
+        if n < needed:
+            return (
+                f"{head}; {n} calibration rows are too few for eps {eps:g} (at least {needed} are needed "
+                "even with no errors): calibrate on more rows, or allow a larger --eps"
+            )
+    return f"{head}; the early exits differ from full depth too often at every threshold: allow a larger --eps"

@@ -39,7 +39,7 @@ from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS
 from rome_jax.exits import criteria as exits
 from rome_jax.exits import executors as inference
-from rome_jax.exits import outputs
+from rome_jax.exits import guarantee, outputs
 
 Params = Any
 
@@ -71,11 +71,38 @@ def useful_thresholds(name: str, thresholds: Sequence[float], num_layers: int) -
     return tuple(t for t in thresholds if t < num_layers - 1)
 
 
-def default_sweeps(num_layers: int, mode: str | None = None) -> dict[str, tuple[float, ...]]:
+OBSERVED_POINTS = 8
+"""Thresholds added per confidence criterion where the model's values lie (`observed_thresholds`)."""
+
+
+def default_sweeps(
+    num_layers: int, mode: str | None = None, logits: np.ndarray | None = None
+) -> dict[str, tuple[float, ...]]:
     """The default sweeps for a model of `num_layers` layers trained in `mode`:
-    entropy, max_prob and patience, plus the mode's own criterion (`MODE_SWEEPS`)."""
+    entropy, max_prob and patience, plus the mode's own criterion (`MODE_SWEEPS`).
+
+    With the split's exit logits [E, N, C], each confidence criterion's reference
+    thresholds are joined by `OBSERVED_POINTS` thresholds where the criterion's values
+    on these rows lie (`observed_thresholds`), so a model whose exits are never as
+    confident as the reference grid assumes still gets thresholds between full depth
+    and everything at exit 1."""
     names = list(DEFAULT_SWEEPS) + [n for n in MODE_SWEEPS.get(mode or "", ()) if n not in DEFAULT_SWEEPS]
-    return {n: useful_thresholds(n, DEFAULT_THRESHOLDS[n], num_layers) for n in names}
+    sweeps = {n: useful_thresholds(n, DEFAULT_THRESHOLDS[n], num_layers) for n in names}
+    if logits is not None:
+        for name in sweeps:
+            if name in guarantee.CONFIDENCE_CRITERIA:
+                merged = {*sweeps[name], *observed_thresholds(name, logits)}
+                sweeps[name] = tuple(sorted(merged))
+    return sweeps
+
+
+def observed_thresholds(name: str, logits: np.ndarray, points: int = OBSERVED_POINTS) -> tuple[float, ...]:
+    """`points` thresholds at evenly spaced quantiles (excluding 0 and 1) of the criterion's
+    values over exits 1..E-1 of these rows (logits [E, N, C]), rounded to 4 digits."""
+    grid = guarantee.threshold_grid(name, logits, size=points + 2)
+    inner = [t for t in grid if t not in (grid[0], grid[-1])]
+    picks = np.linspace(0, len(inner) - 1, min(points, len(inner))).round().astype(int) if inner else []
+    return tuple(sorted({round(float(inner[i]), 4) for i in picks}))
 
 
 def parse_sweeps(spec: str, num_layers: int | None = None) -> dict[str, tuple[float, ...]]:
@@ -265,8 +292,12 @@ def evaluate_split(
     mode: str | None = None,
     buckets: LengthBuckets | str | Sequence[int] | None = None,
     log=print,
+    logits: np.ndarray | None = None,
 ) -> dict:
     """Per-exit metrics and the early-exit sweeps of one labelled split (see module doc).
+
+    logits: every exit's logits on these features [E, N, C] when already computed
+    (eval.py computes them once for the whole split and saves them); else computed here.
 
     sweeps: {criterion: thresholds}; default `default_sweeps(num_layers, mode)`
     (`mode`: the run's `train.mode`, which adds its method's criterion).
@@ -288,7 +319,6 @@ def evaluate_split(
         task = get_task(task)
     if task.num_labels != config.num_labels:
         raise ValueError(f"task {task.name} has {task.num_labels} labels, the model {config.num_labels} outputs")
-    sweeps = default_sweeps(config.num_layers, mode) if sweeps is None else sweeps
     regression = config.num_labels == 1
     L, T = config.num_layers, features.max_length
     labels = np.asarray(features.labels)
@@ -300,7 +330,11 @@ def evaluate_split(
         + (f", length buckets {','.join(map(str, buckets))}" if not buckets.padded else "")
         + f" ({share:.0%} of token positions padding)"
     )
-    logits = exit_logits_of(config, params, features, batch_size, buckets)
+    if logits is None:
+        logits = exit_logits_of(config, params, features, batch_size, buckets)
+    elif np.shape(logits)[:2] != (L, len(features)):
+        raise ValueError(f"logits of shape {np.shape(logits)} do not fit {L} exits x {len(features)} examples")
+    sweeps = default_sweeps(config.num_layers, mode, logits) if sweeps is None else sweeps
     per_exit = [{"exit": i + 1, **compute_metrics(task.name, logits[i], labels)} for i in range(L)]
 
     timer = (
@@ -344,6 +378,7 @@ def evaluate_split(
         "task": task.name,
         "split": split,
         "metric": primary_metric(task.name),
+        "regression": regression,
         "num_examples": int(len(features)),
         "num_exits": L,
         "max_length": int(T),
@@ -415,6 +450,38 @@ def format_table(results: dict) -> str:
             f"executors agree with the simulation: {results['executors_agree']}",
         ]
     return "\n".join(lines)
+
+
+EXIT_LOGITS_FILE = "exit_logits.npz"
+"""Every exit's outputs per example, beside results.json: arrays `<split>/logits`
+[E, N, C] float32, `<split>/labels` [N] (when the rows have labels) and
+`<split>/row_ids` [N] (each row's number in the split's file order)."""
+
+
+def save_exit_logits(path: str, split: str, logits: np.ndarray, labels: np.ndarray | None, row_ids: np.ndarray) -> str:
+    """Writes (or adds `split` to) an `EXIT_LOGITS_FILE`, atomically; returns the path."""
+    arrays: dict[str, np.ndarray] = {}
+    if os.path.isfile(path):
+        with np.load(path) as old:
+            arrays = {k: old[k] for k in old.files if not k.startswith(f"{split}/")}
+    arrays[f"{split}/logits"] = np.asarray(logits, np.float32)
+    arrays[f"{split}/row_ids"] = np.asarray(row_ids, np.int64)
+    if labels is not None:
+        arrays[f"{split}/labels"] = np.asarray(labels)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_exit_logits(path: str, split: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(logits [E, N, C], labels [N] or None, row_ids [N]) of `split` in a saved file."""
+    with np.load(path) as data:
+        if f"{split}/logits" not in data.files:
+            raise KeyError(f"{path}: no outputs of split {split!r}")
+        labels = data[f"{split}/labels"] if f"{split}/labels" in data.files else None
+        return data[f"{split}/logits"], labels, data[f"{split}/row_ids"]
 
 
 def write_outputs(results: dict, out_dir: str) -> list[str]:

@@ -226,6 +226,8 @@ def threshold_grid(name: str, all_logits: np.ndarray, *, size: int = GRID_SIZE) 
 
 
 RULE = "ltt"
+CONFIDENCE_CRITERIA = ("entropy", "normalized_entropy", "max_prob")
+"""The criteria whose thresholds are read from the exits' confidence values."""
 CLASSIFICATION_CRITERIA = ("entropy", "normalized_entropy", "max_prob", "patience", "fixed")
 REGRESSION_CRITERIA = ("patience", "fixed")
 

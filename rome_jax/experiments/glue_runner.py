@@ -27,11 +27,15 @@ from rome_jax.config import run_config
 from rome_jax.data import Features, load_examples, tokenize_examples
 from rome_jax.data.buckets import LengthBuckets
 from rome_jax.data.glue import Task, get_task
+from rome_jax.data.metrics import compute_metrics, primary_metric
 from rome_jax.encoder import flops
+from rome_jax.encoder.config import ModelConfig
 from rome_jax.errors import DataError, RomeError
+from rome_jax.exits import calibration, evaluation, outputs
 from rome_jax.exits import criteria as exits
-from rome_jax.exits import outputs
 from rome_jax.experiments import leaderboard
+from rome_jax.serving.api import load_tokenizer
+from rome_jax.training.checkpoints import load_params
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 DEFAULT_CONFIG = "configs/glue.py"
@@ -45,10 +49,18 @@ class Setting:
     threshold: float = 0.1
     regression_criterion: str = "patience"  # STS-B cannot exit by entropy
     regression_threshold: float = 6.0
-    calibrate_points: float | None = None
-    """When set: per task, the threshold is chosen on the first dev split instead
-    (`rome_jax.exits.calibration`: the default criterion's threshold with the fewest mean
-    layers within this many percentage points of the final exit)."""
+    calibrate: str | None = None
+    """"ltt" or "in_sample": per task, the threshold is chosen on a seeded random
+    `calibration_fraction` of the first dev split instead, and that split's dev figures
+    are read on the other rows (`rome_jax.exits.calibration`): Learn-then-Test
+    (`target`, `eps`, `delta`), or the fewest mean layers within `calibrate_points`
+    percentage points of the final exit."""
+    calibrate_points: float = 0.5
+    target: str = "consistency"
+    eps: float = 0.02
+    delta: float = 0.1
+    calibration_fraction: float = 0.5
+    calibration_seed: int = 0
 
     def for_task(self, task: Task) -> exits.Criterion:
         if task.is_regression:
@@ -92,9 +104,6 @@ def predict(config: Any, params: Any, features: Features, criterion: exits.Crite
 def calibrate_on_dev(task: Task, logits: np.ndarray, labels: np.ndarray, points: float) -> dict:
     """`rome_jax.exits.calibration.choose_thresholds` on every exit's dev logits [E, N, C]:
     the default sweeps (`evaluation.default_sweeps`) simulated, no timing."""
-    from rome_jax.data.metrics import compute_metrics, primary_metric
-    from rome_jax.exits import calibration, evaluation
-
     num_layers, regression = logits.shape[0], logits.shape[-1] == 1
     metric = primary_metric(task.name)
     rows = []
@@ -118,6 +127,33 @@ def calibrate_on_dev(task: Task, logits: np.ndarray, labels: np.ndarray, points:
     )
 
 
+def calibrate_split(task: Task, logits: np.ndarray, labels: np.ndarray, setting: Setting) -> tuple[dict, np.ndarray]:
+    """The calibration chosen on a seeded random part of a dev split, and the rows left to
+    score it on. logits [E, N, C]; labels [N]. -> (calibration with its `rows`, rows [M])."""
+    cal, scored = calibration.split_rows(len(labels), setting.calibration_fraction, setting.calibration_seed)
+    if setting.calibrate == "ltt":
+        chosen = calibration.calibrate_outputs(
+            logits[:, cal],
+            labels[cal],
+            target=setting.target,
+            eps=setting.eps,
+            delta=setting.delta,
+            regression=task.is_regression,
+        )
+    elif setting.calibrate == "in_sample":
+        chosen = calibrate_on_dev(task, logits[:, cal], labels[cal], setting.calibrate_points)
+    else:
+        raise ValueError(f"unknown calibration rule {setting.calibrate!r}; known: ltt, in_sample")
+    chosen["rows"] = {
+        "source": "split",
+        "fraction": setting.calibration_fraction,
+        "seed": setting.calibration_seed,
+        "num_rows": int(len(cal)),
+        "row_ids": [int(i) for i in cal],
+    }
+    return chosen, scored
+
+
 def train_command(task: str, workdir: Path, config: str, mode: str | None, overrides: Sequence[str]) -> list[str]:
     """`python -m rome_jax.commands.train --config=CONFIG:TASK[,MODE] --workdir=... --config.KEY=VALUE...`"""
     spec = run_config.task_mode_spec(config, task, mode)
@@ -131,18 +167,12 @@ def train_command(task: str, workdir: Path, config: str, mode: str | None, overr
 
 def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: Path, ax_too: bool) -> dict:
     """Dev metrics (final exit and early exit) and test predictions of a trained task."""
-    from rome_jax.config import run_config
-    from rome_jax.data.metrics import compute_metrics
-    from rome_jax.encoder.config import ModelConfig
-    from rome_jax.serving.api import load_tokenizer
-    from rome_jax.training.checkpoints import load_params
-
     config = run_config.read_workdir_config(workdir)
     model_config = ModelConfig.from_json_file(
         str(workdir / "model" / "config.json"),
         num_labels=task.num_labels,
         dtype=config.model.dtype,
-        attention_kernel=config.model.get("attention", "xla"),
+        attention_kernel=config.model.attention,
     )
     step, params = load_params(workdir, "best")
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
@@ -162,21 +192,23 @@ def evaluate_task(task: Task, workdir: Path, setting: Setting, submission_dir: P
             model_config, params, features, batch_size=64, buckets=LengthBuckets.none(features.max_length)
         )
         labels = np.asarray(features.labels)
-        if setting.calibrate_points is not None and split == task.dev_splits[0]:
-            from rome_jax.exits import calibration
-
-            chosen = calibrate_on_dev(task, logits, labels, setting.calibrate_points)
-            chosen.update(task=task.name, split=split, num_examples=len(features), max_length=config.data.max_length)
+        scored = np.arange(len(features))
+        if setting.calibrate is not None and split == task.dev_splits[0]:
+            chosen, scored = calibrate_split(task, logits, labels, setting)
+            chosen.update(task=task.name, split=split, max_length=config.data.max_length)
             calibration.write(workdir / calibration.RUN_FILE_NAME, chosen)
             record["calibration"] = chosen
             if chosen["default"] is not None:
                 criterion = calibration.criterion_of(chosen, num_labels=task.num_labels)
                 record.update(criterion=criterion.name, threshold=criterion.threshold)
-        early = predict(model_config, params, features, criterion)
+            else:
+                record.update(criterion="none", threshold=None)
+        early = predict(model_config, params, features.subset(scored), criterion)
         record["dev"][split] = {
-            "final": compute_metrics(task.name, logits[-1], labels),
-            "early": compute_metrics(task.name, early["logits"], labels),
+            "final": compute_metrics(task.name, logits[-1][scored], labels[scored]),
+            "early": compute_metrics(task.name, early["logits"], labels[scored]),
             **{k: early[k] for k in ("mean_layers", "layer_speedup", "flops_speedup")},
+            "rows": int(len(scored)),
         }
     tests = [(task, s) for s in task.test_splits]
     if ax_too:
@@ -214,6 +246,7 @@ def summarize(records: dict[str, dict], skipped: dict[str, str]) -> dict:
             "layer_speedup": float(np.mean(speedups)),
             "criterion": r["criterion"],
             "threshold": r["threshold"],
+            **({"calibration": calibration.describe(r["calibration"])} if "calibration" in r else {}),
             "dev": r["dev"],
             "test": r["test"],
         }
@@ -237,14 +270,23 @@ def summary_markdown(summary: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for t, r in summary["tasks"].items():
+        chosen = "full depth" if r["threshold"] is None else f"{r['criterion']} {r['threshold']:g}"
         lines.append(
             f"| {t} | {100 * r['final_score']:.1f} | {100 * r['early_score']:.1f} | "
-            f"{r['criterion']} {r['threshold']:g} | {r['layer_speedup']:.2f}x |"
+            f"{chosen} | {r['layer_speedup']:.2f}x |"
         )
     lines.append(
         f"| **average** | **{100 * summary['glue_average_final']:.1f}** | "
         f"**{100 * summary['glue_average_early']:.1f}** | | |"
     )
+    calibrated = {t: r["calibration"] for t, r in summary["tasks"].items() if "calibration" in r}
+    if calibrated:
+        rules = sorted(set(calibrated.values()))
+        lines += [
+            "",
+            f"Thresholds chosen per task ({'; '.join(rules)}) on a random part of the first dev split; "
+            "that split's figures above are read on its other rows.",
+        ]
     if not summary["complete"]:
         lines += ["", "Not all nine tasks are present: the average is over those shown."]
     if summary["skipped"]:

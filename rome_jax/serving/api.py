@@ -98,6 +98,42 @@ class MultiExitModel:
             self, text_a, text_b, criterion=criterion, batch_size=batch_size, max_length=max_length, buckets=buckets
         )
 
+    def calibrate(
+        self,
+        text_a: Sequence[str],
+        text_b: Sequence[str] | None = None,
+        labels: Sequence[Any] | None = None,
+        *,
+        target: str = "consistency",
+        eps: float = 0.02,
+        delta: float = 0.1,
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> dict:
+        """Chooses early-exit thresholds with a guarantee on these texts and keeps them
+        (`self.calibration`, which `predict` then uses and `save_pretrained` stores).
+
+        target "consistency" (no labels needed: unlabelled texts from your own
+        traffic): with probability >= 1 - delta, answers differ from full depth on at
+        most `eps` of new texts from the same distribution; "risk" (with `labels`):
+        the metric drops by at most `eps`. See `rome_jax.serving.predict.calibrate`
+        and docs/methods.md. Where no threshold qualifies, `default` is None and
+        `predict` runs at full depth."""
+        from rome_jax.serving.predict import calibrate
+
+        self.calibration = calibrate(
+            self,
+            text_a,
+            text_b,
+            labels,
+            target=target,
+            eps=eps,
+            delta=delta,
+            batch_size=batch_size,
+            max_length=max_length,
+        )
+        return self.calibration
+
     def save_pretrained(self, path: str) -> None:
         """Writes an HF directory that `transformers` loads as
         `BertForSequenceClassification` (or RoBERTa) reproducing the final exit,

@@ -37,7 +37,7 @@ from rome_jax.encoder.config import ModelConfig
 from rome_jax.exits import calibration as calibration_lib
 from rome_jax.exits.criteria import CRITERIA, Criterion, check_criterion
 from rome_jax.exits.executors import default_buckets, smallest_bucket
-from rome_jax.exits.outputs import early_exits
+from rome_jax.exits.outputs import all_exit_logits, early_exits
 
 AUTO = "auto"
 """The default criterion: the model's calibrated one, else full depth."""
@@ -75,7 +75,7 @@ def resolve_criterion(
         if not calibration:
             raise ValueError(
                 "criterion 'calibrated': the model carries no calibration (run eval.py "
-                "--calibrate=0.5, or give a criterion like entropy:0.3)"
+                "--calibrate=ltt, or give a criterion like entropy:0.3)"
             )
         criterion = calibration_lib.criterion_of(calibration, value or None, num_labels=config.num_labels)
         return check_criterion(criterion, config.num_labels, config.num_exits)
@@ -271,3 +271,50 @@ def predict(
         num_layers=model.config.num_layers,
         criterion=chosen,
     )
+
+
+def calibrate(
+    model: Any,
+    text_a: Sequence[str],
+    text_b: Sequence[str] | None = None,
+    labels: Sequence[Any] | None = None,
+    *,
+    target: str = "consistency",
+    eps: float = 0.02,
+    delta: float = 0.1,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    buckets: LengthBuckets | str | Sequence[int] | None = "auto",
+) -> dict:
+    """Learn-then-Test thresholds chosen on these texts (`calibration.calibrate_outputs`):
+    with probability >= 1 - delta over the rows, the answers differ from full depth on
+    at most `eps` of new rows from the same distribution (target "consistency", no
+    labels needed: texts from your own traffic do), or the metric drops by at most `eps`
+    (target "risk", with `labels`: label names or ids, or scores for regression).
+
+    Every exit runs on every text (in length buckets at `max_length`, default
+    `default_max_length`). Returns the calibration dict; `MultiExitModel.calibrate`
+    also keeps it on the model, where `predict` uses it ("auto")."""
+    text_a = _texts(text_a, "text_a")
+    if text_b is not None:
+        text_b = _texts(text_b, "text_b")
+    if not text_a:
+        raise ValueError("calibration needs at least one text")
+    regression = model.config.num_labels == 1
+    ids = None
+    if labels is not None:
+        if len(labels) != len(text_a):
+            raise ValueError(f"{len(labels)} labels for {len(text_a)} texts")
+        names = list(model.label_names or [])
+        if regression:
+            ids = np.asarray(labels, np.float32)
+        else:
+            ids = np.asarray([names.index(y) if y in names else int(y) for y in labels], np.int32)
+    length = default_max_length(model.config, None) if max_length is None else int(max_length)
+    inputs = model.tokenize(text_a, text_b, max_length=length)
+    logits = all_exit_logits(
+        model.config, model.params, inputs, batch_size=batch_size, buckets=length_buckets(length, buckets)
+    )
+    chosen = calibration_lib.calibrate_outputs(logits, ids, target=target, eps=eps, delta=delta, regression=regression)
+    chosen.update(max_length=length, rows={"source": "texts", "num_rows": len(text_a), "labelled": ids is not None})
+    return chosen
