@@ -9,7 +9,11 @@ On the SST-2 dev sentences (all 872 by default), one run each, on the same CPU:
 - rome_jax: `load_pretrained(MODEL_DIR).predict(sentences, criterion=...)` at batch 1
   and batched (`--batch-size`): length buckets, the per-example executor. The
   criterion is the model's calibrated one (`eval.py --calibrate`) unless given
-  ("entropy:0.3", "none" for full depth). A compiling warm-up pass comes first
+  ("entropy:0.3", "none" for full depth). Every figure is read on dev rows the
+  threshold never saw: the rows of the calibration's `rows.row_ids` are left out;
+  `--calibrate-eps E` instead calibrates here (Learn-then-Test, consistency eps E,
+  delta 0.1) on a seeded half of the dev rows and reads the other half; a calibration
+  that records no rows (chosen in-sample) is refused. A compiling warm-up pass comes first
   (untimed), as a server would have done it at start.
 - PyTorch: the same model exported with `save_pretrained` (the final exit as
   `BertForSequenceClassification`), `transformers.pipeline("text-classification")`
@@ -46,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-examples", type=int, default=0, help="the first N dev sentences; 0: all")
     p.add_argument("--skip-torch", action="store_true", help="rome_jax only")
+    p.add_argument("--calibrate-eps", type=float, default=None, help="calibrate here on half of the rows (LTT)")
+    p.add_argument("--calibration-seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(here, "results", "predict_cpu.json"))
     return p.parse_args(argv)
 
@@ -109,15 +115,37 @@ def main(argv=None) -> dict:
     sentences, labels = list(examples.text_a), [int(y) for y in examples.labels]
     model = rome_jax.load_pretrained(args.model_dir)
     criterion = args.criterion
-    if criterion == "calibrated" and model.calibration is None:
+    held_out = "every row (the criterion was not chosen on them)"
+    if args.calibrate_eps is not None:
+        from rome_jax.exits.calibration import split_rows
+
+        cal, rest = split_rows(len(sentences), 0.5, args.calibration_seed)
+        model.calibrate([sentences[i] for i in cal], eps=args.calibrate_eps, max_length=args.max_length)
+        sentences, labels = [sentences[i] for i in rest], [labels[i] for i in rest]
+        held_out = f"the {len(rest)} rows the calibration did not read (seed {args.calibration_seed})"
+        criterion = "calibrated" if model.calibration["default"] else "none"
+    elif criterion == "calibrated" and model.calibration is None:
         print("the model carries no calibration (eval.py --calibrate): entropy:0.1", file=sys.stderr)
         criterion = "entropy:0.1"
+    elif criterion in ("calibrated", "auto") and model.calibration is not None:
+        rows = model.calibration.get("rows") or {}
+        if rows.get("source") == "split" and "row_ids" in rows:
+            seen = set(rows["row_ids"])
+            keep = [i for i, row in enumerate(examples.index) if int(row) not in seen]
+            sentences, labels = [sentences[i] for i in keep], [labels[i] for i in keep]
+            held_out = f"the {len(keep)} rows the calibration did not read"
+        elif rows.get("source") != "file":
+            sys.exit(
+                "bench_predict: the model's calibration records no calibration rows (chosen in-sample); "
+                "calibrate with eval.py --calibrate=ltt (a part of dev), or pass --calibrate-eps"
+            )
     from rome_jax.serving.predict import describe, resolve_criterion
 
     chosen = resolve_criterion(criterion, model.config, model.calibration)
     results = {
         "model_dir": os.path.abspath(args.model_dir),
         "examples": len(sentences),
+        "rows": held_out,
         "criterion": describe(chosen),
         "max_length": args.max_length,
         "num_layers": model.config.num_layers,
@@ -145,6 +173,7 @@ def main(argv=None) -> dict:
                     f"accuracy {100 * r['accuracy']:.1f}{layers}"
                 )
     print(f"criterion {results['criterion']}, {len(sentences)} SST-2 dev sentences, max_length {args.max_length}")
+    print(f"read on {held_out}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
