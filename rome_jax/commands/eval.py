@@ -174,7 +174,8 @@ def _model_from_workdir(workdir: str):
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if bool(_WORKDIR.value) == bool(_MODEL.value):
+    workdir, model_dir = _WORKDIR.value, _MODEL.value
+    if bool(workdir) == bool(model_dir):
         raise ConfigError("give either --workdir (a train.py run) or --model with --task")
     from rome_jax.data import load_examples, tokenize_examples
     from rome_jax.data.buckets import check_spec, length_buckets
@@ -183,15 +184,15 @@ def main(argv):
     from rome_jax.exits import evaluation
     from rome_jax.serving.api import load_pretrained
 
-    if _WORKDIR.value:
-        model, task, data, origin = _model_from_workdir(_WORKDIR.value)
-        out_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "eval")
-    else:
+    if workdir:
+        model, task, data, origin = _model_from_workdir(workdir)
+        out_dir = _OUTPUT_DIR.value or os.path.join(workdir, "eval")
+    elif model_dir:  # the one given (exactly one is: checked above)
         if not _TASK.value:
             raise ConfigError("--model needs --task")
         task = get_task(_TASK.value)
         model = load_pretrained(
-            _MODEL.value, task.num_labels, dtype=_DTYPE.value or "float32", attention_kernel=_ATTENTION.value or "xla"
+            model_dir, task.num_labels, dtype=_DTYPE.value or "float32", attention_kernel=_ATTENTION.value or "xla"
         )
         data = {
             "dir": os.environ.get("GLUE_DIR", ""),
@@ -200,8 +201,8 @@ def main(argv):
             "mode": None,
             "buckets": "auto",
         }
-        origin = _MODEL.value
-        out_dir = _OUTPUT_DIR.value or os.path.join(_MODEL.value, "eval")
+        origin = model_dir
+        out_dir = _OUTPUT_DIR.value or os.path.join(model_dir, "eval")
     if model.tokenizer is None:
         raise CheckpointError(f"{origin}: no tokenizer")
     data_dir = _DATA_DIR.value if _DATA_DIR.value is not None else data["dir"]
@@ -220,11 +221,8 @@ def main(argv):
     except ConfigError as e:  # a length above max_length
         raise ConfigError(str(e).replace("data.buckets", bucket_source, 1)) from None
     try:
-        sweeps = (
-            evaluation.parse_sweeps(_SWEEPS.value, model.config.num_layers)
-            if _SWEEPS.value
-            else evaluation.default_sweeps(model.config.num_layers, data["mode"])
-        )
+        # None: the defaults for the run's mode, with thresholds where each split's exits' values lie
+        sweeps = evaluation.parse_sweeps(_SWEEPS.value, model.config.num_layers) if _SWEEPS.value else None
     except ValueError as e:
         raise ConfigError(str(e)) from None
     splits = _SPLITS.value or list(task.dev_splits)
@@ -248,7 +246,7 @@ def main(argv):
         chosen, scored_rows = None, np.arange(len(features))
         if calibrating and split == splits[0]:
             chosen, scored_rows = _calibrate(
-                calibrating, model, task, split, features, logits, max_length, buckets, sweeps, origin
+                calibrating, model, task, split, features, logits, max_length, buckets, sweeps, data["mode"], origin
             )
         results = evaluation.evaluate_split(
             model.config,
@@ -264,6 +262,7 @@ def main(argv):
             buckets=buckets,
             log=lambda m: print(m, flush=True),
             logits=logits[:, scored_rows],
+            mode=data["mode"],
         )
         results["model"] = origin
         if len(scored_rows) < len(features):
@@ -321,7 +320,7 @@ def _metric_fn(task, labels: np.ndarray):
 
 
 def _calibrate(
-    rule, model, task, split, features, logits, max_length, buckets, sweeps, origin
+    rule, model, task, split, features, logits, max_length, buckets, sweeps, mode, origin
 ) -> tuple[dict, np.ndarray]:
     """The calibration (chosen on the calibration rows) and the rows left to score."""
     from rome_jax.data import Features, tokenize_texts
@@ -397,6 +396,7 @@ def _calibrate(
             buckets=buckets,
             log=lambda _: None,
             logits=cal_logits,
+            mode=mode,
         )
         chosen = calibration_lib.calibrate(cal_results, float(rule))
     chosen.update(model=origin, task=task.name, max_length=int(max_length), rows=rows)
@@ -409,17 +409,20 @@ def _store_calibration(chosen: dict, step: int | None) -> list[str]:
     when the evaluated checkpoint is the run's last (the one model/ holds)."""
     from rome_jax.exits import calibration
 
+    workdir = _WORKDIR.value
     if _MODEL.value:
         path = os.path.join(_MODEL.value, calibration.FILE_NAME)
         calibration.write(path, chosen)
         return [path]
-    paths = [os.path.join(_WORKDIR.value, calibration.RUN_FILE_NAME)]
+    if not workdir:  # main refuses this before evaluating
+        raise ConfigError("give either --workdir (a train.py run) or --model with --task")
+    paths = [os.path.join(workdir, calibration.RUN_FILE_NAME)]
     calibration.write(paths[0], chosen)
-    model_dir = os.path.join(_WORKDIR.value, "model")
+    model_dir = os.path.join(workdir, "model")
     if os.path.isfile(os.path.join(model_dir, "config.json")):
         from rome_jax.training.checkpoints import Checkpoints
 
-        store = Checkpoints(os.path.join(_WORKDIR.value, "checkpoints"), read_only=True)
+        store = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
         try:
             steps = store.steps()
         finally:
