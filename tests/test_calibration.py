@@ -333,6 +333,20 @@ def test_eval_calibrates_on_one_part_and_reports_on_the_other(minilm_path, glue_
     rows = results["calibration"]["rows"]
     assert rows["source"] == "file" and rows["num_rows"] == 40 and rows["labelled"] is False
     assert results["num_examples"] == 64 and "scored_rows" not in results  # every dev row scored
+    proc = _eval(
+        [
+            *common,
+            "--calibrate=ltt",
+            "--target=risk",
+            f"--calibration_file={unlabelled}",
+            f"--output_dir={tmp_path / 'c'}",
+        ]
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"eval.py: error: --target=risk needs labels; {unlabelled} has none "
+        "(calibrate unlabelled rows with --target=consistency)"
+    )
 
 
 def test_calibration_rows_from_a_file(tmp_path):
