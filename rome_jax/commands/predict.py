@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
     from rome_jax.serving import predict as predict_lib  # JAX, as in _load
 
     if _CALIBRATION_FILE.value:
-        _calibrate_on_file(model, columns)
+        _calibrate_on_file(model, columns, _CALIBRATION_FILE.value)
     try:
         predict_lib.resolve_criterion(_CRITERION.value, model.config, model.calibration)
     except ValueError as e:
@@ -154,8 +154,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _calibrate_on_file(model: "MultiExitModel", columns: tuple[str, ...]) -> None:
-    """--calibration_file: the model's calibration for this run (consistency target)."""
+def _calibrate_on_file(model: "MultiExitModel", columns: tuple[str, ...], path: str) -> None:
+    """--calibration_file (`path`): the model's calibration for this run (consistency target)."""
     from rome_jax.exits import calibration as calibration_lib
     from rome_jax.serving.files import read_calibration_rows
 
@@ -163,7 +163,7 @@ def _calibrate_on_file(model: "MultiExitModel", columns: tuple[str, ...]) -> Non
         if not 0 < value < 1:
             raise ConfigError(f"--{name} {value}: must be in (0, 1)")
     texts_a, texts_b, _ = read_calibration_rows(
-        _CALIBRATION_FILE.value, task_columns=columns, label_column=None, text_a=_TEXT_A.value, text_b=_TEXT_B.value
+        path, task_columns=columns, label_column=None, text_a=_TEXT_A.value, text_b=_TEXT_B.value
     )
     chosen = model.calibrate(
         texts_a, texts_b, eps=_EPS.value, delta=_DELTA.value, batch_size=_BATCH_SIZE.value, max_length=_MAX_LENGTH.value

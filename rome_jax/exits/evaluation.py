@@ -24,8 +24,7 @@ from __future__ import annotations
 import csv
 import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -33,15 +32,15 @@ import numpy as np
 from rome_jax import files
 from rome_jax.data import Features
 from rome_jax.data.buckets import LengthBuckets, bucket_index, length_buckets, padded_share, sequence_lengths
+from rome_jax.data.glue import Task, get_task
 from rome_jax.data.metrics import compute_metrics, primary_metric
 from rome_jax.encoder import flops
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS
+from rome_jax.encoder.pytree import Params
 from rome_jax.exits import criteria as exits
 from rome_jax.exits import executors as inference
 from rome_jax.exits import guarantee, outputs
-
-Params = Any
 
 DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
     # DeeBERT's reference thresholds
@@ -101,7 +100,9 @@ def observed_thresholds(name: str, logits: np.ndarray, points: int = OBSERVED_PO
     values over exits 1..E-1 of these rows (logits [E, N, C]), rounded to 4 digits."""
     grid = guarantee.threshold_grid(name, logits, size=points + 2)
     inner = [t for t in grid if t not in (grid[0], grid[-1])]
-    picks = np.linspace(0, len(inner) - 1, min(points, len(inner))).round().astype(int) if inner else []
+    picks: np.ndarray | list[int] = (
+        np.linspace(0, len(inner) - 1, min(points, len(inner))).round().astype(int) if inner else []
+    )
     return tuple(sorted({round(float(inner[i]), 4) for i in picks}))
 
 
@@ -150,8 +151,8 @@ def exit_logits_of(
 def example_lengths(features: Features, buckets: LengthBuckets) -> np.ndarray:
     """[N] the length each example runs at alone: its bucket (the smallest holding
     it; `max_length` with one bucket)."""
-    ascending = np.asarray(sorted(buckets), np.int64)
-    return ascending[bucket_index(sequence_lengths(features.attention_mask), ascending)]
+    ascending = sorted(buckets)
+    return np.asarray(ascending, np.int64)[bucket_index(sequence_lengths(features.attention_mask), ascending)]
 
 
 def flops_speedup_at(config: ModelConfig, seq_lens: np.ndarray, exit_index: np.ndarray) -> float:
@@ -280,18 +281,18 @@ class Timer:
 def evaluate_split(
     config: ModelConfig,
     params: Params,
-    task: Any,
+    task: Task | str,
     split: str,
     features: Features,
     *,
-    sweeps: dict[str, Sequence[float]] | None = None,
+    sweeps: Mapping[str, Sequence[float]] | None = None,
     batch_size: int = 64,
     batch1_examples: int = 64,
     batched_examples: int = 0,
     timing: bool = True,
     mode: str | None = None,
     buckets: LengthBuckets | str | Sequence[int] | None = None,
-    log=print,
+    log: Callable[[str], object] = print,
     logits: np.ndarray | None = None,
 ) -> dict:
     """Per-exit metrics and the early-exit sweeps of one labelled split (see module doc).
@@ -314,8 +315,6 @@ def evaluate_split(
     bucket's length)}, timing {...}, executors_agree.
     """
     if isinstance(task, str):
-        from rome_jax.data.glue import get_task
-
         task = get_task(task)
     if task.num_labels != config.num_labels:
         raise ValueError(f"task {task.name} has {task.num_labels} labels, the model {config.num_labels} outputs")
@@ -350,7 +349,8 @@ def evaluate_split(
         if timing
         else None
     )
-    full1, fullb = timer.full_depth() if timer else (None, None)
+    full_depth = timer.full_depth() if timer else None  # (batch-1, batched) seconds per example
+    full1, fullb = full_depth or (None, None)
     sweep, agree = [], True
     for name, thresholds in sweeps.items():
         if regression and name in ("entropy", "max_prob", "normalized_entropy"):
@@ -366,12 +366,15 @@ def evaluate_split(
                 else flops_speedup_at(config, seq_lens, exit_index)
             )
             row.update(mean_layers=mean_layers, layer_speedup=L / mean_layers, flops_speedup=float(speedup))
-            if timer:
+            if timer and full_depth:
                 w1, wb, exits1, exitsb = timer.early_exit(criterion)
                 agree &= bool(np.array_equal(exits1, exit_index[: len(exits1)]))
                 agree &= bool(np.array_equal(exitsb, exit_index[: len(exitsb)]))
                 row.update(
-                    wall_s_batch1=w1, wall_s_batched=wb, wall_speedup_batch1=full1 / w1, wall_speedup_batched=fullb / wb
+                    wall_s_batch1=w1,
+                    wall_s_batched=wb,
+                    wall_speedup_batch1=full_depth[0] / w1,
+                    wall_speedup_batched=full_depth[1] / wb,
                 )
             sweep.append(row)
     return {
@@ -470,7 +473,7 @@ def save_exit_logits(path: str, split: str, logits: np.ndarray, labels: np.ndarr
         arrays[f"{split}/labels"] = np.asarray(labels)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.npz"
-    np.savez(tmp, **arrays)
+    np.savez(tmp, allow_pickle=True, **arrays)  # numpy's default, spelt out: no array key can bind it
     os.replace(tmp, path)
     return path
 

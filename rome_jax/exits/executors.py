@@ -53,10 +53,11 @@ one layer apart; `evaluation.evaluate_split` reports whether they agreed
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -66,11 +67,11 @@ from jax import lax
 from rome_jax.data.buckets import bucket_index, sequence_lengths
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder, apply_embeddings, apply_layer_with_exit, layer_params
+from rome_jax.encoder.pytree import Params, PyTree
 from rome_jax.exits.criteria import Criterion, ExitState, Rule, check_criterion, init_state, simulate, step_rule
 from rome_jax.sharding import place, replicate_params, shard_rows
 
 Array = jax.Array
-Params = Any
 
 BATCH_KEYS = INPUT_KEYS + ("example_mask",)
 
@@ -91,8 +92,6 @@ def _misread_key(keys: tuple[str, ...]) -> tuple[str, str] | None:
     """(key, meant) for the first key of a batch that looks like a `BATCH_KEYS` key
     the batch lacks, misspelt or under another name ('input_mask' for
     'attention_mask'); None when there is none. Case and '-' vs '_' count as misspelt."""
-    import difflib
-
     present = set(keys)
     for key in keys:
         if key in BATCH_KEYS or key in ("labels", "index"):
@@ -206,7 +205,14 @@ def cut_to_bucket(batch: Mapping[str, Any], buckets: Sequence[int]) -> dict:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
-    return MultiExitEncoder(config).apply({"params": params}, **_model_inputs(batch))["logits"]
+    inputs = _model_inputs(batch)
+    outputs = MultiExitEncoder(config).apply(
+        {"params": params},
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        token_type_ids=inputs["token_type_ids"],
+    )
+    return cast(dict[str, Array], outputs)["logits"]  # apply returns the output alone: no collection is mutable
 
 
 def all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
@@ -258,9 +264,9 @@ def _exit_loop(
     state: ExitState,
     padding: Array,
     running: Array,
-    start: Array,
-    stop_layer: Array,
-    stop_running: Array,
+    start: Array | int,
+    stop_layer: Array | int,
+    stop_running: Array | int,
 ) -> _Segment:
     """A `lax.while_loop` over layers `start, start+1, ...` (indices traced), each
     followed by its exit and the criterion's step. Stops before `stop_layer`, or once
@@ -349,11 +355,11 @@ _segment = jax.jit(_exit_loop, static_argnums=0)
 
 
 @jax.jit
-def _gather(tree: Any, rows: Array) -> Any:
+def _gather(tree: PyTree, rows: Array) -> PyTree:
     return jax.tree.map(lambda x: x[rows], tree)
 
 
-def _concat(trees: Sequence[Any]) -> Any:
+def _concat(trees: Sequence[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *trees)
 
 
@@ -416,12 +422,13 @@ class _Group:
     def live(self) -> np.ndarray:
         return np.flatnonzero(self.slots >= 0)
 
-    def arrays(self) -> tuple:
+    def arrays(self) -> tuple[Array, Array, ExitState, Array]:
+        """(hidden, attention_mask, state, padding): the device arrays, rows first."""
         return self.hidden, self.attention_mask, self.state, self.padding
 
     def gather(self, rows: np.ndarray, slots: np.ndarray) -> _Group:
-        arrays = _gather(self.arrays(), jnp.asarray(rows, jnp.int32))
-        return _Group(*arrays, slots=slots, next_layer=self.next_layer)
+        hidden, attention_mask, state, padding = _gather(self.arrays(), jnp.asarray(rows, jnp.int32))
+        return _Group(hidden, attention_mask, state, padding, slots=slots, next_layer=self.next_layer)
 
     def only_live(self) -> _Group:
         live = self.live
@@ -574,8 +581,12 @@ class BatchedEarlyExit:
         if not taken:
             return group
         merged = [group.only_live(), *taken]
+        hidden, attention_mask, state, padding = _concat([g.arrays() for g in merged])
         return _Group(
-            *_concat([g.arrays() for g in merged]),
+            hidden,
+            attention_mask,
+            state,
+            padding,
             slots=np.concatenate([g.slots for g in merged]),
             next_layer=group.next_layer,
         )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,7 @@ from rome_jax.data.buckets import LengthBuckets, bucket_batches, sequence_length
 from rome_jax.data.features import Features
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder
+from rome_jax.encoder.pytree import Params
 from rome_jax.errors import ConfigError, DataError
 from rome_jax.exits import executors
 from rome_jax.exits.criteria import Criterion
@@ -148,7 +149,7 @@ def exit_outputs(
 
 
 def all_exit_logits(
-    config: ModelConfig, params: Any, inputs: Inputs, *, batch_size: int, buckets: LengthBuckets
+    config: ModelConfig, params: Params, inputs: Inputs, *, batch_size: int, buckets: LengthBuckets
 ) -> np.ndarray:
     """Every exit's logits on every row, in input order: [E, N, C] float32, on this
     process's devices (`executors.all_exits`)."""
@@ -164,12 +165,15 @@ def all_exit_logits(
     return np.ascontiguousarray(np.moveaxis(out["logits"], 0, 1))
 
 
-def _forward(config: ModelConfig, params: Any, batch: dict) -> jax.Array:
+def _forward(config: ModelConfig, params: Params, batch: dict) -> jax.Array:
+    """Every exit's logits [E, B, C] float32 of a batch of [B, T] `INPUT_KEYS` arrays."""
     inputs = {k: batch[k] for k in INPUT_KEYS}
-    return MultiExitEncoder(config).apply({"params": params}, **inputs)["logits"].astype(jnp.float32)
+    outputs = MultiExitEncoder(config).apply({"params": params}, **inputs)
+    logits = cast(dict[str, jax.Array], outputs)["logits"]  # apply returns the output alone: no collection is mutable
+    return logits.astype(jnp.float32)
 
 
-def mesh_forward(config: ModelConfig, mesh: Mesh) -> Callable[[Any, dict], jax.Array]:
+def mesh_forward(config: ModelConfig, mesh: Mesh) -> Callable[[Params, dict], jax.Array]:
     """(params, batch) -> every exit's logits [E, B, C] float32, jitted over `mesh`:
     params replicated, the batch's rows split on the `data` axis, the logits
     replicated (every process receives every row's)."""
@@ -181,8 +185,8 @@ def mesh_forward(config: ModelConfig, mesh: Mesh) -> Callable[[Any, dict], jax.A
 
 
 def gathered_exit_logits(
-    forward: Callable[[Any, dict], jax.Array],
-    params: Any,
+    forward: Callable[[Params, dict], jax.Array],
+    params: Params,
     inputs: Inputs,
     *,
     batch_size: int,
@@ -213,7 +217,7 @@ def gathered_exit_logits(
 
 def early_exits(
     config: ModelConfig,
-    params: Any,
+    params: Params,
     inputs: Inputs,
     criterion: Criterion,
     *,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import cast
 
 import flax
 import jax
@@ -34,10 +34,10 @@ from jax.sharding import Mesh
 from rome_jax.config.choices import GR_MODES, GR_SCOPES, MODES, STAGE2_CLIPS, TWO_STAGE_MODES
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder
+from rome_jax.encoder.pytree import Params
 from rome_jax.sharding import batch_sharding, make_mesh, replicate, replicated, shard_batch  # noqa: F401 (also ts.*)
 from rome_jax.training import losses, projection
-
-Params = Any
+from rome_jax.training.optim import exit_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +111,6 @@ def create_train_state(params: Params, tx: optax.GradientTransformation, seed: i
 
 def trainable_mask(params: Params, settings: StepSettings) -> Params | None:
     """Which parameters a stage updates (None: all of them)."""
-    from rome_jax.training.optim import exit_mask
-
     if settings.mode not in TWO_STAGE_MODES:
         return None
     if settings.stage == 1:
@@ -151,47 +149,52 @@ def _forward(
             "layers": {k: v if k == "exit" else jax.lax.stop_gradient(v) for k, v in params["layers"].items()},
         }
     inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
-    return MultiExitEncoder(config).apply({"params": params}, **inputs, deterministic=False, rngs={"dropout": rng})[
-        "logits"
-    ]
+    outputs = MultiExitEncoder(config).apply({"params": params}, **inputs, deterministic=False, rngs={"dropout": rng})
+    return cast(dict[str, jax.Array], outputs)["logits"]  # apply returns the output alone: no collection is mutable
 
 
 def loss_groups(
     settings: StepSettings, logits: jax.Array, labels: jax.Array | None
-) -> tuple[jax.Array, jax.Array, dict]:
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """(loss_A, loss_B, aux) for every mode; the step's loss is loss_A + loss_B.
 
+    logits [E, B, C]; labels [B] (None only for FastBERT's stage 2, which needs none).
     For modes without projection the split is only reported, never used to
     project: loss_B is then 0 and loss_A the whole loss where no split exists.
     """
     s = settings
-    kw = dict(regression=s.regression)
-    sd = dict(gamma=s.gamma, temperature=s.temperature, reduction=s.kl_reduction)
     if s.mode == "fastbert" and s.stage == 2:  # self-distillation without labels
         distill = losses.distillation_losses(
             logits, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
         )
         return jnp.zeros((), jnp.float32), jnp.sum(distill), {"distill_loss": distill}
+    if labels is None:
+        raise ValueError(f"mode {s.mode!r} (stage {s.stage}) trains on labels: none were given")
     if s.mode in ("romebert", "sd"):
-        return losses.romebert_groups(logits, labels, **sd, **kw)
+        return losses.romebert_groups(
+            logits, labels, gamma=s.gamma, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
+        )
     if s.mode == "gr":
-        return losses.plain_groups(logits, labels, **kw)
-    exit_loss = losses.exit_losses(logits, labels, **kw)
+        return losses.plain_groups(logits, labels, regression=s.regression)
+    exit_loss = losses.exit_losses(logits, labels, regression=s.regression)
     aux = {"exit_loss": exit_loss}
     zero = jnp.zeros((), jnp.float32)
     if s.mode == "joint":
         return exit_loss[-1], jnp.sum(exit_loss[:-1]), aux
     if s.mode == "pabee":
-        return losses.pabee_loss(logits, labels, **kw), zero, aux
+        return losses.pabee_loss(logits, labels, regression=s.regression), zero, aux
     if s.stage == 1:  # deebert, deebert_sd, fastbert: the final exit alone
         return exit_loss[-1], zero, aux
     if s.mode == "deebert":
-        return zero, losses.deebert_stage2_loss(logits, labels, **kw), aux
+        return zero, losses.deebert_stage2_loss(logits, labels, regression=s.regression), aux
     distill = losses.distillation_losses(
         logits, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
     )
     aux["distill_loss"] = distill
-    return zero, losses.deebert_sd_stage2_loss(logits, labels, **sd, **kw), aux
+    stage2 = losses.deebert_sd_stage2_loss(
+        logits, labels, gamma=s.gamma, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
+    )
+    return zero, stage2, aux
 
 
 def _microbatch_grads(config: ModelConfig, settings: StepSettings, params: Params, batch: dict, rng: jax.Array):
@@ -296,8 +299,8 @@ def train_step(
     finite = jnp.isfinite(loss)
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(
-        step=state.step + 1, params=keep(new_params, state.params), opt_state=keep(opt_state, state.opt_state)
+    new_state = dataclasses.replace(
+        state, step=state.step + 1, params=keep(new_params, state.params), opt_state=keep(opt_state, state.opt_state)
     )
     metrics.update(
         {
