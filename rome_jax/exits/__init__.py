@@ -6,7 +6,8 @@
 - `outputs`: every exit's outputs for a whole dataset, in input order, over length
   buckets and the local devices: the one evaluation path;
 - `calibration`: choosing a criterion and threshold from dev outputs;
-- `evaluation`: eval.py's sweeps, timing, tables and plots.
+- `evaluation`: eval.py's sweeps, tables and plots;
+- `timing`: wall-clock seconds per example of the executors, against full depth.
 
 May import: `rome_jax.data`, `rome_jax.encoder` and the core modules.
 

@@ -1,12 +1,12 @@
 """Evaluation of every exit and of early-exit sweeps, timed on the clock.
 
-One forward pass computes every exit on the split (`inference.all_exits`); every
+One forward pass computes every exit on the split (`outputs.all_exit_logits`); every
 threshold of every criterion is then simulated exactly from those logits
 (`exits.simulate`). Speed is reported three ways: in layers (`L / mean layers`), in
 FLOPs (attention and exit heads counted, `flops.flops_speedup`) and in wall-clock
-seconds per example, at batch 1 (`inference.while_loop_exit`, one compiled
-`lax.while_loop`) and batched (`inference.BatchedEarlyExit`, examples leaving the
-batch as they exit), each against the full-depth model timed the same way. The
+seconds per example (`timing.Timer`), at batch 1 (`executors.while_loop_exit`, one
+compiled `lax.while_loop`) and batched (`executors.BatchedEarlyExit`, examples leaving
+the batch as they exit), each against the full-depth model timed the same way. The
 timed executors' decisions are checked against the simulation.
 
 Length buckets (`buckets`, a `data.buckets.LengthBuckets`): every batch is cut to
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -36,11 +35,10 @@ from rome_jax.data.glue import Task, get_task
 from rome_jax.data.metrics import compute_metrics, primary_metric
 from rome_jax.encoder import flops
 from rome_jax.encoder.config import ModelConfig
-from rome_jax.encoder.model import INPUT_KEYS
 from rome_jax.encoder.pytree import Params
 from rome_jax.exits import criteria as exits
-from rome_jax.exits import executors as inference
 from rome_jax.exits import guarantee, outputs
+from rome_jax.exits.timing import Timer
 
 DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
     # DeeBERT's reference thresholds
@@ -165,117 +163,6 @@ def flops_speedup_at(config: ModelConfig, seq_lens: np.ndarray, exit_index: np.n
         full += int(at.sum()) * flops.full_flops(config, int(length))
         spent += int(np.sum(flops.flops_to_exit(config, int(length), exit_index[at]), dtype=np.int64))
     return full / spent
-
-
-def _subset(features: Features, n: int) -> dict[str, np.ndarray]:
-    n = len(features) if n <= 0 else min(n, len(features))
-    return {k: getattr(features, k)[:n] for k in INPUT_KEYS}
-
-
-def _clock(fn) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
-class Timer:
-    """Wall-clock seconds per example of the executors on a fixed set of examples.
-
-    Every figure is the best of `rounds` passes over the examples (after a
-    compiling warm-up), so a burst of load on a shared machine spoils one pass,
-    not the figure.
-
-    buckets: a `LengthBuckets` (or a `data.buckets` value, see `exit_logits_of`). At
-    batch 1 each example is cut to its own bucket (`inference.cut_to_bucket`);
-    batched, the examples are grouped by bucket (`outputs.batch_plan`) and each
-    batch cut to its bucket's length (one bucket: every batch padded to `max_length`).
-    `batched_rows` [b] gives the example each row of `batched[b]` holds (-1: padding).
-    """
-
-    def __init__(
-        self,
-        config: ModelConfig,
-        params: Params,
-        features: Features,
-        *,
-        batch1_examples: int,
-        batched_examples: int,
-        batch_size: int,
-        rounds: int = 2,
-        buckets: LengthBuckets | str | Sequence[int] | None = None,
-    ):
-        self.config, self.params, self.rounds = config, params, rounds
-        self.buckets = length_buckets(features.max_length, buckets)
-        single = _subset(features, batch1_examples)
-        self.singles = [
-            inference.cut_to_bucket({k: v[i : i + 1] for k, v in single.items()}, self.buckets)
-            for i in range(len(single["input_ids"]))
-        ]
-        plan = outputs.batch_plan(features, batch_size, self.buckets, batched_examples)
-        self.batched = [outputs.take(features, rows, length) for rows, length in plan]
-        self.batched_rows = [rows for rows, _ in plan]
-        # the baseline computes the filler rows the early-exit executor computes
-        row_buckets = inference.default_buckets(batch_size)
-        self.baseline = [inference.fit_to_bucket(b, row_buckets) for b in self.batched]
-        self.num_batched = int(sum(b["example_mask"].sum() for b in self.batched))
-
-    def full_depth(self) -> tuple[float, float]:
-        """(batch-1, batched) seconds per example of the full-depth model."""
-        run = lambda b: inference.all_exits(self.config, self.params, b)
-        strip = lambda b: {k: b[k] for k in INPUT_KEYS}
-        for one_per_shape in {b["input_ids"].shape: b for b in self.singles}.values():
-            run(one_per_shape)  # compile
-        for one_per_shape in {b["input_ids"].shape: b for b in self.baseline}.values():
-            run(strip(one_per_shape))
-        batch1 = min(sum(_clock(lambda b=b: run(b)) for b in self.singles) for _ in range(self.rounds)) / len(
-            self.singles
-        )
-        batched = (
-            min(sum(_clock(lambda b=b: run(strip(b))) for b in self.baseline) for _ in range(self.rounds))
-            / self.num_batched
-        )
-        return batch1, batched
-
-    def early_exit(self, criterion: exits.Criterion) -> tuple[float, float, np.ndarray, np.ndarray]:
-        """(batch-1 s/example, batched s/example, batch-1 exits, batched exits)."""
-        loop = lambda b: inference.while_loop_exit(self.config, self.params, b, criterion)
-        for one_per_shape in {b["input_ids"].shape: b for b in self.singles}.values():
-            loop(one_per_shape)  # compile (once for every criterion)
-        batch1_seconds = float("inf")
-        for _ in range(self.rounds):
-            batch1_exits, seconds = [], 0.0
-            for b in self.singles:
-                start = time.perf_counter()
-                out = jax.block_until_ready(loop(b))
-                seconds += time.perf_counter() - start
-                batch1_exits.append(int(np.asarray(out["exit_index"])[0]))
-            batch1_seconds = min(batch1_seconds, seconds)
-        executor = inference.BatchedEarlyExit(self.config, self.params, criterion)
-        # run_dataset takes one sequence length a call: one call per length, in order
-        groups: dict[int, list[int]] = {}
-        for k, b in enumerate(self.batched):
-            groups.setdefault(b["input_ids"].shape[1], []).append(k)
-        for ks in groups.values():
-            executor.run_dataset([self.batched[ks[0]]])  # compile the buckets
-        batched_seconds = float("inf")
-        for _ in range(self.rounds):
-            outs, seconds = [], 0.0
-            for ks in groups.values():
-                start = time.perf_counter()
-                outs.append(executor.run_dataset([self.batched[k] for k in ks]))
-                seconds += time.perf_counter() - start
-            batched_seconds = min(batched_seconds, seconds)
-        batched_exits = np.zeros(self.num_batched, np.int32)
-        for ks, out in zip(groups.values(), outs):
-            rows = np.concatenate([self.batched_rows[k] for k in ks])
-            real = rows >= 0
-            batched_exits[rows[real]] = np.asarray(out["exit_index"])[real]
-        return (
-            batch1_seconds / len(self.singles),
-            batched_seconds / self.num_batched,
-            np.asarray(batch1_exits),
-            batched_exits,
-        )
 
 
 def evaluate_split(
