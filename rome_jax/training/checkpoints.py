@@ -28,9 +28,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from rome_jax.encoder.params import tree_mismatch
+from rome_jax.encoder.params import params_mismatch, tree_mismatch  # noqa: F401 (params_mismatch: old import path)
 from rome_jax.encoder.pytree import PyTree
 from rome_jax.errors import CheckpointError, first_line
+from rome_jax.training import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +99,8 @@ class Checkpoints:
 
     def prune(self, preserve: Iterable[int] = ()) -> None:
         steps = self.steps()
-        if jax.process_count() > 1:  # orbax's deletes (process 0's) wait until every process
-            from rome_jax.training import distributed  # has listed the steps: a listing racing a
-
-            distributed.barrier("checkpoints listed")  # deletion fails on the vanished step
+        if jax.process_count() > 1:  # orbax's deletes (process 0's) wait until every process has
+            distributed.barrier("checkpoints listed")  # listed the steps: a listing racing a deletion fails
         keep = set(steps[-self.keep :]) | {int(s) for s in preserve if s is not None}
         for step in steps:
             if step not in keep:
