@@ -16,6 +16,7 @@ from huggingface_hub import snapshot_download
 from safetensors.numpy import save_file
 
 from rome_jax.data import tokenize_texts
+from rome_jax.data.buckets import LengthBuckets
 from rome_jax.encoder import hf_io
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import MultiExitEncoder, init_exit_params
@@ -23,7 +24,9 @@ from rome_jax.encoder.params import params_mismatch
 from rome_jax.encoder.pytree import Params
 from rome_jax.errors import CheckpointError
 from rome_jax.exits import calibration as calibration_lib
+from rome_jax.exits.criteria import Criterion
 from rome_jax.exits.executors import all_exits
+from rome_jax.serving import predict as predict_lib
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +78,11 @@ class MultiExitModel:
         text_a: Sequence[str],
         text_b: Sequence[str] | None = None,
         *,
-        criterion: Any = "auto",
+        criterion: Criterion | str | None = "auto",
         batch_size: int = 64,
         max_length: int | None = None,
-        buckets: Any = "auto",
-    ):
+        buckets: LengthBuckets | str | Sequence[int] | None = "auto",
+    ) -> predict_lib.Predictions:
         """Early-exit predictions on sentences (or pairs), in input order: a
         `rome_jax.serving.predict.Predictions` (labels, label_ids / scores, probabilities,
         exit_layer 1-based, mean_layers; iterating yields one dict per example).
@@ -92,9 +95,7 @@ class MultiExitModel:
         batch padded to `max_length`), lengths like "32,64", or a
         `data.buckets.LengthBuckets`.
         """
-        from rome_jax.serving.predict import predict
-
-        return predict(
+        return predict_lib.predict(
             self, text_a, text_b, criterion=criterion, batch_size=batch_size, max_length=max_length, buckets=buckets
         )
 
@@ -119,9 +120,7 @@ class MultiExitModel:
         the metric drops by at most `eps`. See `rome_jax.serving.predict.calibrate`
         and docs/methods.md. Where no threshold qualifies, `default` is None and
         `predict` runs at full depth."""
-        from rome_jax.serving.predict import calibrate
-
-        self.calibration = calibrate(
+        self.calibration = predict_lib.calibrate(
             self,
             text_a,
             text_b,
