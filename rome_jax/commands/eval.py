@@ -61,8 +61,16 @@ import numpy as np
 from absl import flags
 
 from rome_jax.commands import cli
-from rome_jax.encoder.config import ATTENTION_KERNELS, DTYPES
+from rome_jax.config import run_config
+from rome_jax.data import Features, load_examples, tokenize_examples, tokenize_texts
+from rome_jax.data.buckets import check_spec, length_buckets
+from rome_jax.data.glue import get_task
+from rome_jax.data.metrics import compute_metrics, primary_metric
+from rome_jax.data.tasks import task_from_config
+from rome_jax.encoder.config import ATTENTION_KERNELS, DTYPES, ModelConfig
 from rome_jax.errors import CheckpointError, ConfigError
+from rome_jax.host_memory import reexec_with_malloc_tunables
+from rome_jax.serving import files as serving_files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir (its config and checkpoints).")
 _CHECKPOINT = flags.DEFINE_string(
@@ -131,9 +139,7 @@ _CALIBRATION_FILE = flags.DEFINE_string(
 
 
 def _model_from_workdir(workdir: str):
-    from rome_jax.config import run_config
-    from rome_jax.data.tasks import task_from_config
-    from rome_jax.encoder.config import ModelConfig
+    # JAX loads only now, after the re-exec (run): these modules import it
     from rome_jax.encoder.params import params_mismatch
     from rome_jax.serving.api import MultiExitModel, load_tokenizer, resolve_model_dir
     from rome_jax.training import checkpoints
@@ -177,9 +183,7 @@ def main(argv):
     workdir, model_dir = _WORKDIR.value, _MODEL.value
     if bool(workdir) == bool(model_dir):
         raise ConfigError("give either --workdir (a train.py run) or --model with --task")
-    from rome_jax.data import load_examples, tokenize_examples
-    from rome_jax.data.buckets import check_spec, length_buckets
-    from rome_jax.data.glue import get_task
+    # JAX loads only now, after the re-exec (run): these modules import it
     from rome_jax.exits import calibration as calibration_lib
     from rome_jax.exits import evaluation
     from rome_jax.serving.api import load_pretrained
@@ -313,8 +317,6 @@ def _calibration_rule() -> str | float | None:
 
 def _metric_fn(task, labels: np.ndarray):
     """logits [N, C] -> the task's primary metric on `labels`."""
-    from rome_jax.data.metrics import compute_metrics, primary_metric
-
     metric = primary_metric(task.name)
     return lambda logits: compute_metrics(task.name, np.asarray(logits), labels)[metric]
 
@@ -323,10 +325,9 @@ def _calibrate(
     rule, model, task, split, features, logits, max_length, buckets, sweeps, mode, origin
 ) -> tuple[dict, np.ndarray]:
     """The calibration (chosen on the calibration rows) and the rows left to score."""
-    from rome_jax.data import Features, tokenize_texts
+    # JAX loads only now, after the re-exec (run): these modules import it
     from rome_jax.exits import calibration as calibration_lib
     from rome_jax.exits import evaluation
-    from rome_jax.serving import files as serving_files
 
     regression = model.config.num_labels == 1
     n = len(features)
@@ -407,6 +408,7 @@ def _store_calibration(chosen: dict, step: int | None) -> list[str]:
     """Writes the calibration beside the model: --model: MODEL/rome_jax_calibration.json;
     --workdir: WORKDIR/calibration.json, and WORKDIR/model/rome_jax_calibration.json
     when the evaluated checkpoint is the run's last (the one model/ holds)."""
+    # JAX loads only now, after the re-exec (run): these modules import it
     from rome_jax.exits import calibration
 
     workdir = _WORKDIR.value
@@ -420,7 +422,7 @@ def _store_calibration(chosen: dict, step: int | None) -> list[str]:
     calibration.write(paths[0], chosen)
     model_dir = os.path.join(workdir, "model")
     if os.path.isfile(os.path.join(model_dir, "config.json")):
-        from rome_jax.training.checkpoints import Checkpoints
+        from rome_jax.training.checkpoints import Checkpoints  # JAX, as above
 
         store = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
         try:
@@ -442,8 +444,6 @@ def _store_calibration(chosen: dict, step: int | None) -> list[str]:
 
 def run() -> None:
     """The entry point: `python eval.py`, `python -m rome_jax.commands.eval`."""
-    from rome_jax.host_memory import reexec_with_malloc_tunables
-
     reexec_with_malloc_tunables()  # a no-op when the module's first lines did it
     cli.run_main(main)
 

@@ -47,7 +47,7 @@ from rome_jax.data.glue import get_task
 from rome_jax.data.tasks import task_from_config
 from rome_jax.errors import CheckpointError, ConfigError
 from rome_jax.host_memory import reexec_with_malloc_tunables
-from rome_jax.serving.files import predict_file, summary_line
+from rome_jax.serving.files import predict_file, read_calibration_rows, summary_line
 
 if TYPE_CHECKING:  # annotations only: JAX loads after the re-exec (run), in _load
     from rome_jax.serving.api import MultiExitModel
@@ -156,8 +156,7 @@ def main(argv: list[str]) -> int:
 
 def _calibrate_on_file(model: "MultiExitModel", columns: tuple[str, ...], path: str) -> None:
     """--calibration_file (`path`): the model's calibration for this run (consistency target)."""
-    from rome_jax.exits import calibration as calibration_lib
-    from rome_jax.serving.files import read_calibration_rows
+    from rome_jax.exits import calibration as calibration_lib  # JAX, as in _load
 
     for name, value in (("eps", _EPS.value), ("delta", _DELTA.value)):
         if not 0 < value < 1:

@@ -395,7 +395,7 @@ def write_outputs(results: dict, out_dir: str) -> list[str]:
 
 
 def _plot(results: dict, per_exit_path: str, tradeoff_path: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: only the plots need it (and pyplot must follow the backend's choice)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
