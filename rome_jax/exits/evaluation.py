@@ -317,14 +317,15 @@ def format_table(results: dict) -> str:
     ]
     lines += [f"{r['exit']:>4}  {r[metric]:.4f}" for r in results["per_exit"]]
     w = max([10] + [len(r["criterion"]) + 1 for r in results["sweep"]])
-    head = f"{'criterion':<{w}}{'threshold':>10}{metric:>12}{'layers':>8}{'layer x':>9}{'flops x':>9}"
+    m = max(12, len(metric) + 2)  # a long metric name (accuracy_and_f1) keeps its column apart
+    head = f"{'criterion':<{w}}{'threshold':>10}{metric:>{m}}{'layers':>8}{'layer x':>9}{'flops x':>9}"
     timed = results.get("timing") is not None
     if timed:
         head += f"{'clock x b1':>12}{'clock x bat':>12}"
     lines += ["", head]
     for r in results["sweep"]:
         line = (
-            f"{r['criterion']:<{w}}{r['threshold']:>10g}{r[metric]:>12.4f}{r['mean_layers']:>8.2f}"
+            f"{r['criterion']:<{w}}{r['threshold']:>10g}{r[metric]:>{m}.4f}{r['mean_layers']:>8.2f}"
             f"{r['layer_speedup']:>9.2f}{r['flops_speedup']:>9.2f}"
         )
         if timed:
