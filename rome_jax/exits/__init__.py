@@ -1,8 +1,14 @@
 """Early exit: when to stop, how to run until then, and how to choose a threshold.
 
 - `criteria`: exit criteria as pure functions (`Criterion`, `CRITERIA`, `simulate`);
-- `executors`: compiled executors (`lax.while_loop` per batch, per example inside
-  batches) and every exit's logits of a batch;
+- `batches`: batches as the executors read them: keys, `check_batch`, padding rows,
+  cutting a batch to a length bucket or a row bucket;
+- `loop`: the compiled early-exit loop (a `lax.while_loop` over the layers) that
+  both compiled executors run;
+- `executors`: every exit's logits of a batch, the simulated exit, the
+  `lax.while_loop` executor per batch; every executor's public name re-exported;
+- `batched`: the per-example executor inside batches (`BatchedEarlyExit`):
+  exited examples leave the batch, the rest compacted into smaller buckets;
 - `outputs`: every exit's outputs for a whole dataset, in input order, over length
   buckets and the local devices: the one evaluation path;
 - `calibration`: choosing a criterion and threshold from dev outputs;

@@ -41,7 +41,7 @@ from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder
 from rome_jax.encoder.pytree import Params
 from rome_jax.errors import ConfigError, DataError
-from rome_jax.exits import executors
+from rome_jax.exits import batched, executors
 from rome_jax.exits.criteria import Criterion
 
 Inputs = Features | Mapping[str, np.ndarray]
@@ -229,7 +229,7 @@ def early_exits(
 
     `BatchedEarlyExit.run_dataset` runs every batch of one bucket length in one call
     (its rows may regroup across those batches)."""
-    executor = executors.BatchedEarlyExit(config, params, criterion)
+    executor = batched.BatchedEarlyExit(config, params, criterion)
 
     def run(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         out = executor.run_dataset(batches)

@@ -3,7 +3,7 @@
 `Timer` times, on a fixed set of a split's examples, the full-depth model
 (`executors.all_exits`) and one criterion's early exit at batch 1
 (`executors.while_loop_exit`, one compiled `lax.while_loop`) and batched
-(`executors.BatchedEarlyExit`, examples leaving the batch as they exit), and
+(`batched.BatchedEarlyExit`, examples leaving the batch as they exit), and
 returns the exits the timed executors took so that `evaluation.evaluate_split` can
 check them against the simulation. Each figure is the best of a few passes after a
 compiling warm-up; the same bucket-cut batches run early exit and full depth.
@@ -22,7 +22,7 @@ from rome_jax.data.buckets import LengthBuckets, length_buckets
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS
 from rome_jax.encoder.pytree import Params
-from rome_jax.exits import executors, outputs
+from rome_jax.exits import batched, batches, executors, outputs
 from rome_jax.exits.criteria import Criterion
 
 
@@ -48,7 +48,7 @@ class Timer:
 
     buckets: a `LengthBuckets` (or a `data.buckets` value, resolved by `length_buckets`
     at the features' `max_length`). At batch 1 each example is cut to its own bucket
-    (`executors.cut_to_bucket`); batched, the examples are grouped by bucket
+    (`batches.cut_to_bucket`); batched, the examples are grouped by bucket
     (`outputs.batch_plan`) and each batch cut to its bucket's length (one bucket:
     every batch padded to `max_length`).
     `batched_rows` [b] gives the example each row of `batched[b]` holds (-1: padding).
@@ -70,15 +70,15 @@ class Timer:
         self.buckets = length_buckets(features.max_length, buckets)
         single = _subset(features, batch1_examples)
         self.singles = [
-            executors.cut_to_bucket({k: v[i : i + 1] for k, v in single.items()}, self.buckets)
+            batches.cut_to_bucket({k: v[i : i + 1] for k, v in single.items()}, self.buckets)
             for i in range(len(single["input_ids"]))
         ]
         plan = outputs.batch_plan(features, batch_size, self.buckets, batched_examples)
         self.batched = [outputs.take(features, rows, length) for rows, length in plan]
         self.batched_rows = [rows for rows, _ in plan]
         # the baseline computes the filler rows the early-exit executor computes
-        row_buckets = executors.default_buckets(batch_size)
-        self.baseline = [executors.fit_to_bucket(b, row_buckets) for b in self.batched]
+        row_buckets = batches.default_buckets(batch_size)
+        self.baseline = [batches.fit_to_bucket(b, row_buckets) for b in self.batched]
         self.num_batched = int(sum(b["example_mask"].sum() for b in self.batched))
 
     def full_depth(self) -> tuple[float, float]:
@@ -110,7 +110,7 @@ class Timer:
                 seconds += time.perf_counter() - start
                 batch1_exits.append(int(np.asarray(out["exit_index"])[0]))
             batch1_seconds = min(batch1_seconds, seconds)
-        executor = executors.BatchedEarlyExit(self.config, self.params, criterion)
+        executor = batched.BatchedEarlyExit(self.config, self.params, criterion)
         # run_dataset takes one sequence length a call: one call per length, in order
         groups: dict[int, list[int]] = {}
         for k, b in enumerate(self.batched):

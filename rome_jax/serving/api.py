@@ -53,8 +53,8 @@ class MultiExitModel:
 
         batch: dict of int arrays `input_ids`, `attention_mask`, `token_type_ids`,
         each [B, T] (other keys are ignored; a batch the model cannot read is a
-        ValueError, see `inference.check_batch`). Returns [num_exits, B, num_labels]
-        float32; row -1 is the final classifier.
+        ValueError, see `rome_jax.exits.batches.check_batch`). Returns [num_exits, B,
+        num_labels] float32; row -1 is the final classifier.
         """
         return all_exits(self.config, self.params, batch)
 

@@ -10,9 +10,9 @@ and returns a dict: `logits` [B, C] float32 (the answering exit's),
 [B] int32 (1-based) and `layers_run` (int32 scalar: the layers the batch ran).
 Early exit is per example inside the fixed-shape batch: a `lax.while_loop` over
 the layers stops when every row has exited, and a row that exited keeps its
-answer (the semantics of `inference.while_loop_exit`). A row whose attention_mask
-is all 0 is padding: it exits at layer 1 and never keeps the loop running, so a
-server can fill a partial batch with empty rows.
+answer (the semantics of `rome_jax.exits.executors.while_loop_exit`). A row whose
+attention_mask is all 0 is padding: it exits at layer 1 and never keeps the loop
+running, so a server can fill a partial batch with empty rows.
 
 The parameters and the criterion are closed over as constants: the artifact is
 self-contained (about the size of the weights), and running it needs `jax` alone,

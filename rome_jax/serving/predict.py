@@ -10,8 +10,8 @@ buckets (by default `data.buckets.length_buckets(max_length, "auto")`: 16, 32, 6
 ... and `max_length`) by `bucket_batches` (examples keep their order inside a
 bucket; the last partial batch is padded with masked rows), each batch cut to its
 bucket's length, and every group of one length runs through the per-example
-executor (`inference.BatchedEarlyExit.run_dataset`: examples leave the batch as
-they exit). Results are scattered back to input order (`exits.outputs.early_exits`).
+executor (`rome_jax.exits.batched.BatchedEarlyExit.run_dataset`: examples leave the
+batch as they exit). Results are scattered back to input order (`exits.outputs.early_exits`).
 Compiled programs depend on shapes only (batch rows, bucket length), so repeated
 calls and other thresholds reuse them.
 
@@ -35,8 +35,8 @@ import numpy as np
 from rome_jax.data.buckets import LengthBuckets, length_buckets
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.exits import calibration as calibration_lib
+from rome_jax.exits.batches import default_buckets, smallest_bucket
 from rome_jax.exits.criteria import CRITERIA, Criterion, check_criterion
-from rome_jax.exits.executors import default_buckets, smallest_bucket
 from rome_jax.exits.outputs import all_exit_logits, early_exits
 
 AUTO = "auto"
@@ -190,9 +190,9 @@ def run_early_exit(
 
     inputs: `input_ids`, `attention_mask`, `token_type_ids` [N, T] (right-padded);
     criterion: None runs full depth; buckets: the length buckets, ending at T.
-    Batches have `batch_size` rows, or for fewer
-    examples the smallest of `inference.default_buckets(batch_size)` holding them
-    (so a call on three sentences computes three rows, and compiled shapes stay few).
+    Batches have `batch_size` rows, or for fewer examples the smallest of
+    `rome_jax.exits.batches.default_buckets(batch_size)` holding them (so a call on
+    three sentences computes three rows, and compiled shapes stay few).
     Returns (exit_index [N] int32 0-based, logits [N, C] float32)
     (`exits.outputs.early_exits`).
     """
