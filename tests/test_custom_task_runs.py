@@ -247,6 +247,19 @@ def test_regression_trains_evaluates_and_exports(data, tiny_model, tmp_path):
     assert results["metric"] == "pearson_and_spearman" and len(results["per_exit"]) == 2
     assert "pearson" in results["sweep"][0]
 
+    # Thresholds with a guarantee on the regression task: the risk target over the
+    # absolute score difference (in units of the label range), patience and fixed only.
+    from rome_jax.exits import calibration
+
+    logits = evaluation.exit_logits_of(model.config, model.params, features, 16)
+    labels = np.asarray(features.labels)
+    chosen = calibration.calibrate_outputs(logits, labels, target="risk", eps=0.5, delta=0.1, regression=True)
+    assert set(chosen["criteria"]) == {"patience", "fixed"} and chosen["regression"] is True
+    assert chosen["scale"] == pytest.approx(float(labels.max() - labels.min()))
+    assert chosen["bound"] == "hoeffding_bentkus"
+    if chosen["default"] is not None:
+        assert calibration.criterion_of(chosen).regression is True
+
 
 def test_missing_reinit_in_process_names_the_option(data, tiny_model, tmp_path):
     config = _config(_regression(data, tiny_model, **{"model.reinit_classifier": False}))

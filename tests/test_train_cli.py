@@ -345,14 +345,20 @@ def test_errors_are_one_line(env, tiny_model, tmp_path, straight):
         "0.001 -> 3e-05); use another --workdir, or --overwrite to delete that run"
     )
     assert (other / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
-    # A start that failed before saving anything does not block the corrected run.
+    # A start that fails on its model or data leaves no trace, so it blocks nothing.
     failed = tmp_path / "failed"
     assert "/no/such/model" in error_of(env, failed, model="/no/such/model")
-    assert (failed / "config.json").is_file()
+    assert not failed.exists()
+    # A run that wrote its config but saved nothing (it died before its first checkpoint)
+    # does not block a run with another config; a failed start still changes nothing.
+    failed.mkdir()
+    shutil.copy(straight / "config.json", failed / "config.json")
     lines = train(env, failed, model="/no/such/other", expect=2).stderr.strip().splitlines()
-    assert lines[-2].endswith(f"workdir {failed}: replacing the config of a run that saved nothing")
     assert lines[-1] == "train.py: error: /no/such/other: no such model directory"
-    assert json.loads((failed / "config.json").read_text())["model"]["name_or_path"] == "/no/such/other"
+    assert (failed / "config.json").read_bytes() == (straight / "config.json").read_bytes()
+    proc = train(env, failed, "train.max_steps=2", model=tiny_model)
+    assert f"workdir {failed}: replacing the config of a run that saved nothing" in proc.stderr
+    assert json.loads((failed / "config.json").read_text())["train"]["max_steps"] == 2
 
 
 def test_verbose_shows_the_traceback(env, tiny_model, tmp_path):

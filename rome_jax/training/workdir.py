@@ -101,8 +101,8 @@ def prepare_workdir(
         if changed and not holds_results(workdir):
             # a start that failed before the first checkpoint (a wrong path, a bad
             # file): nothing to lose, so the corrected config simply replaces it
-            logger.info("workdir %s: replacing the config of a run that saved nothing", workdir)
             if is_writer:
+                logger.info("workdir %s: replacing the config of a run that saved nothing", workdir)
                 delete_run(workdir)
         elif changed:
             shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
