@@ -66,13 +66,10 @@ RULE = (
     "full-depth metric minus `points` percentage points; ties: the more conservative threshold"
 )
 
-# Thresholds that exit later when larger (the others exit later when smaller).
-_LARGER_IS_CONSERVATIVE = ("max_prob", "patience", "fixed")
-
 
 def _conservative_key(name: str, threshold: float) -> float:
     """Sorts the more conservative threshold first."""
-    return -threshold if name in _LARGER_IS_CONSERVATIVE else threshold
+    return -threshold if name in guarantee.LARGER_IS_CONSERVATIVE else threshold
 
 
 def choose_thresholds(

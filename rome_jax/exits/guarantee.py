@@ -185,12 +185,13 @@ def _check_eps(eps: float) -> None:
 GRID_SIZE = 64
 """Thresholds per criterion in a grid read from the observed values (`threshold_grid`)."""
 
-_LARGER_IS_CONSERVATIVE = ("max_prob", "patience", "fixed")
+LARGER_IS_CONSERVATIVE = ("max_prob", "patience", "fixed")
+"""Criteria whose larger thresholds exit later (the others exit later when smaller)."""
 
 
 def conservative_first(name: str, thresholds: Sequence[float]) -> list[float]:
     """The thresholds sorted from the one that exits latest to the one that exits earliest."""
-    return sorted({float(t) for t in thresholds}, reverse=name in _LARGER_IS_CONSERVATIVE)
+    return sorted({float(t) for t in thresholds}, reverse=name in LARGER_IS_CONSERVATIVE)
 
 
 def threshold_grid(name: str, all_logits: np.ndarray, *, size: int = GRID_SIZE) -> list[float]:
