@@ -9,6 +9,7 @@ import pytest
 
 from configs import default
 from rome_jax.config import choices, markdown, run_config, schema
+from rome_jax.data.tagging_task import TAGGING_DEFAULTS
 from rome_jax.data.tasks import CUSTOM_DEFAULTS
 from rome_jax.errors import ConfigError
 
@@ -42,6 +43,9 @@ def test_every_key_has_a_default_a_doc_and_a_check():
     assert {k.removeprefix("data.custom.") for k in schema.SCHEMA if k.startswith("data.custom.")} == set(
         CUSTOM_DEFAULTS
     )
+    assert {k.removeprefix("data.tagging.") for k in schema.SCHEMA if k.startswith("data.tagging.")} == set(
+        TAGGING_DEFAULTS
+    )
 
 
 def test_the_default_config_is_the_schema(monkeypatch):
@@ -54,7 +58,8 @@ def test_the_default_config_is_the_schema(monkeypatch):
         assert run_config.flatten(config) == schema.defaults()
         assert config.data.dir == (glue_dir or "")
     declared = {name: key.default for name, key in schema.SCHEMA.items()}
-    assert run_config.flatten(default.get_config()) == declared | {"data.dir": ""}
+    monkeypatch.delenv("CONLL_DIR", raising=False)
+    assert run_config.flatten(default.get_config()) == declared | {"data.dir": "", "data.tagging.dir": ""}
     assert default.get_config() is not default.get_config()  # a fresh copy each time
 
 

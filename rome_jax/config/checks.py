@@ -20,6 +20,7 @@ from typing import Any
 
 from rome_jax.data.buckets import check_spec
 from rome_jax.data.glue import get_task
+from rome_jax.data.tagging_task import is_tagging
 from rome_jax.data.tasks import is_custom
 from rome_jax.errors import DataError
 
@@ -106,7 +107,7 @@ def _model_name(v: str) -> str | None:
 
 
 def _task(v: str) -> str | None:
-    if is_custom(v):  # a task described by data.custom.*: checked when built (resolve)
+    if is_custom(v) or is_tagging(v):  # described by data.custom.* / data.tagging.*: checked when built (resolve)
         return None
     try:
         task = get_task(v)
@@ -120,8 +121,8 @@ def _task(v: str) -> str | None:
 model_name = typed(str, _model_name, "non-empty string")
 """model.name_or_path: a local HF directory or a hub name."""
 
-task_name = typed(str, _task, "a GLUE task with a training split (any spelling), or `custom`")
-"""data.task: a GLUE task that can be trained, or "custom"."""
+task_name = typed(str, _task, "a GLUE task with a training split (any spelling), `custom`, `conll2003` or `tagging`")
+"""data.task: a GLUE task that can be trained, "custom", or a tagging task ("conll2003", "tagging")."""
 
 bucket_spec = Check(check_spec, '`auto`, `none`, or lengths `"32,64,128"` (each at most `data.max_length`)')
 """data.buckets (`rome_jax.data.buckets.check_spec`)."""

@@ -42,6 +42,13 @@ from rome_jax.config.schema import (
 )
 from rome_jax.data.buckets import length_buckets
 from rome_jax.data.glue import get_task
+from rome_jax.data.tagging_task import (
+    TAGGING_DEFAULTS,
+    build_tagging_task,
+    is_tagging,
+    resolved_tagging_settings,
+    tagging_settings,
+)
 from rome_jax.data.tasks import CUSTOM, CUSTOM_DEFAULTS, build_task, custom_settings, is_custom, resolved_settings
 from rome_jax.errors import ConfigError, DataError
 
@@ -151,6 +158,27 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         length_buckets(config.data.max_length, config.data.buckets)  # lengths above max_length
     except ConfigError as e:
         raise ConfigError(f"config {e}") from None
+    tagged = is_tagging(config.data.task)
+    if tagged and config.model.exit_pooling != "token":
+        raise ConfigError(
+            f"config model.exit_pooling {config.model.exit_pooling!r} does not fit the tagging task "
+            f"{config.data.task!r}: its exits tag every token (use token)"
+        )
+    if not tagged and config.model.exit_pooling == "token":
+        raise ConfigError(
+            f"config model.exit_pooling 'token' is for tagging tasks (conll2003, tagging), not {config.data.task!r}"
+        )
+    if tagged and train.mode == "fastbert":
+        raise ConfigError(
+            "config train.mode 'fastbert' does not train tagging tasks (its label-free stage 2 has no token "
+            "mask); use deebert, joint, pabee, sd, gr or romebert"
+        )
+    if "tagging" in config.data:
+        moved = [k for k, v in TAGGING_DEFAULTS.items() if k != "dir" and config.data.tagging[k] != v]
+        if moved and not tagged:
+            raise ConfigError(
+                f"config data.tagging.{moved[0]} is for data.task 'tagging' or 'conll2003', not {config.data.task!r}"
+            )
     custom = [k for k, v in CUSTOM_DEFAULTS.items() if config.data.custom[k] != v]
     if custom and not is_custom(config.data.task):
         raise ConfigError(f"config data.custom.{custom[0]} is for data.task 'custom', not {config.data.task!r}")
@@ -160,6 +188,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
         and config.data.dir
         and not os.path.isdir(config.data.dir)
         and not is_custom(config.data.task)
+        and not tagged
     ):
         raise DataError(
             f"GLUE data directory {config.data.dir} does not exist "
@@ -190,11 +219,22 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     canonical spelling ("SST-2" -> "sst2"). data.task "custom": the task is built
     from data.custom.* (reading the training file for label names: a DataError or
     ConfigError names a problem), and data.custom records absolute file paths, the
-    label names (a JSON list) and the metric.
+    label names (a JSON list) and the metric. A tagging task ("conll2003", "tagging")
+    is built from data.tagging.* (its tag names recorded) and its exits tag every
+    token (`model.exit_pooling` "cls", the default, becomes "token").
     """
     resolved = ml_collections.ConfigDict(config.to_dict())
     try:
-        if is_custom(resolved.data.task):
+        if is_tagging(resolved.data.task):
+            name = "".join(c for c in str(resolved.data.task).lower() if c.isalnum())
+            resolved.data.task = name
+            if "tagging" in resolved.data:  # else validate() names the missing keys
+                settings = tagging_settings(resolved.data)
+                task = build_tagging_task(name, settings)
+                resolved.data.tagging = ml_collections.ConfigDict(resolved_tagging_settings(task, settings))
+            if resolved.model.get("exit_pooling") == "cls":  # the default: a tagger's exits tag every token
+                resolved.model.exit_pooling = "token"
+        elif is_custom(resolved.data.task):
             resolved.data.task = CUSTOM
             if "custom" in resolved.data:  # else validate() names the missing keys
                 settings = custom_settings(resolved.data)
@@ -202,7 +242,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         else:
             resolved.data.task = get_task(resolved.data.task).name
     except (DataError, AttributeError, TypeError) as e:
-        if isinstance(e, DataError) and is_custom(resolved.data.get("task")):
+        if isinstance(e, DataError) and (is_custom(resolved.data.get("task")) or is_tagging(resolved.data.get("task"))):
             raise
         return resolved  # validate() names the problem
     if resolved.train.get("anchor") == "auto":
@@ -247,7 +287,10 @@ def parse_task_mode(arg: str | None, file: str, *, default_task: str | None = No
     parts = [p.strip() for p in arg.split(",")]
     if len(parts) > 2:
         raise ConfigError(f"{file} takes TASK[,MODE], got {arg!r}")
-    return get_task(parts[0]).name, (parts[1] if len(parts) == 2 else None)
+    mode = parts[1] if len(parts) == 2 else None
+    if is_tagging(parts[0]):
+        return "".join(c for c in parts[0].lower() if c.isalnum()), mode
+    return get_task(parts[0]).name, mode
 
 
 def task_mode_spec(config_file: str, task: str, mode: str | None = None) -> str:

@@ -50,6 +50,7 @@ from rome_jax.config.choices import (
 )
 from rome_jax.data.examples import SOURCES
 from rome_jax.data.metrics import METRIC_NAMES
+from rome_jax.data.tagging_task import TAGGING_DEFAULTS
 from rome_jax.data.tasks import CUSTOM_DEFAULTS, FORMATS
 from rome_jax.encoder.config import ATTENTION_KERNELS, DTYPES, EXIT_POOLINGS
 
@@ -117,6 +118,16 @@ def _custom(name: str, check: Check, doc: str, allowed: str | None = None) -> Ke
     read as that default."""
     default = CUSTOM_DEFAULTS[name]
     return Key(f"data.custom.{name}", default, check, doc, before=default, allowed=allowed)
+
+
+def _tagging(name: str, check: Check, doc: str, allowed: str | None = None, default: Any = None) -> Key:
+    """A `data.tagging.*` key: its default is `rome_jax.data.tagging_task.TAGGING_DEFAULTS`'
+    (or `default`, e.g. read from the environment); stored configs lacking it read as
+    that default."""
+    before = TAGGING_DEFAULTS[name]
+    return Key(
+        f"data.tagging.{name}", before if default is None else default, check, doc, before=before, allowed=allowed
+    )
 
 
 SECTIONS: tuple[Section, ...] = (
@@ -257,6 +268,49 @@ SECTIONS: tuple[Section, ...] = (
                 typed(str),
                 '`""`: accuracy for classification, `pearson_and_spearman` for regression',
                 _listed("", *METRIC_NAMES),
+            ),
+        ),
+        level=3,
+    ),
+    Section(
+        "`data.tagging.*` (with `data.task=conll2003` or `data.task=tagging`)",
+        (
+            _tagging(
+                "dir",
+                typed(str),
+                'CoNLL-2003\'s directory (`train.txt`, `dev.txt`); `""` reads the hub (`eriktks/conll2003`, '
+                "needs a network)",
+                default=FromEnv("CONLL_DIR", ""),
+            ),
+            _tagging(
+                "train_file",
+                typed(str),
+                "tagged training sentences: CoNLL-style columns (word first, tag last, a blank line between "
+                'sentences) or JSON Lines `{"tokens": [...], "tags": [...]}`',
+                "path",
+            ),
+            _tagging("dev_file", typed(str), "the dev split, the same way", "path"),
+            _tagging("test_file", typed(str), "optional test split; its tags may be missing", "path"),
+            _tagging("format", typed(str), '`""`: from the extension', _listed("", "conll", "jsonl")),
+            _tagging(
+                "hf_dataset",
+                typed(str),
+                "instead of files: a Hugging Face dataset (hub online) or a local dataset directory",
+            ),
+            _tagging("hf_config", typed(str), 'the dataset\'s config name; `""`: none'),
+            _tagging("tokens", typed(str), "the words' column (JSON Lines key, dataset column)", "column name"),
+            _tagging(
+                "tags",
+                typed(str),
+                "the tags' column (names, or ids with a ClassLabel feature or `tag_names`)",
+                "column name",
+            ),
+            _tagging(
+                "tag_names",
+                typed(str),
+                'the tags in id order (IOB2); `""`: `O`, then `B-`/`I-` of each type in the training data, '
+                "sorted, recorded in `config.json`",
+                '`"O,B-PER,I-PER"` or a JSON list',
             ),
         ),
         level=3,

@@ -30,7 +30,8 @@ class BatchIterator:
     the one-process batch: the same rows at the same places, hence the same dropout):
 
       input_ids, attention_mask, token_type_ids: [b, T] int32
-      labels: [b] int32 (float32 for regression)
+      labels: [b] int32 (float32 for regression); token labels [b, T] int32 (tagging)
+        are cut with the token arrays
       example_mask: [b] bool, False for padding rows
       index: [b] int64, the example's id (-1 for padding rows)
 
@@ -182,7 +183,7 @@ class BatchIterator:
             "input_ids": f.input_ids[take, cut],
             "attention_mask": f.attention_mask[take, cut],
             "token_type_ids": f.token_type_ids[take, cut],
-            "labels": f.labels[take],
+            "labels": f.labels[take, cut] if f.labels.ndim == 2 else f.labels[take],
             "example_mask": mask,
             "index": np.where(mask, np.asarray(f.index, np.int64)[take], -1),
         }

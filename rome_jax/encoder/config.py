@@ -14,10 +14,14 @@ FAMILIES = ("bert", "roberta", "albert")
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "tanh")
 ATTENTION_KERNELS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16")  # compute dtypes (parameters stay float32)
-EXIT_POOLINGS = ("cls", "mean")
+EXIT_POOLINGS = ("cls", "mean", "token")
 """What every exit's pooler reads (`ModelConfig.exit_pooling`): "cls", the layer's first
 token (the papers' design, BERT's pooler); "mean", the mean of the layer's token vectors
-over the attended positions (`attention_mask` 1)."""
+over the attended positions (`attention_mask` 1); "token", no pooling: every token's
+vector is classified (sequence labelling, as HF's `BertForTokenClassification`; the
+exits' logits are [B, T, C])."""
+SEQUENCE_POOLINGS = ("cls", "mean")
+"""The poolings whose exits answer once per sequence (logits [B, C])."""
 EXIT_POOLING_KEY = "rome_jax_exit_pooling"
 """The config.json key recording a pooling other than "cls" (`hf_io.hf_config_dict`)."""
 
@@ -55,7 +59,8 @@ class ModelConfig:
     unroll_layers: bool = True  # unroll the layer scan in training: ~6% faster step on CPU (inference stays rolled)
     embedding_size: int | None = None  # ALBERT's factorised embeddings; None: hidden_size
     # What every exit (the final one too) pools: "cls", the first token (the papers'
-    # design); "mean", the masked mean over attended tokens (EXIT_POOLINGS).
+    # design); "mean", the masked mean over attended tokens; "token", every token
+    # classified (sequence labelling) (EXIT_POOLINGS).
     exit_pooling: str = "cls"
 
     def __post_init__(self) -> None:
@@ -85,6 +90,11 @@ class ModelConfig:
     def shares_layers(self) -> bool:
         """ALBERT: one set of layer weights used by every layer."""
         return self.family == "albert"
+
+    @property
+    def token_exits(self) -> bool:
+        """Exits that tag every token (`exit_pooling="token"`): logits [B, T, C]."""
+        return self.exit_pooling == "token"
 
     @property
     def head_dim(self) -> int:

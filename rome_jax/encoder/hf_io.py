@@ -359,7 +359,7 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
                 state[f"{name}.bias"] = host(take(node["bias"]))
     exits = params["layers"]["exit"]
     last = cfg.num_layers - 1
-    if cfg.family == "roberta":
+    if cfg.family == "roberta" and not cfg.token_exits:
         names = ("classifier.dense", "classifier.out_proj")
     elif cfg.family == "albert":
         names = (f"{p}.pooler", "classifier")
@@ -377,11 +377,12 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
 
 
 def hf_config_dict(cfg: ModelConfig, label_names: list[str] | None = None) -> dict:
-    """config.json for `*ForSequenceClassification` with the same encoder."""
+    """config.json for `*ForSequenceClassification` with the same encoder
+    (`*ForTokenClassification` for token exits: its classifier is the final exit's,
+    the pooler's weights are written but unused there)."""
     d = cfg.to_hf_dict()
-    arch = {"roberta": "RobertaForSequenceClassification", "albert": "AlbertForSequenceClassification"}.get(
-        cfg.family, "BertForSequenceClassification"
-    )
+    head = "TokenClassification" if cfg.token_exits else "SequenceClassification"
+    arch = {"roberta": "Roberta", "albert": "Albert"}.get(cfg.family, "Bert") + "For" + head
     d["architectures"] = [arch]
     names = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
     d["id2label"] = {str(i): n for i, n in enumerate(names)}

@@ -161,6 +161,11 @@ class ExitHead(nn.Module):
     all positions when it is None). RoBERTa's classification head also applies
     dropout before the dense layer.
     hidden [B, T, H] -> (logits [B, C] float32, pooled [B, H]).
+
+    "token" (sequence labelling, HF's `*ForTokenClassification` head): dropout and the
+    classifier on every token's vector, logits [B, T, C] float32; the pooler still
+    runs on the first token (its output `pooled` [B, H] is reported, not classified),
+    so every pooling has the same parameters.
     """
 
     config: ModelConfig
@@ -175,18 +180,23 @@ class ExitHead(nn.Module):
             x = masked_mean(hidden, attention_mask)
         else:
             x = hidden[:, 0]
+        classifier = nn.Dense(cfg.num_labels, dtype=dtype, kernel_init=normal_init, name="classifier")
+        if cfg.token_exits:
+            pooled = jnp.tanh(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=normal_init, name="pooler")(x))
+            tokens = Dropout(cfg.exit_dropout)(hidden, deterministic=deterministic)
+            return classifier(tokens).astype(jnp.float32), pooled
         if cfg.family == "roberta":
             x = Dropout(cfg.exit_dropout)(x, deterministic=deterministic)
         pooled = jnp.tanh(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=normal_init, name="pooler")(x))
         x = Dropout(cfg.exit_dropout)(pooled, deterministic=deterministic)
-        logits = nn.Dense(cfg.num_labels, dtype=dtype, kernel_init=normal_init, name="classifier")(x)
-        return logits.astype(jnp.float32), pooled
+        return classifier(x).astype(jnp.float32), pooled
 
 
 class LayerWithExit(nn.Module):
     """The scan body: layer `i` followed by exit `i`.
 
-    carry hidden [B, T, H] -> (next hidden [B, T, H], (logits [B, C], pooled [B, H])).
+    carry hidden [B, T, H] -> (next hidden [B, T, H], (logits [B, C] (token exits:
+    [B, T, C]), pooled [B, H])).
     """
 
     config: ModelConfig
@@ -213,7 +223,8 @@ class LayerWithExit(nn.Module):
 class MultiExitEncoder(nn.Module):
     """Embeddings and L layers, each followed by an exit.
 
-    Returns a dict: `logits` [L, B, C] (float32; row -1 is the final classifier),
+    Returns a dict: `logits` [L, B, C] (float32; row -1 is the final classifier;
+    [L, B, T, C] with token exits, `ModelConfig.token_exits`),
     `pooled` [L, B, H], `last_hidden` [B, T, H].
     """
 
@@ -272,7 +283,8 @@ def layer_params(params: Params, index: Array | int) -> Params:
 def apply_layer_with_exit(
     config: ModelConfig, params_i: Params, hidden: Array, attention_mask: Array
 ) -> tuple[Array, Array]:
-    """Layer i and exit i (inference): hidden [B, T, H] -> (hidden, logits [B, C])."""
+    """Layer i and exit i (inference): hidden [B, T, H] -> (hidden, logits [B, C];
+    [B, T, C] with token exits)."""
     own = {k: v for k, v in params_i.items() if k != "shared_layer"}
     out = LayerWithExit(config).apply({"params": own}, hidden, attention_mask, params_i.get("shared_layer"))
     hidden, (logits, _) = cast(tuple[Array, tuple[Array, Array]], out)

@@ -148,16 +148,26 @@ def exit_outputs(
 # ---------------------------------------------------------------- the variants
 
 
+def _full_width(logits: np.ndarray, width: int) -> np.ndarray:
+    """Rows' token logits [b, E, t, C] (token exits, a batch cut to length t) padded with
+    zeros to the inputs' `width` positions, so batches of every length stack; sequence
+    logits [b, E, C] as they are."""
+    if logits.ndim != 4 or logits.shape[2] == width:
+        return logits
+    return np.pad(logits, ((0, 0), (0, 0), (0, width - logits.shape[2]), (0, 0)))
+
+
 def all_exit_logits(
     config: ModelConfig, params: Params, inputs: Inputs, *, batch_size: int, buckets: LengthBuckets
 ) -> np.ndarray:
-    """Every exit's logits on every row, in input order: [E, N, C] float32, on this
-    process's devices (`executors.all_exits`)."""
+    """Every exit's logits on every row, in input order: [E, N, C] float32 (token exits:
+    [E, N, T, C], zeros past a row's bucket), on this process's devices (`executors.all_exits`)."""
+    width = _arrays(inputs)["input_ids"].shape[1]
 
     def run(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         (batch,) = batches
         logits = executors.all_exits(config, params, {k: batch[k] for k in INPUT_KEYS if k in batch})
-        return {"logits": np.moveaxis(np.asarray(logits, np.float32), 1, 0)}
+        return {"logits": _full_width(np.moveaxis(np.asarray(logits, np.float32), 1, 0), width)}
 
     out = exit_outputs(run, inputs, batch_size=batch_size, buckets=buckets)
     if "logits" not in out:
@@ -193,14 +203,16 @@ def gathered_exit_logits(
     buckets: LengthBuckets,
     mesh: Mesh,
 ) -> np.ndarray:
-    """Every exit's logits on every row, in input order, [E, N, C] float32, with
-    `forward` (`mesh_forward(config, mesh)`) on the global `mesh`: this process
-    passes its share of every batch's rows and receives all of them."""
+    """Every exit's logits on every row, in input order, [E, N, C] float32 (token exits:
+    [E, N, T, C], zeros past a row's bucket), with `forward` (`mesh_forward(config,
+    mesh)`) on the global `mesh`: this process passes its share of every batch's rows
+    and receives all of them."""
+    width = _arrays(inputs)["input_ids"].shape[1]
 
     def run(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         (batch,) = batches
         logits = forward(params, sharding.shard_batch({k: batch[k] for k in INPUT_KEYS}, mesh))
-        return {"logits": np.moveaxis(np.asarray(jax.device_get(logits)), 1, 0)}
+        return {"logits": _full_width(np.moveaxis(np.asarray(jax.device_get(logits)), 1, 0), width)}
 
     out = exit_outputs(
         run,

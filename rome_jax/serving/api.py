@@ -149,7 +149,7 @@ class MultiExitModel:
                 f"the parameters do not fit the model's config ({self.config.num_layers} "
                 f"layers, {self.config.num_labels} labels): {mismatch}; nothing written"
             )
-        if self.config.exit_pooling != "cls":
+        if self.config.exit_pooling == "mean":
             logger.warning(
                 "%s: exit_pooling %r is recorded in config.json for rome_jax; transformers "
                 "pools [CLS], so its logits will not reproduce the final exit",

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rome_jax.data.metrics import compute_metrics
-from rome_jax.exits import outputs
+from rome_jax.exits import outputs, tag_scores
 from rome_jax.training import losses
+from rome_jax.training.step import token_rows
 
 if TYPE_CHECKING:
     from rome_jax.training.metrics_log import MetricsLog
@@ -48,6 +49,23 @@ def exit_metrics(task: Any, logits: np.ndarray, labels: np.ndarray, mask: np.nda
     return record
 
 
+def tagging_exit_metrics(task: Any, logits: np.ndarray, sentences: Any, features: Any) -> dict:
+    """{"exit_i/entity_f1", "exit_i/entity_precision", "exit_i/entity_recall",
+    "exit_i/token_accuracy", "exit_i/loss"} for every exit of a tagger (logits
+    [E, N, T, C]; `tag_scores.scores_by_exit` over every word; the loss is the training
+    loss over the tagged sub-tokens)."""
+    record: dict[str, float] = {}
+    for i, got in enumerate(tag_scores.scores_by_exit(logits, sentences, features, task.tag_names), start=1):
+        for name in ("f1", "precision", "recall"):
+            record[f"exit_{i}/entity_{name}"] = float(got[name])
+        record[f"exit_{i}/token_accuracy"] = float(got["token_accuracy"])
+    rows, labels, weight = token_rows(jnp.asarray(logits, jnp.float32), jnp.asarray(features.features.labels))
+    loss = np.asarray(losses.exit_losses(rows, labels, example_weight=weight))
+    for i, value in enumerate(loss, start=1):
+        record[f"exit_{i}/loss"] = float(value)
+    return record
+
+
 def make_eval_fn(model_config: Any, mesh: jax.sharding.Mesh) -> Callable:
     """(params, batch) -> every exit's logits [E, B, C] float32, jitted over `mesh`
     (`exits.outputs.mesh_forward`)."""
@@ -62,9 +80,12 @@ def evaluate(run: Run, eval_fn: Any, params: Any, *, step: int, stage: Stage, lo
             eval_fn, params, features, batch_size=run.config.train.eval_batch_size, buckets=run.buckets, mesh=run.mesh
         )
         labels = np.asarray(features.labels)
-        mask = np.ones(len(labels), bool)
-        record = {"step": step, "stage": stage.number, "split": split, "num_examples": int(mask.sum())}
-        record.update(exit_metrics(run.task, logits, labels, mask))
+        record = {"step": step, "stage": stage.number, "split": split, "num_examples": len(labels)}
+        if split in run.dev_tagging:
+            sentences, tagging_features = run.dev_tagging[split]
+            record.update(tagging_exit_metrics(run.task, logits, sentences, tagging_features))
+        else:
+            record.update(exit_metrics(run.task, logits, labels, np.ones(len(labels), bool)))
         log.write(record, board_prefix=split)
         logger.info(_format_eval(split, record, run.num_exits, run.metric))
         records[split] = record

@@ -24,6 +24,8 @@ from rome_jax.data import BatchIterator, Features, length_buckets, load_examples
 from rome_jax.data.buckets import LengthBuckets
 from rome_jax.data.glue import Task
 from rome_jax.data.metrics import primary_metric
+from rome_jax.data.tagging import TaggedSentences, TaggingFeatures
+from rome_jax.data.tagging_task import TaggingTask, load_tagging_features
 from rome_jax.data.tasks import task_from_config
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.errors import ConfigError, RomeError
@@ -58,6 +60,8 @@ class Run:
     stages: tuple[Stage, ...]
     metric: str  # the task's primary metric
     target: TrainState  # the restore target: jax.ShapeDtypeStruct leaves (shapes, dtypes, replicated shardings)
+    # tagging tasks: each dev split's sentences and their word map (what entity F1 is scored on)
+    dev_tagging: dict[str, tuple[TaggedSentences, TaggingFeatures]] = dataclasses.field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
@@ -132,7 +136,12 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, ove
     )
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model.name_or_path} has no tokenizer files (tokenizer.json or vocab.txt)")
-    train_features, dev_features, stage2_features = load_data(config, task, model.tokenizer)
+    dev_tagging: dict[str, tuple[TaggedSentences, TaggingFeatures]] = {}
+    if isinstance(task, TaggingTask):
+        train_features, dev_tagging = load_tagging_data(config, task, model.tokenizer)
+        dev_features, stage2_features = {s: t.features for s, (_, t) in dev_tagging.items()}, None
+    else:
+        train_features, dev_features, stage2_features = load_data(config, task, model.tokenizer)
 
     if is_writer:
         prepare_workdir(workdir, config, overwrite=overwrite, is_writer=True)
@@ -170,6 +179,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, ove
         stages=tuple(stages),
         metric=primary_metric(task),
         target=target,
+        dev_tagging=dev_tagging,
     )
     return run, model.params
 
@@ -182,6 +192,24 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tokenizer."))
     tokenizer.save_pretrained(str(tmp))
     os.replace(tmp, directory)
+
+
+def load_tagging_data(
+    config: ml_collections.ConfigDict, task: TaggingTask, tokenizer: PreTrainedTokenizerBase
+) -> tuple[Features, dict[str, tuple[TaggedSentences, TaggingFeatures]]]:
+    """A tagging task's training features (labels [N, T] tag ids) and each dev split's
+    sentences with their features."""
+    d = config.data
+    _, train = load_tagging_features(task, "train", tokenizer, d.max_length, max_examples=d.train_max_examples)
+    dev = {}
+    for split in task.dev_splits:
+        sentences, features = load_tagging_features(
+            task, split, tokenizer, d.max_length, max_examples=d.eval_max_examples
+        )
+        if sentences.tags is None:
+            raise ConfigError(f"dev split {split} of task {task.name} has no tags ({sentences.source})")
+        dev[split] = (sentences, features)
+    return train.features, dev
 
 
 def load_data(

@@ -153,46 +153,77 @@ def _forward(
     return cast(dict[str, jax.Array], outputs)["logits"]  # apply returns the output alone: no collection is mutable
 
 
+def token_rows(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Token exits' logits [E, B, T, C] and token labels [B, T] (`TOKEN_IGNORE` = -100, or
+    any negative id, where a position has no tag: other sub-tokens, special tokens,
+    padding) as rows of the sequence losses: (logits [E, B*T, C], labels [B*T] with the
+    ignored ones set to 0, weights [B*T] float32, 1 where a token is tagged). Every
+    loss is then the mean over the batch's tagged tokens (HF's token-classification
+    loss), self-distillation included."""
+    E, B, T, C = logits.shape
+    flat = labels.reshape(B * T)
+    tagged = flat >= 0
+    return logits.reshape(E, B * T, C), jnp.where(tagged, flat, 0), tagged.astype(jnp.float32)
+
+
 def loss_groups(
     settings: StepSettings, logits: jax.Array, labels: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """(loss_A, loss_B, aux) for every mode; the step's loss is loss_A + loss_B.
 
     logits [E, B, C]; labels [B] (None only for FastBERT's stage 2, which needs none).
+    Token exits: logits [E, B, T, C] and labels [B, T] (`token_rows`).
     For modes without projection the split is only reported, never used to
     project: loss_B is then 0 and loss_A the whole loss where no split exists.
     """
     s = settings
+    weight = None
+    if logits.ndim == 4:  # token exits: every labelled token is a row of the losses
+        if labels is None:
+            raise ValueError(f"mode {s.mode!r} (stage {s.stage}) needs token labels for token exits")
+        logits, labels, weight = token_rows(logits, labels)
     if s.mode == "fastbert" and s.stage == 2:  # self-distillation without labels
         distill = losses.distillation_losses(
-            logits, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
+            logits, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression, example_weight=weight
         )
         return jnp.zeros((), jnp.float32), jnp.sum(distill), {"distill_loss": distill}
     if labels is None:
         raise ValueError(f"mode {s.mode!r} (stage {s.stage}) trains on labels: none were given")
     if s.mode in ("romebert", "sd"):
         return losses.romebert_groups(
-            logits, labels, gamma=s.gamma, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
+            logits,
+            labels,
+            gamma=s.gamma,
+            temperature=s.temperature,
+            reduction=s.kl_reduction,
+            regression=s.regression,
+            example_weight=weight,
         )
     if s.mode == "gr":
-        return losses.plain_groups(logits, labels, regression=s.regression)
-    exit_loss = losses.exit_losses(logits, labels, regression=s.regression)
+        return losses.plain_groups(logits, labels, regression=s.regression, example_weight=weight)
+    exit_loss = losses.exit_losses(logits, labels, regression=s.regression, example_weight=weight)
     aux = {"exit_loss": exit_loss}
     zero = jnp.zeros((), jnp.float32)
     if s.mode == "joint":
         return exit_loss[-1], jnp.sum(exit_loss[:-1]), aux
     if s.mode == "pabee":
-        return losses.pabee_loss(logits, labels, regression=s.regression), zero, aux
+        return losses.pabee_loss(logits, labels, regression=s.regression, example_weight=weight), zero, aux
     if s.stage == 1:  # deebert, deebert_sd, fastbert: the final exit alone
         return exit_loss[-1], zero, aux
     if s.mode == "deebert":
-        return zero, losses.deebert_stage2_loss(logits, labels, regression=s.regression), aux
+        return zero, losses.deebert_stage2_loss(logits, labels, regression=s.regression, example_weight=weight), aux
     distill = losses.distillation_losses(
-        logits, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
+        logits, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression, example_weight=weight
     )
     aux["distill_loss"] = distill
     stage2 = losses.deebert_sd_stage2_loss(
-        logits, labels, gamma=s.gamma, temperature=s.temperature, reduction=s.kl_reduction, regression=s.regression
+        logits,
+        labels,
+        gamma=s.gamma,
+        temperature=s.temperature,
+        reduction=s.kl_reduction,
+        regression=s.regression,
+        example_weight=weight,
     )
     return zero, stage2, aux
 
