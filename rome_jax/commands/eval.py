@@ -66,6 +66,7 @@ from rome_jax.data import Features, load_examples, tokenize_examples, tokenize_t
 from rome_jax.data.buckets import check_spec, length_buckets
 from rome_jax.data.glue import get_task
 from rome_jax.data.metrics import compute_metrics, primary_metric
+from rome_jax.data.tagging_task import is_tagging
 from rome_jax.data.tasks import task_from_config
 from rome_jax.encoder.config import ATTENTION_KERNELS, DTYPES, ModelConfig
 from rome_jax.errors import CheckpointError, ConfigError
@@ -135,6 +136,11 @@ _CALIBRATION_FILE = flags.DEFINE_string(
     None,
     "Calibrate on this file's rows (TSV, CSV or JSON Lines with the task's text columns; labels "
     "optional) instead of a part of the split; every row of the split is then scored.",
+)
+
+
+_WINDOWS = flags.DEFINE_list(
+    "windows", ["0", "1"], "Taggers: the token-level rule's windows (words on each side that must be confident too)."
 )
 
 
@@ -235,6 +241,8 @@ def main(argv):
         f"{'none' if buckets.padded else ','.join(map(str, buckets))}",
         flush=True,
     )
+    if is_tagging(task):
+        return _evaluate_tagger(model, task, splits, max_length, buckets, out_dir, origin, data)
     calibrating = _calibration_rule()
     for split in splits:
         examples = load_examples(
@@ -287,6 +295,51 @@ def main(argv):
         print(evaluation.format_table(results))
         if chosen is not None:
             paths += _store_calibration(chosen, data.get("step"))
+        print(f"wrote {', '.join(os.path.relpath(p) for p in paths)}", flush=True)
+    return 0
+
+
+def _evaluate_tagger(model, task, splits, max_length, buckets, out_dir, origin, data) -> int:
+    """A tagger's evaluation (`rome_jax.commands.eval_tagging`): always Learn-then-Test on
+    a share of the first split's sentences, the figures read on the others."""
+    from rome_jax.commands.eval_tagging import evaluate_tagger
+
+    if _CALIBRATE.value not in (None, "ltt") or _TARGET.value != "consistency" or _CALIBRATION_FILE.value:
+        raise ConfigError(
+            "a tagger calibrates with --calibrate=ltt --target=consistency on a share of its dev sentences "
+            "(--calibration_fraction); the in-sample rule, the risk target and --calibration_file are for classifiers"
+        )
+    fraction = _CALIBRATION_FRACTION.value
+    if not 0 < fraction < 1:
+        raise ConfigError(f"--calibration_fraction {fraction}: a tagger needs a fraction in (0, 1)")
+    try:
+        windows = sorted({int(w) for w in _WINDOWS.value})
+    except ValueError:
+        raise ConfigError(f"--windows {','.join(_WINDOWS.value)}: give whole numbers >= 0") from None
+    if any(w < 0 for w in windows):
+        raise ConfigError(f"--windows {','.join(_WINDOWS.value)}: give whole numbers >= 0")
+    for split in splits:
+        split_dir = out_dir if len(splits) == 1 else os.path.join(out_dir, split)
+        results, paths = evaluate_tagger(
+            model,
+            task,
+            split,
+            max_length=max_length,
+            max_examples=_MAX_EXAMPLES.value,
+            batch_size=_BATCH_SIZE.value,
+            buckets=buckets,
+            out_dir=split_dir,
+            origin=origin,
+            eps=_EPS.value,
+            delta=_DELTA.value,
+            fraction=fraction,
+            seed=_CALIBRATION_SEED.value,
+            windows=windows,
+            timing=not _NO_TIMING.value,
+            log=lambda m: print(m, flush=True),
+        )
+        if split == splits[0]:
+            paths += _store_calibration(results["calibration"], data.get("step"))
         print(f"wrote {', '.join(os.path.relpath(p) for p in paths)}", flush=True)
     return 0
 

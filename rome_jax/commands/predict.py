@@ -130,6 +130,9 @@ def main(argv: list[str]) -> int:
         )
     from rome_jax.serving import predict as predict_lib  # JAX, as in _load
 
+    if model.config.token_exits:  # a tagger: sentences in, tags per word out
+        return _tag(model)
+
     if _CALIBRATION_FILE.value:
         _calibrate_on_file(model, columns, _CALIBRATION_FILE.value)
     try:
@@ -151,6 +154,40 @@ def main(argv: list[str]) -> int:
         progress=sys.stderr.isatty(),
     )
     print(summary_line(summary), file=sys.stderr if to_stdout else sys.stdout, flush=True)
+    return 0
+
+
+def _tag(model: "MultiExitModel") -> int:
+    """predict.py for a tagger: one sentence per line (split on whitespace) or JSON Lines
+    (`tokens`: a list of words, or a text in --text_a / text / sentence), out one JSON
+    object per sentence (`rome_jax.serving.tagger.tag_file`)."""
+    from rome_jax.serving import tagger  # JAX, as in _load
+
+    if _CALIBRATION_FILE.value or _TEXT_B.value or _INPUT_FORMAT.value not in (None, "jsonl"):
+        raise ConfigError(
+            "a tagger reads one sentence per line or JSON Lines; --calibration_file, --text_b and "
+            "--input_format tsv/csv are for classifiers (calibrate a tagger with eval.py)"
+        )
+    try:
+        tagger.resolve(model, _CRITERION.value, None, None)
+    except ValueError as e:
+        raise ConfigError(f"--criterion: {e}") from None
+    summary = tagger.tag_file(
+        model,
+        _INPUT.value or "-",
+        _OUTPUT.value,
+        column=_TEXT_A.value,
+        criterion=_CRITERION.value,
+        batch_size=_BATCH_SIZE.value,
+        max_length=_MAX_LENGTH.value,
+    )
+    stream = sys.stderr if _OUTPUT.value in ("-", "") else sys.stdout
+    print(
+        f"tagged {summary['sentences']} sentences, {summary['words']} words, mean exit layer "
+        f"{summary['mean_layers']:.2f} of {model.config.num_layers}",
+        file=stream,
+        flush=True,
+    )
     return 0
 
 

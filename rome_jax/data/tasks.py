@@ -43,6 +43,7 @@ from rome_jax.data.custom import (
 )
 from rome_jax.data.glue import Task, get_task
 from rome_jax.data.metrics import METRIC_NAMES, REGRESSION_METRICS
+from rome_jax.data.tagging_task import build_tagging_task, is_tagging, tagging_settings
 from rome_jax.errors import ConfigError
 
 __all__ = [
@@ -244,9 +245,12 @@ def build_task(settings: Mapping[str, Any], *, register: bool = True) -> CustomT
 
 
 def task_from_config(config: Any) -> Task:
-    """The task of a run config (or of its `data` part): a GLUE task or a `CustomTask`."""
+    """The task of a run config (or of its `data` part): a GLUE task, a `CustomTask`,
+    or a `TaggingTask` (`rome_jax.data.tagging_task`)."""
     data = config["data"] if "data" in config else config  # noqa: SIM401 - ConfigDict.get differs
     name = data["task"]
+    if is_tagging(name):
+        return build_tagging_task(name, tagging_settings(data))
     if is_custom(name):
         return build_task(custom_settings(data))
     return get_task(name)

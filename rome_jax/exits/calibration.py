@@ -178,6 +178,16 @@ def check(calibration: Any, origin: str) -> dict:
     problem = None
     if not isinstance(calibration, dict):
         problem = f"a JSON object expected, got {type(calibration).__name__}"
+    elif calibration.get("kind") == "tagging":  # rome_jax.exits.tag_sweeps.calibrate_tagging
+        rules, default = calibration.get("rules"), calibration.get("default")
+        if not isinstance(rules, dict):
+            problem = "no 'rules' object"
+        elif default is not None and (
+            not isinstance(default, dict)
+            or not isinstance(rules.get(default.get("rule")), dict)
+            or rules[default["rule"]].get(default.get("criterion")) is None
+        ):
+            problem = "'default' names no calibrated rule and criterion"
     elif not isinstance(calibration.get("criteria"), dict):
         problem = "no 'criteria' object"
     else:

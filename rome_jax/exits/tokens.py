@@ -138,10 +138,20 @@ def token_fires(criterion: Criterion, all_logits: ArrayLike) -> Array:
 # ---------------------------------------------------------------- SENTEE
 
 
+def _check_per_token(all_logits: ArrayLike, *per_token: ArrayLike) -> None:
+    shape = np.shape(all_logits)
+    if len(shape) != 4:
+        raise ValueError(f"all_logits must be [exits, sentences, length, classes], got shape {shape}")
+    for array in per_token:
+        if np.shape(array) != shape[1:3]:
+            raise ValueError(f"expected [sentences, length] = {shape[1:3]} per token, got shape {np.shape(array)}")
+
+
 def sentence_exit_layers(all_logits: ArrayLike, word_pos: ArrayLike, criterion: Criterion) -> Array:
     """Sentence-level exit: all_logits [E, N, T, C], word_pos [N, T] bool (from
     `word_positions`) -> exit index [N] int32 (0-based): the first exit where every
     word position fires, the last if none, 0 for a sentence without words."""
+    _check_per_token(all_logits, word_pos)
     fired = token_fires(criterion, all_logits)  # [E, N, T]
     every = jnp.all(fired | ~jnp.asarray(word_pos, bool)[None], axis=-1)  # [E, N]
     every = every.at[-1].set(True)
@@ -224,6 +234,7 @@ def token_exit_from_logits(
     tokens' states keep being updated here, which changes the later layers' logits of
     the others), for fast sweeps. all_logits [E, N, T, C]; word_ids, attention_mask
     [N, T] -> (exit index [N, T] int32, logits [N, T, C] of each token's exit)."""
+    _check_per_token(all_logits, word_ids, attention_mask)
     fired = token_fires(criterion, all_logits)
     exits = exit_layers_from_fires(fired, word_ids, attention_mask, window)
     z = jnp.asarray(all_logits, jnp.float32)

@@ -27,6 +27,7 @@ from rome_jax.exits import calibration as calibration_lib
 from rome_jax.exits.criteria import Criterion
 from rome_jax.exits.executors import all_exits
 from rome_jax.serving import predict as predict_lib
+from rome_jax.serving import tagger
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class MultiExitModel:
         batch_size: int = 64,
         max_length: int | None = None,
         buckets: LengthBuckets | str | Sequence[int] | None = "auto",
-    ) -> predict_lib.Predictions:
+    ) -> predict_lib.Predictions | tagger.Tagged:
         """Early-exit predictions on sentences (or pairs), in input order: a
         `rome_jax.serving.predict.Predictions` (labels, label_ids / scores, probabilities,
         exit_layer 1-based, mean_layers; iterating yields one dict per example).
@@ -94,7 +95,18 @@ class MultiExitModel:
         `rome_jax.serving.predict`. buckets: "auto" (the default), "none" (every
         batch padded to `max_length`), lengths like "32,64", or a
         `data.buckets.LengthBuckets`.
+
+        A tagger (token exits, `exit_pooling="token"`) tags sentences (strings split on
+        whitespace, or lists of words): a `rome_jax.serving.tagger.Tagged`, per word
+        the tag, its probability and exit layer, and the entities
+        (`rome_jax.serving.tagger.tag`; "auto" uses the model's tagging calibration).
         """
+        if self.config.token_exits:  # a tagger: text_a are sentences (strings or lists of words)
+            if text_b is not None:
+                raise ValueError("a tagger tags single sentences: text_b must be None")
+            return tagger.tag(
+                self, text_a, criterion=criterion, batch_size=batch_size, max_length=max_length, buckets=buckets
+            )
         return predict_lib.predict(
             self, text_a, text_b, criterion=criterion, batch_size=batch_size, max_length=max_length, buckets=buckets
         )
