@@ -336,6 +336,8 @@ def test_bad_inputs(model):
         tk.token_early_exit(CONFIG.replace(exit_pooling="cls"), params, batch, crit)
     with pytest.raises(ValueError, match="window"):
         tk.token_early_exit(CONFIG, params, batch, crit, -1)
+    with pytest.raises(ValueError, match="per token"):
+        tk.sentence_exit_layers(np.zeros((3, 2, 6, 5)), np.ones((2, 5), bool), crit)
 
 
 # ---------------------------------------------------------------- FLOPs

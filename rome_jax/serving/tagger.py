@@ -203,9 +203,8 @@ def _read_sentences(stream: Any, origin: str, column: str | None) -> Iterator[tu
         ):
             yield number, value
         else:
-            raise DataError(
-                f"{origin}, line {number}: no sentence ({' or '.join(repr(k) for k in keys)}: a text or a list of words)"
-            )
+            wanted = " or ".join(repr(k) for k in keys)
+            raise DataError(f"{origin}, line {number}: no sentence ({wanted}: a text or a list of words)")
 
 
 def tag_file(
