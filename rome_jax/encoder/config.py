@@ -26,6 +26,13 @@ EXIT_POOLING_KEY = "rome_jax_exit_pooling"
 """The config.json key recording a pooling other than "cls" (`hf_io.hf_config_dict`)."""
 
 
+def _pooling_of(architectures: Any) -> str:
+    """A checkpoint's exit pooling when config.json does not record one: "token" for a
+    `*ForTokenClassification` model (a tagger), else "cls"."""
+    names = architectures if isinstance(architectures, list) else []
+    return "token" if any(str(n).endswith("ForTokenClassification") for n in names) else "cls"
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shape and behaviour of a multi-exit encoder.
@@ -149,7 +156,7 @@ class ModelConfig:
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
             pad_token_id=hf.get("pad_token_id", 1 if family == "roberta" else 0) or 0,
             num_labels=num_labels or 2,
-            exit_pooling=hf.get(EXIT_POOLING_KEY, "cls"),
+            exit_pooling=hf.get(EXIT_POOLING_KEY, _pooling_of(hf.get("architectures"))),
         )
         if family == "albert":
             kwargs["embedding_size"] = hf.get("embedding_size", 128)
