@@ -20,6 +20,18 @@ def glue_dir_path() -> str:
     return os.environ.get("GLUE_DIR", str(REPO.parent / "shared" / "glue"))
 
 
+def conll_dir_path() -> str:
+    return os.environ.get("CONLL_DIR", str(REPO.parent / "shared" / "conll2003"))
+
+
+@pytest.fixture(scope="session")
+def conll_dir() -> str:
+    path = conll_dir_path()
+    if not os.path.isfile(os.path.join(path, "train.txt")):
+        pytest.skip(f"CoNLL-2003 data not found at {path} (set CONLL_DIR)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> str:
     path = glue_dir_path()

@@ -95,7 +95,13 @@ def _log_softmax(z):
 
 def test_token_exits_shape_and_padding_independence():
     config = ModelConfig(
-        vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=24, num_labels=3, exit_pooling="token"
+        vocab_size=50,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=24,
+        num_labels=3,
+        exit_pooling="token",
     )
     params = init_params(config)
     ids = jnp.asarray([[2, 5, 7, 9, 0, 0]])
