@@ -129,7 +129,7 @@ def _old_model_module():
 
 
 def test_cls_is_the_default_and_bitwise_what_it_was():
-    assert ModelConfig().exit_pooling == "cls" and EXIT_POOLINGS == ("cls", "mean")
+    assert ModelConfig().exit_pooling == "cls" and EXIT_POOLINGS == ("cls", "mean", "token")
     old = _old_model_module()
     if old is None:
         pytest.skip("no git history to compare with")
