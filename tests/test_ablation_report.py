@@ -6,6 +6,7 @@ import json
 import pathlib
 import shutil
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -292,3 +293,34 @@ def test_the_other_poolings_grid_names_only_missing_seeds_of_its_modes(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     named = out.read_text().split("not finished yet (not in the tables): ", 1)[1].split("\n", 1)[0]
     assert named == "`mrpc/joint/seed2`, `mrpc/sd/seed1`, `mrpc/sd/seed2`, `mrpc/joint-mean/seed2`."
+
+
+def _outputs(rng, n: int, wrong_early: float) -> dict:
+    """Exit outputs of a 3-exit binary model on n rows: exits 2-3 right and confident;
+    exit 1 confident too, but wrong on a `wrong_early` share of the rows."""
+    labels = rng.integers(0, 2, n)
+    logits = np.zeros((3, n, 2))
+    logits[np.arange(3)[:, None], np.arange(n)[None, :], labels[None, :]] = 6.0
+    flip = rng.random(n) < wrong_early
+    logits[0, flip] = logits[0, flip][:, ::-1]
+    return {"split": "dev", "labels": labels.tolist(), "logits": logits.tolist()}
+
+
+def test_records_with_exit_outputs_get_thresholds_read_on_rows_that_did_not_choose_them(ablation, tmp_path):
+    rng = np.random.default_rng(0)
+    records = [_record(m, s, [0.5, 0.7, 1.0], [0.6, 0.8, 1.0], 100.0) for m in ("joint", "sd") for s in ("1", "2")]
+    for r in records:
+        r["task"] = "sst2"
+        r["results"]["metric"] = "accuracy"
+        r["exit_outputs"] = _outputs(rng, 2000, 0.0 if r["mode"] == "joint" else 0.3)
+    text = ablation.report(records, tmp_path / "results.md", "Grid.")
+    table = text.split("Entropy thresholds with a guarantee", 1)[1]
+    assert "read on the other half, which did not choose it" in table and "in-sample" not in table
+    assert "| mode | eps 0.01 | eps 0.02 |" in table
+    # joint: exit 1 is always right and confident, so Learn-then-Test certifies a threshold
+    # that exits every row at layer 1: accuracy 100 on the other half, 3x fewer layers.
+    joint = next(line for line in table.splitlines() if line.startswith("| joint |"))
+    assert joint.count(": 100.0 ± 0.0 (3.00 ± 0.00x)") == 2
+    # sd: exit 1 is as confident but wrong on 30% of rows: nothing below full depth passes.
+    sd = next(line for line in table.splitlines() if line.startswith("| sd |"))
+    assert all("(1.00 ± 0.00x)" in cell or cell.strip() == "none" for cell in sd.split("|")[2:-1])

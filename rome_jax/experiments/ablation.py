@@ -116,6 +116,8 @@ def make_record(
     results = json.loads((workdir / "eval" / "results.json").read_text())
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     pooling = {} if exit_pooling == "cls" else {"exit_pooling": exit_pooling}
+    saved = workdir / "eval" / "exit_logits.npz"
+    outputs = {"exit_outputs": exit_outputs_of(saved, results["split"])} if saved.is_file() else {}
     return {
         "task": task,
         "mode": mode,
@@ -129,6 +131,20 @@ def make_record(
         "results": results,
         "resolved_config": json.loads((workdir / "config.json").read_text()),
         "provenance": where,
+        **outputs,
+    }
+
+
+def exit_outputs_of(path: Path, split: str) -> dict:
+    """Every exit's logits per dev row from eval.py's exit_logits.npz, as a record keeps
+    them (5 significant digits): {"split", "labels" [N], "logits" [E][N][C]}. With them
+    the report calibrates on part of the rows and reads the thresholds on the others."""
+    with np.load(path) as saved:
+        logits, labels = saved[f"{split}/logits"], saved[f"{split}/labels"]
+    return {
+        "split": split,
+        "labels": labels.tolist(),
+        "logits": [[[float(f"{v:.5g}") for v in row] for row in exit_rows] for exit_rows in logits],
     }
 
 
@@ -231,14 +247,71 @@ CALIBRATION_POINTS = (0.5, 1.0)
 """The tolerances (percentage points below the final exit) of the report's calibrated table."""
 
 
-def _calibrated_table(rows: list[dict], modes: list[str], metric: str) -> list[str]:
-    """Markdown lines: per mode, the entropy threshold `calibration.calibrate` chooses on
-    each run's dev sweep within each of CALIBRATION_POINTS, its metric and speed-up."""
+HELD_OUT_EPS = (0.01, 0.02)
+"""The report's Learn-then-Test tolerances (accuracy drop against full depth), delta 0.1."""
+HELD_OUT_DELTA = 0.1
+
+
+def _held_out_table(task: str, rows: list[dict], modes: list[str], metric: str) -> list[str]:
+    """Markdown lines: per mode, the entropy threshold Learn-then-Test certifies on a
+    seeded half of each run's dev rows (risk target, `HELD_OUT_EPS`), read on the other
+    half (`exits.calibration.calibrate_outputs`, `score`)."""
+    from rome_jax.data.metrics import compute_metrics
     from rome_jax.exits import calibration  # JAX: the runner that starts train.py never loads it
 
     lines = [
         "",
-        "Entropy thresholds chosen on dev (`rome_jax.exits.calibration`, the rule of `eval.py "
+        "Entropy thresholds with a guarantee (`eval.py --calibrate=ltt --target=risk`): for each run, "
+        "Learn-then-Test on a seeded random half of the dev rows (seed 0) certifies the most "
+        f"aggressive threshold whose accuracy drop against full depth is at most eps with probability "
+        f"{1 - HELD_OUT_DELTA:g}; the figures are read on the other half, which did not choose it. "
+        f"Thresholds per seed; test {metric} x100 and speed-up in layers, mean ± std over seeds; "
+        "`none`: nothing certified, full depth.",
+        "",
+        "| mode | " + " | ".join(f"eps {e:g}" for e in HELD_OUT_EPS) + " |",
+        "|---" * (len(HELD_OUT_EPS) + 1) + "|",
+    ]
+    for mode in modes:
+        cells = []
+        for eps in HELD_OUT_EPS:
+            scored = []
+            for r in (r for r in rows if r["mode"] == mode):
+                out = r["exit_outputs"]
+                logits, labels = np.asarray(out["logits"], np.float32), np.asarray(out["labels"])
+                cal, test = calibration.split_rows(len(labels), 0.5, 0)
+                chosen = calibration.calibrate_outputs(
+                    logits[:, cal], labels[cal], target="risk", eps=eps, delta=HELD_OUT_DELTA, criteria=("entropy",)
+                )
+                metric_fn = lambda z, y=labels[test]: compute_metrics(task, z, y)[metric]  # noqa: E731
+                got = calibration.score(chosen, logits[:, test], metric_fn, metric=metric)["criteria"]["entropy"]
+                scored.append(None if got is None else (chosen["criteria"]["entropy"]["threshold"], got))
+            if not scored or any(s is None for s in scored):
+                cells.append("none")
+                continue
+            thresholds = " / ".join(f"{t:.3g}" for t, _ in scored)
+            value = _cell([100 * g[metric] for _, g in scored])
+            speed = _cell([g["layer_speedup"] for _, g in scored], 2)
+            cells.append(f"{thresholds}: {value} ({speed}x)")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _calibrated_table(rows: list[dict], modes: list[str], metric: str, task: str = "") -> list[str]:
+    if rows and all("exit_outputs" in r for r in rows):
+        return _held_out_table(task or rows[0]["task"], rows, modes, metric)
+    return _in_sample_table(rows, modes, metric)
+
+
+def _in_sample_table(rows: list[dict], modes: list[str], metric: str) -> list[str]:
+    """Markdown lines: per mode, the entropy threshold `calibration.calibrate` chooses on
+    each run's dev sweep within each of CALIBRATION_POINTS, its metric and speed-up:
+    chosen and read on the same rows (records made before they kept every exit's
+    outputs), and labelled in-sample."""
+    from rome_jax.exits import calibration  # JAX: the runner that starts train.py never loads it
+
+    lines = [
+        "",
+        "Entropy thresholds chosen on dev, in-sample (`rome_jax.exits.calibration`, the rule of `eval.py "
         "--calibrate=P`): for each run, the threshold of the sweep above with the fewest mean "
         f"layers whose dev {metric} is at least that run's final exit's minus P points. The "
         "threshold is chosen on the same dev set it is reported on (these tasks' test labels "
