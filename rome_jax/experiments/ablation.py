@@ -274,7 +274,7 @@ def _held_out_table(task: str, rows: list[dict], modes: list[str], metric: str) 
     for mode in modes:
         cells = []
         for eps in HELD_OUT_EPS:
-            scored = []
+            scored: list[tuple[float, dict] | None] = []
             for r in (r for r in rows if r["mode"] == mode):
                 out = r["exit_outputs"]
                 logits, labels = np.asarray(out["logits"], np.float32), np.asarray(out["labels"])
@@ -285,12 +285,13 @@ def _held_out_table(task: str, rows: list[dict], modes: list[str], metric: str) 
                 metric_fn = lambda z, y=labels[test]: compute_metrics(task, z, y)[metric]  # noqa: E731
                 got = calibration.score(chosen, logits[:, test], metric_fn, metric=metric)["criteria"]["entropy"]
                 scored.append(None if got is None else (chosen["criteria"]["entropy"]["threshold"], got))
-            if not scored or any(s is None for s in scored):
+            certified = [s for s in scored if s is not None]
+            if not scored or len(certified) < len(scored):
                 cells.append("none")
                 continue
-            thresholds = " / ".join(f"{t:.3g}" for t, _ in scored)
-            value = _cell([100 * g[metric] for _, g in scored])
-            speed = _cell([g["layer_speedup"] for _, g in scored], 2)
+            thresholds = " / ".join(f"{t:.3g}" for t, _ in certified)
+            value = _cell([100 * g[metric] for _, g in certified])
+            speed = _cell([g["layer_speedup"] for _, g in certified], 2)
             cells.append(f"{thresholds}: {value} ({speed}x)")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return lines
