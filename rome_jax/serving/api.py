@@ -168,6 +168,13 @@ class MultiExitModel:
                 path,
                 self.config.exit_pooling,
             )
+        if self.config.token_exits:
+            logger.info(
+                "%s: transformers loads the final exit as *ForTokenClassification (the pooler's weights are "
+                "written but unused there); the other exits and the early-exit rules need rome_jax "
+                "(rome_jax_exits.safetensors, rome_jax_calibration.json)",
+                path,
+            )
         os.makedirs(path, exist_ok=True)
         state, exits_state = hf_io.state_dict_from_params(jax.device_get(self.params), self.config)
         tmp = lambda name: os.path.join(path, f".{name}.tmp")
