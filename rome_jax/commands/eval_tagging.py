@@ -75,6 +75,7 @@ def evaluate_tagger(
         windows=windows,
         batch_size=batch_size,
         buckets=buckets,
+        log=log,
     )
     chosen.update(model=origin, task=task.name, max_length=int(max_length))
     chosen["rows"] = {"fraction": fraction, "seed": seed, "num_rows": int(len(cal)), "row_ids": cal.tolist()}

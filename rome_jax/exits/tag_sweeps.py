@@ -191,6 +191,7 @@ def calibrate_tagging(
     windows: Sequence[int] = (0, 1),
     batch_size: int = 64,
     buckets: LengthBuckets,
+    log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Learn-then-Test thresholds on the calibration sentences (logits [E, N, T, C] of
     every exit at full depth; features of the same sentences). For each rule
@@ -230,6 +231,12 @@ def calibrate_tagging(
                     "calibration_flops_ratio": float(np.sum(spent) / np.sum(full_flops)),
                 }
             chosen.setdefault(key, {})[name] = best
+            got = (
+                "none"
+                if best is None
+                else f"{best['threshold']:.4g} (FLOPs x{1 / best['calibration_flops_ratio']:.2f})"
+            )
+            log(f"  {key} {name}: {got}")
     candidates = [
         (v["calibration_flops_ratio"], key, name)
         for key, by_name in chosen.items()
