@@ -197,34 +197,42 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def _plot(results: dict, path: str) -> str:
+    """Entity F1 against FLOPs, mean exit layer and seconds (token-level points; the
+    dashed line is full depth)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     full = 100 * results["per_exit"][-1]["f1"]
-    for (level, window), style in {("sentence", None): "o-", ("token", 0): "s-", ("token", 1): "^-"}.items():
+    styles = {("sentence", None): "o-", ("token", 0): "s-", ("token", 1): "^-", ("token", 2): "v-"}
+    for (level, window), style in styles.items():
         for criterion in ("entropy", "max_prob"):
             rows = [
                 r
                 for r in results["sweep"]
                 if r["level"] == level and r["criterion"] == criterion and r.get("window") == window
             ]
-            if rows:
-                rows.sort(key=lambda r: r["flops_ratio"])
-                label = f"{level}{'' if window is None else f' k={window}'} {criterion}"
-                ax.plot(
-                    [r["flops_ratio"] for r in rows], [100 * r["entity_f1"] for r in rows], style, ms=3, label=label
-                )
-    ax.axhline(full, color="grey", lw=0.8, ls="--", label="full depth")
-    ax.axhline(full - 1, color="grey", lw=0.8, ls=":", label="full depth - 1 point")
-    ax.set_xlabel("FLOPs / full depth")
-    ax.set_ylabel("entity F1 (test sentences)")
-    ax.set_ylim(max(0.0, full - 15), min(100.0, full + 3))
-    ax.legend(fontsize=7)
-    ax.set_title(f"{results['task']} {results['split']}: early exit of a tagger")
+            if not rows:
+                continue
+            label = f"{level}{'' if window is None else f' k={window}'} {criterion}"
+            for ax, key in zip(axes, ("flops_ratio", "mean_layers", "seconds")):
+                shown = sorted((r for r in rows if key in r), key=lambda r: r[key])
+                if shown:
+                    ax.plot([r[key] for r in shown], [100 * r["entity_f1"] for r in shown], style, ms=3, label=label)
+    timing = results.get("timing", {})
+    for ax, xlabel in zip(axes, ("FLOPs / full depth", "mean exit layer of the words", "seconds (token level)")):
+        ax.axhline(full, color="grey", lw=0.8, ls="--")
+        ax.axhline(full - 1, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("entity F1 (test sentences)")
+        ax.set_ylim(max(0.0, full - 15), min(100.0, full + 3))
+    if "full depth" in timing:
+        axes[2].axvline(timing["full depth"], color="grey", lw=0.8, ls="--")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{results['task']} {results['split']}: early exit of a tagger (dashed: full depth; dotted: -1 point)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -8,7 +8,8 @@ compiled `token_early_exit`, batch by batch, since freezing changes later layers
 
 Each sweep point reports entity F1 / precision / recall over every word
 (`tag_scores.scores`), the mean exit layer of the words (1-based), and FLOPs against
-full depth (`token_flops`: per token, attention to exited tokens included).
+full depth (`token_flops`: per token, attention to exited tokens included); a
+token-level point also the seconds its compiled runs took over the rows.
 
 Calibration (`calibrate_tagging`): Learn-then-Test (`rome_jax.exits.guarantee`) with
 the consistency target per word: a sentence's loss is the share of its words whose
@@ -159,10 +160,11 @@ def sweep(
             exits, answers = sentence_level(logits, features, c)
             rows.append(point(config, "sentence", c, exits, answers, sentences, features, tag_names))
             for w in windows:
-                exits, answers, _ = token_level(
+                exits, answers, seconds = token_level(
                     config, params, features, c, window=w, batch_size=batch_size, buckets=buckets
                 )
                 rows.append(point(config, "token", c, exits, answers, sentences, features, tag_names, w))
+                rows[-1]["seconds"] = seconds  # the compiled loop's time over these rows (warm after the first)
             log(f"  {name} {t:.4g}: " + ", ".join(_brief(r) for r in rows[-1 - len(windows) :]))
     return rows
 
