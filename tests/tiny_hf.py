@@ -83,3 +83,70 @@ def make_albert(path, num_labels=3, seed=0, **overrides):
     model = AlbertForSequenceClassification(cfg)
     model.eval().save_pretrained(str(path))
     return model
+
+
+def make_distilbert(path, num_labels=3, seed=0, **overrides):
+    """DistilBERT with TINY's sizes in its own field names (dim, hidden_dim, n_layers, n_heads)."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = DistilBertConfig(
+        **{
+            "vocab_size": TINY["vocab_size"],
+            "dim": TINY["hidden_size"],
+            "hidden_dim": TINY["intermediate_size"],
+            "n_layers": TINY["num_hidden_layers"],
+            "n_heads": TINY["num_attention_heads"],
+            "max_position_embeddings": TINY["max_position_embeddings"],
+            **overrides,
+        },
+        num_labels=num_labels,
+    )
+    model = DistilBertForSequenceClassification(cfg)
+    model.eval().save_pretrained(str(path))
+    return model
+
+
+def make_electra(path, num_labels=3, seed=0, **overrides):
+    """ELECTRA discriminator with embeddings narrower than the hidden size (embedding_size
+    16: an `embeddings_project`), unless `embedding_size` is overridden."""
+    import torch
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = ElectraConfig(**{**TINY, "embedding_size": 16, **overrides}, num_labels=num_labels)
+    model = ElectraForSequenceClassification(cfg)
+    model.eval().save_pretrained(str(path))
+    return model
+
+
+def make_xlm_roberta(path, num_labels=3, seed=0, **overrides):
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = XLMRobertaConfig(
+        **{**TINY, "max_position_embeddings": 70, **overrides},
+        num_labels=num_labels,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    model = XLMRobertaForSequenceClassification(cfg)
+    model.eval().save_pretrained(str(path))
+    return model
+
+
+def torch_hidden_states(model, batch, token_types=True):
+    """transformers' `output_hidden_states=True` of a `*ForSequenceClassification`:
+    [L + 1, B, T, H] numpy (row 0 the embeddings' output, row l the output of layer l)."""
+    import torch
+
+    with torch.no_grad():
+        kwargs = {
+            k: torch.tensor(v, dtype=torch.long) for k, v in batch.items() if token_types or k != "token_type_ids"
+        }
+        out = model(**kwargs, output_hidden_states=True)
+    return np.stack([h.numpy() for h in out.hidden_states])

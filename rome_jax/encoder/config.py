@@ -9,7 +9,34 @@ from typing import Any
 
 from rome_jax.errors import CheckpointError
 
-FAMILIES = ("bert", "roberta", "albert")
+FAMILIES = ("bert", "roberta", "albert", "distilbert", "electra")
+MODEL_TYPES = {
+    "bert": "bert",
+    "roberta": "roberta",
+    "xlm-roberta": "roberta",
+    "albert": "albert",
+    "distilbert": "distilbert",
+    "electra": "electra",
+}
+"""HF's `model_type` -> the family that loads it. XLM-RoBERTa is RoBERTa's architecture
+with another vocabulary: it loads as "roberta" and keeps its `model_type`
+(`ModelConfig.hf_model_type`) for export."""
+_EXIT_ACTIVATIONS = {"distilbert": "relu", "electra": "gelu"}
+"""The activation of each family's classification head after its dense layer (the
+exits' pooler), where it is not BERT's tanh: `DistilBertForSequenceClassification`'s
+`pre_classifier` is followed by a ReLU, `ElectraClassificationHead`'s dense by the exact
+GELU."""
+# DistilBERT's config.json names -> BERT's, which `from_hf_dict` reads.
+_DISTILBERT_NAMES = {
+    "dim": "hidden_size",
+    "hidden_dim": "intermediate_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "activation": "hidden_act",
+    "dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
+    "seq_classif_dropout": "classifier_dropout",
+}
 
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "tanh")
 ATTENTION_KERNELS = ("xla", "cudnn")
@@ -24,6 +51,20 @@ SEQUENCE_POOLINGS = ("cls", "mean")
 """The poolings whose exits answer once per sequence (logits [B, C])."""
 EXIT_POOLING_KEY = "rome_jax_exit_pooling"
 """The config.json key recording a pooling other than "cls" (`hf_io.hf_config_dict`)."""
+
+
+def bert_names(hf: dict) -> dict:
+    """A HF config dict with BERT's field names: DistilBERT's (`dim`, `hidden_dim`,
+    `n_layers`, `n_heads`, `activation`, `dropout`, `attention_dropout`,
+    `seq_classif_dropout`) copied to BERT's where those are absent. Other families'
+    dicts are returned as they are."""
+    if hf.get("model_type") != "distilbert":
+        return hf
+    out = dict(hf)
+    for theirs, ours in _DISTILBERT_NAMES.items():
+        if theirs in hf and ours not in hf:
+            out[ours] = hf[theirs]
+    return out
 
 
 def _pooling_of(architectures: Any) -> str:
@@ -64,15 +105,21 @@ class ModelConfig:
     # uses `model.training_attention`.
     attention_kernel: str = "xla"
     unroll_layers: bool = True  # unroll the layer scan in training: ~6% faster step on CPU (inference stays rolled)
-    embedding_size: int | None = None  # ALBERT's factorised embeddings; None: hidden_size
+    # ALBERT's factorised embeddings, ELECTRA's embedding width; None: hidden_size
+    embedding_size: int | None = None
     # What every exit (the final one too) pools: "cls", the first token (the papers'
     # design); "mean", the masked mean over attended tokens; "token", every token
     # classified (sequence labelling) (EXIT_POOLINGS).
     exit_pooling: str = "cls"
+    # HF's model_type when it is not the family's own name (XLM-RoBERTa: "xlm-roberta",
+    # loaded as "roberta"); export writes it back (`to_hf_dict`). None: the family's name.
+    hf_model_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise CheckpointError(f"model family {self.family!r} is not supported; known: {', '.join(FAMILIES)}")
+        if self.hf_model_type is not None and MODEL_TYPES.get(self.hf_model_type) != self.family:
+            raise CheckpointError(f"model_type {self.hf_model_type!r} is not a variant of family {self.family!r}")
         if self.hidden_size % self.num_heads:
             raise CheckpointError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.hidden_act not in _ACTIVATIONS:
@@ -99,6 +146,40 @@ class ModelConfig:
         return self.family == "albert"
 
     @property
+    def has_token_types(self) -> bool:
+        """Token type (segment) embeddings: every family but DistilBERT, which has none
+        (its `token_type_ids` are ignored)."""
+        return self.family != "distilbert"
+
+    @property
+    def projects_embeddings(self) -> bool:
+        """A dense map from the embedding width to the hidden size after the embeddings'
+        LayerNorm (`embeddings/embedding_hidden_mapping_in`): ALBERT's, always; ELECTRA's
+        `embeddings_project`, where `embedding_size` differs from `hidden_size`."""
+        if self.family == "albert":
+            return True
+        return self.family == "electra" and self.embedding_size not in (None, self.hidden_size)
+
+    @property
+    def exit_activation(self) -> str:
+        """The activation after each exit's pooler dense (an `ops.activation` name): the
+        family's classification head's, so that the final exit is its
+        `*ForSequenceClassification`: "tanh" (BERT's pooler; RoBERTa, ALBERT), "relu"
+        (DistilBERT's `pre_classifier`), "gelu" (ELECTRA's `classifier.dense`)."""
+        return _EXIT_ACTIVATIONS.get(self.family, "tanh")
+
+    @property
+    def exit_dropout_first(self) -> bool:
+        """Dropout before the pooler dense too (RoBERTa's and ELECTRA's classification
+        heads), not only before the classifier."""
+        return self.family in ("roberta", "electra")
+
+    @property
+    def model_type(self) -> str:
+        """HF's `model_type` of this encoder (`hf_model_type`, else the family)."""
+        return self.hf_model_type or self.family
+
+    @property
     def token_exits(self) -> bool:
         """Exits that tag every token (`exit_pooling="token"`): logits [B, T, C]."""
         return self.exit_pooling == "token"
@@ -113,7 +194,11 @@ class ModelConfig:
 
     @property
     def exit_dropout(self) -> float:
-        """Dropout before each exit's classifier (HF: classifier_dropout or hidden)."""
+        """Dropout before each exit's classifier (HF: classifier_dropout or hidden;
+        DistilBERT: `seq_classif_dropout`, and `dropout` for token exits as
+        `DistilBertForTokenClassification`)."""
+        if self.family == "distilbert" and self.token_exits:
+            return self.hidden_dropout
         return self.hidden_dropout if self.classifier_dropout is None else self.classifier_dropout
 
     @property
@@ -131,10 +216,15 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, hf: dict, **overrides: Any) -> ModelConfig:
-        """Builds a config from the fields of a HF `config.json`."""
-        family = hf.get("model_type", "bert")
-        if family == "xlm-roberta":
-            family = "roberta"
+        """Builds a config from the fields of a HF `config.json` (DistilBERT's own field
+        names too, `bert_names`)."""
+        hf = bert_names(hf)
+        model_type = hf.get("model_type", "bert")
+        family = MODEL_TYPES.get(model_type, model_type)
+        if family == "distilbert" and hf.get("sinusoidal_pos_embds", False):
+            raise CheckpointError(
+                "DistilBERT with sinusoidal_pos_embds true is not supported (only learned position embeddings)"
+            )
         if family == "albert" and (hf.get("num_hidden_groups", 1) != 1 or hf.get("inner_group_num", 1) != 1):
             raise CheckpointError("ALBERT with num_hidden_groups or inner_group_num other than 1 is not supported")
         num_labels = hf.get("num_labels")
@@ -157,9 +247,13 @@ class ModelConfig:
             pad_token_id=hf.get("pad_token_id", 1 if family == "roberta" else 0) or 0,
             num_labels=num_labels or 2,
             exit_pooling=hf.get(EXIT_POOLING_KEY, _pooling_of(hf.get("architectures"))),
+            hf_model_type=model_type if model_type != family else None,
         )
-        if family == "albert":
+        if family in ("albert", "electra"):  # both default to 128 in transformers
             kwargs["embedding_size"] = hf.get("embedding_size", 128)
+        if family == "distilbert":  # fixed in DistilBERT's code; no token types
+            kwargs["layer_norm_eps"] = 1e-12
+            kwargs["classifier_dropout"] = hf.get("classifier_dropout", 0.2)
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise CheckpointError(
                 f"position_embedding_type {hf['position_embedding_type']!r} is not supported (only 'absolute')"
@@ -178,12 +272,16 @@ class ModelConfig:
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(hf, dict):
             raise CheckpointError(f"{path}: not a JSON object")
+        hf = bert_names(hf)
         missing = [
             k
             for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
             if k not in hf
         ]
         if missing:
+            if hf.get("model_type") == "distilbert":  # name the keys as its config.json does
+                theirs = {ours: name for name, ours in _DISTILBERT_NAMES.items()}
+                missing = [theirs.get(k, k) for k in missing]
             raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
         sizes = (
             "vocab_size",
@@ -204,9 +302,28 @@ class ModelConfig:
         return cls.from_hf_dict(hf, **overrides)
 
     def to_hf_dict(self) -> dict:
-        """The fields of a HF `config.json` describing the same encoder."""
+        """The fields of a HF `config.json` describing the same encoder, in the names of
+        its model type (DistilBERT's own: `dim`, `n_layers`, ...)."""
+        if self.family == "distilbert":
+            return {
+                "model_type": self.model_type,
+                "vocab_size": self.vocab_size,
+                "dim": self.hidden_size,
+                "n_layers": self.num_layers,
+                "n_heads": self.num_heads,
+                "hidden_dim": self.intermediate_size,
+                "max_position_embeddings": self.max_position_embeddings,
+                "sinusoidal_pos_embds": False,
+                "activation": self.hidden_act,
+                "dropout": self.hidden_dropout,
+                "attention_dropout": self.attention_dropout,
+                "seq_classif_dropout": self.hidden_dropout
+                if self.classifier_dropout is None
+                else self.classifier_dropout,
+                "pad_token_id": self.pad_token_id,
+            }
         return {
-            "model_type": self.family,
+            "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_layers,
@@ -231,4 +348,5 @@ class ModelConfig:
                 if self.family == "albert"
                 else {}
             ),
+            **({"embedding_size": self.embedding_size or self.hidden_size} if self.family == "electra" else {}),
         }

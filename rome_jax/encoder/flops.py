@@ -67,11 +67,13 @@ def _add_layer_norm(rows: int, width: int) -> int:
 
 
 def embedding_flops(config: ModelConfig, seq_len: int) -> int:
-    """Embeddings of one example: the three lookups are free, their sum and LayerNorm are
-    not, nor ALBERT's mapping from the embedding width to the hidden size."""
+    """Embeddings of one example: the three lookups (two for DistilBERT, which has no
+    token types) are free, their sum and LayerNorm are not, nor ALBERT's (ELECTRA's)
+    mapping from the embedding width to the hidden size."""
     T, E = seq_len, config.embedding_size or config.hidden_size
-    mapping = _dense(T, E, config.hidden_size) if config.family == "albert" else 0
-    return T * E + _add_layer_norm(T, E) + mapping
+    mapping = _dense(T, E, config.hidden_size) if config.projects_embeddings else 0
+    token_types = T * E if config.has_token_types else 0
+    return token_types + _add_layer_norm(T, E) + mapping
 
 
 def attention_flops(config: ModelConfig, seq_len: int) -> int:
@@ -110,9 +112,12 @@ def pooling_flops(config: ModelConfig, seq_len: int | None = None) -> int:
 
 def exit_flops(config: ModelConfig, seq_len: int | None = None) -> int:
     """One exit's head on one example: the pooling (`pooling_flops`: none for "cls";
-    "mean" needs `seq_len`), pooler dense (+tanh, a transcendental) and classifier."""
+    "mean" needs `seq_len`), pooler dense, its activation (`exit_activation`: tanh is a
+    transcendental, no FLOP; DistilBERT's ReLU 1 and ELECTRA's exact GELU 64 a unit)
+    and classifier."""
     H, C = config.hidden_size, config.num_labels
-    return pooling_flops(config, seq_len) + _dense(1, H, H) + _dense(1, H, C)
+    pooler = _dense(1, H, H) + _ACTIVATION[config.exit_activation] * H
+    return pooling_flops(config, seq_len) + pooler + _dense(1, H, C)
 
 
 def flops_to_exit(config: ModelConfig, seq_len: int, exit_index: int | npt.ArrayLike) -> np.ndarray | int:
@@ -141,12 +146,12 @@ def matmul_flops(config: ModelConfig, seq_len: int) -> int:
     """Matrix-product FLOPs of the full-depth forward of one example, nothing else:
     `2 x T x` the weights of every layer's dense products, attention's `Q K^T` and
     `A V` (`4 T^2 H` a layer), every exit head on its pooled vector (`2 (H^2 + H C)`), and
-    ALBERT's embedding mapping. Embedding lookups and elementwise work (mean pooling's
+    ALBERT's (ELECTRA's) embedding mapping. Embedding lookups and elementwise work (mean pooling's
     sums among them) are not counted."""
     T, H, I, C = seq_len, config.hidden_size, config.intermediate_size, config.num_labels
     layer = 2 * T * (4 * H * H + 2 * H * I) + 2 * (2 * T * T * H)
     head = 2 * (H * H + H * C)
-    mapping = 2 * T * (config.embedding_size or H) * H if config.family == "albert" else 0
+    mapping = 2 * T * (config.embedding_size or H) * H if config.projects_embeddings else 0
     return mapping + config.num_layers * (layer + head)
 
 

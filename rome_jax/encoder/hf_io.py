@@ -1,7 +1,11 @@
 """Reading and writing HuggingFace checkpoints (PyTorch layout) as our parameter tree.
 
 HF stores dense weights as [out, in]; Flax kernels are [in, out]. Layer `l`'s
-tensors `encoder.layer.{l}.*` become slice `l` of our stacked `params['layers']`.
+tensors `encoder.layer.{l}.*` (DistilBERT: `transformer.layer.{l}.*`) become slice `l`
+of our stacked `params['layers']`. The final exit is the family's classification
+head: BERT's `pooler.dense` + `classifier`, ALBERT's `pooler` + `classifier`,
+RoBERTa's (XLM-R's) and ELECTRA's `classifier.dense` + `classifier.out_proj`,
+DistilBERT's `pre_classifier` + `classifier`.
 Exit weights beyond the final classifier live beside the HF files in
 `rome_jax_exits.safetensors`, so that a directory written by `save_hf` is both a
 plain `*ForSequenceClassification` checkpoint and a complete multi-exit model. The
@@ -57,7 +61,29 @@ _ALBERT_MAP = [
     (("output", "dense"), "ffn_output"),
     (("output", "LayerNorm"), "full_layer_layer_norm"),
 ]
+# DistilBERT: (our path, HF name inside `transformer.layer.{l}.`)
+_DISTILBERT_MAP = [
+    (("attention", "query"), "attention.q_lin"),
+    (("attention", "key"), "attention.k_lin"),
+    (("attention", "value"), "attention.v_lin"),
+    (("attention", "output", "dense"), "attention.out_lin"),
+    (("attention", "output", "LayerNorm"), "sa_layer_norm"),
+    (("intermediate",), "ffn.lin1"),
+    (("output", "dense"), "ffn.lin2"),
+    (("output", "LayerNorm"), "output_layer_norm"),
+]
 _EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+# The HF name (without the model prefix) of `embeddings/embedding_hidden_mapping_in`.
+_EMBEDDING_MAPPING = {"albert": "encoder.embedding_hidden_mapping_in", "electra": "embeddings_project"}
+# Architecture name prefixes by HF model_type (`hf_config_dict`).
+_ARCHITECTURES = {
+    "bert": "Bert",
+    "roberta": "Roberta",
+    "xlm-roberta": "XLMRoberta",
+    "albert": "Albert",
+    "distilbert": "DistilBert",
+    "electra": "Electra",
+}
 
 
 def find_weight_file(directory: str) -> str:
@@ -120,7 +146,8 @@ def _read_one(read: Callable[[str], dict], path: str) -> dict[str, np.ndarray]:
 
 
 def normalize_keys(state: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
-    """Strips the `bert.`/`roberta.` prefix and renames old LayerNorm gamma/beta."""
+    """Strips the model prefix (`bert.`, `roberta.` (XLM-R's too), `albert.`,
+    `distilbert.`, `electra.`) and renames old LayerNorm gamma/beta."""
     out = {}
     for key, value in state.items():
         for prefix in (f"{family}.", "bert.", "roberta.", "albert."):
@@ -183,7 +210,31 @@ def _layer_names(cfg: ModelConfig) -> tuple[list, list[str]]:
     """The layer map of the family and the HF prefixes of its stored layers."""
     if cfg.shares_layers:
         return _ALBERT_MAP, [_ALBERT_LAYER]
+    if cfg.family == "distilbert":
+        return _DISTILBERT_MAP, [f"transformer.layer.{l}" for l in range(cfg.num_layers)]
     return _LAYER_MAP, [f"encoder.layer.{l}" for l in range(cfg.num_layers)]
+
+
+def _embedding_names(cfg: ModelConfig) -> tuple[str, ...]:
+    """The embedding tables of the family (DistilBERT has no token types)."""
+    return _EMBEDDINGS if cfg.has_token_types else _EMBEDDINGS[:2]
+
+
+def _head_names(cfg: ModelConfig, prefix: str = "") -> tuple[str, str]:
+    """HF names of the final exit's (pooler, classifier) in `*ForSequenceClassification`
+    (`*ForTokenClassification` with token exits: its classifier; the pooler is BERT's
+    name, unused there). `prefix`: the model prefix with its dot (`bert.`), as the
+    state dict of a whole model has it."""
+    if cfg.token_exits:
+        pooler = f"{prefix}pooler" if cfg.family == "albert" else f"{prefix}pooler.dense"
+        return pooler, "classifier"
+    if cfg.family in ("roberta", "electra"):
+        return "classifier.dense", "classifier.out_proj"
+    if cfg.family == "albert":
+        return f"{prefix}pooler", "classifier"
+    if cfg.family == "distilbert":
+        return "pre_classifier", "classifier"
+    return f"{prefix}pooler.dense", "classifier"
 
 
 def _classifier(reader: _Reader, name: str, H: int, C: int, ignore_mismatched_sizes: bool, warned: list) -> dict | None:
@@ -235,11 +286,11 @@ def params_from_state_dict(
         "position_embeddings": cfg.max_position_embeddings,
         "token_type_embeddings": cfg.type_vocab_size,
     }
-    for name in _EMBEDDINGS:
+    for name in _embedding_names(cfg):
         params["embeddings"][name] = {"embedding": r.take(f"embeddings.{name}.weight", (sizes[name], E))}
     params["embeddings"]["LayerNorm"] = r.layer_norm("embeddings.LayerNorm", E)
-    if cfg.family == "albert":
-        params["embeddings"]["embedding_hidden_mapping_in"] = r.dense("encoder.embedding_hidden_mapping_in", E, H)
+    if cfg.projects_embeddings:
+        params["embeddings"]["embedding_hidden_mapping_in"] = r.dense(_EMBEDDING_MAPPING[cfg.family], E, H)
 
     layer_map, prefixes = _layer_names(cfg)
     layer: dict = {}
@@ -255,19 +306,23 @@ def params_from_state_dict(
             _set(layer, ours, per_layer[0])
         else:
             _set(layer, ours, {k: np.stack([p[k] for p in per_layer]) for k in per_layer[0]})
-    if r.has(f"encoder.layer.{L}.attention.self.query.weight"):
+    stack = prefixes[0].rsplit(".", 1)[0]  # encoder.layer, transformer.layer (ALBERT: never there)
+    if r.has(f"{stack}.{L}.{layer_map[0][1]}.weight"):
         raise CheckpointError(f"{source}: the checkpoint has more than the config's {L} layers")
 
     exits = {k: {kk: np.array(vv, dtype=np.float32) for kk, vv in v.items()} for k, v in fresh_exits.items()}
     report = {"final": "fresh", "intermediate": "fresh"}
-    # The pretrained pooler (BERT) or classification head dense (RoBERTa).
+    # The pretrained pooler (BERT) or classification head dense (RoBERTa, ELECTRA;
+    # DistilBERT's pre_classifier).
     pooler = None
     if r.has("pooler.dense.weight"):
         pooler = r.dense("pooler.dense", H, H)
     if cfg.family == "albert" and r.has("pooler.weight"):
         pooler = r.dense("pooler", H, H)
-    if cfg.family == "roberta" and r.has("classifier.dense.weight"):
+    if cfg.family in ("roberta", "electra") and r.has("classifier.dense.weight"):
         pooler = r.dense("classifier.dense", H, H)
+    if cfg.family == "distilbert" and r.has("pre_classifier.weight"):
+        pooler = r.dense("pre_classifier", H, H)
     classifier = None
     if r.has("classifier.weight"):
         classifier = _classifier(r, "classifier", H, C, ignore_mismatched_sizes, warned)
@@ -330,14 +385,14 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
     host = lambda x: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     state: dict[str, np.ndarray] = {}
     emb = params["embeddings"]
-    for name in _EMBEDDINGS:
+    for name in _embedding_names(cfg):
         state[f"{p}.embeddings.{name}.weight"] = host(emb[name]["embedding"])
     state[f"{p}.embeddings.LayerNorm.weight"] = host(emb["LayerNorm"]["scale"])
     state[f"{p}.embeddings.LayerNorm.bias"] = host(emb["LayerNorm"]["bias"])
-    if cfg.family == "albert":
+    if cfg.projects_embeddings:
         mapping = emb["embedding_hidden_mapping_in"]
-        state[f"{p}.encoder.embedding_hidden_mapping_in.weight"] = host(mapping["kernel"].T)
-        state[f"{p}.encoder.embedding_hidden_mapping_in.bias"] = host(mapping["bias"])
+        state[f"{p}.{_EMBEDDING_MAPPING[cfg.family]}.weight"] = host(mapping["kernel"].T)
+        state[f"{p}.{_EMBEDDING_MAPPING[cfg.family]}.bias"] = host(mapping["bias"])
 
     def get(tree: PyTree, path: tuple[str, ...]) -> PyTree:
         for k in path:
@@ -359,13 +414,7 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
                 state[f"{name}.bias"] = host(take(node["bias"]))
     exits = params["layers"]["exit"]
     last = cfg.num_layers - 1
-    if cfg.family == "roberta" and not cfg.token_exits:
-        names = ("classifier.dense", "classifier.out_proj")
-    elif cfg.family == "albert":
-        names = (f"{p}.pooler", "classifier")
-    else:
-        names = (f"{p}.pooler.dense", "classifier")
-    for name, part in zip(names, ("pooler", "classifier")):
+    for name, part in zip(_head_names(cfg, f"{p}."), ("pooler", "classifier")):
         state[f"{name}.weight"] = host(exits[part]["kernel"][last].T)
         state[f"{name}.bias"] = host(exits[part]["bias"][last])
     exits_state = {}
@@ -379,10 +428,12 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
 def hf_config_dict(cfg: ModelConfig, label_names: list[str] | None = None) -> dict:
     """config.json for `*ForSequenceClassification` with the same encoder
     (`*ForTokenClassification` for token exits: its classifier is the final exit's,
-    the pooler's weights are written but unused there)."""
+    the pooler's weights are written but unused there). The architecture is named
+    after the checkpoint's HF model type (`ModelConfig.model_type`: an XLM-R checkpoint
+    exports as `XLMRobertaForSequenceClassification`)."""
     d = cfg.to_hf_dict()
     head = "TokenClassification" if cfg.token_exits else "SequenceClassification"
-    arch = {"roberta": "Roberta", "albert": "Albert"}.get(cfg.family, "Bert") + "For" + head
+    arch = _ARCHITECTURES[cfg.model_type] + "For" + head
     d["architectures"] = [arch]
     names = label_names or [f"LABEL_{i}" for i in range(cfg.num_labels)]
     d["id2label"] = {str(i): n for i, n in enumerate(names)}

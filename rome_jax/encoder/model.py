@@ -1,7 +1,8 @@
-"""A multi-exit BERT/RoBERTa encoder in Flax Linen.
+"""A multi-exit BERT-family encoder (BERT, RoBERTa/XLM-R, ALBERT, DistilBERT, ELECTRA) in Flax Linen.
 
-One exit after every encoder layer (docs/methods.md): the pooler (dense + tanh) on
-that layer's first token (or, with `ModelConfig.exit_pooling="mean"`, the mean of its
+One exit after every encoder layer (docs/methods.md): the pooler (dense + the
+family's head activation, `ModelConfig.exit_activation`: tanh, DistilBERT's ReLU,
+ELECTRA's GELU) on that layer's first token (or, with `ModelConfig.exit_pooling="mean"`, the mean of its
 attended token vectors), dropout, and a linear classifier. The last exit is the
 model's final classifier.
 
@@ -23,7 +24,10 @@ with a dynamic index inside a compiled loop (`apply_embeddings`, `layer_params`,
 ALBERT shares one layer's weights across all layers: they are
 `params['shared_layer']` (no layer axis), passed to every step of the scan, and
 `params['layers']` holds only the exits. Its factorised embeddings (size E) are
-mapped to the hidden size by `embeddings/embedding_hidden_mapping_in`.
+mapped to the hidden size by `embeddings/embedding_hidden_mapping_in`, as ELECTRA's
+are where its `embedding_size` differs from the hidden size
+(`ModelConfig.projects_embeddings`). DistilBERT has no `token_type_embeddings`
+(`ModelConfig.has_token_types`); its token type ids are ignored.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def _dtype(config: ModelConfig) -> DTypeLike:
 
 
 class Embeddings(nn.Module):
-    """Word + position + token type embeddings, LayerNorm, dropout.
+    """Word + position + token type embeddings (none for DistilBERT), LayerNorm, dropout,
+    and the map from the embedding width E to H (`ModelConfig.projects_embeddings`).
 
     input_ids, token_type_ids, attention_mask: [B, T] -> [B, T, H] (compute dtype).
     """
@@ -70,14 +75,13 @@ class Embeddings(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         width = cfg.embedding_size or cfg.hidden_size
         embed = lambda n, size: nn.Embed(size, width, embedding_init=normal_init, name=n)
-        x = (
-            embed("word_embeddings", cfg.vocab_size)(input_ids)
-            + embed("position_embeddings", cfg.max_position_embeddings)(position_ids)
-            + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids)
-        )
+        words = embed("word_embeddings", cfg.vocab_size)(input_ids)
+        x = words + embed("position_embeddings", cfg.max_position_embeddings)(position_ids)
+        if cfg.has_token_types:
+            x = x + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(x)
         x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
-        if cfg.family == "albert":
+        if cfg.projects_embeddings:
             x = nn.Dense(
                 cfg.hidden_size, dtype=_dtype(cfg), kernel_init=normal_init, name="embedding_hidden_mapping_in"
             )(x)
@@ -85,7 +89,10 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with the output projection and residual LayerNorm."""
+    """Multi-head self-attention with the output projection and residual LayerNorm
+    (without dropout after the projection for DistilBERT, as its `out_lin`).
+
+    x [B, T, H], attention_mask [B, T] -> [B, T, H]."""
 
     config: ModelConfig
 
@@ -107,7 +114,7 @@ class SelfAttention(nn.Module):
         else:
             context = attention(q, k, v, mask)
         context = context.reshape(B, T, cfg.hidden_size)
-        with_output = OutputBlock(cfg, name="output")
+        with_output = OutputBlock(cfg, dropout=cfg.family != "distilbert", name="output")
         return with_output(context, x, deterministic)
 
 
@@ -115,7 +122,7 @@ class OutputBlock(nn.Module):
     """dense -> dropout -> LayerNorm(. + residual), as HF's BertSelfOutput/BertOutput."""
 
     config: ModelConfig
-    dropout: bool = True  # ALBERT's feed-forward output has none
+    dropout: bool = True  # ALBERT's feed-forward output has none, DistilBERT's attention output none
 
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
@@ -154,12 +161,14 @@ def masked_mean(hidden: Array, attention_mask: Array) -> Array:
 
 
 class ExitHead(nn.Module):
-    """An exit: pooler (dense + tanh) on the pooled token vector, dropout, classifier.
+    """An exit: pooler (dense + `config.exit_activation`: tanh, or the family's head
+    activation, DistilBERT's ReLU, ELECTRA's GELU) on the pooled token vector,
+    dropout, classifier.
 
     `config.exit_pooling` picks the vector: "cls", the first token (the papers'
     design); "mean", `masked_mean` over the attended positions (`attention_mask`;
-    all positions when it is None). RoBERTa's classification head also applies
-    dropout before the dense layer.
+    all positions when it is None). RoBERTa's and ELECTRA's classification heads also
+    apply dropout before the dense layer (`config.exit_dropout_first`).
     hidden [B, T, H] -> (logits [B, C] float32, pooled [B, H]).
 
     "token" (sequence labelling, HF's `*ForTokenClassification` head): dropout and the
@@ -181,13 +190,14 @@ class ExitHead(nn.Module):
         else:
             x = hidden[:, 0]
         classifier = nn.Dense(cfg.num_labels, dtype=dtype, kernel_init=normal_init, name="classifier")
+        act = activation(cfg.exit_activation)
         if cfg.token_exits:
-            pooled = jnp.tanh(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=normal_init, name="pooler")(x))
+            pooled = act(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=normal_init, name="pooler")(x))
             tokens = Dropout(cfg.exit_dropout)(hidden, deterministic=deterministic)
             return classifier(tokens).astype(jnp.float32), pooled
-        if cfg.family == "roberta":
+        if cfg.exit_dropout_first:
             x = Dropout(cfg.exit_dropout)(x, deterministic=deterministic)
-        pooled = jnp.tanh(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=normal_init, name="pooler")(x))
+        pooled = act(nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=normal_init, name="pooler")(x))
         x = Dropout(cfg.exit_dropout)(pooled, deterministic=deterministic)
         return classifier(x).astype(jnp.float32), pooled
 
