@@ -87,8 +87,8 @@ def calibrated_table(results: dict, full: float) -> list[str]:
             f"{row['mean_layers']:.2f} | {row['flops_ratio']:.3f} |"
         )
     timing = results.get("timing", {})
-    if timing.get("seconds"):
-        seconds = timing["seconds"]
+    seconds = timing.get("seconds") or {k: timing[k] for k in ("full depth", "calibrated") if k in timing}
+    if len(seconds) > 1:
         shown = ", ".join(
             f"{k} {v:.1f} s" + ("" if k == "full depth" else f" (x{seconds['full depth'] / v:.2f})")
             for k, v in seconds.items()
