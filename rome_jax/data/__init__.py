@@ -10,6 +10,10 @@ Pipeline, one module a step:
   `rome_jax.data.tasks`), which `load_examples` reads for such a task;
 - `rome_jax.data.features`: `tokenize_examples` -> `Features` ([N, max_length]
   int32 arrays, cached as .npz keyed by `tokenizer_fingerprint`);
+- `rome_jax.data.tagging`, `tagging_task`, `entities`: sequence labelling: tagged
+  sentences (CoNLL columns, JSON Lines, HF datasets), words aligned to sub-tokens
+  (`align`: labels [N, T]), CoNLL-2003 and your own tagged data from the config,
+  entity spans and entity-level F1 (strict IOB2);
 - `rome_jax.data.batching`: `BatchIterator` (static-shape numpy batches, sharded
   over processes, resumable).
 

@@ -13,7 +13,11 @@
   buckets and the local devices: the one evaluation path;
 - `calibration`: choosing a criterion and threshold from dev outputs;
 - `evaluation`: eval.py's sweeps, tables and plots;
-- `timing`: wall-clock seconds per example of the executors, against full depth.
+- `timing`: wall-clock seconds per example of the executors, against full depth;
+- taggers (token exits): `tokens` (sentence-level SENTEE and token-level TOKEE exit:
+  the rules, the compiled loop, its numpy oracle), `token_flops` (FLOPs per token),
+  `tag_scores` (entity F1 per exit, over every word), `tag_sweeps` (eval.py's sweeps
+  and Learn-then-Test calibration of a tagger).
 
 May import: `rome_jax.data`, `rome_jax.encoder` and the core modules.
 
