@@ -111,13 +111,13 @@ def test_executors_agree_with_mean_pooling(mean_model):
 
 
 def _old_model_module():
-    """rome_jax/encoder/model.py as committed before exit pooling existed, or None."""
+    """rome_jax/model.py (now rome_jax/encoder/model.py) as committed before exit pooling existed, or None."""
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
     try:
         source = subprocess.run(
-            ["git", "show", "b2e6c68:rome_jax/encoder/model.py"], cwd=repo, capture_output=True, text=True, check=True
+            ["git", "show", "b2e6c68:rome_jax/model.py"], cwd=repo, capture_output=True, text=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -146,8 +146,9 @@ class MultiExitModel:
         return self.calibration
 
     def save_pretrained(self, path: str) -> None:
-        """Writes an HF directory that `transformers` loads as
-        `BertForSequenceClassification` (or RoBERTa) reproducing the final exit,
+        """Writes an HF directory that `transformers` loads as the family's
+        `*ForSequenceClassification` (`*ForTokenClassification` for a tagger)
+        reproducing the final exit,
         plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`.
 
         With `config.exit_pooling="mean"`, config.json also records
