@@ -150,3 +150,54 @@ def torch_hidden_states(model, batch, token_types=True):
         }
         out = model(**kwargs, output_hidden_states=True)
     return np.stack([h.numpy() for h in out.hidden_states])
+
+
+MODERNBERT = dict(
+    vocab_size=99,
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=96,
+    max_position_embeddings=128,
+    global_attn_every_n_layers=2,
+    local_attention=8,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    cls_token_id=1,
+    sep_token_id=2,
+)
+
+
+def make_modernbert(path, num_labels=3, seed=0, token_classification=False, **overrides):
+    """ModernBERT (hidden 64, 3 layers, 4 heads, GeGLU 96, layers 0 and 2 global, a local
+    window of 8 tokens) for sequence (or token) classification; `overrides` e.g.
+    `classifier_pooling="mean"`, `norm_bias=True`. Layer norms and biases are randomised
+    (transformers initialises them to ones and zeros) so that every one matters."""
+    import torch
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertForTokenClassification
+
+    torch.manual_seed(seed)
+    cfg = ModernBertConfig(**{**MODERNBERT, **overrides}, num_labels=num_labels)
+    cls = ModernBertForTokenClassification if token_classification else ModernBertForSequenceClassification
+    model = cls(cfg)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                weight.copy_(1.0 + 0.2 * torch.randn_like(weight))
+            elif name.endswith("bias"):
+                weight.copy_(0.1 * torch.randn_like(weight))
+    model.eval().save_pretrained(str(path))
+    return model
+
+
+def modernbert_batch(batch=4, length=24, vocab=99, seed=0):
+    """A right-padded batch of `length` tokens (rows 1 and 3 padded: 17 and 6 real tokens),
+    long enough that a local window of 8 matters."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, vocab, (batch, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 17:] = 0
+    mask[3, 6:] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask}

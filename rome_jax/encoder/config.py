@@ -9,7 +9,7 @@ from typing import Any
 
 from rome_jax.errors import CheckpointError
 
-FAMILIES = ("bert", "roberta", "albert", "distilbert", "electra")
+FAMILIES = ("bert", "roberta", "albert", "distilbert", "electra", "modernbert")
 MODEL_TYPES = {
     "bert": "bert",
     "roberta": "roberta",
@@ -17,6 +17,7 @@ MODEL_TYPES = {
     "albert": "albert",
     "distilbert": "distilbert",
     "electra": "electra",
+    "modernbert": "modernbert",
 }
 """HF's `model_type` -> the family that loads it. XLM-RoBERTa is RoBERTa's architecture
 with another vocabulary: it loads as "roberta" and keeps its `model_type`
@@ -114,6 +115,19 @@ class ModelConfig:
     # HF's model_type when it is not the family's own name (XLM-RoBERTa: "xlm-roberta",
     # loaded as "roberta"); export writes it back (`to_hf_dict`). None: the family's name.
     hf_model_type: str | None = None
+    # ModernBERT's own (other families ignore them): every `global_attn_every_n_layers`-th
+    # layer (index % n == 0) attends globally, the others within +-local_attention // 2
+    # tokens; rotary positions with a theta per kind; which blocks have biases; the
+    # head's activation (`exit_activation`).
+    global_attn_every_n_layers: int = 1
+    local_attention: int = 128
+    global_rope_theta: float = 160_000.0
+    local_rope_theta: float = 10_000.0
+    norm_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    classifier_bias: bool = False
+    classifier_activation: str = "gelu"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -139,6 +153,17 @@ class ModelConfig:
             raise CheckpointError(f"num_labels must be at least 1, not {self.num_labels}")
         if self.exit_pooling not in EXIT_POOLINGS:
             raise CheckpointError(f"exit_pooling must be one of {', '.join(EXIT_POOLINGS)}, not {self.exit_pooling!r}")
+        if self.family == "modernbert":
+            if self.classifier_activation not in _ACTIVATIONS:
+                raise CheckpointError(
+                    f"classifier_activation {self.classifier_activation!r} is not supported; "
+                    f"known: {', '.join(_ACTIVATIONS)}"
+                )
+            if self.global_attn_every_n_layers < 1 or self.local_attention < 0:
+                raise CheckpointError(
+                    f"global_attn_every_n_layers must be >= 1 and local_attention >= 0, got "
+                    f"{self.global_attn_every_n_layers} and {self.local_attention}"
+                )
 
     @property
     def shares_layers(self) -> bool:
@@ -149,7 +174,7 @@ class ModelConfig:
     def has_token_types(self) -> bool:
         """Token type (segment) embeddings: every family but DistilBERT, which has none
         (its `token_type_ids` are ignored)."""
-        return self.family != "distilbert"
+        return self.family not in ("distilbert", "modernbert")
 
     @property
     def projects_embeddings(self) -> bool:
@@ -166,6 +191,8 @@ class ModelConfig:
         family's classification head's, so that the final exit is its
         `*ForSequenceClassification`: "tanh" (BERT's pooler; RoBERTa, ALBERT), "relu"
         (DistilBERT's `pre_classifier`), "gelu" (ELECTRA's `classifier.dense`)."""
+        if self.family == "modernbert":  # ModernBertPredictionHead's (default "gelu")
+            return self.classifier_activation
         return _EXIT_ACTIVATIONS.get(self.family, "tanh")
 
     @property
@@ -221,6 +248,8 @@ class ModelConfig:
         hf = bert_names(hf)
         model_type = hf.get("model_type", "bert")
         family = MODEL_TYPES.get(model_type, model_type)
+        if family == "modernbert":
+            hf = _modernbert_bert_names(hf)
         if family == "distilbert" and hf.get("sinusoidal_pos_embds", False):
             raise CheckpointError(
                 "DistilBERT with sinusoidal_pos_embds true is not supported (only learned position embeddings)"
@@ -251,6 +280,8 @@ class ModelConfig:
         )
         if family in ("albert", "electra"):  # both default to 128 in transformers
             kwargs["embedding_size"] = hf.get("embedding_size", 128)
+        if family == "modernbert":
+            kwargs.update(_modernbert_fields(hf))
         if family == "distilbert":  # fixed in DistilBERT's code; no token types
             kwargs["layer_norm_eps"] = 1e-12
             kwargs["classifier_dropout"] = hf.get("classifier_dropout", 0.2)
@@ -273,6 +304,8 @@ class ModelConfig:
         if not isinstance(hf, dict):
             raise CheckpointError(f"{path}: not a JSON object")
         hf = bert_names(hf)
+        if hf.get("model_type") == "modernbert":
+            hf = _modernbert_bert_names(hf)
         missing = [
             k
             for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -303,7 +336,9 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict:
         """The fields of a HF `config.json` describing the same encoder, in the names of
-        its model type (DistilBERT's own: `dim`, `n_layers`, ...)."""
+        its model type (DistilBERT's own: `dim`, `n_layers`, ...; ModernBERT's)."""
+        if self.family == "modernbert":
+            return _modernbert_hf_dict(self)
         if self.family == "distilbert":
             return {
                 "model_type": self.model_type,
@@ -350,3 +385,107 @@ class ModelConfig:
             ),
             **({"embedding_size": self.embedding_size or self.hidden_size} if self.family == "electra" else {}),
         }
+
+
+# ---- ModernBERT's config.json ------------------------------------------------------
+
+_MODERNBERT_NAMES = {
+    "hidden_activation": "hidden_act",
+    "norm_eps": "layer_norm_eps",
+    "mlp_dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
+}
+
+
+def _modernbert_bert_names(hf: dict) -> dict:
+    """ModernBERT's config.json with BERT's names added (`hidden_activation` ->
+    `hidden_act`, `norm_eps` -> `layer_norm_eps`, `mlp_dropout` -> `hidden_dropout_prob`,
+    which serves the embeddings' dropout too) and its defaults where it omits a field."""
+    out = {"hidden_act": "gelu", "layer_norm_eps": 1e-5, "hidden_dropout_prob": 0.0, "classifier_dropout": 0.0}
+    out.update(hf)
+    out.setdefault("attention_probs_dropout_prob", 0.0)
+    out.setdefault("max_position_embeddings", 8192)
+    for theirs, ours in _MODERNBERT_NAMES.items():
+        if theirs in hf:
+            out[ours] = hf[theirs]
+    if "pad_token_id" not in hf:
+        out["pad_token_id"] = 50283
+    return out
+
+
+def _modernbert_fields(hf: dict) -> dict:
+    """ModernBERT's own `ModelConfig` fields from its config.json: the attention pattern
+    (`global_attn_every_n_layers`, or transformers 5's `layer_types`, which must follow
+    such a pattern), the rotary thetas (`global_rope_theta`/`local_rope_theta`, or
+    `rope_parameters` of rope_type "default"), the biases, the head's activation and the
+    pooling (`classifier_pooling`, unless config.json records ours)."""
+    every = hf.get("global_attn_every_n_layers", 3)
+    kinds = hf.get("layer_types")
+    if kinds is not None:
+        full = [i for i, kind in enumerate(kinds) if kind == "full_attention"]
+        every = full[1] - full[0] if len(full) > 1 else max(len(kinds), 1)
+        want = ["sliding_attention" if i % every else "full_attention" for i in range(len(kinds))]
+        if list(kinds) != want or not full or full[0] != 0:
+            raise CheckpointError(
+                "ModernBERT layer_types must be a global layer every n layers from layer 0 "
+                f"(layer_id % n == 0), got {kinds}"
+            )
+    thetas = {"global": hf.get("global_rope_theta", 160_000.0), "local": hf.get("local_rope_theta", 10_000.0)}
+    for kind, name in (("global", "full_attention"), ("local", "sliding_attention")):
+        rope = (hf.get("rope_parameters") or {}).get(name) or {}
+        if rope.get("rope_type", "default") != "default":
+            raise CheckpointError(f"ModernBERT rope_type {rope['rope_type']!r} is not supported (only 'default')")
+        thetas[kind] = rope.get("rope_theta", thetas[kind])
+    pooling = hf.get("classifier_pooling", "cls")
+    return {
+        "global_attn_every_n_layers": int(every),
+        "local_attention": int(hf.get("local_attention", 128)),
+        "global_rope_theta": float(thetas["global"]),
+        "local_rope_theta": float(thetas["local"]),
+        "norm_bias": bool(hf.get("norm_bias", False)),
+        "attention_bias": bool(hf.get("attention_bias", False)),
+        "mlp_bias": bool(hf.get("mlp_bias", False)),
+        "classifier_bias": bool(hf.get("classifier_bias", False)),
+        "classifier_activation": hf.get("classifier_activation", "gelu"),
+        "exit_pooling": hf.get(
+            EXIT_POOLING_KEY, "token" if _pooling_of(hf.get("architectures")) == "token" else pooling
+        ),
+        "type_vocab_size": 1,
+    }
+
+
+def _modernbert_hf_dict(cfg: ModelConfig) -> dict:
+    """ModernBERT's config.json fields, in its names (both the old pattern fields and
+    transformers 5's `layer_types`/`rope_parameters`)."""
+    every = cfg.global_attn_every_n_layers
+    return {
+        "model_type": cfg.model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "hidden_activation": cfg.hidden_act,
+        "norm_eps": cfg.layer_norm_eps,
+        "norm_bias": cfg.norm_bias,
+        "attention_bias": cfg.attention_bias,
+        "mlp_bias": cfg.mlp_bias,
+        "classifier_bias": cfg.classifier_bias,
+        "classifier_activation": cfg.classifier_activation,
+        "classifier_pooling": cfg.exit_pooling if cfg.exit_pooling in SEQUENCE_POOLINGS else "cls",
+        "embedding_dropout": cfg.hidden_dropout,
+        "mlp_dropout": cfg.hidden_dropout,
+        "attention_dropout": cfg.attention_dropout,
+        "classifier_dropout": cfg.exit_dropout,
+        "pad_token_id": cfg.pad_token_id,
+        "global_attn_every_n_layers": every,
+        "local_attention": cfg.local_attention,
+        "global_rope_theta": cfg.global_rope_theta,
+        "local_rope_theta": cfg.local_rope_theta,
+        "layer_types": ["sliding_attention" if i % every else "full_attention" for i in range(cfg.num_layers)],
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": cfg.global_rope_theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": cfg.local_rope_theta},
+        },
+    }

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from rome_jax.encoder import modernbert_io
 from rome_jax.encoder.config import EXIT_POOLING_KEY, ModelConfig
 from rome_jax.encoder.pytree import Params, PyTree
 from rome_jax.errors import CheckpointError
@@ -83,6 +84,7 @@ _ARCHITECTURES = {
     "albert": "Albert",
     "distilbert": "DistilBert",
     "electra": "Electra",
+    "modernbert": "ModernBert",
 }
 
 
@@ -149,8 +151,9 @@ def normalize_keys(state: dict[str, np.ndarray], family: str) -> dict[str, np.nd
     """Strips the model prefix (`bert.`, `roberta.` (XLM-R's too), `albert.`,
     `distilbert.`, `electra.`) and renames old LayerNorm gamma/beta."""
     out = {}
+    prefixes = ("model.",) if family == "modernbert" else (f"{family}.", "bert.", "roberta.", "albert.")
     for key, value in state.items():
-        for prefix in (f"{family}.", "bert.", "roberta.", "albert."):
+        for prefix in prefixes:
             if key.startswith(prefix):
                 key = key[len(prefix) :]
                 break
@@ -278,6 +281,17 @@ def params_from_state_dict(
     """
     warned: list = []
     r = _Reader(state, source)
+    if cfg.family == "modernbert":  # its own names and head (a norm in it, biases per its config)
+        exits_reader = None
+        if exits_state is not None:
+            exits_reader = _Reader(exits_state, os.path.join(os.path.dirname(source), EXITS_FILE))
+        take_classifier = lambda reader, name: _classifier(
+            reader, name, cfg.hidden_size, cfg.num_labels, ignore_mismatched_sizes, warned
+        )
+        loaded, report = modernbert_io.params_from_state_dict(r, cfg, fresh_exits, exits_reader, take_classifier)
+        if warned:
+            report = {"final": "head from the checkpoint, fresh classifier", "intermediate": "fresh classifier"}
+        return loaded, report
     H, L, C = cfg.hidden_size, cfg.num_layers, cfg.num_labels
     E = cfg.embedding_size or H
     params: dict = {"embeddings": {}}
@@ -381,6 +395,8 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
 
     Returns (model_state, exits_state), numpy float32, HF [out, in] layout.
     """
+    if cfg.family == "modernbert":
+        return modernbert_io.state_dict_from_params(params, cfg)
     p = cfg.family
     host = lambda x: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     state: dict[str, np.ndarray] = {}

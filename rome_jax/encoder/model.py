@@ -1,4 +1,5 @@
-"""A multi-exit BERT-family encoder (BERT, RoBERTa/XLM-R, ALBERT, DistilBERT, ELECTRA) in Flax Linen.
+"""A multi-exit BERT-family encoder (BERT, RoBERTa/XLM-R, ALBERT, DistilBERT, ELECTRA) in Flax Linen;
+ModernBERT's layers are in `rome_jax.encoder.modernbert`, which the functions here hand over to.
 
 One exit after every encoder layer (docs/methods.md): the pooler (dense + the
 family's head activation, `ModelConfig.exit_activation`: tanh, DistilBERT's ReLU,
@@ -39,8 +40,18 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from rome_jax.encoder import modernbert
 from rome_jax.encoder.config import ModelConfig
-from rome_jax.encoder.ops import Dense, Dropout, activation, attention, cudnn_attention, normal_init, training_attention
+from rome_jax.encoder.ops import (
+    Dense,
+    Dropout,
+    activation,
+    attention,
+    cudnn_attention,
+    masked_mean,
+    normal_init,
+    training_attention,
+)
 from rome_jax.encoder.pytree import Params
 
 Array = jax.Array
@@ -150,16 +161,6 @@ class TransformerLayer(nn.Module):
         return OutputBlock(cfg, dropout=cfg.family != "albert", name="output")(h, x, deterministic)
 
 
-def masked_mean(hidden: Array, attention_mask: Array) -> Array:
-    """Mean of the token vectors over the attended positions: hidden [B, T, H],
-    attention_mask [B, T] -> [B, H] in hidden's dtype (summed in float32). A row with
-    no attended position (a padding row) gets zeros, not NaN."""
-    keep = attention_mask.astype(bool)
-    summed = jnp.where(keep[:, :, None], hidden.astype(jnp.float32), 0.0).sum(axis=1)
-    count = jnp.maximum(keep.sum(axis=1, keepdims=True).astype(jnp.float32), 1.0)
-    return (summed / count).astype(hidden.dtype)
-
-
 class ExitHead(nn.Module):
     """An exit: pooler (dense + `config.exit_activation`: tanh, or the family's head
     activation, DistilBERT's ReLU, ELECTRA's GELU) on the pooled token vector,
@@ -253,6 +254,8 @@ class MultiExitEncoder(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        if cfg.family == "modernbert":  # its own layers, rotary positions and final norm
+            return modernbert.forward(self, input_ids, attention_mask, deterministic)
         hidden = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, attention_mask, deterministic)
         shared = None
         if cfg.shares_layers:
@@ -277,6 +280,8 @@ class MultiExitEncoder(nn.Module):
 def apply_embeddings(config: ModelConfig, params: Params, batch: dict) -> Array:
     """Embeddings of a batch (inference): dict of [B, T] int arrays -> [B, T, H]."""
     input_ids = batch["input_ids"]
+    if config.family == "modernbert":
+        return modernbert.apply_embeddings(config, params, input_ids)
     mask = batch.get("attention_mask", jnp.ones_like(input_ids))
     types = batch.get("token_type_ids", jnp.zeros_like(input_ids))
     return cast(Array, Embeddings(config).apply({"params": params["embeddings"]}, input_ids, types, mask))
@@ -287,6 +292,9 @@ def layer_params(params: Params, index: Array | int) -> Params:
     taken = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), params["layers"])
     if "shared_layer" in params:
         taken["shared_layer"] = params["shared_layer"]
+    if "final_norm" in params:  # ModernBERT: every exit's shared norm, and the index (local or global)
+        taken["final_norm"] = params["final_norm"]
+        taken["layer_index"] = jnp.asarray(index, jnp.int32)
     return taken
 
 
@@ -295,6 +303,8 @@ def apply_layer_with_exit(
 ) -> tuple[Array, Array]:
     """Layer i and exit i (inference): hidden [B, T, H] -> (hidden, logits [B, C];
     [B, T, C] with token exits)."""
+    if config.family == "modernbert":
+        return modernbert.apply_layer_with_exit(config, params_i, hidden, attention_mask)
     own = {k: v for k, v in params_i.items() if k != "shared_layer"}
     out = LayerWithExit(config).apply({"params": own}, hidden, attention_mask, params_i.get("shared_layer"))
     hidden, (logits, _) = cast(tuple[Array, tuple[Array, Array]], out)
@@ -313,6 +323,8 @@ def init_exit_params(config: ModelConfig, seed: int = 0) -> Params:
     Returns {'pooler': {'kernel' [L, H, H], 'bias' [L, H]},
              'classifier': {'kernel' [L, H, C], 'bias' [L, C]}}.
     """
+    if config.family == "modernbert":  # its head has a norm, and biases per its config
+        return modernbert.init_exit_params(config, seed)
     L, H, C = config.num_layers, config.hidden_size, config.num_labels
     k_pool, k_cls = jax.random.split(jax.random.PRNGKey(seed))
     return {

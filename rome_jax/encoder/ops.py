@@ -26,6 +26,7 @@ its derivative longer, in the places this library runs it (docs/performance.md):
   with a `CheckpointError` naming the fix where there is no cuDNN.
 - `activation`: HF's `hidden_act` names to JAX functions (the exact `gelu` in its
   faster erfc form).
+- `masked_mean`: the mean of the attended token vectors (the exits' "mean" pooling).
 
 Shapes: B batch, T tokens, N heads, D head size.
 """
@@ -142,12 +143,25 @@ def _dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None
     return dense_matmul(lhs, rhs)
 
 
-def Dense(features: int, dtype: DTypeLike, name: str) -> nn.Dense:
+def Dense(features: int, dtype: DTypeLike, name: str, use_bias: bool = True) -> nn.Dense:
     """`nn.Dense` with HF's normal(0.02) init and the CPU-friendly backward of `dense_matmul`.
 
-    x [..., I] -> [..., features] (`dtype`); kernel [I, features], bias [features].
+    x [..., I] -> [..., features] (`dtype`); kernel [I, features], bias [features]
+    (none without `use_bias`: ModernBERT's default).
     """
-    return nn.Dense(features, dtype=dtype, kernel_init=normal_init, name=name, dot_general=_dense_dot_general)
+    return nn.Dense(
+        features, dtype=dtype, use_bias=use_bias, kernel_init=normal_init, name=name, dot_general=_dense_dot_general
+    )
+
+
+def masked_mean(hidden: Array, attention_mask: Array) -> Array:
+    """Mean of the token vectors over the attended positions: hidden [B, T, H],
+    attention_mask [B, T] -> [B, H] in hidden's dtype (summed in float32). A row with
+    no attended position (a padding row) gets zeros, not NaN."""
+    keep = attention_mask.astype(bool)
+    summed = jnp.where(keep[:, :, None], hidden.astype(jnp.float32), 0.0).sum(axis=1)
+    count = jnp.maximum(keep.sum(axis=1, keepdims=True).astype(jnp.float32), 1.0)
+    return (summed / count).astype(hidden.dtype)
 
 
 def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
