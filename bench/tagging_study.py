@@ -137,14 +137,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", help="the directory holding MODE-sSEED workdirs")
     parser.add_argument("--plot", help="where to write the F1 / FLOPs plot")
+    parser.add_argument(
+        "--json", help="where to write the figures (per-exit F1 of every run, the evaluated runs' sweeps)"
+    )
     args = parser.parse_args()
     root = Path(args.root)
     runs: dict[str, dict[int, dict]] = {}
     evaluated: dict[str, dict] = {}
     for workdir in sorted(p for p in root.iterdir() if p.is_dir()):
         match = re.fullmatch(r"(.+)-s(\d+)", workdir.name)
-        if not match or not (workdir / "metrics.jsonl").exists():
-            continue
+        if not match or not (workdir / "model" / "config.json").exists():
+            continue  # not finished
         mode, seed = match.group(1), int(match.group(2))
         runs.setdefault(mode, {})[seed] = last_dev(workdir)
         results = workdir / "eval" / "results.json"
@@ -166,6 +169,29 @@ def main() -> None:
     if args.plot and evaluated:
         plot(evaluated, args.plot)
         print(f"\nwrote {args.plot}")
+    if args.json:
+        keep = ("per_exit", "sweep", "calibrated", "timing", "scored_rows")
+        figures = {
+            "per_exit_f1": {
+                f"{mode}-s{seed}": [
+                    rec[f"exit_{i}/entity_f1"] for i in range(1, 1 + sum(k.endswith("/entity_f1") for k in rec))
+                ]
+                for mode, by_seed in runs.items()
+                for seed, rec in by_seed.items()
+            },
+            "evaluated": {
+                name: {k: v for k, v in r.items() if k in keep} | {"calibration": _brief_calibration(r["calibration"])}
+                for name, r in evaluated.items()
+            },
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def _brief_calibration(calibration: dict) -> dict:
+    """The calibration without its row lists (results.json has them)."""
+    rows = {k: v for k, v in calibration.get("rows", {}).items() if k != "row_ids"}
+    return {k: v for k, v in calibration.items() if k not in ("rows", "model")} | {"rows": rows}
 
 
 if __name__ == "__main__":
