@@ -201,3 +201,64 @@ def modernbert_batch(batch=4, length=24, vocab=99, seed=0):
     mask[3, 6:] = 0
     ids[mask == 0] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+DEBERTA = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    relative_attention=True,
+    position_buckets=8,
+    pos_att_type=["p2c", "c2p"],
+    share_att_key=True,
+    norm_rel_ebd="layer_norm",
+    position_biased_input=False,
+    type_vocab_size=0,
+    hidden_act="gelu",
+    pooler_hidden_act="gelu",
+    pooler_hidden_size=32,
+    pad_token_id=0,
+)
+
+
+def make_deberta(path, num_labels=3, seed=0, token_classification=False, **overrides):
+    """DeBERTa-v3-like (hidden 32, 3 layers, 4 heads, 37 intermediate, 8 position buckets,
+    c2p and p2c, shared keys, normalised relative embeddings, no token types) for sequence
+    (or token) classification. Layer norms and biases are randomised (transformers
+    initialises them to ones and zeros) so that every one matters; the query and key
+    projections and the relative embeddings are scaled up so that attention, and the
+    relative positions in it, are far from uniform."""
+    import torch
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification
+
+    torch.manual_seed(seed)
+    cfg = DebertaV2Config(**{**DEBERTA, **overrides}, num_labels=num_labels)
+    cls = DebertaV2ForTokenClassification if token_classification else DebertaV2ForSequenceClassification
+    model = cls(cfg)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "LayerNorm" in name and name.endswith("weight"):
+                weight.copy_(1.0 + 0.2 * torch.randn_like(weight))
+            elif name.endswith("bias"):
+                weight.copy_(0.1 * torch.randn_like(weight))
+            if name.endswith(("query_proj.weight", "key_proj.weight")):
+                weight.mul_(8.0)  # attention far from uniform, so that positions matter
+            if name.endswith("rel_embeddings.weight"):
+                weight.mul_(50.0)  # O(1) without their LayerNorm too
+    model.eval().save_pretrained(str(path))
+    return model
+
+
+def deberta_batch(batch=4, length=20, vocab=99, seed=0):
+    """A right-padded batch of `length` tokens (rows 1 and 3 padded: 13 and 5 real
+    tokens), longer than the 4 exact relative positions of 8 buckets."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, vocab, (batch, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 13:] = 0
+    mask[3, 5:] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}

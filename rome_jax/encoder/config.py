@@ -9,7 +9,7 @@ from typing import Any
 
 from rome_jax.errors import CheckpointError
 
-FAMILIES = ("bert", "roberta", "albert", "distilbert", "electra", "modernbert")
+FAMILIES = ("bert", "roberta", "albert", "distilbert", "electra", "modernbert", "deberta-v2")
 MODEL_TYPES = {
     "bert": "bert",
     "roberta": "roberta",
@@ -18,15 +18,16 @@ MODEL_TYPES = {
     "distilbert": "distilbert",
     "electra": "electra",
     "modernbert": "modernbert",
+    "deberta-v2": "deberta-v2",
 }
 """HF's `model_type` -> the family that loads it. XLM-RoBERTa is RoBERTa's architecture
 with another vocabulary: it loads as "roberta" and keeps its `model_type`
 (`ModelConfig.hf_model_type`) for export."""
-_EXIT_ACTIVATIONS = {"distilbert": "relu", "electra": "gelu"}
+_EXIT_ACTIVATIONS = {"distilbert": "relu", "electra": "gelu", "deberta-v2": "gelu"}
 """The activation of each family's classification head after its dense layer (the
 exits' pooler), where it is not BERT's tanh: `DistilBertForSequenceClassification`'s
 `pre_classifier` is followed by a ReLU, `ElectraClassificationHead`'s dense by the exact
-GELU."""
+GELU; DeBERTa's `ContextPooler` by `pooler_hidden_act` (gelu; others are refused)."""
 # DistilBERT's config.json names -> BERT's, which `from_hf_dict` reads.
 _DISTILBERT_NAMES = {
     "dim": "hidden_size",
@@ -128,6 +129,19 @@ class ModelConfig:
     mlp_bias: bool = False
     classifier_bias: bool = False
     classifier_activation: str = "gelu"
+    # DeBERTa-v2/v3's own (other families ignore them; `rome_jax.encoder.deberta`): the
+    # disentangled attention's terms (`pos_att_type`, a subset of ("c2p", "p2c")), the
+    # log-bucketed relative positions (`position_buckets`; `max_relative_positions` < 1:
+    # max_position_embeddings), the LayerNorm of the shared `rel_embeddings`
+    # (`norm_rel_ebd` "layer_norm"), absolute positions added to the input
+    # (`position_biased_input`), and whether there are token type embeddings
+    # (`type_vocab_size` > 0 in its config.json; without, ours is 2 and the ids are ignored).
+    pos_att_type: tuple[str, ...] = ("p2c", "c2p")
+    position_buckets: int = 256
+    max_relative_positions: int = -1
+    norm_rel_ebd: bool = True
+    position_biased_input: bool = False
+    token_type_table: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -165,6 +179,9 @@ class ModelConfig:
                     f"{self.global_attn_every_n_layers} and {self.local_attention}"
                 )
 
+        if self.family == "deberta-v2" and not set(self.pos_att_type) <= {"c2p", "p2c"}:
+            raise CheckpointError(f"DeBERTa pos_att_type must be a subset of c2p, p2c, got {list(self.pos_att_type)}")
+
     @property
     def shares_layers(self) -> bool:
         """ALBERT: one set of layer weights used by every layer."""
@@ -173,7 +190,10 @@ class ModelConfig:
     @property
     def has_token_types(self) -> bool:
         """Token type (segment) embeddings: every family but DistilBERT, which has none
-        (its `token_type_ids` are ignored)."""
+        (its `token_type_ids` are ignored), ModernBERT, and DeBERTa where its
+        `type_vocab_size` is 0 (v3; `token_type_table`)."""
+        if self.family == "deberta-v2":
+            return self.token_type_table
         return self.family not in ("distilbert", "modernbert")
 
     @property
@@ -183,7 +203,7 @@ class ModelConfig:
         `embeddings_project`, where `embedding_size` differs from `hidden_size`."""
         if self.family == "albert":
             return True
-        return self.family == "electra" and self.embedding_size not in (None, self.hidden_size)
+        return self.family in ("electra", "deberta-v2") and self.embedding_size not in (None, self.hidden_size)
 
     @property
     def exit_activation(self) -> str:
@@ -199,7 +219,7 @@ class ModelConfig:
     def exit_dropout_first(self) -> bool:
         """Dropout before the pooler dense too (RoBERTa's and ELECTRA's classification
         heads), not only before the classifier."""
-        return self.family in ("roberta", "electra")
+        return self.family in ("roberta", "electra", "deberta-v2")
 
     @property
     def model_type(self) -> str:
@@ -282,6 +302,9 @@ class ModelConfig:
             kwargs["embedding_size"] = hf.get("embedding_size", 128)
         if family == "modernbert":
             kwargs.update(_modernbert_fields(hf))
+        if family == "deberta-v2":
+            kwargs.update(_deberta_fields(hf))
+            hf = {k: v for k, v in hf.items() if k != "position_embedding_type"}
         if family == "distilbert":  # fixed in DistilBERT's code; no token types
             kwargs["layer_norm_eps"] = 1e-12
             kwargs["classifier_dropout"] = hf.get("classifier_dropout", 0.2)
@@ -306,6 +329,8 @@ class ModelConfig:
         hf = bert_names(hf)
         if hf.get("model_type") == "modernbert":
             hf = _modernbert_bert_names(hf)
+        if hf.get("model_type") == "deberta-v2" and hf.get("type_vocab_size") == 0:  # v3: no token types
+            hf = {k: v for k, v in hf.items() if k != "type_vocab_size"}
         missing = [
             k
             for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -339,6 +364,8 @@ class ModelConfig:
         its model type (DistilBERT's own: `dim`, `n_layers`, ...; ModernBERT's)."""
         if self.family == "modernbert":
             return _modernbert_hf_dict(self)
+        if self.family == "deberta-v2":
+            return _deberta_hf_dict(self)
         if self.family == "distilbert":
             return {
                 "model_type": self.model_type,
@@ -488,4 +515,80 @@ def _modernbert_hf_dict(cfg: ModelConfig) -> dict:
             "full_attention": {"rope_type": "default", "rope_theta": cfg.global_rope_theta},
             "sliding_attention": {"rope_type": "default", "rope_theta": cfg.local_rope_theta},
         },
+    }
+
+
+# ---- DeBERTa-v2/v3's config.json -----------------------------------------------------
+
+
+def _deberta_fields(hf: dict) -> dict:
+    """DeBERTa-v2/v3's own `ModelConfig` fields from its config.json (transformers'
+    `DebertaV2Config` defaults where a field is absent); refuses, in one line, what
+    `rome_jax.encoder.deberta` does not compute: the `conv` layer (`conv_kernel_size`),
+    attention without relative positions, separate position projections
+    (`share_att_key` false), a pooler other than a hidden-size GELU."""
+    if hf.get("conv_kernel_size", 0) > 0:
+        raise CheckpointError("DeBERTa with conv_kernel_size > 0 (the conv layer) is not supported")
+    if not hf.get("relative_attention", False) or not hf.get("share_att_key", False):
+        raise CheckpointError(
+            "DeBERTa needs relative_attention and share_att_key true (as v3); others are not supported"
+        )
+    if (
+        hf.get("pooler_hidden_act", "gelu") != "gelu"
+        or hf.get("pooler_hidden_size", hf["hidden_size"]) != hf["hidden_size"]
+    ):
+        raise CheckpointError("DeBERTa's pooler must be a GELU of hidden_size (pooler_hidden_act, pooler_hidden_size)")
+    if (
+        hf.get("attention_head_size", hf["hidden_size"] // hf["num_attention_heads"]) * hf["num_attention_heads"]
+        != hf["hidden_size"]
+    ):
+        raise CheckpointError("DeBERTa with attention_head_size * num_attention_heads != hidden_size is not supported")
+    norm = [x.strip() for x in str(hf.get("norm_rel_ebd", "none")).lower().split("|")]
+    kinds = hf.get("pos_att_type") or []
+    if isinstance(kinds, str):
+        kinds = [x.strip() for x in kinds.lower().split("|")]
+    types = hf.get("type_vocab_size", 0)
+    return {
+        "pos_att_type": tuple(kinds),
+        "position_buckets": int(hf.get("position_buckets", -1)),
+        "max_relative_positions": int(hf.get("max_relative_positions", -1)),
+        "norm_rel_ebd": "layer_norm" in norm,
+        "position_biased_input": bool(hf.get("position_biased_input", True)),
+        "token_type_table": types > 0,
+        "type_vocab_size": types if types > 0 else 2,  # ids 0..1 accepted and ignored, as DistilBERT's
+        "layer_norm_eps": hf.get("layer_norm_eps", 1e-7),
+        "classifier_dropout": hf.get("cls_dropout"),
+        "embedding_size": hf.get("embedding_size"),
+    }
+
+
+def _deberta_hf_dict(cfg: ModelConfig) -> dict:
+    """DeBERTa-v2's config.json fields (`DebertaV2Config`'s names)."""
+    return {
+        "model_type": cfg.model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "type_vocab_size": cfg.type_vocab_size if cfg.token_type_table else 0,
+        "hidden_act": cfg.hidden_act,
+        "hidden_dropout_prob": cfg.hidden_dropout,
+        "attention_probs_dropout_prob": cfg.attention_dropout,
+        "cls_dropout": cfg.classifier_dropout,
+        "pooler_dropout": cfg.exit_dropout,
+        "pooler_hidden_act": "gelu",
+        "pooler_hidden_size": cfg.hidden_size,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "pad_token_id": cfg.pad_token_id,
+        "relative_attention": True,
+        "share_att_key": True,
+        "pos_att_type": list(cfg.pos_att_type),
+        "position_buckets": cfg.position_buckets,
+        "max_relative_positions": cfg.max_relative_positions,
+        "norm_rel_ebd": "layer_norm" if cfg.norm_rel_ebd else "none",
+        "position_biased_input": cfg.position_biased_input,
+        "conv_kernel_size": 0,
+        **({"embedding_size": cfg.embedding_size} if cfg.embedding_size is not None else {}),
     }

@@ -50,6 +50,7 @@ _LAYER_NORM = 8  # mean, centre, square, variance, (+eps), scale by rsqrt, gamma
 _LAYER_NORM_ROW = 2  # per row: divide the two sums by H
 _SOFTMAX_ATTENTION = 8  # 1/sqrt(d) scale, mask select, max, subtract, sum, divide, casts
 _SOFTMAX_BAND = 5  # the same with ModernBERT's [B, 1, T, T] mask (measured)
+_SOFTMAX_DEBERTA = 4  # DeBERTa's `ops.softmax`: max, subtract, sum, divide
 _GELU_ERF = 64
 _GELU_TANH = 8
 _ACTIVATION = {
@@ -115,12 +116,61 @@ def _modernbert_exit_flops(config: ModelConfig, seq_len: int | None) -> int:
     return _norm_flops(config, rows, H) + pooling + head + _dense(pooled_rows, H, C)
 
 
+def _deberta_embedding_flops(config: ModelConfig, seq_len: int) -> int:
+    """DeBERTa's embeddings: the adds of the absolute positions and token types where it
+    has them, `embed_proj` (no bias) where the widths differ, the LayerNorm over H and
+    the product with the attention mask."""
+    T, H, E = seq_len, config.hidden_size, config.embedding_size or config.hidden_size
+    adds = T * E * (int(config.position_biased_input) + int(config.has_token_types))
+    projection = 2 * T * E * H if config.projects_embeddings else 0
+    return adds + projection + T * H * _LAYER_NORM + T * _LAYER_NORM_ROW + T * H
+
+
+def _deberta_layer_flops(config: ModelConfig, seq_len: int) -> int:
+    """A DeBERTa layer on one example: Q, K, V; `Q K^T` and its scale; each position term
+    (c2p: Q against the 2S position keys, p2c: K against the 2S position queries; the
+    gather is free; its scale and add); the query-and-key mask (its `and` and select);
+    the softmax; `A V`; the output blocks and the feed-forward as BERT's. The position
+    projections of the shared `rel_embeddings` are per batch, not per example:
+    `deberta_shared_flops`."""
+    T, H, heads = seq_len, config.hidden_size, config.num_heads
+    S2 = 2 * _deberta_span(config)
+    terms = len(config.pos_att_type)
+    scores = 2 * T * T * H + heads * T * T
+    positions = terms * (2 * T * S2 * H + 2 * heads * T * T)
+    mask = T * T + heads * T * T
+    mix = 2 * T * T * H + _SOFTMAX_DEBERTA * heads * T * T
+    output = _dense(T, H, H) + _add_layer_norm(T, H)
+    return 3 * _dense(T, H, H) + scores + positions + mask + mix + output + feed_forward_flops(config, seq_len)
+
+
+def _deberta_span(config: ModelConfig) -> int:
+    """S of `rome_jax.encoder.deberta.attention_span` (its `rel_embeddings` have 2S rows)."""
+    if config.position_buckets > 0:
+        return config.position_buckets
+    return config.max_relative_positions if config.max_relative_positions >= 1 else config.max_position_embeddings
+
+
+def deberta_shared_flops(config: ModelConfig) -> int:
+    """DeBERTa's work per layer and batch, whatever the batch size and length (not in
+    the per-example counts): the query/key projections of the 2S relative embeddings
+    (one per position term), and their LayerNorm (`norm_rel_ebd`; once a forward in the
+    scanned model, once a layer in the layer-at-a-time pieces). 0 for other families."""
+    if config.family != "deberta-v2":
+        return 0
+    H, S2 = config.hidden_size, 2 * _deberta_span(config)
+    norm = S2 * H * _LAYER_NORM + S2 * _LAYER_NORM_ROW if config.norm_rel_ebd else 0
+    return len(config.pos_att_type) * _dense(S2, H, H) + norm
+
+
 def embedding_flops(config: ModelConfig, seq_len: int) -> int:
     """Embeddings of one example: the three lookups (two for DistilBERT, which has no
     token types) are free, their sum and LayerNorm are not, nor ALBERT's (ELECTRA's)
     mapping from the embedding width to the hidden size."""
     if config.family == "modernbert":  # token embeddings and their norm only
         return _norm_flops(config, seq_len, config.hidden_size)
+    if config.family == "deberta-v2":
+        return _deberta_embedding_flops(config, seq_len)
     T, E = seq_len, config.embedding_size or config.hidden_size
     mapping = _dense(T, E, config.hidden_size) if config.projects_embeddings else 0
     token_types = T * E if config.has_token_types else 0
@@ -147,6 +197,8 @@ def layer_flops(config: ModelConfig, seq_len: int) -> int:
     """One encoder layer on one example of `seq_len` tokens."""
     if config.family == "modernbert":
         return _modernbert_layer_flops(config, seq_len)
+    if config.family == "deberta-v2":
+        return _deberta_layer_flops(config, seq_len)
     return attention_flops(config, seq_len) + feed_forward_flops(config, seq_len)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from rome_jax.encoder import modernbert_io
+from rome_jax.encoder import deberta_io, modernbert_io
 from rome_jax.encoder.config import EXIT_POOLING_KEY, ModelConfig
 from rome_jax.encoder.pytree import Params, PyTree
 from rome_jax.errors import CheckpointError
@@ -85,6 +85,7 @@ _ARCHITECTURES = {
     "distilbert": "DistilBert",
     "electra": "Electra",
     "modernbert": "ModernBert",
+    "deberta-v2": "DebertaV2",
 }
 
 
@@ -149,9 +150,11 @@ def _read_one(read: Callable[[str], dict], path: str) -> dict[str, np.ndarray]:
 
 def normalize_keys(state: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
     """Strips the model prefix (`bert.`, `roberta.` (XLM-R's too), `albert.`,
-    `distilbert.`, `electra.`) and renames old LayerNorm gamma/beta."""
+    `distilbert.`, `electra.`, DeBERTa's `deberta.`) and renames old LayerNorm gamma/beta."""
     out = {}
     prefixes = ("model.",) if family == "modernbert" else (f"{family}.", "bert.", "roberta.", "albert.")
+    if family == "deberta-v2":
+        prefixes = (f"{deberta_io.PREFIX}.",)
     for key, value in state.items():
         for prefix in prefixes:
             if key.startswith(prefix):
@@ -215,6 +218,8 @@ def _layer_names(cfg: ModelConfig) -> tuple[list, list[str]]:
         return _ALBERT_MAP, [_ALBERT_LAYER]
     if cfg.family == "distilbert":
         return _DISTILBERT_MAP, [f"transformer.layer.{l}" for l in range(cfg.num_layers)]
+    if cfg.family == "deberta-v2":
+        return deberta_io.LAYER_MAP, [f"encoder.layer.{l}" for l in range(cfg.num_layers)]
     return _LAYER_MAP, [f"encoder.layer.{l}" for l in range(cfg.num_layers)]
 
 
@@ -231,6 +236,8 @@ def _head_names(cfg: ModelConfig, prefix: str = "") -> tuple[str, str]:
     if cfg.token_exits:
         pooler = f"{prefix}pooler" if cfg.family == "albert" else f"{prefix}pooler.dense"
         return pooler, "classifier"
+    if cfg.family == "deberta-v2":  # ContextPooler, outside the model prefix
+        return "pooler.dense", "classifier"
     if cfg.family in ("roberta", "electra"):
         return "classifier.dense", "classifier.out_proj"
     if cfg.family == "albert":
@@ -300,11 +307,15 @@ def params_from_state_dict(
         "position_embeddings": cfg.max_position_embeddings,
         "token_type_embeddings": cfg.type_vocab_size,
     }
-    for name in _embedding_names(cfg):
-        params["embeddings"][name] = {"embedding": r.take(f"embeddings.{name}.weight", (sizes[name], E))}
-    params["embeddings"]["LayerNorm"] = r.layer_norm("embeddings.LayerNorm", E)
-    if cfg.projects_embeddings:
-        params["embeddings"]["embedding_hidden_mapping_in"] = r.dense(_EMBEDDING_MAPPING[cfg.family], E, H)
+    if cfg.family == "deberta-v2":  # its own embeddings, and the shared relative positions
+        params["embeddings"] = deberta_io.embeddings_from(r, cfg)
+        params.update(deberta_io.shared_from(r, cfg))
+    else:
+        for name in _embedding_names(cfg):
+            params["embeddings"][name] = {"embedding": r.take(f"embeddings.{name}.weight", (sizes[name], E))}
+        params["embeddings"]["LayerNorm"] = r.layer_norm("embeddings.LayerNorm", E)
+        if cfg.projects_embeddings:
+            params["embeddings"]["embedding_hidden_mapping_in"] = r.dense(_EMBEDDING_MAPPING[cfg.family], E, H)
 
     layer_map, prefixes = _layer_names(cfg)
     layer: dict = {}
@@ -401,14 +412,18 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
     host = lambda x: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     state: dict[str, np.ndarray] = {}
     emb = params["embeddings"]
-    for name in _embedding_names(cfg):
-        state[f"{p}.embeddings.{name}.weight"] = host(emb[name]["embedding"])
-    state[f"{p}.embeddings.LayerNorm.weight"] = host(emb["LayerNorm"]["scale"])
-    state[f"{p}.embeddings.LayerNorm.bias"] = host(emb["LayerNorm"]["bias"])
-    if cfg.projects_embeddings:
-        mapping = emb["embedding_hidden_mapping_in"]
-        state[f"{p}.{_EMBEDDING_MAPPING[cfg.family]}.weight"] = host(mapping["kernel"].T)
-        state[f"{p}.{_EMBEDDING_MAPPING[cfg.family]}.bias"] = host(mapping["bias"])
+    if cfg.family == "deberta-v2":  # its own embeddings, and the shared relative positions
+        p = deberta_io.PREFIX
+        state.update(deberta_io.state_from(params, cfg))
+    else:
+        for name in _embedding_names(cfg):
+            state[f"{p}.embeddings.{name}.weight"] = host(emb[name]["embedding"])
+        state[f"{p}.embeddings.LayerNorm.weight"] = host(emb["LayerNorm"]["scale"])
+        state[f"{p}.embeddings.LayerNorm.bias"] = host(emb["LayerNorm"]["bias"])
+        if cfg.projects_embeddings:
+            mapping = emb["embedding_hidden_mapping_in"]
+            state[f"{p}.{_EMBEDDING_MAPPING[cfg.family]}.weight"] = host(mapping["kernel"].T)
+            state[f"{p}.{_EMBEDDING_MAPPING[cfg.family]}.bias"] = host(mapping["bias"])
 
     def get(tree: PyTree, path: tuple[str, ...]) -> PyTree:
         for k in path:
@@ -431,6 +446,8 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
     exits = params["layers"]["exit"]
     last = cfg.num_layers - 1
     for name, part in zip(_head_names(cfg, f"{p}."), ("pooler", "classifier")):
+        if cfg.family == "deberta-v2" and cfg.token_exits and part == "pooler":
+            continue  # DebertaV2ForTokenClassification has no pooler (the exits file keeps it)
         state[f"{name}.weight"] = host(exits[part]["kernel"][last].T)
         state[f"{name}.bias"] = host(exits[part]["bias"][last])
     exits_state = {}

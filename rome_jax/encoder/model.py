@@ -1,5 +1,6 @@
 """A multi-exit BERT-family encoder (BERT, RoBERTa/XLM-R, ALBERT, DistilBERT, ELECTRA) in Flax Linen;
-ModernBERT's layers are in `rome_jax.encoder.modernbert`, which the functions here hand over to.
+ModernBERT's layers are in `rome_jax.encoder.modernbert`, DeBERTa-v2/v3's in `rome_jax.encoder.deberta`,
+which the functions here hand over to.
 
 One exit after every encoder layer (docs/methods.md): the pooler (dense + the
 family's head activation, `ModelConfig.exit_activation`: tanh, DistilBERT's ReLU,
@@ -40,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from rome_jax.encoder import modernbert
+from rome_jax.encoder import deberta, modernbert
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.ops import (
     Dense,
@@ -256,6 +257,8 @@ class MultiExitEncoder(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if cfg.family == "modernbert":  # its own layers, rotary positions and final norm
             return modernbert.forward(self, input_ids, attention_mask, deterministic)
+        if cfg.family == "deberta-v2":  # disentangled attention over relative positions
+            return deberta.forward(self, input_ids, token_type_ids, attention_mask, deterministic, ExitHead)
         hidden = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, attention_mask, deterministic)
         shared = None
         if cfg.shares_layers:
@@ -284,6 +287,8 @@ def apply_embeddings(config: ModelConfig, params: Params, batch: dict) -> Array:
         return modernbert.apply_embeddings(config, params, input_ids)
     mask = batch.get("attention_mask", jnp.ones_like(input_ids))
     types = batch.get("token_type_ids", jnp.zeros_like(input_ids))
+    if config.family == "deberta-v2":
+        return deberta.apply_embeddings(config, params, input_ids, types, mask)
     return cast(Array, Embeddings(config).apply({"params": params["embeddings"]}, input_ids, types, mask))
 
 
@@ -295,6 +300,9 @@ def layer_params(params: Params, index: Array | int) -> Params:
     if "final_norm" in params:  # ModernBERT: every exit's shared norm, and the index (local or global)
         taken["final_norm"] = params["final_norm"]
         taken["layer_index"] = jnp.asarray(index, jnp.int32)
+    for shared in ("rel_embeddings", "rel_norm"):  # DeBERTa: every layer's relative positions
+        if shared in params:
+            taken[shared] = params[shared]
     return taken
 
 
@@ -305,6 +313,8 @@ def apply_layer_with_exit(
     [B, T, C] with token exits)."""
     if config.family == "modernbert":
         return modernbert.apply_layer_with_exit(config, params_i, hidden, attention_mask)
+    if config.family == "deberta-v2":
+        return deberta.apply_layer_with_exit(config, params_i, hidden, attention_mask, ExitHead)
     own = {k: v for k, v in params_i.items() if k != "shared_layer"}
     out = LayerWithExit(config).apply({"params": own}, hidden, attention_mask, params_i.get("shared_layer"))
     hidden, (logits, _) = cast(tuple[Array, tuple[Array, Array]], out)
