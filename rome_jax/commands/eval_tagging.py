@@ -48,7 +48,7 @@ def evaluate_tagger(
     timing: bool,
     log: Any = print,
 ) -> tuple[dict, list[str]]:
-    """Evaluates a tagger on one split; returns (results, the calibration or None, paths written)."""
+    """Evaluates a tagger on one split; returns (results, the paths written)."""
     # JAX loads only now (eval.py re-executes itself first)
     from rome_jax.data.tagging_task import load_tagging_features
     from rome_jax.exits import calibration as calibration_lib
