@@ -414,3 +414,36 @@ def read_custom(task: CustomTask, split: str) -> Examples:
 
 def _show(value: Any) -> str:
     return repr(value if not isinstance(value, str) else value[:80])
+
+
+def parse_label_names(value: Any, key: str = "data.custom.label_names") -> tuple[str, ...] | None:
+    """Label names from "a,b,c", '["a", "b"]' or a list; None for ""/None.
+
+    ConfigError for an empty name or a name given twice.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                names = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"config {key} is not a valid JSON list ({e.msg}): {value!r}") from None
+            if not isinstance(names, list):
+                raise ConfigError(f"config {key} must be a list of names, got {value!r}")
+        else:
+            names = text.split(",")
+    elif isinstance(value, (list, tuple)):
+        names = list(value)
+    else:
+        raise ConfigError(f"config {key} must be a comma list or a JSON list, got {value!r}")
+    names = [str(n).strip() for n in names]
+    if any(not n for n in names):
+        raise ConfigError(f"config {key} has an empty label name: {value!r}")
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ConfigError(f"config {key} lists label {n!r} twice: {value!r}")
+        seen.add(n)
+    return tuple(names)

@@ -30,6 +30,7 @@ from typing import Any
 
 from rome_jax.data import tagging
 from rome_jax.data.built_tasks import record_task
+from rome_jax.data.custom import parse_label_names
 from rome_jax.data.glue import Task
 from rome_jax.data.tagging import TaggedSentences, TaggingFeatures
 from rome_jax.errors import ConfigError, DataError
@@ -101,23 +102,6 @@ def tagging_settings(data: Any) -> dict[str, Any]:
     return values
 
 
-def _tag_names(value: Any) -> tuple[str, ...] | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            names = json.loads(text) if text.startswith("[") else text.split(",")
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config data.tagging.tag_names is not a valid JSON list ({e.msg}): {value!r}") from None
-    else:
-        names = list(value)
-    names = [str(n).strip() for n in names]
-    if any(not n for n in names) or len(set(names)) != len(names):
-        raise ConfigError(f"config data.tagging.tag_names has an empty or repeated tag: {value!r}")
-    return tuple(names)
-
-
 def _files(name: str, settings: Mapping[str, Any]) -> dict[str, str]:
     if name == CONLL2003 and not any(str(settings[k]).strip() for k in _SPLIT_KEYS.values()):
         root = os.path.expandvars(os.path.expanduser(str(settings["dir"]).strip()))
@@ -179,7 +163,7 @@ def build_tagging_task(name: str, settings: Mapping[str, Any], *, register: bool
         tokens_column=tokens,
         tags_column=tags,
     )
-    names = _tag_names(settings["tag_names"])
+    names = parse_label_names(settings["tag_names"], "data.tagging.tag_names")
     if names is None:
         train = load_tagged(task, "train")
         if train.tags is None:
