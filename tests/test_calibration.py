@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rome_jax.errors import CheckpointError
-from rome_jax.exits import calibration
+from rome_jax.exits import calibration, evaluation, guarantee
 from rome_jax.exits import criteria as exits
 
 
@@ -316,7 +316,13 @@ def test_eval_calibrates_on_one_part_and_reports_on_the_other(minilm_path, glue_
         logits, labels = saved["dev/logits"], saved["dev/labels"]
         np.testing.assert_array_equal(saved["dev/row_ids"], np.arange(64))
     assert logits.shape == (6, 64, 2)
-    again = calibration.calibrate_outputs(logits[:, cal_ids], target="consistency", eps=0.3, delta=0.1)
+    signals = evaluation.signal_rows(
+        evaluation.load_exit_signals(str(tmp_path / "a" / "exit_logits.npz"), "dev"), cal_ids
+    )
+    names = [*guarantee.CLASSIFICATION_CRITERIA, "saturation"]  # every criterion that applies (no gates fitted)
+    again = calibration.calibrate_outputs(
+        logits[:, cal_ids], target="consistency", eps=0.3, delta=0.1, criteria=names, signals=signals
+    )
     assert chosen["criteria"] == again["criteria"] and chosen["default"] == again["default"]
     final_accuracy = float((logits[-1, scored_ids].argmax(-1) == labels[scored_ids]).mean())
     assert results["per_exit"][-1]["accuracy"] == pytest.approx(final_accuracy)

@@ -43,6 +43,15 @@ model (WORKDIR/model, when the evaluated checkpoint is the run's last, or the
 --model directory) as rome_jax_calibration.json, which `load_pretrained` reads and
 `predict` uses by default.
 
+--fit_gates fits the learned exit gates (BERxiT's LTE, CALM's meta classifier;
+`rome_jax.exits.gates`) on the training rows the run held out (past
+`data.train_max_examples`, at most --gate_rows of them), stores them in
+WORKDIR/exit_gates.safetensors (and beside WORKDIR/model when the checkpoint is the
+run's last), and evaluates with them; a later eval.py of the same checkpoint loads
+them. The sweeps then add lte and meta to saturation (which needs no fitting):
+
+    python eval.py --workdir=runs/sst2 --checkpoint=latest --fit_gates --calibrate=ltt
+
 "best" is the checkpoint with the highest final-exit score on the first dev split,
 so the dev figures of a run that evaluated more than once are chosen on the set
 they are read on; RomeBERT's and DeeBERT's code report their last step
@@ -139,6 +148,10 @@ _CALIBRATION_FILE = flags.DEFINE_string(
 )
 
 
+_FIT_GATES = flags.DEFINE_bool(
+    "fit_gates", False, "Fit the LTE and meta exit gates on the training rows the run held out (--workdir)."
+)
+_GATE_ROWS = flags.DEFINE_integer("gate_rows", 2000, "At most this many held-out training rows fit the gates.")
 _WINDOWS = flags.DEFINE_list(
     "windows", ["0", "1"], "Taggers: the token-level rule's windows (words on each side that must be confident too)."
 )
@@ -179,6 +192,7 @@ def _model_from_workdir(workdir: str):
         "mode": config.train.mode,
         "buckets": config.data.buckets,
         "step": step,
+        "train_max_examples": config.data.train_max_examples,
     }
     return MultiExitModel(model_config, params, tokenizer), task, data, f"{workdir} step {step}"
 
@@ -242,24 +256,49 @@ def main(argv):
         flush=True,
     )
     if is_tagging(task):
+        if _FIT_GATES.value:
+            raise ConfigError("--fit_gates: the exit gates are sentence-level; this model tags tokens")
         return _evaluate_tagger(model, task, splits, max_length, buckets, out_dir, origin, data)
     calibrating = _calibration_rule()
+    if workdir:
+        _load_run_gates(model, workdir, data.get("step"))
+        if _FIT_GATES.value:
+            paths = _fit_gates(model, task, workdir, data, source, data_dir, max_length, buckets)
+            print(f"wrote {', '.join(os.path.relpath(p) for p in paths)}", flush=True)
+    elif _FIT_GATES.value:
+        raise ConfigError("--fit_gates needs --workdir: a run knows which training rows it did not train on")
     for split in splits:
         examples = load_examples(
             task, split, source=source, data_dir=data_dir or None, max_examples=_MAX_EXAMPLES.value
         )
         features = tokenize_examples(examples, model.tokenizer, max_length)
         split_dir = out_dir if len(splits) == 1 else os.path.join(out_dir, split)
-        logits = evaluation.exit_logits_of(model.config, model.params, features, _BATCH_SIZE.value, buckets)
+        logits, signals = evaluation.exit_signals_of(model.config, model.params, features, _BATCH_SIZE.value, buckets)
         labels = np.asarray(features.labels) if features.has_labels else None
         saved = evaluation.save_exit_logits(
-            os.path.join(split_dir, evaluation.EXIT_LOGITS_FILE), split, logits, labels, np.asarray(features.index)
+            os.path.join(split_dir, evaluation.EXIT_LOGITS_FILE),
+            split,
+            logits,
+            labels,
+            np.asarray(features.index),
+            signals,
         )
         chosen, scored_rows = None, np.arange(len(features))
         if calibrating and split == splits[0]:
             chosen, scored_rows = _calibrate(
-                calibrating, model, task, split, features, logits, max_length, buckets, sweeps, data["mode"], origin
+                calibrating,
+                model,
+                task,
+                split,
+                features,
+                (logits, signals),
+                max_length,
+                buckets,
+                sweeps,
+                data["mode"],
+                origin,
             )
+        scored_signals = evaluation.signal_rows(signals, scored_rows)
         results = evaluation.evaluate_split(
             model.config,
             model.params,
@@ -274,6 +313,7 @@ def main(argv):
             buckets=buckets,
             log=lambda m: print(m, flush=True),
             logits=logits[:, scored_rows],
+            signals=scored_signals,
             mode=data["mode"],
         )
         results["model"] = origin
@@ -285,6 +325,7 @@ def main(argv):
                 logits[:, scored_rows],
                 _metric_fn(task, np.asarray(features.labels)[scored_rows]),
                 metric=results["metric"],
+                signals=scored_signals,
             )
             chosen["test"]["row_ids"] = results.get("scored_rows", {}).get("row_ids", "all")
             results["calibration"] = chosen
@@ -375,13 +416,16 @@ def _metric_fn(task, labels: np.ndarray):
 
 
 def _calibrate(
-    rule, model, task, split, features, logits, max_length, buckets, sweeps, mode, origin
+    rule, model, task, split, features, outputs, max_length, buckets, sweeps, mode, origin
 ) -> tuple[dict, np.ndarray]:
-    """The calibration (chosen on the calibration rows) and the rows left to score."""
+    """The calibration (chosen on the calibration rows) and the rows left to score.
+    outputs: the split's (logits [E, N, C], signals)."""
     # JAX loads only now, after the re-exec (run): these modules import it
     from rome_jax.exits import calibration as calibration_lib
-    from rome_jax.exits import evaluation
+    from rome_jax.exits import evaluation, guarantee
+    from rome_jax.exits.signals import gates_of
 
+    logits, signals = outputs
     regression = model.config.num_labels == 1
     n = len(features)
     labels = np.asarray(features.labels) if features.has_labels else None
@@ -403,7 +447,9 @@ def _calibrate(
             index=np.arange(count),
             has_labels=cal_labels is not None,
         )
-        cal_logits = evaluation.exit_logits_of(model.config, model.params, cal_features, _BATCH_SIZE.value, buckets)
+        cal_logits, cal_signals = evaluation.exit_signals_of(
+            model.config, model.params, cal_features, _BATCH_SIZE.value, buckets
+        )
         scored = np.arange(n)
         rows = {"source": "file", "file": os.path.abspath(path), "num_rows": count, "labelled": cal_labels is not None}
     else:
@@ -420,6 +466,7 @@ def _calibrate(
             logits[:, cal],
             None if labels is None else labels[cal],
         )
+        cal_signals = evaluation.signal_rows(signals, cal)
         rows = {
             "source": "split",
             "fraction": fraction,
@@ -433,8 +480,18 @@ def _calibrate(
                 f"--target=risk needs labels; {_CALIBRATION_FILE.value or 'the split'} has none "
                 "(calibrate unlabelled rows with --target=consistency)"
             )
+        names = list(guarantee.REGRESSION_CRITERIA if regression else guarantee.CLASSIFICATION_CRITERIA)
+        if cal_signals is not None:
+            names += ["saturation", *gates_of(model.params)]
         chosen = calibration_lib.calibrate_outputs(
-            cal_logits, cal_labels, target=_TARGET.value, eps=_EPS.value, delta=_DELTA.value, regression=regression
+            cal_logits,
+            cal_labels,
+            target=_TARGET.value,
+            eps=_EPS.value,
+            delta=_DELTA.value,
+            regression=regression,
+            criteria=names,
+            signals=cal_signals,
         )
     else:
         if cal_labels is None:
@@ -450,11 +507,90 @@ def _calibrate(
             buckets=buckets,
             log=lambda _: None,
             logits=cal_logits,
+            signals=cal_signals,
             mode=mode,
         )
         chosen = calibration_lib.calibrate(cal_results, float(rule))
     chosen.update(model=origin, task=task.name, max_length=int(max_length), rows=rows)
     return chosen, scored
+
+
+def _load_run_gates(model, workdir: str, step: int | None) -> None:
+    """Puts WORKDIR's fitted gates into the model's parameters when they were fitted on
+    the evaluated checkpoint (else says so and leaves them out)."""
+    from rome_jax.exits import gates as gates_lib  # JAX, as above
+    from rome_jax.exits.signals import with_gates
+
+    path = os.path.join(workdir, gates_lib.RUN_FILE_NAME)
+    found = gates_lib.read_gates(path)
+    if found is None:
+        return
+    fitted, metadata = found
+    if metadata.get("step") != step:
+        print(
+            f"{path} was fitted on step {metadata.get('step')}, not {step}: not used (--fit_gates refits)", flush=True
+        )
+        return
+    gates_lib.check_fits(fitted, model.config.hidden_size, path)
+    model.params = with_gates(model.params, fitted)
+
+
+def _fit_gates(model, task, workdir, data, source, data_dir, max_length, buckets) -> list[str]:
+    """Fits the gates on the run's held-out training rows; stores them (see the module
+    doc) and puts them into the model's parameters. Returns the paths written."""
+    from rome_jax.exits import gates as gates_lib  # JAX, as above
+    from rome_jax.exits import outputs
+    from rome_jax.exits.signals import with_gates, without_gates
+
+    first = int(data.get("train_max_examples") or 0)
+    if _GATE_ROWS.value <= 0:
+        raise ConfigError(f"--gate_rows {_GATE_ROWS.value}: must be positive")
+    if first <= 0:
+        raise ConfigError(
+            f"{workdir}: the run trained on every training row (data.train_max_examples 0): no held-out "
+            "row to fit the gates on; train with data.train_max_examples below the training split's size"
+        )
+    examples = load_examples(
+        task, "train", source=source, data_dir=data_dir or None, max_examples=first + _GATE_ROWS.value
+    )
+    features = tokenize_examples(examples, model.tokenizer, max_length)
+    held = features.subset(np.arange(first, len(features)))
+    if len(held) == 0:
+        raise ConfigError(
+            f"{workdir}: the training split has {len(features)} rows and the run trained on the first "
+            f"{first}: no held-out row to fit the gates on"
+        )
+    bare = without_gates(model.params)
+    logits, _, pooled = outputs.all_exit_signals(
+        model.config, bare, held, batch_size=_BATCH_SIZE.value, buckets=buckets, with_pooled=True
+    )
+    regression = model.config.num_labels == 1
+    assert pooled is not None  # asked for with_pooled
+    fitted, report = gates_lib.fit_gates(logits, pooled, np.asarray(held.labels), regression=regression)
+    step = data.get("step")
+    metadata = {"step": step, "rows": {"split": "train", "first": first, "count": len(held)}, **report}
+    print(
+        f"fitted the exit gates on training rows {first}..{first + len(held) - 1} ({len(held)} held out): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in report.items()),
+        flush=True,
+    )
+    model.params = with_gates(bare, fitted)
+    paths = [gates_lib.write_gates(os.path.join(workdir, gates_lib.RUN_FILE_NAME), fitted, metadata)]
+    model_dir = os.path.join(workdir, "model")
+    if os.path.isfile(os.path.join(model_dir, "config.json")) and step == _last_step(workdir):
+        paths.append(gates_lib.write_gates(os.path.join(model_dir, gates_lib.FILE_NAME), fitted, metadata))
+    return paths
+
+
+def _last_step(workdir: str) -> int | None:
+    from rome_jax.training.checkpoints import Checkpoints  # JAX, as above
+
+    store = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
+    try:
+        steps = store.steps()
+    finally:
+        store.close()
+    return steps[-1] if steps else None
 
 
 def _store_calibration(chosen: dict, step: int | None) -> list[str]:
@@ -475,19 +611,13 @@ def _store_calibration(chosen: dict, step: int | None) -> list[str]:
     calibration.write(paths[0], chosen)
     model_dir = os.path.join(workdir, "model")
     if os.path.isfile(os.path.join(model_dir, "config.json")):
-        from rome_jax.training.checkpoints import Checkpoints  # JAX, as above
-
-        store = Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
-        try:
-            steps = store.steps()
-        finally:
-            store.close()
-        if steps and step == steps[-1]:
+        last = _last_step(workdir)
+        if last is not None and step == last:
             paths.append(os.path.join(model_dir, calibration.FILE_NAME))
             calibration.write(paths[-1], chosen)
         else:
             print(
-                f"{model_dir} holds the last step ({steps[-1] if steps else '?'}), the thresholds were "
+                f"{model_dir} holds the last step ({last if last is not None else '?'}), the thresholds were "
                 f"chosen on step {step}: not stored there (--checkpoint=latest calibrates the exported "
                 "model)",
                 flush=True,

@@ -290,9 +290,9 @@ def apply_embeddings(config: ModelConfig, params: Params, input_ids: Array, type
 
 def apply_layer_with_exit(
     config: ModelConfig, params_i: Params, hidden: Array, attention_mask: Array, head: type[nn.Module]
-) -> tuple[Array, Array]:
+) -> tuple[Array, Array, Array]:
     """Layer i and exit i (inference) from `model.layer_params`' output (with the shared
-    `rel_embeddings` and `rel_norm`): hidden [B, T, H] -> (hidden, logits). The relative
+    `rel_embeddings` and `rel_norm`): hidden [B, T, H] -> (hidden, logits, pooled [B, H]). The relative
     positions are recomputed from the length (cheap)."""
     own = {k: v for k, v in params_i.items() if k not in ("rel_embeddings", "rel_norm")}
     rel = normalised_rel(config, params_i["rel_embeddings"], params_i.get("rel_norm"))
@@ -300,5 +300,5 @@ def apply_layer_with_exit(
     out = LayerWithExit(config, head=head).apply(
         {"params": own}, hidden, attention_mask, rel, jnp.asarray(c2p), jnp.asarray(p2c)
     )
-    hidden, (logits, _) = cast(tuple[Array, tuple[Array, Array]], out)
-    return hidden, logits
+    hidden, (logits, pooled) = cast(tuple[Array, tuple[Array, Array]], out)
+    return hidden, logits, pooled

@@ -311,14 +311,33 @@ def apply_layer_with_exit(
 ) -> tuple[Array, Array]:
     """Layer i and exit i (inference): hidden [B, T, H] -> (hidden, logits [B, C];
     [B, T, C] with token exits)."""
+    hidden, logits, _ = apply_layer_with_exit_pooled(config, params_i, hidden, attention_mask)
+    return hidden, logits
+
+
+def apply_layer_with_exit_pooled(
+    config: ModelConfig, params_i: Params, hidden: Array, attention_mask: Array
+) -> tuple[Array, Array, Array]:
+    """`apply_layer_with_exit` that also returns the exit's pooler output (what its
+    classifier reads): hidden [B, T, H] -> (hidden, logits, pooled [B, H])."""
     if config.family == "modernbert":
         return modernbert.apply_layer_with_exit(config, params_i, hidden, attention_mask)
     if config.family == "deberta-v2":
         return deberta.apply_layer_with_exit(config, params_i, hidden, attention_mask, ExitHead)
     own = {k: v for k, v in params_i.items() if k != "shared_layer"}
     out = LayerWithExit(config).apply({"params": own}, hidden, attention_mask, params_i.get("shared_layer"))
-    hidden, (logits, _) = cast(tuple[Array, tuple[Array, Array]], out)
-    return hidden, logits
+    hidden, (logits, pooled) = cast(tuple[Array, tuple[Array, Array]], out)
+    return hidden, logits, pooled
+
+
+def exit_state(config: ModelConfig, hidden: Array, attention_mask: Array) -> Array:
+    """A layer's representation as its exit pools it, before the exit's own layers:
+    the first token's vector ("cls", "token") or the attended tokens' mean ("mean").
+    hidden [B, T, H], attention_mask [B, T] -> [B, H] float32. What state saturation
+    (`rome_jax.exits.signals`) compares between consecutive layers."""
+    if config.exit_pooling == "mean":
+        return masked_mean(hidden, attention_mask).astype(jnp.float32)
+    return hidden[:, 0].astype(jnp.float32)
 
 
 def init_params(config: ModelConfig, seed: int = 0, seq_len: int = 8) -> Params:

@@ -268,15 +268,15 @@ def apply_embeddings(config: ModelConfig, params: Params, input_ids: Array) -> A
 
 def apply_layer_with_exit(
     config: ModelConfig, params_i: Params, hidden: Array, attention_mask: Array
-) -> tuple[Array, Array]:
+) -> tuple[Array, Array, Array]:
     """Layer i and exit i (inference) from `model.layer_params`' output (its
-    `layer_index` and `final_norm` included): hidden [B, T, H] -> (hidden, logits)."""
+    `layer_index` and `final_norm` included): hidden [B, T, H] -> (hidden, logits, pooled [B, H])."""
     own = {k: v for k, v in params_i.items() if k not in ("layer_index", "final_norm")}
     out = LayerWithExit(config).apply(
         {"params": own}, hidden, params_i["layer_index"], attention_mask, params_i["final_norm"]
     )
-    hidden, (logits, _) = cast(tuple[Array, tuple[Array, Array]], out)
-    return hidden, logits
+    hidden, (logits, pooled) = cast(tuple[Array, tuple[Array, Array]], out)
+    return hidden, logits, pooled
 
 
 def init_exit_params(config: ModelConfig, seed: int = 0) -> Params:

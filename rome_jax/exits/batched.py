@@ -40,6 +40,7 @@ from rome_jax.exits.batches import (
 )
 from rome_jax.exits.criteria import Criterion, ExitState, check_criterion, init_state
 from rome_jax.exits.loop import _exit_loop
+from rome_jax.exits.signals import check_gates
 from rome_jax.sharding import replicate_params, shard_rows
 
 Array = jax.Array
@@ -153,7 +154,7 @@ class BatchedEarlyExit:
     def __init__(self, config: ModelConfig, params: Params, criterion: Criterion, buckets: Sequence[int] | None = None):
         self.config = config
         self.params = replicate_params(params)  # on every local device, where there are several
-        self.criterion = check_criterion(criterion, config.num_labels, config.num_exits)
+        self.criterion = check_gates(check_criterion(criterion, config.num_labels, config.num_exits), params)
         self._rule = criterion.rule
         self.buckets = None if buckets is None else tuple(sorted(set(buckets), reverse=True))
         self._batch_sizes: set[int] = set()
@@ -177,7 +178,12 @@ class BatchedEarlyExit:
         # padding rows (example_mask 0) never run: the first `_fit` drops them
         slots = np.where(real, np.arange(first, first + size), -1)
         return _Group(
-            hidden, attention_mask, init_state(self.criterion, size, self.config.num_labels), padding, slots, 0
+            hidden,
+            attention_mask,
+            init_state(self.criterion, size, self.config.num_labels, self.config.hidden_size),
+            padding,
+            slots,
+            0,
         )
 
     def _run_segment(

@@ -47,7 +47,7 @@ from rome_jax import files
 from rome_jax.data.metrics import REGRESSION_METRICS
 from rome_jax.errors import CheckpointError
 from rome_jax.exits import guarantee
-from rome_jax.exits.criteria import CRITERIA, Criterion, simulate
+from rome_jax.exits.criteria import CRITERIA, Criterion, Signals, simulate
 
 FILE_NAME = "rome_jax_calibration.json"
 """The calibration beside a model directory's weights."""
@@ -288,13 +288,22 @@ def calibrate_outputs(
     delta: float = 0.1,
     regression: bool = False,
     criteria: Sequence[str] | None = None,
+    signals: Signals | None = None,
 ) -> dict:
     """Learn-then-Test thresholds (`guarantee.choose`) from every exit's outputs on the
-    calibration rows: all_logits [E, N, C]; labels [N] (needed for target "risk")."""
+    calibration rows: all_logits [E, N, C]; labels [N] (needed for target "risk");
+    signals (each [E, N]) for the signal criteria named in `criteria`."""
     if target not in guarantee.TARGETS:
         raise ValueError(f"unknown calibration target {target!r}; known: {', '.join(guarantee.TARGETS)}")
     return guarantee.choose(
-        all_logits, labels, target=target, eps=eps, delta=delta, regression=regression, criteria=criteria
+        all_logits,
+        labels,
+        target=target,
+        eps=eps,
+        delta=delta,
+        regression=regression,
+        criteria=criteria,
+        signals=signals,
     )
 
 
@@ -304,6 +313,7 @@ def score(
     metric_fn: Callable[[np.ndarray], float],
     *,
     metric: str,
+    signals: Signals | None = None,
 ) -> dict:
     """Each calibrated threshold read on other rows: {"num_examples", "metric",
     "full_depth_metric", "criteria": {name: {metric, "mean_layers", "layer_speedup",
@@ -318,7 +328,7 @@ def score(
             scored[name] = None
             continue
         criterion = Criterion(name, float(chosen["threshold"]), regression=regression)
-        exit_index, logits_at_exit = simulate(criterion, logits)
+        exit_index, logits_at_exit = simulate(criterion, logits, signals=signals)
         at_exit = np.asarray(logits_at_exit)
         layers = float(np.asarray(exit_index).mean() + 1)
         answers = at_exit[..., 0] if regression else at_exit.argmax(-1)

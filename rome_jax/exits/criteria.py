@@ -22,7 +22,19 @@ Criteria (`Criterion.name`):
   else 0`, exit when `counter == t`; so `t = 1` exits at the 2nd exit when exits 1
   and 2 agree. The prediction is the argmax, or for regression the output itself,
   "the same" when it moved by less than `tolerance`;
-- "fixed": always answer at exit `threshold` (1-based).
+- "fixed": always answer at exit `threshold` (1-based);
+- "lte" (BERxiT's learning to exit): the LTE gate's certainty `u_i >= threshold`,
+  `u_i = sigmoid(w . p_i + b)` on the exit's pooler output `p_i`, one gate shared by
+  every exit, fitted to predict that exit `i` is right (classification) or how close
+  it is (regression) (`rome_jax.exits.gates`);
+- "saturation" (CALM's state propagation): `cos(s_i, s_{i-1}) >= threshold`, `s_i`
+  the layer's representation as the exit pools it (`encoder.model.exit_state`); no
+  parameters; the first exit has no previous layer to compare (cosine 0);
+- "meta" (CALM's meta classifier): the meta gate's `sigmoid(w . p_i + b) >=
+  threshold`, fitted to predict that exit `i` agrees with the last exit.
+
+The last three read `Signals` (`rome_jax.exits.signals`) that the executors compute
+next to the logits; "lte" and "meta" need fitted gates (`params["exit_gates"]`).
 
 Entropy and probabilities of a single regression output mean nothing: those criteria
 raise ValueError for `regression=True`.
@@ -44,7 +56,11 @@ from jax.typing import ArrayLike
 
 Array = jax.Array
 
-CRITERIA = ("entropy", "max_prob", "normalized_entropy", "patience", "fixed")
+CRITERIA = ("entropy", "max_prob", "normalized_entropy", "patience", "fixed", "lte", "saturation", "meta")
+SIGNAL_CRITERIA = ("lte", "saturation", "meta")
+"""Criteria that read `Signals` rather than the logits alone."""
+GATE_CRITERIA = ("lte", "meta")
+"""Criteria that need a fitted gate (`rome_jax.exits.gates`)."""
 _CLASSIFICATION_ONLY = ("entropy", "max_prob", "normalized_entropy")
 
 # PABEE's own default `regression_threshold` is 0 with a strict `<`: a regression model
@@ -91,8 +107,10 @@ class Criterion:
             )
         if self.name in ("patience", "fixed") and (self.threshold != int(self.threshold) or self.threshold < 1):
             raise ValueError(f"{self.name} threshold must be an integer >= 1, not {self.threshold}")
-        if self.name == "max_prob" and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"max_prob threshold must be in [0, 1], not {self.threshold}")
+        if self.name in ("max_prob", "lte", "meta") and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"{self.name} threshold must be in [0, 1], not {self.threshold}")
+        if self.name == "saturation" and not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"saturation threshold (a cosine) must be in [-1, 1], not {self.threshold}")
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, not {self.tolerance}")
 
@@ -150,14 +168,31 @@ class Rule(NamedTuple):
 
 
 class ExitState(NamedTuple):
-    """What a criterion carries from exit to exit (used by patience only).
+    """What a criterion carries from exit to exit.
 
-    counter [B] int32: consecutive exits the prediction stayed the same.
-    previous [B, C] float32: the previous exit's logits.
+    counter [B] int32: consecutive exits the prediction stayed the same (patience).
+    previous [B, C] float32: the previous exit's logits (patience).
+    previous_state [B, H] float32: the previous layer's pooled representation, for
+      saturation, in the compiled executors (None where saturation is precomputed,
+      as in `simulate`); the executors update it, `step_rule` passes it on.
     """
 
     counter: Array
     previous: Array
+    previous_state: Array | None = None
+
+
+class Signals(NamedTuple):
+    """Per-exit values the signal criteria read, each [B] float32 (stacked: [E, B]).
+
+    lte: the LTE gate's certainty in (0, 1) (0 without a gate).
+    meta: the meta gate's probability of agreeing with the last exit (0 without one).
+    saturation: cosine of this and the previous layer's pooled representations.
+    """
+
+    lte: Array | np.ndarray
+    meta: Array | np.ndarray
+    saturation: Array | np.ndarray
 
 
 def _entropy_and_max_prob(logits: Array) -> tuple[Array, Array]:
@@ -182,26 +217,36 @@ def max_prob(logits: Array) -> Array:
     return _entropy_and_max_prob(logits)[1]
 
 
-def init_state(criterion: Criterion | Rule | None, batch_size: int, num_labels: int) -> ExitState:
-    """The state before exit 0: counter 0, no previous logits.
+def init_state(
+    criterion: Criterion | Rule | None, batch_size: int, num_labels: int, state_size: int | None = None
+) -> ExitState:
+    """The state before exit 0: counter 0, no previous logits (nor, with
+    `state_size` H, previous representation: zeros [B, H]).
 
-    Every criterion carries the same state (only patience reads it), so that all
-    executors thread one pytree whatever the criterion.
+    Every criterion carries the same state, so that all executors thread one pytree
+    whatever the criterion.
     """
     return ExitState(
-        counter=jnp.zeros((batch_size,), jnp.int32), previous=jnp.zeros((batch_size, num_labels), jnp.float32)
+        counter=jnp.zeros((batch_size,), jnp.int32),
+        previous=jnp.zeros((batch_size, num_labels), jnp.float32),
+        previous_state=None if state_size is None else jnp.zeros((batch_size, state_size), jnp.float32),
     )
 
 
-def step(criterion: Criterion, state: ExitState, logits: Array, index: Array | int) -> tuple[ExitState, Array]:
-    """One exit's decision: logits [B, C] of exit `index` (0-based, may be traced).
+def step(
+    criterion: Criterion, state: ExitState, logits: Array, index: Array | int, signals: Signals | None = None
+) -> tuple[ExitState, Array]:
+    """One exit's decision: logits [B, C] of exit `index` (0-based, may be traced),
+    and this exit's `signals` (each [B]; None: zeros, for criteria that read none).
 
     Returns (new state, exit_now [B] bool). Pure jnp: usable in lax loops and vmap.
     """
-    return step_rule(criterion.rule, state, logits, index)
+    return step_rule(criterion.rule, state, logits, index, signals)
 
 
-def step_rule(rule: Rule, state: ExitState, logits: Array, index: Array | int) -> tuple[ExitState, Array]:
+def step_rule(
+    rule: Rule, state: ExitState, logits: Array, index: Array | int, signals: Signals | None = None
+) -> tuple[ExitState, Array]:
     """`step` with the criterion as arrays (see `Rule`), so that it can be traced.
 
     Every criterion's test is computed (a few operations on [B, C]) and the rule's
@@ -215,30 +260,38 @@ def step_rule(rule: Rule, state: ExitState, logits: Array, index: Array | int) -
     same = jnp.where(rule.regression, same_output, same_class) & (index > 0)  # exit 0: nothing before
     counter = jnp.where(same, state.counter + 1, 0)
     num_classes = logits.shape[-1]
+    if signals is None:
+        zero = jnp.zeros(counter.shape, jnp.float32)
+        signals = Signals(zero, zero, zero)
     tests = {
         "entropy": h < rule.threshold,
         "max_prob": top >= rule.threshold,
         "normalized_entropy": (h / math.log(num_classes) if num_classes > 1 else h) < rule.threshold,
         "patience": counter >= rule.threshold,
         "fixed": jnp.broadcast_to(index + 1 >= rule.threshold, counter.shape),
+        "lte": signals.lte >= rule.threshold,
+        "saturation": signals.saturation >= rule.threshold,
+        "meta": signals.meta >= rule.threshold,
     }
     exit_now = jnp.select([rule.code == k for k in range(len(CRITERIA))], [tests[name] for name in CRITERIA], False)
-    return ExitState(counter=counter, previous=logits), exit_now
+    return ExitState(counter=counter, previous=logits, previous_state=state.previous_state), exit_now
 
 
-StepFn = Callable[[ExitState, Array, Array], tuple[ExitState, Array]]
+StepFn = Callable[[ExitState, Array, Array, Signals | None], tuple[ExitState, Array]]
 
 
-def _simulate(step_fn: StepFn, all_logits: Array, example_mask: ArrayLike | None) -> tuple[Array, Array]:
+def _simulate(
+    step_fn: StepFn, all_logits: Array, example_mask: ArrayLike | None, signals: Signals | None = None
+) -> tuple[Array, Array]:
     num_exits, batch_size, num_labels = all_logits.shape
     forced = jnp.zeros((batch_size,), bool) if example_mask is None else ~jnp.asarray(example_mask).astype(bool)
 
     def body(
-        carry: tuple[ExitState, Array, Array, Array], inputs: tuple[Array, Array]
+        carry: tuple[ExitState, Array, Array, Array], inputs: tuple[Array, Array, Signals | None]
     ) -> tuple[tuple[ExitState, Array, Array, Array], None]:
         state, done, exit_index, answer = carry
-        logits, index = inputs
-        state, exit_now = step_fn(state, logits, index)
+        logits, index, exit_signals = inputs
+        state, exit_now = step_fn(state, logits, index, exit_signals)
         exit_now = exit_now | forced | (index == num_exits - 1)
         newly = exit_now & ~done
         exit_index = jnp.where(newly, index, exit_index)
@@ -252,19 +305,28 @@ def _simulate(step_fn: StepFn, all_logits: Array, example_mask: ArrayLike | None
         jnp.zeros((batch_size, num_labels), jnp.float32),
     )
     indices = jnp.arange(num_exits, dtype=jnp.int32)
-    (_, _, exit_index, answer), _ = lax.scan(body, init, (all_logits.astype(jnp.float32), indices))
+    xs = (all_logits.astype(jnp.float32), indices, signals)
+    (_, _, exit_index, answer), _ = lax.scan(body, init, xs)
     return exit_index, answer
 
 
-def simulate(criterion: Criterion, all_logits: ArrayLike, example_mask: ArrayLike | None = None) -> tuple[Array, Array]:
+def simulate(
+    criterion: Criterion,
+    all_logits: ArrayLike,
+    example_mask: ArrayLike | None = None,
+    signals: Signals | None = None,
+) -> tuple[Array, Array]:
     """Early exit replayed on the logits of every exit (a lax.scan of `step` over E).
 
     all_logits [E, B, C] -> (exit_index [B] int32, 0-based; logits_at_exit [B, C]).
-    Rows with `example_mask` 0 (padding) exit at exit 0.
+    Rows with `example_mask` 0 (padding) exit at exit 0. `signals` (each [E, B];
+    `rome_jax.exits.signals.all_exit_signals`) are needed by SIGNAL_CRITERIA.
     """
     _check_logits(all_logits, example_mask)
     check_criterion(criterion, np.shape(all_logits)[-1], np.shape(all_logits)[0])
-    return _simulate_jit(criterion.rule, jnp.asarray(all_logits), example_mask)
+    return _simulate_jit(
+        criterion.rule, jnp.asarray(all_logits), example_mask, _check_signals(criterion.name, all_logits, signals)
+    )
 
 
 def simulate_sweep(
@@ -275,10 +337,11 @@ def simulate_sweep(
     regression: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
     example_mask: ArrayLike | None = None,
+    signals: Signals | None = None,
 ) -> tuple[Array, Array]:
     """`simulate` for many thresholds of one criterion at once (vmap over thresholds).
 
-    thresholds [S]; all_logits [E, B, C] ->
+    thresholds [S]; all_logits [E, B, C]; signals as `simulate`'s ->
     (exit_index [S, B] int32, logits_at_exit [S, B, C]).
     """
     _check_logits(all_logits, example_mask)
@@ -287,7 +350,22 @@ def simulate_sweep(
         raise ValueError("simulate_sweep needs at least one threshold")
     rules = [check_criterion(c, np.shape(all_logits)[-1], np.shape(all_logits)[0]).rule for c in criteria]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *rules)
-    return _sweep_jit(stacked, jnp.asarray(all_logits), example_mask)
+    return _sweep_jit(stacked, jnp.asarray(all_logits), example_mask, _check_signals(name, all_logits, signals))
+
+
+def _check_signals(name: str, all_logits: ArrayLike, signals: Signals | None) -> Signals | None:
+    if signals is None:
+        if name in SIGNAL_CRITERIA:
+            raise ValueError(
+                f"the {name!r} criterion reads the exits' signals: pass signals= "
+                "(rome_jax.exits.signals.all_exit_signals)"
+            )
+        return None
+    shape = np.shape(all_logits)[:2]
+    for field, value in zip(Signals._fields, signals):
+        if np.shape(value) != shape:
+            raise ValueError(f"signals.{field} must be [exits, batch] = {shape}, got shape {np.shape(value)}")
+    return Signals(*(jnp.asarray(v, jnp.float32) for v in signals))
 
 
 def _check_logits(all_logits: ArrayLike, example_mask: ArrayLike | None) -> None:
@@ -299,13 +377,17 @@ def _check_logits(all_logits: ArrayLike, example_mask: ArrayLike | None) -> None
 
 
 @jax.jit
-def _simulate_jit(rule: Rule, all_logits: Array, example_mask: ArrayLike | None) -> tuple[Array, Array]:
-    return _simulate(lambda s, z, i: step_rule(rule, s, z, i), all_logits, example_mask)
+def _simulate_jit(
+    rule: Rule, all_logits: Array, example_mask: ArrayLike | None, signals: Signals | None = None
+) -> tuple[Array, Array]:
+    return _simulate(lambda s, z, i, g: step_rule(rule, s, z, i, g), all_logits, example_mask, signals)
 
 
 @jax.jit
-def _sweep_jit(rules: Rule, all_logits: Array, example_mask: ArrayLike | None) -> tuple[Array, Array]:
-    return jax.vmap(lambda rule: _simulate_jit(rule, all_logits, example_mask))(rules)
+def _sweep_jit(
+    rules: Rule, all_logits: Array, example_mask: ArrayLike | None, signals: Signals | None = None
+) -> tuple[Array, Array]:
+    return jax.vmap(lambda rule: _simulate_jit(rule, all_logits, example_mask, signals))(rules)
 
 
 def exit_counts(exit_index: ArrayLike, num_exits: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Evaluation of every exit and of early-exit sweeps, timed on the clock.
 
-One forward pass computes every exit on the split (`outputs.all_exit_logits`); every
-threshold of every criterion is then simulated exactly from those logits
+One forward pass computes every exit on the split (`outputs.all_exit_logits`, or
+`outputs.all_exit_signals` with the signals lte, saturation and meta read); every
+threshold of every criterion is then simulated exactly from those outputs
 (`exits.simulate`). Speed is reported three ways: in layers (`L / mean layers`), in
 FLOPs (attention and exit heads counted, `flops.flops_speedup`) and in wall-clock
 seconds per example (`timing.Timer`), at batch 1 (`executors.while_loop_exit`, one
@@ -38,6 +39,7 @@ from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.pytree import Params
 from rome_jax.exits import criteria as exits
 from rome_jax.exits import guarantee, outputs
+from rome_jax.exits.signals import criterion_flops, gates_of
 from rome_jax.exits.timing import Timer
 
 DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
@@ -73,7 +75,11 @@ OBSERVED_POINTS = 8
 
 
 def default_sweeps(
-    num_layers: int, mode: str | None = None, logits: np.ndarray | None = None
+    num_layers: int,
+    mode: str | None = None,
+    logits: np.ndarray | None = None,
+    signals: exits.Signals | None = None,
+    gates: Sequence[str] = (),
 ) -> dict[str, tuple[float, ...]]:
     """The default sweeps for a model of `num_layers` layers trained in `mode`:
     entropy, max_prob and patience, plus the mode's own criterion (`MODE_SWEEPS`).
@@ -82,7 +88,9 @@ def default_sweeps(
     thresholds are joined by `OBSERVED_POINTS` thresholds where the criterion's values
     on these rows lie (`observed_thresholds`), so a model whose exits are never as
     confident as the reference grid assumes still gets thresholds between full depth
-    and everything at exit 1."""
+    and everything at exit 1. With the split's `signals` (each [E, N]), saturation and
+    the fitted `gates` (lte, meta) are swept at `OBSERVED_POINTS` + 2 thresholds where
+    their values lie."""
     names = list(DEFAULT_SWEEPS) + [n for n in MODE_SWEEPS.get(mode or "", ()) if n not in DEFAULT_SWEEPS]
     sweeps = {n: useful_thresholds(n, DEFAULT_THRESHOLDS[n], num_layers) for n in names}
     if logits is not None:
@@ -90,6 +98,10 @@ def default_sweeps(
             if name in guarantee.CONFIDENCE_CRITERIA:
                 merged = {*sweeps[name], *observed_thresholds(name, logits)}
                 sweeps[name] = tuple(sorted(merged))
+    if logits is not None and signals is not None:
+        for name in ("saturation", *(g for g in exits.GATE_CRITERIA if g in gates)):
+            grid = guarantee.threshold_grid(name, logits, size=OBSERVED_POINTS + 2, signals=signals)
+            sweeps[name] = tuple(sorted({round(float(t), 4) for t in grid}))
     return sweeps
 
 
@@ -146,6 +158,29 @@ def exit_logits_of(
     return outputs.all_exit_logits(config, params, features, batch_size=batch_size, buckets=buckets)
 
 
+def exit_signals_of(
+    config: ModelConfig,
+    params: Params,
+    features: Features,
+    batch_size: int,
+    buckets: LengthBuckets | str | Sequence[int] | None = None,
+) -> tuple[np.ndarray, exits.Signals | None]:
+    """Every exit's logits [E, N, C] and, for a sequence-level model, signals (each
+    [E, N]; `outputs.all_exit_signals`) on every example; a tagger's signals are None."""
+    if config.token_exits:
+        return exit_logits_of(config, params, features, batch_size, buckets), None
+    buckets = length_buckets(features.max_length, buckets)
+    logits, signals, _ = outputs.all_exit_signals(config, params, features, batch_size=batch_size, buckets=buckets)
+    return logits, signals
+
+
+def signal_rows(signals: exits.Signals | None, rows: np.ndarray) -> exits.Signals | None:
+    """The signals of some rows (positions [M]): each [E, N] -> [E, M]; None stays None."""
+    if signals is None:
+        return None
+    return exits.Signals(*(np.asarray(v)[:, rows] for v in signals))
+
+
 def example_lengths(features: Features, buckets: LengthBuckets) -> np.ndarray:
     """[N] the length each example runs at alone: its bucket (the smallest holding
     it; `max_length` with one bucket)."""
@@ -153,15 +188,20 @@ def example_lengths(features: Features, buckets: LengthBuckets) -> np.ndarray:
     return np.asarray(ascending, np.int64)[bucket_index(sequence_lengths(features.attention_mask), ascending)]
 
 
-def flops_speedup_at(config: ModelConfig, seq_lens: np.ndarray, exit_index: np.ndarray) -> float:
+def flops_speedup_at(
+    config: ModelConfig, seq_lens: np.ndarray, exit_index: np.ndarray, criterion: str | None = None
+) -> float:
     """Full-depth FLOPs over early-exit FLOPs, each example counted at its own
-    sequence length (`seq_lens` [N]), both summed over the examples."""
+    sequence length (`seq_lens` [N]), both summed over the examples; the early exit
+    pays `criterion`'s own work at every exit it runs (`signals.criterion_flops`)."""
     seq_lens, exit_index = np.asarray(seq_lens), np.asarray(exit_index)
     full = spent = 0
     for length in np.unique(seq_lens):
         at = seq_lens == length
         full += int(at.sum()) * flops.full_flops(config, int(length))
         spent += int(np.sum(flops.flops_to_exit(config, int(length), exit_index[at]), dtype=np.int64))
+        if criterion:
+            spent += criterion_flops(config, criterion, int(length)) * int(np.sum(exit_index[at] + 1))
     return full / spent
 
 
@@ -181,11 +221,15 @@ def evaluate_split(
     buckets: LengthBuckets | str | Sequence[int] | None = None,
     log: Callable[[str], object] = print,
     logits: np.ndarray | None = None,
+    signals: exits.Signals | None = None,
 ) -> dict:
     """Per-exit metrics and the early-exit sweeps of one labelled split (see module doc).
 
     logits: every exit's logits on these features [E, N, C] when already computed
     (eval.py computes them once for the whole split and saves them); else computed here.
+    signals: the exits' signals on these features (each [E, N]) for the criteria lte,
+    saturation and meta; with `logits` None they are computed here (with the logits)
+    for a sequence-level model; without them those criteria are not swept.
 
     sweeps: {criterion: thresholds}; default `default_sweeps(num_layers, mode)`
     (`mode`: the run's `train.mode`, which adds its method's criterion).
@@ -216,11 +260,24 @@ def evaluate_split(
         + (f", length buckets {','.join(map(str, buckets))}" if not buckets.padded else "")
         + f" ({share:.0%} of token positions padding)"
     )
-    if logits is None:
+    if logits is None and not config.token_exits:
+        logits, signals, _ = outputs.all_exit_signals(config, params, features, batch_size=batch_size, buckets=buckets)
+    elif logits is None:
         logits = exit_logits_of(config, params, features, batch_size, buckets)
     elif np.shape(logits)[:2] != (L, len(features)):
         raise ValueError(f"logits of shape {np.shape(logits)} do not fit {L} exits x {len(features)} examples")
-    sweeps = default_sweeps(config.num_layers, mode, logits) if sweeps is None else sweeps
+    gates = tuple(gates_of(params))
+    if sweeps is None:
+        sweeps = default_sweeps(config.num_layers, mode, logits, signals, gates)
+    missing = [n for n in sweeps if n in exits.GATE_CRITERIA and n not in gates]
+    if missing:
+        raise ValueError(
+            f"cannot sweep {', '.join(missing)}: the model has no fitted gate for it (eval.py --fit_gates)"
+        )
+    if signals is None:
+        dropped = [n for n in sweeps if n in exits.SIGNAL_CRITERIA]
+        if dropped:
+            raise ValueError(f"cannot sweep {', '.join(dropped)} without the exits' signals")
     per_exit = [{"exit": i + 1, **compute_metrics(task.name, logits[i], labels)} for i in range(L)]
 
     timer = (
@@ -244,14 +301,11 @@ def evaluate_split(
             continue
         for threshold in thresholds:
             criterion = exits.Criterion(name, float(threshold), regression=regression)
-            exit_index, chosen = (np.asarray(x) for x in exits.simulate(criterion, logits))
+            exit_index, chosen = (np.asarray(x) for x in exits.simulate(criterion, logits, signals=signals))
             row = {"criterion": name, "threshold": float(threshold), **compute_metrics(task.name, chosen, labels)}
             mean_layers = float(np.mean(exit_index + 1))
-            speedup = (
-                flops.flops_speedup(config, T, exit_index)
-                if buckets.padded
-                else flops_speedup_at(config, seq_lens, exit_index)
-            )
+            lens = np.full(len(exit_index), T) if buckets.padded else seq_lens
+            speedup = flops_speedup_at(config, lens, exit_index, name)
             row.update(mean_layers=mean_layers, layer_speedup=L / mean_layers, flops_speedup=float(speedup))
             if timer and full_depth:
                 w1, wb, exits1, exitsb = timer.early_exit(criterion)
@@ -349,8 +403,16 @@ EXIT_LOGITS_FILE = "exit_logits.npz"
 `<split>/row_ids` [N] (each row's number in the split's file order)."""
 
 
-def save_exit_logits(path: str, split: str, logits: np.ndarray, labels: np.ndarray | None, row_ids: np.ndarray) -> str:
-    """Writes (or adds `split` to) an `EXIT_LOGITS_FILE`, atomically; returns the path."""
+def save_exit_logits(
+    path: str,
+    split: str,
+    logits: np.ndarray,
+    labels: np.ndarray | None,
+    row_ids: np.ndarray,
+    signals: exits.Signals | None = None,
+) -> str:
+    """Writes (or adds `split` to) an `EXIT_LOGITS_FILE`, atomically; returns the path.
+    With `signals`, `<split>/lte`, `<split>/meta`, `<split>/saturation` ([E, N]) too."""
     arrays: dict[str, np.ndarray] = {}
     if os.path.isfile(path):
         with np.load(path) as old:
@@ -359,6 +421,9 @@ def save_exit_logits(path: str, split: str, logits: np.ndarray, labels: np.ndarr
     arrays[f"{split}/row_ids"] = np.asarray(row_ids, np.int64)
     if labels is not None:
         arrays[f"{split}/labels"] = np.asarray(labels)
+    if signals is not None:
+        for field, value in zip(exits.Signals._fields, signals):
+            arrays[f"{split}/{field}"] = np.asarray(value, np.float32)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.npz"
     np.savez(tmp, allow_pickle=True, **arrays)  # numpy's default, spelt out: no array key can bind it
@@ -373,6 +438,14 @@ def load_exit_logits(path: str, split: str) -> tuple[np.ndarray, np.ndarray | No
             raise KeyError(f"{path}: no outputs of split {split!r}")
         labels = data[f"{split}/labels"] if f"{split}/labels" in data.files else None
         return data[f"{split}/logits"], labels, data[f"{split}/row_ids"]
+
+
+def load_exit_signals(path: str, split: str) -> exits.Signals | None:
+    """The signals (each [E, N]) of `split` in a saved file, or None when it has none."""
+    with np.load(path) as data:
+        if f"{split}/saturation" not in data.files:
+            return None
+        return exits.Signals(*(data[f"{split}/{field}"] for field in exits.Signals._fields))
 
 
 def write_outputs(results: dict, out_dir: str) -> list[str]:

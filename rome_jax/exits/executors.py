@@ -66,8 +66,9 @@ from rome_jax.exits.batches import (
     fit_to_bucket,
     smallest_bucket,
 )
-from rome_jax.exits.criteria import Criterion, Rule, check_criterion, init_state, simulate
+from rome_jax.exits.criteria import SIGNAL_CRITERIA, Criterion, Rule, check_criterion, init_state, simulate
 from rome_jax.exits.loop import _exit_loop
+from rome_jax.exits.signals import all_exit_signals, check_gates, without_gates
 from rome_jax.sharding import place
 
 __all__ = [
@@ -105,14 +106,21 @@ def _all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
 def all_exits(config: ModelConfig, params: Params, batch: dict) -> Array:
     """Logits of every exit (full depth, jitted): [E, B, C] float32. The batch is
     checked first (`check_batch`)."""
-    return _all_exits(config, *place(params, _batch_arrays(check_batch(config, batch), INPUT_KEYS)))
+    return _all_exits(config, *place(without_gates(params), _batch_arrays(check_batch(config, batch), INPUT_KEYS)))
 
 
 def simulated_exit(config: ModelConfig, params: Params, batch: dict, criterion: Criterion) -> dict:
     """`all_exits` then `simulate`: dict(exit_index [B] int32, logits [B, C],
-    layers_run = L, all_logits [E, B, C])."""
-    all_logits = all_exits(config, params, batch)
-    exit_index, logits = simulate(criterion, all_logits, batch.get("example_mask"))
+    layers_run = L, all_logits [E, B, C]). For the signal criteria (lte, saturation,
+    meta) the logits and signals come from `signals.all_exit_signals`."""
+    check_gates(criterion, params)
+    signals = None
+    if criterion.name in SIGNAL_CRITERIA:
+        checked = check_batch(config, batch)
+        all_logits, signals, _ = all_exit_signals(config, *place(params, _batch_arrays(checked, INPUT_KEYS)))
+    else:
+        all_logits = all_exits(config, params, batch)
+    exit_index, logits = simulate(criterion, all_logits, batch.get("example_mask"), signals)
     return {
         "exit_index": exit_index,
         "logits": logits,
@@ -135,7 +143,7 @@ def _while_loop_exit(config: ModelConfig, params: Params, batch: dict, rule: Rul
         rule,
         hidden,
         inputs["attention_mask"],
-        init_state(rule, rows, config.num_labels),
+        init_state(rule, rows, config.num_labels, config.hidden_size),
         _padding_rows(batch),
         jnp.ones((rows,), bool),
         0,
@@ -152,5 +160,5 @@ def while_loop_exit(config: ModelConfig, params: Params, batch: dict, criterion:
     int32 0-based, logits [B, C] float32, layers_run int32 scalar: layers executed,
     carried in the loop).
     """
-    check_criterion(criterion, config.num_labels, config.num_exits)
+    check_gates(check_criterion(criterion, config.num_labels, config.num_exits), params)
     return _while_loop_exit(config, *place(params, _batch_arrays(check_batch(config, batch))), criterion.rule)

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rome_jax.exits.criteria import DEFAULT_TOLERANCE, simulate_sweep
+from rome_jax.exits.criteria import DEFAULT_TOLERANCE, SIGNAL_CRITERIA, Signals, simulate_sweep
 
 TARGETS = ("consistency", "risk")
 """What the guarantee bounds: disagreement with full depth, or the metric's drop."""
@@ -185,7 +185,7 @@ def _check_eps(eps: float) -> None:
 GRID_SIZE = 64
 """Thresholds per criterion in a grid read from the observed values (`threshold_grid`)."""
 
-LARGER_IS_CONSERVATIVE = ("max_prob", "patience", "fixed")
+LARGER_IS_CONSERVATIVE = ("max_prob", "patience", "fixed", "lte", "saturation", "meta")
 """Criteria whose larger thresholds exit later (the others exit later when smaller)."""
 
 
@@ -194,16 +194,28 @@ def conservative_first(name: str, thresholds: Sequence[float]) -> list[float]:
     return sorted({float(t) for t in thresholds}, reverse=name in LARGER_IS_CONSERVATIVE)
 
 
-def threshold_grid(name: str, all_logits: np.ndarray, *, size: int = GRID_SIZE) -> list[float]:
+def threshold_grid(
+    name: str, all_logits: np.ndarray, *, size: int = GRID_SIZE, signals: Signals | None = None
+) -> list[float]:
     """A grid of thresholds where the criterion's values on these examples lie, most
     conservative first: quantiles of the statistic over exits 1..E-1 (entropy,
-    normalised entropy, max-probability), or every patience / fixed exit.
+    normalised entropy, max-probability; lte, meta and saturation from `signals`,
+    each [E, N]), or every patience / fixed exit.
 
     all_logits: [E, N, C]. The grid starts with a threshold that exits nobody early
     (entropy 0, max-probability 1) and ends with one that exits almost everybody at
     the first exit, so it spans the whole range of the model's confidence."""
     logits = np.asarray(all_logits, np.float64)
     num_exits = logits.shape[0]
+    if name in SIGNAL_CRITERIA:
+        if signals is None:
+            raise ValueError(f"the {name!r} criterion's grid is read from the exits' signals: pass signals=")
+        values = np.asarray(getattr(signals, name), np.float64)
+        values = (values[:-1] if num_exits > 1 else values).ravel()
+        low, high = (-1.0, 1.0) if name == "saturation" else (0.0, 1.0)
+        above = min(float(values.max()) + 1e-6, high)  # exits nobody early (unless a value is the bound)
+        grid = np.quantile(values, np.linspace(1.0, 0.0, size))
+        return conservative_first(name, [above, *np.clip(grid, low, high)])
     if name == "patience":
         return [float(t) for t in range(max(num_exits - 1, 1), 0, -1)]
     if name == "fixed":
@@ -264,11 +276,14 @@ def sweep(
     *,
     regression: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
+    signals: Signals | None = None,
 ) -> Sweep:
     """`criteria.simulate_sweep` of the thresholds (sorted most conservative first) on
-    all_logits [E, N, C]."""
+    all_logits [E, N, C] (and `signals`, each [E, N], for the signal criteria)."""
     grid = conservative_first(name, thresholds)
-    exit_index, at_exit = simulate_sweep(name, grid, all_logits, regression=regression, tolerance=tolerance)
+    exit_index, at_exit = simulate_sweep(
+        name, grid, all_logits, regression=regression, tolerance=tolerance, signals=signals
+    )
     return Sweep(name, tuple(grid), np.asarray(exit_index), _answers(np.asarray(at_exit), regression))
 
 
@@ -330,6 +345,7 @@ def choose(
     grids: dict[str, Sequence[float]] | None = None,
     scale: float | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    signals: Signals | None = None,
 ) -> dict:
     """Per criterion, the threshold with the fewest mean layers among those LTT certifies
     (risk <= eps with probability >= 1 - delta, delta split over the criteria), and the
@@ -338,6 +354,8 @@ def choose(
     all_logits: every exit's outputs on the calibration rows, [E, N, C] (C = 1 for
       regression); labels: [N] or None (consistency needs none; risk needs them);
     grids: thresholds per criterion (default: `threshold_grid` of these rows);
+    signals: the exits' signals on these rows (each [E, N]), for lte, saturation and
+      meta (which `criteria` must name: they are not among the defaults);
     scale: regression's loss unit (default: the labels' range, else the full-depth
       scores' range).
     -> the calibration dict of `rome_jax.exits.calibration` with `rule: "ltt"`,
@@ -360,8 +378,8 @@ def choose(
     full = _answers(logits[-1], regression)
     chosen: dict[str, dict | None] = {}
     for name in names:
-        grid = grids[name] if grids and name in grids else threshold_grid(name, logits)
-        result = sweep(name, grid, logits, regression=regression, tolerance=tolerance)
+        grid = grids[name] if grids and name in grids else threshold_grid(name, logits, signals=signals)
+        result = sweep(name, grid, logits, regression=regression, tolerance=tolerance, signals=signals)
         chosen[name] = certify(
             result,
             full,

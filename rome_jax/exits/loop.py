@@ -17,9 +17,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from rome_jax.encoder.config import ModelConfig
-from rome_jax.encoder.model import apply_layer_with_exit, layer_params
+from rome_jax.encoder.model import apply_layer_with_exit_pooled, exit_state, layer_params
 from rome_jax.encoder.pytree import Params
 from rome_jax.exits.criteria import ExitState, Rule, step_rule
+from rome_jax.exits.signals import signals_of
 
 Array = jax.Array
 
@@ -56,8 +57,10 @@ def _exit_loop(
     stop_running: Array | int,
 ) -> _Segment:
     """A `lax.while_loop` over layers `start, start+1, ...` (indices traced), each
-    followed by its exit and the criterion's step. Stops before `stop_layer`, or once
-    at most `stop_running` rows still run (0: when every row has exited).
+    followed by its exit, its signals (`rome_jax.exits.signals`) and the criterion's
+    step; `state.previous_state` must be [b, H] (`init_state(..., config.hidden_size)`).
+    Stops before `stop_layer`, or once at most `stop_running` rows still run (0: when
+    every row has exited).
 
     Exited rows stay in the arrays (their results are frozen); padding rows exit at
     the first layer they run; everyone exits at the last layer.
@@ -69,8 +72,15 @@ def _exit_loop(
 
     def body(seg: _Segment) -> _Segment:
         index = seg.next_layer
-        hidden, logits = apply_layer_with_exit(config, layer_params(params, index), seg.hidden, attention_mask)
-        state, exit_now = step_rule(rule, seg.state, logits, index)
+        hidden, logits, pooled = apply_layer_with_exit_pooled(
+            config, layer_params(params, index), seg.hidden, attention_mask
+        )
+        layer_state = exit_state(config, hidden, attention_mask)
+        previous = seg.state.previous_state
+        assert previous is not None  # init_state(..., config.hidden_size)
+        signals = signals_of(params, pooled, layer_state, previous)
+        state, exit_now = step_rule(rule, seg.state, logits, index, signals)
+        state = state._replace(previous_state=layer_state)
         newly = seg.running & (exit_now | padding | (index == num_layers - 1))
         return _Segment(
             index + 1,

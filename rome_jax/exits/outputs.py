@@ -19,6 +19,9 @@ whole batch's logits to every process, so every process ends with every row.
 The variants:
 - `all_exit_logits`: every exit's logits [E, N, C] on this process's devices;
 - `gathered_exit_logits`: the same over the global mesh, in several processes;
+- `all_exit_signals`: every exit's logits [E, N, C], signals (each [E, N]) and,
+  optionally, pooler outputs [E, N, H], on this process's devices
+  (`rome_jax.exits.signals.all_exit_signals`);
 - `early_exits`: one criterion's per-example early exit (`BatchedEarlyExit`,
   one `run_dataset` per bucket length): exit layers and the answering logits.
 """
@@ -41,8 +44,8 @@ from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import INPUT_KEYS, MultiExitEncoder
 from rome_jax.encoder.pytree import Params
 from rome_jax.errors import ConfigError, DataError
-from rome_jax.exits import batched, executors
-from rome_jax.exits.criteria import Criterion
+from rome_jax.exits import batched, executors, signals
+from rome_jax.exits.criteria import Criterion, Signals
 
 Inputs = Features | Mapping[str, np.ndarray]
 """A dataset: `Features`, or tokenized arrays `input_ids` [N, T] and optionally
@@ -173,6 +176,36 @@ def all_exit_logits(
     if "logits" not in out:
         return np.zeros((config.num_exits, 0, config.num_labels), np.float32)
     return np.ascontiguousarray(np.moveaxis(out["logits"], 0, 1))
+
+
+def all_exit_signals(
+    config: ModelConfig,
+    params: Params,
+    inputs: Inputs,
+    *,
+    batch_size: int,
+    buckets: LengthBuckets,
+    with_pooled: bool = False,
+) -> tuple[np.ndarray, Signals, np.ndarray | None]:
+    """Every exit's logits [E, N, C] float32 and signals (`Signals`, each [E, N]
+    float32) on every row, in input order, and with `with_pooled` the exits' pooler
+    outputs [E, N, H] float32 (what the gates read; else None)."""
+    names = ("logits", *Signals._fields, *(("pooled",) if with_pooled else ()))
+
+    def run(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        (batch,) = batches
+        logits, sig, pooled = signals.all_exit_signals(config, params, {k: batch[k] for k in INPUT_KEYS if k in batch})
+        values = (logits, *sig, *((pooled,) if with_pooled else ()))
+        return {name: np.moveaxis(np.asarray(v, np.float32), 1, 0) for name, v in zip(names, values)}
+
+    out = exit_outputs(run, inputs, batch_size=batch_size, buckets=buckets)
+    L = config.num_exits
+    if "logits" not in out:
+        empty = np.zeros((L, 0), np.float32)
+        pooled = np.zeros((L, 0, config.hidden_size), np.float32) if with_pooled else None
+        return np.zeros((L, 0, config.num_labels), np.float32), Signals(empty, empty, empty), pooled
+    moved = {name: np.ascontiguousarray(np.moveaxis(out[name], 0, 1)) for name in names}
+    return moved["logits"], Signals(*(moved[f] for f in Signals._fields)), moved.get("pooled")
 
 
 def _forward(config: ModelConfig, params: Params, batch: dict) -> jax.Array:

@@ -67,7 +67,7 @@ from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import apply_embeddings, apply_layer_with_exit, layer_params
 from rome_jax.encoder.pytree import Params
 from rome_jax.exits.batches import _model_inputs, check_batch
-from rome_jax.exits.criteria import Criterion, ExitState, Rule, check_criterion, step_rule
+from rome_jax.exits.criteria import SIGNAL_CRITERIA, Criterion, ExitState, Rule, check_criterion, step_rule
 
 Array = jax.Array
 
@@ -88,6 +88,11 @@ def _check_token_criterion(criterion: Criterion, num_labels: int, num_exits: int
     check_criterion(criterion, num_labels, num_exits)
     if criterion.regression or num_labels < 2:
         raise ValueError("token exits tag classes: a regression criterion or a 1-output model does not apply")
+    if criterion.name in SIGNAL_CRITERIA:
+        raise ValueError(
+            f"the {criterion.name!r} criterion reads a sentence's pooled representation; token exits "
+            "take entropy, max_prob, normalized_entropy, patience or fixed"
+        )
 
 
 def init_token_state(shape: tuple[int, ...], num_labels: int) -> ExitState:

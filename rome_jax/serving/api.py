@@ -24,8 +24,10 @@ from rome_jax.encoder.params import params_mismatch
 from rome_jax.encoder.pytree import Params
 from rome_jax.errors import CheckpointError
 from rome_jax.exits import calibration as calibration_lib
+from rome_jax.exits import gates as gates_lib
 from rome_jax.exits.criteria import Criterion
 from rome_jax.exits.executors import all_exits
+from rome_jax.exits.signals import gates_of, with_gates, without_gates
 from rome_jax.serving import predict as predict_lib
 from rome_jax.serving import tagger
 
@@ -149,14 +151,16 @@ class MultiExitModel:
         """Writes an HF directory that `transformers` loads as the family's
         `*ForSequenceClassification` (`*ForTokenClassification` for a tagger)
         reproducing the final exit,
-        plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`.
+        plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`, and the
+        fitted exit gates (`rome_jax_gates.safetensors`, lte and meta) where it has them:
+        transformers has no use for them (nor for the other exits).
 
         With `config.exit_pooling="mean"`, config.json also records
         `"rome_jax_exit_pooling": "mean"` (`load_pretrained` reads it back), but
         transformers' `*ForSequenceClassification` always pools the first token and
         ignores the key: it loads the same weights, and its hidden states match ours,
         but its logits do NOT reproduce the final exit (a one-line warning says so)."""
-        mismatch = params_mismatch(self.params, self.config)
+        mismatch = params_mismatch(without_gates(self.params), self.config)
         if mismatch:
             raise CheckpointError(
                 f"the parameters do not fit the model's config ({self.config.num_layers} "
@@ -177,7 +181,7 @@ class MultiExitModel:
                 path,
             )
         os.makedirs(path, exist_ok=True)
-        state, exits_state = hf_io.state_dict_from_params(jax.device_get(self.params), self.config)
+        state, exits_state = hf_io.state_dict_from_params(jax.device_get(without_gates(self.params)), self.config)
         tmp = lambda name: os.path.join(path, f".{name}.tmp")
         save_file(state, tmp("model.safetensors"), metadata={"format": "pt"})
         save_file(exits_state, tmp(hf_io.EXITS_FILE), metadata={"format": "pt"})
@@ -187,6 +191,12 @@ class MultiExitModel:
             os.replace(tmp(name), os.path.join(path, name))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
+        gates_path = os.path.join(path, gates_lib.FILE_NAME)
+        fitted = gates_of(self.params)
+        if fitted:
+            gates_lib.write_gates(gates_path, jax.device_get(fitted))
+        elif os.path.isfile(gates_path):  # an earlier model's gates do not fit this one
+            os.remove(gates_path)
         calibration_path = os.path.join(path, calibration_lib.FILE_NAME)
         if self.calibration is not None:
             calibration_lib.write(calibration_path, self.calibration)
@@ -273,7 +283,8 @@ def load_pretrained(
     A classifier trained for another label count is a CheckpointError; with
     `ignore_mismatched_sizes=True` every exit's classifier is initialised from
     `seed` instead (the encoder and poolers still load), with a one-line warning.
-    The exits' pooling is config.json's `rome_jax_exit_pooling` ("cls" without it;
+    The fitted exit gates (lte, meta) come from `rome_jax_gates.safetensors` where the
+    directory has it. The exits' pooling is config.json's `rome_jax_exit_pooling` ("cls" without it;
     written by `save_pretrained` for "mean"); `exit_pooling=...` overrides it, with a
     one-line warning when the directory's trained exits were saved with the other.
     """
@@ -306,4 +317,9 @@ def load_pretrained(
         label_names = [id2label[str(i)] for i in range(config.num_labels)]
     tokenizer = load_tokenizer(directory) if with_tokenizer else None
     calibration = calibration_lib.read(os.path.join(directory, calibration_lib.FILE_NAME))
+    gates_path = os.path.join(directory, gates_lib.FILE_NAME)
+    found = gates_lib.read_gates(gates_path)
+    if found is not None:
+        gates_lib.check_fits(found[0], config.hidden_size, gates_path)
+        params = with_gates(params, {n: {k: jnp.asarray(v) for k, v in g.items()} for n, g in found[0].items()})
     return MultiExitModel(config, params, tokenizer, label_names, calibration)

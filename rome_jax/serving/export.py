@@ -44,6 +44,7 @@ from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.pytree import Params
 from rome_jax.exits.criteria import Criterion
 from rome_jax.exits.executors import _while_loop_exit
+from rome_jax.exits.signals import check_gates
 from rome_jax.serving.api import MultiExitModel
 from rome_jax.serving.predict import describe, resolve_criterion
 
@@ -118,6 +119,8 @@ def export_predictor(
     and `.json` (its description). criterion: as `MultiExitModel.predict`'s ("auto":
     the model's calibrated one, else full depth). Returns the two paths."""
     chosen = resolve_criterion(criterion, model.config, getattr(model, "calibration", None))
+    if chosen is not None:
+        check_gates(chosen, model.params)
     exported = export_program(model.config, model.params, chosen, batch_size, length, platforms)
     os.makedirs(directory, exist_ok=True)
     stem = os.path.join(directory, file_stem(batch_size, length))

@@ -35,9 +35,11 @@ import numpy as np
 from rome_jax.data.buckets import LengthBuckets, length_buckets
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.exits import calibration as calibration_lib
+from rome_jax.exits import guarantee
 from rome_jax.exits.batches import default_buckets, smallest_bucket
 from rome_jax.exits.criteria import CRITERIA, Criterion, check_criterion
-from rome_jax.exits.outputs import all_exit_logits, early_exits
+from rome_jax.exits.outputs import all_exit_signals, early_exits
+from rome_jax.exits.signals import gates_of
 
 AUTO = "auto"
 """The default criterion: the model's calibrated one, else full depth."""
@@ -292,7 +294,8 @@ def calibrate(
     labels needed: texts from your own traffic do), or the metric drops by at most `eps`
     (target "risk", with `labels`: label names or ids, or scores for regression).
 
-    Every exit runs on every text (in length buckets at `max_length`, default
+    Every criterion is calibrated, the signal ones included (saturation, and lte and
+    meta where the model has fitted gates). Every exit runs on every text (in length buckets at `max_length`, default
     `default_max_length`). Returns the calibration dict; `MultiExitModel.calibrate`
     also keeps it on the model, where `predict` uses it ("auto")."""
     text_a = _texts(text_a, "text_a")
@@ -312,9 +315,16 @@ def calibrate(
             ids = np.asarray([names.index(y) if y in names else int(y) for y in labels], np.int32)
     length = default_max_length(model.config, None) if max_length is None else int(max_length)
     inputs = model.tokenize(text_a, text_b, max_length=length)
-    logits = all_exit_logits(
+    logits, signals, _ = all_exit_signals(
         model.config, model.params, inputs, batch_size=batch_size, buckets=length_buckets(length, buckets)
     )
-    chosen = calibration_lib.calibrate_outputs(logits, ids, target=target, eps=eps, delta=delta, regression=regression)
+    criteria = [
+        *(guarantee.REGRESSION_CRITERIA if regression else guarantee.CLASSIFICATION_CRITERIA),
+        "saturation",
+        *gates_of(model.params),
+    ]
+    chosen = calibration_lib.calibrate_outputs(
+        logits, ids, target=target, eps=eps, delta=delta, regression=regression, criteria=criteria, signals=signals
+    )
     chosen.update(max_length=length, rows={"source": "texts", "num_rows": len(text_a), "labelled": ids is not None})
     return chosen
