@@ -38,8 +38,8 @@ from rome_jax.exits.batches import (
     default_buckets,
     smallest_bucket,
 )
-from rome_jax.exits.criteria import Criterion, ExitState, check_criterion, init_state
-from rome_jax.exits.loop import _exit_loop
+from rome_jax.exits.criteria import Criterion, ExitState, check_criterion
+from rome_jax.exits.loop import _exit_loop, start_state
 from rome_jax.exits.signals import check_gates
 from rome_jax.sharding import replicate_params, shard_rows
 
@@ -47,10 +47,12 @@ Array = jax.Array
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _embed(config: ModelConfig, params: Params, batch: dict) -> tuple[Array, Array, Array]:
-    """-> (hidden [B, T, H], attention_mask [B, T], padding [B])."""
+def _embed(config: ModelConfig, params: Params, batch: dict) -> tuple[Array, Array, Array, ExitState]:
+    """-> (hidden [B, T, H], attention_mask [B, T], padding [B], the criterion's start state)."""
     inputs = _model_inputs(batch)
-    return apply_embeddings(config, params, inputs), inputs["attention_mask"], _padding_rows(batch)
+    hidden = apply_embeddings(config, params, inputs)
+    mask = inputs["attention_mask"]
+    return hidden, mask, _padding_rows(batch), start_state(config, hidden, mask)
 
 
 _segment = jax.jit(_exit_loop, static_argnums=0)
@@ -166,7 +168,7 @@ class BatchedEarlyExit:
         return smallest_bucket(rows, self._buckets(capacity))
 
     def _start(self, batch: dict, results: _Results) -> _Group:
-        hidden, attention_mask, padding = _embed(self.config, self.params, shard_rows(_batch_arrays(batch)))
+        hidden, attention_mask, padding, state = _embed(self.config, self.params, shard_rows(_batch_arrays(batch)))
         size = hidden.shape[0]
         self._batch_sizes.add(size)
         real = (
@@ -180,7 +182,7 @@ class BatchedEarlyExit:
         return _Group(
             hidden,
             attention_mask,
-            init_state(self.criterion, size, self.config.num_labels, self.config.hidden_size),
+            state,
             padding,
             slots,
             0,

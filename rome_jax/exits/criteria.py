@@ -29,7 +29,7 @@ Criteria (`Criterion.name`):
   it is (regression) (`rome_jax.exits.gates`);
 - "saturation" (CALM's state propagation): `cos(s_i, s_{i-1}) >= threshold`, `s_i`
   the layer's representation as the exit pools it (`encoder.model.exit_state`); no
-  parameters; the first exit has no previous layer to compare (cosine 0);
+  parameters; the first exit compares layer 1 with the embeddings;
 - "meta" (CALM's meta classifier): the meta gate's `sigmoid(w . p_i + b) >=
   threshold`, fitted to predict that exit `i` agrees with the last exit.
 

@@ -39,7 +39,7 @@ from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.pytree import Params
 from rome_jax.exits import criteria as exits
 from rome_jax.exits import guarantee, outputs
-from rome_jax.exits.signals import criterion_flops, gates_of
+from rome_jax.exits.signals import criterion_flops, criterion_start_flops, gates_of
 from rome_jax.exits.timing import Timer
 
 DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
@@ -100,9 +100,16 @@ def default_sweeps(
                 sweeps[name] = tuple(sorted(merged))
     if logits is not None and signals is not None:
         for name in ("saturation", *(g for g in exits.GATE_CRITERIA if g in gates)):
-            grid = guarantee.threshold_grid(name, logits, size=OBSERVED_POINTS + 2, signals=signals)
-            sweeps[name] = tuple(sorted({round(float(t), 4) for t in grid}))
+            sweeps[name] = observed_signal_thresholds(name, logits, signals)
     return sweeps
+
+
+def observed_signal_thresholds(name: str, logits: np.ndarray, signals: exits.Signals | None) -> tuple[float, ...]:
+    """`OBSERVED_POINTS` + 2 thresholds of a signal criterion, from one that exits
+    nobody early to one that exits almost everybody at exit 1 (`guarantee.threshold_grid`),
+    rounded to 6 digits."""
+    grid = guarantee.threshold_grid(name, logits, size=OBSERVED_POINTS + 2, signals=signals)
+    return tuple(sorted({round(float(t), 6) for t in grid}))
 
 
 def observed_thresholds(name: str, logits: np.ndarray, points: int = OBSERVED_POINTS) -> tuple[float, ...]:
@@ -120,7 +127,8 @@ def parse_sweeps(spec: str, num_layers: int | None = None) -> dict[str, tuple[fl
     """'entropy:0,0.1;patience:1,2' -> {'entropy': (0.0, 0.1), 'patience': (1.0, 2.0)}.
 
     A criterion named without thresholds takes `DEFAULT_THRESHOLDS` (those useful
-    for `num_layers` layers, when given); thresholds given are kept as they are.
+    for `num_layers` layers, when given), or for lte, saturation and meta `()`:
+    thresholds where the split's values lie; thresholds given are kept as they are.
     """
     sweeps: dict[str, tuple[float, ...]] = {}
     for part in filter(None, (p.strip() for p in spec.split(";"))):
@@ -136,6 +144,8 @@ def parse_sweeps(spec: str, num_layers: int | None = None) -> dict[str, tuple[fl
         elif name in DEFAULT_THRESHOLDS:
             defaults = DEFAULT_THRESHOLDS[name]
             sweeps[name] = defaults if num_layers is None else useful_thresholds(name, defaults, num_layers)
+        elif name in exits.SIGNAL_CRITERIA:
+            sweeps[name] = ()  # read where the split's values lie (`evaluate_split`)
         else:
             raise ValueError(f"criterion {name!r} has no default sweep: give thresholds, e.g. {name}:0.1,0.2")
     return sweeps
@@ -202,6 +212,7 @@ def flops_speedup_at(
         spent += int(np.sum(flops.flops_to_exit(config, int(length), exit_index[at]), dtype=np.int64))
         if criterion:
             spent += criterion_flops(config, criterion, int(length)) * int(np.sum(exit_index[at] + 1))
+            spent += criterion_start_flops(config, criterion, int(length)) * int(at.sum())
     return full / spent
 
 
@@ -278,6 +289,11 @@ def evaluate_split(
         dropped = [n for n in sweeps if n in exits.SIGNAL_CRITERIA]
         if dropped:
             raise ValueError(f"cannot sweep {', '.join(dropped)} without the exits' signals")
+    sweeps = {
+        name: thresholds or observed_signal_thresholds(name, logits, signals)
+        for name, thresholds in sweeps.items()
+        if thresholds or name in exits.SIGNAL_CRITERIA
+    }
     per_exit = [{"exit": i + 1, **compute_metrics(task.name, logits[i], labels)} for i in range(L)]
 
     timer = (

@@ -66,8 +66,8 @@ from rome_jax.exits.batches import (
     fit_to_bucket,
     smallest_bucket,
 )
-from rome_jax.exits.criteria import SIGNAL_CRITERIA, Criterion, Rule, check_criterion, init_state, simulate
-from rome_jax.exits.loop import _exit_loop
+from rome_jax.exits.criteria import SIGNAL_CRITERIA, Criterion, Rule, check_criterion, simulate
+from rome_jax.exits.loop import _exit_loop, start_state
 from rome_jax.exits.signals import all_exit_signals, check_gates, without_gates
 from rome_jax.sharding import place
 
@@ -143,7 +143,7 @@ def _while_loop_exit(config: ModelConfig, params: Params, batch: dict, rule: Rul
         rule,
         hidden,
         inputs["attention_mask"],
-        init_state(rule, rows, config.num_labels, config.hidden_size),
+        start_state(config, hidden, inputs["attention_mask"]),
         _padding_rows(batch),
         jnp.ones((rows,), bool),
         0,

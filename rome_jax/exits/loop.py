@@ -19,7 +19,7 @@ from jax import lax
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import apply_layer_with_exit_pooled, exit_state, layer_params
 from rome_jax.encoder.pytree import Params
-from rome_jax.exits.criteria import ExitState, Rule, step_rule
+from rome_jax.exits.criteria import ExitState, Rule, init_state, step_rule
 from rome_jax.exits.signals import signals_of
 
 Array = jax.Array
@@ -41,6 +41,14 @@ class _Segment(NamedTuple):
     running: Array
     exit_index: Array
     logits: Array
+
+
+def start_state(config: ModelConfig, hidden: Array, attention_mask: Array) -> ExitState:
+    """The criterion state before layer 0 of embeddings hidden [b, T, H]: no previous
+    logits, and as the previous representation the embeddings pooled as the exits pool
+    (so saturation at exit 1 compares layer 1 with them)."""
+    state = init_state(None, hidden.shape[0], config.num_labels, config.hidden_size)
+    return state._replace(previous_state=exit_state(config, hidden, attention_mask))
 
 
 def _exit_loop(

@@ -8,7 +8,7 @@ For exit `i` (0-based) of a batch:
   predict agreement with the last exit;
 - `saturation` = cos(s_i, s_{i-1}), CALM's state propagation, s_i the layer's
   representation as the exit pools it (`encoder.model.exit_state`: the first token,
-  or the attended tokens' mean); exit 0 has no previous layer: 0.
+  or the attended tokens' mean); at exit 0 the previous one is the embeddings'.
 
 The gates live in the parameters as `params["exit_gates"] = {"lte": {"kernel" [H],
 "bias" []}, "meta": {...}}` (either may be missing), fitted after training by
@@ -94,7 +94,8 @@ def cosine(a: Array, b: Array) -> Array:
 
 def signals_of(params: Params, pooled: Array, state: Array, previous_state: Array) -> Signals:
     """One exit's signals: pooled (the exit's pooler output) [B, H], its layer's pooled
-    representation `state` [B, H] and the previous layer's [B, H] (zeros at exit 0)."""
+    representation `state` [B, H] and the previous layer's [B, H] (the embeddings' at
+    exit 0)."""
     gates = gates_of(params)
     return Signals(
         lte=gate_score(gates.get("lte"), pooled),
@@ -108,7 +109,6 @@ def _all_exit_outputs(config: ModelConfig, params: Params, batch: dict) -> tuple
     inputs = _model_inputs(batch)
     hidden = apply_embeddings(config, params, inputs)
     mask = inputs["attention_mask"]
-    rows = hidden.shape[0]
 
     def body(carry: tuple[Array, Array], index: Array) -> tuple[tuple[Array, Array], tuple[Array, Signals, Array]]:
         hidden, previous = carry
@@ -116,7 +116,7 @@ def _all_exit_outputs(config: ModelConfig, params: Params, batch: dict) -> tuple
         state = exit_state(config, hidden, mask)
         return (hidden, state), (logits.astype(jnp.float32), signals_of(params, pooled, state, previous), pooled)
 
-    start = (hidden, jnp.zeros((rows, config.hidden_size), jnp.float32))
+    start = (hidden, exit_state(config, hidden, mask))
     _, (logits, signals, pooled) = lax.scan(body, start, jnp.arange(config.num_layers, dtype=jnp.int32))
     return logits, signals, pooled.astype(jnp.float32)
 
@@ -134,7 +134,8 @@ def criterion_flops(config: ModelConfig, name: str, seq_len: int) -> int:
     """FLOPs a criterion adds at each exit it reads, beyond the exit's head: a gate's
     dot product, bias and sigmoid (lte, meta: 2H + 5); saturation's pooled
     representation (the mean over T tokens: T H + H; the first token: free) and cosine
-    (three dot products and the division: 6H + 4). The confidence criteria's few
+    (three dot products and the division: 6H + 4), plus once per example the
+    embeddings' pooling (`criterion_start_flops`). The confidence criteria's few
     operations on C logits are not counted (nor are they for the others)."""
     H = config.hidden_size
     if name in GATE_NAMES:
@@ -142,4 +143,12 @@ def criterion_flops(config: ModelConfig, name: str, seq_len: int) -> int:
     if name == "saturation":
         pooling = seq_len * H + H if config.exit_pooling == "mean" else 0
         return pooling + 6 * H + 4
+    return 0
+
+
+def criterion_start_flops(config: ModelConfig, name: str, seq_len: int) -> int:
+    """FLOPs a criterion spends once per example before the first exit: saturation's
+    pooling of the embeddings (T H + H for the mean, free for the first token)."""
+    if name == "saturation" and config.exit_pooling == "mean":
+        return seq_len * config.hidden_size + config.hidden_size
     return 0
