@@ -256,3 +256,58 @@ def test_fit_gates_on_exit_outputs():
     assert fitted["lte"]["kernel"].shape == (5,) and fitted["meta"]["bias"].shape == ()
     assert report["lte_target_mean"] == pytest.approx(float(np.mean(logits.argmax(-1) == labels)))
     assert report["meta_target_mean"] == pytest.approx(float(np.mean(logits[:2].argmax(-1) == logits[2].argmax(-1))))
+
+
+def test_flops_count_the_criterion_work():
+    from rome_jax.encoder import flops
+    from rome_jax.exits.evaluation import flops_speedup_at
+
+    config = TINY
+    lens = np.array([16, 16, 32])
+    exit_index = np.array([0, 2, 5])
+    full = 2 * flops.full_flops(config, 16) + flops.full_flops(config, 32)
+    layers = sum(int(flops.flops_to_exit(config, int(t), int(i))) for t, i in zip(lens, exit_index))
+    H = config.hidden_size
+    gate = (2 * H + 5) * int(np.sum(exit_index + 1))
+    assert flops_speedup_at(config, lens, exit_index, "lte") == pytest.approx(full / (layers + gate))
+    assert flops_speedup_at(config, lens, exit_index, "entropy") == pytest.approx(full / layers)
+    cls_saturation = (6 * H + 4) * int(np.sum(exit_index + 1))
+    assert flops_speedup_at(config, lens, exit_index, "saturation") == pytest.approx(full / (layers + cls_saturation))
+
+
+@pytest.mark.parametrize("name", ["lte", "saturation"])
+def test_exported_program_exits_by_signals(name):
+    from rome_jax.serving.export import export_program
+
+    config, params, batch = _spread_model()
+    logits, sig, _ = signals.all_exit_signals(config, params, batch)
+    t = _between(np.asarray(getattr(sig, name))[:-1], [0.5])[0]
+    expected, answers = simulate(Criterion(name, t), logits, signals=sig)
+    exported = export_program(config, params, Criterion(name, t), 12, 16)
+    out = exported.call(
+        np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"]), np.asarray(batch["token_type_ids"])
+    )
+    np.testing.assert_array_equal(np.asarray(out["exit_layer"]), np.asarray(expected) + 1)
+    np.testing.assert_allclose(np.asarray(out["logits"]), np.asarray(answers), atol=1e-5)
+
+
+def test_gates_file_round_trip(tmp_path, tiny_model):
+    from rome_jax.errors import CheckpointError
+    from rome_jax.serving.api import load_pretrained
+
+    model = load_pretrained(tiny_model)
+    H = model.config.hidden_size
+    fitted = {"lte": {"kernel": np.arange(H, dtype=np.float32), "bias": np.float32(0.5)}}
+    model.params = signals.with_gates(model.params, fitted)
+    model.save_pretrained(str(tmp_path / "m"))
+    again = load_pretrained(str(tmp_path / "m"))
+    np.testing.assert_array_equal(np.asarray(signals.gates_of(again.params)["lte"]["kernel"]), fitted["lte"]["kernel"])
+    model.params = signals.without_gates(model.params)
+    model.save_pretrained(str(tmp_path / "m"))  # an earlier model's gates do not stay behind
+    assert not (tmp_path / "m" / gates.FILE_NAME).exists()
+    gates.write_gates(str(tmp_path / "m" / gates.FILE_NAME), {"lte": {"kernel": np.zeros(H + 1), "bias": np.zeros(())}})
+    with pytest.raises(CheckpointError, match="kernel of shape"):
+        load_pretrained(str(tmp_path / "m"))
+    (tmp_path / "m" / gates.FILE_NAME).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="not a rome_jax gates file"):
+        load_pretrained(str(tmp_path / "m"))
