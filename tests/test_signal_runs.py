@@ -14,6 +14,7 @@ import pytest
 from rome_jax.config import run_config
 from rome_jax.data import read_glue_dir
 from rome_jax.training import trainer
+from rome_jax.training.step import MODES
 
 pytestmark = pytest.mark.slow  # subprocess runs
 
@@ -122,3 +123,50 @@ def test_regression_run_exits_by_lte_and_saturation(data, tiny_model, tmp_path, 
     np.testing.assert_array_equal([r["exit_layer"] for r in rows], np.asarray(expected) + 1)
     np.testing.assert_allclose([r["score"] for r in rows], np.asarray(answers)[:, 0], atol=1e-4)
     assert 0 < np.mean(np.asarray(expected) == 0) < 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_fits_gates_from_python(data, tiny_model, tmp_path, mode):
+    """The gates need only the trained exits' outputs: every training mode's model fits
+    them (`MultiExitModel.fit_gates`, on rows it did not train on) and exits by them."""
+    from rome_jax.exits import signals
+    from rome_jax.exits.criteria import Criterion, simulate
+    from rome_jax.serving.api import load_pretrained
+
+    classes = {}
+    for split in ("train", "dev"):
+        lines = pathlib.Path(data[split]).read_text(encoding="utf-8").splitlines()
+        classes[split] = [{"text": r["review"], "label": int(r["score"] >= 1.0)} for r in map(json.loads, lines)]
+    paths = {}
+    for split, items in classes.items():
+        paths[split] = tmp_path / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
+    overrides = {
+        "model.name_or_path": tiny_model,
+        "data.custom.train_file": str(paths["train"]),
+        "data.custom.dev_file": str(paths["dev"]),
+        "data.custom.text_a": "text",
+        "data.custom.label": "label",
+        "data.max_length": 32,
+        "data.train_max_examples": 32,
+        "train.mode": mode,
+        "train.batch_size": 8,
+        "train.max_steps": 4,
+        "train.eval_every": 0,
+        "train.checkpoint_every": 0,
+        "train.log_every": 4,
+    }
+    trainer.train_and_evaluate(
+        run_config.load(f"{REPO}/configs/custom.py", overrides), tmp_path / "run", progress=False
+    )
+    model = load_pretrained(str(tmp_path / "run" / "model"))
+    held = classes["train"][32:]
+    report = model.fit_gates([r["text"] for r in held], [r["label"] for r in held], max_length=32)
+    assert set(report) == {"lte_loss", "lte_target_mean", "meta_loss", "meta_target_mean"}
+    texts = [r["text"] for r in classes["dev"]]
+    inputs = model.tokenize(texts, max_length=32)
+    logits, sig, _ = signals.all_exit_signals(model.config, model.params, inputs)
+    threshold = float(np.median(np.asarray(sig.lte)[0]))
+    expected, _ = simulate(Criterion("lte", threshold), logits, signals=sig)
+    got = model.predict(texts, criterion=f"lte:{threshold!r}", max_length=32)
+    np.testing.assert_array_equal(got.exit_layer, np.asarray(expected) + 1)

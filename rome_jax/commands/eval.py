@@ -539,7 +539,6 @@ def _fit_gates(model, task, workdir, data, source, data_dir, max_length, buckets
     """Fits the gates on the run's held-out training rows; stores them (see the module
     doc) and puts them into the model's parameters. Returns the paths written."""
     from rome_jax.exits import gates as gates_lib  # JAX, as above
-    from rome_jax.exits import outputs
     from rome_jax.exits.signals import with_gates, without_gates
 
     first = int(data.get("train_max_examples") or 0)
@@ -561,12 +560,7 @@ def _fit_gates(model, task, workdir, data, source, data_dir, max_length, buckets
             f"{first}: no held-out row to fit the gates on"
         )
     bare = without_gates(model.params)
-    logits, _, pooled = outputs.all_exit_signals(
-        model.config, bare, held, batch_size=_BATCH_SIZE.value, buckets=buckets, with_pooled=True
-    )
-    regression = model.config.num_labels == 1
-    assert pooled is not None  # asked for with_pooled
-    fitted, report = gates_lib.fit_gates(logits, pooled, np.asarray(held.labels), regression=regression)
+    fitted, report = gates_lib.fit_gates_on(model.config, bare, held, batch_size=_BATCH_SIZE.value, buckets=buckets)
     step = data.get("step")
     metadata = {"step": step, "rows": {"split": "train", "first": first, "count": len(held)}, **report}
     print(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -214,3 +215,32 @@ def check_fits(fitted: dict[str, dict[str, np.ndarray]], hidden_size: int, origi
                 f"{origin}: the {name} gate has a kernel of shape {gate['kernel'].shape}, the model's "
                 f"pooler outputs {hidden_size} values"
             )
+
+
+def fit_gates_on(
+    config: Any,
+    params: Any,
+    features: Any,
+    *,
+    batch_size: int,
+    buckets: Any,
+    names: Sequence[str] = GATE_NAMES,
+    steps: int = FIT_STEPS,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """The gates fitted on labelled rows the model did not train on: every exit's
+    outputs on `features` (a `data.Features`, batched in length `buckets`), then
+    `fit_gates`. The model's own gates, if any, are ignored."""
+    from rome_jax.exits import outputs  # the executors: imported when a model is at hand
+    from rome_jax.exits.signals import without_gates
+
+    if not getattr(features, "has_labels", True):
+        raise ValueError("fitting the exit gates needs labelled rows")
+    if len(features) == 0:
+        raise ValueError("fitting the exit gates needs at least one row")
+    logits, _, pooled = outputs.all_exit_signals(
+        config, without_gates(params), features, batch_size=batch_size, buckets=buckets, with_pooled=True
+    )
+    assert pooled is not None  # asked for with_pooled
+    return fit_gates(
+        logits, pooled, np.asarray(features.labels), regression=config.num_labels == 1, names=names, steps=steps
+    )

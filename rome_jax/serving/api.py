@@ -147,6 +147,21 @@ class MultiExitModel:
         )
         return self.calibration
 
+    def fit_gates(
+        self,
+        text_a: Sequence[str],
+        labels: Sequence[Any],
+        text_b: Sequence[str] | None = None,
+        *,
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> dict[str, float]:
+        """Fits the learned exit gates (BERxiT's LTE, CALM's meta classifier) on labelled
+        texts the model did not train on and keeps them in `self.params`, so that
+        `predict(criterion="lte:0.8")` and "meta:0.9" work and `save_pretrained` stores
+        them. Returns the fit's final losses and target means (docs/methods.md)."""
+        return predict_lib.fit_gates(self, text_a, labels, text_b, batch_size=batch_size, max_length=max_length)
+
     def save_pretrained(self, path: str) -> None:
         """Writes an HF directory that `transformers` loads as the family's
         `*ForSequenceClassification` (`*ForTokenClassification` for a tagger)

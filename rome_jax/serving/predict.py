@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from rome_jax.data.buckets import LengthBuckets, length_buckets
+from rome_jax.data.features import Features
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.exits import calibration as calibration_lib
 from rome_jax.exits import guarantee
@@ -275,6 +276,47 @@ def predict(
     )
 
 
+def _label_ids(model: Any, labels: Sequence[Any], count: int) -> np.ndarray:
+    """Labels (names or ids; scores for regression) as an array [N]."""
+    if len(labels) != count:
+        raise ValueError(f"{len(labels)} labels for {count} texts")
+    if model.config.num_labels == 1:
+        return np.asarray(labels, np.float32)
+    names = list(model.label_names or [])
+    return np.asarray([names.index(y) if y in names else int(y) for y in labels], np.int32)
+
+
+def fit_gates(
+    model: Any,
+    text_a: Sequence[str],
+    labels: Sequence[Any],
+    text_b: Sequence[str] | None = None,
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> dict[str, float]:
+    """Fits the model's LTE and meta exit gates (`rome_jax.exits.gates`) on these
+    labelled texts, which the model must not have trained on, and puts them into
+    `model.params`. Returns the fit's report (final losses, target means)."""
+    from rome_jax.exits import gates as gates_lib
+    from rome_jax.exits.signals import with_gates
+
+    text_a = _texts(text_a, "text_a")
+    if text_b is not None:
+        text_b = _texts(text_b, "text_b")
+    if not text_a:
+        raise ValueError("fitting the gates needs at least one text")
+    ids = _label_ids(model, labels, len(text_a))
+    length = default_max_length(model.config, None) if max_length is None else int(max_length)
+    inputs = model.tokenize(text_a, text_b, max_length=length)
+    features = Features(**inputs, labels=ids, index=np.arange(len(text_a)), has_labels=True)
+    fitted, report = gates_lib.fit_gates_on(
+        model.config, model.params, features, batch_size=batch_size, buckets=length_buckets(length, "auto")
+    )
+    model.params = with_gates(model.params, fitted)
+    return report
+
+
 def calibrate(
     model: Any,
     text_a: Sequence[str],
@@ -304,15 +346,7 @@ def calibrate(
     if not text_a:
         raise ValueError("calibration needs at least one text")
     regression = model.config.num_labels == 1
-    ids = None
-    if labels is not None:
-        if len(labels) != len(text_a):
-            raise ValueError(f"{len(labels)} labels for {len(text_a)} texts")
-        names = list(model.label_names or [])
-        if regression:
-            ids = np.asarray(labels, np.float32)
-        else:
-            ids = np.asarray([names.index(y) if y in names else int(y) for y in labels], np.int32)
+    ids = None if labels is None else _label_ids(model, labels, len(text_a))
     length = default_max_length(model.config, None) if max_length is None else int(max_length)
     inputs = model.tokenize(text_a, text_b, max_length=length)
     logits, signals, _ = all_exit_signals(
