@@ -311,3 +311,18 @@ def test_gates_file_round_trip(tmp_path, tiny_model):
     (tmp_path / "m" / gates.FILE_NAME).write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="not a rome_jax gates file"):
         load_pretrained(str(tmp_path / "m"))
+
+
+def test_in_sample_calibration_takes_the_signal_criteria():
+    from rome_jax.exits import calibration
+
+    sweep = [
+        {"criterion": "lte", "threshold": 0.9, "accuracy": 0.80, "mean_layers": 3.0},
+        {"criterion": "lte", "threshold": 0.5, "accuracy": 0.70, "mean_layers": 2.0},
+        {"criterion": "saturation", "threshold": 0.95, "accuracy": 0.81, "mean_layers": 2.5},
+        {"criterion": "entropy", "threshold": 0.1, "accuracy": 0.81, "mean_layers": 4.0},
+    ]
+    chosen = calibration.choose_thresholds(sweep, 0.81, metric="accuracy", points=1.0, num_layers=6)
+    assert chosen["criteria"]["lte"]["threshold"] == 0.9
+    assert chosen["default"] == {"criterion": "saturation", "threshold": 0.95}
+    assert calibration.criterion_of(chosen) == Criterion("saturation", 0.95)

@@ -55,7 +55,7 @@ FILE_NAME = "rome_jax_calibration.json"
 RUN_FILE_NAME = "calibration.json"
 """The calibration in a train.py workdir."""
 
-PREFERENCE = ("entropy", "normalized_entropy", "max_prob", "patience", "fixed")
+PREFERENCE = ("entropy", "normalized_entropy", "max_prob", "patience", "fixed", "lte", "saturation", "meta")
 """The order that breaks ties between criteria with the same mean layers."""
 
 RULES = ("ltt", "in_sample")
