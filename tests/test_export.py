@@ -91,3 +91,24 @@ def test_runs_with_jax_alone(setup):
     ref = model.predict(SENTENCES[:B], criterion=criterion, max_length=T)
     assert out["exit_layer"] == ref.exit_layer.tolist()
     assert np.argmax(out["probabilities"], -1).tolist() == ref.label_ids.tolist()
+
+
+def test_one_program_for_every_batch_size(setup, tmp_path):
+    """The symbolic-batch program (one per length bucket) answers as `predict` at
+    batch sizes 1, 3, 8 and 13 without a program per batch size."""
+    from rome_jax.serving.export import export_predictors
+
+    model, criterion, _ = setup
+    paths = export_predictors(model, str(tmp_path), lengths=(16, T), criterion=criterion)
+    assert [os.path.basename(p) for p in paths] == ["rome_jax_predictor_t16.bin", f"rome_jax_predictor_t{T}.bin"]
+    meta = json.loads(Path(paths[1][: -len(".bin")] + ".json").read_text())
+    assert meta["symbolic_batch"] is True and meta["inputs"][0]["shape"] == ["b", T]
+    call = load_predictor(paths[1])
+    ref = model.predict(SENTENCES, criterion=criterion, max_length=T)
+    inputs = model.tokenize(SENTENCES, max_length=T)
+    for size in (1, 3, 8, 13):
+        rows = np.arange(size) % len(SENTENCES)
+        out = run_predictor(call, {k: v[rows] for k, v in inputs.items()})
+        assert out["exit_layer"].shape == (size,)
+        np.testing.assert_array_equal(out["exit_layer"], ref.exit_layer[rows])
+        np.testing.assert_array_equal(out["probabilities"].argmax(-1), ref.label_ids[rows])

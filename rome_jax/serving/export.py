@@ -1,8 +1,10 @@
 """The early-exit predictor as one serialized program (`jax.export`, StableHLO).
 
-    from rome_jax.serving.export import export_predictor
-    export_predictor(model, "runs/sst2/model", batch_size=8, length=64)
-    # -> runs/sst2/model/rome_jax_predictor_b8_t64.bin and .json
+    from rome_jax.serving.export import export_predictor, export_predictors
+    export_predictor(model, "runs/sst2/model", length=64)
+    # -> runs/sst2/model/rome_jax_predictor_t64.bin and .json: any batch size
+    export_predictors(model, "runs/sst2/model", lengths=(16, 32, 64, 128))  # one per length bucket
+    export_predictor(model, "runs/sst2/model", batch_size=8, length=64)  # a fixed batch: ..._b8_t64
 
 The program takes `input_ids`, `attention_mask`, `token_type_ids`, int32 [B, T],
 and returns a dict: `logits` [B, C] float32 (the answering exit's),
@@ -23,8 +25,11 @@ no rome_jax model code:
         predictor = jax.export.deserialize(f.read())
     out = predictor.call(input_ids, attention_mask, token_type_ids)  # int32 [8, 64] each
 
-Inputs must have exactly the exported shapes (pad or cut to T, pad to B with
-empty rows), tokenized by the tokenizer saved beside the model. The JSON beside
+Without `batch_size` the batch dimension is symbolic (`jax.export` shape
+polymorphism): one program serves every batch size, so a server needs one program
+per length bucket, not per batch size. Inputs must have exactly the exported length
+T (pad or cut to it; with a fixed batch size, pad to B with empty rows), tokenized by
+the tokenizer saved beside the model. The JSON beside
 the program describes inputs, outputs, the criterion, the label names and the
 platforms it was exported for (default: the backend running the export).
 """
@@ -53,8 +58,11 @@ Array = jax.Array
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def file_stem(batch_size: int, length: int) -> str:
-    """`rome_jax_predictor_b{B}_t{T}` (add .bin / .json)."""
+def file_stem(batch_size: int | None, length: int) -> str:
+    """`rome_jax_predictor_b{B}_t{T}`, or `rome_jax_predictor_t{T}` for any batch size
+    (add .bin / .json)."""
+    if batch_size is None:
+        return f"rome_jax_predictor_t{length}"
     return f"rome_jax_predictor_b{batch_size}_t{length}"
 
 
@@ -92,16 +100,18 @@ def export_program(
     config: ModelConfig,
     params: Params,
     criterion: Criterion | None,
-    batch_size: int,
+    batch_size: int | None,
     length: int,
     platforms: Sequence[str] | None = None,
 ) -> jax.export.Exported:
-    """The `jax.export.Exported` of `predictor_fn` for int32 [batch_size, length] inputs."""
+    """The `jax.export.Exported` of `predictor_fn` for int32 [batch_size, length] inputs;
+    `batch_size` None: a symbolic batch dimension `b` (any batch size >= 1)."""
     if length > config.max_length:
         raise ValueError(f"length {length} exceeds the model's {config.max_length} positions")
-    if batch_size < 1 or length < 1:
+    if (batch_size is not None and batch_size < 1) or length < 1:
         raise ValueError(f"batch_size and length must be >= 1, not {batch_size}, {length}")
-    spec = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
+    rows = jax.export.symbolic_shape("b")[0] if batch_size is None else batch_size
+    spec = jax.ShapeDtypeStruct((rows, length), jnp.int32)
     fn = jax.jit(predictor_fn(config, params, criterion))
     return jax.export.export(fn, platforms=tuple(platforms) if platforms else None)(spec, spec, spec)
 
@@ -110,14 +120,15 @@ def export_predictor(
     model: MultiExitModel,
     directory: str,
     *,
-    batch_size: int,
     length: int,
+    batch_size: int | None = None,
     criterion: Criterion | str | None = "auto",
     platforms: Sequence[str] | None = None,
 ) -> tuple[str, str]:
-    """Writes `DIRECTORY/rome_jax_predictor_b{B}_t{T}.bin` (the serialized program)
-    and `.json` (its description). criterion: as `MultiExitModel.predict`'s ("auto":
-    the model's calibrated one, else full depth). Returns the two paths."""
+    """Writes `DIRECTORY/rome_jax_predictor_t{T}.bin` (the serialized program, any
+    batch size; `rome_jax_predictor_b{B}_t{T}.bin` with `batch_size`) and `.json` (its
+    description). criterion: as `MultiExitModel.predict`'s ("auto": the model's
+    calibrated one, else full depth). Returns the two paths."""
     chosen = resolve_criterion(criterion, model.config, getattr(model, "calibration", None))
     if chosen is not None:
         check_gates(chosen, model.params)
@@ -133,19 +144,20 @@ def export_predictor(
         f.write(blob)
     os.replace(tmp, f"{stem}.bin")
     labels = model.config.num_labels
+    batch: int | str = "b" if batch_size is None else batch_size
     description = {
         "format": "jax.export serialized Exported (StableHLO); load with jax.export.deserialize(bytes), "
         "run with .call(input_ids, attention_mask, token_type_ids)",
         "file": os.path.basename(f"{stem}.bin"),
-        "inputs": [{"name": n, "shape": [batch_size, length], "dtype": "int32"} for n in INPUT_NAMES],
+        "inputs": [{"name": n, "shape": [batch, length], "dtype": "int32"} for n in INPUT_NAMES],
         "outputs": {
-            "logits": {"shape": [batch_size, labels], "dtype": "float32", "meaning": "the answering exit's logits"},
+            "logits": {"shape": [batch, labels], "dtype": "float32", "meaning": "the answering exit's logits"},
             "probabilities": {
-                "shape": [batch_size, labels],
+                "shape": [batch, labels],
                 "dtype": "float32",
                 "meaning": "softmax of logits" if labels > 1 else "the score (regression)",
             },
-            "exit_layer": {"shape": [batch_size], "dtype": "int32", "meaning": "1-based exit layer"},
+            "exit_layer": {"shape": [batch], "dtype": "int32", "meaning": "1-based exit layer"},
             "layers_run": {"shape": [], "dtype": "int32", "meaning": "layers the batch ran"},
         },
         "padding_rows": "rows whose attention_mask is all 0 exit at layer 1 and never keep the loop running",
@@ -162,6 +174,7 @@ def export_predictor(
         "num_labels": labels,
         "num_layers": model.config.num_layers,
         "batch_size": batch_size,
+        "symbolic_batch": batch_size is None,
         "length": length,
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
@@ -169,6 +182,23 @@ def export_predictor(
     }
     files.write_json(f"{stem}.json", description)
     return f"{stem}.bin", f"{stem}.json"
+
+
+def export_predictors(
+    model: MultiExitModel,
+    directory: str,
+    *,
+    lengths: Sequence[int],
+    criterion: Criterion | str | None = "auto",
+    platforms: Sequence[str] | None = None,
+) -> list[str]:
+    """One program per length bucket, each for any batch size (`export_predictor`
+    without `batch_size`): what a server that batches requests of any count needs.
+    Returns the .bin paths, shortest length first."""
+    return [
+        export_predictor(model, directory, length=int(n), criterion=criterion, platforms=platforms)[0]
+        for n in sorted(set(lengths))
+    ]
 
 
 def load_predictor(path: str) -> Callable[..., Any]:
