@@ -458,6 +458,17 @@ def state_dict_from_params(params: Params, cfg: ModelConfig) -> tuple[dict[str, 
     return state, exits_state
 
 
+TORCH_MODELING_MODULE = "rome_jax_modeling"
+"""The modeling file (`<module>.py`) an exported directory carries for PyTorch exits."""
+
+
+def has_torch_exits(cfg: ModelConfig) -> bool:
+    """Whether the PyTorch modeling file reproduces this model's exits: sequence exits
+    with the generic head (ModernBERT's head has norms of its own; taggers load as the
+    family's `*ForTokenClassification`)."""
+    return not cfg.token_exits and cfg.family != "modernbert"
+
+
 def hf_config_dict(cfg: ModelConfig, label_names: list[str] | None = None) -> dict:
     """config.json for `*ForSequenceClassification` with the same encoder
     (`*ForTokenClassification` for token exits: its classifier is the final exit's,
@@ -477,7 +488,9 @@ def hf_config_dict(cfg: ModelConfig, label_names: list[str] | None = None) -> di
     if cfg.family == "roberta":
         d.setdefault("bos_token_id", 0)
         d.setdefault("eos_token_id", 2)
-    d["rome_jax"] = {"num_exits": cfg.num_exits, "exits_file": EXITS_FILE}
+    d["rome_jax"] = {"num_exits": cfg.num_exits, "exits_file": EXITS_FILE, "exit_activation": cfg.exit_activation}
+    if has_torch_exits(cfg):  # every exit in PyTorch (trust_remote_code=True): rome_jax/serving/torch_modeling.py
+        d["auto_map"] = {"AutoModelForSequenceClassification": f"{TORCH_MODELING_MODULE}.RomeJaxMultiExitModel"}
     if cfg.exit_pooling != "cls":  # read back by ModelConfig.from_hf_dict; transformers ignores it
         d[EXIT_POOLING_KEY] = cfg.exit_pooling
     return d

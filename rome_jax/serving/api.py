@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -167,14 +168,19 @@ class MultiExitModel:
         `*ForSequenceClassification` (`*ForTokenClassification` for a tagger)
         reproducing the final exit,
         plus `rome_jax_exits.safetensors` with every exit for `load_pretrained`, and the
-        fitted exit gates (`rome_jax_gates.safetensors`, lte and meta) where it has them:
-        transformers has no use for them (nor for the other exits).
+        fitted exit gates (`rome_jax_gates.safetensors`, lte and meta) where it has them.
+
+        For sequence exits of every family but ModernBERT it also writes
+        `rome_jax_modeling.py` (`rome_jax/serving/torch_modeling.py`), registered in
+        config.json's `auto_map`: with `trust_remote_code=True` transformers loads
+        every exit, pooled as trained, with batch-1 early exit (docs/serving.md).
 
         With `config.exit_pooling="mean"`, config.json also records
         `"rome_jax_exit_pooling": "mean"` (`load_pretrained` reads it back), but
-        transformers' `*ForSequenceClassification` always pools the first token and
+        transformers' own `*ForSequenceClassification` always pools the first token and
         ignores the key: it loads the same weights, and its hidden states match ours,
-        but its logits do NOT reproduce the final exit (a one-line warning says so)."""
+        but its logits do NOT reproduce the final exit (a one-line warning says so;
+        the modeling file does)."""
         mismatch = params_mismatch(without_gates(self.params), self.config)
         if mismatch:
             raise CheckpointError(
@@ -183,8 +189,9 @@ class MultiExitModel:
             )
         if self.config.exit_pooling == "mean":
             logger.warning(
-                "%s: exit_pooling %r is recorded in config.json for rome_jax; transformers "
-                "pools [CLS], so its logits will not reproduce the final exit",
+                "%s: exit_pooling %r is recorded in config.json for rome_jax; transformers' own "
+                "*ForSequenceClassification pools [CLS], so its logits will not reproduce the final exit "
+                "(trust_remote_code=True loads every exit as trained: rome_jax_modeling.py)",
                 path,
                 self.config.exit_pooling,
             )
@@ -204,6 +211,11 @@ class MultiExitModel:
             json.dump(hf_io.hf_config_dict(self.config, self.label_names), f, indent=2)
         for name in ("model.safetensors", hf_io.EXITS_FILE, "config.json"):
             os.replace(tmp(name), os.path.join(path, name))
+        modeling = os.path.join(path, f"{hf_io.TORCH_MODELING_MODULE}.py")
+        if hf_io.has_torch_exits(self.config):  # every exit in PyTorch, with trust_remote_code=True
+            shutil.copyfile(os.path.join(os.path.dirname(__file__), "torch_modeling.py"), modeling)
+        elif os.path.isfile(modeling):
+            os.remove(modeling)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
         gates_path = os.path.join(path, gates_lib.FILE_NAME)
