@@ -2,9 +2,11 @@
 
     python bench/bench_predict.py runs/sst2/model [--glue-dir ../shared/glue]
         [--criterion calibrated] [--batch-size 64] [--max-length 128] [--max-examples 0]
-        [--out bench/results/predict_cpu.json]
+        [--repeats 3] [--out bench/results/predict_cpu.json]
 
-On the SST-2 dev sentences (all 872 by default), one run each, on the same CPU:
+On the SST-2 dev sentences (all 872 by default), on the same CPU, both sides alike:
+one untimed pass over every sentence first (compilation, caches: what a server does
+at start), then `--repeats` timed passes, the median reported (every pass recorded).
 
 - rome_jax: `load_pretrained(MODEL_DIR).predict(sentences, criterion=...)` at batch 1
   and batched (`--batch-size`): length buckets, the per-example executor. The
@@ -13,12 +15,13 @@ On the SST-2 dev sentences (all 872 by default), one run each, on the same CPU:
   threshold never saw: the rows of the calibration's `rows.row_ids` are left out;
   `--calibrate-eps E` instead calibrates here (Learn-then-Test, consistency eps E,
   delta 0.1) on a seeded half of the dev rows and reads the other half; a calibration
-  that records no rows (chosen in-sample) is refused. A compiling warm-up pass comes first
-  (untimed), as a server would have done it at start.
-- PyTorch: the same model exported with `save_pretrained` (the final exit as
-  `BertForSequenceClassification`), `transformers.pipeline("text-classification")`
-  on the CPU, truncation at `--max-length`, at batch 1 and batched, after a
-  warm-up on a few sentences.
+  that records no rows (chosen in-sample) is refused.
+- PyTorch: the same model exported with `save_pretrained` and loaded with
+  `trust_remote_code=True` (`rome_jax_modeling.py`: the final exit pooled as trained,
+  [CLS] or mean), in `transformers.pipeline("text-classification")` on the CPU,
+  truncation at `--max-length`, at batch 1 and batched, full depth. Before timing, its
+  final-exit logits on the first sentences are checked against rome_jax's (1e-3):
+  a model whose exits PyTorch does not reproduce is refused, not compared.
 
 Prints examples/s and accuracy of each (plus rome_jax's mean layers), and writes
 them as JSON to `--out`. Not a timed test: figures move with the machine's load.
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-torch", action="store_true", help="rome_jax only")
     p.add_argument("--calibrate-eps", type=float, default=None, help="calibrate here on half of the rows (LTT)")
     p.add_argument("--calibration-seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per setting (the median is reported)")
     p.add_argument("--out", default=os.path.join(here, "results", "predict_cpu.json"))
     return p.parse_args(argv)
 
@@ -60,16 +65,26 @@ def _accuracy(predicted, labels) -> float:
     return sum(int(p == y) for p, y in zip(predicted, labels)) / max(len(labels), 1)
 
 
-def bench_rome_jax(model, sentences, labels, criterion, batch_size: int, max_length: int) -> dict:
+def _timed(run, repeats: int) -> tuple[float, list[float], object]:
+    """One untimed pass, then `repeats` timed ones: (median seconds, every pass, the last result)."""
+    result = run()  # warm-up: compilation and caches, as a server at start
+    seconds = []
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        result = run()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), seconds, result
+
+
+def bench_rome_jax(model, sentences, labels, criterion, batch_size: int, max_length: int, repeats: int) -> dict:
     out = {}
     for name, size in (("batch1", 1), ("batched", batch_size)):
-        model.predict(sentences, criterion=criterion, batch_size=size, max_length=max_length)  # compile
-        start = time.perf_counter()
-        result = model.predict(sentences, criterion=criterion, batch_size=size, max_length=max_length)
-        seconds = time.perf_counter() - start
+        run = lambda size=size: model.predict(sentences, criterion=criterion, batch_size=size, max_length=max_length)
+        seconds, passes, result = _timed(run, repeats)
         out[name] = {
             "batch_size": size,
             "seconds": seconds,
+            "passes": passes,
             "examples_per_s": len(sentences) / seconds,
             "accuracy": _accuracy(result.label_ids.tolist(), labels),
             "mean_layers": result.mean_layers,
@@ -77,29 +92,69 @@ def bench_rome_jax(model, sentences, labels, criterion, batch_size: int, max_len
     return out
 
 
-def bench_torch(model_dir: str, sentences, labels, batch_size: int, max_length: int) -> dict:
+def load_torch(model_dir: str, jax_model, sentences, max_length: int):
+    """The exported model in transformers, checked to be the same function as rome_jax's
+    final exit on the first sentences; exits with a message when it is not."""
+    import numpy as np
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    torch_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    torch_model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True).eval()
+    probe = sentences[:8]
+    with torch.inference_mode():
+        enc = tokenizer(probe, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        theirs = torch_model(**enc).logits.numpy()
+    ours = np.asarray(jax_model.exit_logits(jax_model.tokenize(probe, max_length=max_length)))[-1]
+    gap = float(np.abs(theirs - ours).max())
+    if gap > 1e-3:
+        sys.exit(
+            f"bench_predict: transformers' {type(torch_model).__name__} does not reproduce the model's final "
+            f"exit (max logit difference {gap:.3g}; exit_pooling {jax_model.config.exit_pooling}): not compared"
+        )
+    return tokenizer, torch_model, gap
+
+
+def bench_torch(model_dir: str, jax_model, sentences, labels, batch_size: int, max_length: int, repeats: int) -> dict:
+    import torch
+    from transformers import pipeline
+
+    tokenizer, torch_model, gap = load_torch(model_dir, jax_model, sentences, max_length)
     label2id = {str(k): int(v) for k, v in torch_model.config.label2id.items()}
     classify = pipeline("text-classification", model=torch_model, tokenizer=tokenizer, device=-1)
-    out = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+    out = {
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model_class": type(torch_model).__name__,
+        "final_exit_max_logit_difference": gap,
+    }
     for name, size in (("batch1", 1), ("batched", batch_size)):
-        classify(sentences[: min(8, len(sentences))], batch_size=size, truncation=True, max_length=max_length)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            result = classify(sentences, batch_size=size, truncation=True, max_length=max_length)
-        seconds = time.perf_counter() - start
+
+        def run(size=size):
+            with torch.inference_mode():
+                return classify(sentences, batch_size=size, truncation=True, max_length=max_length)
+
+        seconds, passes, result = _timed(run, repeats)
         predicted = [label2id[r["label"]] for r in result]
         out[name] = {
             "batch_size": size,
             "seconds": seconds,
+            "passes": passes,
             "examples_per_s": len(sentences) / seconds,
             "accuracy": _accuracy(predicted, labels),
         }
     return out
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> dict:
@@ -151,18 +206,21 @@ def main(argv=None) -> dict:
         "num_layers": model.config.num_layers,
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": cpu_name(),
             "cpus": os.cpu_count(),
             "jax_version": jax.__version__,
             "backend": jax.devices()[0].platform,
         },
         "date": time.strftime("%Y-%m-%d"),
-        "rome_jax": bench_rome_jax(model, sentences, labels, chosen, args.batch_size, args.max_length),
+        "repeats": args.repeats,
+        "rome_jax": bench_rome_jax(model, sentences, labels, chosen, args.batch_size, args.max_length, args.repeats),
     }
     if not args.skip_torch:
         with tempfile.TemporaryDirectory() as exported:
             model.save_pretrained(exported)  # the same model, as transformers loads it
-            results["torch_pipeline"] = bench_torch(exported, sentences, labels, args.batch_size, args.max_length)
+            results["torch_pipeline"] = bench_torch(
+                exported, model, sentences, labels, args.batch_size, args.max_length, args.repeats
+            )
     for name in ("rome_jax", "torch_pipeline"):
         for setting in ("batch1", "batched"):
             r = results.get(name, {}).get(setting)

@@ -68,20 +68,27 @@ def _outputs(run: str) -> tuple[dict, np.ndarray, object, np.ndarray]:
     results_path = os.path.join(eval_dir, "results.json")
     needs = not os.path.isfile(results_path) or not os.path.isfile(path)
     if not needs:
-        split = json.load(open(results_path))["split"]
+        split = json.loads(Path(results_path).read_text())["split"]
         needs = evaluation.load_exit_signals(path, split) is None
     if needs:
         command = [sys.executable, str(REPO / "eval.py"), f"--workdir={run}", "--checkpoint=latest", "--fit_gates"]
         command.append("--no_timing")
         print(" ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=REPO)
-    results = json.load(open(results_path))
+    results = json.loads(Path(results_path).read_text())
     split = results["split"]
     logits, labels, _ = evaluation.load_exit_logits(path, split)
     signals = evaluation.load_exit_signals(path, split)
     if labels is None:
         raise SystemExit(f"{path}: the dev split has no labels")
     return results, logits, signals, labels
+
+
+def _pick(layers: np.ndarray, scores: np.ndarray, budget: float) -> int | None:
+    """The threshold (its index) with the best choosing-half metric among those running at
+    most `budget` mean layers there; None when none does."""
+    ok = np.flatnonzero(layers <= budget + 1e-9)
+    return None if not len(ok) else int(ok[np.argmax(scores[ok])])
 
 
 def compare_run(run: str, seed: int = 0) -> dict:
@@ -118,15 +125,11 @@ def compare_run(run: str, seed: int = 0) -> dict:
             for part, rows in (("choose", choose), ("read", read))
         }
 
-        def pick(budget: float) -> int | None:
-            ok = np.flatnonzero(layers["choose"] <= budget + 1e-9)
-            return None if not len(ok) else int(ok[np.argmax(scores["choose"][ok])])
-
-        curve = [pick(b) for b in budgets]
+        curve = [_pick(layers["choose"], scores["choose"], b) for b in budgets]
         defined = [scores["read"][s] for s in curve if s is not None]
         at = {}
         for speedup in SPEEDUPS:
-            s = pick(E / speedup)
+            s = _pick(layers["choose"], scores["choose"], E / speedup)
             at[f"{speedup:g}x"] = (
                 None
                 if s is None

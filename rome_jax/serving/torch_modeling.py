@@ -4,7 +4,7 @@ carries as `rome_jax_modeling.py`, registered in its config.json's `auto_map`.
     from transformers import AutoModelForSequenceClassification
     model = AutoModelForSequenceClassification.from_pretrained("runs/sst2/model", trust_remote_code=True)
     out = model(**tokenizer(["a gem of a film"], return_tensors="pt"))
-    out.all_logits        # [num_exits, B, C]: every exit, [CLS] or mean pooling as trained
+    out.all_logits        # [B, num_exits, C]: every exit, [CLS] or mean pooling as trained
     out.logits            # the final exit's
     model.early_exit(**tokenizer(["a gem of a film"], return_tensors="pt"), criterion="entropy:0.3")
     # -> (logits [1, C], exit layer (1-based)): the layers after the exit are not run
@@ -136,14 +136,19 @@ class RomeJaxMultiExitModel(PreTrainedModel):
             inputs["token_type_ids"] = token_type_ids
         return self.encoder_model(**inputs, output_hidden_states=True, **kwargs)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
-        """Every exit's logits (`all_logits` [E, B, C]); `logits`: the final exit's."""
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs
+    ):
+        """Every exit's logits (`all_logits` [B, E, C], batch first as every output, so
+        that pipelines split it per example); `logits` [B, C]: the final exit's."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         out = self._encode(input_ids, attention_mask, token_type_ids, **kwargs)
         hidden = out.hidden_states[1:]
-        all_logits = torch.stack([self.exit_logits(h, attention_mask, i) for i, h in enumerate(hidden)])
-        result = SequenceClassifierOutput(logits=all_logits[-1], hidden_states=out.hidden_states)
+        all_logits = torch.stack([self.exit_logits(h, attention_mask, i) for i, h in enumerate(hidden)], dim=1)
+        result = SequenceClassifierOutput(
+            logits=all_logits[:, -1], hidden_states=out.hidden_states if output_hidden_states else None
+        )
         result["all_logits"] = all_logits
         return result
 
