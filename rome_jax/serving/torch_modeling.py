@@ -137,7 +137,13 @@ class RomeJaxMultiExitModel(PreTrainedModel):
         return self.encoder_model(**inputs, output_hidden_states=True, **kwargs)
 
     def forward(
-        self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        output_hidden_states=False,
+        **kwargs,
     ):
         """Every exit's logits (`all_logits` [B, E, C], batch first as every output, so
         that pipelines split it per example); `logits` [B, C]: the final exit's."""

@@ -1,0 +1,128 @@
+"""The Ray Serve deployment, started in process on a free local port: answers equal
+`predict`'s, in order; each bad request's status and message; concurrent requests
+batched, every caller getting its own answer; a full queue answers 503, never hangs."""
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve", reason="the server needs ray[serve] (requirements-test.txt)")
+requests = pytest.importorskip("requests")
+
+pytestmark = pytest.mark.slow  # starts a Ray instance
+
+CRITERION = "entropy:0.6"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    import ray
+    from ray import serve
+
+    from rome_jax.commands.serve import start
+    from rome_jax.serving.api import load_pretrained
+    from rome_jax.serving.ray_app import ServerSettings, build_app
+
+    port = _free_port()
+    settings = ServerSettings(
+        model_dir=tiny_model,
+        criterion=CRITERION,
+        max_batch_size=16,
+        batch_wait_ms=50,
+        max_texts=4,
+        max_chars=200,
+        max_length=16,
+        long_texts="refuse",
+    )
+    start(settings, host="127.0.0.1", port=port, num_cpus=2, block=False)
+    # a second app whose queue holds one request: over capacity it must answer 503
+    tight = ServerSettings(
+        model_dir=tiny_model, max_batch_size=1, batch_wait_ms=0, max_ongoing_requests=1, max_queued_requests=1
+    )
+    serve.run(build_app(tight), name="tight", route_prefix="/tight", blocking=False)
+    try:
+        yield f"http://127.0.0.1:{port}", load_pretrained(tiny_model)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _expected(model, texts, pairs=None):
+    return list(model.predict(texts, pairs, criterion=CRITERION, max_length=16).rows())
+
+
+def _same(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g["exit_layer"] == e["exit_layer"] and g["label"] == e["label"] and g["label_id"] == e["label_id"]
+        np.testing.assert_allclose(g["probabilities"], e["probabilities"], atol=1e-5)
+
+
+def test_answers_equal_predict_in_order(server):
+    url, model = server
+    one = requests.post(url, json={"text": "a gem of a film"}, timeout=60)
+    assert one.status_code == 200
+    _same(one.json()["predictions"], _expected(model, ["a gem of a film"]))
+    pair = requests.post(url, json={"text": "a man sleeps", "text_pair": "a person rests"}, timeout=60)
+    _same(pair.json()["predictions"], _expected(model, ["a man sleeps"], ["a person rests"]))
+    texts = ["dull", "a long and winding story about nothing", "fine", "great fun"]
+    many = requests.post(url + "/predict", json={"texts": texts}, timeout=60)
+    _same(many.json()["predictions"], _expected(model, texts))
+    assert requests.get(url + "/health", timeout=30).json() == {"status": "ok"}
+    info = requests.get(url + "/info", timeout=30).json()
+    assert info["criterion"] == CRITERION and info["num_layers"] == 2 and info["settings"]["max_batch_size"] == 16
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'["a"]', 400, "must be a JSON object"),
+        (b"{}", 400, "missing 'text'"),
+        (b'{"text": ""}', 400, "'text' is empty"),
+        (b'{"text": 7}', 400, "'text' must be a string, not int"),
+        (b'{"texts": ["a", 3]}', 400, "'texts[1]' must be a string"),
+        (b'{"texts": ["a", "b", "c", "d", "e"]}', 413, "5 texts in one request, more than the limit of 4"),
+        (json.dumps({"text": "x" * 201}).encode(), 413, "201 characters, more than the limit of 200"),
+        (json.dumps({"text": "word " * 40}).encode(), 413, "tokens, more than the limit of 16"),
+        (b'{"texts": ["a", "b"], "text_pairs": ["c"]}', 400, "2 texts but 1 text_pairs"),
+        (b'{"txt": "a"}', 400, "unknown field 'txt'"),
+    ],
+)
+def test_bad_requests_get_one_line_and_the_replica_goes_on(server, body, status, message):
+    url, _ = server
+    r = requests.post(url, data=body, timeout=60)
+    assert r.status_code == status and message in r.json()["error"] and "\n" not in r.json()["error"], r.text
+    assert requests.post(url, json={"text": "still here"}, timeout=60).status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_answered_each(server):
+    url, model = server
+    texts = [f"review number {i} says {'good' if i % 2 else 'bad'} things" for i in range(24)]
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda t: requests.post(url, json={"text": t}, timeout=120).json(), texts))
+    expected = _expected(model, texts)
+    for answer, row in zip(answers, expected):
+        _same(answer["predictions"], [row])
+    sizes = {int(k) for k in requests.get(url + "/stats", timeout=30).json()["batch_sizes"]}
+    assert max(sizes) > 1  # the handler saw several requests at once
+
+
+def test_over_capacity_answers_503_not_a_hang(server):
+    url, _ = server
+    with ThreadPoolExecutor(32) as pool:
+        codes = list(
+            pool.map(
+                lambda i: requests.post(url + "/tight", json={"text": f"t {i}"}, timeout=120).status_code, range(32)
+            )
+        )
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
