@@ -80,18 +80,11 @@ def start(
 ):
     """Starts Ray (or joins `address`), Serve on host:port and the app; with `block`,
     serves until interrupted."""
-    import ray
     from ray import serve
 
     from rome_jax.serving.ray_app import build_app
 
-    # A proxy that imports Ray Serve on a loaded machine can take more than Ray's 5 s to
-    # report ready; Ray then kills and restarts it forever. Slow hosts get a minute.
-    for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
-        os.environ.setdefault(name, "60")
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
+    start_serve(host=host, port=port, address=address, num_cpus=num_cpus)
     serve.run(build_app(settings), name="rome_jax", route_prefix="/", blocking=False)
     print(f"serving {settings.model_dir} at http://{host}:{port}/ (GET /health, /info, /stats)", flush=True)
     if block:
@@ -102,6 +95,20 @@ def start(
                 time.sleep(3600)
         finally:
             serve.shutdown()
+
+
+def start_serve(*, host: str, port: int, address: str | None = None, num_cpus: int | None = None) -> None:
+    """Ray (a local instance, or the cluster at `address`) and Ray Serve's HTTP proxy on host:port."""
+    import ray
+    from ray import serve
+
+    # A proxy that imports Ray Serve on a loaded machine can take more than Ray's 5 s to
+    # report ready; Ray then kills and restarts it forever. Slow hosts get a minute.
+    for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(name, "60")
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
 
 
 def run() -> None:
