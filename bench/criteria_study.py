@@ -39,6 +39,15 @@ sys.path.insert(0, str(REPO))
 CLASSIFICATION = ("entropy", "max_prob", "patience", "fixed", "lte", "saturation", "meta")
 REGRESSION = ("lte", "saturation", "patience", "fixed")
 SPEEDUPS = (1.5, 2.0, 3.0)
+COLORS = {
+    "entropy": "tab:blue",
+    "max_prob": "tab:orange",
+    "patience": "tab:green",
+    "fixed": "tab:red",
+    "lte": "tab:purple",
+    "saturation": "tab:brown",
+    "meta": "tab:pink",
+}
 GRID = 64
 BUDGETS = 41
 
@@ -181,13 +190,15 @@ def plot(results: list[dict], path: str) -> None:
             order = np.argsort(c["curve"]["mean_layers"])
             x = np.asarray(c["curve"]["mean_layers"])[order]
             y = 100 * np.asarray(c["curve"][metric])[order]
-            ax.plot(x, y, marker=".", markersize=3, linewidth=1, label=name)
+            ax.plot(x, y, marker=".", markersize=3, linewidth=1, label=name, color=COLORS[name])
         ax.axhline(100 * result["full_depth"], color="grey", linewidth=0.6, linestyle=":")
         ax.set_title(f"{result['task']} ({os.path.basename(result['run'].rstrip('/'))})", fontsize=9)
         ax.set_xlabel("mean layers (held-out half)")
         ax.set_ylabel(f"{metric} x100")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    for ax, result in zip(axes[0], results):  # a legend where the criteria change
+        if ax is axes[0][0] or result["regression"] != results[0]["regression"]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
