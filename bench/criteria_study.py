@@ -19,6 +19,8 @@ at most x layers there; its metric and mean layers read on the other half:
   under the metric-versus-mean-layers curve over the 2x range, divided by its width);
 - `at`: the held-out metric and mean layers at 1.5x, 2x and 3x fewer layers (None where
   no threshold runs that few layers on the choosing half).
+With `--splits N` the AUC is also read over N random halvings (seeds seed..seed+N-1),
+printed as mean +- standard deviation: how much of a difference the rows alone make.
 Prints a table per run, writes the JSON and a plot of the held-out curves.
 """
 
@@ -39,6 +41,8 @@ sys.path.insert(0, str(REPO))
 CLASSIFICATION = ("entropy", "max_prob", "patience", "fixed", "lte", "saturation", "meta")
 REGRESSION = ("lte", "saturation", "patience", "fixed")
 SPEEDUPS = (1.5, 2.0, 3.0)
+BASELINE = {"classification": "entropy", "regression": "patience"}
+"""The criterion every other is compared with, paired over the same halvings."""
 COLORS = {
     "entropy": "tab:blue",
     "max_prob": "tab:orange",
@@ -100,7 +104,22 @@ def _pick(layers: np.ndarray, scores: np.ndarray, budget: float) -> int | None:
     return None if not len(ok) else int(ok[np.argmax(scores[ok])])
 
 
-def compare_run(run: str, seed: int = 0) -> dict:
+def compare_run(run: str, seed: int = 0, splits: int = 1) -> dict:
+    """The comparison on one run's dev outputs, halves drawn with `seed`; with `splits`
+    > 1 also every criterion's `auc_splits`: its AUC over `splits` draws (seed, seed+1, ...)."""
+    out = _compare(run, seed)
+    if splits > 1:
+        others = [_compare(run, seed + k) for k in range(1, splits)]
+        for name, c in out["criteria"].items():
+            c["auc_splits"] = [c["auc"], *(o["criteria"][name]["auc"] for o in others)]
+        base = BASELINE["regression" if out["regression"] else "classification"]
+        for c in out["criteria"].values():  # paired: the same halves for both criteria
+            pairs = [(a, b) for a, b in zip(c["auc_splits"], out["criteria"][base]["auc_splits"]) if None not in (a, b)]
+            c[f"auc_minus_{base}"] = [a - b for a, b in pairs]
+    return out
+
+
+def _compare(run: str, seed: int) -> dict:
     from rome_jax.data.metrics import compute_metrics
     from rome_jax.exits import calibration, guarantee
     from rome_jax.exits.criteria import simulate_sweep
@@ -161,7 +180,9 @@ def compare_run(run: str, seed: int = 0) -> dict:
 
 def table(result: dict) -> str:
     metric = result["metric"]
-    head = f"{'criterion':<11}{'auc(L/2..L)':>12}" + "".join(f"{'@' + k:>16}" for k in ("1.5x", "2x", "3x"))
+    base = BASELINE["regression" if result["regression"] else "classification"]
+    paired = f"minus {base}"
+    head = f"{'criterion':<11}{'auc(L/2..L)':>13}{paired:>17}" + "".join(f"{'@' + k:>16}" for k in ("1.5x", "2x", "3x"))
     lines = [
         f"{result['run']}: {result['task']}, {metric} x100, full depth {100 * result['full_depth']:.1f} "
         f"(read on {result['rows']['read']} dev rows; thresholds chosen on the other {result['rows']['choose']})",
@@ -173,7 +194,12 @@ def table(result: dict) -> str:
             v = c["at"][k]
             cells.append(f"{'-':>16}" if v is None else f"{100 * v[metric]:>9.1f} ({v['mean_layers']:.2f})")
         auc = "-" if c["auc"] is None else f"{100 * c['auc']:.1f}"
-        lines.append(f"{name:<11}{auc:>12}" + "".join(cells))
+        draws = [a for a in c.get("auc_splits", []) if a is not None]
+        if len(draws) > 1:
+            auc = f"{100 * np.mean(draws):.1f}+-{100 * np.std(draws):.1f}"
+        diffs = c.get(f"auc_minus_{base}") or []
+        diff = f"{100 * np.mean(diffs):+.1f}+-{100 * np.std(diffs):.1f}" if len(diffs) > 1 else "-"
+        lines.append(f"{name:<11}{auc:>13}{diff:>17}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -215,11 +241,12 @@ def main() -> None:
     compare.add_argument("--out")
     compare.add_argument("--plot")
     compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--splits", type=int, default=1, help="AUC over this many random halvings too")
     args = parser.parse_args()
     if args.command == "data":
         make_data(args.out, args.conll_dir)
         return
-    results = [compare_run(run, args.seed) for run in args.runs]
+    results = [compare_run(run, args.seed, args.splits) for run in args.runs]
     for result in results:
         print(table(result) + "\n")
     if args.out:
