@@ -126,3 +126,19 @@ def test_over_capacity_answers_503_not_a_hang(server):
             )
         )
     assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+
+
+def test_settings_are_checked_and_autoscaling_is_configured():
+    from rome_jax.serving.ray_app import ServerSettings, build_app
+
+    for bad, message in (
+        ({"long_texts": "cut"}, "truncate or refuse"),
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
+        ({"replicas": 3, "max_replicas": 2}, "below replicas 3"),
+        ({"batch_wait_ms": -1}, "batch_wait_ms"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ServerSettings(model_dir="m", **bad)
+    app = build_app(ServerSettings(model_dir="m", replicas=1, max_replicas=4, max_batch_size=32))
+    config = app._bound_deployment._deployment_config.autoscaling_config
+    assert (config.min_replicas, config.max_replicas, config.target_ongoing_requests) == (1, 4, 32)

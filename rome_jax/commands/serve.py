@@ -26,7 +26,10 @@ _PORT = flags.DEFINE_integer("port", 8000, "HTTP port.")
 _CRITERION = flags.DEFINE_string(
     "criterion", "auto", "auto (the model's calibrated threshold, else full depth), none, or e.g. entropy:0.3."
 )
-_REPLICAS = flags.DEFINE_integer("replicas", 1, "Replicas of the model.")
+_REPLICAS = flags.DEFINE_integer("replicas", 1, "Replicas of the model (the least, with --max_replicas).")
+_MAX_REPLICAS = flags.DEFINE_integer(
+    "max_replicas", 0, "Above --replicas: autoscale up to this many replicas with the load (0: fixed)."
+)
 _MAX_BATCH_SIZE = flags.DEFINE_integer("max_batch_size", 64, "Requests gathered into one handler call.")
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 5.0, "How long the first request of a batch waits for more.")
 _ROWS = flags.DEFINE_integer("rows_per_batch", 64, "Texts per model batch inside a handler call.")
@@ -66,6 +69,7 @@ def main(argv: list[str]) -> int:
             max_length=_MAX_LENGTH.value,
             long_texts=_LONG.value,
             replicas=_REPLICAS.value,
+            max_replicas=_MAX_REPLICAS.value,
             max_ongoing_requests=_MAX_ONGOING.value,
             max_queued_requests=_MAX_QUEUED.value,
         )

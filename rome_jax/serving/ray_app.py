@@ -52,6 +52,8 @@ class ServerSettings:
     max_texts / max_chars: a request's limits (413 beyond them).
     max_length: tokens per text (default: `predict`'s); long_texts: "truncate" or "refuse" (413).
     replicas, max_ongoing_requests, max_queued_requests: Ray Serve's, per deployment.
+    max_replicas: above `replicas`, Ray Serve's autoscaling between the two, aiming at
+      `max_batch_size` ongoing requests per replica (0: a fixed number of replicas).
     """
 
     model_dir: str
@@ -64,6 +66,7 @@ class ServerSettings:
     max_length: int | None = None
     long_texts: str = "truncate"
     replicas: int = 1
+    max_replicas: int = 0
     max_ongoing_requests: int = 256
     max_queued_requests: int = 1024
 
@@ -73,6 +76,8 @@ class ServerSettings:
         for name in ("max_batch_size", "rows_per_batch", "max_texts", "max_chars", "replicas", "max_ongoing_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.max_replicas and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below replicas {self.replicas}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, not {self.batch_wait_ms}")
 
@@ -192,8 +197,17 @@ class EarlyExitServer:
 def build_app(settings: ServerSettings) -> Any:
     """The Ray Serve application of `settings` (`serve.run(app)` starts it)."""
     deployment: Any = EarlyExitServer  # serve.deployment's wrapper of the class
+    replicas: dict[str, Any] = {"num_replicas": settings.replicas}
+    if settings.max_replicas > settings.replicas:
+        replicas = {
+            "autoscaling_config": {
+                "min_replicas": settings.replicas,
+                "max_replicas": settings.max_replicas,
+                "target_ongoing_requests": settings.max_batch_size,
+            }
+        }
     return deployment.options(
-        num_replicas=settings.replicas,
+        **replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         max_queued_requests=settings.max_queued_requests,
     ).bind(settings)
