@@ -209,7 +209,12 @@ def plot(results: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    columns = min(len(results), 4)
+    rows = -(-len(results) // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
+    axes = [list(grid.ravel())]
+    for ax in axes[0][len(results) :]:
+        ax.set_visible(False)
     for ax, result in zip(axes[0], results):
         metric = result["metric"]
         for name, c in result["criteria"].items():

@@ -347,7 +347,13 @@ def test_bert_roberta_albert_are_bitwise_what_they_were():
         assert sorted(state) == sorted(before) and sorted(exits_state) == sorted(exits_before)
         for k in state:
             np.testing.assert_array_equal(state[k], before[k])
-        assert hf_io.hf_config_dict(config) == old_io.hf_config_dict(config)
+        exported = hf_io.hf_config_dict(config)
+        # added since: the exits' activation and the PyTorch modeling file's registration
+        assert exported.pop("auto_map") == {
+            "AutoModelForSequenceClassification": "rome_jax_modeling.RomeJaxMultiExitModel"
+        }
+        assert exported["rome_jax"].pop("exit_activation") == config.exit_activation
+        assert exported == old_io.hf_config_dict(config)
         for count in ("embedding_flops", "layer_flops", "exit_flops", "full_flops", "matmul_flops"):
             assert getattr(flops, count)(config, 32) == getattr(old_flops, count)(config, 32), count
 

@@ -354,7 +354,8 @@ def test_default_sweeps_follow_the_depth_and_the_method(tiny):
     assert rows["patience"] == [1, 2, 3, 4]
     reference = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}  # FastBERT's, and where the exits' values lie:
     assert reference < set(rows["normalized_entropy"]) and len(rows["normalized_entropy"]) <= 9 + 8
-    assert set(rows) == {"entropy", "max_prob", "patience", "normalized_entropy"}
+    # saturation too: it needs no fitting (lte and meta only with fitted gates)
+    assert set(rows) == {"entropy", "max_prob", "patience", "normalized_entropy", "saturation"}
     from rome_jax.exits.evaluation import format_table
 
     table = format_table(results).splitlines()
