@@ -65,6 +65,10 @@ def test_signal_criteria_are_checked():
     logits = np.zeros((3, 2, 2), np.float32)
     with pytest.raises(ValueError, match="signals="):
         simulate(Criterion("saturation", 0.9), logits)
+    from rome_jax.exits.criteria import init_state, step
+
+    with pytest.raises(ValueError, match="signals="):
+        step(Criterion("lte", 0.5), init_state(None, 2, 2), logits[0], 0)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         Criterion("lte", 1.5)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):

@@ -1,6 +1,9 @@
 """Early exit: when to stop, how to run until then, and how to choose a threshold.
 
 - `criteria`: exit criteria as pure functions (`Criterion`, `CRITERIA`, `simulate`);
+- `signals`: what lte, saturation and meta read besides the logits (`Signals`: the
+  gates' scores, consecutive layers' cosine), computed next to every exit;
+- `gates`: the LTE and meta gates: targets, losses, fitting on held-out rows, files;
 - `batches`: batches as the executors read them: keys, `check_batch`, padding rows,
   cutting a batch to a length bucket or a row bucket;
 - `loop`: the compiled early-exit loop (a `lax.while_loop` over the layers) that
@@ -27,9 +30,11 @@ The criteria's names are re-exported here (`from rome_jax.exits import Criterion
 from rome_jax.exits.criteria import (
     CRITERIA,
     DEFAULT_TOLERANCE,
+    SIGNAL_CRITERIA,
     Criterion,
     ExitState,
     Rule,
+    Signals,
     check_criterion,
     entropy,
     exit_counts,
@@ -45,9 +50,11 @@ from rome_jax.exits.criteria import (
 __all__ = [
     "CRITERIA",
     "DEFAULT_TOLERANCE",
+    "SIGNAL_CRITERIA",
     "Criterion",
     "ExitState",
     "Rule",
+    "Signals",
     "check_criterion",
     "entropy",
     "exit_counts",

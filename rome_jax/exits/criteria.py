@@ -240,7 +240,10 @@ def step(
     and this exit's `signals` (each [B]; None: zeros, for criteria that read none).
 
     Returns (new state, exit_now [B] bool). Pure jnp: usable in lax loops and vmap.
+    ValueError for a signal criterion without `signals`.
     """
+    if signals is None and criterion.name in SIGNAL_CRITERIA:
+        raise ValueError(f"the {criterion.name!r} criterion reads the exit's signals: pass signals=")
     return step_rule(criterion.rule, state, logits, index, signals)
 
 
