@@ -43,7 +43,8 @@ def server(tiny_model):
         max_length=16,
         long_texts="refuse",
     )
-    start(settings, host="127.0.0.1", port=port, num_cpus=2, block=False)
+    # a small object store: Ray's default reserves 30% of the memory the other tests need
+    start(settings, host="127.0.0.1", port=port, num_cpus=2, block=False, object_store_memory=200 * 2**20)
     # a second app whose queue holds one request: over capacity it must answer 503
     tight = ServerSettings(
         model_dir=tiny_model, max_batch_size=1, batch_wait_ms=0, max_ongoing_requests=1, max_queued_requests=1

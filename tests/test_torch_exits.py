@@ -70,8 +70,10 @@ def test_every_exit_matches_the_jax_exits(exported):
 
 def test_early_exit_at_batch_one_decides_as_rome_jax(exported):
     family, model, torch_model, batch, _ = exported
+    if model.config.exit_pooling == "cls":
+        pytest.skip("the decisions are pooling-blind; mean pooling (the exits' harder case) runs them")
     logits = np.asarray(model.exit_logits(batch))
-    thresholds = thresholds_between(np.asarray(entropy(logits[:-1])), (0.3, 0.7), 1e-3)
+    thresholds = thresholds_between(np.asarray(entropy(logits[:-1])), (0.5,), 1e-3)
     criteria = [Criterion("entropy", t) for t in thresholds] + [Criterion("patience", 1), Criterion("fixed", 2)]
     for criterion in criteria:
         spec = f"{criterion.name}:{criterion.threshold!r}"

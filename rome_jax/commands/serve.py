@@ -80,7 +80,14 @@ def main(argv: list[str]) -> int:
 
 
 def start(
-    settings, *, host: str, port: int, address: str | None = None, num_cpus: int | None = None, block: bool = True
+    settings,
+    *,
+    host: str,
+    port: int,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    block: bool = True,
+    object_store_memory: int | None = None,
 ):
     """Starts Ray (or joins `address`), Serve on host:port and the app; with `block`,
     serves until interrupted."""
@@ -88,7 +95,7 @@ def start(
 
     from rome_jax.serving.ray_app import build_app
 
-    start_serve(host=host, port=port, address=address, num_cpus=num_cpus)
+    start_serve(host=host, port=port, address=address, num_cpus=num_cpus, object_store_memory=object_store_memory)
     serve.run(build_app(settings), name="rome_jax", route_prefix="/", blocking=False)
     print(f"serving {settings.model_dir} at http://{host}:{port}/ (GET /health, /info, /stats)", flush=True)
     if block:
@@ -101,8 +108,18 @@ def start(
             serve.shutdown()
 
 
-def start_serve(*, host: str, port: int, address: str | None = None, num_cpus: int | None = None) -> None:
-    """Ray (a local instance, or the cluster at `address`) and Ray Serve's HTTP proxy on host:port."""
+def start_serve(
+    *,
+    host: str,
+    port: int,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> None:
+    """Ray (a local instance, or the cluster at `address`) and Ray Serve's HTTP proxy on
+    host:port. `object_store_memory` (bytes) caps a local instance's shared-memory
+    object store (Ray's default takes 30% of the machine's memory; the server passes
+    only small requests and answers through it)."""
     import ray
     from ray import serve
 
@@ -111,7 +128,13 @@ def start_serve(*, host: str, port: int, address: str | None = None, num_cpus: i
     for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         os.environ.setdefault(name, "60")
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=address,
+            num_cpus=num_cpus,
+            object_store_memory=None if address else object_store_memory,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     serve.start(http_options={"host": host, "port": port})
 
 
