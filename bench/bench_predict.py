@@ -39,6 +39,10 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.bench_train_step import cpu_model  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     here = os.path.dirname(os.path.abspath(__file__))
@@ -146,17 +150,6 @@ def bench_torch(model_dir: str, jax_model, sentences, labels, batch_size: int, m
     return out
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
@@ -206,7 +199,7 @@ def main(argv=None) -> dict:
         "num_layers": model.config.num_layers,
         "machine": {
             "platform": platform.platform(),
-            "processor": cpu_name(),
+            "processor": cpu_model() or platform.machine(),
             "cpus": os.cpu_count(),
             "jax_version": jax.__version__,
             "backend": jax.devices()[0].platform,

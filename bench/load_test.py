@@ -40,6 +40,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_train_step import cpu_model  # noqa: E402
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -119,7 +121,7 @@ def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requ
     counter = [0]
 
     def client(k: int) -> None:
-        session = requests.Session()
+        connection = requests.Session()
         i = k
         while time.perf_counter() < stop:
             with lock:
@@ -130,7 +132,7 @@ def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requ
             i += concurrency
             start = time.perf_counter()
             try:
-                r = session.post(url, json={"text": sentences[row]}, timeout=120)
+                r = connection.post(url, json={"text": sentences[row]}, timeout=120)
                 latency = time.perf_counter() - start
                 if r.status_code != 200:
                     with lock:
@@ -218,7 +220,7 @@ def main() -> None:
         "calibration": {k: calibration.get(k) for k in ("rule", "target", "eps", "delta", "default")},
         "rows": {"calibration": len(cal), "load": len(rest), "seed": args.seed},
         "settings": {k: v for k, v in vars(args).items() if k not in ("model_dir",)},
-        "machine": {"cpu": _cpu(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": cpu_model() or platform.machine(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%d"),
         "systems": {},
     }
@@ -249,16 +251,6 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {args.out}")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

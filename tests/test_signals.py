@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_inference import thresholds_between as _between
 
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.encoder.model import init_params
@@ -163,18 +164,6 @@ def _spread_model(seed=0):
         scale = 2.0 / z.std()
         fitted[name] = {"kernel": (w * scale).astype(np.float32), "bias": np.float32(-(z.mean() * scale) + 0.5 * k)}
     return config, signals.with_gates(params, fitted), batch
-
-
-def _between(values, quantiles, margin=1e-4):
-    v = np.unique(np.asarray(values, np.float64).ravel())
-    out = []
-    for q in quantiles:
-        k = int(q * (len(v) - 1))
-        for j in sorted(range(len(v) - 1), key=lambda j: abs(j - k)):
-            if v[j + 1] - v[j] > 2 * margin:
-                out.append(float((v[j] + v[j + 1]) / 2))
-                break
-    return out
 
 
 @pytest.mark.parametrize("name", ["lte", "saturation", "meta"])
