@@ -1,4 +1,4 @@
-"""The Ray Serve deployment, started in process on a free local port: answers equal
+"""The Ray Serve deployment, started in its own process on a free local port: answers equal
 `predict`'s, in order; each bad request's status and message; concurrent requests
 batched, every caller getting its own answer; a full queue answers 503, never hangs."""
 
@@ -23,38 +23,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    import ray
-    from ray import serve
+# The server runs in its own process, as a user starts it: Ray's threads and forked
+# workers stay out of the test process (a JAX process that hosted Ray can crash later).
+_LAUNCHER = """
+import signal, sys, threading
+from ray import serve
+import ray
+from rome_jax.commands.serve import start
+from rome_jax.serving.ray_app import ServerSettings, build_app
 
-    from rome_jax.commands.serve import start
+model_dir, port = sys.argv[1], int(sys.argv[2])
+settings = ServerSettings(
+    model_dir=model_dir, criterion=CRITERION, max_batch_size=16, batch_wait_ms=50,
+    max_texts=4, max_chars=200, max_length=16, long_texts="refuse",
+)
+# a small object store: Ray's default reserves 30% of the memory the other tests need
+start(settings, host="127.0.0.1", port=port, num_cpus=2, block=False, object_store_memory=200 * 2**20)
+# a second app whose queue holds one request: over capacity it must answer 503
+tight = ServerSettings(
+    model_dir=model_dir, max_batch_size=1, batch_wait_ms=0, max_ongoing_requests=1, max_queued_requests=1
+)
+serve.run(build_app(tight), name="tight", route_prefix="/tight", blocking=False)
+stop = threading.Event()
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: stop.set())
+print("READY", flush=True)
+while not stop.wait(1):
+    pass
+serve.shutdown()
+ray.shutdown()
+""".replace("CRITERION", repr(CRITERION))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    import signal
+    import subprocess
+    import sys
+    import time
+
     from rome_jax.serving.api import load_pretrained
-    from rome_jax.serving.ray_app import ServerSettings, build_app
 
     port = _free_port()
-    settings = ServerSettings(
-        model_dir=tiny_model,
-        criterion=CRITERION,
-        max_batch_size=16,
-        batch_wait_ms=50,
-        max_texts=4,
-        max_chars=200,
-        max_length=16,
-        long_texts="refuse",
-    )
-    # a small object store: Ray's default reserves 30% of the memory the other tests need
-    start(settings, host="127.0.0.1", port=port, num_cpus=2, block=False, object_store_memory=200 * 2**20)
-    # a second app whose queue holds one request: over capacity it must answer 503
-    tight = ServerSettings(
-        model_dir=tiny_model, max_batch_size=1, batch_wait_ms=0, max_ongoing_requests=1, max_queued_requests=1
-    )
-    serve.run(build_app(tight), name="tight", route_prefix="/tight", blocking=False)
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, tiny_model, str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
+        deadline = time.monotonic() + 300
+        while "READY" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
         yield f"http://127.0.0.1:{port}", load_pretrained(tiny_model)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _expected(model, texts, pairs=None):
