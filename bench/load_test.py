@@ -193,7 +193,8 @@ def main() -> None:
     from rome_jax.commands.serve import start_serve
     from rome_jax.data import read_glue_dir
     from rome_jax.exits.calibration import split_rows
-    from rome_jax.serving.ray_app import ServerSettings, build_app
+    from rome_jax.serving.ray_app import build_app
+    from rome_jax.serving.server_settings import ServerSettings
 
     examples = read_glue_dir("sst2", "dev", args.glue_dir)
     sentences, labels = list(examples.text_a), [int(y) for y in examples.labels]

@@ -40,6 +40,9 @@ _LONG = flags.DEFINE_enum("long_texts", "truncate", ["truncate", "refuse"], "Tex
 _MAX_ONGOING = flags.DEFINE_integer("max_ongoing_requests", 256, "Requests a replica runs at once.")
 _MAX_QUEUED = flags.DEFINE_integer("max_queued_requests", 1024, "Requests waiting beyond those (503 beyond).")
 _ADDRESS = flags.DEFINE_string("address", None, "A running Ray cluster to join (auto, or ray://host:port).")
+_COMPILE = flags.DEFINE_bool(
+    "compile_at_start", True, "Compile every length and row bucket before serving (no request waits for XLA)."
+)
 _NUM_CPUS = flags.DEFINE_integer("num_cpus", None, "CPUs of the local Ray instance (default: all).")
 
 
@@ -55,7 +58,7 @@ def model_dir_of(workdir: str | None, model: str | None) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from rome_jax.serving.ray_app import ServerSettings  # ray: when serving, not at import
+    from rome_jax.serving.server_settings import ServerSettings
 
     try:
         settings = ServerSettings(
@@ -72,6 +75,7 @@ def main(argv: list[str]) -> int:
             max_replicas=_MAX_REPLICAS.value,
             max_ongoing_requests=_MAX_ONGOING.value,
             max_queued_requests=_MAX_QUEUED.value,
+            compile_at_start=_COMPILE.value,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -36,50 +36,11 @@ from starlette.responses import JSONResponse
 
 from rome_jax.serving import requests as requests_lib
 from rome_jax.serving.predict import Predictions
+from rome_jax.serving.server_settings import ServerSettings, deployment_options
+
+__all__ = ["EarlyExitServer", "ServerSettings", "build_app"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerSettings:
-    """What `build_app` serves and how.
-
-    model_dir: an HF model directory (`save_pretrained`'s; a run's WORKDIR/model).
-    criterion: as `predict`'s ("auto": the model's calibrated one, else full depth).
-    max_batch_size / batch_wait_ms: `@serve.batch`'s: requests gathered per handler call,
-      and how long the first one waits for more.
-    rows_per_batch: texts per model batch inside a handler call (`predict`'s batch_size).
-    max_texts / max_chars: a request's limits (413 beyond them).
-    max_length: tokens per text (default: `predict`'s); long_texts: "truncate" or "refuse" (413).
-    replicas, max_ongoing_requests, max_queued_requests: Ray Serve's, per deployment.
-    max_replicas: above `replicas`, Ray Serve's autoscaling between the two, aiming at
-      `max_batch_size` ongoing requests per replica (0: a fixed number of replicas).
-    """
-
-    model_dir: str
-    criterion: str = "auto"
-    max_batch_size: int = 64
-    batch_wait_ms: float = 5.0
-    rows_per_batch: int = 64
-    max_texts: int = 256
-    max_chars: int = 20000
-    max_length: int | None = None
-    long_texts: str = "truncate"
-    replicas: int = 1
-    max_replicas: int = 0
-    max_ongoing_requests: int = 256
-    max_queued_requests: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.long_texts not in ("truncate", "refuse"):
-            raise ValueError(f"long_texts must be truncate or refuse, not {self.long_texts!r}")
-        for name in ("max_batch_size", "rows_per_batch", "max_texts", "max_chars", "replicas", "max_ongoing_requests"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.max_replicas and self.max_replicas < self.replicas:
-            raise ValueError(f"max_replicas {self.max_replicas} is below replicas {self.replicas}")
-        if self.batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, not {self.batch_wait_ms}")
 
 
 def _json(payload: Any, status: int = 200) -> JSONResponse:
@@ -91,8 +52,9 @@ class EarlyExitServer:
     """One replica: the model, loaded and compiled at start, behind the routes above."""
 
     def __init__(self, settings: ServerSettings):
+        from rome_jax.data.buckets import length_buckets
         from rome_jax.serving.api import load_pretrained
-        from rome_jax.serving.predict import default_max_length, describe, resolve_criterion
+        from rome_jax.serving.predict import compile_early_exit, default_max_length, describe, resolve_criterion
 
         self.settings = settings
         self.model = load_pretrained(settings.model_dir)
@@ -108,8 +70,24 @@ class EarlyExitServer:
         batched.set_max_batch_size(settings.max_batch_size)
         batched.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
         start = time.perf_counter()
-        self._predict(["warm up"] * min(settings.rows_per_batch, 8), None)  # compile before the first request
-        logger.info("replica ready in %.1f s (%s, %s)", time.perf_counter() - start, settings.model_dir, self.describe)
+        self.compiled_shapes = 0
+        if settings.compile_at_start:
+            self.compiled_shapes = compile_early_exit(
+                self.model.config,
+                self.model.params,
+                self.criterion,
+                buckets=length_buckets(self.max_length, "auto"),
+                batch_size=settings.rows_per_batch,
+            )
+        self._predict(["warm up"] * min(settings.rows_per_batch, 8), None)  # and the host side
+        self.ready_seconds = time.perf_counter() - start
+        logger.info(
+            "replica ready in %.1f s (%s, %s, %d shapes compiled)",
+            self.ready_seconds,
+            settings.model_dir,
+            self.describe,
+            self.compiled_shapes,
+        )
 
     def _predict(self, texts: list[str], pairs: list[str] | None) -> list[dict]:
         out = self.model.predict(
@@ -190,6 +168,8 @@ class EarlyExitServer:
             if calibration
             else None,
             "max_length": self.max_length,
+            "compiled_shapes": self.compiled_shapes,
+            "ready_seconds": round(self.ready_seconds, 1),
             "settings": dataclasses.asdict(self.settings),
         }
 
@@ -197,17 +177,4 @@ class EarlyExitServer:
 def build_app(settings: ServerSettings) -> Any:
     """The Ray Serve application of `settings` (`serve.run(app)` starts it)."""
     deployment: Any = EarlyExitServer  # serve.deployment's wrapper of the class
-    replicas: dict[str, Any] = {"num_replicas": settings.replicas}
-    if settings.max_replicas > settings.replicas:
-        replicas = {
-            "autoscaling_config": {
-                "min_replicas": settings.replicas,
-                "max_replicas": settings.max_replicas,
-                "target_ongoing_requests": settings.max_batch_size,
-            }
-        }
-    return deployment.options(
-        **replicas,
-        max_ongoing_requests=settings.max_ongoing_requests,
-        max_queued_requests=settings.max_queued_requests,
-    ).bind(settings)
+    return deployment.options(**deployment_options(settings)).bind(settings)
