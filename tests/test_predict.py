@@ -377,3 +377,30 @@ def test_predict_program_stdin_bad_row(model_dir):
     )
     rows = _jsonl(proc.stdout)
     assert [r["id"] for r in rows] == [0, 1] and {r["label"] for r in rows} <= {"negative", "positive"}
+
+
+def test_compiled_ahead_no_call_compiles_again(tiny_model):
+    """`compile_early_exit` (a server's start) compiles every program that calls of any
+    size and length can need: afterwards, calls of 1 to 20 texts of varied lengths,
+    with examples exiting at both layers, add nothing to the executor's jit caches."""
+    from rome_jax.data.buckets import length_buckets
+    from rome_jax.exits import batched
+    from rome_jax.serving.api import load_pretrained
+    from rome_jax.serving.predict import compile_early_exit
+
+    model = load_pretrained(tiny_model)
+    rng = np.random.default_rng(0)
+    calls = [[" ".join(rng.choice(WORDS, rng.integers(1, 28))) for _ in range(n)] for n in (1, 3, 5, 8, 13, 20)]
+    first = model.predict(sum(calls, []), criterion="fixed:1", max_length=32).probabilities
+    entropy = -(first * np.log(first)).sum(-1)
+    criterion = resolve_criterion(f"entropy:{float(np.median(entropy))!r}", model.config, None)
+
+    shapes = compile_early_exit(model.config, model.params, criterion, buckets=length_buckets(32, "auto"), batch_size=8)
+    assert shapes == 2 * 6  # lengths (16, 32) x rows (8, 6, 4, 3, 2, 1)
+    jitted = (batched._embed, batched._segment, batched._gather)
+    before = [f._cache_size() for f in jitted]
+    layers = []
+    for texts in calls:
+        layers += list(model.predict(texts, criterion=criterion, batch_size=8, max_length=32).exit_layer)
+    assert set(layers) == {1, 2}  # rows left batches, so smaller buckets ran
+    assert [f._cache_size() for f in jitted] == before

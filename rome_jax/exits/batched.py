@@ -279,6 +279,34 @@ class BatchedEarlyExit:
                 parked.setdefault(group.next_layer, []).append(group.only_live())
                 return
 
+    def compile(self, lengths: Iterable[int], capacity: int, keys: Sequence[str] = ("token_type_ids",)) -> int:
+        """Compiles now every program that batches of at most `capacity` rows at these
+        sequence lengths can need, without regrouping: for each length and each bucket
+        size, the embeddings and the layer loop, and the gathers from each bucket into
+        every smaller one. A server calls it at start so that no request waits for
+        XLA. Runs the programs on masked dummy rows (the jit caches hold programs, not
+        lowered text); returns how many (length, bucket) shapes it ran.
+
+        keys: the token arrays beside `input_ids` and `attention_mask` that the
+        batches will carry (their presence changes the programs)."""
+        sizes = sorted({b for b in self._buckets(capacity) if b <= capacity}, reverse=True)
+        shapes = 0
+        for length in sorted(set(lengths)):
+            for size in sizes:
+                batch: dict[str, np.ndarray] = {k: np.zeros((size, length), np.int32) for k in ("input_ids", *keys)}
+                batch["attention_mask"] = np.ones((size, length), np.int32)
+                batch["example_mask"] = np.ones(size, bool)
+                results = _Results(self.config.num_layers, self.config.num_labels)
+                group = self._start(batch, results)
+                # every row runs one segment (a stop at layer 1 of `size` rows: the same program)
+                self._run_segment(group, results, {}, capacity, park_limit=0)
+                for smaller in sizes:
+                    if smaller < size:
+                        rows = np.arange(smaller) % size
+                        jax.block_until_ready(group.gather(rows, np.full(smaller, -1)).hidden)
+                shapes += 1
+        return shapes
+
     def __call__(self, batch: dict) -> dict:
         """One batch: dict(exit_index [B] int32, logits [B, C] float32,
         example_layers, row_layers, layer_steps, launches)."""

@@ -277,7 +277,9 @@ def early_exits(
     executor = batched.BatchedEarlyExit(config, params, criterion)
 
     def run(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        out = executor.run_dataset(batches)
+        # a lone batch's slow rows have no later batch to join: parking them would only
+        # add shapes (and compilations) to a server's calls
+        out = executor.run_dataset(batches, regroup=len(batches) > 1)
         return {"exit_index": out["exit_index"], "logits": out["logits"]}
 
     out = exit_outputs(run, inputs, batch_size=batch_size, buckets=buckets, per_length=True)

@@ -37,6 +37,7 @@ from rome_jax.data.features import Features
 from rome_jax.encoder.config import ModelConfig
 from rome_jax.exits import calibration as calibration_lib
 from rome_jax.exits import guarantee
+from rome_jax.exits.batched import BatchedEarlyExit
 from rome_jax.exits.batches import default_buckets, smallest_bucket
 from rome_jax.exits.criteria import CRITERIA, Criterion, check_criterion
 from rome_jax.exits.outputs import all_exit_signals, early_exits
@@ -208,6 +209,24 @@ def run_early_exit(
     if criterion is None:
         criterion = Criterion("fixed", config.num_exits, regression=config.num_labels == 1)
     return early_exits(config, params, inputs, criterion, batch_size=rows_per_batch, buckets=buckets)
+
+
+def compile_early_exit(
+    config: ModelConfig,
+    params: Any,
+    criterion: Criterion | None,
+    *,
+    buckets: LengthBuckets,
+    batch_size: int = 64,
+) -> int:
+    """Compiles every program `run_early_exit` (one call at a time, as a server makes
+    them) can run with these settings: each length bucket x each row bucket of
+    `default_buckets(batch_size)`. Returns the number of (length, rows) shapes.
+    Minutes on a CPU for a 12-layer model and long buckets; a persistent compilation
+    cache (`JAX_COMPILATION_CACHE_DIR`) keeps them across restarts."""
+    if criterion is None:
+        criterion = Criterion("fixed", config.num_exits, regression=config.num_labels == 1)
+    return BatchedEarlyExit(config, params, criterion).compile(buckets, capacity=batch_size)
 
 
 def _texts(values: Any, name: str) -> list[str]:
