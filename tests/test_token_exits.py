@@ -400,3 +400,66 @@ def test_token_flops_consistency(model):
     # padding does not count: the same sentence padded further costs the same
     wider = np.pad(np.asarray(got["exit_index"]), ((0, 0), (0, 4)))
     np.testing.assert_array_equal(token_flops.token_exit_flops(CONFIG, wider, np.pad(mask, ((0, 0), (0, 4)))), spent)
+
+
+# ---------------------------------------------------------------- TOKEE, finished sentences leaving
+
+
+def many_sentences(rows=16, seed=1):
+    """`tagging_batch`'s four word layouts repeated over `rows` rows, other token ids in
+    each, in shuffled order."""
+    base = tagging_batch()
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(rows) % 4
+    batch = {k: v[order].copy() for k, v in base.items()}
+    batch["input_ids"] = rng.randint(3, CONFIG.vocab_size, batch["input_ids"].shape).astype(np.int32)
+    batch["input_ids"] *= batch["attention_mask"]
+    return batch
+
+
+@pytest.mark.parametrize("window", [0, 1])
+@pytest.mark.parametrize("name", ["entropy", "patience"])
+def test_compacted_token_exit_answers_as_the_reference(model, name, window):
+    """Sentences leave the batch as they finish (smaller buckets, several launches);
+    every token's exit, logits and final state are the eager numpy reference's, and
+    the dense loop's."""
+    from rome_jax.exits.token_batched import compacted_token_exit
+
+    params = model[0]
+    batch = many_sentences()
+    z = full_depth(params, batch)
+    words = np.asarray(tk.word_positions(batch["word_ids"], batch["attention_mask"]))
+    crit = criteria_for(z, words)[name]
+    got = compacted_token_exit(CONFIG, params, batch, crit, window)
+    ref = tk.token_exit_reference(CONFIG, params, batch, crit, window)
+    dense = tk.token_early_exit(CONFIG, params, batch, crit, window)
+    np.testing.assert_array_equal(got["exit_index"], ref["exit_index"])
+    np.testing.assert_array_equal(got["exit_index"], np.asarray(dense["exit_index"]))
+    np.testing.assert_allclose(got["logits"], ref["logits"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got["hidden"], ref["hidden"], atol=1e-5, rtol=0)
+    # each sentence ran at least to its last exit; the batch computed less than the dense loop
+    assert (got["layers_run"] >= got["exit_index"].max(-1) + 1).all()
+    finish = got["exit_index"].max(-1) + 1
+    assert len(np.unique(finish)) >= 2, finish  # sentences finish at different layers
+    assert got["launches"] >= 2 and got["row_layers"] < len(finish) * int(dense["layers_run"])
+
+
+def test_compacted_token_exit_buckets_and_one_sentence(model):
+    from rome_jax.exits.token_batched import compacted_token_exit
+
+    params = model[0]
+    batch = many_sentences(rows=7, seed=2)
+    crit = Criterion("patience", 1)
+    ref = tk.token_exit_reference(CONFIG, params, batch, crit, 0)
+    for buckets in (None, (4, 2, 1), (7,)):  # 7 rows; ladders below it; one bucket (no compaction)
+        got = compacted_token_exit(CONFIG, params, batch, crit, 0, buckets=buckets)
+        np.testing.assert_array_equal(got["exit_index"], ref["exit_index"], err_msg=str(buckets))
+    assert compacted_token_exit(CONFIG, params, batch, crit, 0, buckets=(7,))["launches"] == 1
+    one = {k: v[:1] for k, v in batch.items()}
+    np.testing.assert_array_equal(
+        compacted_token_exit(CONFIG, params, one, crit, 0)["exit_index"], ref["exit_index"][:1]
+    )
+    real = np.array([1, 1, 0, 1, 0, 1, 1], bool)  # padding rows of a last batch: never run
+    padded = compacted_token_exit(CONFIG, params, {**batch, "example_mask": real}, crit, 0)
+    np.testing.assert_array_equal(padded["exit_index"][real], ref["exit_index"][real])
+    assert (padded["exit_index"][~real] == 0).all() and (padded["logits"][~real] == 0).all()

@@ -4,7 +4,8 @@ Two rules (`rome_jax.exits.tokens`): sentence-level (SENTEE: a sentence leaves a
 the first exit where every word is confident; read exactly from the full-depth
 logits, since a sentence leaves whole) and token-level (TOKEE: a word leaves once it
 and its neighbours within `window` words are confident, its state frozen; run by the
-compiled `token_early_exit`, batch by batch, since freezing changes later layers).
+compiled loop batch by batch, since freezing changes later layers; finished
+sentences leave their batch: `token_batched.compacted_token_exit`).
 
 Each sweep point reports entity F1 / precision / recall over every word
 (`tag_scores.scores`), the mean exit layer of the words (1-based), and FLOPs against
@@ -37,6 +38,7 @@ from rome_jax.encoder.pytree import Params
 from rome_jax.exits import guarantee, tag_scores, token_flops, tokens
 from rome_jax.exits.criteria import Criterion
 from rome_jax.exits.outputs import batch_plan, take
+from rome_jax.exits.token_batched import compacted_token_exit
 
 LEVELS = ("sentence", "token")
 """The exit rules: SENTEE (whole sentences) and TOKEE (words, with a window)."""
@@ -77,16 +79,22 @@ def token_level(
     window: int = 0,
     batch_size: int = 64,
     buckets: LengthBuckets,
+    compact: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """TOKEE over a dataset, batch by batch: (exit index [N, T] int32, logits [N, T, C]
-    of each token's exit, seconds spent in the compiled runs)."""
+    of each token's exit, seconds spent in the compiled runs). `compact`: finished
+    sentences leave their batch (`token_batched.compacted_token_exit`; the same
+    answers); False runs each batch until its last token exits (`token_early_exit`)."""
     n, width = features.features.input_ids.shape
     exits = np.full((n, width), config.num_layers - 1, np.int32)
     logits = np.zeros((n, width, config.num_labels), np.float32)
     seconds = 0.0
     for rows, length, batch in _batches(features, batch_size, buckets):
         start = time.perf_counter()
-        out = jax.block_until_ready(tokens.token_early_exit(config, params, batch, criterion, window))
+        if compact:
+            out = compacted_token_exit(config, params, batch, criterion, window)
+        else:
+            out = jax.block_until_ready(tokens.token_early_exit(config, params, batch, criterion, window))
         seconds += time.perf_counter() - start
         real = rows >= 0
         exits[rows[real], :length] = np.asarray(out["exit_index"])[real]

@@ -258,6 +258,24 @@ class _Carry(NamedTuple):
     state: ExitState  # per token: counter [B, T], previous [B, T, C]
 
 
+def _layer_step(config: ModelConfig, params: Params, rule: Rule, mask: Array, words: _Words, c: _Carry) -> _Carry:
+    """Layer `c.layer` and its exit for every row, the active tokens' states kept and
+    the window rule applied (the loop body of both TOKEE executors)."""
+    i = c.layer
+    new, logits = apply_layer_with_exit(config, layer_params(params, i), c.hidden, mask)
+    hidden = jnp.where(c.active[..., None], new, c.hidden)  # exited tokens stay frozen
+    state, fired = step_rule(rule, c.state, logits, i)
+    newly = _decide(words, c.active, fired, i == config.num_layers - 1)
+    return _Carry(
+        i + 1,
+        hidden,
+        c.active & ~newly,
+        jnp.where(newly[..., None], logits, c.logits),
+        jnp.where(newly, i, c.exit_index),
+        state,
+    )
+
+
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _token_early_exit(config: ModelConfig, params: Params, batch: dict, rule: Rule, window: int) -> dict:
     inputs = _model_inputs(batch)
@@ -271,19 +289,7 @@ def _token_early_exit(config: ModelConfig, params: Params, batch: dict, rule: Ru
         return (c.layer < L) & jnp.any(c.active)
 
     def body(c: _Carry) -> _Carry:
-        i = c.layer
-        new, logits = apply_layer_with_exit(config, layer_params(params, i), c.hidden, mask)
-        hidden = jnp.where(c.active[..., None], new, c.hidden)  # exited tokens stay frozen
-        state, fired = step_rule(rule, c.state, logits, i)
-        newly = _decide(words, c.active, fired, i == L - 1)
-        return _Carry(
-            i + 1,
-            hidden,
-            c.active & ~newly,
-            jnp.where(newly[..., None], logits, c.logits),
-            jnp.where(newly, i, c.exit_index),
-            state,
-        )
+        return _layer_step(config, params, rule, mask, words, c)
 
     first = _Carry(
         jnp.int32(0),
