@@ -166,12 +166,24 @@ def test_reference_stage2_clipping_counts_the_backbone_gradient():
     assert m_ref["grad_norm"] > m_own["grad_norm"] > 0
 
 
+# The families whose backbones hold more than BERT's: ALBERT's shared layer and embedding
+# mapping, ELECTRA's embedding projection, ModernBERT's final norm (read by every exit,
+# trained with the backbone), DeBERTa's relative-position embeddings and their norm.
+STAGE2_FAMILIES = {
+    "bert": CFG,
+    "albert": CFG.replace(family="albert", embedding_size=8),
+    "electra": CFG.replace(family="electra", embedding_size=8),
+    "modernbert": CFG.replace(family="modernbert", type_vocab_size=1, local_attention=4, global_attn_every_n_layers=2),
+    "deberta-v2": CFG.replace(family="deberta-v2", position_buckets=4),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["bert", "albert"])
+@pytest.mark.parametrize("family", sorted(STAGE2_FAMILIES))
 def test_trainable_stage2_clipping_stops_the_whole_backbone(family):
     """stage2_clip=trainable: the exits get the same gradient as with `reference`,
-    every backbone parameter (ALBERT's shared layer included) none."""
-    cfg = CFG if family == "bert" else CFG.replace(family="albert", embedding_size=8)
+    every backbone parameter (each family's own top-level ones included) none."""
+    cfg = STAGE2_FAMILIES[family]
     params, batch, rng = init_params(cfg, 0), make_batch(), jax.random.PRNGKey(1)
     grads = {
         clip: ts._microbatch_grads(cfg, ts.StepSettings(mode="deebert", stage=2, stage2_clip=clip), params, batch, rng)[
@@ -186,6 +198,14 @@ def test_trainable_stage2_clipping_stops_the_whole_backbone(family):
     backbone = {k: v for k, v in grads["trainable"].items() if k != "layers"}
     backbone["stacked"] = {k: v for k, v in grads["trainable"]["layers"].items() if k != "exit"}
     assert jax.tree.leaves(backbone) and all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(backbone))
+    own = {
+        "albert": ("shared_layer", "embedding_hidden_mapping_in"),
+        "electra": ("embedding_hidden_mapping_in",),
+        "modernbert": ("final_norm",),
+        "deberta-v2": ("rel_embeddings", "rel_norm"),
+    }
+    structure = str(jax.tree_util.tree_structure(backbone))
+    assert all(f"'{name}'" in structure for name in own.get(family, ()))  # checked above, all zero
     reference_backbone = {k: v for k, v in grads["reference"].items() if k != "layers"}
     assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(reference_backbone))
 
