@@ -10,6 +10,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # the subprocesses that tests start (train.py, eval.py, fake-device runs).
 # A size limit makes JAX lock the cache directory around every read and write: without
 # it, one pytest worker can read a program another is still writing, and crash.
+# JAX leaves the number of (fake) CPU devices out of its cache keys, and a program
+# compiled in a process with 8 devices crashes one with 1 that loads it: a test that
+# starts a process with --xla_force_host_platform_device_count=N gives it the cache
+# directory "<this one>-devices-N".
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

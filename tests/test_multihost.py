@@ -73,7 +73,14 @@ def command(workdir, model, overrides=(), extra=()):
 
 
 def with_devices(env, count):
-    return {**env, "XLA_FLAGS": f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count={count}".strip()}
+    """`env` with `count` fake CPU devices per process, and a compilation cache of their
+    own (JAX leaves the device count out of its cache keys; a program compiled for one
+    count can crash a process with another)."""
+    return {
+        **env,
+        "XLA_FLAGS": f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count={count}".strip(),
+        "JAX_COMPILATION_CACHE_DIR": f"{env['JAX_COMPILATION_CACHE_DIR']}-devices-{count}",
+    }
 
 
 def can_mark_process_1() -> bool:

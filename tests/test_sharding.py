@@ -54,7 +54,13 @@ def test_four_local_devices_split_rows_that_divide_and_leave_the_others_on_one()
     out = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
-        env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT},
+        env={
+            **os.environ,
+            "XLA_FLAGS": flags,
+            "JAX_PLATFORMS": "cpu",
+            "PYTHONPATH": ROOT,
+            "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", "") + "-devices-4",  # conftest.py
+        },
         capture_output=True,
         text=True,
         timeout=300,

@@ -417,8 +417,7 @@ def many_sentences(rows=16, seed=1):
     return batch
 
 
-@pytest.mark.parametrize("window", [0, 1])
-@pytest.mark.parametrize("name", ["entropy", "patience"])
+@pytest.mark.parametrize("name, window", [("entropy", 0), ("patience", 1)])
 def test_compacted_token_exit_answers_as_the_reference(model, name, window):
     """Sentences leave the batch as they finish (smaller buckets, several launches);
     every token's exit, logits and final state are the eager numpy reference's, and
