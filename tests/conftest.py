@@ -6,21 +6,25 @@ import pathlib
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 # Tests compile many small programs: XLA's CPU backend at optimisation level 0
-# compiles about 3x faster, and the persistent cache shares compiled programs with
-# the subprocesses that tests start (train.py, eval.py, fake-device runs).
-# A size limit makes JAX lock the cache directory around every read and write: without
-# it, one pytest worker can read a program another is still writing, and crash.
-# JAX leaves the number of (fake) CPU devices out of its cache keys, and a program
-# compiled in a process with 8 devices crashes one with 1 that loads it: a test that
-# starts a process with --xla_force_host_platform_device_count=N gives it the cache
-# directory "<this one>-devices-N".
+# compiles about 3x faster, and the persistent cache shares compiled programs between
+# the processes that tests start (train.py, eval.py, fake-device runs). A size limit
+# makes JAX lock the cache directory around every read and write (two pytest workers
+# start such processes at once). JAX leaves the number of (fake) CPU devices out of its
+# cache keys: a test that starts a process with --xla_force_host_platform_device_count=N
+# gives it the cache directory "<this one>-devices-N".
+# The pytest worker processes themselves do not read or write it (below): loading a
+# cached program into a long-lived worker that holds hundreds of others crashed it
+# (a segfault inside XLA's deserialization) in about one full run of three.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+jax.config.update("jax_enable_compilation_cache", False)  # this process only (see above)
 
 
 def glue_dir_path() -> str:
