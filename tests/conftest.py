@@ -12,19 +12,28 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # start such processes at once). JAX leaves the number of (fake) CPU devices out of its
 # cache keys: a test that starts a process with --xla_force_host_platform_device_count=N
 # gives it the cache directory "<this one>-devices-N".
-# The pytest worker processes themselves do not read or write it (below): loading a
-# cached program into a long-lived worker that holds hundreds of others crashed it
-# (a segfault inside XLA's deserialization) in about one full run of three.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import gc  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-jax.config.update("jax_enable_compilation_cache", False)  # this process only (see above)
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drops every compiled program after each test module. An XLA CPU program holds
+    about 9 memory mappings while it is cached; a pytest worker that kept every program
+    of the suite would pass Linux's limit of 65,530 mappings a process
+    (vm.max_map_count) and die inside XLA (a segfault or an abort while compiling or
+    loading a program). The persistent cache brings back the programs needed again."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def glue_dir_path() -> str:
