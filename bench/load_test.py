@@ -18,8 +18,8 @@ accuracy is read on rows the threshold never saw. Systems:
     the same `@serve.batch` settings and request format.
 Each client sends one sentence per request, waits for the answer, sends the next
 (closed loop), for `--seconds` per setting (bounded by `--max-requests` too), after
-`--warmup-seconds` of the same load untimed (the JAX server compiles a program per
-batch shape it meets; PyTorch warms its caches). Prints and writes, per system and concurrency: requests/s,
+`--warmup-seconds` of the same load untimed (the JAX replicas compile their programs
+at start; the warm-up readies the rest of both stacks alike). Prints and writes, per system and concurrency: requests/s,
 p50/p95/p99 latency, mean exit layer, accuracy, errors. Loopback only; not a test.
 """
 
@@ -111,8 +111,9 @@ def torch_app(model_dir: str, settings):
 
 
 def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requests: int, label_ids) -> dict:
-    """Closed-loop clients for `seconds`: latency, layers and correctness per request."""
-    import requests
+    """Closed-loop clients for `seconds`: latency, layers and correctness per request;
+    each client keeps one HTTP connection open (urllib3's pool of one)."""
+    import urllib3
 
     stop = time.perf_counter() + seconds
     lock = threading.Lock()
@@ -121,7 +122,7 @@ def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requ
     counter = [0]
 
     def client(k: int) -> None:
-        connection = requests.Session()
+        connection = urllib3.PoolManager(maxsize=1, headers={"Content-Type": "application/json"})
         i = k
         while time.perf_counter() < stop:
             with lock:
@@ -132,14 +133,15 @@ def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requ
             i += concurrency
             start = time.perf_counter()
             try:
-                r = connection.post(url, json={"text": sentences[row]}, timeout=120)
+                body = json.dumps({"text": sentences[row]}).encode()
+                r = connection.request("POST", url, body=body, timeout=120.0, retries=False)
                 latency = time.perf_counter() - start
-                if r.status_code != 200:
+                if r.status != 200:
                     with lock:
                         errors[0] += 1
                     continue
-                answer = r.json()["predictions"][0]
-            except requests.RequestException:
+                answer = json.loads(r.data)["predictions"][0]
+            except urllib3.exceptions.HTTPError:
                 with lock:
                     errors[0] += 1
                 continue
