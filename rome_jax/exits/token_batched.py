@@ -29,32 +29,16 @@ import numpy as np
 from jax import lax
 
 from rome_jax.encoder.config import ModelConfig
-from rome_jax.encoder.model import apply_embeddings
 from rome_jax.encoder.pytree import Params, PyTree
-from rome_jax.exits.batches import _model_inputs, default_buckets, smallest_bucket
+from rome_jax.exits.batches import default_buckets, smallest_bucket
 from rome_jax.exits.criteria import Criterion, Rule
-from rome_jax.exits.tokens import _Carry, _check_token_batch, _layer_step, _Words, _words, init_token_state
+from rome_jax.exits.tokens import _Carry, _check_token_batch, _layer_step, _prepare, _Words
 
 Array = jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _start(config: ModelConfig, params: Params, batch: dict, window: int) -> tuple[Array, _Words, _Carry]:
-    """-> (attention_mask [B, T], the words, the carry before layer 1)."""
-    inputs = _model_inputs(batch)
-    mask = inputs["attention_mask"]
-    words = _words(jnp.asarray(batch["word_ids"], jnp.int32), mask, window)
-    hidden = apply_embeddings(config, params, inputs)
-    B, T = mask.shape
-    carry = _Carry(
-        jnp.int32(0),
-        hidden,
-        jnp.ones((B, T), bool),
-        jnp.zeros((B, T, config.num_labels), jnp.float32),
-        jnp.full((B, T), -1, jnp.int32),
-        init_token_state((B, T), config.num_labels),
-    )
-    return mask, words, carry
+# -> (attention_mask [B, T], the words, the state before layer 1)
+_start = jax.jit(_prepare, static_argnums=(0, 3))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))

@@ -258,6 +258,25 @@ class _Carry(NamedTuple):
     state: ExitState  # per token: counter [B, T], previous [B, T, C]
 
 
+def _prepare(config: ModelConfig, params: Params, batch: dict, window: int) -> tuple[Array, _Words, _Carry]:
+    """A token-exit batch -> (attention_mask [B, T], its words, the loop's state before
+    layer 1: the embeddings, every token active)."""
+    inputs = _model_inputs(batch)
+    mask = inputs["attention_mask"]
+    words = _words(jnp.asarray(batch["word_ids"], jnp.int32), mask, window)
+    hidden = apply_embeddings(config, params, inputs)
+    B, T = mask.shape
+    carry = _Carry(
+        jnp.int32(0),
+        hidden,
+        jnp.ones((B, T), bool),
+        jnp.zeros((B, T, config.num_labels), jnp.float32),
+        jnp.full((B, T), -1, jnp.int32),
+        init_token_state((B, T), config.num_labels),
+    )
+    return mask, words, carry
+
+
 def _layer_step(config: ModelConfig, params: Params, rule: Rule, mask: Array, words: _Words, c: _Carry) -> _Carry:
     """Layer `c.layer` and its exit for every row, the active tokens' states kept and
     the window rule applied (the loop body of both TOKEE executors)."""
@@ -278,11 +297,7 @@ def _layer_step(config: ModelConfig, params: Params, rule: Rule, mask: Array, wo
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _token_early_exit(config: ModelConfig, params: Params, batch: dict, rule: Rule, window: int) -> dict:
-    inputs = _model_inputs(batch)
-    mask = inputs["attention_mask"]
-    words = _words(jnp.asarray(batch["word_ids"], jnp.int32), mask, window)
-    hidden = apply_embeddings(config, params, inputs)
-    B, T = mask.shape
+    mask, words, first = _prepare(config, params, batch, window)
     L = config.num_layers
 
     def cond(c: _Carry) -> Array:
@@ -291,14 +306,6 @@ def _token_early_exit(config: ModelConfig, params: Params, batch: dict, rule: Ru
     def body(c: _Carry) -> _Carry:
         return _layer_step(config, params, rule, mask, words, c)
 
-    first = _Carry(
-        jnp.int32(0),
-        hidden,
-        jnp.ones((B, T), bool),
-        jnp.zeros((B, T, config.num_labels), jnp.float32),
-        jnp.full((B, T), -1, jnp.int32),
-        init_token_state((B, T), config.num_labels),
-    )
     c = lax.while_loop(cond, body, first)
     return {"exit_index": c.exit_index, "logits": c.logits, "layers_run": c.layer, "hidden": c.hidden}
 
