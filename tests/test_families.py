@@ -195,23 +195,49 @@ def test_training_forward_drops_out_and_stays_finite(family_dir):
 # ---------------------------------------------------------------- family specifics
 
 
-def test_distilbert_ignores_token_types_and_refuses_sinusoidal_positions(tmp_path):
+def test_distilbert_ignores_token_types(tmp_path):
     tiny_hf.make_distilbert(tmp_path / "m", n_layers=2)
     model = rome_jax.load_pretrained(str(tmp_path / "m"))
     assert not model.config.has_token_types and "token_type_embeddings" not in model.params["embeddings"]
+    assert not model.config.sinusoidal_positions
     batch = _batch("distilbert")
     plain = {**batch, "token_type_ids": np.zeros_like(batch["token_type_ids"])}
     np.testing.assert_array_equal(np.asarray(model.exit_logits(batch)), np.asarray(model.exit_logits(plain)))
     config_path = tmp_path / "m" / "config.json"
     config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "sinusoidal_pos_embds": True}))
-    with pytest.raises(CheckpointError, match="^DistilBERT with sinusoidal_pos_embds true is not supported") as e:
-        rome_jax.load_pretrained(str(tmp_path / "m"))
-    assert "\n" not in str(e.value)
     del config["dim"]
     config_path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=f"^{config_path}: missing key\\(s\\) dim$"):
         rome_jax.load_pretrained(str(tmp_path / "m"))
+
+
+def test_distilbert_with_sinusoidal_positions(tmp_path):
+    """`sinusoidal_pos_embds`: the same function as transformers' (the table comes with the
+    checkpoint), a fresh model starts from the sines and cosines transformers writes, and the
+    export keeps the flag."""
+    from transformers import DistilBertForSequenceClassification
+
+    hf_model = tiny_hf.make_distilbert(tmp_path / "m", n_layers=2, sinusoidal_pos_embds=True)
+    table = hf_model.distilbert.embeddings.position_embeddings.weight.detach().numpy()
+    rows = np.arange(table.shape[0])[:, None] / np.power(10000.0, 2 * (np.arange(table.shape[1]) // 2) / table.shape[1])
+    np.testing.assert_allclose(table[:, 0::2], np.sin(rows[:, 0::2]), atol=1e-6)  # transformers' own table
+    np.testing.assert_allclose(table[:, 1::2], np.cos(rows[:, 1::2]), atol=1e-6)
+    model = rome_jax.load_pretrained(str(tmp_path / "m"))
+    assert model.config.sinusoidal_positions
+    batch = _batch("distilbert")
+    np.testing.assert_allclose(
+        np.asarray(model.exit_logits(batch))[-1], tiny_hf.torch_logits(hf_model, batch, token_types=False), atol=1e-5
+    )
+    fresh = init_params(model.config, seed=3)
+    np.testing.assert_allclose(np.asarray(fresh["embeddings"]["position_embeddings"]["embedding"]), table, atol=1e-6)
+    model.save_pretrained(str(tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["sinusoidal_pos_embds"] is True
+    again = DistilBertForSequenceClassification.from_pretrained(str(tmp_path / "out")).eval()
+    np.testing.assert_allclose(
+        tiny_hf.torch_logits(again, batch, token_types=False),
+        tiny_hf.torch_logits(hf_model, batch, token_types=False),
+        atol=1e-5,
+    )
 
 
 def test_electra_without_a_projection_when_the_widths_agree(tmp_path):

@@ -142,6 +142,10 @@ class ModelConfig:
     norm_rel_ebd: bool = True
     position_biased_input: bool = False
     token_type_table: bool = False
+    # DistilBERT's `sinusoidal_pos_embds`: the position table starts as fixed sines and
+    # cosines (`sinusoidal_table`) instead of random; loaded from the checkpoint like any
+    # table, and trained like one (as transformers >= 5 does).
+    sinusoidal_positions: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -270,10 +274,6 @@ class ModelConfig:
         family = MODEL_TYPES.get(model_type, model_type)
         if family == "modernbert":
             hf = _modernbert_bert_names(hf)
-        if family == "distilbert" and hf.get("sinusoidal_pos_embds", False):
-            raise CheckpointError(
-                "DistilBERT with sinusoidal_pos_embds true is not supported (only learned position embeddings)"
-            )
         if family == "albert" and (hf.get("num_hidden_groups", 1) != 1 or hf.get("inner_group_num", 1) != 1):
             raise CheckpointError("ALBERT with num_hidden_groups or inner_group_num other than 1 is not supported")
         num_labels = hf.get("num_labels")
@@ -298,6 +298,8 @@ class ModelConfig:
             exit_pooling=hf.get(EXIT_POOLING_KEY, _pooling_of(hf.get("architectures"))),
             hf_model_type=model_type if model_type != family else None,
         )
+        if family == "distilbert" and hf.get("sinusoidal_pos_embds", False):
+            kwargs["sinusoidal_positions"] = True
         if family in ("albert", "electra"):  # both default to 128 in transformers
             kwargs["embedding_size"] = hf.get("embedding_size", 128)
         if family == "modernbert":
@@ -375,7 +377,7 @@ class ModelConfig:
                 "n_heads": self.num_heads,
                 "hidden_dim": self.intermediate_size,
                 "max_position_embeddings": self.max_position_embeddings,
-                "sinusoidal_pos_embds": False,
+                "sinusoidal_pos_embds": self.sinusoidal_positions,
                 "activation": self.hidden_act,
                 "dropout": self.hidden_dropout,
                 "attention_dropout": self.attention_dropout,

@@ -51,6 +51,7 @@ from rome_jax.encoder.ops import (
     cudnn_attention,
     masked_mean,
     normal_init,
+    sinusoidal_init,
     training_attention,
 )
 from rome_jax.encoder.pytree import Params
@@ -86,9 +87,10 @@ class Embeddings(nn.Module):
         else:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         width = cfg.embedding_size or cfg.hidden_size
-        embed = lambda n, size: nn.Embed(size, width, embedding_init=normal_init, name=n)
+        embed = lambda n, size, init=normal_init: nn.Embed(size, width, embedding_init=init, name=n)
         words = embed("word_embeddings", cfg.vocab_size)(input_ids)
-        x = words + embed("position_embeddings", cfg.max_position_embeddings)(position_ids)
+        position_init = sinusoidal_init if cfg.sinusoidal_positions else normal_init
+        x = words + embed("position_embeddings", cfg.max_position_embeddings, position_init)(position_ids)
         if cfg.has_token_types:
             x = x + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, name="LayerNorm")(x)
@@ -341,7 +343,8 @@ def exit_state(config: ModelConfig, hidden: Array, attention_mask: Array) -> Arr
 
 
 def init_params(config: ModelConfig, seed: int = 0, seq_len: int = 8) -> Params:
-    """Random parameters (HF's normal(0.02) initialisation) for a config."""
+    """Random parameters (HF's normal(0.02) initialisation; DistilBERT's sinusoidal
+    position table where `sinusoidal_positions`) for a config."""
     ids = jnp.zeros((1, seq_len), jnp.int32)
     return MultiExitEncoder(config).init(jax.random.PRNGKey(seed), ids)["params"]
 

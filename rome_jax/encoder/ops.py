@@ -50,6 +50,21 @@ normal_init = nn.initializers.normal(stddev=0.02)
 """HF's initialiser for every kernel and embedding table: normal, stddev 0.02."""
 
 
+def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
+    """The fixed position table of DistilBERT's `sinusoidal_pos_embds` (and of "Attention
+    is all you need"): [n_pos, dim] float32, row p, column j: sin(p / 10000^(2 (j//2) / dim))
+    for even j, cos(...) for odd j."""
+    pos = np.arange(n_pos, dtype=np.float64)[:, None]
+    angle = pos / np.power(10000.0, 2 * (np.arange(dim) // 2) / dim)[None, :]
+    return np.where(np.arange(dim)[None, :] % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
+
+
+def sinusoidal_init(key: Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> Array:
+    """An `nn.Embed` initialiser giving `sinusoidal_table` (the key is unused)."""
+    del key
+    return jnp.asarray(sinusoidal_table(*shape), dtype)
+
+
 def activation(name: str) -> Callable[[Array], Array]:
     """HF's `hidden_act` by name -> an elementwise function (any shape, dtype kept)."""
     if name == "gelu":
