@@ -216,22 +216,27 @@ def test_the_committed_records_still_give_the_committed_report(tmp_path):
     assert out.read_text(encoding="utf-8") == committed
 
 
-def test_report_gives_the_thresholds_calibration_chooses_on_each_run(ablation, tmp_path):
-    """Per run, calibration's rule on its dev sweep: the fewest layers within P points."""
-    records = [
-        _record("joint", "1", [0.5, 0.7, 0.8], [0.6, 0.8, 0.9], 100.0),
-        _record("joint", "2", [0.6, 0.7, 0.9], [0.6, 0.8, 0.7], 120.0),
-    ]
-    # Seed 2's threshold 0.5 costs 0.8 points (80.0 -> 79.2): outside 0.5 points, inside 1.
-    for row in records[1]["results"]["sweep"]:
-        if row["threshold"] == 0.5:
-            row["accuracy_and_f1"] -= 0.008
+def test_records_without_exit_outputs_get_no_in_sample_thresholds(ablation, tmp_path):
+    """A threshold for runs whose records keep no per-row outputs could only be chosen and
+    read on the same rows: the report gives none, names the modes, and keeps the held-out
+    table for the runs that have outputs."""
+    rng = np.random.default_rng(0)
+    records = [_record(m, s, [0.5, 0.7, 1.0], [0.6, 0.8, 1.0], 100.0) for m in ("joint", "sd") for s in ("1", "2")]
+    for r in records:
+        r["task"] = "sst2"
+        r["results"]["metric"] = "accuracy"
     text = ablation.report(records, tmp_path / "results.md", "Grid.")
-    table = text.split("Entropy thresholds chosen on dev", 1)[1]
-    assert "| mode | within 0.5 points | within 1 point |" in table
-    # Within 0.5: seed 1 takes 0.5 (85.0, 1.5x), seed 2 keeps 0 (80.0, 1.0x).
-    # Within 1: both take 0.5: 85.0 and 79.2 -> 82.1 ± 2.9, 1.5x each.
-    assert "| joint | 0.5 / 0: 82.5 ± 2.5 (1.25 ± 0.25x) | 0.5 / 0.5: 82.1 ± 2.9 (1.50 ± 0.00x) |" in table
+    assert "Entropy thresholds" not in text and "within 0.5 points" not in text
+    assert "No calibrated thresholds for `joint`, `sd`: their records predate saved exit outputs" in text
+    records[0]["exit_outputs"] = records[1]["exit_outputs"] = _outputs(rng, 2000, 0.0)  # joint's two seeds
+    text = ablation.report(records, tmp_path / "results.md", "Grid.")
+    table = text.split("Entropy thresholds with a guarantee", 1)[1]
+    assert next(line for line in table.splitlines() if line.startswith("| joint |")).count("(3.00 ± 0.00x)") == 2
+    assert not any(line.startswith("| sd |") for line in table.splitlines())
+    assert "No calibrated thresholds for `sd`: their records" in table
+    records[2]["exit_outputs"] = _outputs(rng, 2000, 0.0)  # sd seed 1
+    text = ablation.report(records, tmp_path / "results.md", "Grid.")
+    assert "No calibrated thresholds for `sd` (seed 2): their records" in text
 
 
 def test_train_time_is_compared_with_joint_runs_timed_alike(ablation, tmp_path):
