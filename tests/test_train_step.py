@@ -347,3 +347,54 @@ def test_step_names_a_batch_it_cannot_train_on():
     unlabeled = {k: v for k, v in make_batch().items() if k != "labels"}
     with pytest.raises(ValueError, match="mode 'joint' .* the batch has no 'labels'"):
         run_steps(ts.StepSettings(mode="joint"), steps=1, batch=unlabeled)
+
+
+# Every family's parameter tree (the stage-2 families above, and the rest).
+ALL_FAMILIES = {
+    **STAGE2_FAMILIES,
+    "roberta": CFG.replace(family="roberta", pad_token_id=1, max_position_embeddings=34),
+    "distilbert": CFG.replace(family="distilbert"),
+    "electra": CFG.replace(family="electra", embedding_size=8),
+}
+
+
+@pytest.mark.parametrize("family", sorted(ALL_FAMILIES))
+def test_every_mode_builds_on_every_family(family):
+    """Each mode's step (each stage of the two-stage ones) traces on each family's
+    parameters (`jax.eval_shape`: shapes and names, nothing compiled), and the parts it
+    trains and projects are the family's: stage 1 the backbone and final exit, stage 2
+    the intermediate exits only, together every parameter once; the projection's
+    selection only layer weights, never an exit's, nor the last layer's."""
+    cfg = ALL_FAMILIES[family]
+    params = jax.eval_shape(lambda: init_params(cfg, 0))
+    tx = make_optimizer(1e-3, 100, params=params)
+    mesh = ts.make_mesh(jax.devices()[:1])
+    state = jax.eval_shape(lambda p: ts.create_train_state(p, tx, 0), params)
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+    for mode in ts.MODES:
+        for stage in (1, 2) if mode in ts.TWO_STAGE_MODES else (1,):
+            settings = ts.StepSettings(mode=mode, stage=stage)
+            new_state, metrics = jax.eval_shape(
+                ts.compile_train_step(cfg, settings, tx, mesh, params), state, make_batch()
+            )
+            assert jax.tree.structure(new_state.params) == jax.tree.structure(params), (mode, stage)
+            assert metrics["loss"].shape == (), (mode, stage)
+        if mode in ts.TWO_STAGE_MODES:
+            one = leaves(ts.trainable_mask(params, ts.StepSettings(mode=mode, stage=1)))
+            two = leaves(ts.trainable_mask(params, ts.StepSettings(mode=mode, stage=2)))
+            for a, b, p in zip(one, two, jax.tree.leaves(params)):
+                both = np.broadcast_to(a, p.shape) + np.broadcast_to(b, p.shape)
+                np.testing.assert_array_equal(both, 1.0)  # every parameter in exactly one stage
+    exit_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params["layers"]["exit"])[0]}
+    selection = ts.selection_for(params, cfg, ts.StepSettings(mode="romebert"))
+    chosen = [
+        (jax.tree_util.keystr(path), np.asarray(m))
+        for path, m in jax.tree_util.tree_flatten_with_path(selection)[0]
+        if np.asarray(m).any()
+    ]
+    assert chosen, "the projection selects nothing"
+    for name, m in chosen:
+        assert "['exit']" not in name and name.endswith("['kernel']"), name
+        if m.shape[0] == cfg.num_layers and not cfg.shares_layers:
+            assert m[-1].max() == 0 and m[:-1].min() == 1, name  # layers 1..L-1, not the last
+    assert exit_paths  # the exits exist, and none is selected (above)
