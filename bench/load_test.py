@@ -105,9 +105,9 @@ def torch_app(model_dir: str, settings):
                 return JSONResponse({"error": e.message}, status_code=e.status)
             return JSONResponse(requests_lib.answer(await self.handle_batch((texts, pairs))))
 
-    return TorchPipelineServer.options(
-        max_ongoing_requests=settings.max_ongoing_requests, max_queued_requests=settings.max_queued_requests
-    ).bind(model_dir, settings)
+    from rome_jax.serving.server_settings import deployment_options
+
+    return TorchPipelineServer.options(**deployment_options(settings)).bind(model_dir, settings)
 
 
 def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requests: int, label_ids) -> dict:

@@ -4,6 +4,7 @@ batched, every caller getting its own answer; a full queue answers 503, never ha
 
 import importlib.util
 import json
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -118,6 +119,7 @@ def test_answers_equal_predict_in_order(server):
     assert requests.get(url + "/health", timeout=30).json() == {"status": "ok"}
     info = requests.get(url + "/info", timeout=30).json()
     assert info["criterion"] == CRITERION and info["num_layers"] == 2 and info["settings"]["max_batch_size"] == 16
+    assert info["omp_num_threads"] == str(os.cpu_count())  # not Ray's 1 (ServerSettings.threads)
     assert info["compiled_shapes"] == 8  # one length bucket (16) x the row buckets of 16: 16, 12, 8, 6, 4, 3, 2, 1
 
 
@@ -175,6 +177,7 @@ def test_settings_are_checked_and_autoscaling_is_configured():
         ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
         ({"replicas": 3, "max_replicas": 2}, "below replicas 3"),
         ({"batch_wait_ms": -1}, "batch_wait_ms"),
+        ({"threads": -1}, "threads must be >= 0"),
     ):
         with pytest.raises(ValueError, match=message):
             ServerSettings(model_dir="m", **bad)
@@ -182,6 +185,8 @@ def test_settings_are_checked_and_autoscaling_is_configured():
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32}
     assert "num_replicas" not in options
     assert deployment_options(ServerSettings(model_dir="m", replicas=2))["num_replicas"] == 2
+    env = deployment_options(ServerSettings(model_dir="m", threads=3))["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env == {"OMP_NUM_THREADS": "3"}
 
 
 def test_the_server_process_builds_the_autoscaling_deployment(server):

@@ -44,6 +44,9 @@ _COMPILE = flags.DEFINE_bool(
     "compile_at_start", True, "Compile every length and row bucket before serving (no request waits for XLA)."
 )
 _NUM_CPUS = flags.DEFINE_integer("num_cpus", None, "CPUs of the local Ray instance (default: all).")
+_THREADS = flags.DEFINE_integer(
+    "threads", 0, "OMP_NUM_THREADS of each replica (0: the machine's CPUs; Ray would set 1, slowing XLA:CPU)."
+)
 
 
 def model_dir_of(workdir: str | None, model: str | None) -> str:
@@ -76,6 +79,7 @@ def main(argv: list[str]) -> int:
             max_ongoing_requests=_MAX_ONGOING.value,
             max_queued_requests=_MAX_QUEUED.value,
             compile_at_start=_COMPILE.value,
+            threads=_THREADS.value,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections import Counter
 from typing import Any, cast
@@ -170,6 +171,7 @@ class EarlyExitServer:
             "max_length": self.max_length,
             "compiled_shapes": self.compiled_shapes,
             "ready_seconds": round(self.ready_seconds, 1),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "settings": dataclasses.asdict(self.settings),
         }
 
