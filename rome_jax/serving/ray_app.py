@@ -19,10 +19,11 @@ requests, waiting at most `batch_wait_ms` for more) run as one `predict` call: l
 buckets and the per-example executor, as `MultiExitModel.predict` (examples leave the
 batch as they exit), in a worker thread: the replica's event loop keeps answering
 health checks and taking requests while XLA computes (on the 2-core CPU of
-docs/serving.md this served 54 -> 68 requests/s at concurrency 32). Bad requests get a 4xx answer with one line; an error inside a
-batch answers 500 to its requests and leaves the replica serving. Over capacity
-(`max_ongoing_requests` per replica running, `max_queued_requests` waiting), Ray
-Serve answers 503 at once rather than letting requests hang.
+docs/serving.md, 43 -> 59 requests/s at concurrency 32). Bad requests get a 4xx
+answer with one line; an error inside a batch answers 500 to its requests and leaves
+the replica serving. Over capacity (`max_ongoing_requests` per replica running,
+`max_queued_requests` waiting), Ray Serve answers 503 at once rather than letting
+requests hang.
 """
 
 from __future__ import annotations
