@@ -15,12 +15,17 @@ accuracy is read on rows the threshold never saw. Systems:
 (c) `torch`: the exported model loaded by transformers with `trust_remote_code=True`
     (the same function: the final exit, pooled as trained) in
     `transformers.pipeline("text-classification")`, behind a Ray Serve deployment with
-    the same `@serve.batch` settings and request format.
+    the same `@serve.batch` settings and request format;
+(d) `echo`: the same stack with no model (the request parsed and batched, a constant
+    answer): the most requests/s Ray Serve and the clients leave room for on this host.
 Each client sends one sentence per request, waits for the answer, sends the next
 (closed loop), for `--seconds` per setting (bounded by `--max-requests` too), after
 `--warmup-seconds` of the same load untimed (the JAX replicas compile their programs
 at start; the warm-up readies the rest of both stacks alike). Prints and writes, per system and concurrency: requests/s,
-p50/p95/p99 latency, mean exit layer, accuracy, errors. Loopback only; not a test.
+p50/p95/p99 latency, mean exit layer, accuracy, errors, the CPU time per request of
+each process (the replica, Ray's HTTP proxy, the rest of Ray, the clients) and, for
+rome_jax's server, the requests per handler call and the share of the time spent in
+`predict`. Loopback only; not a test.
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ def torch_app(model_dir: str, settings):
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-            torch.set_num_threads(max(os.cpu_count() or 1, 1))
+            from rome_jax.serving.server_settings import replica_threads
+
+            torch.set_num_threads(replica_threads(settings))
             self.settings = settings
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
             model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True).eval()
@@ -110,6 +117,92 @@ def torch_app(model_dir: str, settings):
     return TorchPipelineServer.options(**deployment_options(settings)).bind(model_dir, settings)
 
 
+def echo_app(settings):
+    """system `echo`: the same stack with no model (requests parsed, gathered by
+    `@serve.batch`, a constant answer): the most requests/s this host's Ray Serve and
+    clients allow any model."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    from rome_jax.serving import requests as requests_lib
+
+    @serve.deployment
+    class EchoServer:
+        def __init__(self, settings):
+            self.settings = settings
+            batched = self.handle_batch
+            batched.set_max_batch_size(settings.max_batch_size)
+            batched.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
+
+        @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+        async def handle_batch(self, items):
+            return [[{"label": "0", "label_id": 0, "exit_layer": 0} for _ in texts] for texts, _ in items]
+
+        async def __call__(self, request: Request):
+            try:
+                texts, pairs = requests_lib.parse_request(
+                    await request.body(), max_texts=self.settings.max_texts, max_chars=self.settings.max_chars
+                )
+            except requests_lib.RequestError as e:
+                return JSONResponse({"error": e.message}, status_code=e.status)
+            return JSONResponse(requests_lib.answer(await self.handle_batch((texts, pairs))))
+
+    from rome_jax.serving.server_settings import deployment_options
+
+    return EchoServer.options(**deployment_options(settings)).bind(settings)
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process on the host, by role:
+    the Ray Serve replica, its HTTP proxy, the rest of Ray, this process (the clients),
+    everything else."""
+    import psutil
+
+    me = os.getpid()
+    totals: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        times, cmd = proc.info["cpu_times"], " ".join(proc.info["cmdline"] or [])
+        if times is None:
+            continue
+        if proc.info["pid"] == me:
+            role = "clients"
+        elif "ServeReplica" in cmd:
+            role = "replica"
+        elif "ProxyActor" in cmd:
+            role = "proxy"
+        elif "ray" in cmd:
+            role = "ray_other"
+        else:
+            role = "other"
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
+
+
+def _handler_stats(url: str) -> dict | None:
+    """The server's /stats (rome_jax's deployment only): handler calls by size, predict seconds."""
+    import urllib3
+
+    try:
+        r = urllib3.request("GET", url + "/stats", timeout=10.0, retries=False)
+    except urllib3.exceptions.HTTPError:
+        return None
+    return json.loads(r.data) if r.status == 200 else None
+
+
+def _handler_delta(before: dict | None, after: dict | None, seconds: float) -> dict | None:
+    """Requests per handler call and the share of the time spent in `predict`, between two /stats."""
+    if not before or not after:
+        return None
+    sizes = {int(k): v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
+    calls = sum(sizes.values())
+    return {
+        "handler_calls": calls,
+        "requests_per_call": sum(k * v for k, v in sizes.items()) / calls if calls else None,
+        "predict_share": (after["predict_seconds"] - before["predict_seconds"]) / seconds,
+    }
+
+
 def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requests: int, label_ids) -> dict:
     """Closed-loop clients for `seconds`: latency, layers and correctness per request;
     each client keeps one HTTP connection open (urllib3's pool of one)."""
@@ -149,13 +242,15 @@ def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requ
             with lock:
                 records.append((latency, int(answer["exit_layer"]), correct))
 
-    began = time.perf_counter()
+    began, cpu_before = time.perf_counter(), _cpu_seconds()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - began
+    elapsed, cpu_after = time.perf_counter() - began, _cpu_seconds()
+    served = max(len(records), 1)
+    cpu_ms = {k: 1000 * (cpu_after[k] - cpu_before.get(k, 0.0)) / served for k in cpu_after}
     lat = np.array([r[0] for r in records]) * 1000
     return {
         "concurrency": concurrency,
@@ -168,6 +263,7 @@ def load(url: str, sentences, labels, concurrency: int, seconds: float, max_requ
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
         "mean_layers": float(np.mean([r[1] for r in records])) if records else None,
         "accuracy": float(np.mean([r[2] for r in records])) if records else None,
+        "cpu_ms_per_request": {k: round(v, 2) for k, v in sorted(cpu_ms.items())},
     }
 
 
@@ -178,10 +274,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup-seconds", type=float, default=30.0, help="untimed load before each timed phase")
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--systems", default="early,full,torch")
+    p.add_argument("--systems", default="early,full,torch,echo", help="echo: the stack without a model")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0, help="each replica's threads (0: the CPUs), every system")
     p.add_argument("--max-requests", type=int, default=200_000)
     p.add_argument("--calibrate-eps", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
@@ -217,6 +314,7 @@ def main() -> None:
         max_length=args.max_length,
         max_ongoing_requests=256,
         max_queued_requests=4096,
+        threads=args.threads,
     )
     results: dict = {
         "model_dir": os.path.abspath(args.model_dir),
@@ -230,19 +328,33 @@ def main() -> None:
     start_serve(host="127.0.0.1", port=port)
     for system in args.systems.split(","):
         settings = ServerSettings(**base, criterion="none" if system == "full" else "auto")
-        app = torch_app(served_dir, settings) if system == "torch" else build_app(settings)
+        if system == "torch":
+            app = torch_app(served_dir, settings)
+        elif system == "echo":
+            app = echo_app(settings)
+        else:
+            app = build_app(settings)
         serve.run(app, name=system, route_prefix=f"/{system}", blocking=False)
         url = f"http://127.0.0.1:{port}/{system}"
         rows = []
         for c in (int(x) for x in args.concurrency.split(",")):
             # untimed first: the shapes this traffic meets compile (JAX), caches fill (both)
             load(url, test_sentences, test_labels, c, args.warmup_seconds, args.max_requests, None)
+            before = _handler_stats(url)
             r = load(url, test_sentences, test_labels, c, args.seconds, args.max_requests, None)
+            r["handler"] = _handler_delta(before, _handler_stats(url), r["seconds"])
             rows.append(r)
             print(
                 f"{system:6} concurrency {c:>3}: {r['requests_per_s']:7.1f} req/s, p50 {r['p50_ms']:7.1f} ms, "
                 f"p95 {r['p95_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, layers {r['mean_layers']:.2f}, "
-                f"accuracy {100 * r['accuracy']:.1f}, errors {r['errors']}",
+                f"accuracy {100 * r['accuracy']:.1f}, errors {r['errors']}; CPU ms per request "
+                + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_request"].items())
+                + (
+                    f"; {r['handler']['requests_per_call']:.1f} requests per handler call, "
+                    f"{100 * r['handler']['predict_share']:.0f}% of the time in predict"
+                    if r["handler"] and r["handler"]["handler_calls"]
+                    else ""
+                ),
                 flush=True,
             )
         results["systems"][system] = rows
