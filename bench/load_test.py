@@ -17,7 +17,8 @@ accuracy is read on rows the threshold never saw. Systems:
     `transformers.pipeline("text-classification")`, behind a Ray Serve deployment with
     the same `@serve.batch` settings and request format;
 (d) `echo`: the same stack with no model (the request parsed and batched, a constant
-    answer): the most requests/s Ray Serve and the clients leave room for on this host.
+    answer): the most requests/s Ray Serve and the clients leave room for on this host
+    (its layers and accuracy mean nothing).
 Each client sends one sentence per request, waits for the answer, sends the next
 (closed loop), for `--seconds` per setting (bounded by `--max-requests` too), after
 `--warmup-seconds` of the same load untimed (the JAX replicas compile their programs
