@@ -55,13 +55,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _set_batching(handle_batch, settings) -> None:
+    """`@serve.batch`'s settings as the rome_jax server sets them, per replica."""
+    handle_batch.set_max_batch_size(settings.max_batch_size)
+    handle_batch.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
+
+
+async def _answer_request(request, settings, handle_batch):
+    """A request parsed as the rome_jax server parses it, batched, answered in its format."""
+    from starlette.responses import JSONResponse
+
+    from rome_jax.serving import requests as requests_lib
+
+    try:
+        texts, pairs = requests_lib.parse_request(
+            await request.body(), max_texts=settings.max_texts, max_chars=settings.max_chars
+        )
+    except requests_lib.RequestError as e:
+        return JSONResponse({"error": e.message}, status_code=e.status)
+    return JSONResponse(requests_lib.answer(await handle_batch((texts, pairs))))
+
+
 def torch_app(model_dir: str, settings):
     """system (c): transformers' pipeline behind Ray Serve, batching as the rome_jax server."""
     from ray import serve
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
-
-    from rome_jax.serving import requests as requests_lib
 
     @serve.deployment
     class TorchPipelineServer:
@@ -78,9 +96,7 @@ def torch_app(model_dir: str, settings):
             self.label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
             self.classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1)
             self.num_layers = model.config.num_hidden_layers
-            batched = self.handle_batch
-            batched.set_max_batch_size(settings.max_batch_size)
-            batched.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
+            _set_batching(self.handle_batch, settings)
             self._run(["warm up"] * 8)
 
         def _run(self, texts):
@@ -105,13 +121,7 @@ def torch_app(model_dir: str, settings):
             return answers
 
         async def __call__(self, request: Request):
-            try:
-                texts, pairs = requests_lib.parse_request(
-                    await request.body(), max_texts=settings.max_texts, max_chars=settings.max_chars
-                )
-            except requests_lib.RequestError as e:
-                return JSONResponse({"error": e.message}, status_code=e.status)
-            return JSONResponse(requests_lib.answer(await self.handle_batch((texts, pairs))))
+            return await _answer_request(request, self.settings, self.handle_batch)
 
     from rome_jax.serving.server_settings import deployment_options
 
@@ -124,30 +134,19 @@ def echo_app(settings):
     clients allow any model."""
     from ray import serve
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
-
-    from rome_jax.serving import requests as requests_lib
 
     @serve.deployment
     class EchoServer:
         def __init__(self, settings):
             self.settings = settings
-            batched = self.handle_batch
-            batched.set_max_batch_size(settings.max_batch_size)
-            batched.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
+            _set_batching(self.handle_batch, settings)
 
         @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
         async def handle_batch(self, items):
             return [[{"label": "0", "label_id": 0, "exit_layer": 0} for _ in texts] for texts, _ in items]
 
         async def __call__(self, request: Request):
-            try:
-                texts, pairs = requests_lib.parse_request(
-                    await request.body(), max_texts=self.settings.max_texts, max_chars=self.settings.max_chars
-                )
-            except requests_lib.RequestError as e:
-                return JSONResponse({"error": e.message}, status_code=e.status)
-            return JSONResponse(requests_lib.answer(await self.handle_batch((texts, pairs))))
+            return await _answer_request(request, self.settings, self.handle_batch)
 
     from rome_jax.serving.server_settings import deployment_options
 
